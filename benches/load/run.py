@@ -1,0 +1,892 @@
+#!/usr/bin/env python3
+"""End-to-end load benchmark: sysbench through shardgate vs HAProxy (L4) vs MariaDB direct.
+
+Usage (from anywhere; the repo root is found relative to this file):
+
+    python3 benches/load/run.py                      # full run (~25 min with defaults)
+    python3 benches/load/run.py --quick              # smoke test (~1 min)
+    python3 benches/load/run.py --duration 20 --rounds 3 --threads 1,8,32 \
+        --tests oltp_point_select,oltp_read_only --idle-conns 1000 --json out.json
+
+    # Against servers you run yourself (no sandbox; builds shardgate only if it is needed):
+    python3 benches/load/run.py --external-primary 127.0.0.1:23306 --targets direct,haproxy
+
+See benches/load/README.md for what is measured and how to read it. Only the standard library
+and PyMySQL are used; `sysbench` and `haproxy` come from Debian.
+
+Exit status: 0 when every run completed (the bars are *reported*, not asserted: the machine is
+shared and noisy), 1 when something failed to run (build, sandbox, sysbench error, a proxy
+died, idle connections refused), 130 on Ctrl-C / SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import platform
+import re
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+try:
+    import tomllib  # Python 3.11+
+except ImportError:  # pragma: no cover - older Pythons fall back to a regex
+    tomllib = None
+
+import pymysql
+
+REPO = Path(__file__).resolve().parents[2]
+TARGETS = ("direct", "haproxy", "shardgate")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+MIB = 1024 * 1024
+
+
+class BenchError(Exception):
+    """Something failed to run; the benchmark cannot be trusted and exits non-zero."""
+
+
+def log(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def show_cmd(cmd: list[str]) -> str:
+    return " ".join(shlex.quote(c) for c in cmd)
+
+
+# --------------------------------------------------------------------------------------------
+# Arguments
+# --------------------------------------------------------------------------------------------
+
+def csv_list(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def int_list(s: str) -> list[int]:
+    try:
+        return [int(x) for x in csv_list(s)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {s!r}")
+
+
+def host_port(s: str) -> tuple[str, int]:
+    host, sep, port = s.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {s!r}")
+    if int(port) == 3306:
+        raise argparse.ArgumentTypeError("port 3306 is reserved for the system MariaDB; refusing to benchmark it")
+    return host, int(port)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="sysbench through shardgate vs HAProxy (TCP) vs MariaDB direct",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--duration", type=int, help="seconds per sysbench run (default: 20; --quick: 5)")
+    p.add_argument("--rounds", type=int, help="rounds per (test, threads, target); the median is reported (default: 3; --quick: 1)")
+    p.add_argument("--threads", type=int_list, help="sysbench thread counts (default: 1,8,32; --quick: 8)")
+    p.add_argument("--tests", type=csv_list, default=["oltp_point_select", "oltp_read_only"], help="sysbench tests")
+    p.add_argument("--targets", type=csv_list, default=list(TARGETS), help="subset of direct,haproxy,shardgate")
+    p.add_argument("--idle-conns", type=int, help="idle client connections for the memory check, 0 skips it (default: 1000; --quick: 200)")
+    p.add_argument("--warmup", type=int, help="seconds of unrecorded warm-up per (test, target) (default: 5; --quick: 2)")
+    p.add_argument("--tables", type=int, default=4, help="sysbench --tables")
+    p.add_argument("--table-size", type=int, default=10000, help="sysbench --table-size")
+    p.add_argument("--ps-mode", default="auto", choices=["auto", "disable"], help="sysbench --db-ps-mode (auto = server-side prepared statements)")
+    p.add_argument("--haproxy-threads", type=int, default=os.cpu_count() or 1,
+                   help="HAProxy nbthread; default = CPUs, like shardgate's multi-threaded runtime")
+    p.add_argument("--json", type=Path, help="also write all results (raw runs, medians, memory, commands) here")
+    p.add_argument("--quick", action="store_true", help="smoke test: --duration 5 --rounds 1 --threads 8 --idle-conns 200 --warmup 2 "
+                   "(explicit options still win)")
+    p.add_argument("--no-build", action="store_true", help="do not run cargo build --release")
+    p.add_argument("--binary", type=Path, default=REPO / "target" / "release" / "shardgate", help="shardgate binary")
+    p.add_argument("--external-primary", type=host_port, metavar="HOST:PORT",
+                   help="use this running MariaDB instead of a sandbox (needs user app/app and database app)")
+    p.add_argument("--external-proxy", type=host_port, metavar="HOST:PORT",
+                   help="use this running shardgate instead of starting one (no CPU/memory numbers)")
+    p.add_argument("--proxy-config", type=Path,
+                   help="shardgate config to serve with (default: the sandbox's, or one generated for --external-primary)")
+    p.add_argument("--skip-prepare", action="store_true", help="reuse existing sbtest tables instead of cleanup + prepare")
+    p.add_argument("--user", default="app")
+    p.add_argument("--password", default="app")
+    p.add_argument("--db", default="app")
+    p.add_argument("--bar-ratio", type=float, default=0.9, help="shardgate/haproxy throughput bar")
+    p.add_argument("--bar-threads", type=int, default=32, help="thread count the throughput bar applies to")
+    p.add_argument("--bar-rss-mib", type=float, default=64.0, help="proxy RSS bar with --idle-conns open")
+    p.add_argument("--keep-dir", action="store_true", help="keep the temporary directory (logs, configs, datadir)")
+    a = p.parse_args(argv)
+    defaults = (dict(duration=5, rounds=1, threads=[8], idle_conns=200, warmup=2) if a.quick
+                else dict(duration=20, rounds=3, threads=[1, 8, 32], idle_conns=1000, warmup=5))
+    for k, v in defaults.items():
+        if getattr(a, k) is None:
+            setattr(a, k, v)
+    bad = [t for t in a.targets if t not in TARGETS]
+    if bad or not a.targets:
+        p.error(f"--targets: unknown {bad}; choose from {','.join(TARGETS)}")
+    if a.duration < 1 or a.rounds < 1 or not a.threads or min(a.threads) < 1:
+        p.error("--duration, --rounds and --threads must be positive")
+    a.targets = [t for t in TARGETS if t in a.targets]  # canonical order
+    return a
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers: ports, processes, /proc
+# --------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    """A free 127.0.0.1 port (never 3306)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port != 3306:
+            return port
+
+
+def port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None, what: str = "",
+              logfile: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise BenchError(f"{what} exited with status {proc.returncode} before listening on {host}:{port}"
+                             + (f"; last log lines:\n{tail(logfile)}" if logfile else ""))
+        if port_accepts(host, port):
+            return
+        time.sleep(0.1)
+    raise BenchError(f"{what} did not accept connections on {host}:{port} within {timeout:.0f}s")
+
+
+def connect(host: str, port: int, args, timeout: float = 10, database: str | None = "") -> pymysql.Connection:
+    return pymysql.connect(
+        host=host, port=port, user=args.user, password=args.password,
+        database=args.db if database == "" else database,
+        connect_timeout=timeout, read_timeout=60, write_timeout=60,
+        autocommit=None,  # None: send nothing after login, keep the server default
+        ssl_disabled=True,  # plain TCP like sysbench (--mysql-ssl=off); PyMySQL would otherwise try TLS
+    )
+
+
+def wait_login(host: str, port: int, args, timeout: float, proc: subprocess.Popen | None = None, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise BenchError(f"{what} exited with status {proc.returncode}")
+        try:
+            conn = connect(host, port, args, timeout=5)
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT 1")
+                    cur.fetchall()
+            finally:
+                conn.close()
+            return
+        except Exception as e:  # noqa: BLE001 - retried until the deadline
+            last = e
+            time.sleep(0.3)
+    raise BenchError(f"cannot log in to {what} at {host}:{port} as {args.user}: {last}")
+
+
+def proc_cpu_seconds(pid: int | None) -> float | None:
+    """utime + stime of a process (all its threads), in seconds."""
+    if not pid:
+        return None
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces; fields after the last ')' are fixed.
+    fields = raw[raw.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of the full line
+
+
+def proc_mem_kib(pid: int | None) -> dict[str, int]:
+    out: dict[str, int] = {}
+    if not pid:
+        return out
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, val = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "Threads"):
+                out[key] = int(val.split()[0])
+    except OSError:
+        pass
+    return out
+
+
+def raise_nofile(need: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = need + 256
+    if soft >= want:
+        return
+    new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    except (ValueError, OSError) as e:
+        log(f"warning: cannot raise RLIMIT_NOFILE from {soft} to {new}: {e}")
+    if new < want:
+        log(f"warning: RLIMIT_NOFILE hard limit {hard} is below the {want} file descriptors wanted")
+
+
+class Child:
+    """A long-running child process (haproxy, shardgate serve) that we started and must stop."""
+
+    def __init__(self, name: str, cmd: list[str], logfile: Path):
+        self.name, self.cmd, self.logfile = name, cmd, logfile
+        log(f"$ {show_cmd(cmd)}    (log: {logfile})")
+        self._log = open(logfile, "wb")
+        # Own session: a Ctrl-C in the terminal reaches only us, and we stop children in order.
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(REPO))
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def check_alive(self) -> None:
+        if not self.alive():
+            raise BenchError(f"{self.name} (pid {self.pid}) died with status {self.proc.returncode}; "
+                             f"last log lines:\n{tail(self.logfile)}")
+
+    def stop(self) -> None:
+        if self.alive():
+            self.proc.terminate()  # by pid, the one we spawned
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._log.close()
+
+
+def tail(path: Path, n: int = 20) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "    (no log)"
+    return "\n".join("    " + l for l in lines[-n:])
+
+
+def run_checked(cmd: list[str], what: str, timeout: float | None = None, cwd: Path | None = None,
+                capture: bool = True) -> subprocess.CompletedProcess:
+    log(f"$ {show_cmd(cmd)}")
+    try:
+        res = subprocess.run(cmd, capture_output=capture, text=True, timeout=timeout,
+                             cwd=str(cwd) if cwd else None)
+    except FileNotFoundError:
+        raise BenchError(f"{what}: {cmd[0]} not found")
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{what}: timed out after {timeout:.0f}s")
+    if res.returncode != 0:
+        out = ((res.stdout or "") + (res.stderr or "")).strip().splitlines()
+        raise BenchError(f"{what} failed with status {res.returncode}:\n" + "\n".join("    " + l for l in out[-25:]))
+    return res
+
+
+# --------------------------------------------------------------------------------------------
+# The environment: sandbox or external MariaDB, HAProxy, shardgate
+# --------------------------------------------------------------------------------------------
+
+class Env:
+    """Everything started for one benchmark, torn down in reverse by close()."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.dir = Path(tempfile.mkdtemp(prefix="shardgate-load-"))
+        self.sandbox_up = False
+        self.sandbox_pids: list[tuple[int, str]] = []  # (pid, datadir) of the sandbox servers
+        self.primary: tuple[str, int] | None = None
+        self.primary_pid: int | None = None
+        self.proxy_config: Path | None = None
+        self.haproxy: Child | None = None
+        self.shardgate: Child | None = None
+        self.endpoints: dict[str, tuple[str, int]] = {}
+        self.commands: dict[str, str] = {}
+
+    # -- build -------------------------------------------------------------------------------
+    def needs_binary(self) -> bool:
+        a = self.args
+        return a.external_primary is None or ("shardgate" in a.targets and a.external_proxy is None)
+
+    def build(self) -> None:
+        if not self.needs_binary():
+            log("(shardgate binary not needed: external primary, no local proxy)")
+            return
+        if self.args.no_build:
+            log(f"(--no-build: using {self.args.binary})")
+        else:
+            cmd = ["cargo", "build", "--release"]
+            self.commands["build"] = f"(cd {REPO} && {show_cmd(cmd)})"
+            t0 = time.monotonic()
+            # Not captured: cargo's progress goes straight to the terminal.
+            run_checked(cmd, "cargo build --release", cwd=REPO, capture=False)
+            log(f"built in {time.monotonic() - t0:.0f}s")
+        if not os.access(self.args.binary, os.X_OK):
+            raise BenchError(f"no executable shardgate binary at {self.args.binary}")
+
+    # -- MariaDB -----------------------------------------------------------------------------
+    def start_primary(self) -> None:
+        a = self.args
+        if a.external_primary:
+            self.primary = a.external_primary
+            log(f"primary: external MariaDB at {self.primary[0]}:{self.primary[1]}")
+        else:
+            cmd = [str(a.binary), "sandbox", "up", "--dir", str(self.dir), "--shards", "1", "--replicas", "0"]
+            self.commands["sandbox_up"] = show_cmd(cmd)
+            self.sandbox_up = True  # tear down even if 'up' fails half way
+            run_checked(cmd, "shardgate sandbox up", timeout=300)
+            cluster_file = self.dir / "cluster.json"
+            try:
+                cluster = json.loads(cluster_file.read_text())
+            except (OSError, ValueError) as e:
+                raise BenchError(f"sandbox up did not write a readable {cluster_file}: {e}")
+            for s in cluster.get("servers", []):
+                if s.get("pid"):
+                    self.sandbox_pids.append((int(s["pid"]), str(s.get("datadir", ""))))
+            prim = [s for s in cluster.get("servers", []) if s.get("role") == "primary"]
+            if not prim:
+                raise BenchError(f"{cluster_file} lists no primary server")
+            self.primary = (prim[0].get("host", "127.0.0.1"), int(prim[0]["port"]))
+            self.primary_pid = int(prim[0]["pid"]) if prim[0].get("pid") else None
+            if cluster.get("user"):
+                a.user, a.password = cluster["user"], cluster.get("password", a.password)
+            log(f"primary: sandbox MariaDB at {self.primary[0]}:{self.primary[1]} (pid {self.primary_pid})")
+        wait_login(*self.primary, self.args, timeout=60, what="primary MariaDB")
+        self.endpoints["direct"] = self.primary
+
+    # -- HAProxy -----------------------------------------------------------------------------
+    def start_haproxy(self) -> None:
+        port = free_port()
+        host, pport = self.primary
+        cfg = self.dir / "haproxy.cfg"
+        # HAProxy wants 2 fds per connection and refuses to start above its fd limit.
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        maxconn = 8192 if soft == resource.RLIM_INFINITY else max(256, min(8192, (soft - 256) // 2))
+        cfg.write_text(f"""# Generated by benches/load/run.py: pure L4 forwarding, the floor of any proxy's cost.
+global
+    nbthread {self.args.haproxy_threads}
+    maxconn {maxconn}
+
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+
+frontend mysql_in
+    bind 127.0.0.1:{port}
+    default_backend mysql_primary
+
+backend mysql_primary
+    server primary {host}:{pport}
+""")
+        cmd = ["haproxy", "-f", str(cfg), "-db"]
+        self.commands["haproxy"] = show_cmd(cmd)
+        self.haproxy = Child("haproxy", cmd, self.dir / "haproxy.log")
+        wait_port("127.0.0.1", port, 15, self.haproxy.proc, "haproxy", self.haproxy.logfile)
+        wait_login("127.0.0.1", port, self.args, 15, self.haproxy.proc, "haproxy")
+        self.endpoints["haproxy"] = ("127.0.0.1", port)
+        log(f"haproxy: 127.0.0.1:{port} -> {host}:{pport} (pid {self.haproxy.pid}, nbthread {self.args.haproxy_threads})")
+
+    # -- shardgate ---------------------------------------------------------------------------
+    def write_proxy_config(self) -> Path:
+        """A minimal one-shard config for --external-primary (the sandbox writes its own)."""
+        host, port = self.primary
+        path = self.dir / "shardgate.toml"
+        a = self.args
+        path.write_text(f"""# Generated by benches/load/run.py for --external-primary {host}:{port}
+[proxy]
+listen = "127.0.0.1:{free_port()}"
+admin_listen = "127.0.0.1:{free_port()}"
+
+[[users]]
+name = {json.dumps(a.user)}
+password = {json.dumps(a.password)}
+
+[keyspace.{a.db}]
+sharding = "unsharded"
+
+[[keyspace.{a.db}.shards]]
+name = "s0"
+primary = "{host}:{port}"
+""")
+        return path
+
+    def start_shardgate(self) -> None:
+        a = self.args
+        if a.external_proxy:
+            self.endpoints["shardgate"] = a.external_proxy
+            log(f"shardgate: external proxy at {a.external_proxy[0]}:{a.external_proxy[1]} (no CPU/memory numbers)")
+            wait_login(*a.external_proxy, a, 30, what="shardgate (external)")
+            return
+        if a.proxy_config:
+            cfg = a.proxy_config.resolve()
+        elif a.external_primary:
+            cfg = self.write_proxy_config()
+        else:
+            cfg = self.dir / "shardgate.toml"
+        if not cfg.exists():
+            raise BenchError(f"no proxy config at {cfg}")
+        self.proxy_config = cfg
+        host, port = proxy_listen(cfg)
+        if port_accepts(host, port):
+            raise BenchError(f"{host}:{port} (proxy.listen in {cfg}) is already in use")
+        cmd = [str(a.binary), "serve", "--config", str(cfg)]
+        self.commands["shardgate"] = show_cmd(cmd)
+        self.shardgate = Child("shardgate", cmd, self.dir / "shardgate.log")
+        wait_port(host, port, 30, self.shardgate.proc, "shardgate serve", self.shardgate.logfile)
+        wait_login(host, port, a, 30, self.shardgate.proc, "shardgate serve")
+        self.endpoints["shardgate"] = (host, port)
+        log(f"shardgate: {host}:{port} -> {self.primary[0]}:{self.primary[1]} (pid {self.shardgate.pid})")
+
+    def pid_of(self, target: str) -> int | None:
+        if target == "haproxy" and self.haproxy:
+            return self.haproxy.pid
+        if target == "shardgate" and self.shardgate:
+            return self.shardgate.pid
+        return None
+
+    def check_children(self) -> None:
+        for c in (self.haproxy, self.shardgate):
+            if c is not None:
+                c.check_alive()
+
+    # -- teardown ----------------------------------------------------------------------------
+    def close(self, keep: bool) -> None:
+        for c in (self.shardgate, self.haproxy):
+            if c is not None:
+                try:
+                    c.stop()
+                except Exception as e:  # noqa: BLE001 - keep tearing down
+                    log(f"warning: stopping {c.name} (pid {c.pid}): {e}")
+        if self.sandbox_up:
+            cmd = [str(self.args.binary), "sandbox", "down", "--dir", str(self.dir)]
+            try:
+                run_checked(cmd, "shardgate sandbox down", timeout=120)
+            except BenchError as e:
+                log(f"warning: {e}")
+                self.kill_sandbox_servers()
+        if keep:
+            log(f"kept {self.dir}")
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def kill_sandbox_servers(self) -> None:
+        """Fallback when 'sandbox down' fails: stop the servers our 'sandbox up' started.
+
+        Only pids named in our cluster.json whose command line still names our datadir, so a
+        recycled pid or somebody else's mariadbd is never touched.
+        """
+        for pid, datadir in self.sandbox_pids:
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            ours = str(self.dir) in cmdline or (datadir and datadir in cmdline)
+            if ours and ("mariadbd" in cmdline or "mysqld" in cmdline):
+                log(f"stopping sandbox server pid {pid} ({datadir})")
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except OSError:
+                    pass
+
+
+def proxy_listen(cfg: Path) -> tuple[str, int]:
+    text = cfg.read_text()
+    listen = None
+    if tomllib is not None:
+        try:
+            listen = tomllib.loads(text).get("proxy", {}).get("listen")
+        except tomllib.TOMLDecodeError as e:
+            raise BenchError(f"{cfg}: {e}")
+    else:
+        m = re.search(r'^\s*listen\s*=\s*"([^"]+)"', text, re.M)
+        listen = m.group(1) if m else None
+    listen = listen or "127.0.0.1:6033"  # the config's default
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if host in ("0.0.0.0", "", "::"):
+        host = "127.0.0.1"
+    return host, int(port)
+
+
+# --------------------------------------------------------------------------------------------
+# sysbench
+# --------------------------------------------------------------------------------------------
+
+def sysbench_cmd(args, test: str, host: str, port: int, command: str, threads: int = 1, duration: int = 0) -> list[str]:
+    cmd = ["sysbench", test, "--db-driver=mysql",
+           f"--mysql-host={host}", f"--mysql-port={port}",
+           f"--mysql-user={args.user}", f"--mysql-password={args.password}", f"--mysql-db={args.db}",
+           f"--tables={args.tables}", f"--table-size={args.table_size}"]
+    if command == "run":
+        cmd += [f"--threads={threads}", f"--time={duration}", "--report-interval=0",
+                "--percentile=95", f"--db-ps-mode={args.ps_mode}"]
+    return cmd + [command]
+
+
+_RE = {
+    "transactions": re.compile(r"^\s*transactions:\s+(\d+)\s+\(([\d.]+) per sec\.\)", re.M),
+    "queries": re.compile(r"^\s*queries:\s+(\d+)\s+\(([\d.]+) per sec\.\)", re.M),
+    "errors": re.compile(r"^\s*ignored errors:\s+(\d+)", re.M),
+    "reconnects": re.compile(r"^\s*reconnects:\s+(\d+)", re.M),
+    "p95": re.compile(r"^\s*95th percentile:\s+([\d.]+)", re.M),
+    "avg": re.compile(r"^\s*avg:\s+([\d.]+)", re.M),
+    "time": re.compile(r"^\s*total time:\s+([\d.]+)s", re.M),
+}
+
+
+def parse_sysbench(out: str) -> dict:
+    def grab(key: str, group: int = 1, conv=float):
+        m = _RE[key].search(out)
+        if not m:
+            raise BenchError(f"cannot find '{key}' in sysbench output:\n{out[-2000:]}")
+        return conv(m.group(group))
+
+    return {
+        "transactions": grab("transactions", 1, int),
+        "tps": grab("transactions", 2),
+        "queries": grab("queries", 1, int),
+        "qps": grab("queries", 2),
+        "p95_ms": grab("p95"),
+        "avg_ms": grab("avg"),
+        "errors": grab("errors", 1, int),
+        "reconnects": grab("reconnects", 1, int),
+        "seconds": grab("time"),
+    }
+
+
+def run_sysbench(env: Env, test: str, target: str, threads: int, duration: int, record: bool) -> dict:
+    """One sysbench run against one target, with CPU of the target's proxy (and the primary)."""
+    host, port = env.endpoints[target]
+    cmd = sysbench_cmd(env.args, test, host, port, "run", threads, duration)
+    if record:  # one example per target; tests and thread counts vary as listed above
+        env.commands.setdefault(f"sysbench_run_{target}", show_cmd(cmd))
+    ppid = env.pid_of(target)
+    cpu0, db0 = proc_cpu_seconds(ppid), proc_cpu_seconds(env.primary_pid)
+    t0 = time.monotonic()
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"sysbench {test} against {target} hung past {duration + 120}s: {show_cmd(cmd)}")
+    wall = time.monotonic() - t0
+    cpu1, db1 = proc_cpu_seconds(ppid), proc_cpu_seconds(env.primary_pid)
+    env.check_children()
+    if res.returncode != 0:
+        out = (res.stdout + res.stderr).strip().splitlines()
+        raise BenchError(f"sysbench {test} against {target} failed with status {res.returncode}: {show_cmd(cmd)}\n"
+                         + "\n".join("    " + l for l in out[-25:]))
+    r = parse_sysbench(res.stdout)
+    if r["errors"] or r["reconnects"]:
+        raise BenchError(f"sysbench {test} against {target}: {r['errors']} errors, {r['reconnects']} reconnects")
+    r.update(test=test, target=target, threads=threads, wall_s=round(wall, 2))
+    q = max(r["queries"], 1)
+    r["proxy_cpu_s"] = None if cpu0 is None or cpu1 is None else round(cpu1 - cpu0, 3)
+    r["proxy_cpu_us_per_q"] = None if r["proxy_cpu_s"] is None else round(r["proxy_cpu_s"] * 1e6 / q, 2)
+    r["db_cpu_us_per_q"] = None if db0 is None or db1 is None else round((db1 - db0) * 1e6 / q, 2)
+    return r
+
+
+# --------------------------------------------------------------------------------------------
+# Idle connections: proxy memory
+# --------------------------------------------------------------------------------------------
+
+def idle_memory(env: Env, n: int) -> dict:
+    a = env.args
+    pid = env.shardgate.pid if env.shardgate else None
+    host, port = env.endpoints["shardgate"]
+    raise_nofile(n)
+    result: dict = {"idle_conns": n, "before_kib": proc_mem_kib(pid)}
+    log(f"\nopening {n} idle connections to shardgate at {host}:{port} "
+        f"(PyMySQL logins as {a.user}, database {a.db}, nothing else sent)...")
+    conns: list[pymysql.Connection] = []
+    errors: list[str] = []
+    t0 = time.monotonic()
+
+    def one(_: int):
+        return connect(host, port, a, timeout=30)
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+            for fut in [pool.submit(one, i) for i in range(n)]:
+                try:
+                    conns.append(fut.result())
+                except Exception as e:  # noqa: BLE001 - counted and reported
+                    errors.append(str(e))
+        result["open_s"] = round(time.monotonic() - t0, 2)
+        time.sleep(2)  # let allocations settle
+        if env.shardgate:
+            env.shardgate.check_alive()
+        result["open"] = len(conns)
+        result["with_conns_kib"] = proc_mem_kib(pid)
+        # Are they all still usable? (Checked after the RSS reading, so it does not count.)
+        alive = 0
+        for c in conns[: min(len(conns), 50)]:
+            try:
+                c.ping(reconnect=False)
+                alive += 1
+            except Exception as e:  # noqa: BLE001
+                errors.append(f"ping: {e}")
+        result["pinged_ok"] = f"{alive}/{min(len(conns), 50)}"
+    finally:
+        for c in conns:
+            try:
+                c.close()
+            except Exception:  # noqa: BLE001
+                pass
+    time.sleep(2)
+    result["after_close_kib"] = proc_mem_kib(pid)
+    result["errors"] = len(errors)
+    result["first_errors"] = sorted(set(errors))[:5]
+    before = result["before_kib"].get("VmRSS")
+    during = result["with_conns_kib"].get("VmRSS")
+    if before and during and conns:
+        result["kib_per_conn"] = round((during - before) / len(conns), 1)
+    result["rss_mib"] = round(during / 1024, 1) if during else None
+    result["bar_mib"] = a.bar_rss_mib
+    result["meets_bar"] = bool(during and during / 1024 <= a.bar_rss_mib)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+def fmt(x, spec: str = ".2f", none: str = "-") -> str:
+    return none if x is None else format(x, spec)
+
+
+def summarize(args, runs: list[dict]) -> list[dict]:
+    rows = []
+    for test in args.tests:
+        for th in args.threads:
+            med: dict[str, dict] = {}
+            for tg in args.targets:
+                rs = [r for r in runs if r["test"] == test and r["threads"] == th and r["target"] == tg]
+                if not rs:
+                    continue
+                tps = [r["tps"] for r in rs]
+
+                def m(key):
+                    vals = [r[key] for r in rs if r.get(key) is not None]
+                    return statistics.median(vals) if vals else None
+
+                med[tg] = {"test": test, "threads": th, "target": tg, "rounds": len(rs),
+                           "tps": m("tps"), "qps": m("qps"), "p95_ms": m("p95_ms"),
+                           "spread_pct": (max(tps) - min(tps)) / statistics.median(tps) * 100 if len(rs) > 1 else None,
+                           "proxy_cpu_us_per_q": m("proxy_cpu_us_per_q"), "db_cpu_us_per_q": m("db_cpu_us_per_q"),
+                           "tps_runs": tps}
+            direct = med.get("direct", {}).get("tps")
+            for tg, row in med.items():
+                row["ratio"] = row["tps"] / direct if direct else None
+            hap, sg = med.get("haproxy"), med.get("shardgate")
+            if sg and hap and hap["tps"]:
+                # shardgate_ratio / haproxy_ratio; equals sg tps / haproxy tps (also without direct).
+                sg["ratio_vs_haproxy"] = sg["tps"] / hap["tps"]
+                if th == args.bar_threads:
+                    sg["meets_bar"] = sg["ratio_vs_haproxy"] >= args.bar_ratio
+            rows.extend(med.values())
+    return rows
+
+
+def print_table(args, rows: list[dict]) -> None:
+    hdr = ["test", "thr", "target", "tps", "qps", "p95 ms", "spread", "vs direct", "vs haproxy",
+           f"bar>={args.bar_ratio:g}@{args.bar_threads}", "proxy cpu us/q", "db cpu us/q"]
+    table = [hdr]
+    for r in rows:
+        bar = "-"
+        if "meets_bar" in r:
+            bar = "yes" if r["meets_bar"] else "NO"
+        elif r["target"] == "shardgate" and r.get("ratio_vs_haproxy") is not None:
+            bar = "(n/a)"
+        table.append([
+            r["test"], str(r["threads"]), r["target"], fmt(r["tps"], ".1f"), fmt(r["qps"], ".1f"),
+            fmt(r["p95_ms"]), fmt(r["spread_pct"], ".0f") + ("%" if r["spread_pct"] is not None else ""),
+            fmt(r.get("ratio"), ".3f"), fmt(r.get("ratio_vs_haproxy"), ".3f"), bar,
+            fmt(r["proxy_cpu_us_per_q"], ".1f"), fmt(r["db_cpu_us_per_q"], ".1f"),
+        ])
+    widths = [max(len(row[i]) for row in table) for i in range(len(hdr))]
+    left = {0, 2}
+    for i, row in enumerate(table):
+        log("  ".join(c.ljust(w) if j in left else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))))
+        if i == 0:
+            log("  ".join("-" * w for w in widths))
+
+
+def host_info() -> dict:
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    return {"cpus": os.cpu_count(), "loadavg_at_start": load, "kernel": platform.release(),
+            "python": platform.python_version(),
+            "sysbench": subprocess.run(["sysbench", "--version"], capture_output=True, text=True).stdout.strip(),
+            "haproxy": subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.splitlines()[0:1]}
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for tool in ("sysbench", "haproxy") if "haproxy" in args.targets else ("sysbench",):
+        if shutil.which(tool) is None:
+            log(f"error: {tool} is not installed (apt-get install {tool})")
+            return 1
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    # Even when started with SIGINT ignored (a background job), Ctrl-C / kill -INT tears down.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Raise the fd limit before any child starts, so a proxy we spawn inherits it too.
+    raise_nofile(max(args.idle_conns, 1024) + 1024)
+
+    info = host_info()
+    n_runs = len(args.tests) * len(args.threads) * args.rounds * len(args.targets)
+    est = n_runs * (args.duration + 1) + len(args.tests) * len(args.targets) * args.warmup
+    log(f"shardgate load benchmark: tests={','.join(args.tests)} threads={','.join(map(str, args.threads))} "
+        f"targets={','.join(args.targets)} rounds={args.rounds} duration={args.duration}s "
+        f"(~{est / 60:.1f} min of sysbench)")
+    log(f"host: {info['cpus']} CPUs, load average {info['loadavg_at_start']}; shared and noisy, so the bars "
+        f"below are reported, not asserted")
+
+    env = Env(args)
+    runs: list[dict] = []
+    rows: list[dict] = []
+    memory: dict | None = None
+    failure: str | None = None
+    status = 0
+    try:
+        log(f"work dir: {env.dir}")
+        env.build()
+        env.start_primary()
+        if "haproxy" in args.targets:
+            env.start_haproxy()
+        if "shardgate" in args.targets:
+            env.start_shardgate()
+        if env.shardgate:
+            log(f"shardgate memory at start: {proc_mem_kib(env.shardgate.pid)}")
+
+        host, port = env.primary
+        if not args.skip_prepare:
+            # Once, directly against the primary, shared by every test and target.
+            for command in ("cleanup", "prepare"):
+                cmd = sysbench_cmd(args, "oltp_point_select", host, port, command)
+                env.commands[f"sysbench_{command}"] = show_cmd(cmd)
+                run_checked(cmd, f"sysbench {command}", timeout=600)
+
+        combo = 0
+        for test in args.tests:
+            if args.warmup > 0:
+                log(f"\nwarm-up: {test}, {args.warmup}s per target at {max(args.threads)} threads (not recorded)")
+                for tg in args.targets:
+                    run_sysbench(env, test, tg, max(args.threads), args.warmup, record=False)
+            for th in args.threads:
+                log(f"\n{test}, {th} threads:")
+                for rnd in range(args.rounds):
+                    k = (rnd + combo) % len(args.targets)
+                    order = args.targets[k:] + args.targets[:k]  # rotate: nobody always goes first
+                    for tg in order:
+                        r = run_sysbench(env, test, tg, th, args.duration, record=True)
+                        r["round"] = rnd + 1
+                        runs.append(r)
+                        log(f"  round {rnd + 1} {tg:9s} tps {r['tps']:10.1f}  qps {r['qps']:10.1f}  "
+                            f"p95 {r['p95_ms']:7.2f} ms  proxy cpu {fmt(r['proxy_cpu_us_per_q'], '.1f')} us/q")
+                combo += 1
+
+        rows = summarize(args, runs)
+        log(f"\nMedians over {args.rounds} round(s), {args.duration}s each "
+            f"(spread = (max-min)/median of tps over rounds; cpu = utime+stime per query):")
+        print_table(args, rows)
+
+        if "shardgate" in args.targets and args.idle_conns > 0:
+            if env.shardgate is None:
+                log("\n(memory check skipped: --external-proxy gives no pid to read /proc from)")
+            else:
+                memory = idle_memory(env, args.idle_conns)
+    except KeyboardInterrupt:
+        failure, status = "interrupted", 130
+        log("\ninterrupted; tearing down")
+    except BenchError as e:
+        failure, status = str(e), 1
+        log(f"\nFAILED: {e}")
+    finally:
+        if status != 0 and env.shardgate is not None:
+            log(f"shardgate log tail ({env.shardgate.logfile}):\n{tail(env.shardgate.logfile)}")
+        try:
+            env.close(keep=args.keep_dir or status == 1)
+        except KeyboardInterrupt:
+            env.close(keep=True)
+
+    if runs and not rows:
+        rows = summarize(args, runs)
+        log(f"\nPartial results ({len(runs)} runs completed before the failure):")
+        print_table(args, rows)
+
+    if memory:
+        b, w, c = memory["before_kib"], memory["with_conns_kib"], memory["after_close_kib"]
+        log(f"\nshardgate memory with {memory['open']}/{memory['idle_conns']} idle connections open "
+            f"(opened in {memory['open_s']}s, {memory['errors']} errors, ping {memory['pinged_ok']}):")
+        log(f"  before:       VmRSS {fmt(b.get('VmRSS', 0) / 1024, '.1f')} MiB  VmHWM {fmt(b.get('VmHWM', 0) / 1024, '.1f')} MiB")
+        log(f"  conns open:   VmRSS {fmt(w.get('VmRSS', 0) / 1024, '.1f')} MiB  VmHWM {fmt(w.get('VmHWM', 0) / 1024, '.1f')} MiB"
+            f"  ({fmt(memory.get('kib_per_conn'), '.1f')} KiB per connection, {w.get('Threads', '?')} threads)")
+        log(f"  after close:  VmRSS {fmt(c.get('VmRSS', 0) / 1024, '.1f')} MiB  VmHWM {fmt(c.get('VmHWM', 0) / 1024, '.1f')} MiB")
+        if memory["first_errors"]:
+            log("  errors: " + "; ".join(memory["first_errors"]))
+        if memory["errors"] and status == 0:
+            failure, status = f"{memory['errors']} idle connections failed", 1
+
+    bars = [r for r in rows if "meets_bar" in r]
+    log("\nBars (reported, not asserted; this machine is shared and noisy):")
+    if bars:
+        for r in bars:
+            log(f"  throughput {r['test']} @{r['threads']} threads: shardgate/haproxy = {r['ratio_vs_haproxy']:.3f} "
+                f"(bar >= {args.bar_ratio:g}): {'meets' if r['meets_bar'] else 'BELOW'}")
+    else:
+        log(f"  throughput: not evaluated (needs haproxy and shardgate at {args.bar_threads} threads)")
+    if memory:
+        log(f"  memory: VmRSS {fmt(memory['rss_mib'], '.1f')} MiB with {memory['open']} idle connections "
+            f"(bar <= {args.bar_rss_mib:g} MiB): {'meets' if memory['meets_bar'] else 'ABOVE'}")
+    else:
+        log("  memory: not measured")
+
+    log("\nCommands:")
+    for k, v in env.commands.items():
+        log(f"  {k}: {v}")
+
+    if args.json:
+        doc = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+               "host": info, "commands": env.commands, "runs": runs, "medians": rows,
+               "memory": memory, "status": status, "failure": failure}
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+        log(f"\nwrote {args.json}")
+    log(f"\n{'OK' if status == 0 else 'FAILED'}: {failure or 'all runs completed'}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+//! One connection from the proxy to a MariaDB server, opened with the client's framing
+//! capabilities and charset so that the server's packets can be forwarded untouched.
+
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, BytesMut};
+use tokio::net::TcpStream;
+
+use crate::protocol::auth;
+use crate::protocol::consts::{cap, com};
+use crate::protocol::handshake::{parse_auth_switch, ClientHello, ServerHello};
+use crate::protocol::packet::{parse_err, parse_ok, put_packet, ErrInfo, OkInfo, PacketError};
+use crate::protocol::stream::PacketStream;
+
+/// Why a backend connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connecting to {addr} timed out after {ms} ms")]
+    ConnectTimeout { addr: String, ms: u64 },
+    #[error("{addr}: {source}")]
+    Packet {
+        addr: String,
+        #[source]
+        source: PacketError,
+    },
+    #[error("{addr} closed the connection")]
+    Closed { addr: String },
+    #[error("{addr} sent a malformed {what}")]
+    Malformed { addr: String, what: &'static str },
+    #[error("{addr} refused: {} ({}) {}", .err.code, .err.state, .err.message)]
+    Server { addr: String, err: ErrInfo },
+    #[error("{addr} asks for auth plugin '{plugin}', which the proxy does not speak")]
+    Plugin { addr: String, plugin: String },
+    #[error("pool for {addr} is full ({max} connections) and none freed up within {ms} ms")]
+    PoolTimeout { addr: String, max: usize, ms: u64 },
+}
+
+impl BackendError {
+    /// The MySQL error a client is given for this failure.
+    pub fn client_error(&self) -> ((u16, &str), String) {
+        use crate::protocol::consts::errcode;
+        match self {
+            BackendError::Server { err, .. } => ((err.code, "HY000"), err.message.clone()),
+            BackendError::PoolTimeout { .. } => (errcode::CON_COUNT, format!("shardgate: {self}")),
+            _ => (
+                errcode::UNKNOWN,
+                format!("shardgate: backend unavailable: {self}"),
+            ),
+        }
+    }
+}
+
+/// What a backend connection was opened for: the client framing flags and charset it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub framing: u32,
+    pub charset: u8,
+}
+
+/// Parameters of a new connection.
+pub struct ConnectParams<'a> {
+    pub addr: &'a str,
+    pub user: &'a str,
+    pub password: &'a str,
+    pub key: ConnKey,
+    pub db: Option<&'a str>,
+    pub timeout: Duration,
+}
+
+pub struct BackendConn {
+    pub io: PacketStream,
+    pub addr: std::sync::Arc<str>,
+    pub user: String,
+    pub key: ConnKey,
+    /// The database this connection has selected, as far as the proxy knows.
+    pub db: Option<String>,
+    pub connection_id: u32,
+    pub server_version: String,
+    /// Set while a response has not been read to its end: such a connection cannot be reused.
+    pub in_flight: bool,
+    pub last_used: Instant,
+}
+
+impl BackendConn {
+    /// Opens and authenticates a connection.
+    pub async fn connect(p: ConnectParams<'_>) -> Result<Self, BackendError> {
+        let addr = p.addr.to_string();
+        let ms = p.timeout.as_millis() as u64;
+        match tokio::time::timeout(p.timeout, Self::connect_inner(&p)).await {
+            Ok(r) => r,
+            Err(_) => Err(BackendError::ConnectTimeout { addr, ms }),
+        }
+    }
+
+    async fn connect_inner(p: &ConnectParams<'_>) -> Result<Self, BackendError> {
+        let addr = p.addr;
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| BackendError::Connect {
+                addr: addr.into(),
+                source,
+            })?;
+        let mut io = PacketStream::new(stream);
+        let pkt = |source| BackendError::Packet {
+            addr: addr.into(),
+            source,
+        };
+        let closed = || BackendError::Closed { addr: addr.into() };
+        let hello = io
+            .read_frame(1 << 20)
+            .await
+            .map_err(pkt)?
+            .ok_or_else(closed)?;
+        if hello.first_byte() == Some(0xFF) {
+            return Err(server_err(addr, &hello.payload()));
+        }
+        let server = ServerHello::parse(&hello.payload()).map_err(|_| BackendError::Malformed {
+            addr: addr.into(),
+            what: "handshake",
+        })?;
+        let mut caps = cap::LONG_PASSWORD
+            | cap::PROTOCOL_41
+            | cap::SECURE_CONNECTION
+            | cap::PLUGIN_AUTH
+            | cap::PLUGIN_AUTH_LENENC_CLIENT_DATA
+            | cap::TRANSACTIONS
+            | (p.key.framing & cap::FRAMING);
+        if p.db.is_some() {
+            caps |= cap::CONNECT_WITH_DB;
+        }
+        caps &= server.caps | cap::LONG_PASSWORD;
+        let plugin = server.auth_plugin.clone();
+        let response = scramble(addr, &plugin, &server.nonce, p.password)?;
+        let mut out = BytesMut::with_capacity(128);
+        let mut body = BytesMut::with_capacity(128);
+        ClientHello {
+            caps,
+            max_packet: 1 << 30,
+            charset: p.key.charset,
+            user: p.user.into(),
+            auth_response: response,
+            database: p.db.map(str::to_string),
+            auth_plugin: Some(plugin),
+            attrs: Vec::new(),
+        }
+        .encode(&mut body);
+        let mut seq = put_packet(&mut out, hello.last_seq.wrapping_add(1), &body);
+        io.write_all(&out).await.map_err(|e| pkt(e.into()))?;
+        // OK, ERR, or an auth switch / extra round of the plugin.
+        loop {
+            let f = io
+                .read_frame(1 << 20)
+                .await
+                .map_err(pkt)?
+                .ok_or_else(closed)?;
+            let payload = f.payload();
+            match payload.first() {
+                Some(0x00) => break,
+                Some(0xFF) => return Err(server_err(addr, &payload)),
+                Some(0xFE) => {
+                    let (plugin, nonce) =
+                        parse_auth_switch(&payload).map_err(|_| BackendError::Malformed {
+                            addr: addr.into(),
+                            what: "auth switch",
+                        })?;
+                    let resp = scramble(addr, &plugin, &nonce, p.password)?;
+                    out.clear();
+                    seq = put_packet(&mut out, f.last_seq.wrapping_add(1), &resp);
+                    io.write_all(&out).await.map_err(|e| pkt(e.into()))?;
+                }
+                // caching_sha2 "fast auth success" (0x01 0x03): the OK follows.
+                Some(0x01) if payload.get(1) == Some(&3) => continue,
+                _ => {
+                    return Err(BackendError::Plugin {
+                        addr: addr.into(),
+                        plugin: "caching_sha2_password full authentication".into(),
+                    })
+                }
+            }
+        }
+        let _ = seq;
+        Ok(BackendConn {
+            io,
+            addr: addr.into(),
+            user: p.user.into(),
+            key: p.key,
+            db: p.db.map(str::to_string),
+            connection_id: server.connection_id,
+            server_version: server.server_version,
+            in_flight: false,
+            last_used: Instant::now(),
+        })
+    }
+
+    /// Runs one proxy-issued command that answers with a single OK or ERR.
+    pub async fn simple_command(
+        &mut self,
+        command: u8,
+        arg: &[u8],
+    ) -> Result<Result<OkInfo, ErrInfo>, BackendError> {
+        let mut out = BytesMut::with_capacity(5 + arg.len());
+        let mut body = BytesMut::with_capacity(1 + arg.len());
+        body.put_u8(command);
+        body.put_slice(arg);
+        put_packet(&mut out, 0, &body);
+        let addr = self.addr.to_string();
+        self.in_flight = true;
+        self.io
+            .write_all(&out)
+            .await
+            .map_err(|e| BackendError::Packet {
+                addr: addr.clone(),
+                source: e.into(),
+            })?;
+        let f = self
+            .io
+            .read_frame(1 << 24)
+            .await
+            .map_err(|source| BackendError::Packet {
+                addr: addr.clone(),
+                source,
+            })?
+            .ok_or(BackendError::Closed { addr: addr.clone() })?;
+        self.in_flight = false;
+        let payload = f.payload();
+        Ok(match payload.first() {
+            Some(0xFF) => Err(parse_err(&payload).map_err(|_| BackendError::Malformed {
+                addr,
+                what: "error packet",
+            })?),
+            _ => Ok(parse_ok(&payload).unwrap_or_default()),
+        })
+    }
+
+    /// Selects `db` on this connection if it has not already.
+    pub async fn ensure_db(
+        &mut self,
+        db: Option<&str>,
+    ) -> Result<Result<(), ErrInfo>, BackendError> {
+        let Some(db) = db else { return Ok(Ok(())) };
+        if self.db.as_deref() == Some(db) {
+            return Ok(Ok(()));
+        }
+        match self.simple_command(com::INIT_DB, db.as_bytes()).await? {
+            Ok(_) => {
+                self.db = Some(db.to_string());
+                Ok(Ok(()))
+            }
+            Err(e) => Ok(Err(e)),
+        }
+    }
+}
+
+fn server_err(addr: &str, payload: &[u8]) -> BackendError {
+    match parse_err(payload) {
+        Ok(err) => BackendError::Server {
+            addr: addr.into(),
+            err,
+        },
+        Err(_) => BackendError::Malformed {
+            addr: addr.into(),
+            what: "error packet",
+        },
+    }
+}
+
+fn scramble(
+    addr: &str,
+    plugin: &str,
+    nonce: &[u8],
+    password: &str,
+) -> Result<Vec<u8>, BackendError> {
+    match plugin {
+        auth::NATIVE => Ok(auth::scramble_native(nonce, password.as_bytes())),
+        auth::CACHING_SHA2 => Ok(auth::scramble_sha2(nonce, password.as_bytes())),
+        other => Err(BackendError::Plugin {
+            addr: addr.into(),
+            plugin: other.into(),
+        }),
+    }
+}

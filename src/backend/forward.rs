@@ -1,0 +1,113 @@
+//! Sending a client's command to a backend and streaming the response back, packet by packet
+//! as it arrives, without decoding rows.
+
+use bytes::Buf;
+
+use super::conn::BackendConn;
+use crate::protocol::packet::Frame;
+use crate::protocol::response::{Expect, Progress, Scanner};
+use crate::protocol::stream::PacketStream;
+
+/// Where a forward failed: the side that failed decides what can be saved.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// The backend failed; `sent` says whether part of a response already reached the client
+    /// (then the client's connection cannot be resynchronised and must be closed).
+    #[error("backend {addr}: {msg}")]
+    Backend {
+        addr: String,
+        msg: String,
+        sent: bool,
+    },
+    /// The client went away or sent something it must not; the backend connection is mid-way.
+    #[error("client: {0}")]
+    Client(String),
+}
+
+/// How a command's response is forwarded.
+pub struct Forward<'a> {
+    pub command: &'a [u8],
+    /// Sequence id of the command's last packet (the response continues from it).
+    pub last_seq: u8,
+    /// `None` for commands the server does not answer (COM_STMT_CLOSE, SEND_LONG_DATA).
+    pub expect: Option<Expect>,
+    pub deprecate_eof: bool,
+    pub client_stmt_id: u32,
+    pub max_packet: usize,
+}
+
+/// Runs one command on `backend`, writing the response to `client` as it streams in.
+pub async fn forward(
+    backend: &mut BackendConn,
+    client: &mut PacketStream,
+    f: Forward<'_>,
+) -> Result<Scanner, ForwardError> {
+    let berr = |b: &BackendConn, msg: String, sent: bool| ForwardError::Backend {
+        addr: b.addr.to_string(),
+        msg,
+        sent,
+    };
+    backend.in_flight = true;
+    if let Err(e) = backend.io.write_all(f.command).await {
+        return Err(berr(backend, e.to_string(), false));
+    }
+    let Some(expect) = f.expect else {
+        backend.in_flight = false;
+        return Ok(Scanner::new(Expect::Single, f.deprecate_eof, 0));
+    };
+    let mut sc = Scanner::new(expect, f.deprecate_eof, f.last_seq.wrapping_add(1));
+    sc.client_stmt_id = f.client_stmt_id;
+    let mut sent = false;
+    loop {
+        let (n, progress) = sc.scan(&mut backend.io.rbuf);
+        if n > 0 {
+            client
+                .write_all(&backend.io.rbuf[..n])
+                .await
+                .map_err(|e| ForwardError::Client(e.to_string()))?;
+            backend.io.rbuf.advance(n);
+            sent = true;
+        }
+        match progress {
+            Progress::Done => break,
+            Progress::LocalInfile => relay_infile(backend, client, &mut sc, f.max_packet).await?,
+            Progress::More => match backend.io.fill().await {
+                Ok(0) => return Err(berr(backend, "closed the connection".into(), sent)),
+                Ok(_) => {}
+                Err(e) => return Err(berr(backend, e.to_string(), sent)),
+            },
+        }
+    }
+    backend.in_flight = false;
+    backend.io.maybe_shrink();
+    Ok(sc)
+}
+
+/// Copies the client's LOCAL INFILE packets to the server up to the empty closing packet.
+async fn relay_infile(
+    backend: &mut BackendConn,
+    client: &mut PacketStream,
+    sc: &mut Scanner,
+    max_packet: usize,
+) -> Result<(), ForwardError> {
+    loop {
+        let frame: Frame = match client.read_frame(max_packet).await {
+            Ok(Some(f)) => f,
+            Ok(None) => return Err(ForwardError::Client("closed during LOCAL INFILE".into())),
+            Err(e) => return Err(ForwardError::Client(e.to_string())),
+        };
+        backend
+            .io
+            .write_all(&frame.raw)
+            .await
+            .map_err(|e| ForwardError::Backend {
+                addr: backend.addr.to_string(),
+                msg: e.to_string(),
+                sent: true,
+            })?;
+        if frame.payload_len == 0 {
+            sc.after_infile(frame.last_seq);
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! Bounded connection pools, one per backend server.
+//!
+//! A permit of the server's semaphore is held by every open connection, idle or busy, so a
+//! server never sees more than `max_connections` from this proxy. A connection returned
+//! clean is reset (COM_RESET_CONNECTION: rolls back, drops temporary tables and session
+//! state) before another client may have it; one returned mid-response is closed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::conn::{BackendConn, BackendError, ConnKey, ConnectParams};
+use crate::config::PoolSection;
+use crate::protocol::consts::com;
+
+/// An idle connection is closed rather than reused after this long (servers time them out).
+const IDLE_MAX_AGE: Duration = Duration::from_secs(300);
+
+struct Idle {
+    conn: BackendConn,
+    permit: OwnedSemaphorePermit,
+}
+
+/// The pool of one server.
+pub struct ServerPool {
+    addr: Arc<str>,
+    settings: PoolSection,
+    permits: Arc<Semaphore>,
+    idle: Mutex<Vec<Idle>>,
+}
+
+/// A connection checked out of a pool; dropping it gives it back (or closes it).
+pub struct Pooled {
+    conn: Option<BackendConn>,
+    permit: Option<OwnedSemaphorePermit>,
+    pool: Arc<ServerPool>,
+}
+
+impl std::ops::Deref for Pooled {
+    type Target = BackendConn;
+    fn deref(&self) -> &BackendConn {
+        self.conn.as_ref().expect("connection present until drop")
+    }
+}
+
+impl std::ops::DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut BackendConn {
+        self.conn.as_mut().expect("connection present until drop")
+    }
+}
+
+impl Pooled {
+    /// Closes the connection instead of returning it (after an error on it).
+    pub fn discard(mut self) {
+        self.conn = None;
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let (Some(conn), Some(permit)) = (self.conn.take(), self.permit.take()) else {
+            return;
+        };
+        if conn.in_flight {
+            return; // mid-response: unusable, closing it frees the permit
+        }
+        let pool = self.pool.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { pool.give_back(conn, permit).await });
+        }
+    }
+}
+
+impl ServerPool {
+    fn new(addr: &str, settings: &PoolSection) -> Self {
+        ServerPool {
+            addr: addr.into(),
+            settings: settings.clone(),
+            permits: Arc::new(Semaphore::new(settings.max_connections)),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    async fn give_back(self: Arc<Self>, mut conn: BackendConn, permit: OwnedSemaphorePermit) {
+        match conn.simple_command(com::RESET_CONNECTION, &[]).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+        conn.last_used = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < self.settings.max_idle {
+            idle.push(Idle { conn, permit });
+        }
+    }
+
+    /// Takes an idle connection opened for `user` and `key`, dropping stale ones on the way.
+    fn take_idle(&self, user: &str, key: ConnKey) -> Option<Idle> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|i| i.conn.last_used.elapsed() < IDLE_MAX_AGE);
+        let pos = idle
+            .iter()
+            .rposition(|i| i.conn.key == key && i.conn.user == user)?;
+        Some(idle.swap_remove(pos))
+    }
+
+    /// Closes one idle connection of any kind, to make room under the limit.
+    fn evict_one(&self) -> bool {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.is_empty() {
+            return false;
+        }
+        idle.remove(0);
+        true
+    }
+
+    async fn get(
+        self: &Arc<Self>,
+        user: &str,
+        password: &str,
+        key: ConnKey,
+        db: Option<&str>,
+    ) -> Result<Pooled, BackendError> {
+        if let Some(Idle { conn, permit }) = self.take_idle(user, key) {
+            return Ok(Pooled {
+                conn: Some(conn),
+                permit: Some(permit),
+                pool: self.clone(),
+            });
+        }
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if self.evict_one() {
+                    tokio::task::yield_now().await;
+                }
+                let wait = Duration::from_millis(self.settings.wait_timeout_ms);
+                match tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await {
+                    Ok(Ok(p)) => p,
+                    _ => {
+                        return Err(BackendError::PoolTimeout {
+                            addr: self.addr.to_string(),
+                            max: self.settings.max_connections,
+                            ms: self.settings.wait_timeout_ms,
+                        })
+                    }
+                }
+            }
+        };
+        let conn = BackendConn::connect(ConnectParams {
+            addr: &self.addr,
+            user,
+            password,
+            key,
+            db,
+            timeout: Duration::from_millis(self.settings.connect_timeout_ms),
+        })
+        .await?;
+        Ok(Pooled {
+            conn: Some(conn),
+            permit: Some(permit),
+            pool: self.clone(),
+        })
+    }
+
+    /// Connections open to this server now (busy and idle).
+    pub fn open(&self) -> usize {
+        self.settings.max_connections - self.permits.available_permits()
+    }
+}
+
+/// All server pools of the proxy, created on first use.
+pub struct Pools {
+    settings: PoolSection,
+    servers: Mutex<HashMap<String, Arc<ServerPool>>>,
+}
+
+impl Pools {
+    pub fn new(settings: PoolSection) -> Self {
+        Pools {
+            settings,
+            servers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn server(&self, addr: &str) -> Arc<ServerPool> {
+        let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        servers
+            .entry(addr.to_string())
+            .or_insert_with(|| Arc::new(ServerPool::new(addr, &self.settings)))
+            .clone()
+    }
+
+    /// A connection to `addr` for `user`, with the client's framing and charset, `db` selected.
+    pub async fn get(
+        &self,
+        addr: &str,
+        user: &str,
+        password: &str,
+        key: ConnKey,
+        db: Option<&str>,
+    ) -> Result<Pooled, BackendError> {
+        self.server(addr).get(user, password, key, db).await
+    }
+}

@@ -1,0 +1,238 @@
+//! The `shardgate` command line: run the proxy, check files, drive the sandbox.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::sandbox::{self, SandboxOptions};
+use crate::shardmap::ShardMap;
+
+#[derive(Parser)]
+#[command(
+    name = "shardgate",
+    version,
+    about = "MySQL routing and sharding proxy"
+)]
+struct Cli {
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a proxy config or a shard map file.
+    Check { file: PathBuf },
+    /// Start or stop a local MariaDB cluster for trying shardgate and for its tests.
+    Sandbox {
+        #[command(subcommand)]
+        action: SandboxAction,
+    },
+    /// Start a sandbox cluster and the proxy in front of it; Ctrl-C tears both down.
+    Demo {
+        #[command(flatten)]
+        shape: Shape,
+    },
+}
+
+#[derive(clap::Args)]
+struct Shape {
+    /// Directory for the servers' datadirs, sockets, cluster.json and shardgate.toml.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 2)]
+    shards: usize,
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
+    /// Application user created on every server and in the proxy config.
+    #[arg(long, default_value = "app")]
+    user: String,
+    #[arg(long, default_value = "app")]
+    password: String,
+}
+
+impl Shape {
+    fn options(&self) -> SandboxOptions {
+        let mut o = SandboxOptions::default();
+        if let Some(d) = &self.dir {
+            o.dir = d.clone();
+        }
+        o.shards = self.shards;
+        o.replicas = self.replicas;
+        o.user = self.user.clone();
+        o.password = self.password.clone();
+        o
+    }
+}
+
+#[derive(Subcommand)]
+enum SandboxAction {
+    /// Start the cluster; returns when every server answers and every replica replicates.
+    Up {
+        #[command(flatten)]
+        shape: Shape,
+    },
+    /// Stop the servers listed in DIR/cluster.json.
+    Down {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("shardgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shardgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { config } => {
+            let cfg = Config::load(&config)?;
+            crate::proxy::serve(cfg).await
+        }
+        Command::Check { file } => check(&file),
+        Command::Sandbox {
+            action: SandboxAction::Up { shape },
+        } => {
+            let cluster = sandbox::up(&shape.options()).await?;
+            print_cluster(&cluster);
+            Ok(())
+        }
+        Command::Sandbox {
+            action: SandboxAction::Down { dir },
+        } => {
+            let dir = dir.unwrap_or_else(|| SandboxOptions::default().dir);
+            let n = sandbox::down(&dir)?;
+            println!("stopped {n} servers in {}", dir.display());
+            Ok(())
+        }
+        Command::Demo { shape } => demo(shape).await,
+    }
+}
+
+/// Accepts either kind of file: a proxy config, or a stand-alone shard map.
+fn check(file: &std::path::Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let looks_like_map = text.parse::<toml::Table>().is_ok_and(|t| {
+        t.contains_key("keyspace") && !t.contains_key("users") && !t.contains_key("proxy")
+    });
+    if looks_like_map {
+        let map = ShardMap::load(file)?;
+        println!(
+            "{}: valid shard map with {} keyspace(s)",
+            file.display(),
+            map.keyspace.len()
+        );
+    } else {
+        let cfg = Config::load(file)?;
+        println!(
+            "{}: valid config: listen {}, {} user(s), {} keyspace(s)",
+            file.display(),
+            cfg.proxy.listen,
+            cfg.users.len(),
+            cfg.keyspace.len()
+        );
+    }
+    Ok(())
+}
+
+fn print_cluster(c: &sandbox::Cluster) {
+    for s in &c.servers {
+        println!(
+            "{:<4} {:<8} 127.0.0.1:{:<6} pid {:<8} {}",
+            s.shard,
+            format!("{:?}", s.role).to_lowercase(),
+            s.port,
+            s.pid,
+            s.datadir.display()
+        );
+    }
+    println!("cluster: {}", c.dir.join("cluster.json").display());
+    println!("proxy config: {}", c.dir.join("shardgate.toml").display());
+    println!(
+        "stop with: shardgate sandbox down --dir {}",
+        c.dir.display()
+    );
+}
+
+async fn demo(shape: Shape) -> anyhow::Result<()> {
+    let opts = shape.options();
+    let cluster = sandbox::up(&opts).await?;
+    print_cluster(&cluster);
+    let result = demo_proxy(&cluster).await;
+    let stopped = sandbox::down(&cluster.dir);
+    if let Ok(n) = &stopped {
+        println!("stopped {n} servers");
+    }
+    result?;
+    stopped?;
+    Ok(())
+}
+
+async fn demo_proxy(cluster: &sandbox::Cluster) -> anyhow::Result<()> {
+    let cfg = Config::load(&cluster.dir.join("shardgate.toml"))?;
+    let proxy = crate::proxy::Proxy::bind(cfg.clone()).await?;
+    let addr = proxy.local_addr()?;
+    println!();
+    println!("shardgate is listening on {addr}");
+    println!(
+        "  DSN:     mysql://{}:{}@{}:{}/app",
+        cluster.user,
+        cluster.password,
+        addr.ip(),
+        addr.port()
+    );
+    println!(
+        "  connect: mariadb -h {} -P {} -u {} -p{} app",
+        addr.ip(),
+        addr.port(),
+        cluster.user,
+        cluster.password
+    );
+    println!("Press Ctrl-C to stop the proxy and the sandbox.");
+    tokio::select! {
+        _ = proxy.run() => {}
+        r = tokio::signal::ctrl_c() => r?,
+    }
+    Ok(())
+}

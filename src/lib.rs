@@ -1,0 +1,14 @@
+//! shardgate: a MySQL wire-protocol routing and sharding proxy.
+//!
+//! Data flows one way: `session` -> `planner` -> `executor` -> `backend` (see DESIGN.md).
+
+pub mod backend;
+pub mod cli;
+pub mod config;
+pub mod executor;
+pub mod planner;
+pub mod protocol;
+pub mod proxy;
+pub mod sandbox;
+pub mod session;
+pub mod shardmap;

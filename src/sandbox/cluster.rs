@@ -1,0 +1,357 @@
+//! What a sandbox is: its servers (shard, role, port, pid, datadir), saved as `DIR/cluster.json`,
+//! and the shard map and proxy config derived from it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{io, SandboxError};
+use super::{process, server};
+use crate::config::{Config, User};
+use crate::shardmap::{Keyspace, Shard, ShardMap, Sharding};
+
+/// The keyspace (and database) the sandbox creates.
+pub const KEYSPACE: &str = "app";
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Primary,
+    Replica,
+}
+
+/// One running mariadbd of the sandbox.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct ServerInfo {
+    /// "s0", "s1", ...
+    pub shard: String,
+    pub role: Role,
+    pub host: String,
+    pub port: u16,
+    pub pid: u32,
+    pub datadir: PathBuf,
+    pub socket: PathBuf,
+    pub server_id: u32,
+}
+
+impl ServerInfo {
+    /// "s0-primary", "s0-replica1": the datadir's name.
+    pub fn name(&self) -> String {
+        self.datadir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| format!("{}-{:?}", self.shard, self.role))
+    }
+
+    /// `host:port`, as the shard map writes it.
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// How errors name this server.
+    pub fn label(&self) -> String {
+        format!("{} ({})", self.name(), self.addr())
+    }
+
+    /// True if its pid is still this server's mariadbd.
+    pub fn is_running(&self) -> bool {
+        process::is_mariadbd_on(self.pid, &self.datadir)
+    }
+}
+
+/// A sandbox cluster: where it lives, the application account and every server.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub user: String,
+    pub password: String,
+    pub servers: Vec<ServerInfo>,
+}
+
+pub(crate) fn cluster_json(dir: &Path) -> PathBuf {
+    dir.join("cluster.json")
+}
+
+pub(crate) fn config_toml(dir: &Path) -> PathBuf {
+    dir.join("shardgate.toml")
+}
+
+impl Cluster {
+    /// Reads `DIR/cluster.json`.
+    pub fn load(dir: &Path) -> Result<Cluster, SandboxError> {
+        let path = cluster_json(dir);
+        let text =
+            std::fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))?;
+        serde_json::from_str(&text).map_err(|e| SandboxError::State {
+            file: path.display().to_string(),
+            msg: e.to_string(),
+        })
+    }
+
+    pub fn primary(&self, shard: &str) -> Option<&ServerInfo> {
+        self.servers
+            .iter()
+            .find(|s| s.shard == shard && s.role == Role::Primary)
+    }
+
+    pub fn replicas(&self, shard: &str) -> Vec<&ServerInfo> {
+        self.servers
+            .iter()
+            .filter(|s| s.shard == shard && s.role == Role::Replica)
+            .collect()
+    }
+
+    /// Shard names in order of first appearance ("s0", "s1", ...).
+    pub fn shard_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for s in &self.servers {
+            if !names.contains(&s.shard) {
+                names.push(s.shard.clone());
+            }
+        }
+        names
+    }
+
+    /// The shard map for the proxy: keyspace `app`, unsharded, on shard s0 only. The other
+    /// shards' servers run but are not routed to until sharding (consistent_hash) arrives.
+    pub fn shard_map(&self) -> ShardMap {
+        let first = self.shard_names().into_iter().next().unwrap_or_default();
+        let shard = Shard {
+            name: first.clone(),
+            primary: self.primary(&first).map(|s| s.addr()).unwrap_or_default(),
+            replicas: self.replicas(&first).iter().map(|s| s.addr()).collect(),
+        };
+        let keyspace = Keyspace {
+            sharding: Sharding::Unsharded,
+            vnodes: 256,
+            sequence_keyspace: None,
+            tables: Default::default(),
+            shards: vec![shard],
+        };
+        ShardMap {
+            keyspace: [(KEYSPACE.to_string(), keyspace)].into_iter().collect(),
+        }
+    }
+
+    /// A proxy config for this cluster: one user (the sandbox's), the shard map inline.
+    pub fn proxy_config(&self, listen: String, admin_listen: String) -> Config {
+        let mut cfg = Config {
+            users: vec![User {
+                name: self.user.clone(),
+                password: self.password.clone(),
+                default_keyspace: Some(KEYSPACE.to_string()),
+            }],
+            keyspace: self.shard_map().keyspace,
+            ..default_config()
+        };
+        cfg.proxy.listen = listen;
+        cfg.proxy.admin_listen = admin_listen;
+        cfg
+    }
+
+    /// Writes `DIR/cluster.json` (replacing it atomically).
+    pub fn save(&self) -> Result<(), SandboxError> {
+        let json = serde_json::to_string_pretty(self).map_err(|e| SandboxError::State {
+            file: cluster_json(&self.dir).display().to_string(),
+            msg: e.to_string(),
+        })?;
+        write_atomic(&cluster_json(&self.dir), &(json + "\n"))
+    }
+
+    /// Writes `DIR/cluster.json` and `DIR/shardgate.toml` (the proxy config `cfg`).
+    pub fn write_files(&self, cfg: &Config) -> Result<(), SandboxError> {
+        self.save()?;
+        let path = config_toml(&self.dir);
+        let body = toml::to_string_pretty(cfg).map_err(|e| SandboxError::State {
+            file: path.display().to_string(),
+            msg: e.to_string(),
+        })?;
+        let header = format!(
+            "# shardgate proxy config for the sandbox cluster in {} (servers: cluster.json).\n\
+             # Written by `shardgate sandbox up`; removed by `shardgate sandbox down`.\n\n",
+            self.dir.display()
+        );
+        write_atomic(&path, &(header + &body))
+    }
+
+    /// `mysql://user:password@127.0.0.1:port/app` for a server, credentials percent-encoded.
+    pub fn dsn(&self, server: &ServerInfo) -> String {
+        format!(
+            "mysql://{}:{}@{}:{}/{KEYSPACE}",
+            pct(&self.user),
+            pct(&self.password),
+            server.host,
+            server.port
+        )
+    }
+
+    /// Stops server `idx` cleanly (SIGTERM, up to 20s, then SIGKILL). False if it was not running.
+    pub fn stop_server(&self, idx: usize) -> Result<bool, SandboxError> {
+        self.signal_server(idx, Duration::from_secs(20))
+    }
+
+    /// Kills server `idx` with SIGKILL, as a crash would. False if it was not running.
+    pub fn kill_server(&self, idx: usize) -> Result<bool, SandboxError> {
+        self.signal_server(idx, Duration::ZERO)
+    }
+
+    fn signal_server(&self, idx: usize, grace: Duration) -> Result<bool, SandboxError> {
+        let s = self.server(idx)?;
+        match process::stop(&[(s.pid, &s.datadir)], grace) {
+            Ok(n) => Ok(n > 0),
+            Err(_) => Err(SandboxError::Stop(s.label())),
+        }
+    }
+
+    /// Starts a stopped server `idx` again on the same port and datadir (its role decides
+    /// `read_only`), waits until it answers, and records the new pid in `cluster.json`.
+    pub async fn start_server(&mut self, idx: usize) -> Result<(), SandboxError> {
+        let bins = super::template::find_binaries()?;
+        let mut info = self.server(idx)?.clone();
+        if info.is_running() {
+            return Ok(());
+        }
+        info.pid = 0;
+        server::start(&bins.mariadbd, &mut info, false).await?;
+        self.servers[idx] = info;
+        self.save()
+    }
+
+    fn server(&self, idx: usize) -> Result<&ServerInfo, SandboxError> {
+        self.servers.get(idx).ok_or_else(|| SandboxError::State {
+            file: cluster_json(&self.dir).display().to_string(),
+            msg: format!("no server #{idx} (there are {})", self.servers.len()),
+        })
+    }
+}
+
+fn default_config() -> Config {
+    Config {
+        proxy: Default::default(),
+        pool: Default::default(),
+        users: Vec::new(),
+        shard_map: None,
+        keyspace: Default::default(),
+    }
+}
+
+/// Percent-encodes everything but URL-unreserved characters.
+fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Write to a sibling temp file and rename, so readers never see half a file.
+fn write_atomic(path: &Path, text: &str) -> Result<(), SandboxError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).map_err(io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(io(format!(
+        "renaming {} to {}",
+        tmp.display(),
+        path.display()
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(dir: &Path) -> Cluster {
+        let mut servers = Vec::new();
+        let mut id = 0;
+        for shard in ["s0", "s1"] {
+            for (role, name) in [(Role::Primary, "primary"), (Role::Replica, "replica1")] {
+                id += 1;
+                servers.push(ServerInfo {
+                    shard: shard.into(),
+                    role,
+                    host: "127.0.0.1".into(),
+                    port: 4000 + id as u16,
+                    pid: 100 + id,
+                    datadir: dir.join(format!("{shard}-{name}")),
+                    socket: dir.join(format!("{shard}-{name}.sock")),
+                    server_id: id,
+                });
+            }
+        }
+        Cluster {
+            dir: dir.to_path_buf(),
+            user: "app".into(),
+            password: "p@ss:w/rd".into(),
+            servers,
+        }
+    }
+
+    #[test]
+    fn lookups_by_shard_and_role() {
+        let c = sample(Path::new("/sb"));
+        assert_eq!(c.shard_names(), vec!["s0", "s1"]);
+        assert_eq!(c.primary("s1").map(|s| s.port), Some(4003));
+        assert_eq!(c.replicas("s0").len(), 1);
+        assert_eq!(c.replicas("s0")[0].name(), "s0-replica1");
+        assert!(c.primary("s9").is_none());
+        assert_eq!(
+            c.dsn(&c.servers[0]),
+            "mysql://app:p%40ss%3Aw%2Frd@127.0.0.1:4001/app"
+        );
+        let opts = mysql_async::Opts::from_url(&c.dsn(&c.servers[0])).expect("dsn parses");
+        assert_eq!(opts.pass(), Some("p@ss:w/rd"));
+    }
+
+    #[test]
+    fn shard_map_is_unsharded_on_s0() {
+        let c = sample(Path::new("/sb"));
+        let map = c.shard_map();
+        let ks = &map.keyspace["app"];
+        assert_eq!(ks.sharding, Sharding::Unsharded);
+        assert_eq!(ks.shards.len(), 1);
+        assert_eq!(ks.shards[0].name, "s0");
+        assert_eq!(ks.shards[0].primary, "127.0.0.1:4001");
+        assert_eq!(ks.shards[0].replicas, vec!["127.0.0.1:4002"]);
+        map.validate("test").expect("valid shard map");
+    }
+
+    #[test]
+    fn files_round_trip_and_config_loads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = sample(dir.path());
+        let cfg = c.proxy_config("127.0.0.1:7001".into(), "127.0.0.1:7002".into());
+        c.write_files(&cfg).expect("write files");
+
+        let back = Cluster::load(dir.path()).expect("load");
+        assert_eq!(back.servers.len(), 4);
+        assert_eq!(back.servers[1].role, Role::Replica);
+        assert_eq!(back.servers[3].datadir, c.servers[3].datadir);
+        assert_eq!(back.password, c.password);
+
+        let text = std::fs::read_to_string(config_toml(dir.path())).expect("toml");
+        assert!(text.starts_with("# shardgate proxy config"));
+        let loaded = Config::load(&config_toml(dir.path())).expect("config validates");
+        assert_eq!(loaded, cfg);
+        assert_eq!(loaded.proxy.listen, "127.0.0.1:7001");
+        assert_eq!(
+            loaded
+                .user("app")
+                .and_then(|u| u.default_keyspace.as_deref()),
+            Some("app")
+        );
+        assert!(!dir.path().join("cluster.tmp").exists());
+    }
+
+    #[test]
+    fn load_errors_name_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = Cluster::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("cluster.json"), "{err}");
+        std::fs::write(cluster_json(dir.path()), "{").expect("write");
+        let err = Cluster::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("cluster.json"), "{err}");
+    }
+}

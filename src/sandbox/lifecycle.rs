@@ -1,0 +1,303 @@
+//! `up` and `down`: the sandbox's whole life. `up` either returns a replicating cluster or stops
+//! everything it started; `down` stops exactly the pids in `cluster.json` and removes the server
+//! datadirs, sockets, `cluster.json` and `shardgate.toml` (DIR itself stays).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+
+use super::cluster::{cluster_json, config_toml, Cluster, Role, ServerInfo};
+use super::error::{io, SandboxError};
+use super::template::{self, Binaries};
+use super::{free_ports, process, replication, server, SandboxOptions};
+
+/// Longest unix socket path the kernel accepts (sun_path is 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Starts a sandbox cluster in `opts.dir` and returns once every server answers and every
+/// replica replicates and has caught up. Refuses if a sandbox there is still running.
+pub async fn up(opts: &SandboxOptions) -> Result<Cluster, SandboxError> {
+    if opts.shards == 0 {
+        return Err(SandboxError::Options("shards must be at least 1".into()));
+    }
+    if opts.user.is_empty() || opts.user == "root" || opts.user == "repl" {
+        return Err(SandboxError::Options(format!(
+            "user '{}' cannot be the application user (empty, or reserved for the sandbox)",
+            opts.user
+        )));
+    }
+    let started = Instant::now();
+    let bins = template::find_binaries()?;
+    let dir =
+        std::path::absolute(&opts.dir).map_err(io(format!("resolving {}", opts.dir.display())))?;
+    std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+    clear_previous(&dir)?;
+    let template = template::ensure(&bins).await?;
+    let mut cluster = plan(&dir, opts)?;
+    copy_datadirs(&template, &cluster).await?;
+
+    let result = async {
+        for s in &mut cluster.servers {
+            s.pid = server::spawn(
+                &bins.mariadbd,
+                &server::instance_args(s),
+                &s.datadir.join("mariadbd.out"),
+            )?;
+        }
+        // Saved at once so `down` can find these pids even if this `up` is interrupted.
+        cluster.save()?;
+        wait_all(&bins, &mut cluster).await?;
+        replication::setup(&cluster).await?;
+        let ports = free_ports(2).map_err(io("finding free ports for the proxy"))?;
+        let cfg = cluster.proxy_config(
+            format!("127.0.0.1:{}", ports[0]),
+            format!("127.0.0.1:{}", ports[1]),
+        );
+        cluster.write_files(&cfg)
+    }
+    .await;
+
+    if let Err(e) = result {
+        let targets: Vec<(u32, PathBuf)> = cluster
+            .servers
+            .iter()
+            .map(|s| (s.pid, s.datadir.clone()))
+            .collect();
+        let _ = tokio::task::spawn_blocking(move || {
+            let refs: Vec<(u32, &Path)> = targets.iter().map(|(p, d)| (*p, d.as_path())).collect();
+            process::stop(&refs, Duration::from_secs(5))
+        })
+        .await;
+        // Datadirs (and their error.log) stay for inspection; the next `up` replaces them.
+        let _ = std::fs::remove_file(cluster_json(&dir));
+        return Err(e);
+    }
+    tracing::info!(
+        dir = %dir.display(),
+        servers = cluster.servers.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "sandbox up"
+    );
+    Ok(cluster)
+}
+
+/// Stops the sandbox in `dir` (SIGTERM, up to 20s, then SIGKILL) and removes its server files.
+/// Returns how many servers were running; 0 when there is no `cluster.json`.
+pub fn down(dir: &Path) -> Result<usize, SandboxError> {
+    let dir = std::path::absolute(dir).map_err(io(format!("resolving {}", dir.display())))?;
+    if !cluster_json(&dir).exists() {
+        return Ok(0);
+    }
+    let cluster = Cluster::load(&dir)?;
+    let targets: Vec<(u32, &Path)> = cluster
+        .servers
+        .iter()
+        .map(|s| (s.pid, s.datadir.as_path()))
+        .collect();
+    let stopped = process::stop(&targets, Duration::from_secs(20)).map_err(|left| {
+        SandboxError::Stop(format!(
+            "mariadbd pids {left:?} of {} (files left in place)",
+            dir.display()
+        ))
+    })?;
+    remove_servers(&dir, &cluster)?;
+    for f in [cluster_json(&dir), config_toml(&dir)] {
+        remove(&f)?;
+    }
+    Ok(stopped)
+}
+
+/// Refuses if the sandbox recorded in `dir` still runs; otherwise removes its leftovers.
+fn clear_previous(dir: &Path) -> Result<(), SandboxError> {
+    if !cluster_json(dir).exists() {
+        return Ok(());
+    }
+    match Cluster::load(dir) {
+        Ok(old) if old.servers.iter().any(ServerInfo::is_running) => {
+            return Err(SandboxError::AlreadyRunning {
+                dir: dir.display().to_string(),
+            })
+        }
+        Ok(old) => remove_servers(dir, &old)?,
+        Err(e) => tracing::warn!(error = %e, "ignoring an unreadable cluster.json"),
+    }
+    remove(&cluster_json(dir))?;
+    remove(&config_toml(dir))
+}
+
+/// Names, ports and server ids: `s<i>-primary` then `s<i>-replica<n>`, ids from 1.
+fn plan(dir: &Path, opts: &SandboxOptions) -> Result<Cluster, SandboxError> {
+    let per_shard = 1 + opts.replicas;
+    let ports = free_ports(opts.shards * per_shard).map_err(io("finding free ports"))?;
+    let mut servers = Vec::new();
+    for shard in 0..opts.shards {
+        for n in 0..per_shard {
+            let (role, name) = match n {
+                0 => (Role::Primary, format!("s{shard}-primary")),
+                _ => (Role::Replica, format!("s{shard}-replica{n}")),
+            };
+            let socket = dir.join(format!("{name}.sock"));
+            if socket.as_os_str().len() > MAX_SOCKET_PATH {
+                return Err(SandboxError::Options(format!(
+                    "socket path {} is longer than {MAX_SOCKET_PATH} bytes: use a shorter --dir",
+                    socket.display()
+                )));
+            }
+            servers.push(ServerInfo {
+                shard: format!("s{shard}"),
+                role,
+                host: "127.0.0.1".into(),
+                port: ports[servers.len()],
+                pid: 0,
+                datadir: dir.join(&name),
+                socket,
+                server_id: servers.len() as u32 + 1,
+            });
+        }
+    }
+    Ok(Cluster {
+        dir: dir.to_path_buf(),
+        user: opts.user.clone(),
+        password: opts.password.clone(),
+        servers,
+    })
+}
+
+/// Fresh copies of the template, one per server, concurrently.
+async fn copy_datadirs(template: &Path, cluster: &Cluster) -> Result<(), SandboxError> {
+    let mut tasks = JoinSet::new();
+    for s in &cluster.servers {
+        let (src, dst, sock) = (template.to_path_buf(), s.datadir.clone(), s.socket.clone());
+        tasks.spawn_blocking(move || {
+            remove(&sock)?;
+            if dst.exists() {
+                std::fs::remove_dir_all(&dst).map_err(io(format!("removing {}", dst.display())))?;
+            }
+            server::copy_dir(&src, &dst).map_err(io(format!(
+                "copying the template {} to {}",
+                src.display(),
+                dst.display()
+            )))
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.map_err(|e| SandboxError::Options(format!("copy task failed: {e}")))??;
+    }
+    Ok(())
+}
+
+/// Waits for every spawned server concurrently; a server whose port was taken moves to another.
+async fn wait_all(bins: &Binaries, cluster: &mut Cluster) -> Result<(), SandboxError> {
+    let mut tasks = JoinSet::new();
+    for (idx, s) in cluster.servers.iter().enumerate() {
+        let (bin, mut info) = (bins.mariadbd.clone(), s.clone());
+        tasks.spawn(async move {
+            let r = server::start(&bin, &mut info, true).await;
+            (idx, info, r)
+        });
+    }
+    let mut first_err = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((idx, info, r)) => {
+                cluster.servers[idx] = info;
+                if let Err(e) = r {
+                    first_err.get_or_insert(e);
+                }
+            }
+            Err(e) => {
+                first_err.get_or_insert(SandboxError::Options(format!("start task failed: {e}")));
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        // Ports or pids may have changed on a retry.
+        None => cluster.save(),
+    }
+}
+
+/// Removes the datadirs and sockets of `cluster`'s servers, but only inside `dir`.
+fn remove_servers(dir: &Path, cluster: &Cluster) -> Result<(), SandboxError> {
+    for s in &cluster.servers {
+        if s.datadir.starts_with(dir) && s.datadir != dir && s.datadir.exists() {
+            std::fs::remove_dir_all(&s.datadir)
+                .map_err(io(format!("removing {}", s.datadir.display())))?;
+        }
+        if s.socket.starts_with(dir) {
+            remove(&s.socket)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes a file; a missing one is fine.
+fn remove(path: &Path) -> Result<(), SandboxError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(io(format!("removing {}", path.display()))(e))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_names_roles_and_ids() {
+        let opts = SandboxOptions {
+            shards: 2,
+            replicas: 2,
+            ..Default::default()
+        };
+        let c = plan(Path::new("/sb"), &opts).expect("plan");
+        let names: Vec<String> = c.servers.iter().map(|s| s.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "s0-primary",
+                "s0-replica1",
+                "s0-replica2",
+                "s1-primary",
+                "s1-replica1",
+                "s1-replica2"
+            ]
+        );
+        let ids: Vec<u32> = c.servers.iter().map(|s| s.server_id).collect();
+        assert_eq!(ids, [1, 2, 3, 4, 5, 6]);
+        assert_eq!(c.servers[3].role, Role::Primary);
+        assert_eq!(c.servers[0].socket, Path::new("/sb/s0-primary.sock"));
+    }
+
+    #[test]
+    fn long_dirs_are_refused_for_their_socket_path() {
+        let long = PathBuf::from(format!("/{}", "x".repeat(120)));
+        let err = plan(&long, &SandboxOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("shorter --dir"), "{err}");
+    }
+
+    #[test]
+    fn down_without_cluster_json_stops_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(down(dir.path()).expect("down"), 0);
+    }
+
+    #[test]
+    fn stale_cluster_json_is_cleared() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = plan(dir.path(), &SandboxOptions::default()).expect("plan");
+        for s in &mut c.servers {
+            s.pid = u32::MAX - 1; // never a live pid
+            std::fs::create_dir_all(&s.datadir).expect("mkdir");
+        }
+        c.save().expect("save");
+        clear_previous(dir.path()).expect("stale state is cleared");
+        assert!(!cluster_json(dir.path()).exists());
+        assert!(!c.servers[0].datadir.exists());
+    }
+}

@@ -1,0 +1,158 @@
+//! Wires each shard: replicas replicate from their primary (GTID, semi-sync), then the
+//! application user and database are created on the primary and reach the replicas through the
+//! binlog. Returns only once every replica runs both threads and has caught up.
+
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+
+use super::cluster::{Cluster, ServerInfo, KEYSPACE};
+use super::error::SandboxError;
+use super::sql::{col, quote, Sql};
+
+const REPL_TIMEOUT: Duration = Duration::from_secs(30);
+const SEMI_SYNC_WAIT: Duration = Duration::from_secs(10);
+
+/// Sets up every shard concurrently.
+pub(crate) async fn setup(cluster: &Cluster) -> Result<(), SandboxError> {
+    let mut tasks = JoinSet::new();
+    for shard in cluster.shard_names() {
+        let primary = cluster
+            .primary(&shard)
+            .cloned()
+            .ok_or_else(|| SandboxError::Options(format!("shard {shard} has no primary")))?;
+        let replicas: Vec<ServerInfo> = cluster.replicas(&shard).into_iter().cloned().collect();
+        let (user, password) = (cluster.user.clone(), cluster.password.clone());
+        tasks.spawn(async move { setup_shard(&primary, &replicas, &user, &password).await });
+    }
+    let mut first_err = None;
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined.unwrap_or_else(|e| {
+            Err(SandboxError::Options(format!(
+                "replication setup task failed: {e}"
+            )))
+        });
+        if let Err(e) = result {
+            first_err.get_or_insert(e);
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+async fn root(s: &ServerInfo) -> Result<Sql, SandboxError> {
+    Sql::tcp(s.port, "root", "", &s.label()).await
+}
+
+async fn setup_shard(
+    primary: &ServerInfo,
+    replicas: &[ServerInfo],
+    user: &str,
+    password: &str,
+) -> Result<(), SandboxError> {
+    for r in replicas {
+        let mut c = root(r).await?;
+        c.exec(&format!(
+            "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, MASTER_USER='repl', \
+             MASTER_PASSWORD='repl', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1",
+            primary.port
+        ))
+        .await?;
+        c.exec("START SLAVE").await?;
+        wait_threads_running(&mut c, r).await?;
+        c.close().await;
+    }
+
+    let mut p = root(primary).await?;
+    // Semi-sync replicas connected first, so the writes below are acknowledged and the primary
+    // stays in semi-sync mode.
+    if !replicas.is_empty() {
+        let deadline = Instant::now() + SEMI_SYNC_WAIT;
+        loop {
+            let n = p.status("Rpl_semi_sync_master_clients").await?;
+            if n.parse::<usize>().unwrap_or(0) >= replicas.len() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(server = %primary.label(), "semi-sync replicas did not connect");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let (u, pw) = (quote(user), quote(password));
+    p.exec_shown(
+        &format!("CREATE USER IF NOT EXISTS {u}@'%' IDENTIFIED BY {pw}"),
+        &format!("CREATE USER IF NOT EXISTS {u}@'%' IDENTIFIED BY <password>"),
+    )
+    .await?;
+    p.exec(&format!(
+        "GRANT ALL PRIVILEGES ON *.* TO {u}@'%' WITH GRANT OPTION"
+    ))
+    .await?;
+    p.exec(&format!("CREATE DATABASE IF NOT EXISTS `{KEYSPACE}`"))
+        .await?;
+    let pos = p.value("SELECT @@gtid_binlog_pos").await?;
+
+    for r in replicas {
+        let mut c = root(r).await?;
+        let secs = REPL_TIMEOUT.as_secs();
+        let waited = c
+            .value(&format!("SELECT MASTER_GTID_WAIT({}, {secs})", quote(&pos)))
+            .await?;
+        if waited != "0" {
+            return Err(SandboxError::Timeout {
+                what: format!("{} to reach GTID {pos} of {}", r.label(), primary.label()),
+                secs,
+                detail: slave_errors(&mut c).await,
+            });
+        }
+        wait_threads_running(&mut c, r).await?;
+        c.close().await;
+    }
+
+    if !replicas.is_empty() && p.status("Rpl_semi_sync_master_status").await? != "ON" {
+        tracing::warn!(server = %primary.label(), "semi-sync replication is not active");
+    }
+    p.close().await;
+    Ok(())
+}
+
+/// Waits until the replica's IO and SQL threads both run (the IO thread retries every second).
+async fn wait_threads_running(c: &mut Sql, r: &ServerInfo) -> Result<(), SandboxError> {
+    let deadline = Instant::now() + REPL_TIMEOUT;
+    loop {
+        let rows = c.rows("SHOW SLAVE STATUS").await?;
+        let running = rows.first().is_some_and(|row| {
+            col(row, "Slave_IO_Running") == "Yes" && col(row, "Slave_SQL_Running") == "Yes"
+        });
+        if running {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(SandboxError::Timeout {
+        what: format!("replication threads to run on {}", r.label()),
+        secs: REPL_TIMEOUT.as_secs(),
+        detail: slave_errors(c).await,
+    })
+}
+
+/// The replica's own account of why it is not replicating, for error messages.
+async fn slave_errors(c: &mut Sql) -> String {
+    match c.rows("SHOW SLAVE STATUS").await {
+        Ok(rows) => match rows.first() {
+            Some(row) => format!(
+                "; Slave_IO_Running={} Slave_SQL_Running={} Last_IO_Error={:?} Last_SQL_Error={:?}",
+                col(row, "Slave_IO_Running"),
+                col(row, "Slave_SQL_Running"),
+                col(row, "Last_IO_Error"),
+                col(row, "Last_SQL_Error"),
+            ),
+            None => "; SHOW SLAVE STATUS is empty (replication not configured)".into(),
+        },
+        Err(e) => format!("; SHOW SLAVE STATUS failed: {e}"),
+    }
+}

@@ -1,0 +1,170 @@
+//! The connection phase with a client: greeting, authentication against the configured
+//! users, and the answer (OK or a MySQL error) that ends it.
+
+use bytes::BytesMut;
+
+use crate::config::User;
+use crate::protocol::auth;
+use crate::protocol::consts::{cap, errcode, status};
+use crate::protocol::handshake::{put_auth_switch, ClientHello, ServerHello};
+use crate::protocol::packet::{put_err, put_ok, put_packet, OkInfo, PacketError};
+use crate::protocol::stream::PacketStream;
+use crate::proxy::Shared;
+
+/// A client that passed authentication.
+pub struct Authenticated {
+    pub user: User,
+    pub caps: u32,
+    pub charset: u8,
+    pub db: Option<String>,
+}
+
+/// Why a connection ended during the handshake (the client has been told when it could be).
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("{0}")]
+    Packet(#[from] PacketError),
+    #[error("closed during handshake")]
+    Closed,
+    #[error("bad handshake: {0}")]
+    Bad(String),
+    #[error("access denied for user '{0}'")]
+    Denied(String),
+}
+
+/// The 20-byte nonce's default plugin; MySQL 8 clients answer with caching_sha2 instead,
+/// which is verified directly, so neither kind of client needs an extra round trip.
+const DEFAULT_PLUGIN: &str = auth::NATIVE;
+
+pub async fn handshake(
+    io: &mut PacketStream,
+    shared: &Shared,
+    connection_id: u32,
+    peer_ip: &str,
+) -> Result<Authenticated, HandshakeError> {
+    let nonce = auth::nonce();
+    let mut out = BytesMut::with_capacity(128);
+    let mut body = BytesMut::with_capacity(128);
+    ServerHello {
+        server_version: shared.config.proxy.server_version.clone(),
+        connection_id,
+        nonce: nonce.to_vec(),
+        caps: cap::SERVER_OFFER,
+        charset: 45, // utf8mb4_general_ci
+        status: status::AUTOCOMMIT,
+        auth_plugin: DEFAULT_PLUGIN.into(),
+    }
+    .encode(&mut body);
+    put_packet(&mut out, 0, &body);
+    io.write_all(&out).await.map_err(PacketError::from)?;
+
+    let frame = io
+        .read_frame(64 * 1024)
+        .await?
+        .ok_or(HandshakeError::Closed)?;
+    let mut seq = frame.last_seq.wrapping_add(1);
+    let payload = frame.payload();
+    let hello = match ClientHello::parse(&payload) {
+        Ok(h) => h,
+        Err(e) => {
+            let caps_ssl = payload.len() >= 4
+                && u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]) & cap::SSL
+                    != 0;
+            let msg = if caps_ssl {
+                "Bad handshake: TLS is not supported by shardgate yet".to_string()
+            } else {
+                format!("Bad handshake: {e}")
+            };
+            return Err(refuse(
+                io,
+                seq,
+                errcode::HANDSHAKE,
+                &msg,
+                HandshakeError::Bad(msg.clone()),
+            )
+            .await);
+        }
+    };
+    if hello.caps & cap::SSL != 0 {
+        let msg = "Bad handshake: TLS is not supported by shardgate yet".to_string();
+        return Err(refuse(
+            io,
+            seq,
+            errcode::HANDSHAKE,
+            &msg,
+            HandshakeError::Bad(msg.clone()),
+        )
+        .await);
+    }
+    let user = shared.config.user(&hello.user).cloned();
+    let mut plugin = hello
+        .auth_plugin
+        .clone()
+        .unwrap_or_else(|| auth::NATIVE.into());
+    let mut response = hello.auth_response.clone();
+    if plugin != auth::NATIVE && plugin != auth::CACHING_SHA2 {
+        // Ask the client to answer with a plugin the proxy verifies.
+        out.clear();
+        body.clear();
+        put_auth_switch(&mut body, auth::NATIVE, &nonce);
+        put_packet(&mut out, seq, &body);
+        io.write_all(&out).await.map_err(PacketError::from)?;
+        let f = io.read_frame(4096).await?.ok_or(HandshakeError::Closed)?;
+        seq = f.last_seq.wrapping_add(1);
+        response = f.payload().to_vec();
+        plugin = auth::NATIVE.into();
+    }
+    let ok = user
+        .as_ref()
+        .is_some_and(|u| auth::verify(&plugin, &nonce, &u.password, &response));
+    let Some(user) = user.filter(|_| ok) else {
+        let msg = format!(
+            "Access denied for user '{}'@'{}' (using password: {})",
+            hello.user,
+            peer_ip,
+            if response.is_empty() { "NO" } else { "YES" }
+        );
+        return Err(refuse(
+            io,
+            seq,
+            errcode::ACCESS_DENIED,
+            &msg,
+            HandshakeError::Denied(hello.user),
+        )
+        .await);
+    };
+    out.clear();
+    if plugin == auth::CACHING_SHA2 {
+        seq = put_packet(&mut out, seq, &[0x01, 0x03]); // fast auth success
+    }
+    put_ok(
+        &mut out,
+        seq,
+        hello.caps,
+        OkInfo {
+            status: status::AUTOCOMMIT,
+            ..OkInfo::default()
+        },
+    );
+    io.write_all(&out).await.map_err(PacketError::from)?;
+    Ok(Authenticated {
+        user,
+        caps: hello.caps & cap::SERVER_OFFER,
+        charset: hello.charset,
+        db: hello.database,
+    })
+}
+
+/// Sends an ERR packet and returns `e` for the caller to end the connection with.
+async fn refuse(
+    io: &mut PacketStream,
+    seq: u8,
+    code: (u16, &str),
+    msg: &str,
+    e: HandshakeError,
+) -> HandshakeError {
+    let mut out = BytesMut::new();
+    put_err(&mut out, seq, code, msg);
+    let _ = io.write_all(&out).await;
+    e
+}

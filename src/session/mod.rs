@@ -1,0 +1,378 @@
+//! One client connection: authentication, the state the proxy tracks for it, and the
+//! command loop that hands each command to the planner and executor.
+
+mod handshake;
+mod statements;
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tracing::debug;
+
+use crate::backend::forward::{Forward, ForwardError};
+use crate::backend::ConnKey;
+use crate::config::User;
+use crate::executor::{self, ExecError, Identity, Pinned};
+use crate::planner::{lex, Plan, PlanContext, Route};
+use crate::protocol::consts::{cap, com, errcode, status};
+use crate::protocol::packet::{put_err, put_ok, Frame, OkInfo, PacketError};
+use crate::protocol::response::{Expect, Scanner};
+use crate::protocol::stream::PacketStream;
+use crate::proxy::Shared;
+
+pub use handshake::HandshakeError;
+use statements::Statements;
+
+/// Why a session ended abnormally (a clean COM_QUIT or close is not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("handshake: {0}")]
+    Handshake(#[from] HandshakeError),
+    #[error("handshake timed out")]
+    HandshakeTimeout,
+    #[error("{0}")]
+    Packet(#[from] PacketError),
+    #[error("{0}")]
+    Forward(#[from] ForwardError),
+}
+
+pub struct Session {
+    io: PacketStream,
+    shared: Arc<Shared>,
+    user: User,
+    caps: u32,
+    charset: u8,
+    db: Option<String>,
+    pinned: Pinned,
+    stmts: Statements,
+    out: BytesMut,
+}
+
+/// Serves one client from handshake to close.
+pub async fn run(
+    stream: tokio::net::TcpStream,
+    shared: Arc<Shared>,
+    connection_id: u32,
+) -> Result<(), SessionError> {
+    let peer_ip = stream
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    let mut io = PacketStream::new(stream);
+    let timeout = shared.config.handshake_timeout();
+    let auth = match tokio::time::timeout(
+        timeout,
+        handshake::handshake(&mut io, &shared, connection_id, &peer_ip),
+    )
+    .await
+    {
+        Ok(r) => r?,
+        Err(_) => {
+            let mut out = BytesMut::new();
+            let msg = format!("Bad handshake: no login within {} ms", timeout.as_millis());
+            put_err(&mut out, 1, errcode::HANDSHAKE, &msg);
+            let _ = io.write_all(&out).await;
+            return Err(SessionError::HandshakeTimeout);
+        }
+    };
+    let mut s = Session {
+        io,
+        shared,
+        user: auth.user,
+        caps: auth.caps,
+        charset: auth.charset,
+        db: auth.db,
+        pinned: Pinned::default(),
+        stmts: Statements::default(),
+        out: BytesMut::new(),
+    };
+    s.command_loop().await
+}
+
+impl Session {
+    async fn command_loop(&mut self) -> Result<(), SessionError> {
+        let max = self.shared.config.proxy.max_allowed_packet;
+        loop {
+            let frame = match self.io.read_frame(max).await {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                Err(PacketError::TooLarge { len, max }) => {
+                    let msg = format!(
+                        "Got a packet bigger than 'max_allowed_packet' bytes ({len} > {max})"
+                    );
+                    self.send_err(errcode::NET_PACKET_TOO_LARGE, &msg, 1).await;
+                    return Err(PacketError::TooLarge { len, max }.into());
+                }
+                Err(e) => return Err(e.into()),
+            };
+            match frame.first_byte() {
+                Some(com::QUIT) => return Ok(()),
+                None => {
+                    self.send_err(errcode::NET_READ_ERROR, "Empty command packet", 1)
+                        .await;
+                }
+                Some(cmd) => self.command(cmd, frame).await?,
+            }
+        }
+    }
+
+    async fn command(&mut self, cmd: u8, frame: Frame) -> Result<(), SessionError> {
+        match cmd {
+            com::QUERY => {
+                let payload = frame.payload();
+                let sql = &payload[1..];
+                let plan = self.shared.planner.plan(sql, &self.plan_ctx());
+                let new_db = lex::use_database(sql);
+                drop(payload);
+                let sc = self.execute(plan, &frame, Some(Expect::Result), 0).await?;
+                if let (Some(sc), Some(db)) = (sc, new_db) {
+                    if !sc.error {
+                        self.set_db(db);
+                    }
+                }
+            }
+            com::INIT_DB => {
+                let db = String::from_utf8_lossy(&frame.payload()[1..]).into_owned();
+                let plan = self.shared.planner.plan_session(&PlanContext {
+                    db: Some(&db),
+                    default_keyspace: self.user.default_keyspace.as_deref(),
+                });
+                let target = match &plan {
+                    Plan::Route(r) => Some(r.addr.clone()),
+                    Plan::Reject { .. } => None,
+                };
+                // The command itself selects the database on the target connection.
+                let sc = self
+                    .execute_on(plan, &frame, Some(Expect::Single), 0, false)
+                    .await?;
+                if sc.is_some_and(|sc| !sc.error) {
+                    if let Some(conn) = target.and_then(|a| self.pinned.find(&a)) {
+                        conn.db = Some(db.clone());
+                    }
+                    self.set_db(db);
+                }
+            }
+            com::STMT_PREPARE => {
+                let plan = self
+                    .shared
+                    .planner
+                    .plan(&frame.payload()[1..], &self.plan_ctx());
+                let id = self.stmts.next_id();
+                if let Some(sc) = self
+                    .execute(plan.clone(), &frame, Some(Expect::Prepare), id)
+                    .await?
+                {
+                    if let (Some((backend_id, _, _)), Plan::Route(r)) = (sc.prepared, plan) {
+                        self.stmts.insert(id, r, backend_id);
+                    }
+                }
+            }
+            com::STMT_EXECUTE
+            | com::STMT_SEND_LONG_DATA
+            | com::STMT_CLOSE
+            | com::STMT_RESET
+            | com::STMT_FETCH => self.statement_command(cmd, frame).await?,
+            com::RESET_CONNECTION => {
+                self.stmts.clear();
+                let plan = self.shared.planner.plan_session(&self.plan_ctx());
+                if let Plan::Route(r) = &plan {
+                    self.pinned.release_others(&r.addr);
+                }
+                if self.pinned.is_empty() {
+                    self.send_ok().await;
+                } else {
+                    self.execute(plan, &frame, Some(Expect::Single), 0).await?;
+                }
+            }
+            com::CHANGE_USER => {
+                let msg = "COM_CHANGE_USER is not supported by shardgate yet: reconnect instead";
+                self.send_err(errcode::NOT_SUPPORTED, msg, frame.last_seq.wrapping_add(1))
+                    .await;
+            }
+            com::PING
+            | com::STATISTICS
+            | com::SET_OPTION
+            | com::PROCESS_KILL
+            | com::REFRESH
+            | com::DEBUG => {
+                let plan = self.shared.planner.plan_session(&self.plan_ctx());
+                self.execute(plan, &frame, Some(Expect::Single), 0).await?;
+            }
+            com::FIELD_LIST => {
+                let plan = self.shared.planner.plan_session(&self.plan_ctx());
+                self.execute(plan, &frame, Some(Expect::Rows), 0).await?;
+            }
+            com::PROCESS_INFO => {
+                let plan = self.shared.planner.plan_session(&self.plan_ctx());
+                self.execute(plan, &frame, Some(Expect::Result), 0).await?;
+            }
+            other => {
+                let msg = format!("Unknown command 0x{other:02x}");
+                self.send_err(errcode::UNKNOWN_COM, &msg, frame.last_seq.wrapping_add(1))
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    /// COM_STMT_* on a prepared statement: to the server that prepared it, id translated.
+    async fn statement_command(&mut self, cmd: u8, mut frame: Frame) -> Result<(), SessionError> {
+        let reply_seq = frame.last_seq.wrapping_add(1);
+        let Some(client_id) = frame
+            .raw
+            .get(5..9)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        else {
+            self.send_err(
+                errcode::NET_READ_ERROR,
+                "Malformed statement command",
+                reply_seq,
+            )
+            .await;
+            return Ok(());
+        };
+        let Some((route, backend_id)) = self.stmts.get(client_id) else {
+            if cmd != com::STMT_CLOSE && cmd != com::STMT_SEND_LONG_DATA {
+                let msg = format!(
+                    "Unknown prepared statement handler ({client_id}) given to {}",
+                    com_name(cmd)
+                );
+                self.send_err(errcode::UNKNOWN_STMT_HANDLER, &msg, reply_seq)
+                    .await;
+            }
+            return Ok(());
+        };
+        frame.raw[5..9].copy_from_slice(&backend_id.to_le_bytes());
+        let expect = match cmd {
+            com::STMT_EXECUTE => Some(Expect::Result),
+            com::STMT_FETCH => Some(Expect::Rows),
+            com::STMT_RESET => Some(Expect::Single),
+            _ => None,
+        };
+        if cmd == com::STMT_CLOSE {
+            self.stmts.remove(client_id);
+        }
+        self.execute(Plan::Route(route), &frame, expect, 0).await?;
+        Ok(())
+    }
+
+    fn plan_ctx(&self) -> PlanContext<'_> {
+        PlanContext {
+            db: self.db.as_deref(),
+            default_keyspace: self.user.default_keyspace.as_deref(),
+        }
+    }
+
+    fn set_db(&mut self, db: String) {
+        self.db = Some(db);
+    }
+
+    /// Runs a plan; `Ok(None)` when the client was answered with an error instead.
+    async fn execute(
+        &mut self,
+        plan: Plan,
+        frame: &Frame,
+        expect: Option<Expect>,
+        stmt_id: u32,
+    ) -> Result<Option<Scanner>, SessionError> {
+        self.execute_on(plan, frame, expect, stmt_id, true).await
+    }
+
+    /// `with_db`: select the session's database on the connection first (not for COM_INIT_DB,
+    /// which selects its own).
+    async fn execute_on(
+        &mut self,
+        plan: Plan,
+        frame: &Frame,
+        expect: Option<Expect>,
+        stmt_id: u32,
+        with_db: bool,
+    ) -> Result<Option<Scanner>, SessionError> {
+        let reply_seq = frame.last_seq.wrapping_add(1);
+        let route: Route = match plan {
+            Plan::Route(r) => r,
+            Plan::Reject { code, message } => {
+                self.send_err(code, &message, reply_seq).await;
+                return Ok(None);
+            }
+        };
+        let shared = self.shared.clone();
+        let who = Identity {
+            user: &self.user.name,
+            password: &self.user.password,
+            key: ConnKey {
+                framing: self.caps & cap::FRAMING,
+                charset: self.charset,
+            },
+            db: if with_db { self.db.as_deref() } else { None },
+        };
+        let fwd = Forward {
+            command: &frame.raw,
+            last_seq: frame.last_seq,
+            expect,
+            deprecate_eof: self.caps & cap::DEPRECATE_EOF != 0,
+            client_stmt_id: stmt_id,
+            max_packet: shared.config.proxy.max_allowed_packet,
+        };
+        let r = executor::run(
+            &shared.pools,
+            &mut self.pinned,
+            &mut self.io,
+            &route,
+            &who,
+            fwd,
+        )
+        .await;
+        match r {
+            Ok(sc) => Ok(Some(sc)),
+            Err(ExecError::Connect(e)) => {
+                let (code, msg) = e.client_error();
+                self.send_err(code, &msg, reply_seq).await;
+                Ok(None)
+            }
+            Err(ExecError::Database(err)) => {
+                self.send_err((err.code, &err.state), &err.message, reply_seq)
+                    .await;
+                Ok(None)
+            }
+            Err(ExecError::Forward(e)) => {
+                if let ForwardError::Backend {
+                    sent: false,
+                    addr,
+                    msg,
+                } = &e
+                {
+                    let text = format!("shardgate: lost connection to backend {addr}: {msg}");
+                    self.send_err(errcode::UNKNOWN, &text, reply_seq).await;
+                }
+                debug!(error = %e, "session ends");
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn send_err(&mut self, code: (u16, &str), msg: &str, seq: u8) {
+        self.out.clear();
+        put_err(&mut self.out, seq, code, msg);
+        let _ = self.io.write_all(&self.out).await;
+    }
+
+    async fn send_ok(&mut self) {
+        self.out.clear();
+        let ok = OkInfo {
+            status: status::AUTOCOMMIT,
+            ..OkInfo::default()
+        };
+        put_ok(&mut self.out, 1, self.caps, ok);
+        let _ = self.io.write_all(&self.out).await;
+    }
+}
+
+fn com_name(cmd: u8) -> &'static str {
+    match cmd {
+        com::STMT_EXECUTE => "mysqld_stmt_execute",
+        com::STMT_FETCH => "mysqld_stmt_fetch",
+        com::STMT_RESET => "mysqld_stmt_reset",
+        _ => "mysqld_stmt_command",
+    }
+}

@@ -1,0 +1,148 @@
+//! Starts a real 2 x (primary + replica) sandbox from the installed mariadbd and checks what the
+//! other tests rely on: app user everywhere, replication within a shard, read-only replicas,
+//! semi-sync, a refused second `up`, and a `down` that leaves no process behind.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Opts};
+use shardgate::sandbox::{self, Cluster, Role, SandboxError, SandboxOptions};
+
+/// Stops the sandbox even when an assertion fails, so no mariadbd outlives the test.
+struct DownOnDrop(PathBuf);
+
+impl Drop for DownOnDrop {
+    fn drop(&mut self) {
+        let _ = sandbox::down(&self.0);
+    }
+}
+
+async fn connect(cluster: &Cluster, idx: usize) -> Conn {
+    let s = &cluster.servers[idx];
+    let opts = Opts::from_url(&cluster.dsn(s)).expect("dsn");
+    Conn::new(opts)
+        .await
+        .unwrap_or_else(|e| panic!("connecting as app to {}: {e}", s.label()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_up_replicates_and_down_stops_everything() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("sb");
+    let _guard = DownOnDrop(dir.clone());
+    let opts = SandboxOptions {
+        dir: dir.clone(),
+        shards: 2,
+        replicas: 1,
+        ..Default::default()
+    };
+
+    let t = Instant::now();
+    let cluster = sandbox::up(&opts).await.expect("sandbox up");
+    eprintln!("sandbox up (2 x (1 + 1)) took {:?}", t.elapsed());
+
+    // cluster.json describes exactly what runs.
+    let loaded = Cluster::load(&dir).expect("cluster.json");
+    let roles: Vec<(String, Role)> = loaded
+        .servers
+        .iter()
+        .map(|s| (s.shard.clone(), s.role.clone()))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("s0".to_string(), Role::Primary),
+            ("s0".to_string(), Role::Replica),
+            ("s1".to_string(), Role::Primary),
+            ("s1".to_string(), Role::Replica),
+        ]
+    );
+    assert!(loaded.servers.iter().all(|s| s.is_running()));
+    let cfg = shardgate::config::Config::load(&dir.join("shardgate.toml")).expect("proxy config");
+    assert_eq!(
+        cfg.keyspace["app"].shards[0].primary,
+        cluster.servers[0].addr()
+    );
+
+    // The app user reaches every server, in database `app`, and each has its own server id.
+    let mut conns = Vec::new();
+    for (idx, s) in cluster.servers.iter().enumerate() {
+        let mut c = connect(&cluster, idx).await;
+        let id: Option<u32> = c
+            .query_first("SELECT @@server_id")
+            .await
+            .expect("server id");
+        assert_eq!(id, Some(s.server_id), "{}", s.label());
+        let db: Option<String> = c.query_first("SELECT DATABASE()").await.expect("db");
+        assert_eq!(db.as_deref(), Some("app"));
+        conns.push(c);
+    }
+
+    // A write on s0's primary shows up on s0's replica, not on shard s1.
+    let p0 = &mut conns[0];
+    p0.query_drop("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(20))")
+        .await
+        .expect("create table");
+    p0.query_drop("INSERT INTO t VALUES (1, 'hello')")
+        .await
+        .expect("insert");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen: Result<Option<String>, _> =
+            conns[1].query_first("SELECT v FROM t WHERE id = 1").await;
+        if matches!(&seen, Ok(Some(v)) if v == "hello") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "row not replicated: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let on_s1: Option<i64> = conns[2]
+        .query_first(
+            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema='app' AND table_name='t'",
+        )
+        .await
+        .expect("s1 tables");
+    assert_eq!(on_s1, Some(0));
+
+    // Replicas are read-only; primaries are writable and in semi-sync mode.
+    for (idx, c) in conns.iter_mut().enumerate() {
+        let ro: Option<i64> = c
+            .query_first("SELECT @@read_only")
+            .await
+            .expect("read_only");
+        let want = i64::from(cluster.servers[idx].role == Role::Replica);
+        assert_eq!(ro, Some(want), "{}", cluster.servers[idx].label());
+    }
+    for idx in [0, 2] {
+        let row: Option<(String, String)> = conns[idx]
+            .query_first("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_status'")
+            .await
+            .expect("semi-sync status");
+        assert_eq!(row.map(|r| r.1).as_deref(), Some("ON"));
+    }
+    for c in conns {
+        c.disconnect().await.expect("disconnect");
+    }
+
+    // A second `up` on a running sandbox is refused.
+    match sandbox::up(&opts).await {
+        Err(SandboxError::AlreadyRunning { .. }) => {}
+        other => panic!("second up should be refused, got {other:?}"),
+    }
+
+    // `down` stops exactly these servers and removes its files.
+    let stopped = sandbox::down(&dir).expect("down");
+    assert_eq!(stopped, 4);
+    for s in &cluster.servers {
+        assert!(!s.is_running(), "{} still running", s.label());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::path::Path::new(&format!("/proc/{}", s.pid)).exists() {
+            assert!(Instant::now() < deadline, "pid {} not reaped", s.pid);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!s.datadir.exists());
+    }
+    assert!(!dir.join("cluster.json").exists());
+    assert_eq!(sandbox::down(&dir).expect("second down"), 0);
+}
