@@ -49,6 +49,7 @@ async fn setup_shard(
     user: &str,
     password: &str,
 ) -> Result<(), SandboxError> {
+    let t0 = Instant::now();
     for r in replicas {
         let mut c = root(r).await?;
         c.exec(&format!(
@@ -62,6 +63,7 @@ async fn setup_shard(
         c.close().await;
     }
 
+    eprintln!("R {} threads {:?}", primary.shard, t0.elapsed());
     let mut p = root(primary).await?;
     // Semi-sync replicas connected first, so the writes below are acknowledged and the primary
     // stays in semi-sync mode.
@@ -79,6 +81,7 @@ async fn setup_shard(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    eprintln!("R {} semisync {:?}", primary.shard, t0.elapsed());
     let (u, pw) = (quote(user), quote(password));
     p.exec_shown(
         &format!("CREATE USER IF NOT EXISTS {u}@'%' IDENTIFIED BY {pw}"),
@@ -92,6 +95,7 @@ async fn setup_shard(
     p.exec(&format!("CREATE DATABASE IF NOT EXISTS `{KEYSPACE}`"))
         .await?;
     let pos = p.value("SELECT @@gtid_binlog_pos").await?;
+    eprintln!("R {} user {:?}", primary.shard, t0.elapsed());
 
     for r in replicas {
         let mut c = root(r).await?;
@@ -106,14 +110,18 @@ async fn setup_shard(
                 detail: slave_errors(&mut c).await,
             });
         }
+        eprintln!("R {} gtidwait {:?}", primary.shard, t0.elapsed());
         wait_threads_running(&mut c, r).await?;
         c.close().await;
+        eprintln!("R {} closed {:?}", primary.shard, t0.elapsed());
     }
 
     if !replicas.is_empty() && p.status("Rpl_semi_sync_master_status").await? != "ON" {
         tracing::warn!(server = %primary.label(), "semi-sync replication is not active");
     }
+    eprintln!("R {} status {:?}", primary.shard, t0.elapsed());
     p.close().await;
+    eprintln!("R {} pclosed {:?}", primary.shard, t0.elapsed());
     Ok(())
 }
 

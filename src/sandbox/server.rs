@@ -212,10 +212,37 @@ pub(crate) fn copy_dir(src: &Path, dst: &Path) -> std::io::Result<()> {
         if entry.file_type()?.is_dir() {
             copy_dir(&entry.path(), &to)?;
         } else {
-            std::fs::copy(entry.path(), &to)?;
+            copy_sparse(&entry.path(), &to)?;
         }
     }
     Ok(())
+}
+
+/// Copies a file leaving all-zero blocks as holes: a fresh datadir is ~114 MB, almost all of it
+/// the zeroed redo log, so this turns seconds of writing per server into milliseconds.
+fn copy_sparse(src: &Path, dst: &Path) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    const BLOCK: usize = 64 << 10;
+    static ZEROS: [u8; BLOCK] = [0; BLOCK];
+    let mut from = std::fs::File::open(src)?;
+    let mut to = std::fs::File::create(dst)?;
+    let mut buf = vec![0u8; BLOCK];
+    let mut len = 0u64;
+    loop {
+        let n = from.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        // Slice equality on u8 is a memcmp, fast even in debug builds.
+        if buf[..n] == ZEROS[..n] {
+            to.seek(SeekFrom::Current(n as i64))?;
+        } else {
+            to.write_all(&buf[..n])?;
+        }
+        len += n as u64;
+    }
+    to.set_len(len)?;
+    to.set_permissions(from.metadata()?.permissions())
 }
 
 #[cfg(test)]
@@ -252,5 +279,20 @@ mod tests {
         std::fs::write(&p, "a\nb\nc\n").expect("write");
         assert!(log_tail(&p, 2).ends_with("b\nc"));
         assert!(log_tail(&dir.path().join("none"), 2).contains("no log at"));
+    }
+
+    #[test]
+    fn sparse_copy_keeps_content_and_size() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("sub")).expect("mkdir");
+        let mut data = vec![0u8; 300_000];
+        data[70_000] = 7;
+        data[299_999] = 9;
+        std::fs::write(src.join("sub/f"), &data).expect("write");
+        std::fs::write(src.join("zeros"), vec![0u8; 200_000]).expect("write");
+        copy_dir(&src, &dir.path().join("dst")).expect("copy");
+        assert_eq!(std::fs::read(dir.path().join("dst/sub/f")).expect("read"), data);
+        assert_eq!(std::fs::read(dir.path().join("dst/zeros")).expect("read"), vec![0u8; 200_000]);
     }
 }
