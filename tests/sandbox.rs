@@ -125,6 +125,27 @@ async fn sandbox_up_replicates_and_down_stops_everything() {
         c.disconnect().await.expect("disconnect");
     }
 
+    // A crashed replica (killed by pid) comes back on its port and resumes replicating.
+    let mut cluster = cluster;
+    assert!(cluster.kill_server(3).expect("kill"));
+    assert!(!cluster.servers[3].is_running());
+    cluster.start_server(3).await.expect("restart replica");
+    let mut r1 = connect(&cluster, 3).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let row: Option<mysql_async::Row> =
+            r1.query_first("SHOW SLAVE STATUS").await.expect("status");
+        let io = row
+            .as_ref()
+            .and_then(|r| r.get::<String, _>("Slave_IO_Running"));
+        if io.as_deref() == Some("Yes") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replica did not resume: {io:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    r1.disconnect().await.expect("disconnect");
+
     // A second `up` on a running sandbox is refused.
     match sandbox::up(&opts).await {
         Err(SandboxError::AlreadyRunning { .. }) => {}

@@ -36,6 +36,9 @@ pub enum SandboxError {
     State { file: String, msg: String },
     #[error("invalid sandbox options: {0}")]
     Options(String),
+    /// A setup task panicked or was cancelled.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// A server kept running after SIGKILL (so its datadir is left alone).
     #[error("could not stop {0}")]
     Stop(String),

@@ -33,11 +33,9 @@ pub async fn up(opts: &SandboxOptions) -> Result<Cluster, SandboxError> {
         std::path::absolute(&opts.dir).map_err(io(format!("resolving {}", opts.dir.display())))?;
     std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
     clear_previous(&dir)?;
-    eprintln!("T prep {:?}", started.elapsed());
     let template = template::ensure(&bins).await?;
     let mut cluster = plan(&dir, opts)?;
     copy_datadirs(&template, &cluster).await?;
-    eprintln!("T copied {:?}", started.elapsed());
 
     let result = async {
         for s in &mut cluster.servers {
@@ -50,9 +48,7 @@ pub async fn up(opts: &SandboxOptions) -> Result<Cluster, SandboxError> {
         // Saved at once so `down` can find these pids even if this `up` is interrupted.
         cluster.save()?;
         wait_all(&bins, &mut cluster).await?;
-        eprintln!("T ready {:?}", started.elapsed());
         replication::setup(&cluster).await?;
-        eprintln!("T repl {:?}", started.elapsed());
         let ports = free_ports(2).map_err(io("finding free ports for the proxy"))?;
         let cfg = cluster.proxy_config(
             format!("127.0.0.1:{}", ports[0]),
@@ -186,7 +182,7 @@ async fn copy_datadirs(template: &Path, cluster: &Cluster) -> Result<(), Sandbox
         });
     }
     while let Some(joined) = tasks.join_next().await {
-        joined.map_err(|e| SandboxError::Options(format!("copy task failed: {e}")))??;
+        joined.map_err(|e| SandboxError::Internal(format!("copy task failed: {e}")))??;
     }
     Ok(())
 }
@@ -211,7 +207,7 @@ async fn wait_all(bins: &Binaries, cluster: &mut Cluster) -> Result<(), SandboxE
                 }
             }
             Err(e) => {
-                first_err.get_or_insert(SandboxError::Options(format!("start task failed: {e}")));
+                first_err.get_or_insert(SandboxError::Internal(format!("start task failed: {e}")));
             }
         }
     }

@@ -20,7 +20,7 @@ pub(crate) async fn setup(cluster: &Cluster) -> Result<(), SandboxError> {
         let primary = cluster
             .primary(&shard)
             .cloned()
-            .ok_or_else(|| SandboxError::Options(format!("shard {shard} has no primary")))?;
+            .ok_or_else(|| SandboxError::Internal(format!("shard {shard} has no primary")))?;
         let replicas: Vec<ServerInfo> = cluster.replicas(&shard).into_iter().cloned().collect();
         let (user, password) = (cluster.user.clone(), cluster.password.clone());
         tasks.spawn(async move { setup_shard(&primary, &replicas, &user, &password).await });
@@ -28,7 +28,7 @@ pub(crate) async fn setup(cluster: &Cluster) -> Result<(), SandboxError> {
     let mut first_err = None;
     while let Some(joined) = tasks.join_next().await {
         let result = joined.unwrap_or_else(|e| {
-            Err(SandboxError::Options(format!(
+            Err(SandboxError::Internal(format!(
                 "replication setup task failed: {e}"
             )))
         });
@@ -49,7 +49,6 @@ async fn setup_shard(
     user: &str,
     password: &str,
 ) -> Result<(), SandboxError> {
-    let t0 = Instant::now();
     for r in replicas {
         let mut c = root(r).await?;
         c.exec(&format!(
@@ -63,7 +62,6 @@ async fn setup_shard(
         c.close().await;
     }
 
-    eprintln!("R {} threads {:?}", primary.shard, t0.elapsed());
     let mut p = root(primary).await?;
     // Semi-sync replicas connected first, so the writes below are acknowledged and the primary
     // stays in semi-sync mode.
@@ -81,7 +79,6 @@ async fn setup_shard(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    eprintln!("R {} semisync {:?}", primary.shard, t0.elapsed());
     let (u, pw) = (quote(user), quote(password));
     p.exec_shown(
         &format!("CREATE USER IF NOT EXISTS {u}@'%' IDENTIFIED BY {pw}"),
@@ -95,33 +92,37 @@ async fn setup_shard(
     p.exec(&format!("CREATE DATABASE IF NOT EXISTS `{KEYSPACE}`"))
         .await?;
     let pos = p.value("SELECT @@gtid_binlog_pos").await?;
-    eprintln!("R {} user {:?}", primary.shard, t0.elapsed());
 
     for r in replicas {
         let mut c = root(r).await?;
-        let secs = REPL_TIMEOUT.as_secs();
-        let waited = c
-            .value(&format!("SELECT MASTER_GTID_WAIT({}, {secs})", quote(&pos)))
-            .await?;
-        if waited != "0" {
-            return Err(SandboxError::Timeout {
-                what: format!("{} to reach GTID {pos} of {}", r.label(), primary.label()),
-                secs,
-                detail: slave_errors(&mut c).await,
-            });
+        // Polled rather than MASTER_GTID_WAIT, which here returns about a second late.
+        let deadline = Instant::now() + REPL_TIMEOUT;
+        loop {
+            let at = c.value("SELECT @@gtid_slave_pos").await?;
+            if gtid_reached(&at, &pos) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(SandboxError::Timeout {
+                    what: format!(
+                        "{} to reach GTID {pos} of {} (it is at {at})",
+                        r.label(),
+                        primary.label()
+                    ),
+                    secs: REPL_TIMEOUT.as_secs(),
+                    detail: slave_errors(&mut c).await,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        eprintln!("R {} gtidwait {:?}", primary.shard, t0.elapsed());
         wait_threads_running(&mut c, r).await?;
         c.close().await;
-        eprintln!("R {} closed {:?}", primary.shard, t0.elapsed());
     }
 
     if !replicas.is_empty() && p.status("Rpl_semi_sync_master_status").await? != "ON" {
         tracing::warn!(server = %primary.label(), "semi-sync replication is not active");
     }
-    eprintln!("R {} status {:?}", primary.shard, t0.elapsed());
     p.close().await;
-    eprintln!("R {} pclosed {:?}", primary.shard, t0.elapsed());
     Ok(())
 }
 
@@ -162,5 +163,40 @@ async fn slave_errors(c: &mut Sql) -> String {
             None => "; SHOW SLAVE STATUS is empty (replication not configured)".into(),
         },
         Err(e) => format!("; SHOW SLAVE STATUS failed: {e}"),
+    }
+}
+
+/// True when GTID position `at` has every domain of `target` at or past its sequence number
+/// (positions look like `0-1-42,1-3-7`: domain-server-seq per domain).
+pub(crate) fn gtid_reached(at: &str, target: &str) -> bool {
+    fn parse(pos: &str) -> Vec<(u64, u64)> {
+        pos.split(',')
+            .filter_map(|g| {
+                let mut parts = g.trim().split('-');
+                let domain = parts.next()?.parse().ok()?;
+                let seq = parts.nth(1)?.parse().ok()?;
+                Some((domain, seq))
+            })
+            .collect()
+    }
+    let at = parse(at);
+    parse(target)
+        .iter()
+        .all(|(d, seq)| at.iter().any(|(ad, aseq)| ad == d && aseq >= seq))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gtid_reached;
+
+    #[test]
+    fn gtid_positions_compare_per_domain() {
+        assert!(gtid_reached("0-1-5", "0-1-5"));
+        assert!(gtid_reached("0-1-6", "0-1-5"));
+        assert!(!gtid_reached("0-1-4", "0-1-5"));
+        assert!(!gtid_reached("", "0-1-5"));
+        assert!(gtid_reached("", ""));
+        assert!(gtid_reached("1-2-9,0-1-5", "0-1-5"));
+        assert!(!gtid_reached("0-1-5", "0-1-5,1-2-1"));
     }
 }

@@ -292,7 +292,13 @@ mod tests {
         std::fs::write(src.join("sub/f"), &data).expect("write");
         std::fs::write(src.join("zeros"), vec![0u8; 200_000]).expect("write");
         copy_dir(&src, &dir.path().join("dst")).expect("copy");
-        assert_eq!(std::fs::read(dir.path().join("dst/sub/f")).expect("read"), data);
-        assert_eq!(std::fs::read(dir.path().join("dst/zeros")).expect("read"), vec![0u8; 200_000]);
+        assert_eq!(
+            std::fs::read(dir.path().join("dst/sub/f")).expect("read"),
+            data
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("dst/zeros")).expect("read"),
+            vec![0u8; 200_000]
+        );
     }
 }
