@@ -28,21 +28,29 @@ fn scan_all(wire: &BytesMut) -> usize {
 }
 
 fn bench(c: &mut Criterion) {
-    let row: Vec<u8> = std::iter::once(120u8).chain(std::iter::repeat_n(b'x', 120)).collect();
+    let row: Vec<u8> = std::iter::once(120u8)
+        .chain(std::iter::repeat_n(b'x', 120))
+        .collect();
     let point = result_set(1, &row);
     let many = result_set(1000, &row);
     let mut g = c.benchmark_group("scan_response");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("point_select_1_row", |b| b.iter(|| black_box(scan_all(&point))));
+    g.bench_function("point_select_1_row", |b| {
+        b.iter(|| black_box(scan_all(&point)))
+    });
     g.throughput(Throughput::Bytes(many.len() as u64));
-    g.bench_function("1000_rows_121_bytes", |b| b.iter(|| black_box(scan_all(&many))));
+    g.bench_function("1000_rows_121_bytes", |b| {
+        b.iter(|| black_box(scan_all(&many)))
+    });
     g.finish();
 
     let mut cmd = BytesMut::new();
     let mut q = vec![3u8];
     q.extend_from_slice(b"SELECT c FROM sbtest1 WHERE id=4242");
     put_packet(&mut cmd, 0, &q);
-    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
     c.bench_function("read_command_frame", |b| {
         b.iter(|| {
             rt.block_on(async {

@@ -37,6 +37,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest payload of one physical packet.
 const MAX_PAYLOAD: usize = 0xFF_FFFF;
 
+const COM_QUIT: u8 = 0x01;
 const COM_QUERY: u8 = 0x03;
 const COM_STMT_EXECUTE: u8 = 0x17;
 
@@ -376,7 +377,6 @@ async fn empty_password_is_access_denied_without_password() {
 
 #[tokio::test]
 async fn malformed_handshake_responses_are_bad_handshakes() {
-    let env = common::env();
     let template = RawClient::connect().await;
     let valid = template.login_packet(CLIENT_CAPS, "app", "app");
     let pre41 = template.login_packet(CLIENT_CAPS & !cap::PROTOCOL_41, "app", "app");
@@ -404,7 +404,48 @@ async fn malformed_handshake_responses_are_bad_handshakes() {
         assert!(e.message.starts_with("Bad handshake"), "{what}: {e:?}");
         c.expect_closed().await;
     }
-    assert!(env.proxy_alive());
+    assert_proxy_healthy().await;
+}
+
+#[tokio::test]
+async fn unframed_garbage_instead_of_a_handshake_is_a_bad_handshake() {
+    let cases: [(&str, &[u8]); 2] = [
+        // A web browser pointed at the port (its header claims 5.5 MB, sequence id 0x20).
+        ("an HTTP request", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+        // A header claiming a 16 MiB response.
+        ("a 16 MiB header", b"\xff\xff\xff\x01garbage"),
+    ];
+    for (what, bytes) in cases {
+        let mut c = RawClient::connect().await;
+        c.send_raw(bytes).await;
+        let reply = c
+            .read()
+            .await
+            .unwrap_or_else(|| panic!("{what}: closed without an ERR"));
+        let e = reply.expect_error(1043, "08S01");
+        assert!(e.message.starts_with("Bad handshake"), "{what}: {e:?}");
+        c.expect_closed().await;
+    }
+    assert_proxy_healthy().await;
+}
+
+#[tokio::test]
+async fn a_normal_client_stays_on_the_proxy() {
+    // mysql_async with the URL from tests/common, default options: after connecting it asks
+    // `SELECT @@socket` and, finding a socket, reconnects through it. The backend sees the
+    // proxy's TCP connection ("127.0.0.1:port"); a direct socket client shows "localhost".
+    let opts = Opts::from_url(&common::env().proxy_url("app")).expect("proxy url");
+    let mut conn = Conn::new(opts).await.expect("connect");
+    let host: Option<String> = conn
+        .query_first("SELECT HOST FROM information_schema.PROCESSLIST WHERE ID = CONNECTION_ID()")
+        .await
+        .expect("own processlist row");
+    conn.disconnect().await.expect("disconnect");
+    assert_ne!(
+        host.as_deref(),
+        Some("localhost"),
+        "mysql_async reconnected to MariaDB's unix socket (@@socket forwarded by the proxy)"
+    );
     assert_proxy_healthy().await;
 }
 
@@ -468,7 +509,10 @@ async fn a_command_over_max_allowed_packet_is_refused_and_closed() {
             .starts_with("Got a packet bigger than 'max_allowed_packet' bytes"),
         "{e:?}"
     );
-    assert!(read_packet(&mut rd).await.is_none(), "connection not closed");
+    assert!(
+        read_packet(&mut rd).await.is_none(),
+        "connection not closed"
+    );
     let (written, _wr) = tokio::time::timeout(READ_TIMEOUT, writer)
         .await
         .expect("the write ends once the proxy closed")
@@ -480,6 +524,9 @@ async fn a_command_over_max_allowed_packet_is_refused_and_closed() {
     let (after, peak) = env.proxy_memory_kib();
     eprintln!("proxy RSS before {before} KiB, after {after} KiB, peak {peak} KiB");
     assert_proxy_healthy().await;
+    // The client sent sequence ids 0..=3 and expects the answer to continue with 4, as MariaDB
+    // does; otherwise real clients (mysql_async: PacketsOutOfSync) never see the 1153 error.
+    assert_eq!(reply.seq, 4, "sequence id of the ERR after packets 0..=3");
 }
 
 #[tokio::test]
@@ -490,7 +537,10 @@ async fn a_silent_client_gets_a_bad_handshake_after_the_timeout() {
     assert_proxy_healthy().await;
     RawClient::logged_in().await.assert_select_1().await;
 
-    let reply = idle.read().await.expect("an ERR after the handshake timeout");
+    let reply = idle
+        .read()
+        .await
+        .expect("an ERR after the handshake timeout");
     let waited = start.elapsed();
     let e = reply.expect_error(1043, "08S01");
     assert!(e.message.starts_with("Bad handshake"), "{e:?}");
@@ -515,7 +565,8 @@ async fn an_unknown_command_is_refused_and_the_session_goes_on() {
 #[tokio::test]
 async fn an_empty_command_packet_is_refused_and_the_session_goes_on() {
     let mut c = RawClient::logged_in().await;
-    c.command_error(&[], 1158, "08S01").await;
+    // As MariaDB answers it: an empty command is an unknown command.
+    c.command_error(&[], 1047, "08S01").await;
     c.assert_select_1().await;
     assert_proxy_healthy().await;
 }
@@ -538,14 +589,39 @@ async fn executing_a_statement_never_prepared_is_refused() {
 }
 
 #[tokio::test]
+async fn a_statement_command_without_statement_id_is_malformed() {
+    let mut c = RawClient::logged_in().await;
+    // As MariaDB answers it.
+    let e = c.command_error(&[COM_STMT_EXECUTE, 1], 1835, "HY000").await;
+    assert_eq!(e.message, "Malformed communication packet");
+    c.assert_select_1().await;
+    assert_proxy_healthy().await;
+}
+
+#[tokio::test]
+async fn a_command_out_of_sequence_is_refused_by_the_server() {
+    for _ in 0..3 {
+        let mut c = RawClient::logged_in().await;
+        c.send(3, b"\x03SELECT 1").await;
+        let reply = c.read().await.expect("an answer");
+        assert_eq!(reply.seq, 4, "sequence id of the reply");
+        reply.expect_error(1156, "08S01");
+        // MariaDB dropped the backend connection: it must not be handed to the next client.
+        c.send(0, &[COM_QUIT]).await;
+        c.expect_closed().await;
+    }
+    for _ in 0..5 {
+        RawClient::logged_in().await.assert_select_1().await;
+    }
+    assert_proxy_healthy().await;
+}
+
+#[tokio::test]
 async fn a_query_with_invalid_utf8_reaches_the_server() {
     let mut c = RawClient::logged_in().await;
     let answer = c.query(b"SELECT '\xff\xfe'").await;
-    eprintln!("invalid UTF-8 query answered with {answer:?}");
-    match answer {
-        Ok(rows) => assert_eq!(rows.len(), 1, "{rows:?}"),
-        Err(e) => assert_eq!((e.code, e.state.as_str()), (1300, "HY000"), "{e:?}"),
-    }
+    // MariaDB answers with the bytes as they were sent: the proxy neither rejects nor mangles them.
+    assert_eq!(answer, Ok(vec![vec![Some(vec![0xFF, 0xFE])]]));
     c.assert_select_1().await;
     assert_proxy_healthy().await;
 }
@@ -556,7 +632,8 @@ async fn a_syntax_error_is_passed_through() {
     let e = c.query(b"SELEC 1 FROM").await.expect_err("a syntax error");
     assert_eq!((e.code, e.state.as_str()), (1064, "42000"), "{e:?}");
     assert!(
-        e.message.starts_with("You have an error in your SQL syntax"),
+        e.message
+            .starts_with("You have an error in your SQL syntax"),
         "{e:?}"
     );
     c.assert_select_1().await;
@@ -592,9 +669,7 @@ async fn sequence_ids_follow_the_protocol() {
 async fn garbage_connections_do_not_disturb_a_working_client() {
     let env = common::env();
     let worker = tokio::spawn(async move {
-        let mut conn = Conn::new(proxy_opts())
-            .await
-            .expect("connect");
+        let mut conn = Conn::new(proxy_opts()).await.expect("connect");
         for i in 0..200i64 {
             let v: Option<i64> = conn
                 .query_first(format!("SELECT {i}"))
@@ -631,4 +706,3 @@ async fn garbage_connections_do_not_disturb_a_working_client() {
     worker.await.expect("the normal client ran 200 queries");
     assert_proxy_healthy().await;
 }
-

@@ -33,9 +33,11 @@ async fn crud_with_ok_packet_fields() {
     ))
     .await
     .expect("create");
-    c.query_drop(format!("INSERT INTO {t} (name, n) VALUES ('a', 1), ('b', 2), ('c', 3)"))
-        .await
-        .expect("insert");
+    c.query_drop(format!(
+        "INSERT INTO {t} (name, n) VALUES ('a', 1), ('b', 2), ('c', 3)"
+    ))
+    .await
+    .expect("insert");
     assert_eq!(c.affected_rows(), 3);
     assert_eq!(c.last_insert_id(), Some(1));
     c.query_drop(format!("UPDATE {t} SET n = n + 10 WHERE id >= 2"))
@@ -45,7 +47,9 @@ async fn crud_with_ok_packet_fields() {
     c.query_drop(format!("INSERT INTO {t} (name, n) VALUES ('d', 300)"))
         .await
         .expect_err("out of range in strict mode");
-    c.query_drop("SET SESSION sql_mode = ''").await.expect("set");
+    c.query_drop("SET SESSION sql_mode = ''")
+        .await
+        .expect("set");
     c.query_drop(format!("INSERT INTO {t} (name, n) VALUES ('d', 300)"))
         .await
         .expect("clipped insert");
@@ -61,7 +65,11 @@ async fn crud_with_ok_packet_fields() {
         .expect("select");
     assert_eq!(
         rows,
-        vec![(2, "b".into(), 12), (3, "c".into(), 13), (4, "d".into(), 127)]
+        vec![
+            (2, "b".into(), 12),
+            (3, "c".into(), 13),
+            (4, "d".into(), 127)
+        ]
     );
     let in_trans: i64 = {
         c.query_drop("START TRANSACTION").await.expect("begin");
@@ -136,12 +144,17 @@ async fn every_column_type_round_trips_in_text_and_binary_protocol() {
     assert_eq!(meta(&text_p), meta(&text_d));
     assert_eq!(meta(&bin_p), meta(&bin_d));
 
-    let (text_p, text_d, bin_p, bin_d) = (values(text_p), values(text_d), values(bin_p), values(bin_d));
+    let (text_p, text_d, bin_p, bin_d) =
+        (values(text_p), values(text_d), values(bin_p), values(bin_d));
     assert_eq!(text_p, text_d);
     assert_eq!(bin_p, bin_d);
     assert_eq!(text_p.len(), 2);
     // The NULL row is NULL in every column but the key.
-    assert!(bin_p[1][1..].iter().all(|v| *v == Value::NULL), "{:?}", bin_p[1]);
+    assert!(
+        bin_p[1][1..].iter().all(|v| *v == Value::NULL),
+        "{:?}",
+        bin_p[1]
+    );
     // Spot checks of the binary values.
     let row = &bin_p[0];
     assert_eq!(row[10], Value::UInt(u64::MAX));
@@ -149,15 +162,23 @@ async fn every_column_type_round_trips_in_text_and_binary_protocol() {
     assert_eq!(row[17], Value::Time(true, 34, 22, 59, 59, 0));
     assert_eq!(row[15], Value::Date(9999, 12, 31, 23, 59, 59, 999_999));
     assert_eq!(row[18], Value::Int(2155));
-    assert_eq!(row[20], Value::Bytes("emoji 🐬 and ünïcode".as_bytes().to_vec()));
+    assert_eq!(
+        row[20],
+        Value::Bytes("emoji 🐬 and ünïcode".as_bytes().to_vec())
+    );
     assert_eq!(row[21], Value::Bytes(vec![0x00, 0xFF, 0x10, 0xAB]));
     assert_eq!(row[25], Value::Bytes(b"green".to_vec()));
     assert_eq!(row[26], Value::Bytes(b"a,c".to_vec()));
     assert_eq!(
         row[11],
-        Value::Bytes(b"-12345678901234567890123456789012345.123456789012345678901234567891".to_vec())
+        Value::Bytes(
+            b"-12345678901234567890123456789012345.123456789012345678901234567891".to_vec()
+        )
     );
-    assert_eq!(row[27], Value::Bytes(0xA000_0000_0000_0001u64.to_be_bytes().to_vec()));
+    assert_eq!(
+        row[27],
+        Value::Bytes(0xA000_0000_0000_0001u64.to_be_bytes().to_vec())
+    );
 }
 
 #[tokio::test]
@@ -191,10 +212,7 @@ async fn prepared_statements_bind_every_parameter_type() {
         .expect("prepare");
     assert_eq!(stmt.num_params(), 2);
     assert_eq!(stmt.num_columns(), 11);
-    let rows: Vec<Row> = p
-        .exec(&stmt, (1, "ünï 🐬"))
-        .await
-        .expect("execute");
+    let rows: Vec<Row> = p.exec(&stmt, (1, "ünï 🐬")).await.expect("execute");
     let got = values(rows).remove(0);
     assert_eq!(got[1], Value::Int(i64::MIN));
     assert_eq!(got[2], Value::UInt(u64::MAX));
@@ -207,7 +225,10 @@ async fn prepared_statements_bind_every_parameter_type() {
     assert!(again.is_empty());
     p.close(stmt).await.expect("close");
     // A statement prepared with an error gets the server's error.
-    let e = p.prep("SELECT * FROM no_such_table_xyz").await.expect_err("prepare error");
+    let e = p
+        .prep("SELECT * FROM no_such_table_xyz")
+        .await
+        .expect_err("prepare error");
     assert!(e.to_string().contains("1146"), "{e}");
 }
 
@@ -218,7 +239,9 @@ async fn twenty_mib_blob_round_trips_both_protocols() {
     p.query_drop(format!("CREATE TABLE {t} (id INT PRIMARY KEY, b LONGBLOB)"))
         .await
         .expect("create");
-    let blob: Vec<u8> = (0..20 * 1024 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
+    let blob: Vec<u8> = (0..20 * 1024 * 1024u32)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
     p.exec_drop(format!("INSERT INTO {t} VALUES (1, ?)"), (blob.clone(),))
         .await
         .expect("insert binary protocol (long data or big packet)");
@@ -255,8 +278,14 @@ async fn syntax_error_is_1064_and_the_connection_stays_usable() {
     }
     let one: Option<i32> = p.query_first("SELECT 1").await.expect("still usable");
     assert_eq!(one, Some(1));
-    let e = p.exec_drop("SELECT * FROM missing_tbl_q", ()).await.expect_err("1146");
-    assert!(matches!(e, mysql_async::Error::Server(ref s) if s.code == 1146 && s.state == "42S02"), "{e}");
+    let e = p
+        .exec_drop("SELECT * FROM missing_tbl_q", ())
+        .await
+        .expect_err("1146");
+    assert!(
+        matches!(e, mysql_async::Error::Server(ref s) if s.code == 1146 && s.state == "42S02"),
+        "{e}"
+    );
     let two: Option<i32> = p.exec_first("SELECT 2", ()).await.expect("still usable");
     assert_eq!(two, Some(2));
 }
@@ -277,13 +306,19 @@ async fn stored_procedure_returns_two_result_sets() {
     assert_eq!(first, vec![(1, "x".to_string())]);
     assert_eq!(second, vec![2, 3]);
     // Through the binary protocol too.
-    let mut result = p.exec_iter(format!("CALL {name}()"), ()).await.expect("exec call");
+    let mut result = p
+        .exec_iter(format!("CALL {name}()"), ())
+        .await
+        .expect("exec call");
     let first: Vec<(i32, String)> = result.collect().await.expect("first set");
     let second: Vec<i32> = result.collect().await.expect("second set");
     drop(result);
     assert_eq!((first.len(), second.len()), (1, 2));
     // Multi-statements in one COM_QUERY.
-    let mut result = p.query_iter("SELECT 1; SELECT 'two'; DO 3").await.expect("multi");
+    let mut result = p
+        .query_iter("SELECT 1; SELECT 'two'; DO 3")
+        .await
+        .expect("multi");
     let a: Vec<i32> = result.collect().await.expect("set 1");
     let b: Vec<String> = result.collect().await.expect("set 2");
     drop(result);
@@ -297,7 +332,9 @@ async fn session_commands_ping_reset_and_init_db() {
     let mut p = proxy("app").await;
     p.ping().await.expect("ping");
     let db = common::unique("db");
-    p.query_drop(format!("CREATE DATABASE {db}")).await.expect("create db");
+    p.query_drop(format!("CREATE DATABASE {db}"))
+        .await
+        .expect("create db");
     p.query_drop(format!("USE {db}")).await.expect("use");
     let cur: Option<String> = p.query_first("SELECT DATABASE()").await.expect("q");
     assert_eq!(cur.as_deref(), Some(db.as_str()));
@@ -305,7 +342,9 @@ async fn session_commands_ping_reset_and_init_db() {
     p.reset().await.expect("COM_RESET_CONNECTION");
     let v: Option<Option<i64>> = p.query_first("SELECT @v").await.expect("q");
     assert_eq!(v, Some(None), "user variable cleared by reset");
-    p.query_drop(format!("DROP DATABASE {db}")).await.expect("drop db");
+    p.query_drop(format!("DROP DATABASE {db}"))
+        .await
+        .expect("drop db");
     let e = Conn::new(Opts::from_url(&common::env().proxy_url(&db)).expect("url"))
         .await
         .expect_err("unknown database");
@@ -317,7 +356,9 @@ async fn five_hundred_concurrent_clients() {
     let t = common::unique("many");
     let mut setup = proxy("app").await;
     setup
-        .query_drop(format!("CREATE TABLE {t} (client INT, q INT, PRIMARY KEY (client, q))"))
+        .query_drop(format!(
+            "CREATE TABLE {t} (client INT, q INT, PRIMARY KEY (client, q))"
+        ))
         .await
         .expect("create");
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(500));

@@ -117,7 +117,10 @@ pub fn spawn_proxy(config: &Path) -> (Child, u16) {
         .expect("spawn shardgate serve");
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "proxy did not start listening on {port}");
+        assert!(
+            Instant::now() < deadline,
+            "proxy did not start listening on {port}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     (child, port)
@@ -125,7 +128,10 @@ pub fn spawn_proxy(config: &Path) -> (Child, u16) {
 
 impl Env {
     pub fn proxy_url(&self, db: &str) -> String {
-        format!("mysql://{USER}:{PASSWORD}@127.0.0.1:{}/{db}", self.proxy_port)
+        format!(
+            "mysql://{USER}:{PASSWORD}@127.0.0.1:{}/{db}",
+            self.proxy_port
+        )
     }
 
     pub fn primary_port(&self) -> u16 {
@@ -133,7 +139,10 @@ impl Env {
     }
 
     pub fn direct_url(&self, db: &str) -> String {
-        format!("mysql://{USER}:{PASSWORD}@127.0.0.1:{}/{db}", self.primary_port())
+        format!(
+            "mysql://{USER}:{PASSWORD}@127.0.0.1:{}/{db}",
+            self.primary_port()
+        )
     }
 
     /// Resident memory of the proxy process (VmRSS, VmHWM) in KiB.

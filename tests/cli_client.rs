@@ -1,0 +1,530 @@
+//! Debian's `mariadb` command-line client through the proxy: CRUD, every column type, errors,
+//! multiple result sets, USE, the interactive start-up (auto-rehash sends COM_FIELD_LIST) and
+//! 20 MiB values. Where it makes sense, the same SQL also runs against the primary directly and
+//! the two outputs must be byte-identical, besides containing the expected values.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+/// Any single CLI run here finishes in a few seconds; past this it is hung.
+const DEADLINE: Duration = Duration::from_secs(60);
+const BIG_LEN: usize = 20 * 1024 * 1024;
+
+/// Which server a CLI run talks to.
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    Proxy,
+    Direct,
+}
+
+impl Target {
+    fn port(self) -> u16 {
+        let env = common::env();
+        match self {
+            Target::Proxy => env.proxy_port,
+            Target::Direct => env.primary_port(),
+        }
+    }
+}
+
+/// What one CLI run printed.
+#[derive(Debug)]
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// Stdout, after asserting the run succeeded without complaint.
+    fn ok(self, what: &str) -> String {
+        assert!(
+            self.status.success() && self.stderr.is_empty(),
+            "{what}: {self:#?}"
+        );
+        self.stdout
+    }
+}
+
+/// The `mariadb` arguments shared by every batch run: no option files, utf8mb4, room for
+/// 20 MiB statements, tab-separated unescaped output.
+fn cli_args(target: Target, db: &str) -> Vec<String> {
+    let fixed = [
+        "--no-defaults",
+        "--default-character-set=utf8mb4",
+        "--max-allowed-packet=64M",
+        "-h",
+        "127.0.0.1",
+        "-u",
+        common::USER,
+    ];
+    let mut args: Vec<String> = fixed.iter().map(|s| s.to_string()).collect();
+    args.push(format!("-p{}", common::PASSWORD));
+    args.push(format!("-P{}", target.port()));
+    args.push(db.to_string());
+    args
+}
+
+/// Runs `cmd` with `stdin`, failing the test (with what it printed so far) past `DEADLINE`.
+fn run(mut cmd: Command, stdin: Vec<u8>) -> Run {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    // Feed and drain on threads: a 20 MiB statement or result must not deadlock on a pipe.
+    let mut input = child.stdin.take().expect("stdin");
+    let feeder = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("stderr")));
+    let deadline = Instant::now() + DEADLINE;
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            timed_out = true;
+            let _ = child.kill();
+            break child.wait().expect("wait for killed child");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = feeder.join();
+    let text = |h: std::thread::JoinHandle<Vec<u8>>| {
+        String::from_utf8_lossy(&h.join().expect("reader")).into_owned()
+    };
+    let r = Run {
+        status,
+        stdout: text(out),
+        stderr: text(err),
+    };
+    assert!(!timed_out, "{cmd:?} hung for {DEADLINE:?}: {r:#?}");
+    r
+}
+
+/// `mariadb --batch --raw [extra] -e SQL` in database `app`.
+fn exec(target: Target, extra: &[&str], sql: &str) -> Run {
+    let mut cmd = Command::new("mariadb");
+    cmd.args(cli_args(target, "app"))
+        .args(["--batch", "--raw"])
+        .args(extra)
+        .args(["-e", sql]);
+    run(cmd, Vec::new())
+}
+
+/// `mariadb --batch --raw [extra]` in database `app`, reading `sql` from stdin.
+fn exec_stdin(target: Target, extra: &[&str], sql: impl Into<Vec<u8>>) -> Run {
+    let mut cmd = Command::new("mariadb");
+    cmd.args(cli_args(target, "app"))
+        .args(["--batch", "--raw"])
+        .args(extra);
+    run(cmd, sql.into())
+}
+
+/// Runs `sql` through the proxy and asserts it succeeded; returns the output.
+fn proxy(sql: &str) -> String {
+    exec(Target::Proxy, &[], sql).ok(sql)
+}
+
+/// Runs `sql` through the proxy and directly with the same options and asserts both succeed
+/// with byte-identical output; returns it.
+fn same_on_both(extra: &[&str], sql: &str) -> String {
+    let via_proxy = exec(Target::Proxy, extra, sql).ok(sql);
+    let direct = exec(Target::Direct, extra, sql).ok(sql);
+    assert!(
+        via_proxy == direct,
+        "output of {sql:?} differs:\n--- proxy\n{via_proxy}\n--- direct\n{direct}"
+    );
+    via_proxy
+}
+
+/// Tab-separated rows as `--batch --raw` prints them, header first.
+fn tsv(rows: &[&[&str]]) -> String {
+    rows.iter().map(|r| r.join("\t") + "\n").collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn crud_statements_report_rows_and_results() {
+    let t = common::unique("cli_crud");
+    proxy(&format!(
+        "CREATE TABLE {t} (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(20), qty INT)"
+    ));
+    // -vv makes the CLI print each OK packet: affected rows, the info string, warnings.
+    let writes = exec(
+        Target::Proxy,
+        &["-vv"],
+        &format!(
+            "INSERT INTO {t} (name, qty) VALUES ('apple', 3), ('pear', 5), ('plum', 7);
+             UPDATE {t} SET qty = qty * 10 WHERE name <> 'pear';
+             DELETE FROM {t} WHERE name = 'pear';
+             SELECT LAST_INSERT_ID()"
+        ),
+    )
+    .ok("writes");
+    for expected in [
+        "Query OK, 3 rows affected\nRecords: 3  Duplicates: 0  Warnings: 0\n",
+        "Query OK, 2 rows affected\nRows matched: 2  Changed: 2  Warnings: 0\n",
+        "Query OK, 1 row affected\n",
+        "LAST_INSERT_ID()\n1\n",
+    ] {
+        assert!(writes.contains(expected), "{expected:?} not in:\n{writes}");
+    }
+    let rows = same_on_both(&[], &format!("SELECT id, name, qty FROM {t} ORDER BY id"));
+    assert_eq!(
+        rows,
+        tsv(&[
+            &["id", "name", "qty"],
+            &["1", "apple", "30"],
+            &["3", "plum", "70"]
+        ])
+    );
+    proxy(&format!("DROP TABLE {t}"));
+    let gone = exec(Target::Proxy, &[], &format!("SELECT * FROM {t}"));
+    assert!(gone.stderr.contains("ERROR 1146 (42S02)"), "{gone:#?}");
+}
+
+/// Every column type: a row of minimums, a row of maximums, a row of NULLs.
+const TYPES_DDL: &str = "(
+    id INT PRIMARY KEY,
+    ti TINYINT, tiu TINYINT UNSIGNED, si SMALLINT, siu SMALLINT UNSIGNED,
+    mi MEDIUMINT, miu MEDIUMINT UNSIGNED, i INT, iu INT UNSIGNED, bi BIGINT, biu BIGINT UNSIGNED,
+    dec65 DECIMAL(65,30), f FLOAT, d DOUBLE,
+    dt DATE, dtm DATETIME(6), ts TIMESTAMP NULL, tm TIME(6), y YEAR,
+    c CHAR(10), vc VARCHAR(100), bin BINARY(4), vbin VARBINARY(16), bl BLOB,
+    e ENUM('a','b','c'), st SET('x','y','z'), bt BIT(64), j JSON
+) DEFAULT CHARSET=utf8mb4";
+
+const TYPES_ROWS: &str = "
+ (1, -128, 255, -32768, 65535, -8388608, 16777215, -2147483648, 4294967295,
+  -9223372036854775808, 18446744073709551615,
+  '-99999999999999999999999999999999999.999999999999999999999999999999',
+  -3.40282e38, -1.7976931348623157e308,
+  '1000-01-01', '1000-01-01 00:00:00.000000', '1970-01-01 00:00:01', '-838:59:59.000000', 1901,
+  'a', '😀 ünïcödé 漢字', 0x00000000, 0x00, 0x00ff, 'a', '', b'0',
+  '{\"a\": [1, 2, null], \"e\": \"😀\"}'),
+ (2, 127, 0, 32767, 0, 8388607, 0, 2147483647, 0, 9223372036854775807, 0,
+  '99999999999999999999999999999999999.999999999999999999999999999999',
+  3.40282e38, 1.7976931348623157e308,
+  '9999-12-31', '9999-12-31 23:59:59.999999', '2038-01-19 03:14:07', '838:59:59.000000', 2155,
+  'zzzzzzzzzz', '', 0xdeadbeef, 0x0102030405060708090a0b0c0d0e0f10, '', 'c', 'x,y,z',
+  b'1111111111111111111111111111111111111111111111111111111111111111', '[]'),
+ (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+  NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)";
+
+const TYPES_SELECT: &str = "id, ti, tiu, si, siu, mi, miu, i, iu, bi, biu, dec65, f, d, \
+    dt, dtm, ts, tm, y, c, vc, HEX(bin), HEX(vbin), HEX(bl), e, st, BIN(bt), bt + 0, j";
+
+#[test]
+fn every_column_type_round_trips_with_nulls() {
+    let t = common::unique("cli_types");
+    proxy(&format!(
+        "SET time_zone = '+00:00'; CREATE TABLE {t} {TYPES_DDL}; INSERT INTO {t} VALUES {TYPES_ROWS}"
+    ));
+    let sql = format!("SET time_zone = '+00:00'; SELECT {TYPES_SELECT} FROM {t} ORDER BY id");
+    let out = same_on_both(&[], &sql);
+    let dec = "99999999999999999999999999999999999.999999999999999999999999999999";
+    let minus_dec = format!("-{dec}");
+    let ones = "1".repeat(64);
+    let mut nulls = vec!["3"];
+    nulls.resize(29, "NULL");
+    let expected = tsv(&[
+        &TYPES_SELECT.split(", ").collect::<Vec<_>>(),
+        &[
+            "1",
+            "-128",
+            "255",
+            "-32768",
+            "65535",
+            "-8388608",
+            "16777215",
+            "-2147483648",
+            "4294967295",
+            "-9223372036854775808",
+            "18446744073709551615",
+            &minus_dec,
+            "-3.40282e38",
+            "-1.7976931348623157e308",
+            "1000-01-01",
+            "1000-01-01 00:00:00.000000",
+            "1970-01-01 00:00:01",
+            "-838:59:59.000000",
+            "1901",
+            "a",
+            "😀 ünïcödé 漢字",
+            "00000000",
+            "00",
+            "00FF",
+            "a",
+            "",
+            "0",
+            "0",
+            r#"{"a": [1, 2, null], "e": "😀"}"#,
+        ],
+        &[
+            "2",
+            "127",
+            "0",
+            "32767",
+            "0",
+            "8388607",
+            "0",
+            "2147483647",
+            "0",
+            "9223372036854775807",
+            "0",
+            dec,
+            "3.40282e38",
+            "1.7976931348623157e308",
+            "9999-12-31",
+            "9999-12-31 23:59:59.999999",
+            "2038-01-19 03:14:07",
+            "838:59:59.000000",
+            "2155",
+            "zzzzzzzzzz",
+            "",
+            "DEADBEEF",
+            "0102030405060708090A0B0C0D0E0F10",
+            "",
+            "c",
+            "x,y,z",
+            &ones,
+            "18446744073709551615",
+            "[]",
+        ],
+        &nulls,
+    ]);
+    assert_eq!(out, expected);
+    // The raw column values too (binary bytes and all), not only their renderings.
+    same_on_both(
+        &[],
+        &format!("SET time_zone = '+00:00'; SELECT * FROM {t} ORDER BY id"),
+    );
+    proxy(&format!("DROP TABLE {t}"));
+}
+
+#[test]
+fn syntax_error_is_reported_and_the_session_goes_on() {
+    let r = exec(Target::Proxy, &[], "SELEC 1");
+    assert!(!r.status.success(), "{r:#?}");
+    assert!(
+        r.stderr
+            .contains("ERROR 1064 (42000) at line 1: You have an error in your SQL syntax")
+            && r.stderr.contains("near 'SELEC 1'"),
+        "{r:#?}"
+    );
+    // --force keeps reading the script after the error, in the same session and connection.
+    let r = exec_stdin(
+        Target::Proxy,
+        &["--force"],
+        "SET @before = CONNECTION_ID();\nSELEC 1;\nSELECT 'after' AS a, @before = CONNECTION_ID() AS same;\n",
+    );
+    assert!(r.stderr.contains("ERROR 1064 (42000) at line 2"), "{r:#?}");
+    assert_eq!(r.stdout, tsv(&[&["a", "same"], &["after", "1"]]), "{r:#?}");
+}
+
+#[test]
+fn server_errors_pass_through_with_code_and_state() {
+    let t = common::unique("cli_dup");
+    proxy(&format!(
+        "CREATE TABLE {t} (id INT PRIMARY KEY); INSERT INTO {t} VALUES (1)"
+    ));
+    let cases = [
+        (
+            format!("INSERT INTO {t} VALUES (1)"),
+            "ERROR 1062 (23000) at line 1: Duplicate entry '1' for key 'PRIMARY'\n",
+        ),
+        (
+            "SELECT * FROM no_such_table".to_string(),
+            "ERROR 1146 (42S02) at line 1: Table 'app.no_such_table' doesn't exist\n",
+        ),
+        (
+            "SELECT no_such_column FROM DUAL".to_string(),
+            "ERROR 1054 (42S22) at line 1: Unknown column 'no_such_column' in 'SELECT'\n",
+        ),
+    ];
+    for (sql, expected) in cases {
+        let via_proxy = exec(Target::Proxy, &[], &sql);
+        let direct = exec(Target::Direct, &[], &sql);
+        assert!(!via_proxy.status.success(), "{via_proxy:#?}");
+        assert!(
+            via_proxy.stderr.ends_with(expected),
+            "{sql}: {via_proxy:#?}"
+        );
+        assert_eq!(via_proxy.stderr, direct.stderr, "{sql}: proxy vs direct");
+    }
+    assert_eq!(
+        proxy(&format!("SELECT COUNT(*) FROM {t}")),
+        tsv(&[&["COUNT(*)"], &["1"]])
+    );
+    proxy(&format!("DROP TABLE {t}"));
+}
+
+#[test]
+fn stored_procedure_returns_two_result_sets() {
+    let p = common::unique("cli_proc");
+    let create = format!(
+        "DELIMITER //\nCREATE PROCEDURE {p}(IN n INT)\nBEGIN\n  SELECT n AS a;\n  \
+         SELECT 'two' AS b, n + 1 AS c;\nEND//\nDELIMITER ;\n"
+    );
+    exec_stdin(Target::Proxy, &[], create).ok("create procedure");
+    let out = same_on_both(&[], &format!("CALL {p}(41); SELECT 'after' AS d"));
+    assert_eq!(
+        out,
+        tsv(&[
+            &["a"],
+            &["41"],
+            &["b", "c"],
+            &["two", "42"],
+            &["d"],
+            &["after"]
+        ])
+    );
+    proxy(&format!("DROP PROCEDURE {p}"));
+}
+
+#[test]
+fn multi_statement_text_runs_every_statement() {
+    let out = same_on_both(&[], "SELECT 1; SELECT 2; SET @x = 3; SELECT @x + 1 AS y;");
+    assert_eq!(out, tsv(&[&["1"], &["1"], &["2"], &["2"], &["y"], &["4"]]));
+}
+
+#[test]
+fn use_switches_database() {
+    let db = common::unique("cli_db");
+    proxy(&format!(
+        "CREATE DATABASE {db}; CREATE TABLE {db}.marker (v VARCHAR(10)); \
+         INSERT INTO {db}.marker VALUES ('there')"
+    ));
+    let out = proxy(&format!(
+        "SELECT DATABASE(); USE {db}; SELECT DATABASE(); SELECT v FROM marker"
+    ));
+    assert_eq!(
+        out,
+        tsv(&[
+            &["DATABASE()"],
+            &["app"],
+            &["DATABASE()"],
+            &[&db],
+            &["v"],
+            &["there"]
+        ])
+    );
+    // `USE` of a missing database is refused and leaves the current one selected.
+    let r = exec_stdin(
+        Target::Proxy,
+        &["--force"],
+        format!("USE {db}_missing;\nSELECT DATABASE();\n"),
+    );
+    assert!(
+        r.stderr.contains("ERROR 1049 (42000)") && r.stdout == tsv(&[&["DATABASE()"], &["app"]]),
+        "{r:#?}"
+    );
+    proxy(&format!("DROP DATABASE {db}"));
+}
+
+/// Without -A or --batch and on a terminal, the CLI reads table and column names for
+/// completion (SHOW TABLES, then COM_FIELD_LIST per table) before the first prompt.
+#[test]
+fn interactive_start_with_auto_rehash_does_not_hang() {
+    let db = common::unique("cli_rehash");
+    proxy(&format!(
+        "CREATE DATABASE {db}; CREATE TABLE {db}.alpha (id INT, name VARCHAR(10)); \
+         CREATE TABLE {db}.beta (k BIGINT PRIMARY KEY, v JSON, w BLOB)"
+    ));
+    // `script` gives the CLI a pseudo-terminal, so it behaves as for a person typing.
+    let cli = std::iter::once("mariadb".to_string())
+        .chain(cli_args(Target::Proxy, &db))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut cmd = Command::new("script");
+    cmd.args(["-q", "-e", "-c", &cli, "/dev/null"]);
+    let r = run(cmd, b"SELECT 42 AS answer;\nquit\n".to_vec());
+    let out = r.stdout.replace("\r\n", "\n");
+    for expected in [
+        "Reading table information for completion of table and column names",
+        &format!("MariaDB [{db}]>"),
+        "| answer |",
+        "|     42 |",
+        "Bye",
+    ] {
+        assert!(
+            out.contains(expected),
+            "{expected:?} not in the session:\n{out}\n{r:#?}"
+        );
+    }
+    assert!(r.status.success(), "{r:#?}");
+    proxy(&format!("DROP DATABASE {db}"));
+}
+
+/// `len` pseudo-random lowercase letters: no period that could hide misplaced packet chunks.
+fn letters(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            b'a' + ((x >> 33) % 26) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn twenty_mib_values_both_ways() {
+    let t = common::unique("cli_big");
+    proxy(&format!(
+        "CREATE TABLE {t} (id INT PRIMARY KEY, b LONGBLOB)"
+    ));
+    // Built by the server.
+    proxy(&format!(
+        "INSERT INTO {t} VALUES (1, REPEAT('x', {BIG_LEN}))"
+    ));
+    // Sent by the client: one 20 MiB statement, split into several protocol packets.
+    let value = letters(BIG_LEN);
+    let mut insert = format!("INSERT INTO {t} VALUES (2, '").into_bytes();
+    insert.extend_from_slice(&value);
+    insert.extend_from_slice(b"');\n");
+    exec_stdin(Target::Proxy, &[], insert).ok("20 MiB INSERT");
+
+    let sums = same_on_both(
+        &[],
+        &format!("SELECT id, LENGTH(b), MD5(b), SHA2(b, 256) FROM {t} ORDER BY id"),
+    );
+    let lines: Vec<&str> = sums.lines().collect();
+    assert_eq!(lines.len(), 3, "{sums}");
+    let sha_x = hex(&Sha256::digest(vec![b'x'; BIG_LEN]));
+    let sha_value = hex(&Sha256::digest(&value));
+    assert!(lines[1].starts_with(&format!("1\t{BIG_LEN}\t")) && lines[1].ends_with(&sha_x));
+    assert!(lines[2].starts_with(&format!("2\t{BIG_LEN}\t")) && lines[2].ends_with(&sha_value));
+
+    // And read back whole through the proxy: 20 MiB result rows.
+    let back = proxy(&format!("SELECT b FROM {t} WHERE id = 2"));
+    let expected = format!("b\n{}\n", String::from_utf8(value).expect("ascii"));
+    assert!(
+        back == expected,
+        "20 MiB value read back differs (len {} vs {})",
+        back.len(),
+        expected.len()
+    );
+    proxy(&format!("DROP TABLE {t}"));
+}

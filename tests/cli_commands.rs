@@ -1,0 +1,99 @@
+//! The `shardgate` command line as a user runs it: `check` and `demo`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn check_accepts_the_examples_and_names_file_and_key_of_errors() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    for f in [
+        "examples/shardgate.toml",
+        "shard-maps/unsharded.toml",
+        "shard-maps/consistent-hash.toml",
+    ] {
+        let out = Command::new(common::bin())
+            .args(["check", &format!("{root}/{f}")])
+            .output()
+            .expect("run check");
+        assert!(
+            out.status.success(),
+            "{f}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[users]]\nname = \"a\"\npassword = \"b\"\n[keyspace.app]\nsharding = \"unsharded\"\n\
+         [[keyspace.app.shards]]\nname = \"s0\"\nprimary = \"nohost\"\n",
+    )
+    .expect("write");
+    let out = Command::new(common::bin())
+        .arg("check")
+        .arg(&bad)
+        .output()
+        .expect("run check");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("bad.toml"), "{err}");
+    assert!(err.contains("keyspace.app.shards[0].primary"), "{err}");
+    assert!(err.contains("host:port"), "{err}");
+}
+
+#[test]
+fn demo_serves_clients_and_tears_everything_down_on_ctrl_c() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(common::bin())
+        .args(["demo", "--shards", "1", "--replicas", "1", "--dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut connect = None;
+    let mut seen = Vec::new();
+    while connect.is_none() && Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        if let Some(cmd) = line.trim().strip_prefix("connect: ") {
+            connect = Some(cmd.to_string());
+        }
+        seen.push(line);
+    }
+    let connect = connect.unwrap_or_else(|| panic!("no connect line in: {seen:?}"));
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("DSN:     mysql://app:app@127.0.0.1:")),
+        "{seen:?}"
+    );
+    let cluster = shardgate::sandbox::Cluster::load(dir.path()).expect("cluster.json");
+    assert_eq!(cluster.servers.len(), 2);
+
+    // The printed command line works as printed.
+    let mut args: Vec<&str> = connect.split_whitespace().collect();
+    assert_eq!(args.remove(0), "mariadb");
+    let out = Command::new("mariadb")
+        .arg("--no-defaults")
+        .args(&args)
+        .args(["-N", "-e", "SELECT 40 + 2"])
+        .output()
+        .expect("run mariadb");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42", "{out:?}");
+
+    // Ctrl-C: the proxy and both servers go away.
+    // SAFETY: sending SIGINT to the child we spawned.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let status = child.wait().expect("demo exits");
+    assert!(status.success(), "{status}");
+    for s in &cluster.servers {
+        assert!(!s.is_running(), "{} still running", s.name());
+    }
+}
