@@ -53,7 +53,7 @@ impl Run {
 
 /// The `mariadb` arguments shared by every batch run: no option files, utf8mb4, room for
 /// 20 MiB statements, tab-separated unescaped output.
-fn cli_args(target: Target, db: &str) -> Vec<String> {
+fn cli_args(target: Target, db: Option<&str>) -> Vec<String> {
     let fixed = [
         "--no-defaults",
         "--default-character-set=utf8mb4",
@@ -66,7 +66,7 @@ fn cli_args(target: Target, db: &str) -> Vec<String> {
     let mut args: Vec<String> = fixed.iter().map(|s| s.to_string()).collect();
     args.push(format!("-p{}", common::PASSWORD));
     args.push(format!("-P{}", target.port()));
-    args.push(db.to_string());
+    args.extend(db.map(str::to_string));
     args
 }
 
@@ -120,8 +120,13 @@ fn run(mut cmd: Command, stdin: Vec<u8>) -> Run {
 
 /// `mariadb --batch --raw [extra] -e SQL` in database `app`.
 fn exec(target: Target, extra: &[&str], sql: &str) -> Run {
+    exec_in(target, Some("app"), extra, sql)
+}
+
+/// `mariadb --batch --raw [extra] -e SQL` in database `db` (none if `None`).
+fn exec_in(target: Target, db: Option<&str>, extra: &[&str], sql: &str) -> Run {
     let mut cmd = Command::new("mariadb");
-    cmd.args(cli_args(target, "app"))
+    cmd.args(cli_args(target, db))
         .args(["--batch", "--raw"])
         .args(extra)
         .args(["-e", sql]);
@@ -131,7 +136,7 @@ fn exec(target: Target, extra: &[&str], sql: &str) -> Run {
 /// `mariadb --batch --raw [extra]` in database `app`, reading `sql` from stdin.
 fn exec_stdin(target: Target, extra: &[&str], sql: impl Into<Vec<u8>>) -> Run {
     let mut cmd = Command::new("mariadb");
-    cmd.args(cli_args(target, "app"))
+    cmd.args(cli_args(target, Some("app")))
         .args(["--batch", "--raw"])
         .args(extra);
     run(cmd, sql.into())
@@ -442,6 +447,47 @@ fn use_switches_database() {
     proxy(&format!("DROP DATABASE {db}"));
 }
 
+/// Runs `sql` logged in to `db` through the proxy and directly; asserts that both print and
+/// fail alike, and returns the proxy's run.
+fn alike_on_both(db: Option<&str>, sql: &str) -> Run {
+    let via_proxy = exec_in(Target::Proxy, db, &[], sql);
+    let direct = exec_in(Target::Direct, db, &[], sql);
+    assert_eq!(
+        (&via_proxy.stdout, &via_proxy.stderr, via_proxy.status),
+        (&direct.stdout, &direct.stderr, direct.status),
+        "db {db:?}, {sql:?}: proxy (left) vs direct (right)"
+    );
+    via_proxy
+}
+
+/// A login without a database has none selected, whatever database the proxy's pooled server
+/// connections last had: DATABASE() is NULL and unqualified table names fail with 1046.
+#[test]
+fn login_without_database_has_none_selected() {
+    let db = common::unique("cli_nodb");
+    // Leave pooled server connections behind with a database selected.
+    proxy(&format!("CREATE DATABASE {db}; USE {db}; SELECT 1"));
+    proxy("SELECT 1");
+    // The proxy gives connections back to its pool in the background.
+    std::thread::sleep(Duration::from_millis(200));
+    let r = alike_on_both(None, "SELECT DATABASE(); SELECT * FROM no_db_selected_here");
+    assert_eq!(r.stdout, tsv(&[&["DATABASE()"], &["NULL"]]));
+    assert!(r.stderr.contains("ERROR 1046 (3D000)"), "{r:#?}");
+    proxy(&format!("DROP DATABASE {db}"));
+}
+
+/// A login naming a missing database is refused at login, as the server does.
+#[test]
+fn login_to_missing_database_is_refused() {
+    let db = common::unique("cli_missing");
+    let r = alike_on_both(Some(&db), "SELECT 'logged in'");
+    assert!(!r.status.success() && r.stdout.is_empty(), "{r:#?}");
+    assert_eq!(
+        r.stderr,
+        format!("ERROR 1049 (42000): Unknown database '{db}'\n")
+    );
+}
+
 /// Without -A or --batch and on a terminal, the CLI reads table and column names for
 /// completion (SHOW TABLES, then COM_FIELD_LIST per table) before the first prompt.
 #[test]
@@ -453,7 +499,7 @@ fn interactive_start_with_auto_rehash_does_not_hang() {
     ));
     // `script` gives the CLI a pseudo-terminal, so it behaves as for a person typing.
     let cli = std::iter::once("mariadb".to_string())
-        .chain(cli_args(Target::Proxy, &db))
+        .chain(cli_args(Target::Proxy, Some(&db)))
         .collect::<Vec<_>>()
         .join(" ");
     let mut cmd = Command::new("script");

@@ -25,6 +25,30 @@ fn values(rows: Vec<Row>) -> Vec<Vec<Value>> {
 }
 
 #[tokio::test]
+async fn default_options_stay_on_the_proxy_instead_of_switching_to_the_socket() {
+    // mysql_async reads @@socket after a TCP login to 127.0.0.1 and would reconnect through the
+    // server's socket file; the proxy answers NULL so the client stays on it.
+    let mut c = proxy("app").await;
+    let socket: Option<Option<String>> = c.query_first("SELECT @@socket").await.expect("q");
+    assert_eq!(socket, Some(None));
+    let host: Option<String> = c
+        .query_first("SELECT HOST FROM information_schema.PROCESSLIST WHERE ID = CONNECTION_ID()")
+        .await
+        .expect("processlist");
+    let host = host.expect("row");
+    assert!(
+        host.starts_with("127.0.0.1:"),
+        "server sees the client as {host}"
+    );
+    let mut d = direct("app").await;
+    let direct_socket: Option<Option<String>> = d.query_first("SELECT @@socket").await.expect("q");
+    assert!(
+        matches!(direct_socket, Some(Some(_))),
+        "the server does have a socket"
+    );
+}
+
+#[tokio::test]
 async fn crud_with_ok_packet_fields() {
     let mut c = proxy("app").await;
     let t = common::unique("crud");

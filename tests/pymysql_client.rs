@@ -116,6 +116,8 @@ pymysql_checks!(
     autocommit_off_rollback,
     sscursor_streams_100k_rows,
     ping_and_select_db,
+    no_default_database,
+    com_field_list_matches_direct,
     unicode_emoji_round_trip,
     wrong_password_is_refused,
 );

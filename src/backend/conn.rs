@@ -42,13 +42,17 @@ pub enum BackendError {
 }
 
 impl BackendError {
-    /// The MySQL error a client is given for this failure.
-    pub fn client_error(&self) -> ((u16, &str), String) {
+    /// The MySQL error a client is given for this failure: code, SQLSTATE, message. A
+    /// server's refusal (unknown database, access denied) passes through as it was.
+    pub fn client_error(&self) -> (u16, String, String) {
         use crate::protocol::consts::errcode;
+        let ours = |(code, state): (u16, &str), msg: String| (code, state.to_string(), msg);
         match self {
-            BackendError::Server { err, .. } => ((err.code, "HY000"), err.message.clone()),
-            BackendError::PoolTimeout { .. } => (errcode::CON_COUNT, format!("shardgate: {self}")),
-            _ => (
+            BackendError::Server { err, .. } => (err.code, err.state.clone(), err.message.clone()),
+            BackendError::PoolTimeout { .. } => {
+                ours(errcode::CON_COUNT, format!("shardgate: {self}"))
+            }
+            _ => ours(
                 errcode::UNKNOWN,
                 format!("shardgate: backend unavailable: {self}"),
             ),

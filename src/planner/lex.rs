@@ -65,3 +65,116 @@ mod tests {
         assert_eq!(skip_noise(b"/* unterminated"), b"");
     }
 }
+
+/// Rewrites reads of `@@socket` to NULL.
+///
+/// Drivers such as mysql_async read `@@socket` after connecting over TCP to 127.0.0.1 and,
+/// when it names a socket file, reconnect through it: on a host shared with MariaDB that
+/// would silently bypass the proxy. The proxy has no socket file, so the honest answer is NULL.
+/// Quoted strings, identifiers and comments are left alone.
+pub fn hide_socket_variable(sql: &[u8]) -> Option<Vec<u8>> {
+    const VAR: &[u8] = b"@@socket";
+    if !sql.windows(VAR.len()).any(|w| w.eq_ignore_ascii_case(VAR)) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(sql.len() + 16);
+    let mut i = 0;
+    let mut changed = false;
+    while i < sql.len() {
+        let c = sql[i];
+        match c {
+            b'\'' | b'"' | b'`' => {
+                let end = quoted_end(sql, i);
+                out.extend_from_slice(&sql[i..end]);
+                i = end;
+            }
+            b'/' if sql.get(i + 1) == Some(&b'*') => {
+                let end = find(sql, i + 2, b"*/").map_or(sql.len(), |e| e + 2);
+                out.extend_from_slice(&sql[i..end]);
+                i = end;
+            }
+            b'@' if sql.len() >= i + VAR.len()
+                && sql[i..i + VAR.len()].eq_ignore_ascii_case(VAR)
+                && !sql
+                    .get(i + VAR.len())
+                    .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'$') =>
+            {
+                i += VAR.len();
+                let next = skip_noise(&sql[i..]);
+                let aliased = next
+                    .first()
+                    .is_some_and(|b| b.is_ascii_alphabetic() || *b == b'`')
+                    && !starts_with_keyword(next, b"from");
+                out.extend_from_slice(if aliased {
+                    b"NULL"
+                } else {
+                    b"NULL AS `@@socket`"
+                });
+                changed = true;
+            }
+            _ => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    changed.then_some(out)
+}
+
+/// Index just past the closing quote of the quoted run starting at `start` (backslash escapes
+/// and doubled quotes honoured); the end of input if unterminated.
+fn quoted_end(sql: &[u8], start: usize) -> usize {
+    let q = sql[start];
+    let mut i = start + 1;
+    while i < sql.len() {
+        if sql[i] == b'\\' && q != b'`' {
+            i += 2;
+        } else if sql[i] == q {
+            if sql.get(i + 1) == Some(&q) {
+                i += 2;
+            } else {
+                return i + 1;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    sql.len()
+}
+
+fn find(hay: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
+    hay.get(from..)?
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|p| p + from)
+}
+
+fn starts_with_keyword(s: &[u8], kw: &[u8]) -> bool {
+    s.len() >= kw.len()
+        && s[..kw.len()].eq_ignore_ascii_case(kw)
+        && !s
+            .get(kw.len())
+            .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_')
+}
+
+#[cfg(test)]
+mod socket_tests {
+    use super::hide_socket_variable as hide;
+
+    #[test]
+    fn socket_reads_become_null_and_nothing_else_changes() {
+        let s = |v: &[u8]| hide(v).map(|o| String::from_utf8(o).expect("utf8"));
+        assert_eq!(
+            s(b"SELECT @@max_allowed_packet,@@wait_timeout,@@socket").as_deref(),
+            Some("SELECT @@max_allowed_packet,@@wait_timeout,NULL AS `@@socket`")
+        );
+        assert_eq!(s(b"select @@SOCKET s").as_deref(), Some("select NULL s"));
+        assert_eq!(
+            s(b"select @@socket from dual").as_deref(),
+            Some("select NULL AS `@@socket` from dual")
+        );
+        assert_eq!(s(b"select '@@socket', `@@socket` /* @@socket */"), None);
+        assert_eq!(s(b"select @@socket_x"), None);
+        assert_eq!(s(b"select 1"), None);
+    }
+}

@@ -75,6 +75,10 @@ impl Planner {
         ctx.default_keyspace.or_else(|| self.map.default_keyspace())
     }
 
+    pub fn is_keyspace(&self, name: &str) -> bool {
+        self.map.keyspace.contains_key(name)
+    }
+
     /// Plans a statement (COM_QUERY text or a COM_STMT_PREPARE).
     pub fn plan(&self, _sql: &[u8], ctx: &PlanContext<'_>) -> Plan {
         self.plan_session(ctx)

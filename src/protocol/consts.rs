@@ -103,9 +103,9 @@ pub mod errcode {
     pub const UNKNOWN_COM: (u16, &str) = (1047, "08S01");
     pub const UNKNOWN: (u16, &str) = (1105, "HY000");
     pub const NET_PACKET_TOO_LARGE: (u16, &str) = (1153, "08S01");
-    pub const NET_READ_ERROR: (u16, &str) = (1158, "08S01");
     pub const NOT_SUPPORTED: (u16, &str) = (1235, "42000");
     pub const UNKNOWN_STMT_HANDLER: (u16, &str) = (1243, "HY000");
+    pub const MALFORMED_PACKET: (u16, &str) = (1835, "HY000");
 }
 
 /// Largest payload of one physical packet; a payload this long continues in the next packet.

@@ -16,8 +16,9 @@ pub enum PacketError {
     Io(#[from] std::io::Error),
     #[error("connection closed in the middle of a packet")]
     Truncated,
+    /// `seq` is the sequence id of the header that crossed the limit: a reply follows it.
     #[error("packet of {len} bytes is larger than max_allowed_packet ({max})")]
-    TooLarge { len: usize, max: usize },
+    TooLarge { len: usize, max: usize, seq: u8 },
 }
 
 /// One logical packet as it arrived: headers included, so it can be forwarded untouched.
@@ -79,7 +80,11 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         let len = header_len(&buf[at..]);
         total += len;
         if total > max {
-            return Err(PacketError::TooLarge { len: total, max });
+            return Err(PacketError::TooLarge {
+                len: total,
+                max,
+                seq: buf[at + 3],
+            });
         }
         let end = at + 4 + len;
         if buf.capacity() < end {
@@ -257,7 +262,14 @@ mod tests {
         put_packet(&mut wire, 0, &[1u8; 2000]);
         let mut src = &wire[..];
         let e = read_frame(&mut src, &mut BytesMut::new(), 1000).await;
-        assert!(matches!(e, Err(PacketError::TooLarge { len: 2000, .. })));
+        assert!(matches!(
+            e,
+            Err(PacketError::TooLarge {
+                len: 2000,
+                seq: 0,
+                ..
+            })
+        ));
         let mut src = &wire[..100];
         let e = read_frame(&mut src, &mut BytesMut::new(), 1 << 20).await;
         assert!(matches!(e, Err(PacketError::Truncated)));

@@ -7,7 +7,7 @@ use crate::config::User;
 use crate::protocol::auth;
 use crate::protocol::consts::{cap, errcode, status};
 use crate::protocol::handshake::{put_auth_switch, ClientHello, ServerHello};
-use crate::protocol::packet::{put_err, put_ok, put_packet, OkInfo, PacketError};
+use crate::protocol::packet::{put_err, put_packet, PacketError};
 use crate::protocol::stream::PacketStream;
 use crate::proxy::Shared;
 
@@ -17,6 +17,9 @@ pub struct Authenticated {
     pub caps: u32,
     pub charset: u8,
     pub db: Option<String>,
+    /// Sequence id of the OK (or ERR) that ends the handshake; the session sends it once it
+    /// has checked the database the client asked for.
+    pub ok_seq: u8,
 }
 
 /// Why a connection ended during the handshake (the client has been told when it could be).
@@ -35,6 +38,9 @@ pub enum HandshakeError {
 /// The 20-byte nonce's default plugin; MySQL 8 clients answer with caching_sha2 instead,
 /// which is verified directly, so neither kind of client needs an extra round trip.
 const DEFAULT_PLUGIN: &str = auth::NATIVE;
+
+/// A login packet is small; anything larger is not a MySQL client (an HTTP request, say).
+const MAX_HELLO: usize = 1 << 20;
 
 pub async fn handshake(
     io: &mut PacketStream,
@@ -58,10 +64,16 @@ pub async fn handshake(
     put_packet(&mut out, 0, &body);
     io.write_all(&out).await.map_err(PacketError::from)?;
 
-    let frame = io
-        .read_frame(64 * 1024)
-        .await?
-        .ok_or(HandshakeError::Closed)?;
+    let frame = match io.read_frame(MAX_HELLO).await {
+        Ok(Some(f)) => f,
+        Ok(None) => return Err(HandshakeError::Closed),
+        Err(PacketError::TooLarge { len, seq, .. }) => {
+            let msg = format!("Bad handshake: a {len}-byte login packet is not a MySQL handshake");
+            let e = HandshakeError::Bad(msg.clone());
+            return Err(refuse(io, seq.wrapping_add(1), errcode::HANDSHAKE, &msg, e).await);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut seq = frame.last_seq.wrapping_add(1);
     let payload = frame.payload();
     let hello = match ClientHello::parse(&payload) {
@@ -133,25 +145,17 @@ pub async fn handshake(
         )
         .await);
     };
-    out.clear();
     if plugin == auth::CACHING_SHA2 {
+        out.clear();
         seq = put_packet(&mut out, seq, &[0x01, 0x03]); // fast auth success
+        io.write_all(&out).await.map_err(PacketError::from)?;
     }
-    put_ok(
-        &mut out,
-        seq,
-        hello.caps,
-        OkInfo {
-            status: status::AUTOCOMMIT,
-            ..OkInfo::default()
-        },
-    );
-    io.write_all(&out).await.map_err(PacketError::from)?;
     Ok(Authenticated {
         user,
         caps: hello.caps & cap::SERVER_OFFER,
         charset: hello.charset,
         db: hello.database,
+        ok_seq: seq,
     })
 }
 

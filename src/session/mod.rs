@@ -7,6 +7,7 @@ mod statements;
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
 use tracing::debug;
 
 use crate::backend::forward::{Forward, ForwardError};
@@ -15,7 +16,7 @@ use crate::config::User;
 use crate::executor::{self, ExecError, Identity, Pinned};
 use crate::planner::{lex, Plan, PlanContext, Route};
 use crate::protocol::consts::{cap, com, errcode, status};
-use crate::protocol::packet::{put_err, put_ok, Frame, OkInfo, PacketError};
+use crate::protocol::packet::{put_err, put_ok, put_packet, Frame, OkInfo, PacketError};
 use crate::protocol::response::{Expect, Scanner};
 use crate::protocol::stream::PacketStream;
 use crate::proxy::Shared;
@@ -86,6 +87,10 @@ pub async fn run(
         stmts: Statements::default(),
         out: BytesMut::new(),
     };
+    if !s.check_login_database(auth.ok_seq).await {
+        return Ok(());
+    }
+    s.send_ok(auth.ok_seq).await;
     s.command_loop().await
 }
 
@@ -96,19 +101,21 @@ impl Session {
             let frame = match self.io.read_frame(max).await {
                 Ok(Some(f)) => f,
                 Ok(None) => return Ok(()),
-                Err(PacketError::TooLarge { len, max }) => {
+                Err(PacketError::TooLarge { len, max, seq }) => {
                     let msg = format!(
                         "Got a packet bigger than 'max_allowed_packet' bytes ({len} > {max})"
                     );
-                    self.send_err(errcode::NET_PACKET_TOO_LARGE, &msg, 1).await;
-                    return Err(PacketError::TooLarge { len, max }.into());
+                    self.send_err(errcode::NET_PACKET_TOO_LARGE, &msg, seq.wrapping_add(1))
+                        .await;
+                    self.drain_before_close().await;
+                    return Err(PacketError::TooLarge { len, max, seq }.into());
                 }
                 Err(e) => return Err(e.into()),
             };
             match frame.first_byte() {
                 Some(com::QUIT) => return Ok(()),
                 None => {
-                    self.send_err(errcode::NET_READ_ERROR, "Empty command packet", 1)
+                    self.send_err(errcode::UNKNOWN_COM, "Unknown command", 1)
                         .await;
                 }
                 Some(cmd) => self.command(cmd, frame).await?,
@@ -121,36 +128,31 @@ impl Session {
             com::QUERY => {
                 let payload = frame.payload();
                 let sql = &payload[1..];
-                let plan = self.shared.planner.plan(sql, &self.plan_ctx());
-                let new_db = lex::use_database(sql);
-                drop(payload);
-                let sc = self.execute(plan, &frame, Some(Expect::Result), 0).await?;
-                if let (Some(sc), Some(db)) = (sc, new_db) {
-                    if !sc.error {
-                        self.set_db(db);
-                    }
+                if let Some(db) = lex::use_database(sql) {
+                    drop(payload);
+                    return self.change_db(db, &frame).await;
                 }
+                let plan = self.shared.planner.plan(sql, &self.plan_ctx());
+                let rewritten = lex::hide_socket_variable(sql).map(|sql| {
+                    let mut cmd = Vec::with_capacity(sql.len() + 1);
+                    cmd.push(com::QUERY);
+                    cmd.extend_from_slice(&sql);
+                    let mut raw = BytesMut::new();
+                    put_packet(&mut raw, 0, &cmd);
+                    // Replies continue from the client's own sequence ids.
+                    Frame {
+                        raw,
+                        last_seq: frame.last_seq,
+                        payload_len: cmd.len(),
+                    }
+                });
+                drop(payload);
+                let frame = rewritten.unwrap_or(frame);
+                self.execute(plan, &frame, Some(Expect::Result), 0).await?;
             }
             com::INIT_DB => {
                 let db = String::from_utf8_lossy(&frame.payload()[1..]).into_owned();
-                let plan = self.shared.planner.plan_session(&PlanContext {
-                    db: Some(&db),
-                    default_keyspace: self.user.default_keyspace.as_deref(),
-                });
-                let target = match &plan {
-                    Plan::Route(r) => Some(r.addr.clone()),
-                    Plan::Reject { .. } => None,
-                };
-                // The command itself selects the database on the target connection.
-                let sc = self
-                    .execute_on(plan, &frame, Some(Expect::Single), 0, false)
-                    .await?;
-                if sc.is_some_and(|sc| !sc.error) {
-                    if let Some(conn) = target.and_then(|a| self.pinned.find(&a)) {
-                        conn.db = Some(db.clone());
-                    }
-                    self.set_db(db);
-                }
+                self.change_db(db, &frame).await?;
             }
             com::STMT_PREPARE => {
                 let plan = self
@@ -179,7 +181,7 @@ impl Session {
                     self.pinned.release_others(&r.addr);
                 }
                 if self.pinned.is_empty() {
-                    self.send_ok().await;
+                    self.send_ok(1).await;
                 } else {
                     self.execute(plan, &frame, Some(Expect::Single), 0).await?;
                 }
@@ -223,12 +225,9 @@ impl Session {
             .get(5..9)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         else {
-            self.send_err(
-                errcode::NET_READ_ERROR,
-                "Malformed statement command",
-                reply_seq,
-            )
-            .await;
+            let msg = "Malformed communication packet";
+            self.send_err(errcode::MALFORMED_PACKET, msg, reply_seq)
+                .await;
             return Ok(());
         };
         let Some((route, backend_id)) = self.stmts.get(client_id) else {
@@ -256,15 +255,67 @@ impl Session {
         Ok(())
     }
 
+    /// `USE db` or COM_INIT_DB: runs on the server of the keyspace `db` selects (which may
+    /// not be the current one), and becomes the session's database if the server accepts it.
+    async fn change_db(&mut self, db: String, frame: &Frame) -> Result<(), SessionError> {
+        let plan = self.shared.planner.plan_session(&PlanContext {
+            db: Some(&db),
+            default_keyspace: self.user.default_keyspace.as_deref(),
+        });
+        let target = match &plan {
+            Plan::Route(r) => Some(r.addr.clone()),
+            Plan::Reject { .. } => None,
+        };
+        let expect = if frame.first_byte() == Some(com::QUERY) {
+            Expect::Result
+        } else {
+            Expect::Single
+        };
+        // The command itself selects the database on the target connection.
+        let sc = self.execute_on(plan, frame, Some(expect), 0, false).await?;
+        if sc.is_some_and(|sc| !sc.error) {
+            if let Some(conn) = target.and_then(|a| self.pinned.find(&a)) {
+                conn.db = Some(db.clone());
+            }
+            self.db = Some(db);
+        }
+        Ok(())
+    }
+
+    /// A database named at login that is not a keyspace must exist, as on a direct
+    /// connection: check it on its server now, and refuse the login (ERR 1049) if not.
+    async fn check_login_database(&mut self, seq: u8) -> bool {
+        let Some(db) = self.db.clone() else {
+            return true;
+        };
+        if self.shared.planner.is_keyspace(&db) {
+            return true;
+        }
+        let Plan::Route(route) = self.shared.planner.plan_session(&self.plan_ctx()) else {
+            return true; // the first statement reports why the keyspace cannot be served
+        };
+        let shared = self.shared.clone();
+        let who = identity(&self.user, self.caps, self.charset, self.db.as_deref());
+        let r = executor::connection(&shared.pools, &mut self.pinned, &route, &who).await;
+        let failure = match r {
+            Ok(_) => return true,
+            Err(ExecError::Database(err)) => ((err.code, err.state), err.message),
+            Err(ExecError::Connect(e)) => {
+                let (code, state, msg) = e.client_error();
+                ((code, state), msg)
+            }
+            Err(ExecError::Forward(e)) => ((errcode::UNKNOWN.0, "HY000".into()), e.to_string()),
+        };
+        let ((code, state), msg) = failure;
+        self.send_err((code, &state), &msg, seq).await;
+        false
+    }
+
     fn plan_ctx(&self) -> PlanContext<'_> {
         PlanContext {
             db: self.db.as_deref(),
             default_keyspace: self.user.default_keyspace.as_deref(),
         }
-    }
-
-    fn set_db(&mut self, db: String) {
-        self.db = Some(db);
     }
 
     /// Runs a plan; `Ok(None)` when the client was answered with an error instead.
@@ -297,15 +348,8 @@ impl Session {
             }
         };
         let shared = self.shared.clone();
-        let who = Identity {
-            user: &self.user.name,
-            password: &self.user.password,
-            key: ConnKey {
-                framing: self.caps & cap::FRAMING,
-                charset: self.charset,
-            },
-            db: if with_db { self.db.as_deref() } else { None },
-        };
+        let db = if with_db { self.db.as_deref() } else { None };
+        let who = identity(&self.user, self.caps, self.charset, db);
         let fwd = Forward {
             command: &frame.raw,
             last_seq: frame.last_seq,
@@ -326,8 +370,8 @@ impl Session {
         match r {
             Ok(sc) => Ok(Some(sc)),
             Err(ExecError::Connect(e)) => {
-                let (code, msg) = e.client_error();
-                self.send_err(code, &msg, reply_seq).await;
+                let (code, state, msg) = e.client_error();
+                self.send_err((code, &state), &msg, reply_seq).await;
                 Ok(None)
             }
             Err(ExecError::Database(err)) => {
@@ -351,20 +395,47 @@ impl Session {
         }
     }
 
+    /// Reads and drops what the client is still sending (the rest of an oversized packet), so
+    /// that closing does not reset the connection before the client has read our error.
+    async fn drain_before_close(&mut self) {
+        let mut scratch = vec![0u8; 64 * 1024];
+        let drain = async {
+            while let Ok(n) = self.io.stream.read(&mut scratch).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
+    }
+
     async fn send_err(&mut self, code: (u16, &str), msg: &str, seq: u8) {
         self.out.clear();
         put_err(&mut self.out, seq, code, msg);
         let _ = self.io.write_all(&self.out).await;
     }
 
-    async fn send_ok(&mut self) {
+    async fn send_ok(&mut self, seq: u8) {
         self.out.clear();
         let ok = OkInfo {
             status: status::AUTOCOMMIT,
             ..OkInfo::default()
         };
-        put_ok(&mut self.out, 1, self.caps, ok);
+        put_ok(&mut self.out, seq, self.caps, ok);
         let _ = self.io.write_all(&self.out).await;
+    }
+}
+
+/// How the session logs in to backends: the client's user, framing flags and charset.
+fn identity<'a>(user: &'a User, caps: u32, charset: u8, db: Option<&'a str>) -> Identity<'a> {
+    Identity {
+        user: &user.name,
+        password: &user.password,
+        key: ConnKey {
+            framing: caps & cap::FRAMING,
+            charset,
+        },
+        db,
     }
 }
 

@@ -16,11 +16,12 @@ import decimal
 import hashlib
 import os
 import sys
+import time
 import traceback
 
 import pymysql
 import pymysql.cursors
-from pymysql.constants import CLIENT
+from pymysql.constants import CLIENT, COMMAND
 
 ARGS = None
 CHECKS = {}
@@ -411,8 +412,59 @@ def ping_and_select_db():
                       ((other,),))
             conn.select_db(ARGS.db)
             expect_eq("back to the first db", query(conn, "SELECT DATABASE()"), ((ARGS.db,),))
+            query(conn, f"USE {other}")
+            expect_eq("DATABASE() after USE", query(conn, "SELECT DATABASE()"), ((other,),))
+            expect_eq("unqualified table after USE", query(conn, "SELECT v FROM marker"),
+                      (("there",),))
         finally:
             query(conn, f"DROP DATABASE {other}")
+
+
+@check
+def no_default_database():
+    """A login without a database has none selected, whatever the proxy's pooled connections
+    last used: DATABASE() is NULL and unqualified names are refused with 1046."""
+    for _ in range(3):
+        with connect() as conn:  # leaves a pooled server connection with `app` selected
+            query(conn, "SELECT 1")
+        time.sleep(0.2)  # the proxy gives connections back to its pool in the background
+        with connect(database=None) as conn:
+            expect_eq("DATABASE()", query(conn, "SELECT DATABASE()"), ((None,),))
+            expect_error(pymysql.err.OperationalError, 1046,
+                         lambda: query(conn, "SELECT * FROM no_db_selected_here"))
+            expect_eq("qualified names work",
+                      query(conn, "SELECT COUNT(*) > 0 FROM information_schema.tables"), ((1,),))
+
+
+@check
+def com_field_list_matches_direct():
+    """COM_FIELD_LIST (mysql_list_fields, what the mariadb CLI's auto-rehash sends) returns the
+    same column definitions through the proxy as directly, and errors keep the connection."""
+    t = unique("py_fields")
+    with connect() as conn, direct() as d:
+        query(conn, f"CREATE TABLE {t} (id INT PRIMARY KEY, name VARCHAR(20) DEFAULT 'x', "
+                    f"j JSON, b BLOB)")
+        try:
+            via_proxy = field_list(conn, t)
+            expect_eq("packets via proxy vs direct", via_proxy, field_list(d, t))
+            expect_eq("4 column definitions and an EOF", len(via_proxy), 5)
+            expect_eq("query after COM_FIELD_LIST", query(conn, "SELECT 'alive'"), (("alive",),))
+            expect_error(pymysql.err.ProgrammingError, 1146,
+                         lambda: field_list(conn, "no_such_table"))
+            expect_eq("query after a failed one", query(conn, "SELECT 'alive'"), (("alive",),))
+        finally:
+            query(conn, f"DROP TABLE {t}")
+
+
+def field_list(conn, table):
+    """The raw response packets of COM_FIELD_LIST; PyMySQL has no public API for it."""
+    conn._execute_command(COMMAND.COM_FIELD_LIST, table.encode() + b"\0")
+    packets = []
+    while True:
+        packet = conn._read_packet()  # raises on an ERR packet
+        packets.append(packet.get_all_data())
+        if packet.is_eof_packet():
+            return packets
 
 
 @check
