@@ -15,9 +15,9 @@ use bytes::BytesMut;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder};
 use rand::Rng;
-use shardgate::protocol::auth::scramble_native;
+use shardgate::protocol::auth::{scramble_native, scramble_sha2};
 use shardgate::protocol::consts::cap;
-use shardgate::protocol::handshake::{ClientHello, ServerHello};
+use shardgate::protocol::handshake::{parse_auth_switch, ClientHello, ServerHello};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -200,15 +200,21 @@ impl RawClient {
 
     /// A HandshakeResponse41 for `user`, scrambling `password` with the greeting's nonce.
     fn login_packet(&self, caps: u32, user: &str, password: &str) -> Vec<u8> {
+        let response = scramble_native(&self.hello.nonce, password.as_bytes());
+        self.login_packet_with(caps, user, "mysql_native_password", response)
+    }
+
+    /// A HandshakeResponse41 naming auth `plugin` and carrying its `response`.
+    fn login_packet_with(&self, caps: u32, user: &str, plugin: &str, response: Vec<u8>) -> Vec<u8> {
         let mut out = BytesMut::new();
         ClientHello {
             caps,
             max_packet: 1 << 30,
             charset: 45,
             user: user.into(),
-            auth_response: scramble_native(&self.hello.nonce, password.as_bytes()),
+            auth_response: response,
             database: Some("app".into()),
-            auth_plugin: Some("mysql_native_password".into()),
+            auth_plugin: Some(plugin.into()),
             attrs: Vec::new(),
         }
         .encode(&mut out);
@@ -704,5 +710,47 @@ async fn garbage_connections_do_not_disturb_a_working_client() {
         g.await.expect("garbage client");
     }
     worker.await.expect("the normal client ran 200 queries");
+    assert_proxy_healthy().await;
+}
+
+#[tokio::test]
+async fn a_mysql8_client_logs_in_with_caching_sha2_fast_auth() {
+    let mut c = RawClient::connect().await;
+    let response = scramble_sha2(&c.hello.nonce, common::PASSWORD.as_bytes());
+    let p = c.login_packet_with(CLIENT_CAPS, common::USER, "caching_sha2_password", response);
+    c.send(1, &p).await;
+    let fast = c.read().await.expect("fast auth result");
+    assert_eq!((fast.seq, fast.payload.as_slice()), (2, &[0x01, 0x03][..]));
+    let ok = c.read().await.expect("OK");
+    assert!(ok.is_ok(), "{ok:?}");
+    assert_eq!(ok.seq, 3);
+    c.assert_select_1().await;
+
+    let mut c = RawClient::connect().await;
+    let response = scramble_sha2(&c.hello.nonce, b"wrong");
+    let p = c.login_packet_with(CLIENT_CAPS, common::USER, "caching_sha2_password", response);
+    c.send(1, &p).await;
+    let err = c.read().await.expect("an answer");
+    err.expect_error(1045, "28000");
+    assert_proxy_healthy().await;
+}
+
+#[tokio::test]
+async fn another_auth_plugin_is_switched_to_native_password() {
+    let mut c = RawClient::connect().await;
+    let p = c.login_packet_with(CLIENT_CAPS, common::USER, "client_ed25519", vec![1; 64]);
+    c.send(1, &p).await;
+    let switch = c.read().await.expect("auth switch request");
+    assert_eq!(switch.seq, 2);
+    assert_eq!(switch.payload[0], 0xFE);
+    let (plugin, nonce) = parse_auth_switch(&switch.payload).expect("auth switch");
+    assert_eq!(plugin, "mysql_native_password");
+    assert_eq!(nonce, c.hello.nonce);
+    c.send(3, &scramble_native(&nonce, common::PASSWORD.as_bytes()))
+        .await;
+    let ok = c.read().await.expect("OK");
+    assert!(ok.is_ok(), "{ok:?}");
+    assert_eq!(ok.seq, 4);
+    c.assert_select_1().await;
     assert_proxy_healthy().await;
 }
