@@ -71,7 +71,12 @@ fn cli_args(target: Target, db: Option<&str>) -> Vec<String> {
 }
 
 /// Runs `cmd` with `stdin`, failing the test (with what it printed so far) past `DEADLINE`.
-fn run(mut cmd: Command, stdin: Vec<u8>) -> Run {
+fn run(cmd: Command, stdin: Vec<u8>) -> Run {
+    run_typed(cmd, vec![(Duration::ZERO, stdin)])
+}
+
+/// Like `run`, writing each chunk of `input` to stdin after its delay, as a person types.
+fn run_typed(mut cmd: Command, input: Vec<(Duration, Vec<u8>)>) -> Run {
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -79,9 +84,14 @@ fn run(mut cmd: Command, stdin: Vec<u8>) -> Run {
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     // Feed and drain on threads: a 20 MiB statement or result must not deadlock on a pipe.
-    let mut input = child.stdin.take().expect("stdin");
+    let mut stdin = child.stdin.take().expect("stdin");
     let feeder = std::thread::spawn(move || {
-        let _ = input.write_all(&stdin);
+        for (delay, chunk) in input {
+            std::thread::sleep(delay);
+            if stdin.write_all(&chunk).and_then(|_| stdin.flush()).is_err() {
+                break;
+            }
+        }
     });
     let drain = |mut pipe: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
@@ -488,6 +498,32 @@ fn login_to_missing_database_is_refused() {
     );
 }
 
+/// Runs the CLI on a pseudo-terminal (`script` provides one), so it behaves as for a person
+/// typing `input`; returns the run with the terminal's output as stdout.
+fn interactive(db: &str, extra: &[&str], input: Vec<(Duration, &[u8])>) -> Run {
+    let cli = std::iter::once("mariadb".to_string())
+        .chain(cli_args(Target::Proxy, Some(db)))
+        .chain(extra.iter().map(|s| s.to_string()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut cmd = Command::new("script");
+    cmd.args(["-q", "-e", "-c", &cli, "/dev/null"]);
+    let input = input.into_iter().map(|(d, s)| (d, s.to_vec())).collect();
+    let mut r = run_typed(cmd, input);
+    r.stdout = r.stdout.replace("\r\n", "\n");
+    r
+}
+
+fn assert_session_shows(r: &Run, expected: &[&str]) {
+    for e in expected {
+        assert!(
+            r.stdout.contains(e),
+            "{e:?} not in the session:\n{}\n{r:#?}",
+            r.stdout
+        );
+    }
+}
+
 /// Without -A or --batch and on a terminal, the CLI reads table and column names for
 /// completion (SHOW TABLES, then COM_FIELD_LIST per table) before the first prompt.
 #[test]
@@ -497,29 +533,50 @@ fn interactive_start_with_auto_rehash_does_not_hang() {
         "CREATE DATABASE {db}; CREATE TABLE {db}.alpha (id INT, name VARCHAR(10)); \
          CREATE TABLE {db}.beta (k BIGINT PRIMARY KEY, v JSON, w BLOB)"
     ));
-    // `script` gives the CLI a pseudo-terminal, so it behaves as for a person typing.
-    let cli = std::iter::once("mariadb".to_string())
-        .chain(cli_args(Target::Proxy, Some(&db)))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let mut cmd = Command::new("script");
-    cmd.args(["-q", "-e", "-c", &cli, "/dev/null"]);
-    let r = run(cmd, b"SELECT 42 AS answer;\nquit\n".to_vec());
-    let out = r.stdout.replace("\r\n", "\n");
-    for expected in [
-        "Reading table information for completion of table and column names",
-        &format!("MariaDB [{db}]>"),
-        "| answer |",
-        "|     42 |",
-        "Bye",
-    ] {
-        assert!(
-            out.contains(expected),
-            "{expected:?} not in the session:\n{out}\n{r:#?}"
-        );
-    }
+    let typed: &[u8] = b"SELECT 42 AS answer;\nquit\n";
+    let r = interactive(&db, &[], vec![(Duration::ZERO, typed)]);
+    assert_session_shows(
+        &r,
+        &[
+            "Reading table information for completion of table and column names",
+            &format!("MariaDB [{db}]>"),
+            "| answer |",
+            "|     42 |",
+            "Bye",
+        ],
+    );
     assert!(r.status.success(), "{r:#?}");
     proxy(&format!("DROP DATABASE {db}"));
+}
+
+/// Ctrl-C during a query makes the CLI open a second connection and send
+/// `KILL QUERY <the connection id from the handshake>`: the query must stop, the session go on.
+#[test]
+fn ctrl_c_interrupts_the_running_query() {
+    let started = Instant::now();
+    let r = interactive(
+        "app",
+        &["-A"],
+        vec![
+            (Duration::ZERO, b"SELECT SLEEP(20);\n"),
+            (Duration::from_millis(1500), b"\x03"),
+            (Duration::from_millis(1000), b"SELECT 7 AS seven;\nquit\n"),
+        ],
+    );
+    let took = started.elapsed();
+    assert_session_shows(
+        &r,
+        &[
+            "Ctrl-C -- query killed",
+            "ERROR 1317 (70100): Query execution was interrupted",
+            "|     7 |",
+            "Bye",
+        ],
+    );
+    assert!(
+        took < Duration::from_secs(15),
+        "the query ran on for {took:?}"
+    );
 }
 
 /// `len` pseudo-random lowercase letters: no period that could hide misplaced packet chunks.

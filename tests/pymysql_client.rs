@@ -118,6 +118,7 @@ pymysql_checks!(
     ping_and_select_db,
     no_default_database,
     com_field_list_matches_direct,
+    kill_query_by_thread_id,
     unicode_emoji_round_trip,
     wrong_password_is_refused,
 );

@@ -734,6 +734,19 @@ def print_table(args, rows: list[dict]) -> None:
             log("  ".join("-" * w for w in widths))
 
 
+def print_memory(memory: dict) -> None:
+    b, w, c = memory["before_kib"], memory["with_conns_kib"], memory["after_close_kib"]
+    log(f"shardgate memory with {memory['open']}/{memory['idle_conns']} idle connections open "
+        f"(opened in {memory['open_s']}s, {memory['errors']} errors, ping {memory['pinged_ok']}):")
+    for label, m in (("before:      ", b), ("conns open:  ", w), ("after close: ", c)):
+        extra = ""
+        if m is w:
+            extra = f"  ({fmt(memory.get('kib_per_conn'), '.1f')} KiB per connection, {w.get('Threads', '?')} threads)"
+        log(f"  {label} VmRSS {m.get('VmRSS', 0) / 1024:6.1f} MiB  VmHWM {m.get('VmHWM', 0) / 1024:6.1f} MiB{extra}")
+    if memory["first_errors"]:
+        log("  errors: " + "; ".join(memory["first_errors"]))
+
+
 def host_info() -> dict:
     try:
         load = os.getloadavg()
@@ -789,7 +802,8 @@ def main(argv: list[str] | None = None) -> int:
         if "shardgate" in args.targets:
             env.start_shardgate()
         if env.shardgate:
-            log(f"shardgate memory at start: {proc_mem_kib(env.shardgate.pid)}")
+            m = proc_mem_kib(env.shardgate.pid)
+            log(f"shardgate memory at start: VmRSS {m.get('VmRSS', 0) / 1024:.1f} MiB, {m.get('Threads', '?')} threads")
 
         host, port = env.primary
         if not args.skip_prepare:
@@ -828,6 +842,7 @@ def main(argv: list[str] | None = None) -> int:
                 log("\n(memory check skipped: --external-proxy gives no pid to read /proc from)")
             else:
                 memory = idle_memory(env, args.idle_conns)
+                print_memory(memory)
     except KeyboardInterrupt:
         failure, status = "interrupted", 130
         log("\ninterrupted; tearing down")
@@ -847,18 +862,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"\nPartial results ({len(runs)} runs completed before the failure):")
         print_table(args, rows)
 
-    if memory:
-        b, w, c = memory["before_kib"], memory["with_conns_kib"], memory["after_close_kib"]
-        log(f"\nshardgate memory with {memory['open']}/{memory['idle_conns']} idle connections open "
-            f"(opened in {memory['open_s']}s, {memory['errors']} errors, ping {memory['pinged_ok']}):")
-        log(f"  before:       VmRSS {fmt(b.get('VmRSS', 0) / 1024, '.1f')} MiB  VmHWM {fmt(b.get('VmHWM', 0) / 1024, '.1f')} MiB")
-        log(f"  conns open:   VmRSS {fmt(w.get('VmRSS', 0) / 1024, '.1f')} MiB  VmHWM {fmt(w.get('VmHWM', 0) / 1024, '.1f')} MiB"
-            f"  ({fmt(memory.get('kib_per_conn'), '.1f')} KiB per connection, {w.get('Threads', '?')} threads)")
-        log(f"  after close:  VmRSS {fmt(c.get('VmRSS', 0) / 1024, '.1f')} MiB  VmHWM {fmt(c.get('VmHWM', 0) / 1024, '.1f')} MiB")
-        if memory["first_errors"]:
-            log("  errors: " + "; ".join(memory["first_errors"]))
-        if memory["errors"] and status == 0:
-            failure, status = f"{memory['errors']} idle connections failed", 1
+    if memory and memory["errors"] and status == 0:
+        failure, status = f"{memory['errors']} idle connections failed", 1
 
     bars = [r for r in rows if "meets_bar" in r]
     log("\nBars (reported, not asserted; this machine is shared and noisy):")

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::conn::{BackendConn, BackendError, ConnKey, ConnectParams};
 use crate::config::PoolSection;
@@ -29,6 +29,8 @@ pub struct ServerPool {
     settings: PoolSection,
     permits: Arc<Semaphore>,
     idle: Mutex<Vec<Idle>>,
+    /// Woken when a connection becomes idle: a client waiting on a full pool may take it.
+    returned: Notify,
 }
 
 /// A connection checked out of a pool; dropping it gives it back (or closes it).
@@ -80,6 +82,7 @@ impl ServerPool {
             settings: settings.clone(),
             permits: Arc::new(Semaphore::new(settings.max_connections)),
             idle: Mutex::new(Vec::new()),
+            returned: Notify::new(),
         }
     }
 
@@ -92,6 +95,8 @@ impl ServerPool {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < self.settings.max_idle {
             idle.push(Idle { conn, permit });
+            drop(idle);
+            self.returned.notify_waiters();
         }
     }
 
@@ -122,30 +127,33 @@ impl ServerPool {
         key: ConnKey,
         db: Option<&str>,
     ) -> Result<Pooled, BackendError> {
-        if let Some(Idle { conn, permit }) = self.take_idle(user, key) {
-            return Ok(Pooled {
-                conn: Some(conn),
-                permit: Some(permit),
-                pool: self.clone(),
-            });
-        }
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                if self.evict_one() {
-                    tokio::task::yield_now().await;
-                }
-                let wait = Duration::from_millis(self.settings.wait_timeout_ms);
-                match tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await {
-                    Ok(Ok(p)) => p,
-                    _ => {
-                        return Err(BackendError::PoolTimeout {
-                            addr: self.addr.to_string(),
-                            max: self.settings.max_connections,
-                            ms: self.settings.wait_timeout_ms,
-                        })
-                    }
-                }
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.settings.wait_timeout_ms);
+        let permit = loop {
+            // Listen before looking, so a connection given back meanwhile is not missed.
+            let returned = self.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            if let Some(Idle { conn, permit }) = self.take_idle(user, key) {
+                return Ok(Pooled {
+                    conn: Some(conn),
+                    permit: Some(permit),
+                    pool: self.clone(),
+                });
+            }
+            if let Ok(p) = self.permits.clone().try_acquire_owned() {
+                break p;
+            }
+            if self.evict_one() {
+                continue; // an idle connection of another user or charset made room
+            }
+            tokio::select! {
+                p = self.permits.clone().acquire_owned() => match p {
+                    Ok(p) => break p,
+                    Err(_) => return Err(self.timeout()),
+                },
+                _ = &mut returned => continue,
+                _ = tokio::time::sleep_until(deadline) => return Err(self.timeout()),
             }
         };
         let conn = BackendConn::connect(ConnectParams {
@@ -162,6 +170,14 @@ impl ServerPool {
             permit: Some(permit),
             pool: self.clone(),
         })
+    }
+
+    fn timeout(&self) -> BackendError {
+        BackendError::PoolTimeout {
+            addr: self.addr.to_string(),
+            max: self.settings.max_connections,
+            ms: self.settings.wait_timeout_ms,
+        }
     }
 
     /// Connections open to this server now (busy and idle).

@@ -93,7 +93,7 @@ impl Default for ProxySection {
 }
 
 fn default_pool_max() -> usize {
-    512
+    1000
 }
 fn default_pool_idle() -> usize {
     64
@@ -282,7 +282,7 @@ mod tests {
     fn minimal_config_gets_defaults() {
         let cfg = Config::from_toml(MINIMAL, Path::new("x.toml")).expect("valid");
         assert_eq!(cfg.proxy.listen, "127.0.0.1:6033");
-        assert_eq!(cfg.pool.max_connections, 512);
+        assert_eq!(cfg.pool.max_connections, 1000);
         assert_eq!(cfg.user("app").map(|u| u.password.as_str()), Some("secret"));
     }
 

@@ -16,6 +16,7 @@ import decimal
 import hashlib
 import os
 import sys
+import threading
 import time
 import traceback
 
@@ -465,6 +466,38 @@ def field_list(conn, table):
         packets.append(packet.get_all_data())
         if packet.is_eof_packet():
             return packets
+
+
+@check
+def kill_query_by_thread_id():
+    """`KILL QUERY <conn.thread_id()>` from another connection interrupts that connection's
+    query, and no other (the id is the one the handshake announced)."""
+    with connect() as victim, connect() as bystander, connect() as killer:
+        kill_errors = []
+
+        def kill_soon():
+            time.sleep(1)
+            try:
+                query(killer, f"KILL QUERY {victim.thread_id()}")
+            except pymysql.err.MySQLError as e:
+                kill_errors.append(e)
+
+        bystander.query("SELECT 1")  # pins its server connection
+        t = threading.Thread(target=kill_soon)
+        t.start()
+        started = time.monotonic()
+        try:
+            expect_error(pymysql.err.OperationalError, 1317,
+                         lambda: query(victim, "SELECT SLEEP(10)"))
+        except AssertionError as e:
+            raise AssertionError(f"{e}; KILL QUERY {victim.thread_id()} gave {kill_errors}")
+        finally:
+            t.join()
+        took = time.monotonic() - started
+        if took > 5:
+            raise AssertionError(f"the query ran on for {took:.1f}s")
+        expect_eq("victim usable after", query(victim, "SELECT 'next'"), (("next",),))
+        expect_eq("bystander untouched", query(bystander, "SELECT 'fine'"), (("fine",),))
 
 
 @check
