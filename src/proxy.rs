@@ -1,7 +1,7 @@
 //! The listener: accepts clients and runs one session task per connection.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -13,14 +13,14 @@ use crate::config::Config;
 use crate::planner::Planner;
 use crate::protocol::consts::errcode;
 use crate::protocol::packet::put_err;
-use crate::session;
+use crate::session::{self, Registry};
 
 /// State every session reads.
 pub struct Shared {
     pub config: Config,
     pub planner: Planner,
     pub pools: Pools,
-    next_connection_id: AtomicU32,
+    pub sessions: Arc<Registry>,
     clients: AtomicUsize,
 }
 
@@ -30,7 +30,7 @@ impl Shared {
             planner: Planner::new(config.shard_map()),
             pools: Pools::new(config.pool.clone()),
             config,
-            next_connection_id: AtomicU32::new(1),
+            sessions: Arc::new(Registry::default()),
             clients: AtomicUsize::new(0),
         }
     }
@@ -77,7 +77,7 @@ impl Proxy {
                 }
             };
             let shared = self.shared.clone();
-            let id = shared.next_connection_id.fetch_add(1, Ordering::Relaxed);
+            let id = shared.sessions.next_id();
             tokio::spawn(async move {
                 let n = shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
                 if n > shared.config.proxy.max_client_connections {

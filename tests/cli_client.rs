@@ -249,86 +249,45 @@ const TYPES_ROWS: &str = "
 const TYPES_SELECT: &str = "id, ti, tiu, si, siu, mi, miu, i, iu, bi, biu, dec65, f, d, \
     dt, dtm, ts, tm, y, c, vc, HEX(bin), HEX(vbin), HEX(bl), e, st, BIN(bt), bt + 0, j";
 
-#[test]
-fn every_column_type_round_trips_with_nulls() {
-    let t = common::unique("cli_types");
-    proxy(&format!(
-        "SET time_zone = '+00:00'; CREATE TABLE {t} {TYPES_DDL}; INSERT INTO {t} VALUES {TYPES_ROWS}"
-    ));
-    let sql = format!("SET time_zone = '+00:00'; SELECT {TYPES_SELECT} FROM {t} ORDER BY id");
-    let out = same_on_both(&[], &sql);
+/// What `SELECT {TYPES_SELECT}` prints for `TYPES_ROWS` (in UTC).
+#[rustfmt::skip]
+fn types_expected() -> String {
     let dec = "99999999999999999999999999999999999.999999999999999999999999999999";
     let minus_dec = format!("-{dec}");
     let ones = "1".repeat(64);
     let mut nulls = vec!["3"];
     nulls.resize(29, "NULL");
-    let expected = tsv(&[
+    tsv(&[
         &TYPES_SELECT.split(", ").collect::<Vec<_>>(),
         &[
-            "1",
-            "-128",
-            "255",
-            "-32768",
-            "65535",
-            "-8388608",
-            "16777215",
-            "-2147483648",
-            "4294967295",
-            "-9223372036854775808",
-            "18446744073709551615",
-            &minus_dec,
-            "-3.40282e38",
-            "-1.7976931348623157e308",
-            "1000-01-01",
-            "1000-01-01 00:00:00.000000",
-            "1970-01-01 00:00:01",
-            "-838:59:59.000000",
-            "1901",
-            "a",
-            "😀 ünïcödé 漢字",
-            "00000000",
-            "00",
-            "00FF",
-            "a",
-            "",
-            "0",
-            "0",
-            r#"{"a": [1, 2, null], "e": "😀"}"#,
+            "1", "-128", "255", "-32768", "65535", "-8388608", "16777215", "-2147483648",
+            "4294967295", "-9223372036854775808", "18446744073709551615", &minus_dec,
+            "-3.40282e38", "-1.7976931348623157e308", "1000-01-01", "1000-01-01 00:00:00.000000",
+            "1970-01-01 00:00:01", "-838:59:59.000000", "1901", "a", "😀 ünïcödé 漢字",
+            "00000000", "00", "00FF", "a", "", "0", "0", r#"{"a": [1, 2, null], "e": "😀"}"#,
         ],
         &[
-            "2",
-            "127",
-            "0",
-            "32767",
-            "0",
-            "8388607",
-            "0",
-            "2147483647",
-            "0",
-            "9223372036854775807",
-            "0",
-            dec,
-            "3.40282e38",
-            "1.7976931348623157e308",
-            "9999-12-31",
-            "9999-12-31 23:59:59.999999",
-            "2038-01-19 03:14:07",
-            "838:59:59.000000",
-            "2155",
-            "zzzzzzzzzz",
-            "",
-            "DEADBEEF",
-            "0102030405060708090A0B0C0D0E0F10",
-            "",
-            "c",
-            "x,y,z",
-            &ones,
-            "18446744073709551615",
-            "[]",
+            "2", "127", "0", "32767", "0", "8388607", "0", "2147483647", "0",
+            "9223372036854775807", "0", dec, "3.40282e38", "1.7976931348623157e308",
+            "9999-12-31", "9999-12-31 23:59:59.999999", "2038-01-19 03:14:07",
+            "838:59:59.000000", "2155", "zzzzzzzzzz", "", "DEADBEEF",
+            "0102030405060708090A0B0C0D0E0F10", "", "c", "x,y,z", &ones,
+            "18446744073709551615", "[]",
         ],
         &nulls,
-    ]);
-    assert_eq!(out, expected);
+    ])
+}
+
+#[test]
+fn every_column_type_round_trips_with_nulls() {
+    let t = common::unique("cli_types");
+    proxy(&format!(
+        "SET time_zone = '+00:00'; CREATE TABLE {t} {TYPES_DDL}; \
+         INSERT INTO {t} VALUES {TYPES_ROWS}"
+    ));
+    let sql = format!("SET time_zone = '+00:00'; SELECT {TYPES_SELECT} FROM {t} ORDER BY id");
+    let out = same_on_both(&[], &sql);
+    assert_eq!(out, types_expected());
     // The raw column values too (binary bytes and all), not only their renderings.
     same_on_both(
         &[],
@@ -351,7 +310,9 @@ fn syntax_error_is_reported_and_the_session_goes_on() {
     let r = exec_stdin(
         Target::Proxy,
         &["--force"],
-        "SET @before = CONNECTION_ID();\nSELEC 1;\nSELECT 'after' AS a, @before = CONNECTION_ID() AS same;\n",
+        "SET @before = CONNECTION_ID();\n\
+         SELEC 1;\n\
+         SELECT 'after' AS a, @before = CONNECTION_ID() AS same;\n",
     );
     assert!(r.stderr.contains("ERROR 1064 (42000) at line 2"), "{r:#?}");
     assert_eq!(r.stdout, tsv(&[&["a", "same"], &["after", "1"]]), "{r:#?}");

@@ -461,3 +461,46 @@ async fn a_client_killed_mid_result_leaves_the_proxy_healthy() {
     assert_eq!(one, Some(1));
     assert!(env.proxy_alive());
 }
+
+#[tokio::test]
+async fn kill_connection_by_the_id_the_handshake_announced() {
+    let mut victim = proxy("app").await;
+    let mut killer = proxy("app").await;
+    victim
+        .query_drop("DO 1")
+        .await
+        .expect("victim has a server connection");
+    let id = victim.id();
+    assert!(
+        id >= shardgate::session::FIRST_ID,
+        "proxy ids are distinct from server ids: {id}"
+    );
+    killer
+        .query_drop(format!("KILL CONNECTION {id}"))
+        .await
+        .expect("kill");
+    let e = victim
+        .query_drop("SELECT 1")
+        .await
+        .expect_err("victim is gone");
+    assert!(
+        matches!(
+            e,
+            mysql_async::Error::Io(_)
+                | mysql_async::Error::Server(_)
+                | mysql_async::Error::Driver(_)
+        ),
+        "{e}"
+    );
+    let unknown = id + 1_000_000;
+    let e = killer
+        .query_drop(format!("KILL {unknown}"))
+        .await
+        .expect_err("unknown proxy id");
+    assert!(
+        matches!(e, mysql_async::Error::Server(ref s) if s.code == 1094),
+        "{e}"
+    );
+    let one: Option<i32> = killer.query_first("SELECT 1").await.expect("killer fine");
+    assert_eq!(one, Some(1));
+}

@@ -101,12 +101,17 @@ impl ServerPool {
     }
 
     /// Takes an idle connection opened for `user` and `key`, dropping stale ones on the way.
-    fn take_idle(&self, user: &str, key: ConnKey) -> Option<Idle> {
+    ///
+    /// A database cannot be unselected on a MariaDB connection, so a client that selected none
+    /// only gets a connection that has none; others prefer one already on their database.
+    fn take_idle(&self, user: &str, key: ConnKey, db: Option<&str>) -> Option<Idle> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         idle.retain(|i| i.conn.last_used.elapsed() < IDLE_MAX_AGE);
+        let fits = |i: &Idle| i.conn.key == key && i.conn.user == user;
         let pos = idle
             .iter()
-            .rposition(|i| i.conn.key == key && i.conn.user == user)?;
+            .rposition(|i| fits(i) && i.conn.db.as_deref() == db)
+            .or_else(|| db.and_then(|_| idle.iter().rposition(fits)))?;
         Some(idle.swap_remove(pos))
     }
 
@@ -134,7 +139,7 @@ impl ServerPool {
             let returned = self.returned.notified();
             tokio::pin!(returned);
             returned.as_mut().enable();
-            if let Some(Idle { conn, permit }) = self.take_idle(user, key) {
+            if let Some(Idle { conn, permit }) = self.take_idle(user, key, db) {
                 return Ok(Pooled {
                     conn: Some(conn),
                     permit: Some(permit),

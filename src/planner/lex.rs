@@ -178,3 +178,89 @@ mod socket_tests {
         assert_eq!(s(b"select 1"), None);
     }
 }
+
+/// What a `KILL` statement targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kill {
+    /// `KILL QUERY` stops the running statement; otherwise the connection is closed.
+    pub query_only: bool,
+    /// `HARD` / `SOFT` as written (MariaDB), passed on to the server.
+    pub modifier: Option<&'static str>,
+    pub id: u64,
+}
+
+/// Parses `KILL [HARD|SOFT] [CONNECTION|QUERY] id`. `KILL QUERY ID n` (a query id) and
+/// `KILL USER name` are not thread ids and give `None`.
+pub fn kill_statement(sql: &[u8]) -> Option<Kill> {
+    let s = skip_noise(sql);
+    let text = std::str::from_utf8(s).ok()?;
+    let text = text.trim().trim_end_matches(';').trim();
+    let mut words = text.split_ascii_whitespace().peekable();
+    if !words.next()?.eq_ignore_ascii_case("kill") {
+        return None;
+    }
+    let mut modifier = None;
+    if let Some(w) = words.peek() {
+        if w.eq_ignore_ascii_case("hard") {
+            modifier = Some("HARD");
+        } else if w.eq_ignore_ascii_case("soft") {
+            modifier = Some("SOFT");
+        }
+        if modifier.is_some() {
+            words.next();
+        }
+    }
+    let mut query_only = false;
+    if let Some(w) = words.peek() {
+        if w.eq_ignore_ascii_case("query") {
+            query_only = true;
+            words.next();
+        } else if w.eq_ignore_ascii_case("connection") {
+            words.next();
+        }
+    }
+    let id = words.next()?.parse().ok()?;
+    words.next().is_none().then_some(Kill {
+        query_only,
+        modifier,
+        id,
+    })
+}
+
+#[cfg(test)]
+mod kill_tests {
+    use super::*;
+
+    #[test]
+    fn kill_forms() {
+        let k = |s: &[u8]| kill_statement(s);
+        assert_eq!(
+            k(b"KILL 12"),
+            Some(Kill {
+                query_only: false,
+                modifier: None,
+                id: 12
+            })
+        );
+        assert_eq!(
+            k(b"kill query 7;"),
+            Some(Kill {
+                query_only: true,
+                modifier: None,
+                id: 7
+            })
+        );
+        assert_eq!(
+            k(b"/* c */ KILL HARD CONNECTION 9"),
+            Some(Kill {
+                query_only: false,
+                modifier: Some("HARD"),
+                id: 9
+            })
+        );
+        assert_eq!(k(b"KILL QUERY ID 5"), None);
+        assert_eq!(k(b"KILL USER app"), None);
+        assert_eq!(k(b"KILL 5 6"), None);
+        assert_eq!(k(b"SELECT 'KILL 5'"), None);
+    }
+}

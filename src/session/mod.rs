@@ -2,6 +2,7 @@
 //! command loop that hands each command to the planner and executor.
 
 mod handshake;
+mod registry;
 mod statements;
 
 use std::sync::Arc;
@@ -22,6 +23,8 @@ use crate::protocol::stream::PacketStream;
 use crate::proxy::Shared;
 
 pub use handshake::HandshakeError;
+use registry::Registration;
+pub use registry::{Registry, FIRST_ID};
 use statements::Statements;
 
 /// Why a session ended abnormally (a clean COM_QUIT or close is not an error).
@@ -47,6 +50,9 @@ pub struct Session {
     pinned: Pinned,
     stmts: Statements,
     out: BytesMut,
+    registration: Registration,
+    /// The server connection last recorded in the registry (for KILL from other sessions).
+    recorded_backend: Option<(Arc<str>, u32)>,
 }
 
 /// Serves one client from handshake to close.
@@ -76,6 +82,7 @@ pub async fn run(
             return Err(SessionError::HandshakeTimeout);
         }
     };
+    let registration = shared.sessions.register(connection_id, &auth.user.name);
     let mut s = Session {
         io,
         shared,
@@ -86,6 +93,8 @@ pub async fn run(
         pinned: Pinned::default(),
         stmts: Statements::default(),
         out: BytesMut::new(),
+        registration,
+        recorded_backend: None,
     };
     if !s.check_login_database(auth.ok_seq).await {
         return Ok(());
@@ -98,7 +107,12 @@ impl Session {
     async fn command_loop(&mut self) -> Result<(), SessionError> {
         let max = self.shared.config.proxy.max_allowed_packet;
         loop {
-            let frame = match self.io.read_frame(max).await {
+            let info = self.registration.info.clone();
+            let read = tokio::select! {
+                r = self.io.read_frame(max) => r,
+                _ = info.killed.notified() => return Ok(()),
+            };
+            let frame = match read {
                 Ok(Some(f)) => f,
                 Ok(None) => return Ok(()),
                 Err(PacketError::TooLarge { len, max, seq }) => {
@@ -132,20 +146,13 @@ impl Session {
                     drop(payload);
                     return self.change_db(db, &frame).await;
                 }
+                if let Some(kill) = lex::kill_statement(sql) {
+                    drop(payload);
+                    return self.kill(kill, &frame).await;
+                }
                 let plan = self.shared.planner.plan(sql, &self.plan_ctx());
-                let rewritten = lex::hide_socket_variable(sql).map(|sql| {
-                    let mut cmd = Vec::with_capacity(sql.len() + 1);
-                    cmd.push(com::QUERY);
-                    cmd.extend_from_slice(&sql);
-                    let mut raw = BytesMut::new();
-                    put_packet(&mut raw, 0, &cmd);
-                    // Replies continue from the client's own sequence ids.
-                    Frame {
-                        raw,
-                        last_seq: frame.last_seq,
-                        payload_len: cmd.len(),
-                    }
-                });
+                let rewritten =
+                    lex::hide_socket_variable(sql).map(|sql| query_frame(&sql, frame.last_seq));
                 drop(payload);
                 let frame = rewritten.unwrap_or(frame);
                 self.execute(plan, &frame, Some(Expect::Result), 0).await?;
@@ -191,12 +198,25 @@ impl Session {
                 self.send_err(errcode::NOT_SUPPORTED, msg, frame.last_seq.wrapping_add(1))
                     .await;
             }
-            com::PING
-            | com::STATISTICS
-            | com::SET_OPTION
-            | com::PROCESS_KILL
-            | com::REFRESH
-            | com::DEBUG => {
+            com::PROCESS_KILL => {
+                let id = frame
+                    .raw
+                    .get(5..9)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                let Some(id) = id else {
+                    let msg = "Malformed communication packet";
+                    let seq = frame.last_seq.wrapping_add(1);
+                    self.send_err(errcode::MALFORMED_PACKET, msg, seq).await;
+                    return Ok(());
+                };
+                let kill = lex::Kill {
+                    query_only: false,
+                    modifier: None,
+                    id: id.into(),
+                };
+                self.kill(kill, &frame).await?;
+            }
+            com::PING | com::STATISTICS | com::SET_OPTION | com::REFRESH | com::DEBUG => {
                 let plan = self.shared.planner.plan_session(&self.plan_ctx());
                 self.execute(plan, &frame, Some(Expect::Single), 0).await?;
             }
@@ -252,6 +272,53 @@ impl Session {
             self.stmts.remove(client_id);
         }
         self.execute(Plan::Route(route), &frame, expect, 0).await?;
+        Ok(())
+    }
+
+    /// `KILL [QUERY|CONNECTION] id` and COM_PROCESS_KILL. A proxy connection id is turned into
+    /// the id of that session's server connection and the KILL runs on that server; any other
+    /// id is a server's own and passes through.
+    async fn kill(&mut self, kill: lex::Kill, frame: &Frame) -> Result<(), SessionError> {
+        let reply_seq = frame.last_seq.wrapping_add(1);
+        let plan = self.shared.planner.plan_session(&self.plan_ctx());
+        let Ok(id) = u32::try_from(kill.id) else {
+            self.execute(plan, frame, Some(Expect::Result), 0).await?;
+            return Ok(());
+        };
+        if id < FIRST_ID {
+            self.execute(plan, frame, Some(Expect::Result), 0).await?;
+            return Ok(());
+        }
+        let Some(target) = self.shared.sessions.get(id) else {
+            let msg = format!("Unknown thread id: {id}");
+            self.send_err((1094, "HY000"), &msg, reply_seq).await;
+            return Ok(());
+        };
+        if target.user != self.user.name {
+            let msg = format!("You are not owner of thread {id}");
+            self.send_err((1095, "HY000"), &msg, reply_seq).await;
+            return Ok(());
+        }
+        match target.backend() {
+            Some((route, server_id)) => {
+                let sql = format!(
+                    "KILL {}{} {server_id}",
+                    kill.modifier.map(|m| format!("{m} ")).unwrap_or_default(),
+                    if kill.query_only {
+                        "QUERY"
+                    } else {
+                        "CONNECTION"
+                    },
+                );
+                let frame = query_frame(sql.as_bytes(), frame.last_seq);
+                self.execute(Plan::Route(route), &frame, Some(Expect::Result), 0)
+                    .await?;
+            }
+            None => self.send_ok(reply_seq).await,
+        }
+        if !kill.query_only {
+            target.killed.notify_one();
+        }
         Ok(())
     }
 
@@ -368,7 +435,10 @@ impl Session {
         )
         .await;
         match r {
-            Ok(sc) => Ok(Some(sc)),
+            Ok(sc) => {
+                self.record_backend(&route);
+                Ok(Some(sc))
+            }
             Err(ExecError::Connect(e)) => {
                 let (code, state, msg) = e.client_error();
                 self.send_err((code, &state), &msg, reply_seq).await;
@@ -409,6 +479,22 @@ impl Session {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
     }
 
+    /// Tells the registry which server connection runs this session's statements, when that
+    /// changed, so a KILL from another session reaches it.
+    fn record_backend(&mut self, route: &Route) {
+        let Some(id) = self.pinned.find(&route.addr).map(|c| c.connection_id) else {
+            return;
+        };
+        let same = self
+            .recorded_backend
+            .as_ref()
+            .is_some_and(|(a, i)| Arc::ptr_eq(a, &route.addr) && *i == id);
+        if !same {
+            self.registration.info.set_backend(route, id);
+            self.recorded_backend = Some((route.addr.clone(), id));
+        }
+    }
+
     async fn send_err(&mut self, code: (u16, &str), msg: &str, seq: u8) {
         self.out.clear();
         put_err(&mut self.out, seq, code, msg);
@@ -423,6 +509,21 @@ impl Session {
         };
         put_ok(&mut self.out, seq, self.caps, ok);
         let _ = self.io.write_all(&self.out).await;
+    }
+}
+
+/// A COM_QUERY of the proxy's own making, sent in place of the client's command; replies
+/// continue from the sequence id of the client's last packet.
+fn query_frame(sql: &[u8], client_last_seq: u8) -> Frame {
+    let mut cmd = Vec::with_capacity(sql.len() + 1);
+    cmd.push(com::QUERY);
+    cmd.extend_from_slice(sql);
+    let mut raw = BytesMut::new();
+    put_packet(&mut raw, 0, &cmd);
+    Frame {
+        raw,
+        last_seq: client_last_seq,
+        payload_len: cmd.len(),
     }
 }
 

@@ -194,28 +194,34 @@ def column_types_round_trip():
 # ---------------------------------------------------------------------------------------------
 
 
+TRICKY = "o'brien \"quoted\" \\ 😀"  # quotes, a backslash and an emoji to escape client-side
+
+
 @check
 def crud_with_parameters():
     t = unique("py_crud")
     with connect() as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE TABLE {t} (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(50), n INT)")
+        cur.execute(f"CREATE TABLE {t} (id INT AUTO_INCREMENT PRIMARY KEY, "
+                    f"name VARCHAR(50), n INT) DEFAULT CHARSET=utf8mb4")
         try:
-            expect_eq("insert rowcount", cur.execute(
-                f"INSERT INTO {t} (name, n) VALUES (%s, %s)", ("o'brien \"quoted\" \\", 1)), 1)
+            insert = f"INSERT INTO {t} (name, n) VALUES (%s, %s)"
+            expect_eq("insert rowcount", cur.execute(insert, (TRICKY, 1)), 1)
             first_id = cur.lastrowid
             expect_eq("lastrowid > 0", first_id > 0, True)
-            cur.execute(f"INSERT INTO {t} (name, n) VALUES (%(name)s, %(n)s)", {"name": "b", "n": 2})
+            named = f"INSERT INTO {t} (name, n) VALUES (%(name)s, %(n)s)"
+            cur.execute(named, {"name": "b", "n": 2})
             expect_eq("second lastrowid", cur.lastrowid, first_id + 1)
-            cur.execute(f"SELECT id, name, n FROM {t} WHERE name = %s", ("o'brien \"quoted\" \\",))
-            expect_eq("select by param", cur.fetchall(), ((first_id, "o'brien \"quoted\" \\", 1),))
-            expect_eq("update affected rows",
-                      cur.execute(f"UPDATE {t} SET n = n + %s WHERE id >= %s", (10, first_id)), 2)
-            expect_eq("update changing nothing",
-                      cur.execute(f"UPDATE {t} SET n = 11 WHERE id = %s", (first_id,)), 0)
-            expect_eq("delete affected rows", cur.execute(f"DELETE FROM {t} WHERE n = %s", (12,)), 1)
+            cur.execute(f"SELECT id, name, n FROM {t} WHERE name = %s", (TRICKY,))
+            expect_eq("select by param", cur.fetchall(), ((first_id, TRICKY, 1),))
+            update = f"UPDATE {t} SET n = n + %s WHERE id >= %s"
+            expect_eq("update affected rows", cur.execute(update, (10, first_id)), 2)
+            unchanged = f"UPDATE {t} SET n = 11 WHERE id = %s"
+            expect_eq("update changing nothing", cur.execute(unchanged, (first_id,)), 0)
+            delete = f"DELETE FROM {t} WHERE n = %s"
+            expect_eq("delete affected rows", cur.execute(delete, (12,)), 1)
             cur.execute(f"SELECT name, n FROM {t} ORDER BY id")
-            expect_eq("rows after delete", cur.fetchall(), (("o'brien \"quoted\" \\", 11),))
-            cur.execute(f"SELECT n FROM {t} WHERE name IN %s", (["a", "o'brien \"quoted\" \\"],))
+            expect_eq("rows after delete", cur.fetchall(), ((TRICKY, 11),))
+            cur.execute(f"SELECT n FROM {t} WHERE name IN %s", (["a", TRICKY],))
             expect_eq("IN with a list parameter", cur.fetchall(), ((11,),))
         finally:
             cur.execute(f"DROP TABLE {t}")
@@ -490,7 +496,8 @@ def kill_query_by_thread_id():
             expect_error(pymysql.err.OperationalError, 1317,
                          lambda: query(victim, "SELECT SLEEP(10)"))
         except AssertionError as e:
-            raise AssertionError(f"{e}; KILL QUERY {victim.thread_id()} gave {kill_errors}")
+            raise AssertionError(
+                f"{e}; KILL QUERY {victim.thread_id()} gave {kill_errors}") from None
         finally:
             t.join()
         took = time.monotonic() - started
