@@ -592,3 +592,44 @@ fn twenty_mib_values_both_ways() {
     );
     proxy(&format!("DROP TABLE {t}"));
 }
+
+#[test]
+fn load_data_local_infile_uploads_through_the_proxy() {
+    let t = common::unique("infile");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("rows.tsv");
+    let rows: String = (1..=5000).map(|i| format!("{i}\tname {i} ✓\n")).collect();
+    std::fs::write(&file, &rows).expect("write rows");
+    proxy(&format!(
+        "CREATE TABLE {t} (id INT PRIMARY KEY, name VARCHAR(40)) CHARACTER SET utf8mb4"
+    ));
+    let sql = format!(
+        "LOAD DATA LOCAL INFILE '{}' INTO TABLE {t} CHARACTER SET utf8mb4; \
+         SELECT COUNT(*), SUM(id), MAX(name) FROM {t}",
+        file.display()
+    );
+    let out = exec(Target::Proxy, &["--local-infile=1"], &sql).ok("load data");
+    assert_eq!(
+        out,
+        tsv(&[
+            &["COUNT(*)", "SUM(id)", "MAX(name)"],
+            &["5000", "12502500", "name 999 ✓"]
+        ])
+    );
+    // A file the client cannot read: the client answers with an empty upload and the
+    // server's error comes through; the session goes on.
+    let missing = dir.path().join("missing.tsv");
+    let sql = format!(
+        "LOAD DATA LOCAL INFILE '{}' INTO TABLE {t}",
+        missing.display()
+    );
+    let input = format!("{sql};\nSELECT 'after';\n");
+    let r = exec_stdin(
+        Target::Proxy,
+        &["--local-infile=1", "--force"],
+        input.clone(),
+    );
+    let direct = exec_stdin(Target::Direct, &["--local-infile=1", "--force"], input);
+    assert_eq!(r.stdout, "after\nafter\n", "{r:#?}");
+    assert_eq!((r.stdout, r.stderr), (direct.stdout, direct.stderr));
+}

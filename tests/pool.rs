@@ -9,7 +9,7 @@ use mysql_async::prelude::*;
 use mysql_async::{Conn, Opts};
 
 /// A second proxy over the shared sandbox with a pool of `max` connections per server.
-fn small_pool_proxy(max: usize) -> (std::process::Child, u16) {
+fn small_pool_proxy(max: usize) -> (common::ProxyProcess, u16) {
     let env = common::env();
     let base = std::fs::read_to_string(env.dir.join("test-proxy.toml")).expect("config");
     let port = shardgate::sandbox::free_port().expect("port");
@@ -33,7 +33,8 @@ fn small_pool_proxy(max: usize) -> (std::process::Child, u16) {
         .join("\n");
     let path = env.dir.join(format!("pool-{port}.toml"));
     std::fs::write(&path, cfg).expect("write config");
-    common::spawn_proxy(&path)
+    let (child, port) = common::spawn_proxy(&path);
+    (common::ProxyProcess(child), port)
 }
 
 async fn connect(port: u16) -> mysql_async::Result<Conn> {
@@ -47,7 +48,7 @@ async fn connect(port: u16) -> mysql_async::Result<Conn> {
 
 #[tokio::test]
 async fn a_full_pool_makes_clients_wait_then_refuses_with_1040() {
-    let (mut proxy, port) = small_pool_proxy(2);
+    let (_proxy, port) = small_pool_proxy(2);
     let mut a = connect(port).await.expect("a");
     let mut b = connect(port).await.expect("b");
     a.query_drop("DO 1").await.expect("a holds a connection");
@@ -70,13 +71,11 @@ async fn a_full_pool_makes_clients_wait_then_refuses_with_1040() {
     a.disconnect().await.expect("a leaves");
     assert_eq!(waiter.await.expect("task"), Some(7));
     b.query_drop("DO 1").await.expect("b unaffected");
-    let _ = proxy.kill();
-    let _ = proxy.wait();
 }
 
 #[tokio::test]
 async fn a_returned_connection_is_reset_before_reuse() {
-    let (mut proxy, port) = small_pool_proxy(1);
+    let (_proxy, port) = small_pool_proxy(1);
     let t = common::unique("reset");
     let mut setup = Conn::new(Opts::from_url(&common::env().direct_url("app")).expect("url"))
         .await
@@ -118,6 +117,4 @@ async fn a_returned_connection_is_reset_before_reuse() {
         .await
         .expect("count");
     assert_eq!(rows, Some(0), "the abandoned transaction was rolled back");
-    let _ = proxy.kill();
-    let _ = proxy.wait();
 }

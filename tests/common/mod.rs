@@ -98,6 +98,16 @@ fn start() -> Env {
     }
 }
 
+/// A proxy process a test started for itself; stopped when dropped, even if the test fails.
+pub struct ProxyProcess(pub Child);
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `shardgate serve` on `config` and waits until it accepts connections.
 pub fn spawn_proxy(config: &Path) -> (Child, u16) {
     let text = std::fs::read_to_string(config).expect("config");
