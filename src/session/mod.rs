@@ -1,7 +1,9 @@
 //! One client connection: authentication, the state the proxy tracks for it, and the
 //! command loop that hands each command to the planner and executor.
 
+mod database;
 mod handshake;
+mod kill;
 mod registry;
 mod statements;
 
@@ -199,11 +201,7 @@ impl Session {
                     .await;
             }
             com::PROCESS_KILL => {
-                let id = frame
-                    .raw
-                    .get(5..9)
-                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-                let Some(id) = id else {
+                let Some(id) = id_after_command(&frame) else {
                     let msg = "Malformed communication packet";
                     let seq = frame.last_seq.wrapping_add(1);
                     self.send_err(errcode::MALFORMED_PACKET, msg, seq).await;
@@ -240,11 +238,7 @@ impl Session {
     /// COM_STMT_* on a prepared statement: to the server that prepared it, id translated.
     async fn statement_command(&mut self, cmd: u8, mut frame: Frame) -> Result<(), SessionError> {
         let reply_seq = frame.last_seq.wrapping_add(1);
-        let Some(client_id) = frame
-            .raw
-            .get(5..9)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        else {
+        let Some(client_id) = id_after_command(&frame) else {
             let msg = "Malformed communication packet";
             self.send_err(errcode::MALFORMED_PACKET, msg, reply_seq)
                 .await;
@@ -273,109 +267,6 @@ impl Session {
         }
         self.execute(Plan::Route(route), &frame, expect, 0).await?;
         Ok(())
-    }
-
-    /// `KILL [QUERY|CONNECTION] id` and COM_PROCESS_KILL. A proxy connection id is turned into
-    /// the id of that session's server connection and the KILL runs on that server; any other
-    /// id is a server's own and passes through.
-    async fn kill(&mut self, kill: lex::Kill, frame: &Frame) -> Result<(), SessionError> {
-        let reply_seq = frame.last_seq.wrapping_add(1);
-        let plan = self.shared.planner.plan_session(&self.plan_ctx());
-        let Ok(id) = u32::try_from(kill.id) else {
-            self.execute(plan, frame, Some(Expect::Result), 0).await?;
-            return Ok(());
-        };
-        if id < FIRST_ID {
-            self.execute(plan, frame, Some(Expect::Result), 0).await?;
-            return Ok(());
-        }
-        let Some(target) = self.shared.sessions.get(id) else {
-            let msg = format!("Unknown thread id: {id}");
-            self.send_err((1094, "HY000"), &msg, reply_seq).await;
-            return Ok(());
-        };
-        if target.user != self.user.name {
-            let msg = format!("You are not owner of thread {id}");
-            self.send_err((1095, "HY000"), &msg, reply_seq).await;
-            return Ok(());
-        }
-        match target.backend() {
-            Some((route, server_id)) => {
-                let sql = format!(
-                    "KILL {}{} {server_id}",
-                    kill.modifier.map(|m| format!("{m} ")).unwrap_or_default(),
-                    if kill.query_only {
-                        "QUERY"
-                    } else {
-                        "CONNECTION"
-                    },
-                );
-                let frame = query_frame(sql.as_bytes(), frame.last_seq);
-                self.execute(Plan::Route(route), &frame, Some(Expect::Result), 0)
-                    .await?;
-            }
-            None => self.send_ok(reply_seq).await,
-        }
-        if !kill.query_only {
-            target.killed.notify_one();
-        }
-        Ok(())
-    }
-
-    /// `USE db` or COM_INIT_DB: runs on the server of the keyspace `db` selects (which may
-    /// not be the current one), and becomes the session's database if the server accepts it.
-    async fn change_db(&mut self, db: String, frame: &Frame) -> Result<(), SessionError> {
-        let plan = self.shared.planner.plan_session(&PlanContext {
-            db: Some(&db),
-            default_keyspace: self.user.default_keyspace.as_deref(),
-        });
-        let target = match &plan {
-            Plan::Route(r) => Some(r.addr.clone()),
-            Plan::Reject { .. } => None,
-        };
-        let expect = if frame.first_byte() == Some(com::QUERY) {
-            Expect::Result
-        } else {
-            Expect::Single
-        };
-        // The command itself selects the database on the target connection.
-        let sc = self.execute_on(plan, frame, Some(expect), 0, false).await?;
-        if sc.is_some_and(|sc| !sc.error) {
-            if let Some(conn) = target.and_then(|a| self.pinned.find(&a)) {
-                conn.db = Some(db.clone());
-            }
-            self.db = Some(db);
-        }
-        Ok(())
-    }
-
-    /// A database named at login that is not a keyspace must exist, as on a direct
-    /// connection: check it on its server now, and refuse the login (ERR 1049) if not.
-    async fn check_login_database(&mut self, seq: u8) -> bool {
-        let Some(db) = self.db.clone() else {
-            return true;
-        };
-        if self.shared.planner.is_keyspace(&db) {
-            return true;
-        }
-        let Plan::Route(route) = self.shared.planner.plan_session(&self.plan_ctx()) else {
-            return true; // the first statement reports why the keyspace cannot be served
-        };
-        let shared = self.shared.clone();
-        let who = identity(&self.user, self.caps, self.charset, self.db.as_deref());
-        let r = executor::connection(&shared.pools, &mut self.pinned, &route, &who).await;
-        let failure = match r {
-            Ok(_) => return true,
-            Err(ExecError::Database(err)) => ((err.code, err.state), err.message),
-            Err(ExecError::Connect(e)) => {
-                let (code, state, msg) = e.client_error();
-                ((code, state), msg)
-            }
-            Err(ExecError::Forward(e)) => ((errcode::UNKNOWN.0, "HY000".into()), e.to_string()),
-        };
-        let ((code, state), msg) = failure;
-        self.send_err((code, &state), &msg, seq).await;
-        false
     }
 
     fn plan_ctx(&self) -> PlanContext<'_> {
@@ -510,6 +401,14 @@ impl Session {
         put_ok(&mut self.out, seq, self.caps, ok);
         let _ = self.io.write_all(&self.out).await;
     }
+}
+
+/// The 4-byte id (statement or connection) right after the command byte.
+fn id_after_command(frame: &Frame) -> Option<u32> {
+    frame
+        .raw
+        .get(5..9)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 /// A COM_QUERY of the proxy's own making, sent in place of the client's command; replies

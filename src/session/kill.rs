@@ -1,0 +1,60 @@
+//! `KILL` and COM_PROCESS_KILL: the proxy's connection ids are turned into the server
+//! connections behind them.
+
+use super::{query_frame, Session, SessionError, FIRST_ID};
+use crate::planner::{lex, Plan};
+use crate::protocol::packet::Frame;
+use crate::protocol::response::Expect;
+
+impl Session {
+    /// `KILL [QUERY|CONNECTION] id` and COM_PROCESS_KILL. A proxy connection id is turned into
+    /// the id of that session's server connection and the KILL runs on that server; any other
+    /// id is a server's own and passes through.
+    pub(super) async fn kill(
+        &mut self,
+        kill: lex::Kill,
+        frame: &Frame,
+    ) -> Result<(), SessionError> {
+        let reply_seq = frame.last_seq.wrapping_add(1);
+        let plan = self.shared.planner.plan_session(&self.plan_ctx());
+        let Ok(id) = u32::try_from(kill.id) else {
+            self.execute(plan, frame, Some(Expect::Result), 0).await?;
+            return Ok(());
+        };
+        if id < FIRST_ID {
+            self.execute(plan, frame, Some(Expect::Result), 0).await?;
+            return Ok(());
+        }
+        let Some(target) = self.shared.sessions.get(id) else {
+            let msg = format!("Unknown thread id: {id}");
+            self.send_err((1094, "HY000"), &msg, reply_seq).await;
+            return Ok(());
+        };
+        if target.user != self.user.name {
+            let msg = format!("You are not owner of thread {id}");
+            self.send_err((1095, "HY000"), &msg, reply_seq).await;
+            return Ok(());
+        }
+        match target.backend() {
+            Some((route, server_id)) => {
+                let sql = format!(
+                    "KILL {}{} {server_id}",
+                    kill.modifier.map(|m| format!("{m} ")).unwrap_or_default(),
+                    if kill.query_only {
+                        "QUERY"
+                    } else {
+                        "CONNECTION"
+                    },
+                );
+                let frame = query_frame(sql.as_bytes(), frame.last_seq);
+                self.execute(Plan::Route(route), &frame, Some(Expect::Result), 0)
+                    .await?;
+            }
+            None => self.send_ok(reply_seq).await,
+        }
+        if !kill.query_only {
+            target.killed.notify_one();
+        }
+        Ok(())
+    }
+}
