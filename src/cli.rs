@@ -91,7 +91,8 @@ enum SandboxAction {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_json);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    // The proxy's workers run their own event loops; this one drives commands and signals.
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -211,8 +212,8 @@ async fn demo(shape: Shape) -> anyhow::Result<()> {
 
 async fn demo_proxy(cluster: &sandbox::Cluster) -> anyhow::Result<()> {
     let cfg = Config::load(&cluster.dir.join("shardgate.toml"))?;
-    let proxy = crate::proxy::Proxy::bind(cfg.clone()).await?;
-    let addr = proxy.local_addr()?;
+    let proxy = crate::proxy::Proxy::start(cfg)?;
+    let addr = proxy.local_addr();
     println!();
     println!("shardgate is listening on {addr}");
     println!(
@@ -230,9 +231,8 @@ async fn demo_proxy(cluster: &sandbox::Cluster) -> anyhow::Result<()> {
         cluster.password
     );
     println!("Press Ctrl-C to stop the proxy and the sandbox.");
-    tokio::select! {
-        _ = proxy.run() => {}
-        r = tokio::signal::ctrl_c() => r?,
-    }
+    let r = tokio::signal::ctrl_c().await;
+    tokio::task::spawn_blocking(move || proxy.shutdown()).await?;
+    r?;
     Ok(())
 }

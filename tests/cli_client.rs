@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -77,52 +76,11 @@ fn run(cmd: Command, stdin: Vec<u8>) -> Run {
 
 /// Like `run`, writing each chunk of `input` to stdin after its delay, as a person types.
 fn run_typed(mut cmd: Command, input: Vec<(Duration, Vec<u8>)>) -> Run {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    // Feed and drain on threads: a 20 MiB statement or result must not deadlock on a pipe.
-    let mut stdin = child.stdin.take().expect("stdin");
-    let feeder = std::thread::spawn(move || {
-        for (delay, chunk) in input {
-            std::thread::sleep(delay);
-            if stdin.write_all(&chunk).and_then(|_| stdin.flush()).is_err() {
-                break;
-            }
-        }
-    });
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = pipe.read_to_end(&mut buf);
-            buf
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().expect("stdout")));
-    let err = drain(Box::new(child.stderr.take().expect("stderr")));
-    let deadline = Instant::now() + DEADLINE;
-    let mut timed_out = false;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            timed_out = true;
-            let _ = child.kill();
-            break child.wait().expect("wait for killed child");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let _ = feeder.join();
-    let text = |h: std::thread::JoinHandle<Vec<u8>>| {
-        String::from_utf8_lossy(&h.join().expect("reader")).into_owned()
-    };
+    let (out, timed_out) = common::run_child(&mut cmd, input, DEADLINE);
     let r = Run {
-        status,
-        stdout: text(out),
-        stderr: text(err),
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     };
     assert!(!timed_out, "{cmd:?} hung for {DEADLINE:?}: {r:#?}");
     r

@@ -4,10 +4,9 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/pymysql_check.py");
 /// A check that takes longer is hung (the slowest, the 20 MiB blob, takes about a second).
@@ -15,41 +14,10 @@ const CHECK_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Runs `python3 pymysql_check.py ARGS` to completion, killing it past `CHECK_DEADLINE`.
 fn run_script(args: &[&str]) -> (Output, bool) {
-    let mut child = Command::new("python3")
-        .arg("-u") // unbuffered: a killed script still shows how far it got
-        .arg(SCRIPT)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn python3 (is it installed?)");
-    // Drain both pipes on threads so a chatty script cannot block on a full pipe.
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = pipe.read_to_end(&mut buf);
-            buf
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().expect("stdout")));
-    let err = drain(Box::new(child.stderr.take().expect("stderr")));
-    let deadline = Instant::now() + CHECK_DEADLINE;
-    let (status, timed_out) = loop {
-        if let Some(status) = child.try_wait().expect("wait for python3") {
-            break (status, false);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break (child.wait().expect("wait for killed python3"), true);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let output = Output {
-        status,
-        stdout: out.join().expect("stdout reader"),
-        stderr: err.join().expect("stderr reader"),
-    };
-    (output, timed_out)
+    let mut cmd = Command::new("python3");
+    // -u, unbuffered: a killed script still shows how far it got.
+    cmd.arg("-u").arg(SCRIPT).args(args);
+    common::run_child(&mut cmd, Vec::new(), CHECK_DEADLINE)
 }
 
 /// Runs one named check through the proxy and asserts it passed.

@@ -179,7 +179,7 @@ def connect(host: str, port: int, args, timeout: float = 10, database: str | Non
         host=host, port=port, user=args.user, password=args.password,
         database=args.db if database == "" else database,
         connect_timeout=timeout, read_timeout=60, write_timeout=60,
-        autocommit=None,  # None: send nothing after login, keep the server default
+        autocommit=None,  # None: no SET AUTOCOMMIT (PyMySQL still sends SET NAMES after login)
         ssl_disabled=True,  # plain TCP like sysbench (--mysql-ssl=off); PyMySQL would otherwise try TLS
     )
 
@@ -631,7 +631,7 @@ def idle_memory(env: Env, n: int) -> dict:
     raise_nofile(n)
     result: dict = {"idle_conns": n, "before_kib": proc_mem_kib(pid)}
     log(f"\nopening {n} idle connections to shardgate at {host}:{port} "
-        f"(PyMySQL logins as {a.user}, database {a.db}, nothing else sent)...")
+        f"(PyMySQL logins as {a.user}, database {a.db}, only the SET NAMES PyMySQL sends at login)...")
     conns: list[pymysql.Connection] = []
     errors: list[str] = []
     t0 = time.monotonic()

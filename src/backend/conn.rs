@@ -89,6 +89,8 @@ pub struct BackendConn {
     /// Set while a response has not been read to its end: such a connection cannot be reused.
     pub in_flight: bool,
     pub last_used: Instant,
+    /// The proxy worker whose event loop this connection's socket is registered with.
+    pub worker: usize,
 }
 
 impl BackendConn {
@@ -199,6 +201,7 @@ impl BackendConn {
             server_version: server.server_version,
             in_flight: false,
             last_used: Instant::now(),
+            worker: 0,
         })
     }
 

@@ -15,6 +15,21 @@ use super::conn::{BackendConn, BackendError, ConnKey, ConnectParams};
 use crate::config::PoolSection;
 use crate::protocol::consts::com;
 
+thread_local! {
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the current thread as proxy worker `index`. A connection's socket is registered with
+/// the event loop of the worker that opened it, so each worker keeps its own idle list and
+/// reuses its own connections first (another worker's still work, with a cross-thread wake).
+pub fn set_worker(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
+fn current_worker() -> usize {
+    WORKER.with(|w| w.get())
+}
+
 /// An idle connection is closed rather than reused after this long (servers time them out).
 const IDLE_MAX_AGE: Duration = Duration::from_secs(300);
 
@@ -28,7 +43,8 @@ pub struct ServerPool {
     addr: Arc<str>,
     settings: PoolSection,
     permits: Arc<Semaphore>,
-    idle: Mutex<Vec<Idle>>,
+    /// Idle connections per worker.
+    idle: Vec<Mutex<Vec<Idle>>>,
     /// Woken when a connection becomes idle: a client waiting on a full pool may take it.
     returned: Notify,
 }
@@ -76,12 +92,14 @@ impl Drop for Pooled {
 }
 
 impl ServerPool {
-    fn new(addr: &str, settings: &PoolSection) -> Self {
+    fn new(addr: &str, settings: &PoolSection, workers: usize) -> Self {
         ServerPool {
             addr: addr.into(),
             settings: settings.clone(),
             permits: Arc::new(Semaphore::new(settings.max_connections)),
-            idle: Mutex::new(Vec::new()),
+            idle: (0..workers.max(1))
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
             returned: Notify::new(),
         }
     }
@@ -92,8 +110,9 @@ impl ServerPool {
             _ => return,
         }
         conn.last_used = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < self.settings.max_idle {
+        let list = &self.idle[conn.worker.min(self.idle.len() - 1)];
+        let mut idle = list.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < self.settings.max_idle.div_ceil(self.idle.len()) {
             idle.push(Idle { conn, permit });
             drop(idle);
             self.returned.notify_waiters();
@@ -105,24 +124,30 @@ impl ServerPool {
     /// A database cannot be unselected on a MariaDB connection, so a client that selected none
     /// only gets a connection that has none; others prefer one already on their database.
     fn take_idle(&self, user: &str, key: ConnKey, db: Option<&str>) -> Option<Idle> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|i| i.conn.last_used.elapsed() < IDLE_MAX_AGE);
-        let fits = |i: &Idle| i.conn.key == key && i.conn.user == user;
-        let pos = idle
-            .iter()
-            .rposition(|i| fits(i) && i.conn.db.as_deref() == db)
-            .or_else(|| db.and_then(|_| idle.iter().rposition(fits)))?;
-        Some(idle.swap_remove(pos))
+        let own = current_worker() % self.idle.len();
+        let order = (0..self.idle.len()).map(|i| (own + i) % self.idle.len());
+        order.into_iter().find_map(|w| {
+            let mut idle = self.idle[w].lock().unwrap_or_else(|e| e.into_inner());
+            idle.retain(|i| i.conn.last_used.elapsed() < IDLE_MAX_AGE);
+            let fits = |i: &Idle| i.conn.key == key && i.conn.user == user;
+            let pos = idle
+                .iter()
+                .rposition(|i| fits(i) && i.conn.db.as_deref() == db)
+                .or_else(|| db.and_then(|_| idle.iter().rposition(fits)))?;
+            Some(idle.swap_remove(pos))
+        })
     }
 
     /// Closes one idle connection of any kind, to make room under the limit.
     fn evict_one(&self) -> bool {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.is_empty() {
-            return false;
-        }
-        idle.remove(0);
-        true
+        self.idle.iter().any(|list| {
+            let mut idle = list.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.is_empty() {
+                return false;
+            }
+            idle.remove(0);
+            true
+        })
     }
 
     async fn get(
@@ -161,7 +186,7 @@ impl ServerPool {
                 _ = tokio::time::sleep_until(deadline) => return Err(self.timeout()),
             }
         };
-        let conn = BackendConn::connect(ConnectParams {
+        let mut conn = BackendConn::connect(ConnectParams {
             addr: &self.addr,
             user,
             password,
@@ -170,6 +195,7 @@ impl ServerPool {
             timeout: Duration::from_millis(self.settings.connect_timeout_ms),
         })
         .await?;
+        conn.worker = current_worker();
         Ok(Pooled {
             conn: Some(conn),
             permit: Some(permit),
@@ -194,13 +220,15 @@ impl ServerPool {
 /// All server pools of the proxy, created on first use.
 pub struct Pools {
     settings: PoolSection,
+    workers: usize,
     servers: Mutex<HashMap<String, Arc<ServerPool>>>,
 }
 
 impl Pools {
-    pub fn new(settings: PoolSection) -> Self {
+    pub fn new(settings: PoolSection, workers: usize) -> Self {
         Pools {
             settings,
+            workers,
             servers: Mutex::new(HashMap::new()),
         }
     }
@@ -209,7 +237,7 @@ impl Pools {
         let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
         servers
             .entry(addr.to_string())
-            .or_insert_with(|| Arc::new(ServerPool::new(addr, &self.settings)))
+            .or_insert_with(|| Arc::new(ServerPool::new(addr, &self.settings, self.workers)))
             .clone()
     }
 

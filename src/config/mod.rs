@@ -77,6 +77,9 @@ pub struct ProxySection {
     pub max_allowed_packet: usize,
     #[serde(default = "default_max_client_connections")]
     pub max_client_connections: usize,
+    /// Worker threads, each with its own event loop and listening socket; 0: one per CPU.
+    #[serde(default)]
+    pub workers: usize,
 }
 
 impl Default for ProxySection {
@@ -88,6 +91,7 @@ impl Default for ProxySection {
             handshake_timeout_ms: default_handshake_timeout_ms(),
             max_allowed_packet: default_max_allowed_packet(),
             max_client_connections: default_max_client_connections(),
+            workers: 0,
         }
     }
 }

@@ -193,6 +193,9 @@ pub struct Kill {
 /// `KILL USER name` are not thread ids and give `None`.
 pub fn kill_statement(sql: &[u8]) -> Option<Kill> {
     let s = skip_noise(sql);
+    if !starts_with_keyword(s, b"kill") {
+        return None;
+    }
     let text = std::str::from_utf8(s).ok()?;
     let text = text.trim().trim_end_matches(';').trim();
     let mut words = text.split_ascii_whitespace().peekable();

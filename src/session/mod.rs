@@ -108,11 +108,16 @@ pub async fn run(
 impl Session {
     async fn command_loop(&mut self) -> Result<(), SessionError> {
         let max = self.shared.config.proxy.max_allowed_packet;
+        // One registration for the session's life: re-arming a Notify per command costs a
+        // lock on the hot path. KILL notifies with a stored permit, so none is missed.
+        let info = self.registration.info.clone();
+        let killed = info.killed.notified();
+        tokio::pin!(killed);
         loop {
-            let info = self.registration.info.clone();
             let read = tokio::select! {
+                biased;
                 r = self.io.read_frame(max) => r,
-                _ = info.killed.notified() => return Ok(()),
+                _ = &mut killed => return Ok(()),
             };
             let frame = match read {
                 Ok(Some(f)) => f,

@@ -185,3 +185,56 @@ pub fn unique(prefix: &str) -> String {
         N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     )
 }
+
+/// Runs `cmd` with piped stdio, writing each chunk of `input` to its stdin after its delay (as
+/// a person types) while draining its output on threads, so large inputs or outputs cannot
+/// deadlock on a pipe. Kills it past `deadline`; returns its output and whether it was killed.
+pub fn run_child(
+    cmd: &mut Command,
+    input: Vec<(Duration, Vec<u8>)>,
+    deadline: Duration,
+) -> (std::process::Output, bool) {
+    use std::io::{Read, Write};
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let mut stdin = child.stdin.take().expect("stdin");
+    let feeder = std::thread::spawn(move || {
+        for (delay, chunk) in input {
+            std::thread::sleep(delay);
+            if stdin.write_all(&chunk).and_then(|_| stdin.flush()).is_err() {
+                break;
+            }
+        }
+    });
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("stderr")));
+    let until = Instant::now() + deadline;
+    let (status, timed_out) = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break (status, false);
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            break (child.wait().expect("wait for killed child"), true);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = feeder.join();
+    let output = std::process::Output {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    };
+    (output, timed_out)
+}
