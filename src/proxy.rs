@@ -42,11 +42,6 @@ impl Shared {
             clients: AtomicUsize::new(0),
         }
     }
-
-    /// Clients connected now.
-    pub fn clients(&self) -> usize {
-        self.clients.load(Ordering::Relaxed)
-    }
 }
 
 /// Worker threads to run: `proxy.workers`, or one per CPU when it is 0.
@@ -103,10 +98,6 @@ impl Proxy {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
-    }
-
-    pub fn shared(&self) -> Arc<Shared> {
-        self.shared.clone()
     }
 
     /// Stops accepting, ends every worker (and the sessions on it) and waits for them.

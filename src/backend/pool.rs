@@ -210,11 +210,6 @@ impl ServerPool {
             ms: self.settings.wait_timeout_ms,
         }
     }
-
-    /// Connections open to this server now (busy and idle).
-    pub fn open(&self) -> usize {
-        self.settings.max_connections - self.permits.available_permits()
-    }
 }
 
 /// All server pools of the proxy, created on first use.

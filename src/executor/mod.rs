@@ -45,11 +45,6 @@ impl Pinned {
         }
     }
 
-    /// Gives every connection back to its pool (it is reset there).
-    pub fn release_all(&mut self) {
-        self.conns.clear();
-    }
-
     /// Gives back every connection but the one to `addr`.
     pub fn release_others(&mut self, addr: &str) {
         self.conns.retain(|c| &*c.addr == addr);
