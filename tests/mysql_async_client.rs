@@ -504,3 +504,35 @@ async fn kill_connection_by_the_id_the_handshake_announced() {
     let one: Option<i32> = killer.query_first("SELECT 1").await.expect("killer fine");
     assert_eq!(one, Some(1));
 }
+
+#[tokio::test]
+async fn change_user_starts_a_fresh_session_and_checks_the_password() {
+    use mysql_async::ChangeUserOpts;
+    let mut c = proxy("app").await;
+    c.query_drop("SET @v = 5").await.expect("set");
+    c.query_drop("USE mysql").await.expect("use");
+    c.change_user(
+        ChangeUserOpts::default()
+            .with_user(Some(common::USER.into()))
+            .with_pass(Some(common::PASSWORD.into()))
+            .with_db_name(Some("app".into())),
+    )
+    .await
+    .expect("COM_CHANGE_USER");
+    let (v, db): (Option<i64>, Option<String>) = c
+        .query_first("SELECT @v, DATABASE()")
+        .await
+        .expect("q")
+        .expect("row");
+    assert_eq!((v, db.as_deref()), (None, Some("app")));
+
+    let e = c
+        .change_user(
+            ChangeUserOpts::default()
+                .with_user(Some(common::USER.into()))
+                .with_pass(Some("wrong".into())),
+        )
+        .await
+        .expect_err("wrong password");
+    assert!(e.to_string().contains("1045"), "{e}");
+}

@@ -17,6 +17,8 @@ pub struct Authenticated {
     pub caps: u32,
     pub charset: u8,
     pub db: Option<String>,
+    /// The greeting's nonce: COM_CHANGE_USER scrambles against it too.
+    pub nonce: [u8; 20],
     /// Sequence id of the OK (or ERR) that ends the handshake; the session sends it once it
     /// has checked the database the client asked for.
     pub ok_seq: u8,
@@ -74,7 +76,7 @@ pub async fn handshake(
         }
         Err(e) => return Err(e.into()),
     };
-    let mut seq = frame.last_seq.wrapping_add(1);
+    let seq = frame.last_seq.wrapping_add(1);
     let payload = frame.payload();
     let hello = match ClientHello::parse(&payload) {
         Ok(h) => h,
@@ -108,17 +110,57 @@ pub async fn handshake(
         )
         .await);
     }
-    let user = shared.config.user(&hello.user).cloned();
-    let mut plugin = hello
-        .auth_plugin
-        .clone()
-        .unwrap_or_else(|| auth::NATIVE.into());
-    let mut response = hello.auth_response.clone();
+    let (user, seq) = authenticate(
+        io,
+        shared,
+        &nonce,
+        Credentials {
+            user: &hello.user,
+            plugin: hello.auth_plugin.as_deref(),
+            response: hello.auth_response.clone(),
+            seq,
+        },
+        peer_ip,
+    )
+    .await?;
+    Ok(Authenticated {
+        user,
+        caps: hello.caps & cap::SERVER_OFFER,
+        charset: hello.charset,
+        db: hello.database,
+        nonce,
+        ok_seq: seq,
+    })
+}
+
+/// What a client offered to prove who it is (at login or in COM_CHANGE_USER).
+pub struct Credentials<'a> {
+    pub user: &'a str,
+    pub plugin: Option<&'a str>,
+    pub response: Vec<u8>,
+    /// Sequence id of the proxy's next packet.
+    pub seq: u8,
+}
+
+/// Checks credentials against the configured users, switching the client to
+/// mysql_native_password first if it used a plugin the proxy does not verify, and sends the
+/// caching_sha2 fast-auth marker when that plugin was used. Returns the user and the sequence
+/// id of the OK that ends the exchange; on failure the client has been sent ERR 1045.
+pub async fn authenticate(
+    io: &mut PacketStream,
+    shared: &Shared,
+    nonce: &[u8],
+    c: Credentials<'_>,
+    peer_ip: &str,
+) -> Result<(User, u8), HandshakeError> {
+    let mut seq = c.seq;
+    let mut out = BytesMut::with_capacity(64);
+    let mut plugin = c.plugin.unwrap_or(auth::NATIVE).to_string();
+    let mut response = c.response;
     if plugin != auth::NATIVE && plugin != auth::CACHING_SHA2 {
         // Ask the client to answer with a plugin the proxy verifies.
-        out.clear();
-        body.clear();
-        put_auth_switch(&mut body, auth::NATIVE, &nonce);
+        let mut body = BytesMut::with_capacity(64);
+        put_auth_switch(&mut body, auth::NATIVE, nonce);
         put_packet(&mut out, seq, &body);
         io.write_all(&out).await.map_err(PacketError::from)?;
         let f = io.read_frame(4096).await?.ok_or(HandshakeError::Closed)?;
@@ -126,37 +168,26 @@ pub async fn handshake(
         response = f.payload().to_vec();
         plugin = auth::NATIVE.into();
     }
+    let user = shared.config.user(c.user).cloned();
     let ok = user
         .as_ref()
-        .is_some_and(|u| auth::verify(&plugin, &nonce, &u.password, &response));
+        .is_some_and(|u| auth::verify(&plugin, nonce, &u.password, &response));
     let Some(user) = user.filter(|_| ok) else {
         let msg = format!(
             "Access denied for user '{}'@'{}' (using password: {})",
-            hello.user,
+            c.user,
             peer_ip,
             if response.is_empty() { "NO" } else { "YES" }
         );
-        return Err(refuse(
-            io,
-            seq,
-            errcode::ACCESS_DENIED,
-            &msg,
-            HandshakeError::Denied(hello.user),
-        )
-        .await);
+        let e = HandshakeError::Denied(c.user.to_string());
+        return Err(refuse(io, seq, errcode::ACCESS_DENIED, &msg, e).await);
     };
     if plugin == auth::CACHING_SHA2 {
         out.clear();
         seq = put_packet(&mut out, seq, &[0x01, 0x03]); // fast auth success
         io.write_all(&out).await.map_err(PacketError::from)?;
     }
-    Ok(Authenticated {
-        user,
-        caps: hello.caps & cap::SERVER_OFFER,
-        charset: hello.charset,
-        db: hello.database,
-        ok_seq: seq,
-    })
+    Ok((user, seq))
 }
 
 /// Sends an ERR packet and returns `e` for the caller to end the connection with.

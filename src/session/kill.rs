@@ -30,7 +30,7 @@ impl Session {
             self.send_err((1094, "HY000"), &msg, reply_seq).await;
             return Ok(());
         };
-        if target.user != self.user.name {
+        if target.user() != self.user.name {
             let msg = format!("You are not owner of thread {id}");
             self.send_err((1095, "HY000"), &msg, reply_seq).await;
             return Ok(());

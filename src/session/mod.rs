@@ -1,6 +1,7 @@
 //! One client connection: authentication, the state the proxy tracks for it, and the
 //! command loop that hands each command to the planner and executor.
 
+mod change_user;
 mod database;
 mod handshake;
 mod kill;
@@ -40,6 +41,8 @@ pub enum SessionError {
     Packet(#[from] PacketError),
     #[error("{0}")]
     Forward(#[from] ForwardError),
+    #[error("COM_CHANGE_USER named a database that does not exist")]
+    ChangeUserDatabase,
 }
 
 pub struct Session {
@@ -53,6 +56,9 @@ pub struct Session {
     stmts: Statements,
     out: BytesMut,
     registration: Registration,
+    /// The greeting's nonce and the client's address, for COM_CHANGE_USER.
+    nonce: [u8; 20],
+    peer_ip: String,
     /// The server connection last recorded in the registry (for KILL from other sessions).
     recorded_backend: Option<(Arc<str>, u32)>,
 }
@@ -96,6 +102,8 @@ pub async fn run(
         stmts: Statements::default(),
         out: BytesMut::new(),
         registration,
+        nonce: auth.nonce,
+        peer_ip,
         recorded_backend: None,
     };
     if !s.check_login_database(auth.ok_seq).await {
@@ -200,11 +208,7 @@ impl Session {
                     self.execute(plan, &frame, Some(Expect::Single), 0).await?;
                 }
             }
-            com::CHANGE_USER => {
-                let msg = "COM_CHANGE_USER is not supported by shardgate yet: reconnect instead";
-                self.send_err(errcode::NOT_SUPPORTED, msg, frame.last_seq.wrapping_add(1))
-                    .await;
-            }
+            com::CHANGE_USER => self.change_user(&frame).await?,
             com::PROCESS_KILL => {
                 let Some(id) = id_after_command(&frame) else {
                     let msg = "Malformed communication packet";

@@ -17,7 +17,8 @@ pub const FIRST_ID: u32 = 1 << 30;
 
 /// What other sessions may learn about a session.
 pub struct SessionInfo {
-    pub user: String,
+    /// Changes with COM_CHANGE_USER.
+    user: Mutex<String>,
     /// The server connection the session last ran a statement on, and its server-side id.
     backend: Mutex<Option<(Route, u32)>>,
     /// Notified by `KILL CONNECTION`: the session closes.
@@ -25,6 +26,14 @@ pub struct SessionInfo {
 }
 
 impl SessionInfo {
+    pub fn user(&self) -> String {
+        self.user.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_user(&self, name: &str) {
+        *self.user.lock().unwrap_or_else(|e| e.into_inner()) = name.to_string();
+    }
+
     pub fn backend(&self) -> Option<(Route, u32)> {
         self.backend
             .lock()
@@ -53,11 +62,12 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.registry
+        let mut sessions = self
+            .registry
             .sessions
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.id);
+            .unwrap_or_else(|e| e.into_inner());
+        sessions.remove(&self.id);
     }
 }
 
@@ -71,7 +81,7 @@ impl Registry {
 
     pub fn register(self: &Arc<Self>, id: u32, user: &str) -> Registration {
         let info = Arc::new(SessionInfo {
-            user: user.to_string(),
+            user: Mutex::new(user.to_string()),
             backend: Mutex::new(None),
             killed: Notify::new(),
         });
