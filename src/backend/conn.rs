@@ -156,7 +156,7 @@ impl BackendConn {
             attrs: Vec::new(),
         }
         .encode(&mut body);
-        let mut seq = put_packet(&mut out, hello.last_seq.wrapping_add(1), &body);
+        put_packet(&mut out, hello.last_seq.wrapping_add(1), &body);
         io.write_all(&out).await.map_err(|e| pkt(e.into()))?;
         // OK, ERR, or an auth switch / extra round of the plugin.
         loop {
@@ -177,7 +177,7 @@ impl BackendConn {
                         })?;
                     let resp = scramble(addr, &plugin, &nonce, p.password)?;
                     out.clear();
-                    seq = put_packet(&mut out, f.last_seq.wrapping_add(1), &resp);
+                    put_packet(&mut out, f.last_seq.wrapping_add(1), &resp);
                     io.write_all(&out).await.map_err(|e| pkt(e.into()))?;
                 }
                 // caching_sha2 "fast auth success" (0x01 0x03): the OK follows.
@@ -190,7 +190,6 @@ impl BackendConn {
                 }
             }
         }
-        let _ = seq;
         Ok(BackendConn {
             io,
             addr: addr.into(),

@@ -144,7 +144,8 @@ impl Session {
             match frame.first_byte() {
                 Some(com::QUIT) => return Ok(()),
                 None => {
-                    self.send_err(errcode::UNKNOWN_COM, "Unknown command", 1)
+                    let seq = frame.last_seq.wrapping_add(1);
+                    self.send_err(errcode::UNKNOWN_COM, "Unknown command", seq)
                         .await;
                 }
                 Some(cmd) => self.command(cmd, frame).await?,
@@ -203,7 +204,7 @@ impl Session {
                     self.pinned.release_others(&r.addr);
                 }
                 if self.pinned.is_empty() {
-                    self.send_ok(1).await;
+                    self.send_ok(frame.last_seq.wrapping_add(1)).await;
                 } else {
                     self.execute(plan, &frame, Some(Expect::Single), 0).await?;
                 }
