@@ -125,8 +125,8 @@ impl ServerPool {
     /// only gets a connection that has none; others prefer one already on their database.
     fn take_idle(&self, user: &str, key: ConnKey, db: Option<&str>) -> Option<Idle> {
         let own = current_worker() % self.idle.len();
-        let order = (0..self.idle.len()).map(|i| (own + i) % self.idle.len());
-        order.into_iter().find_map(|w| {
+        let mut order = (0..self.idle.len()).map(|i| (own + i) % self.idle.len());
+        order.find_map(|w| {
             let mut idle = self.idle[w].lock().unwrap_or_else(|e| e.into_inner());
             idle.retain(|i| i.conn.last_used.elapsed() < IDLE_MAX_AGE);
             let fits = |i: &Idle| i.conn.key == key && i.conn.user == user;

@@ -30,8 +30,13 @@ pub struct Pinned {
 }
 
 impl Pinned {
+    fn position(&self, addr: &str) -> Option<usize> {
+        self.conns.iter().position(|c| &*c.addr == addr)
+    }
+
     pub fn find(&mut self, addr: &str) -> Option<&mut Pooled> {
-        self.conns.iter_mut().find(|c| &*c.addr == addr)
+        let i = self.position(addr)?;
+        Some(&mut self.conns[i])
     }
 
     pub fn is_empty(&self) -> bool {
@@ -40,7 +45,7 @@ impl Pinned {
 
     /// Closes the connection to `addr` (after an error on it) instead of pooling it.
     pub fn discard(&mut self, addr: &str) {
-        if let Some(i) = self.conns.iter().position(|c| &*c.addr == addr) {
+        if let Some(i) = self.position(addr) {
             self.conns.swap_remove(i).discard();
         }
     }
@@ -67,7 +72,7 @@ pub async fn connection<'p>(
     route: &Route,
     who: &Identity<'_>,
 ) -> Result<&'p mut Pooled, ExecError> {
-    let idx = match pinned.conns.iter().position(|c| c.addr == route.addr) {
+    let idx = match pinned.position(&route.addr) {
         Some(i) => i,
         None => {
             let conn = pools

@@ -71,45 +71,24 @@ pub async fn handshake(
         Ok(None) => return Err(HandshakeError::Closed),
         Err(PacketError::TooLarge { len, seq, .. }) => {
             let msg = format!("Bad handshake: a {len}-byte login packet is not a MySQL handshake");
-            let e = HandshakeError::Bad(msg.clone());
-            return Err(refuse(io, seq.wrapping_add(1), errcode::HANDSHAKE, &msg, e).await);
+            return Err(bad_handshake(io, seq.wrapping_add(1), msg).await);
         }
         Err(e) => return Err(e.into()),
     };
     let seq = frame.last_seq.wrapping_add(1);
     let payload = frame.payload();
+    // An SSL request (or a full response asking for TLS): the proxy offered no TLS.
+    let wants_tls = payload
+        .get(..4)
+        .is_some_and(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & cap::SSL != 0);
+    if wants_tls {
+        let msg = "Bad handshake: TLS is not supported by shardgate yet".to_string();
+        return Err(bad_handshake(io, seq, msg).await);
+    }
     let hello = match ClientHello::parse(&payload) {
         Ok(h) => h,
-        Err(e) => {
-            let caps_ssl = payload.len() >= 4
-                && u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]) & cap::SSL
-                    != 0;
-            let msg = if caps_ssl {
-                "Bad handshake: TLS is not supported by shardgate yet".to_string()
-            } else {
-                format!("Bad handshake: {e}")
-            };
-            return Err(refuse(
-                io,
-                seq,
-                errcode::HANDSHAKE,
-                &msg,
-                HandshakeError::Bad(msg.clone()),
-            )
-            .await);
-        }
+        Err(e) => return Err(bad_handshake(io, seq, format!("Bad handshake: {e}")).await),
     };
-    if hello.caps & cap::SSL != 0 {
-        let msg = "Bad handshake: TLS is not supported by shardgate yet".to_string();
-        return Err(refuse(
-            io,
-            seq,
-            errcode::HANDSHAKE,
-            &msg,
-            HandshakeError::Bad(msg.clone()),
-        )
-        .await);
-    }
     let (user, seq) = authenticate(
         io,
         shared,
@@ -188,6 +167,18 @@ pub async fn authenticate(
         io.write_all(&out).await.map_err(PacketError::from)?;
     }
     Ok((user, seq))
+}
+
+/// Sends ERR 1043 with `msg` and returns the error that ends the connection.
+async fn bad_handshake(io: &mut PacketStream, seq: u8, msg: String) -> HandshakeError {
+    refuse(
+        io,
+        seq,
+        errcode::HANDSHAKE,
+        &msg,
+        HandshakeError::Bad(msg.clone()),
+    )
+    .await
 }
 
 /// Sends an ERR packet and returns `e` for the caller to end the connection with.
