@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::backend::health::{spawn_monitor, Health, MonitorHandle};
 use crate::backend::{pool, Pools};
 use crate::config::Config;
 use crate::planner::Planner;
@@ -28,17 +29,24 @@ pub struct Shared {
     pub planner: Planner,
     pub pools: Pools,
     pub sessions: Arc<Registry>,
+    /// Live state of every server, kept by the monitor.
+    pub health: Arc<Health>,
     clients: AtomicUsize,
 }
 
 impl Shared {
     pub fn new(config: Config) -> Self {
         let workers = worker_count(&config);
+        let map = config.shard_map();
+        let health = Health::new(&map);
+        let split = config.routing.read_write_split;
+        let planner = Planner::new(map, &health, split, |ks| config.max_replica_lag(ks));
         Shared {
-            planner: Planner::new(config.shard_map()),
+            planner,
             pools: Pools::new(config.pool.clone(), workers),
             config,
             sessions: Arc::new(Registry::default()),
+            health,
             clients: AtomicUsize::new(0),
         }
     }
@@ -58,6 +66,7 @@ pub struct Proxy {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     workers: Vec<std::thread::JoinHandle<()>>,
+    monitor: MonitorHandle,
 }
 
 impl Proxy {
@@ -88,11 +97,13 @@ impl Proxy {
                 .spawn(move || worker(i, listener, shared, stopped))?;
             workers.push(handle);
         }
+        let monitor = spawn_monitor(shared.health.clone(), shared.config.monitor.clone());
         Ok(Proxy {
             addr,
             shared,
             stop,
             workers,
+            monitor,
         })
     }
 
@@ -102,6 +113,7 @@ impl Proxy {
 
     /// Stops accepting, ends every worker (and the sessions on it) and waits for them.
     pub fn shutdown(self) {
+        drop(self.monitor);
         let _ = self.stop.send(true);
         for w in self.workers {
             let _ = w.join();

@@ -1,11 +1,14 @@
 //! One connection from the proxy to a MariaDB server, opened with the client's framing
 //! capabilities and charset so that the server's packets can be forwarded untouched.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use tokio::net::TcpStream;
 
+use super::prepared::StmtCache;
+use super::vars::{Sync, VarSet};
 use crate::protocol::auth;
 use crate::protocol::consts::{cap, com};
 use crate::protocol::handshake::{parse_auth_switch, ClientHello, ServerHello};
@@ -91,6 +94,13 @@ pub struct BackendConn {
     pub last_used: Instant,
     /// The proxy worker whose event loop this connection's socket is registered with.
     pub worker: usize,
+    /// Session variables this connection carries (`None`: as the server started it).
+    pub vars: Option<Arc<VarSet>>,
+    /// Statements prepared on this connection, shared by every session that uses it.
+    pub stmts: StmtCache,
+    /// Holds state no session record describes (a transaction, a temporary table, a lock):
+    /// reset before anyone else may use it.
+    pub dirty: bool,
 }
 
 impl BackendConn {
@@ -201,6 +211,9 @@ impl BackendConn {
             in_flight: false,
             last_used: Instant::now(),
             worker: 0,
+            vars: None,
+            stmts: StmtCache::default(),
+            dirty: false,
         })
     }
 
@@ -244,6 +257,121 @@ impl BackendConn {
         })
     }
 
+    /// COM_RESET_CONNECTION: back to a fresh session (the database stays selected).
+    pub async fn reset(&mut self) -> Result<Result<(), ErrInfo>, BackendError> {
+        let r = self.simple_command(com::RESET_CONNECTION, &[]).await?;
+        self.vars = None;
+        self.stmts.clear();
+        self.dirty = false;
+        Ok(r.map(|_| ()))
+    }
+
+    /// Makes this connection carry `vars` (a session's variables) before the session uses it.
+    pub async fn sync_vars(
+        &mut self,
+        vars: &Arc<VarSet>,
+    ) -> Result<Result<(), ErrInfo>, BackendError> {
+        if let Some(have) = &self.vars {
+            if Arc::ptr_eq(have, vars) {
+                return Ok(Ok(()));
+            }
+        }
+        let sql = match vars.sync_from(self.vars.as_deref()) {
+            Sync::Nothing => None,
+            Sync::Set(sql) => Some(sql),
+            Sync::Reset(sql) => {
+                if let Err(e) = self.reset().await? {
+                    return Ok(Err(e));
+                }
+                sql
+            }
+        };
+        if let Some(sql) = sql {
+            if let Err(e) = self.simple_command(com::QUERY, sql.as_bytes()).await? {
+                return Ok(Err(e));
+            }
+        }
+        self.vars = (!vars.is_empty()).then(|| vars.clone());
+        Ok(Ok(()))
+    }
+
+    /// Runs a proxy-issued query and returns the first column of its first row (`Ok(None)`
+    /// for SQL NULL or no row). For the proxy's own bookkeeping queries only.
+    pub async fn query_value(
+        &mut self,
+        sql: &str,
+    ) -> Result<Result<Option<String>, ErrInfo>, BackendError> {
+        let mut out = BytesMut::with_capacity(5 + sql.len());
+        let mut body = BytesMut::with_capacity(1 + sql.len());
+        body.put_u8(com::QUERY);
+        body.put_slice(sql.as_bytes());
+        put_packet(&mut out, 0, &body);
+        let addr = self.addr.to_string();
+        let perr = |source| BackendError::Packet {
+            addr: addr.clone(),
+            source,
+        };
+        self.in_flight = true;
+        self.io.write_all(&out).await.map_err(|e| perr(e.into()))?;
+        let deprecate_eof = self.key.framing & cap::DEPRECATE_EOF != 0;
+        let mut value = None;
+        let mut columns_left: Option<u64> = None;
+        let mut rows = false;
+        let mut first_row = true;
+        loop {
+            let f = self
+                .io
+                .read_frame(1 << 24)
+                .await
+                .map_err(perr)?
+                .ok_or(BackendError::Closed { addr: addr.clone() })?;
+            let p = f.payload();
+            let is_end = p.first() == Some(&0xFE) && p.len() < 0xFF_FFFF;
+            match columns_left {
+                None => match p.first() {
+                    Some(0xFF) => {
+                        self.in_flight = false;
+                        return match parse_err(&p) {
+                            Ok(e) => Ok(Err(e)),
+                            Err(_) => Err(BackendError::Malformed {
+                                addr,
+                                what: "error packet",
+                            }),
+                        };
+                    }
+                    Some(0x00) => break,
+                    _ => {
+                        let mut r = crate::protocol::wire::Reader::new(&p);
+                        columns_left = Some(r.lenenc().ok().flatten().unwrap_or(0));
+                    }
+                },
+                Some(0) if !rows => {
+                    rows = true;
+                    if deprecate_eof {
+                        // No EOF after the definitions: this is already a row or the end.
+                        if is_end {
+                            break;
+                        }
+                        value = first_value(&p);
+                        first_row = false;
+                    }
+                }
+                Some(0) => {
+                    if is_end || p.first() == Some(&0xFF) {
+                        break;
+                    }
+                    if first_row {
+                        value = first_value(&p);
+                        first_row = false;
+                    }
+                }
+                Some(n) => columns_left = Some(n - 1),
+            }
+        }
+        self.in_flight = false;
+        Ok(Ok(value))
+    }
+
     /// Selects `db` on this connection if it has not already.
     pub async fn ensure_db(
         &mut self,
@@ -261,6 +389,16 @@ impl BackendConn {
             Err(e) => Ok(Err(e)),
         }
     }
+}
+
+/// The first column of a text-protocol row.
+fn first_value(row: &[u8]) -> Option<String> {
+    if row.first() == Some(&0xFB) {
+        return None;
+    }
+    let mut r = crate::protocol::wire::Reader::new(row);
+    let bytes = r.lenenc_bytes().ok()?;
+    Some(String::from_utf8_lossy(bytes).into_owned())
 }
 
 fn server_err(addr: &str, payload: &[u8]) -> BackendError {

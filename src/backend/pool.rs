@@ -1,9 +1,11 @@
 //! Bounded connection pools, one per backend server.
 //!
 //! A permit of the server's semaphore is held by every open connection, idle or busy, so a
-//! server never sees more than `max_connections` from this proxy. A connection returned
-//! clean is reset (COM_RESET_CONNECTION: rolls back, drops temporary tables and session
-//! state) before another client may have it; one returned mid-response is closed.
+//! server never sees more than `max_connections` from this proxy. Sessions give connections
+//! back between statements (multiplexing): a connection that carries only session variables
+//! goes straight back to the idle list (the next session makes it carry its own, see
+//! `vars`); one marked dirty (a transaction, temporary tables, locks) is reset first
+//! (COM_RESET_CONNECTION); one returned mid-response is closed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,7 +15,6 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::conn::{BackendConn, BackendError, ConnKey, ConnectParams};
 use crate::config::PoolSection;
-use crate::protocol::consts::com;
 
 thread_local! {
     static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
@@ -84,9 +85,13 @@ impl Drop for Pooled {
         if conn.in_flight {
             return; // mid-response: unusable, closing it frees the permit
         }
+        if !conn.dirty {
+            self.pool.put_idle(conn, permit);
+            return;
+        }
         let pool = self.pool.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move { pool.give_back(conn, permit).await });
+            rt.spawn(async move { pool.reset_then_idle(conn, permit).await });
         }
     }
 }
@@ -104,11 +109,13 @@ impl ServerPool {
         }
     }
 
-    async fn give_back(self: Arc<Self>, mut conn: BackendConn, permit: OwnedSemaphorePermit) {
-        match conn.simple_command(com::RESET_CONNECTION, &[]).await {
-            Ok(Ok(_)) => {}
-            _ => return,
+    async fn reset_then_idle(self: Arc<Self>, mut conn: BackendConn, permit: OwnedSemaphorePermit) {
+        if let Ok(Ok(())) = conn.reset().await {
+            self.put_idle(conn, permit);
         }
+    }
+
+    fn put_idle(&self, mut conn: BackendConn, permit: OwnedSemaphorePermit) {
         conn.last_used = Instant::now();
         let list = &self.idle[conn.worker.min(self.idle.len() - 1)];
         let mut idle = list.lock().unwrap_or_else(|e| e.into_inner());
@@ -122,17 +129,21 @@ impl ServerPool {
     /// Takes an idle connection opened for `user` and `key`, dropping stale ones on the way.
     ///
     /// A database cannot be unselected on a MariaDB connection, so a client that selected none
-    /// only gets a connection that has none; others prefer one already on their database.
-    fn take_idle(&self, user: &str, key: ConnKey, db: Option<&str>) -> Option<Idle> {
+    /// only gets a connection that has none; others prefer one already on their database and
+    /// carrying their variables (`sig`), which then needs no round trip to fit.
+    fn take_idle(&self, user: &str, key: ConnKey, db: Option<&str>, sig: u64) -> Option<Idle> {
         let own = current_worker() % self.idle.len();
         let mut order = (0..self.idle.len()).map(|i| (own + i) % self.idle.len());
         order.find_map(|w| {
             let mut idle = self.idle[w].lock().unwrap_or_else(|e| e.into_inner());
             idle.retain(|i| i.conn.last_used.elapsed() < IDLE_MAX_AGE);
             let fits = |i: &Idle| i.conn.key == key && i.conn.user == user;
+            let same_db = |i: &Idle| fits(i) && i.conn.db.as_deref() == db;
+            let sig_of = |i: &Idle| i.conn.vars.as_ref().map_or(0, |v| v.sig());
             let pos = idle
                 .iter()
-                .rposition(|i| fits(i) && i.conn.db.as_deref() == db)
+                .rposition(|i| same_db(i) && sig_of(i) == sig)
+                .or_else(|| idle.iter().rposition(same_db))
                 .or_else(|| db.and_then(|_| idle.iter().rposition(fits)))?;
             Some(idle.swap_remove(pos))
         })
@@ -156,6 +167,7 @@ impl ServerPool {
         password: &str,
         key: ConnKey,
         db: Option<&str>,
+        sig: u64,
     ) -> Result<Pooled, BackendError> {
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(self.settings.wait_timeout_ms);
@@ -164,7 +176,7 @@ impl ServerPool {
             let returned = self.returned.notified();
             tokio::pin!(returned);
             returned.as_mut().enable();
-            if let Some(Idle { conn, permit }) = self.take_idle(user, key, db) {
+            if let Some(Idle { conn, permit }) = self.take_idle(user, key, db, sig) {
                 return Ok(Pooled {
                     conn: Some(conn),
                     permit: Some(permit),
@@ -236,7 +248,8 @@ impl Pools {
             .clone()
     }
 
-    /// A connection to `addr` for `user`, with the client's framing and charset, `db` selected.
+    /// A connection to `addr` for `user`, with the client's framing and charset, preferably
+    /// with `db` selected and carrying variables whose signature is `sig`.
     pub async fn get(
         &self,
         addr: &str,
@@ -244,7 +257,8 @@ impl Pools {
         password: &str,
         key: ConnKey,
         db: Option<&str>,
+        sig: u64,
     ) -> Result<Pooled, BackendError> {
-        self.server(addr).get(user, password, key, db).await
+        self.server(addr).get(user, password, key, db, sig).await
     }
 }

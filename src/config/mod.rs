@@ -137,6 +137,119 @@ impl Default for PoolSection {
     }
 }
 
+fn default_true() -> bool {
+    true
+}
+fn default_gtid_wait_timeout_ms() -> u64 {
+    100
+}
+fn default_max_replica_lag() -> f64 {
+    10.0
+}
+
+/// What a read may see when it goes to a replica.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Consistency {
+    /// Any replica within the keyspace's lag limit.
+    #[default]
+    Eventual,
+    /// A session's reads see its own earlier writes: the replica must have applied the
+    /// session's last write (GTID), else the read goes to the primary.
+    ReadYourWrites,
+}
+
+/// How statements are spread over a shard's primary and replicas.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingSection {
+    /// False: every statement goes to the primary.
+    #[serde(default = "default_true")]
+    pub read_write_split: bool,
+    #[serde(default)]
+    pub consistency: Consistency,
+    /// read_your_writes: how long a replica may take to apply the session's last write before
+    /// the read goes to the primary instead.
+    #[serde(default = "default_gtid_wait_timeout_ms")]
+    pub gtid_wait_timeout_ms: u64,
+    /// Seconds a replica may be behind its primary and still serve reads; keyspaces may set
+    /// their own.
+    #[serde(default = "default_max_replica_lag")]
+    pub max_replica_lag: f64,
+}
+
+impl Default for RoutingSection {
+    fn default() -> Self {
+        RoutingSection {
+            read_write_split: true,
+            consistency: Consistency::Eventual,
+            gtid_wait_timeout_ms: default_gtid_wait_timeout_ms(),
+            max_replica_lag: default_max_replica_lag(),
+        }
+    }
+}
+
+impl RoutingSection {
+    pub fn gtid_wait_timeout(&self) -> Duration {
+        Duration::from_millis(self.gtid_wait_timeout_ms)
+    }
+}
+
+fn default_monitor_user() -> String {
+    "root".into()
+}
+fn default_monitor_interval_ms() -> u64 {
+    500
+}
+fn default_monitor_connect_timeout_ms() -> u64 {
+    1_000
+}
+
+/// The account and timing of the server checks (up/down, replication, lag). On MariaDB 10.5.9
+/// and later the account needs the SLAVE MONITOR privilege to run SHOW SLAVE STATUS.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorSection {
+    #[serde(default = "default_monitor_user")]
+    pub user: String,
+    #[serde(default)]
+    pub password: String,
+    /// Check period; a check that takes longer counts as failed.
+    #[serde(default = "default_monitor_interval_ms")]
+    pub interval_ms: u64,
+    #[serde(default = "default_monitor_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for MonitorSection {
+    fn default() -> Self {
+        MonitorSection {
+            user: default_monitor_user(),
+            password: String::new(),
+            interval_ms: default_monitor_interval_ms(),
+            connect_timeout_ms: default_monitor_connect_timeout_ms(),
+        }
+    }
+}
+
+impl MonitorSection {
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+/// Checks a lag limit in seconds: finite, positive and representable as a `Duration`.
+pub(crate) fn check_lag_secs(secs: f64) -> Result<Duration, String> {
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) if secs > 0.0 => Ok(d),
+        _ => Err(format!("{secs} is not a positive number of seconds")),
+    }
+}
+
 /// A client account. The proxy authenticates clients itself and connects to the backends with
 /// the same name and password, as ProxySQL does, so one DSN works direct and proxied.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -157,6 +270,10 @@ pub struct Config {
     pub proxy: ProxySection,
     #[serde(default)]
     pub pool: PoolSection,
+    #[serde(default)]
+    pub routing: RoutingSection,
+    #[serde(default)]
+    pub monitor: MonitorSection,
     #[serde(default)]
     pub users: Vec<User>,
     /// A shard map file, relative to this file; alternative to inline `[keyspace.*]` tables.
@@ -224,6 +341,24 @@ impl Config {
         if self.pool.max_connections == 0 {
             return Err(invalid("pool.max_connections", "must be at least 1".into()));
         }
+        check_lag_secs(self.routing.max_replica_lag)
+            .map_err(|m| invalid("routing.max_replica_lag", m))?;
+        if self.monitor.user.is_empty() {
+            return Err(invalid("monitor.user", "must not be empty".into()));
+        }
+        // Faster than every 10 ms would load the servers for no useful gain in reaction time.
+        if self.monitor.interval_ms < 10 {
+            return Err(invalid(
+                "monitor.interval_ms",
+                "must be at least 10 milliseconds".into(),
+            ));
+        }
+        if self.monitor.connect_timeout_ms == 0 {
+            return Err(invalid(
+                "monitor.connect_timeout_ms",
+                "must be at least 1 millisecond".into(),
+            ));
+        }
         if self.users.is_empty() {
             return Err(invalid(
                 "users",
@@ -259,6 +394,19 @@ impl Config {
 
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.proxy.handshake_timeout_ms)
+    }
+
+    /// How far behind its primary a replica of `keyspace` may be and still serve its reads: the
+    /// keyspace's own `max_replica_lag`, else `[routing] max_replica_lag`.
+    pub fn max_replica_lag(&self, keyspace: &str) -> Duration {
+        let secs = self
+            .keyspace
+            .get(keyspace)
+            .and_then(|ks| ks.max_replica_lag)
+            .unwrap_or(self.routing.max_replica_lag);
+        // Validated at load; a config built in code with a bad value gets the default rather
+        // than a panic on the data path.
+        check_lag_secs(secs).unwrap_or(Duration::from_secs_f64(default_max_replica_lag()))
     }
 
     pub fn user(&self, name: &str) -> Option<&User> {
@@ -335,5 +483,78 @@ mod tests {
         .expect("write");
         let cfg = Config::load(&cfg_path).expect("valid");
         assert_eq!(cfg.keyspace["app"].shards[0].primary, "127.0.0.1:1");
+    }
+
+    #[test]
+    fn routing_and_monitor_defaults_and_overrides() {
+        let cfg = Config::from_toml(MINIMAL, Path::new("x.toml")).expect("valid");
+        assert_eq!(cfg.routing, RoutingSection::default());
+        assert!(cfg.routing.read_write_split);
+        assert_eq!(cfg.routing.consistency, Consistency::Eventual);
+        assert_eq!(cfg.routing.gtid_wait_timeout(), Duration::from_millis(100));
+        assert_eq!(cfg.monitor.user, "root");
+        assert_eq!(cfg.monitor.password, "");
+        assert_eq!(cfg.monitor.interval(), Duration::from_millis(500));
+        assert_eq!(cfg.monitor.connect_timeout(), Duration::from_millis(1000));
+        assert_eq!(cfg.max_replica_lag("app"), Duration::from_secs(10));
+
+        let text = format!(
+            "[routing]\nread_write_split = false\nconsistency = \"read_your_writes\"\n\
+             gtid_wait_timeout_ms = 250\nmax_replica_lag = 2.5\n\
+             [monitor]\nuser = \"mon\"\npassword = \"pw\"\ninterval_ms = 100\n\
+             connect_timeout_ms = 300\n{}",
+            MINIMAL.replace(
+                "sharding = \"unsharded\"",
+                "sharding = \"unsharded\"\nmax_replica_lag = 0.5"
+            )
+        );
+        let cfg = Config::from_toml(&text, Path::new("x.toml")).expect("valid");
+        assert!(!cfg.routing.read_write_split);
+        assert_eq!(cfg.routing.consistency, Consistency::ReadYourWrites);
+        assert_eq!(cfg.routing.gtid_wait_timeout_ms, 250);
+        assert_eq!(cfg.monitor.user, "mon");
+        assert_eq!(cfg.monitor.interval_ms, 100);
+        // The keyspace's own limit wins; an unknown keyspace gets the routing default.
+        assert_eq!(cfg.max_replica_lag("app"), Duration::from_millis(500));
+        assert_eq!(cfg.max_replica_lag("other"), Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn bad_routing_and_monitor_values_are_named() {
+        let err_of = |section: &str| {
+            Config::from_toml(&format!("{section}\n{MINIMAL}"), Path::new("x.toml"))
+                .unwrap_err()
+                .to_string()
+        };
+        for (section, key) in [
+            (
+                "[routing]\nmax_replica_lag = 0.0",
+                "key `routing.max_replica_lag`",
+            ),
+            (
+                "[routing]\nmax_replica_lag = -3.0",
+                "key `routing.max_replica_lag`",
+            ),
+            (
+                "[routing]\nmax_replica_lag = nan",
+                "key `routing.max_replica_lag`",
+            ),
+            ("[monitor]\ninterval_ms = 0", "key `monitor.interval_ms`"),
+            (
+                "[monitor]\nconnect_timeout_ms = 0",
+                "key `monitor.connect_timeout_ms`",
+            ),
+            ("[monitor]\nuser = \"\"", "key `monitor.user`"),
+        ] {
+            let err = err_of(section);
+            assert!(
+                err.starts_with("x.toml:") && err.contains(key),
+                "{section}: {err}"
+            );
+        }
+        let err = err_of("[routing]\nconsistency = \"strong\"");
+        assert!(err.contains("consistency"), "{err}");
+        let err = err_of("[monitor]\nintervall_ms = 5");
+        assert!(err.contains("intervall_ms"), "{err}");
     }
 }

@@ -1,11 +1,12 @@
-//! Runs plans: takes the session's connection to the planned server (pinning one from the
-//! pool on first use), selects the session's database on it, and streams the response.
+//! Runs commands on servers: takes the session's connection to the chosen server (from the
+//! pool unless the session holds one), makes it carry the session's database and variables,
+//! and streams the response.
 
 use std::sync::Arc;
 
 use crate::backend::forward::{forward, Forward, ForwardError};
 use crate::backend::{BackendError, ConnKey, Pooled, Pools};
-use crate::planner::Route;
+use crate::backend::vars::VarSet;
 use crate::protocol::packet::ErrInfo;
 use crate::protocol::response::Scanner;
 use crate::protocol::stream::PacketStream;
@@ -16,20 +17,49 @@ pub enum ExecError {
     /// No connection could be had: the client gets an error, the session goes on.
     #[error(transparent)]
     Connect(#[from] BackendError),
-    /// The server refused to select the session's database on a new connection.
+    /// The server refused to take the session's database or variables on a connection.
     #[error("{}", .0.message)]
     Database(ErrInfo),
     #[error(transparent)]
     Forward(#[from] ForwardError),
 }
 
-/// The backend connections one session holds, at most one per server.
+/// The backend connections one session holds, at most one per server. Between statements a
+/// multiplexed session holds none; see `session::hold`.
 #[derive(Default)]
 pub struct Pinned {
     conns: Vec<Pooled>,
 }
 
 impl Pinned {
+    /// Gives every connection back to its pool.
+    pub fn release_all(&mut self) {
+        self.conns.clear();
+    }
+
+    /// Gives back the connection to `addr`.
+    pub fn release(&mut self, addr: &str) {
+        if let Some(i) = self.position(addr) {
+            self.conns.swap_remove(i);
+        }
+    }
+
+    /// Marks every held connection as carrying state only a reset clears.
+    pub fn mark_dirty(&mut self) {
+        for c in &mut self.conns {
+            c.dirty = true;
+        }
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Pooled> {
+        self.conns.iter_mut()
+    }
+
+    /// The address of a held connection among `addrs`.
+    pub fn held_among<'a>(&self, mut addrs: impl Iterator<Item = &'a str>) -> Option<Arc<str>> {
+        addrs.find_map(|a| self.conns.iter().find(|c| &*c.addr == a).map(|c| c.addr.clone()))
+    }
+
     fn position(&self, addr: &str) -> Option<usize> {
         self.conns.iter().position(|c| &*c.addr == addr)
     }
@@ -49,11 +79,6 @@ impl Pinned {
             self.conns.swap_remove(i).discard();
         }
     }
-
-    /// Gives back every connection but the one to `addr`.
-    pub fn release_others(&mut self, addr: &str) {
-        self.conns.retain(|c| &*c.addr == addr);
-    }
 }
 
 /// Who the session is, as far as opening backend connections goes.
@@ -62,47 +87,72 @@ pub struct Identity<'a> {
     pub password: &'a str,
     pub key: ConnKey,
     pub db: Option<&'a str>,
+    /// Session variables every connection the session uses must carry.
+    pub vars: Option<&'a Arc<VarSet>>,
 }
 
-/// The session's connection to `route`'s server, opened or taken from the pool if needed,
-/// with the session's database selected.
+/// The session's connection to `addr`, taken from the pool (or opened) if it holds none,
+/// with the session's database selected and its variables set.
 pub async fn connection<'p>(
     pools: &Pools,
     pinned: &'p mut Pinned,
-    route: &Route,
+    addr: &str,
     who: &Identity<'_>,
 ) -> Result<&'p mut Pooled, ExecError> {
-    let idx = match pinned.position(&route.addr) {
+    let idx = match pinned.position(addr) {
         Some(i) => i,
         None => {
+            let sig = who.vars.map_or(0, |v| v.sig());
             let conn = pools
-                .get(&route.addr, who.user, who.password, who.key, who.db)
+                .get(addr, who.user, who.password, who.key, who.db, sig)
                 .await?;
             pinned.conns.push(conn);
             pinned.conns.len() - 1
         }
     };
-    match pinned.conns[idx].ensure_db(who.db).await {
+    let conn = &mut pinned.conns[idx];
+    let mut ready = conn.ensure_db(who.db).await;
+    if let (Ok(Ok(())), Some(vars)) = (&ready, who.vars) {
+        ready = conn.sync_vars(vars).await;
+    }
+    match ready {
         Ok(Ok(())) => Ok(&mut pinned.conns[idx]),
         Ok(Err(e)) => Err(ExecError::Database(e)),
         Err(e) => {
-            pinned.discard(&route.addr);
+            pinned.discard(addr);
             Err(e.into())
         }
     }
 }
 
-/// Runs one command on `route`'s server and streams its response to the client.
+/// Runs one command on `addr` and streams its response to the client.
 pub async fn run(
     pools: &Pools,
     pinned: &mut Pinned,
     client: &mut PacketStream,
-    route: &Route,
+    addr: &Arc<str>,
     who: &Identity<'_>,
     f: Forward<'_>,
 ) -> Result<Scanner, ExecError> {
-    let addr: Arc<str> = route.addr.clone();
-    let conn = connection(pools, pinned, route, who).await?;
+    connection(pools, pinned, addr, who).await?;
+    forward_on(pinned, addr, client, f).await
+}
+
+/// Forwards a command on the held connection to `addr` (see [`connection`]).
+pub async fn forward_on(
+    pinned: &mut Pinned,
+    addr: &Arc<str>,
+    client: &mut PacketStream,
+    f: Forward<'_>,
+) -> Result<Scanner, ExecError> {
+    let addr = addr.clone();
+    let Some(conn) = pinned.find(&addr) else {
+        return Err(ExecError::Forward(ForwardError::Backend {
+            addr: addr.to_string(),
+            msg: "no connection held".into(),
+            sent: false,
+        }));
+    };
     match forward(conn, client, f).await {
         Ok(sc) => Ok(sc),
         Err(e) => {

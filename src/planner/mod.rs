@@ -1,14 +1,20 @@
 //! Statement -> plan. The planner never does I/O; the executor runs what it returns.
 //!
-//! At this stage every keyspace is unsharded and every statement goes to its shard's primary.
-//! The read/write split, shard-key routing and the plan cache plug in here (issues 3 and 4).
+//! Every keyspace is unsharded at this stage: a statement goes to its keyspace's shard, whose
+//! primary and replicas the route names; which of them runs it follows from the statement's
+//! class (`classify`) and the session's state. Shard-key routing plugs in here (issue 4).
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
+use crate::backend::health::{Health, ServerHealth};
 use crate::protocol::consts::errcode;
 use crate::shardmap::{ShardMap, Sharding};
 
+pub mod classify;
+pub mod digest;
 pub mod lex;
 
 /// Where one statement runs.
@@ -16,8 +22,47 @@ pub mod lex;
 pub struct Route {
     pub keyspace: Arc<str>,
     pub shard: Arc<str>,
-    /// `host:port` of the server that runs it.
+    /// `host:port` of the shard's primary (or, for a command aimed at one server, that server).
     pub addr: Arc<str>,
+    pub replicas: Replicas,
+}
+
+/// A shard's replicas with their live health, and how far behind a read may be served.
+#[derive(Clone)]
+pub struct Replicas(pub Arc<ReplicaSet>);
+
+pub struct ReplicaSet {
+    pub servers: Vec<Arc<ServerHealth>>,
+    pub max_lag: Duration,
+    /// Reads are going to the primary for want of a usable replica (logged once per change).
+    pub on_primary: AtomicBool,
+}
+
+impl Replicas {
+    pub fn none() -> Self {
+        Replicas(Arc::new(ReplicaSet {
+            servers: Vec::new(),
+            max_lag: Duration::ZERO,
+            on_primary: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn addrs(&self) -> impl Iterator<Item = &str> {
+        self.0.servers.iter().map(|s| &**s.addr())
+    }
+}
+
+impl PartialEq for Replicas {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+impl Eq for Replicas {}
+
+impl std::fmt::Debug for Replicas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.addrs()).finish()
+    }
 }
 
 /// What to do with a statement.
@@ -44,19 +89,37 @@ pub struct Planner {
 }
 
 impl Planner {
-    pub fn new(map: ShardMap) -> Self {
+    /// `health` supplies the replicas' live state; `max_lag` a keyspace's lag limit. Without
+    /// `read_write_split` routes carry no replicas and everything runs on primaries.
+    pub fn new(
+        map: ShardMap,
+        health: &Health,
+        read_write_split: bool,
+        max_lag: impl Fn(&str) -> Duration,
+    ) -> Self {
         let routes = map
             .keyspace
             .iter()
             .filter(|(_, ks)| ks.sharding == Sharding::Unsharded)
             .filter_map(|(name, ks)| {
                 let shard = ks.shards.first()?;
+                let servers = shard
+                    .replicas
+                    .iter()
+                    .filter(|_| read_write_split)
+                    .filter_map(|r| health.get(&r.addr))
+                    .collect();
                 Some((
                     name.clone(),
                     Route {
                         keyspace: name.as_str().into(),
                         shard: shard.name.as_str().into(),
                         addr: shard.primary.as_str().into(),
+                        replicas: Replicas(Arc::new(ReplicaSet {
+                            servers,
+                            max_lag: max_lag(name),
+                            on_primary: AtomicBool::new(false),
+                        })),
                     },
                 ))
             })
@@ -129,7 +192,8 @@ mod tests {
             "#,
         )
         .expect("map");
-        Planner::new(map)
+        let health = Health::new(&map);
+        Planner::new(map, &health, true, |_| Duration::from_secs(1))
     }
 
     fn addr(p: Plan) -> String {

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{io, SandboxError};
 use super::{process, server};
-use crate::config::{Config, User};
-use crate::shardmap::{Keyspace, Shard, ShardMap, Sharding};
+use crate::config::{Config, MonitorSection, User};
+use crate::shardmap::{Keyspace, Replica, Shard, ShardMap, Sharding};
 
 /// The keyspace (and database) the sandbox creates.
 pub const KEYSPACE: &str = "app";
@@ -120,13 +120,18 @@ impl Cluster {
         let shard = Shard {
             name: first.clone(),
             primary: self.primary(&first).map(|s| s.addr()).unwrap_or_default(),
-            replicas: self.replicas(&first).iter().map(|s| s.addr()).collect(),
+            replicas: self
+                .replicas(&first)
+                .iter()
+                .map(|s| Replica::new(s.addr()))
+                .collect(),
         };
         let keyspace = Keyspace {
             sharding: Sharding::Unsharded,
             vnodes: 256,
             sequence_keyspace: None,
             tables: Default::default(),
+            max_replica_lag: None,
             shards: vec![shard],
         };
         ShardMap {
@@ -134,9 +139,16 @@ impl Cluster {
         }
     }
 
-    /// A proxy config for this cluster: one user (the sandbox's), the shard map inline.
+    /// A proxy config for this cluster: one user (the sandbox's), the shard map inline, and the
+    /// monitor checking servers as root, which the sandbox lets in from 127.0.0.1 without a
+    /// password (see template.rs).
     pub fn proxy_config(&self, listen: String, admin_listen: String) -> Config {
         let mut cfg = Config {
+            monitor: MonitorSection {
+                user: "root".into(),
+                password: String::new(),
+                ..Default::default()
+            },
             users: vec![User {
                 name: self.user.clone(),
                 password: self.password.clone(),
@@ -230,6 +242,8 @@ fn default_config() -> Config {
     Config {
         proxy: Default::default(),
         pool: Default::default(),
+        routing: Default::default(),
+        monitor: Default::default(),
         users: Vec::new(),
         shard_map: None,
         keyspace: Default::default(),
@@ -314,7 +328,7 @@ mod tests {
         assert_eq!(ks.shards.len(), 1);
         assert_eq!(ks.shards[0].name, "s0");
         assert_eq!(ks.shards[0].primary, "127.0.0.1:4001");
-        assert_eq!(ks.shards[0].replicas, vec!["127.0.0.1:4002"]);
+        assert_eq!(ks.shards[0].replicas, vec![Replica::new("127.0.0.1:4002")]);
         map.validate("test").expect("valid shard map");
     }
 
@@ -336,6 +350,15 @@ mod tests {
         let loaded = Config::load(&config_toml(dir.path())).expect("config validates");
         assert_eq!(loaded, cfg);
         assert_eq!(loaded.proxy.listen, "127.0.0.1:7001");
+        assert_eq!(
+            (
+                loaded.monitor.user.as_str(),
+                loaded.monitor.password.as_str()
+            ),
+            ("root", "")
+        );
+        assert!(text.contains("[monitor]"), "{text}");
+        assert!(text.contains("replicas = [\"127.0.0.1:"), "{text}");
         assert_eq!(
             loaded
                 .user("app")

@@ -5,7 +5,6 @@
 
 use super::handshake::{authenticate, Credentials};
 use super::{Session, SessionError};
-use crate::executor::Pinned;
 use crate::protocol::consts::{cap, errcode};
 use crate::protocol::packet::Frame;
 use crate::protocol::wire::{Reader, Truncated};
@@ -65,8 +64,7 @@ impl Session {
         // A failed change closes the connection, as MariaDB does.
         let (user, ok_seq) =
             authenticate(&mut self.io, &shared, &self.nonce, creds, &self.peer_ip).await?;
-        self.pinned = Pinned::default();
-        self.stmts.clear();
+        self.forget_state();
         self.recorded_backend = None;
         self.registration.info.set_user(&user.name);
         self.user = user;

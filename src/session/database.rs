@@ -52,8 +52,14 @@ impl Session {
             return true; // the first statement reports why the keyspace cannot be served
         };
         let shared = self.shared.clone();
-        let who = identity(&self.user, self.caps, self.charset, self.db.as_deref());
-        let r = executor::connection(&shared.pools, &mut self.pinned, &route, &who).await;
+        let who = identity(
+            &self.user,
+            self.caps,
+            self.charset,
+            self.db.as_deref(),
+            &self.vars,
+        );
+        let r = executor::connection(&shared.pools, &mut self.pinned, &route.addr, &who).await;
         let failure = match r {
             Ok(_) => return true,
             Err(ExecError::Database(err)) => ((err.code, err.state), err.message),

@@ -2,7 +2,7 @@
 //! connections behind them.
 
 use super::{query_frame, Session, SessionError, FIRST_ID};
-use crate::planner::{lex, Plan};
+use crate::planner::{lex, Plan, Replicas, Route};
 use crate::protocol::packet::Frame;
 use crate::protocol::response::Expect;
 
@@ -36,7 +36,7 @@ impl Session {
             return Ok(());
         }
         match target.backend() {
-            Some((route, server_id)) => {
+            Some((addr, server_id)) => {
                 let sql = format!(
                     "KILL {}{} {server_id}",
                     kill.modifier.map(|m| format!("{m} ")).unwrap_or_default(),
@@ -47,6 +47,12 @@ impl Session {
                     },
                 );
                 let frame = query_frame(sql.as_bytes(), frame.last_seq);
+                let route = Route {
+                    keyspace: "".into(),
+                    shard: "".into(),
+                    addr,
+                    replicas: Replicas::none(),
+                };
                 self.execute(Plan::Route(route), &frame, Some(Expect::Result), 0)
                     .await?;
             }

@@ -2,10 +2,15 @@
 //! command loop that hands each command to the planner and executor.
 
 mod change_user;
+mod consistency;
 mod database;
+mod dispatch;
 mod handshake;
+mod hold;
 mod kill;
 mod registry;
+mod route;
+mod set;
 mod statements;
 
 use std::sync::Arc;
@@ -15,9 +20,11 @@ use tokio::io::AsyncReadExt;
 use tracing::debug;
 
 use crate::backend::forward::{Forward, ForwardError};
+use crate::backend::vars::VarSet;
 use crate::backend::ConnKey;
 use crate::config::User;
 use crate::executor::{self, ExecError, Identity, Pinned};
+use crate::planner::classify::{classify, Classified};
 use crate::planner::{lex, Plan, PlanContext, Route};
 use crate::protocol::consts::{cap, com, errcode, status};
 use crate::protocol::packet::{put_err, put_ok, put_packet, Frame, OkInfo, PacketError};
@@ -28,6 +35,9 @@ use crate::proxy::Shared;
 pub use handshake::HandshakeError;
 use registry::Registration;
 pub use registry::{Registry, FIRST_ID};
+use consistency::Ryw;
+use dispatch::Work;
+use hold::Hold;
 use statements::Statements;
 
 /// Why a session ended abnormally (a clean COM_QUIT or close is not an error).
@@ -53,6 +63,11 @@ pub struct Session {
     charset: u8,
     db: Option<String>,
     pinned: Pinned,
+    /// Why `pinned` is kept between statements; empty: connections go back to the pool.
+    hold: Hold,
+    /// Session variables every connection serving the session must carry.
+    vars: Arc<VarSet>,
+    ryw: Ryw,
     stmts: Statements,
     out: BytesMut,
     registration: Registration,
@@ -99,6 +114,9 @@ pub async fn run(
         charset: auth.charset,
         db: auth.db,
         pinned: Pinned::default(),
+        hold: Hold::default(),
+        vars: Arc::new(VarSet::default()),
+        ryw: Ryw::default(),
         stmts: Statements::default(),
         out: BytesMut::new(),
         registration,
@@ -109,8 +127,18 @@ pub async fn run(
     if !s.check_login_database(auth.ok_seq).await {
         return Ok(());
     }
+    s.after_command();
     s.send_ok(auth.ok_seq).await;
     s.command_loop().await
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Connections given back mid-transaction or carrying pinned state are reset first.
+        if self.hold.sticky() {
+            self.pinned.mark_dirty();
+        }
+    }
 }
 
 impl Session {
@@ -150,6 +178,40 @@ impl Session {
                 }
                 Some(cmd) => self.command(cmd, frame).await?,
             }
+            self.after_command();
+        }
+    }
+
+    /// Gives the session's connections back to the pool unless something holds them.
+    fn after_command(&mut self) {
+        if self.hold.any() || self.pinned.is_empty() {
+            return;
+        }
+        self.pinned.release_all();
+        if self.recorded_backend.take().is_some() {
+            self.registration.info.set_backend(None);
+        }
+    }
+
+    /// Back to a fresh session (COM_RESET_CONNECTION, COM_CHANGE_USER): connections that
+    /// carried its state are reset by the pool before reuse.
+    fn forget_state(&mut self) {
+        self.pinned.mark_dirty();
+        self.pinned.release_all();
+        self.stmts.clear();
+        self.hold = Hold::default();
+        self.vars = Arc::new(VarSet::default());
+        self.ryw = Ryw::default();
+    }
+
+    /// The route of the session's keyspace, or `None` after telling the client why not.
+    async fn route(&mut self, reply_seq: u8) -> Option<Route> {
+        match self.shared.planner.plan_session(&self.plan_ctx()) {
+            Plan::Route(r) => Some(r),
+            Plan::Reject { code, message } => {
+                self.send_err(code, &message, reply_seq).await;
+                None
+            }
         }
     }
 
@@ -166,31 +228,29 @@ impl Session {
                     drop(payload);
                     return self.kill(kill, &frame).await;
                 }
-                let plan = self.shared.planner.plan(sql, &self.plan_ctx());
+                let Classified { class, hint } = classify(sql);
                 let rewritten =
                     lex::hide_socket_variable(sql).map(|sql| query_frame(&sql, frame.last_seq));
                 drop(payload);
                 let frame = rewritten.unwrap_or(frame);
-                self.execute(plan, &frame, Some(Expect::Result), 0).await?;
+                let Some(route) = self.route(frame.last_seq.wrapping_add(1)).await else {
+                    return Ok(());
+                };
+                self.run_statement(&route, &class, hint, Work::Query(&frame))
+                    .await?;
             }
             com::INIT_DB => {
                 let db = String::from_utf8_lossy(&frame.payload()[1..]).into_owned();
                 self.change_db(db, &frame).await?;
             }
             com::STMT_PREPARE => {
-                let plan = self
-                    .shared
-                    .planner
-                    .plan(&frame.payload()[1..], &self.plan_ctx());
+                let Classified { class, hint } = classify(&frame.payload()[1..]);
+                let Some(route) = self.route(frame.last_seq.wrapping_add(1)).await else {
+                    return Ok(());
+                };
                 let id = self.stmts.next_id();
-                if let Some(sc) = self
-                    .execute(plan.clone(), &frame, Some(Expect::Prepare), id)
-                    .await?
-                {
-                    if let (Some((backend_id, _, _)), Plan::Route(r)) = (sc.prepared, plan) {
-                        self.stmts.insert(id, r, backend_id);
-                    }
-                }
+                self.run_statement(&route, &class, hint, Work::Prepare(&frame, id))
+                    .await?;
             }
             com::STMT_EXECUTE
             | com::STMT_SEND_LONG_DATA
@@ -198,16 +258,9 @@ impl Session {
             | com::STMT_RESET
             | com::STMT_FETCH => self.statement_command(cmd, frame).await?,
             com::RESET_CONNECTION => {
-                self.stmts.clear();
-                let plan = self.shared.planner.plan_session(&self.plan_ctx());
-                if let Plan::Route(r) = &plan {
-                    self.pinned.release_others(&r.addr);
-                }
-                if self.pinned.is_empty() {
-                    self.send_ok(frame.last_seq.wrapping_add(1)).await;
-                } else {
-                    self.execute(plan, &frame, Some(Expect::Single), 0).await?;
-                }
+                // The connections that carried this session are reset by the pool.
+                self.forget_state();
+                self.send_ok(frame.last_seq.wrapping_add(1)).await;
             }
             com::CHANGE_USER => self.change_user(&frame).await?,
             com::PROCESS_KILL => {
@@ -245,8 +298,10 @@ impl Session {
         Ok(())
     }
 
-    /// COM_STMT_* on a prepared statement: to the server that prepared it, id translated.
-    async fn statement_command(&mut self, cmd: u8, mut frame: Frame) -> Result<(), SessionError> {
+    /// COM_STMT_* on a prepared statement. Execute and long data run wherever the statement's
+    /// class sends them (preparing it there if needed); reset and fetch go to the connection
+    /// that holds the statement's server-side state, if any.
+    async fn statement_command(&mut self, cmd: u8, frame: Frame) -> Result<(), SessionError> {
         let reply_seq = frame.last_seq.wrapping_add(1);
         let Some(client_id) = id_after_command(&frame) else {
             let msg = "Malformed communication packet";
@@ -254,7 +309,7 @@ impl Session {
                 .await;
             return Ok(());
         };
-        let Some((route, backend_id)) = self.stmts.get(client_id) else {
+        let Some(info) = self.stmts.get(client_id) else {
             if cmd != com::STMT_CLOSE && cmd != com::STMT_SEND_LONG_DATA {
                 let msg = format!(
                     "Unknown prepared statement handler ({client_id}) given to {}",
@@ -265,18 +320,57 @@ impl Session {
             }
             return Ok(());
         };
-        frame.raw[5..9].copy_from_slice(&backend_id.to_le_bytes());
-        let expect = match cmd {
-            com::STMT_EXECUTE => Some(Expect::Result),
-            com::STMT_FETCH => Some(Expect::Rows),
-            com::STMT_RESET => Some(Expect::Single),
-            _ => None,
-        };
-        if cmd == com::STMT_CLOSE {
-            self.stmts.remove(client_id);
+        let (route, class, hint, sql) = (
+            info.route.clone(),
+            info.class.clone(),
+            info.hint,
+            info.sql.clone(),
+        );
+        match cmd {
+            com::STMT_EXECUTE => {
+                self.run_statement(&route, &class, hint, Work::Execute(&frame, client_id))
+                    .await
+            }
+            com::STMT_SEND_LONG_DATA => {
+                self.run_statement(&route, &class, hint, Work::LongData(&frame, client_id))
+                    .await
+            }
+            com::STMT_CLOSE => {
+                // Server-side copies stay in their connections' caches for other sessions.
+                self.stmts.remove(client_id);
+                Ok(())
+            }
+            _ => {
+                if cmd == com::STMT_RESET {
+                    self.hold.long_data = false;
+                }
+                let held = self.pinned.iter_mut().find_map(|c| {
+                    let id = c.stmts.get_mut(&sql)?.id;
+                    Some((c.addr.clone(), id))
+                });
+                let Some((addr, server_id)) = held else {
+                    if cmd == com::STMT_RESET {
+                        self.send_ok(reply_seq).await; // nothing server-side to reset
+                    } else {
+                        let msg = "The statement has no open cursor";
+                        self.send_err(errcode::UNKNOWN_STMT_HANDLER, msg, reply_seq)
+                            .await;
+                    }
+                    return Ok(());
+                };
+                let mut frame = frame;
+                frame.raw[5..9].copy_from_slice(&server_id.to_le_bytes());
+                let expect = if cmd == com::STMT_FETCH {
+                    Expect::Rows
+                } else {
+                    Expect::Single
+                };
+                let route = Route { addr, ..route };
+                self.execute(Plan::Route(route), &frame, Some(expect), 0)
+                    .await?;
+                Ok(())
+            }
         }
-        self.execute(Plan::Route(route), &frame, expect, 0).await?;
-        Ok(())
     }
 
     fn plan_ctx(&self) -> PlanContext<'_> {
@@ -317,7 +411,7 @@ impl Session {
         };
         let shared = self.shared.clone();
         let db = if with_db { self.db.as_deref() } else { None };
-        let who = identity(&self.user, self.caps, self.charset, db);
+        let who = identity(&self.user, self.caps, self.charset, db, &self.vars);
         let fwd = Forward {
             command: &frame.raw,
             last_seq: frame.last_seq,
@@ -330,27 +424,38 @@ impl Session {
             &shared.pools,
             &mut self.pinned,
             &mut self.io,
-            &route,
+            &route.addr,
             &who,
             fwd,
         )
         .await;
         match r {
             Ok(sc) => {
-                self.record_backend(&route);
+                self.record_backend(&route.addr);
                 Ok(Some(sc))
             }
-            Err(ExecError::Connect(e)) => {
+            Err(e) => {
+                self.report(e, reply_seq).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Tells the client why a command failed; an error return ends the session (the client
+    /// connection cannot be resynchronised).
+    async fn report(&mut self, e: ExecError, reply_seq: u8) -> Result<(), SessionError> {
+        match e {
+            ExecError::Connect(e) => {
                 let (code, state, msg) = e.client_error();
                 self.send_err((code, &state), &msg, reply_seq).await;
-                Ok(None)
+                Ok(())
             }
-            Err(ExecError::Database(err)) => {
+            ExecError::Database(err) => {
                 self.send_err((err.code, &err.state), &err.message, reply_seq)
                     .await;
-                Ok(None)
+                Ok(())
             }
-            Err(ExecError::Forward(e)) => {
+            ExecError::Forward(e) => {
                 if let ForwardError::Backend {
                     sent: false,
                     addr,
@@ -382,17 +487,17 @@ impl Session {
 
     /// Tells the registry which server connection runs this session's statements, when that
     /// changed, so a KILL from another session reaches it.
-    fn record_backend(&mut self, route: &Route) {
-        let Some(id) = self.pinned.find(&route.addr).map(|c| c.connection_id) else {
+    fn record_backend(&mut self, addr: &Arc<str>) {
+        let Some(id) = self.pinned.find(addr).map(|c| c.connection_id) else {
             return;
         };
         let same = self
             .recorded_backend
             .as_ref()
-            .is_some_and(|(a, i)| Arc::ptr_eq(a, &route.addr) && *i == id);
+            .is_some_and(|(a, i)| Arc::ptr_eq(a, addr) && *i == id);
         if !same {
-            self.registration.info.set_backend(route, id);
-            self.recorded_backend = Some((route.addr.clone(), id));
+            self.registration.info.set_backend(Some((addr.clone(), id)));
+            self.recorded_backend = Some((addr.clone(), id));
         }
     }
 
@@ -436,9 +541,17 @@ fn query_frame(sql: &[u8], client_last_seq: u8) -> Frame {
     }
 }
 
-/// How the session logs in to backends: the client's user, framing flags and charset.
-fn identity<'a>(user: &'a User, caps: u32, charset: u8, db: Option<&'a str>) -> Identity<'a> {
+/// How the session logs in to backends: the client's user, framing flags and charset, and
+/// what every connection must carry for it.
+fn identity<'a>(
+    user: &'a User,
+    caps: u32,
+    charset: u8,
+    db: Option<&'a str>,
+    vars: &'a Arc<VarSet>,
+) -> Identity<'a> {
     Identity {
+        vars: Some(vars),
         user: &user.name,
         password: &user.password,
         key: ConnKey {

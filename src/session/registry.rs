@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use crate::planner::Route;
 
 pub const FIRST_ID: u32 = 1 << 30;
 
@@ -19,8 +18,9 @@ pub const FIRST_ID: u32 = 1 << 30;
 pub struct SessionInfo {
     /// Changes with COM_CHANGE_USER.
     user: Mutex<String>,
-    /// The server connection the session last ran a statement on, and its server-side id.
-    backend: Mutex<Option<(Route, u32)>>,
+    /// The server connection the session runs its statements on now (`None` between
+    /// statements of a multiplexed session): server address and server-side id.
+    backend: Mutex<Option<(Arc<str>, u32)>>,
     /// Notified by `KILL CONNECTION`: the session closes.
     pub killed: Notify,
 }
@@ -34,16 +34,15 @@ impl SessionInfo {
         *self.user.lock().unwrap_or_else(|e| e.into_inner()) = name.to_string();
     }
 
-    pub fn backend(&self) -> Option<(Route, u32)> {
+    pub fn backend(&self) -> Option<(Arc<str>, u32)> {
         self.backend
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
-    pub fn set_backend(&self, route: &Route, connection_id: u32) {
-        *self.backend.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((route.clone(), connection_id));
+    pub fn set_backend(&self, backend: Option<(Arc<str>, u32)>) {
+        *self.backend.lock().unwrap_or_else(|e| e.into_inner()) = backend;
     }
 }
 

@@ -1,15 +1,29 @@
-//! Prepared statements of a session: the id the client sees, and where the statement lives.
+//! Prepared statements of a session: the id the client sees and what the statement is.
 //!
-//! The proxy hands out its own ids so that statements prepared on different servers (or,
-//! later, on pooled connections) never collide.
+//! The proxy hands out its own ids: a statement may be executed on any pooled connection (each
+//! prepares it under its own server id, see `backend::prepared`), so the session keeps the SQL
+//! text, its class for routing, and the parameter types the client last bound.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use bytes::Bytes;
+
+use crate::planner::classify::{Class, Hint};
 use crate::planner::Route;
+
+pub struct StmtInfo {
+    pub sql: Arc<[u8]>,
+    pub class: Arc<Class>,
+    pub hint: Option<Hint>,
+    pub route: Route,
+    /// Parameter types the client sent with its last execute that carried them.
+    pub types: Option<Bytes>,
+}
 
 #[derive(Default)]
 pub struct Statements {
-    by_client_id: HashMap<u32, (Route, u32)>,
+    by_client_id: HashMap<u32, StmtInfo>,
     last_id: u32,
 }
 
@@ -19,13 +33,17 @@ impl Statements {
         self.last_id.wrapping_add(1).max(1)
     }
 
-    pub fn insert(&mut self, client_id: u32, route: Route, backend_id: u32) {
+    pub fn insert(&mut self, client_id: u32, info: StmtInfo) {
         self.last_id = client_id;
-        self.by_client_id.insert(client_id, (route, backend_id));
+        self.by_client_id.insert(client_id, info);
     }
 
-    pub fn get(&self, client_id: u32) -> Option<(Route, u32)> {
-        self.by_client_id.get(&client_id).cloned()
+    pub fn get(&self, client_id: u32) -> Option<&StmtInfo> {
+        self.by_client_id.get(&client_id)
+    }
+
+    pub fn get_mut(&mut self, client_id: u32) -> Option<&mut StmtInfo> {
+        self.by_client_id.get_mut(&client_id)
     }
 
     pub fn remove(&mut self, client_id: u32) {

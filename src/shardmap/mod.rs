@@ -37,7 +37,90 @@ pub struct Shard {
     pub name: String,
     pub primary: String,
     #[serde(default)]
-    pub replicas: Vec<String>,
+    pub replicas: Vec<Replica>,
+}
+
+impl Shard {
+    /// The replicas' `host:port` addresses, in map order.
+    pub fn replica_addrs(&self) -> impl Iterator<Item = &str> {
+        self.replicas.iter().map(|r| r.addr.as_str())
+    }
+}
+
+/// Largest replica weight: keeps `outstanding * weight` products far from overflow and a
+/// typo like 10000 from starving the other replicas.
+pub const MAX_REPLICA_WEIGHT: u32 = 1000;
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// A replica and its share of the shard's reads. In a map it is either `"host:port"` (weight
+/// 1) or `{ addr = "host:port", weight = N }`; it is written back the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    pub addr: String,
+    /// Relative share of reads: a weight-3 replica gets three times the reads of a weight-1
+    /// one when both are equally busy.
+    pub weight: u32,
+}
+
+impl Replica {
+    /// A replica of weight 1.
+    pub fn new(addr: impl Into<String>) -> Self {
+        Replica {
+            addr: addr.into(),
+            weight: default_weight(),
+        }
+    }
+}
+
+/// The table form of a replica; its own struct so unknown keys are named in errors.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplicaTable {
+    addr: String,
+    #[serde(default = "default_weight")]
+    weight: u32,
+}
+
+// Hand-written rather than `#[serde(untagged)]`: untagged only says "did not match any
+// variant", while this names the unknown key or the wrong type.
+impl<'de> Deserialize<'de> for Replica {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Form;
+        impl<'de> serde::de::Visitor<'de> for Form {
+            type Value = Replica;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"host:port\" or { addr = \"host:port\", weight = N }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Replica, E> {
+                Ok(Replica::new(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Replica, A::Error> {
+                let t =
+                    ReplicaTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(Replica {
+                    addr: t.addr,
+                    weight: t.weight,
+                })
+            }
+        }
+        d.deserialize_any(Form)
+    }
+}
+
+impl Serialize for Replica {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        if self.weight == default_weight() {
+            return s.serialize_str(&self.addr);
+        }
+        let mut t = s.serialize_struct("Replica", 2)?;
+        t.serialize_field("addr", &self.addr)?;
+        t.serialize_field("weight", &self.weight)?;
+        t.end()
+    }
 }
 
 fn default_vnodes() -> u32 {
@@ -55,6 +138,10 @@ pub struct Keyspace {
     pub sequence_keyspace: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tables: BTreeMap<String, TableRule>,
+    /// Seconds a replica may lag and still serve this keyspace's reads; unset: the config's
+    /// `[routing] max_replica_lag`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replica_lag: Option<f64>,
     pub shards: Vec<Shard>,
 }
 
@@ -91,6 +178,9 @@ impl ShardMap {
                 "at least one keyspace is required".into(),
             ));
         }
+        // Health and replica choice keep one state per address, so a server must have one role
+        // (and one weight) across the whole map.
+        let mut roles = std::collections::HashMap::new();
         for (name, ks) in &self.keyspace {
             let at = format!("keyspace.{name}");
             if !is_identifier(name) {
@@ -117,6 +207,10 @@ impl ShardMap {
             if ks.vnodes == 0 {
                 return Err(invalid(format!("{at}.vnodes"), "must be at least 1".into()));
             }
+            if let Some(lag) = ks.max_replica_lag {
+                crate::config::check_lag_secs(lag)
+                    .map_err(|m| invalid(format!("{at}.max_replica_lag"), m))?;
+            }
             let mut seen = std::collections::HashSet::new();
             for (i, shard) in ks.shards.iter().enumerate() {
                 let sat = format!("{at}.shards[{i}]");
@@ -127,8 +221,30 @@ impl ShardMap {
                     ));
                 }
                 check_addr(&shard.primary).map_err(|m| invalid(format!("{sat}.primary"), m))?;
+                let pat = format!("{sat}.primary");
+                if let Some(m) = role_conflict(&mut roles, &shard.primary, None, &pat) {
+                    return Err(invalid(pat, m));
+                }
                 for (j, r) in shard.replicas.iter().enumerate() {
-                    check_addr(r).map_err(|m| invalid(format!("{sat}.replicas[{j}]"), m))?;
+                    let rat = format!("{sat}.replicas[{j}]");
+                    check_addr(&r.addr).map_err(|m| invalid(rat.clone(), m))?;
+                    if !(1..=MAX_REPLICA_WEIGHT).contains(&r.weight) {
+                        return Err(invalid(
+                            format!("{rat}.weight"),
+                            format!("{} is not between 1 and {MAX_REPLICA_WEIGHT}", r.weight),
+                        ));
+                    }
+                    let repeated = r.addr == shard.primary
+                        || shard.replicas[..j].iter().any(|o| o.addr == r.addr);
+                    if repeated {
+                        return Err(invalid(
+                            rat,
+                            format!("'{}' appears twice in this shard", r.addr),
+                        ));
+                    }
+                    if let Some(m) = role_conflict(&mut roles, &r.addr, Some(r.weight), &rat) {
+                        return Err(invalid(rat, m));
+                    }
                 }
             }
             for (t, rule) in &ks.tables {
@@ -170,6 +286,35 @@ impl ShardMap {
     /// The keyspace used when the client's database names none.
     pub fn default_keyspace(&self) -> Option<&str> {
         self.keyspace.keys().next().map(String::as_str)
+    }
+}
+
+/// Remembers where `addr` was first seen and as what (None: primary, Some(weight): replica);
+/// a message when `key` gives it another role or weight.
+fn role_conflict<'m>(
+    seen: &mut std::collections::HashMap<&'m str, (Option<u32>, String)>,
+    addr: &'m str,
+    role: Option<u32>,
+    key: &str,
+) -> Option<String> {
+    match seen.get(addr) {
+        Some((first_role, first_key)) if *first_role != role => Some(format!(
+            "'{addr}' is {} here but {} at {first_key}",
+            role_name(role),
+            role_name(*first_role)
+        )),
+        Some(_) => None,
+        None => {
+            seen.insert(addr, (role, key.to_string()));
+            None
+        }
+    }
+}
+
+fn role_name(weight: Option<u32>) -> String {
+    match weight {
+        None => "a primary".into(),
+        Some(w) => format!("a replica of weight {w}"),
     }
 }
 
@@ -266,5 +411,131 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("sharding"), "{err}");
+    }
+
+    const ONE_SHARD: &str = r#"
+        [keyspace.app]
+        sharding = "unsharded"
+        [[keyspace.app.shards]]
+        name = "s0"
+        primary = "127.0.0.1:1"
+    "#;
+
+    #[test]
+    fn replicas_are_strings_or_weighted_tables() {
+        let map = parse(&format!(
+            "{ONE_SHARD}replicas = [\"127.0.0.1:2\", {{ addr = \"127.0.0.1:3\", weight = 3 }}, {{ addr = \"127.0.0.1:4\" }}]\n"
+        ))
+        .expect("valid map");
+        let shard = &map.keyspace["app"].shards[0];
+        assert_eq!(
+            shard.replicas,
+            vec![
+                Replica::new("127.0.0.1:2"),
+                Replica {
+                    addr: "127.0.0.1:3".into(),
+                    weight: 3
+                },
+                Replica::new("127.0.0.1:4"),
+            ]
+        );
+        assert_eq!(
+            shard.replica_addrs().collect::<Vec<_>>(),
+            ["127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"]
+        );
+
+        // Weight 1 is written as a plain string, others as a table, and both read back.
+        let text = toml::to_string_pretty(&map).expect("serialize");
+        assert!(text.contains("\"127.0.0.1:2\""), "{text}");
+        assert!(!text.contains("weight = 1"), "{text}");
+        assert!(text.contains("weight = 3"), "{text}");
+        let back: ShardMap = toml::from_str(&text).expect("reparse");
+        assert_eq!(back, map);
+    }
+
+    #[test]
+    fn bad_replicas_are_named() {
+        let err = parse(&format!(
+            "{ONE_SHARD}replicas = [{{ addr = \"127.0.0.1:2\", weight = 0 }}]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("keyspace.app.shards[0].replicas[0].weight"),
+            "{err}"
+        );
+        assert!(err.contains("between 1 and 1000"), "{err}");
+
+        let err = parse(&format!(
+            "{ONE_SHARD}replicas = [{{ addr = \"127.0.0.1:2\", wieght = 2 }}]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("wieght"), "{err}");
+
+        let err = parse(&format!("{ONE_SHARD}replicas = [\"nope\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("keyspace.app.shards[0].replicas[0]"), "{err}");
+
+        let err = parse(&format!(
+            "{ONE_SHARD}replicas = [\"127.0.0.1:2\", \"127.0.0.1:2\"]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("replicas[1]"), "{err}");
+        assert!(err.contains("twice"), "{err}");
+
+        let err = parse(&format!("{ONE_SHARD}replicas = [\"127.0.0.1:1\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn a_server_has_one_role_across_the_map() {
+        let two = |other: &str| {
+            format!(
+                "{ONE_SHARD}replicas = [\"127.0.0.1:2\"]\n\
+                 [keyspace.b]\nsharding = \"unsharded\"\n\
+                 [[keyspace.b.shards]]\nname = \"s0\"\nprimary = \"127.0.0.1:1\"\n{other}"
+            )
+        };
+        // The same primary and replica serving two keyspaces is fine.
+        parse(&two("replicas = [\"127.0.0.1:2\"]\n")).expect("shared servers");
+
+        let err = parse(&two(
+            "replicas = [{ addr = \"127.0.0.1:2\", weight = 2 }]\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("keyspace.b.shards[0].replicas[0]"), "{err}");
+        assert!(err.contains("keyspace.app.shards[0].replicas[0]"), "{err}");
+
+        let err = parse(&format!(
+            "{ONE_SHARD}replicas = [\"127.0.0.1:2\"]\n\
+             [keyspace.b]\nsharding = \"unsharded\"\n\
+             [[keyspace.b.shards]]\nname = \"s0\"\nprimary = \"127.0.0.1:2\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("keyspace.b.shards[0].primary"), "{err}");
+        assert!(err.contains("a primary here but a replica"), "{err}");
+    }
+
+    #[test]
+    fn keyspace_max_replica_lag_is_checked() {
+        let with = |v: &str| {
+            ONE_SHARD.replace(
+                "sharding = \"unsharded\"",
+                &format!("sharding = \"unsharded\"\nmax_replica_lag = {v}"),
+            )
+        };
+        let map = parse(&with("2.5")).expect("valid");
+        assert_eq!(map.keyspace["app"].max_replica_lag, Some(2.5));
+        for bad in ["0", "-1.0", "nan", "inf"] {
+            let err = parse(&with(bad)).unwrap_err().to_string();
+            assert!(err.contains("keyspace.app.max_replica_lag"), "{bad}: {err}");
+        }
     }
 }

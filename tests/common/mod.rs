@@ -238,3 +238,247 @@ pub fn run_child(
     };
     (output, timed_out)
 }
+
+// ---------------------------------------------------------------------------------------------
+// Sandboxes of their own (read/write split, replica loss, multiplexing): a cluster with more
+// replicas than the shared one, and proxies over it with extra config sections.
+
+/// A sandbox cluster a test binary started for itself (`start_cluster`), torn down at exit.
+pub struct Sandbox {
+    pub dir: PathBuf,
+    /// As `sandbox up` wrote it; `start_server` on a clone records new pids in `cluster.json`,
+    /// which is what the teardown reads.
+    pub cluster: Cluster,
+}
+
+static EXTRA_SANDBOXES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+static EXTRA_CLEANUP: std::sync::Once = std::sync::Once::new();
+
+extern "C" fn cleanup_extra() {
+    if let Ok(mut kids) = CHILDREN.lock() {
+        for c in kids.iter_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    if let Ok(dirs) = EXTRA_SANDBOXES.lock() {
+        for d in dirs.iter() {
+            let _ = shardgate::sandbox::down(d);
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// Starts `shardgate sandbox up --shards 1 --replicas N` in a fresh temp dir and registers its
+/// teardown (and that of every proxy given to `keep_proxy`) at process exit.
+pub fn start_cluster(replicas: usize) -> Sandbox {
+    EXTRA_CLEANUP.call_once(|| {
+        // SAFETY: registering a plain extern "C" function with libc's atexit.
+        unsafe {
+            libc::atexit(cleanup_extra);
+        }
+    });
+    let dir = std::env::temp_dir().join(unique("shardgate-rw"));
+    let _ = std::fs::remove_dir_all(&dir);
+    EXTRA_SANDBOXES.lock().expect("lock").push(dir.clone());
+    let out = Command::new(bin())
+        .args(["sandbox", "up", "--shards", "1", "--replicas"])
+        .arg(replicas.to_string())
+        .arg("--dir")
+        .arg(&dir)
+        .output()
+        .expect("run shardgate sandbox up");
+    assert!(
+        out.status.success(),
+        "sandbox up failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cluster = Cluster::load(&dir).expect("cluster.json");
+    Sandbox { dir, cluster }
+}
+
+/// Merges `extra` into `base` key by key (tables recursively; anything else replaced).
+fn merge_toml(base: &mut toml::Table, extra: toml::Table) {
+    for (k, v) in extra {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(e)) => merge_toml(b, e),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Starts `shardgate serve` on `config` like `spawn_proxy`, but fails at once with the proxy's
+/// log if it exits before listening (a config key it does not know yet, say).
+pub fn spawn_proxy_checked(config: &Path) -> (Child, u16) {
+    let text = std::fs::read_to_string(config).expect("config");
+    let port: u16 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:"))
+        .and_then(|r| r.trim_end_matches('"').parse().ok())
+        .expect("listen port in config");
+    let log_path = config.with_extension("log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn shardgate serve");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "proxy on {} exited ({status}) before listening; log {}:\n{}",
+                config.display(),
+                log_path.display(),
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "proxy did not start listening on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, port)
+}
+
+impl Sandbox {
+    /// Writes a proxy config for this sandbox: the generated `shardgate.toml` with free listen
+    /// ports and `extra` (TOML text, e.g. a `[routing]` section) merged over it, section by
+    /// section and key by key. Returns its path.
+    pub fn proxy_config(&self, extra: &str) -> PathBuf {
+        let base = std::fs::read_to_string(self.dir.join("shardgate.toml")).expect("config");
+        let mut cfg: toml::Table = toml::from_str(&base).expect("generated config parses");
+        let extra: toml::Table = toml::from_str(extra).expect("extra config parses");
+        merge_toml(&mut cfg, extra);
+        let port = shardgate::sandbox::free_port().expect("port");
+        let admin = shardgate::sandbox::free_port().expect("port");
+        let mut listen = toml::Table::new();
+        listen.insert("listen".into(), format!("127.0.0.1:{port}").into());
+        listen.insert("admin_listen".into(), format!("127.0.0.1:{admin}").into());
+        let mut over = toml::Table::new();
+        over.insert("proxy".into(), toml::Value::Table(listen));
+        merge_toml(&mut cfg, over);
+        let path = self.dir.join(format!("proxy-{port}.toml"));
+        std::fs::write(&path, toml::to_string(&cfg).expect("serialise config"))
+            .expect("write config");
+        path
+    }
+
+    /// A proxy over this sandbox with `extra` config, stopped when the guard drops.
+    pub fn proxy(&self, extra: &str) -> (ProxyProcess, u16) {
+        let (child, port) = spawn_proxy_checked(&self.proxy_config(extra));
+        (ProxyProcess(child), port)
+    }
+
+    /// A proxy over this sandbox with `extra` config that lives until the process exits (for
+    /// proxies shared by a binary's tests through a `OnceLock`). Returns its port.
+    pub fn keep_proxy(&self, extra: &str) -> u16 {
+        let (child, port) = spawn_proxy_checked(&self.proxy_config(extra));
+        CHILDREN.lock().expect("lock").push(child);
+        port
+    }
+
+    pub fn primary(&self) -> &shardgate::sandbox::ServerInfo {
+        self.cluster.primary("s0").expect("primary")
+    }
+
+    pub fn replicas(&self) -> Vec<&shardgate::sandbox::ServerInfo> {
+        self.cluster.replicas("s0")
+    }
+
+    /// Index in `cluster.servers` (what `kill_server` / `start_server` take) of a server id.
+    pub fn index_of(&self, server_id: u32) -> usize {
+        self.cluster
+            .servers
+            .iter()
+            .position(|s| s.server_id == server_id)
+            .expect("server id in cluster")
+    }
+}
+
+/// `mysql://app:app@127.0.0.1:PORT/DB?prefer_socket=false`: the application account on a
+/// proxy or a server, staying on TCP.
+pub fn app_url(port: u16, db: &str) -> String {
+    format!("mysql://{USER}:{PASSWORD}@127.0.0.1:{port}/{db}?prefer_socket=false")
+}
+
+/// `root` (empty password) on a sandbox server, over TCP: for what the application account
+/// should not do or see (replication control, the whole PROCESSLIST).
+pub fn root_url(port: u16) -> String {
+    format!("mysql://root@127.0.0.1:{port}/?prefer_socket=false")
+}
+
+/// Raises this process's soft open-files limit to its hard limit (children such as a proxy
+/// spawned afterwards inherit it). Returns the new soft limit.
+pub fn raise_fd_limit() -> libc::rlim_t {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        assert_eq!(
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl),
+            0,
+            "getrlimit"
+        );
+        if rl.rlim_cur < rl.rlim_max {
+            rl.rlim_cur = rl.rlim_max;
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &rl), 0, "setrlimit");
+        }
+    }
+    rl.rlim_cur
+}
+
+/// Connects with mysql_async to `url`, naming it in the panic if that fails.
+pub async fn connect(url: &str) -> mysql_async::Conn {
+    let opts = mysql_async::Opts::from_url(url).expect("url");
+    mysql_async::Conn::new(opts)
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"))
+}
+
+/// Waits until every replica of `sb` has applied everything its primary has binlogged so far
+/// (`MASTER_GTID_WAIT`, up to 20 s), so tables set up on the primary can be read anywhere.
+pub async fn wait_replicated(sb: &Sandbox) {
+    use mysql_async::prelude::Queryable;
+    let mut p = connect(&root_url(sb.primary().port)).await;
+    let pos: String = p
+        .query_first("SELECT @@gtid_binlog_pos")
+        .await
+        .expect("gtid_binlog_pos")
+        .expect("row");
+    for r in sb.replicas() {
+        let mut c = connect(&root_url(r.port)).await;
+        let waited: Option<i64> = c
+            .exec_first("SELECT MASTER_GTID_WAIT(?, 20)", (pos.clone(),))
+            .await
+            .expect("master_gtid_wait")
+            .expect("row");
+        assert_eq!(
+            waited,
+            Some(0),
+            "replica {} did not reach {pos} within 20 s",
+            r.label()
+        );
+    }
+}
+
+/// Connections the application account has open on the server `c` (a root connection, so it
+/// sees the whole PROCESSLIST) is connected to: what proxies' pools hold there.
+pub async fn app_connections_on(c: &mut mysql_async::Conn) -> u64 {
+    use mysql_async::prelude::Queryable;
+    c.query_first(format!(
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = '{USER}'"
+    ))
+    .await
+    .expect("processlist")
+    .expect("row")
+}

@@ -1,0 +1,1339 @@
+//! What a statement is, for read/write routing and session-state tracking.
+//!
+//! sqlparser (MySqlDialect) decides the statement type. Our own lexer ([`super::digest`])
+//! splits multi-statement text, reads hints, and spots what the AST would need a full walk
+//! for (`GET_LOCK(`, `@v :=`, `INTO @v`, `FOUND_ROWS(`...). When sqlparser cannot parse a
+//! statement, a keyword classifier decides, and anything it is unsure of goes to the primary.
+//! Pure: no I/O.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+use sqlparser::ast::{
+    ObjectName, ObjectType, Set, SetExpr, Statement, TableFactor, TableObject, TableWithJoins,
+    TransactionAccessMode, TransactionMode,
+};
+use sqlparser::dialect::MySqlDialect;
+use sqlparser::parser::Parser;
+
+use super::digest::{self, Lexer, Tok, TokKind};
+
+/// What a statement does, as far as routing is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// A plain read that may run on a replica: SELECT (also without FROM, e.g.
+    /// `SELECT @@server_id`, `SELECT @x`, `SELECT LAST_INSERT_ID()`), `WITH ... SELECT`,
+    /// `VALUES`.
+    Read,
+    /// A read that takes locks or has side effects: `FOR UPDATE`, `FOR SHARE`,
+    /// `LOCK IN SHARE MODE`, named-lock functions, sequence functions. Primary.
+    LockingRead,
+    /// INSERT, UPDATE, DELETE, REPLACE, LOAD DATA, CALL, INSERT ... SELECT.
+    Write,
+    /// CREATE, ALTER, DROP, TRUNCATE, RENAME, GRANT, REVOKE, OPTIMIZE, ANALYZE, REPAIR.
+    Ddl,
+    /// BEGIN [WORK], START TRANSACTION [...]; also COMMIT/ROLLBACK AND CHAIN, which end one
+    /// transaction and open the next. `read_only` only when READ ONLY is written.
+    Begin { read_only: bool },
+    /// COMMIT, ROLLBACK (not `ROLLBACK TO [SAVEPOINT] x`, which is [`Kind::Other`]).
+    EndTransaction,
+    /// SET of session system variables, user variables, NAMES or CHARACTER SET.
+    /// The caller should apply it to its session state only once the server accepted it.
+    Set(Vec<Assignment>),
+    /// Everything else (SHOW, DESCRIBE, EXPLAIN, DO, SAVEPOINT, SET GLOBAL, USE, KILL, FLUSH,
+    /// LOCK TABLES, unparsable statements, ...): runs on the primary.
+    Other,
+}
+
+/// One `name = value` of a SET.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    pub name: VarName,
+    pub value: Value,
+}
+
+/// The target of an assignment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VarName {
+    /// A session system variable, lower-cased, without SESSION / LOCAL / `@@` /
+    /// `@@session.` / `@@local.`: `"sql_mode"`.
+    System(String),
+    /// A user variable without the `@`, lower-cased (MariaDB compares them
+    /// case-insensitively); quoted forms (`` @`a b` ``, `@'a b'`) give their inner text.
+    User(String),
+    /// `SET NAMES x [COLLATE y]`, `SET CHARACTER SET x`, `SET CHARSET x`.
+    Names,
+}
+
+/// The value of an assignment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// SQL text that replays verbatim as `SET <name> = <text>` (or `SET NAMES <text>`): a
+    /// number, a quoted string with its quotes, ON/OFF/TRUE/FALSE/NULL, a bare word. For
+    /// [`VarName::Names`]: `"utf8mb4"`, `"utf8mb4 COLLATE utf8mb4_bin"`, `"'utf8'"`, `"DEFAULT"`.
+    Literal(String),
+    /// `= DEFAULT`.
+    Default,
+    /// Anything else (functions, other variables, subqueries): the caller runs it and reads
+    /// the result back, or pins the session.
+    Expr,
+}
+
+/// A routing hint from a `/* shardgate:primary */` or `/* shardgate:replica */` comment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hint {
+    Primary,
+    Replica,
+}
+
+/// The classification of one COM_QUERY text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Class {
+    pub kind: Kind,
+    /// Some(reason) when the statement leaves state on its server connection that cannot be
+    /// replayed elsewhere, so the session must keep that connection for the rest of its life:
+    /// "temporary table", "named lock", "table lock", "SQL prepared statement",
+    /// "XA transaction", "HANDLER", "user variable assigned from a query",
+    /// "transaction characteristics", "role" (SET ROLE), "unparsed SET", "executable comment"
+    /// is never produced (executable comments are read as SQL), "compound statement"
+    /// (BEGIN NOT ATOMIC, top-level IF/WHILE/...), "multi-statement with session state".
+    /// `SET STATEMENT ... FOR` is classified by its inner statement.
+    pub pins: Option<&'static str>,
+    /// Reads state the previous statement left on its connection: FOUND_ROWS(), ROW_COUNT(),
+    /// SHOW WARNINGS / ERRORS / COUNT(*) ..., GET DIAGNOSTICS, @@warning_count, @@error_count.
+    pub uses_previous: bool,
+    /// Leaves state the next statement may read: SELECT SQL_CALC_FOUND_ROWS.
+    pub keeps_for_next: bool,
+    /// Tables written (DML targets, DDL objects), lower-cased, `db.table` when qualified
+    /// else `table`. For cache invalidation; best effort; empty for single Other statements.
+    pub writes: Vec<String>,
+    /// Number of statements in the text (COM_QUERY may carry several separated by ';').
+    pub statements: usize,
+}
+
+/// A classified statement: the cached class plus the hint read from its comments.
+#[derive(Debug, Clone)]
+pub struct Classified {
+    pub class: Arc<Class>,
+    pub hint: Option<Hint>,
+}
+
+/// Entries past which the per-thread cache is cleared (a crude bound that costs nothing on
+/// the hit path).
+const CACHE_LIMIT: usize = 10_000;
+
+/// The cache key is already a keyed SipHash: hashing it again would be wasted work.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type Cache = HashMap<u64, Arc<Class>, BuildHasherDefault<PassThrough>>;
+
+thread_local! {
+    // One proxy thread per core: a thread-local map needs no locking.
+    static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
+}
+
+/// Classifies raw client bytes, through the per-thread digest cache. Never panics; invalid
+/// UTF-8 goes to the primary.
+pub fn classify(sql: &[u8]) -> Classified {
+    let d = digest::digest(sql);
+    // Invalid UTF-8 (e.g. latin1 text in a literal) is classified conservatively; it must
+    // neither read nor fill the entry of the valid statement with the same digest.
+    if std::str::from_utf8(sql).is_err() {
+        return Classified {
+            class: Arc::new(classify_uncached(sql)),
+            hint: d.hint,
+        };
+    }
+    if let Some(class) = CACHE.with(|c| c.borrow().get(&d.hash).cloned()) {
+        return Classified {
+            class,
+            hint: d.hint,
+        };
+    }
+    let (class, cacheable) = classify_inner(sql);
+    let class = Arc::new(class);
+    // A SET's class carries its literal values, which the digest ignores.
+    if cacheable && !matches!(class.kind, Kind::Set(_)) {
+        CACHE.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.len() >= CACHE_LIMIT {
+                c.clear();
+            }
+            c.insert(d.hash, Arc::clone(&class));
+        });
+    }
+    Classified {
+        class,
+        hint: d.hint,
+    }
+}
+
+/// Classifies without the cache (tests, `explain`).
+pub fn classify_uncached(sql: &[u8]) -> Class {
+    classify_inner(sql).0
+}
+
+// ---------------------------------------------------------------------------------------------
+// Driver
+
+/// The class of one statement, plus what combining and caching need.
+#[derive(Debug)]
+struct Part {
+    kind: Kind,
+    pins: Option<&'static str>,
+    uses_previous: bool,
+    keeps_for_next: bool,
+    writes: Vec<String>,
+    is_use: bool,
+    /// False when the class depends on something the digest treats as a literal (a
+    /// double-quoted table name that sqlparser read as an identifier).
+    cacheable: bool,
+}
+
+impl Part {
+    fn new(kind: Kind) -> Self {
+        Part {
+            kind,
+            pins: None,
+            uses_previous: false,
+            keeps_for_next: false,
+            writes: Vec::new(),
+            is_use: false,
+            cacheable: true,
+        }
+    }
+
+    fn pin(mut self, reason: &'static str) -> Self {
+        self.pins.get_or_insert(reason);
+        self
+    }
+
+    fn with_writes(mut self, w: Writes) -> Self {
+        self.writes = w.names;
+        self.cacheable &= w.cacheable;
+        self
+    }
+}
+
+/// The text and tokens shared by every statement of one COM_QUERY.
+struct Ctx<'a> {
+    src: &'a [u8],
+    /// Spans of executable-comment markers, blanked out of the text handed to sqlparser.
+    marks: Vec<(usize, usize)>,
+}
+
+impl Ctx<'_> {
+    /// The statement's text for sqlparser; `None` when it is not UTF-8.
+    fn text(&self, toks: &[Tok]) -> Option<Cow<'_, str>> {
+        let (first, last) = (toks.first()?, toks.last()?);
+        let (start, end) = (first.start, last.end);
+        let bytes = self.src.get(start..end)?;
+        let s = std::str::from_utf8(bytes).ok()?;
+        let inside: Vec<_> = self
+            .marks
+            .iter()
+            .filter(|(s, e)| *s < end && *e > start)
+            .collect();
+        if inside.is_empty() {
+            return Some(Cow::Borrowed(s));
+        }
+        let mut b = bytes.to_vec();
+        for &&(ms, me) in &inside {
+            for byte in &mut b[ms.max(start) - start..me.min(end) - start] {
+                *byte = b' ';
+            }
+        }
+        // Markers are ASCII, so blanking them keeps the text UTF-8.
+        String::from_utf8(b).ok().map(Cow::Owned)
+    }
+}
+
+fn classify_inner(sql: &[u8]) -> (Class, bool) {
+    let mut marks = Vec::new();
+    let toks: Vec<Tok> = Lexer::new(sql)
+        .filter(|t| {
+            if t.kind == TokKind::ExecMark {
+                marks.push((t.start, t.end));
+                false
+            } else {
+                true
+            }
+        })
+        .collect();
+    let ctx = Ctx { src: sql, marks };
+    let parts: Vec<Part> = split(&toks, sql)
+        .into_iter()
+        .map(|(range, compound)| {
+            let toks = &toks[range];
+            if compound {
+                let mut p = Part::new(Kind::Other).pin("compound statement");
+                p.apply(&Scan::of(toks, sql));
+                p
+            } else {
+                statement(&ctx, toks)
+            }
+        })
+        .collect();
+    combine(parts)
+}
+
+/// Statement token ranges. Compound statements (whose bodies contain `;`) take the rest of
+/// the text: MariaDB parses them as one statement.
+fn split(toks: &[Tok], src: &[u8]) -> Vec<(std::ops::Range<usize>, bool)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < toks.len() {
+        if toks[i].kind == TokKind::Semi {
+            i += 1;
+            continue;
+        }
+        let rest = &toks[i..];
+        let kw = |j: usize, k: &str| rest.get(j).is_some_and(|t| t.is_kw(src, k));
+        let compound = (kw(0, "begin") && kw(1, "not") && kw(2, "atomic"))
+            || ["if", "while", "loop", "repeat", "case"]
+                .iter()
+                .any(|k| kw(0, k))
+            || (rest[0].kind == TokKind::Word && rest.get(1).is_some_and(|t| t.is_punct(src, ":")));
+        if compound {
+            out.push((i..toks.len(), true));
+            break;
+        }
+        let end = rest
+            .iter()
+            .position(|t| t.kind == TokKind::Semi)
+            .map_or(toks.len(), |p| i + p);
+        let this = &toks[i..end];
+        // CREATE PROCEDURE/FUNCTION/TRIGGER/EVENT ... BEGIN ... END carries `;` in its body.
+        let stored_program = kw(0, "create")
+            && this.iter().any(|t| {
+                ["procedure", "function", "trigger", "event"]
+                    .iter()
+                    .any(|k| t.is_kw(src, k))
+            })
+            && this.iter().any(|t| t.is_kw(src, "begin"));
+        if stored_program {
+            out.push((i..toks.len(), false));
+            break;
+        }
+        out.push((i..end, false));
+        i = end;
+    }
+    out
+}
+
+fn combine(mut parts: Vec<Part>) -> (Class, bool) {
+    let statements = parts.len();
+    if statements <= 1 {
+        let p = parts.pop().unwrap_or_else(|| Part::new(Kind::Other));
+        let cacheable = p.cacheable;
+        return (
+            Class {
+                kind: p.kind,
+                pins: p.pins,
+                uses_previous: p.uses_previous,
+                keeps_for_next: p.keeps_for_next,
+                writes: p.writes,
+                statements,
+            },
+            cacheable,
+        );
+    }
+    let kind = if parts.iter().all(|p| p.kind == Kind::Read) {
+        Kind::Read
+    } else {
+        Kind::Other
+    };
+    let session_state = parts.iter().any(|p| {
+        p.is_use
+            || p.pins.is_some()
+            || matches!(
+                p.kind,
+                Kind::Set(_) | Kind::Begin { .. } | Kind::EndTransaction
+            )
+    });
+    let mut writes: Vec<String> = Vec::new();
+    for w in parts.iter().flat_map(|p| &p.writes) {
+        if !writes.contains(w) {
+            writes.push(w.clone());
+        }
+    }
+    (
+        Class {
+            kind,
+            pins: session_state.then_some("multi-statement with session state"),
+            uses_previous: parts.iter().any(|p| p.uses_previous),
+            keeps_for_next: parts.iter().any(|p| p.keeps_for_next),
+            writes,
+            statements,
+        },
+        parts.iter().all(|p| p.cacheable),
+    )
+}
+
+/// sqlparser's reading of one statement; `None` if it fails (or, defensively, panics).
+fn parse_one(text: &str) -> Option<Statement> {
+    let parsed = std::panic::catch_unwind(|| Parser::parse_sql(&MySqlDialect {}, text));
+    match parsed {
+        Ok(Ok(mut v)) if v.len() == 1 => v.pop(),
+        _ => None,
+    }
+}
+
+fn statement(ctx: &Ctx<'_>, toks: &[Tok]) -> Part {
+    let src = ctx.src;
+    let mut scan = Scan::of(toks, src);
+    if toks.first().is_some_and(|t| t.is_kw(src, "set")) {
+        return set_statement(ctx, toks, scan);
+    }
+    // EXPLAIN and friends do not run what they describe.
+    let describes = ["explain", "describe", "desc", "show", "help"]
+        .iter()
+        .any(|k| toks.first().is_some_and(|t| t.is_kw(src, k)));
+    if describes {
+        scan = Scan {
+            uses_previous: scan.uses_previous,
+            ..Scan::default()
+        };
+    }
+    let mut part = match ctx.text(toks).as_deref().and_then(parse_one) {
+        Some(stmt) => from_ast(ctx, toks, &stmt, &scan),
+        None => fallback(ctx, toks, &scan),
+    };
+    part.apply(&scan);
+    part
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token scan
+
+/// What the tokens show, whatever the statement type.
+#[derive(Debug, Default)]
+struct Scan {
+    /// FOR UPDATE, FOR SHARE, LOCK IN SHARE MODE.
+    lock_clause: bool,
+    /// GET_LOCK, RELEASE_LOCK, RELEASE_ALL_LOCKS, IS_FREE_LOCK, IS_USED_LOCK.
+    lock_fn: bool,
+    get_lock: bool,
+    /// NEXTVAL/SETVAL/LASTVAL, NEXT/PREVIOUS VALUE FOR, seq.nextval.
+    sequence: bool,
+    /// `INTO @v`.
+    into_var: bool,
+    /// `INTO` anything else (OUTFILE, DUMPFILE, INSERT's target...).
+    into_other: bool,
+    /// `@v := expr`.
+    assigns_var: bool,
+    uses_previous: bool,
+    calc_found_rows: bool,
+}
+
+impl Scan {
+    fn of(toks: &[Tok], src: &[u8]) -> Scan {
+        let mut s = Scan::default();
+        let kw = |i: usize, k: &str| toks.get(i).is_some_and(|t| t.is_kw(src, k));
+        let punct = |i: usize, p: &str| toks.get(i).is_some_and(|t| t.is_punct(src, p));
+        let first = |k: &str| kw(0, k);
+        if first("show") {
+            s.uses_previous = ["warnings", "errors"].iter().any(|k| {
+                kw(1, k) || (kw(1, "count") && punct(2, "(") && punct(3, "*") && punct(4, ")") && kw(5, k))
+            });
+        }
+        if first("get") && (kw(1, "diagnostics") || kw(2, "diagnostics")) {
+            s.uses_previous = true;
+        }
+        for (i, t) in toks.iter().enumerate() {
+            match t.kind {
+                TokKind::Word => {
+                    let is = |k: &str| t.is_kw(src, k);
+                    if punct(i + 1, "(") {
+                        if is("get_lock") {
+                            s.get_lock = true;
+                            s.lock_fn = true;
+                        } else if ["release_lock", "release_all_locks", "is_free_lock", "is_used_lock"]
+                            .iter()
+                            .any(|k| is(k))
+                        {
+                            s.lock_fn = true;
+                        } else if ["nextval", "setval", "lastval"].iter().any(|k| is(k)) {
+                            s.sequence = true;
+                        } else if is("found_rows") || is("row_count") {
+                            s.uses_previous = true;
+                        }
+                    }
+                    if (is("for") && (kw(i + 1, "update") || kw(i + 1, "share")))
+                        || (is("lock") && kw(i + 1, "in") && kw(i + 2, "share"))
+                    {
+                        s.lock_clause = true;
+                    }
+                    if (is("next") || is("previous")) && kw(i + 1, "value") && kw(i + 2, "for") {
+                        s.sequence = true;
+                    }
+                    if i > 0
+                        && punct(i - 1, ".")
+                        && ["nextval", "currval", "lastval"].iter().any(|k| is(k))
+                    {
+                        s.sequence = true;
+                    }
+                    if is("into") {
+                        if toks.get(i + 1).is_some_and(|n| n.kind == TokKind::UserVar) {
+                            s.into_var = true;
+                        } else {
+                            s.into_other = true;
+                        }
+                    }
+                    if is("sql_calc_found_rows") {
+                        s.calc_found_rows = true;
+                    }
+                }
+                TokKind::UserVar if punct(i + 1, ":=") => s.assigns_var = true,
+                TokKind::SysVar => {
+                    let counter = |j: usize| {
+                        toks.get(j).is_some_and(|n| {
+                            let n = n.name(src);
+                            n.eq_ignore_ascii_case(b"warning_count")
+                                || n.eq_ignore_ascii_case(b"error_count")
+                        })
+                    };
+                    let scoped = ["session", "local", "global"]
+                        .iter()
+                        .any(|k| t.name(src).eq_ignore_ascii_case(k.as_bytes()));
+                    if counter(i) || (scoped && punct(i + 1, ".") && counter(i + 2)) {
+                        s.uses_previous = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+        s
+    }
+}
+
+impl Part {
+    /// Adds what the token scan found to the statement-type decision.
+    fn apply(&mut self, s: &Scan) {
+        if s.get_lock {
+            self.pins.get_or_insert("named lock");
+        }
+        if s.into_var || s.assigns_var {
+            self.pins.get_or_insert("user variable assigned from a query");
+        }
+        if self.kind == Kind::Read {
+            if s.into_var || s.into_other || s.assigns_var {
+                // Sets session state or writes a file: not for a replica.
+                self.kind = Kind::Other;
+            } else if s.lock_clause || s.lock_fn || s.sequence {
+                self.kind = Kind::LockingRead;
+            }
+        }
+        self.uses_previous |= s.uses_previous;
+        self.keeps_for_next |= s.calc_found_rows;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsed statements
+
+/// Written table names and whether they are safe to cache under the digest.
+struct Writes {
+    names: Vec<String>,
+    cacheable: bool,
+}
+
+impl Writes {
+    fn new() -> Self {
+        Writes {
+            names: Vec::new(),
+            cacheable: true,
+        }
+    }
+
+    fn push(&mut self, name: String) {
+        if !name.is_empty() && !self.names.contains(&name) {
+            self.names.push(name);
+        }
+    }
+
+    fn object(&mut self, n: &ObjectName) {
+        let idents: Vec<_> = n.0.iter().filter_map(|p| p.as_ident()).collect();
+        let tail = &idents[idents.len().saturating_sub(2)..];
+        // sqlparser accepts "t" / 't' as table names; the digest hashes those as literals, so
+        // a class naming them must not be shared by digest.
+        if tail
+            .iter()
+            .any(|i| i.quote_style.is_some_and(|q| q != '`'))
+        {
+            self.cacheable = false;
+        }
+        let name: Vec<String> = tail.iter().map(|i| i.value.to_lowercase()).collect();
+        self.push(name.join("."));
+    }
+
+    fn factor(&mut self, f: &TableFactor) {
+        if let TableFactor::Table { name, .. } = f {
+            self.object(name);
+        }
+    }
+
+    fn joined(&mut self, t: &TableWithJoins) {
+        self.factor(&t.relation);
+        for j in &t.joins {
+            self.factor(&j.relation);
+        }
+    }
+
+    /// Targets of a DML statement (also reached through `WITH ... DELETE`).
+    fn dml(&mut self, stmt: &Statement) {
+        match stmt {
+            Statement::Insert(i) => {
+                if let TableObject::TableName(n) = &i.table {
+                    self.object(n);
+                }
+            }
+            // Multi-table UPDATE may write any of its tables: over-invalidating is safe.
+            Statement::Update(u) => self.joined(&u.table),
+            Statement::Delete(d) => {
+                if d.tables.is_empty() {
+                    let from = match &d.from {
+                        sqlparser::ast::FromTable::WithFromKeyword(t)
+                        | sqlparser::ast::FromTable::WithoutKeyword(t) => t,
+                    };
+                    from.iter().for_each(|t| self.joined(t));
+                } else {
+                    d.tables.iter().for_each(|n| self.object(n));
+                }
+            }
+            Statement::Merge(m) => self.factor(&m.table),
+            _ => {}
+        }
+    }
+}
+
+/// Whether a query body only reads (sqlparser also accepts `WITH ... DELETE`).
+fn only_reads(e: &SetExpr) -> bool {
+    match e {
+        SetExpr::Select(_) | SetExpr::Values(_) | SetExpr::Table(_) => true,
+        SetExpr::Query(q) => only_reads(&q.body),
+        SetExpr::SetOperation { left, right, .. } => only_reads(left) && only_reads(right),
+        _ => false,
+    }
+}
+
+fn dml_in(e: &SetExpr, w: &mut Writes) {
+    match e {
+        SetExpr::Insert(s) | SetExpr::Update(s) | SetExpr::Delete(s) | SetExpr::Merge(s) => {
+            w.dml(s)
+        }
+        SetExpr::Query(q) => dml_in(&q.body, w),
+        SetExpr::SetOperation { left, right, .. } => {
+            dml_in(left, w);
+            dml_in(right, w);
+        }
+        _ => {}
+    }
+}
+
+fn from_ast(ctx: &Ctx<'_>, toks: &[Tok], stmt: &Statement, scan: &Scan) -> Part {
+    let mut w = Writes::new();
+    match stmt {
+        Statement::Query(q) => {
+            if only_reads(&q.body) {
+                let mut p = Part::new(Kind::Read);
+                if !q.locks.is_empty() {
+                    p.kind = Kind::LockingRead;
+                }
+                p
+            } else {
+                dml_in(&q.body, &mut w);
+                Part::new(Kind::Write).with_writes(w)
+            }
+        }
+        Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) | Statement::Merge(_) => {
+            w.dml(stmt);
+            Part::new(Kind::Write).with_writes(w)
+        }
+        Statement::Call(_) => Part::new(Kind::Write),
+        Statement::LoadData { table_name, .. } => {
+            w.object(table_name);
+            Part::new(Kind::Write).with_writes(w)
+        }
+        Statement::CreateTable(ct) => {
+            w.object(&ct.name);
+            let p = Part::new(Kind::Ddl).with_writes(w);
+            if ct.temporary {
+                p.pin("temporary table")
+            } else {
+                p
+            }
+        }
+        Statement::CreateSequence {
+            temporary, name, ..
+        } => {
+            w.object(name);
+            let p = Part::new(Kind::Ddl).with_writes(w);
+            if *temporary {
+                p.pin("temporary table")
+            } else {
+                p
+            }
+        }
+        Statement::Drop {
+            object_type,
+            names,
+            table,
+            ..
+        } => {
+            match object_type {
+                ObjectType::Table | ObjectType::View | ObjectType::Sequence => {
+                    names.iter().for_each(|n| w.object(n));
+                }
+                _ => {}
+            }
+            if let Some(t) = table {
+                w.object(t);
+            }
+            Part::new(Kind::Ddl).with_writes(w)
+        }
+        Statement::AlterTable(a) => {
+            w.object(&a.name);
+            Part::new(Kind::Ddl).with_writes(w)
+        }
+        Statement::Truncate(t) => {
+            t.table_names.iter().for_each(|n| w.object(&n.name));
+            Part::new(Kind::Ddl).with_writes(w)
+        }
+        Statement::RenameTable(rs) => {
+            for r in rs {
+                w.object(&r.old_name);
+                w.object(&r.new_name);
+            }
+            Part::new(Kind::Ddl).with_writes(w)
+        }
+        Statement::CreateIndex(ci) => {
+            w.object(&ci.table_name);
+            Part::new(Kind::Ddl).with_writes(w)
+        }
+        Statement::CreateView(cv) => {
+            w.object(&cv.name);
+            Part::new(Kind::Ddl).with_writes(w)
+        }
+        Statement::AlterView { name, .. } | Statement::OptimizeTable { name, .. } => {
+            w.object(name);
+            Part::new(Kind::Ddl).with_writes(w)
+        }
+        Statement::Analyze(a) => {
+            if let Some(n) = &a.table_name {
+                w.object(n);
+            }
+            Part::new(Kind::Ddl).with_writes(w)
+        }
+        Statement::StartTransaction {
+            modes,
+            statements,
+            exception,
+            has_end_keyword,
+            ..
+        } => {
+            if !statements.is_empty() || exception.is_some() || *has_end_keyword {
+                Part::new(Kind::Other).pin("compound statement")
+            } else {
+                let read_only = modes
+                    .iter()
+                    .any(|m| *m == TransactionMode::AccessMode(TransactionAccessMode::ReadOnly));
+                Part::new(Kind::Begin { read_only })
+            }
+        }
+        Statement::Commit { chain, .. } => Part::new(if *chain {
+            Kind::Begin { read_only: false }
+        } else {
+            Kind::EndTransaction
+        }),
+        Statement::Rollback { chain, savepoint } => Part::new(if savepoint.is_some() {
+            Kind::Other
+        } else if *chain {
+            Kind::Begin { read_only: false }
+        } else {
+            Kind::EndTransaction
+        }),
+        Statement::Use(_) => Part {
+            is_use: true,
+            ..Part::new(Kind::Other)
+        },
+        Statement::LockTables { .. } => Part::new(Kind::Other).pin("table lock"),
+        Statement::Flush {
+            read_lock, export, ..
+        } => {
+            let p = Part::new(Kind::Other);
+            if *read_lock || *export {
+                p.pin("table lock")
+            } else {
+                p
+            }
+        }
+        Statement::Prepare { .. } | Statement::Execute { .. } | Statement::Deallocate { .. } => {
+            Part::new(Kind::Other).pin("SQL prepared statement")
+        }
+        // The rest by leading keyword: CREATE FUNCTION, GRANT, SHOW ..., EXPLAIN, KILL ...
+        _ => fallback(ctx, toks, scan),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keyword fallback
+
+/// Lower-cased name of a Word or quoted identifier (doubled backquotes undone).
+fn ident(t: &Tok, src: &[u8]) -> Option<String> {
+    match t.kind {
+        TokKind::Word => Some(String::from_utf8_lossy(t.text(src)).to_lowercase()),
+        TokKind::QuotedIdent => {
+            Some(String::from_utf8_lossy(t.name(src)).replace("``", "`").to_lowercase())
+        }
+        _ => None,
+    }
+}
+
+/// `name` or `db.name` at `i`; the name and the index after it.
+fn table_at(toks: &[Tok], i: usize, src: &[u8]) -> Option<(String, usize)> {
+    let first = ident(toks.get(i)?, src)?;
+    if toks.get(i + 1).is_some_and(|t| t.is_punct(src, ".")) {
+        if let Some(second) = toks.get(i + 2).and_then(|t| ident(t, src)) {
+            return Some((format!("{first}.{second}"), i + 3));
+        }
+    }
+    Some((first, i + 1))
+}
+
+/// Comma-separated table names from `i`.
+fn tables_from(toks: &[Tok], mut i: usize, src: &[u8], w: &mut Writes) {
+    while let Some((name, next)) = table_at(toks, i, src) {
+        w.push(name);
+        if !toks.get(next).is_some_and(|t| t.is_punct(src, ",")) {
+            break;
+        }
+        i = next + 1;
+    }
+}
+
+fn skip_words(toks: &[Tok], mut i: usize, src: &[u8], words: &[&str]) -> usize {
+    while toks
+        .get(i)
+        .is_some_and(|t| words.iter().any(|k| t.is_kw(src, k)))
+    {
+        i += 1;
+    }
+    i
+}
+
+fn position_kw(toks: &[Tok], src: &[u8], kw: &str) -> Option<usize> {
+    toks.iter().position(|t| t.is_kw(src, kw))
+}
+
+/// Classification by leading keywords, for what sqlparser cannot read. Unsure means primary.
+fn fallback(ctx: &Ctx<'_>, toks: &[Tok], scan: &Scan) -> Part {
+    let src = ctx.src;
+    let kw = |i: usize, k: &str| toks.get(i).is_some_and(|t| t.is_kw(src, k));
+    let Some(first) = toks.first() else {
+        return Part::new(Kind::Other);
+    };
+    let lead = match first.kind {
+        TokKind::Word => String::from_utf8_lossy(first.text(src)).to_ascii_lowercase(),
+        TokKind::Punct => String::from_utf8_lossy(first.text(src)).into_owned(),
+        _ => String::new(),
+    };
+    let mut w = Writes::new();
+    match lead.as_str() {
+        "select" | "with" | "(" | "values" | "table" => {
+            Part::new(if scan.lock_clause || scan.lock_fn || scan.sequence {
+                Kind::LockingRead
+            } else {
+                Kind::Other
+            })
+        }
+        "begin" | "start" => Part::new(Kind::Begin {
+            read_only: toks
+                .windows(2)
+                .any(|p| p[0].is_kw(src, "read") && p[1].is_kw(src, "only")),
+        }),
+        "commit" | "rollback" => {
+            let chain = toks
+                .windows(2)
+                .any(|p| p[0].is_kw(src, "and") && p[1].is_kw(src, "chain"));
+            Part::new(if lead == "rollback" && position_kw(toks, src, "to").is_some() {
+                Kind::Other
+            } else if chain {
+                Kind::Begin { read_only: false }
+            } else {
+                Kind::EndTransaction
+            })
+        }
+        "insert" | "replace" => {
+            let i = skip_words(toks, 1, src, &["low_priority", "delayed", "high_priority", "ignore", "into"]);
+            if let Some((n, _)) = table_at(toks, i, src) {
+                w.push(n);
+            }
+            Part::new(Kind::Write).with_writes(w)
+        }
+        "update" => {
+            let i = skip_words(toks, 1, src, &["low_priority", "ignore"]);
+            let set = position_kw(toks, src, "set").unwrap_or(toks.len());
+            let head = &toks[..set];
+            tables_from(head, i, src, &mut w);
+            for (j, t) in head.iter().enumerate() {
+                if t.is_kw(src, "join") {
+                    if let Some((n, _)) = table_at(head, j + 1, src) {
+                        w.push(n);
+                    }
+                }
+            }
+            Part::new(Kind::Write).with_writes(w)
+        }
+        "delete" => {
+            let i = skip_words(toks, 1, src, &["low_priority", "quick", "ignore"]);
+            if kw(i, "from") {
+                tables_from(toks, i + 1, src, &mut w);
+            } else {
+                tables_from(toks, i, src, &mut w);
+            }
+            Part::new(Kind::Write).with_writes(w)
+        }
+        "load" => {
+            if kw(1, "data") || kw(1, "xml") {
+                if let Some(p) = toks
+                    .windows(2)
+                    .position(|p| p[0].is_kw(src, "into") && p[1].is_kw(src, "table"))
+                {
+                    if let Some((n, _)) = table_at(toks, p + 2, src) {
+                        w.push(n);
+                    }
+                }
+                Part::new(Kind::Write).with_writes(w)
+            } else {
+                Part::new(Kind::Other)
+            }
+        }
+        "call" => Part::new(Kind::Write),
+        "create" => {
+            let i = skip_words(toks, 1, src, &["or", "replace"]);
+            let temporary = kw(i, "temporary");
+            let i = skip_words(toks, i, src, &["temporary"]);
+            if kw(i, "table") {
+                let i = skip_words(toks, i + 1, src, &["if", "not", "exists"]);
+                if let Some((n, _)) = table_at(toks, i, src) {
+                    w.push(n);
+                }
+            }
+            let p = Part::new(Kind::Ddl).with_writes(w);
+            if temporary {
+                p.pin("temporary table")
+            } else {
+                p
+            }
+        }
+        "drop" if kw(1, "prepare") => Part::new(Kind::Other).pin("SQL prepared statement"),
+        "drop" | "alter" | "truncate" | "optimize" | "repair" => {
+            let i = skip_words(
+                toks,
+                1,
+                src,
+                &["temporary", "online", "ignore", "no_write_to_binlog", "local"],
+            );
+            let i = if kw(i, "table") || kw(i, "tables") {
+                skip_words(toks, i + 1, src, &["if", "exists"])
+            } else if lead == "truncate" {
+                i
+            } else {
+                usize::MAX
+            };
+            tables_from(toks, i, src, &mut w);
+            Part::new(Kind::Ddl).with_writes(w)
+        }
+        "rename" => {
+            let mut i = skip_words(toks, 1, src, &["table", "tables"]);
+            while let Some((old, next)) = table_at(toks, i, src) {
+                w.push(old);
+                if !kw(next, "to") {
+                    break;
+                }
+                let Some((new, after)) = table_at(toks, next + 1, src) else {
+                    break;
+                };
+                w.push(new);
+                if !toks.get(after).is_some_and(|t| t.is_punct(src, ",")) {
+                    break;
+                }
+                i = after + 1;
+            }
+            Part::new(Kind::Ddl).with_writes(w)
+        }
+        "grant" | "revoke" => Part::new(Kind::Ddl),
+        "analyze" => {
+            // MariaDB's ANALYZE <statement> runs the statement.
+            let mut i = 1;
+            if kw(1, "format") {
+                i = 4;
+            }
+            let runs = ["select", "insert", "update", "delete", "replace", "with"]
+                .iter()
+                .any(|k| kw(i, k));
+            if runs && i < toks.len() {
+                let mut p = statement(ctx, &toks[i..]);
+                if p.kind == Kind::Read {
+                    p.kind = Kind::Other;
+                }
+                p
+            } else {
+                let i = skip_words(toks, 1, src, &["no_write_to_binlog", "local", "table", "tables"]);
+                tables_from(toks, i, src, &mut w);
+                Part::new(Kind::Ddl).with_writes(w)
+            }
+        }
+        "xa" => Part::new(Kind::Other).pin("XA transaction"),
+        "handler" => Part::new(Kind::Other).pin("HANDLER"),
+        "lock" => Part::new(Kind::Other).pin("table lock"),
+        "flush" => {
+            let locks = toks
+                .windows(2)
+                .any(|p| p[0].is_kw(src, "read") && p[1].is_kw(src, "lock"))
+                || toks
+                    .windows(2)
+                    .any(|p| p[0].is_kw(src, "for") && p[1].is_kw(src, "export"));
+            let p = Part::new(Kind::Other);
+            if locks {
+                p.pin("table lock")
+            } else {
+                p
+            }
+        }
+        // BACKUP STAGE / BACKUP LOCK hold locks on the connection.
+        "backup" => Part::new(Kind::Other).pin("table lock"),
+        "prepare" | "execute" | "deallocate" => Part::new(Kind::Other).pin("SQL prepared statement"),
+        "use" => Part {
+            is_use: true,
+            ..Part::new(Kind::Other)
+        },
+        _ => Part::new(Kind::Other),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SET
+
+/// What a SET statement does, read from tokens.
+#[derive(Debug)]
+enum SetForm {
+    /// Session assignments, each with whether its value assigns a user variable (`@v := `).
+    Assign(Vec<(Assignment, bool)>),
+    /// Only global variables: nothing for the session.
+    Global,
+    Transaction {
+        global: bool,
+    },
+    Password,
+    Role,
+    DefaultRole,
+}
+
+/// Niladic functions that read as bare words: their value is taken when the SET runs.
+const NILADIC: [&str; 10] = [
+    "current_timestamp",
+    "current_date",
+    "current_time",
+    "current_user",
+    "current_role",
+    "localtime",
+    "localtimestamp",
+    "utc_date",
+    "utc_time",
+    "utc_timestamp",
+];
+
+fn verbatim(toks: &[Tok], src: &[u8]) -> String {
+    match (toks.first(), toks.last()) {
+        (Some(a), Some(b)) => String::from_utf8_lossy(src.get(a.start..b.end).unwrap_or_default()).into_owned(),
+        _ => String::new(),
+    }
+}
+
+fn value_of(v: &[Tok], src: &[u8], user: bool) -> Value {
+    match v {
+        [t] => match t.kind {
+            TokKind::Str | TokKind::Number | TokKind::Hex | TokKind::Bin => {
+                Value::Literal(verbatim(v, src))
+            }
+            TokKind::Word => {
+                let is = |k: &str| t.is_kw(src, k);
+                if is("default") {
+                    if user {
+                        Value::Expr
+                    } else {
+                        Value::Default
+                    }
+                } else if ["true", "false", "null"].iter().any(|k| is(k))
+                    || (!user && (is("on") || is("off")))
+                {
+                    Value::Literal(verbatim(v, src))
+                } else if user || NILADIC.iter().any(|k| is(k)) {
+                    Value::Expr
+                } else {
+                    // An enum-like value such as TRADITIONAL or SYSTEM.
+                    Value::Literal(verbatim(v, src))
+                }
+            }
+            _ => Value::Expr,
+        },
+        [sign, n] if (sign.is_punct(src, "-") || sign.is_punct(src, "+")) && n.kind == TokKind::Number => {
+            Value::Literal(verbatim(v, src))
+        }
+        _ => Value::Expr,
+    }
+}
+
+/// `x`, `'x'`, `` `x` ``: a charset or collation name, verbatim.
+fn charset_name(t: &Tok, src: &[u8]) -> Option<String> {
+    matches!(t.kind, TokKind::Word | TokKind::Str | TokKind::QuotedIdent)
+        .then(|| verbatim(std::slice::from_ref(t), src))
+}
+
+fn names_value(t: &[Tok], src: &[u8]) -> Option<Vec<(Assignment, bool)>> {
+    let text = match t {
+        [cs] => charset_name(cs, src)?,
+        [cs, collate, coll] if collate.is_kw(src, "collate") => {
+            format!("{} COLLATE {}", charset_name(cs, src)?, charset_name(coll, src)?)
+        }
+        _ => return None,
+    };
+    Some(vec![(
+        Assignment {
+            name: VarName::Names,
+            value: Value::Literal(text),
+        },
+        false,
+    )])
+}
+
+/// MariaDB's SET grammar over tokens; `None` for anything it does not follow.
+fn parse_set(toks: &[Tok], src: &[u8]) -> Option<SetForm> {
+    let t = toks.get(1..)?;
+    let kw = |i: usize, k: &str| t.get(i).is_some_and(|x| x.is_kw(src, k));
+    if kw(0, "names") {
+        return names_value(&t[1..], src).map(SetForm::Assign);
+    }
+    if kw(0, "charset") {
+        return names_value(&t[1..], src).map(SetForm::Assign);
+    }
+    if kw(0, "character") && kw(1, "set") {
+        return names_value(&t[2..], src).map(SetForm::Assign);
+    }
+    if kw(0, "password") {
+        return Some(SetForm::Password);
+    }
+    if kw(0, "role") {
+        return Some(SetForm::Role);
+    }
+    if kw(0, "default") && kw(1, "role") {
+        return Some(SetForm::DefaultRole);
+    }
+    if kw(0, "transaction") {
+        return Some(SetForm::Transaction { global: false });
+    }
+    if (kw(0, "global") || kw(0, "session") || kw(0, "local")) && kw(1, "transaction") {
+        return Some(SetForm::Transaction {
+            global: kw(0, "global"),
+        });
+    }
+
+    let mut out = Vec::new();
+    let mut any_global = false;
+    // A GLOBAL / SESSION keyword applies to the assignments after it until the next one.
+    let mut default_global = false;
+    let mut i = 0;
+    loop {
+        let mut global = default_global;
+        let mut keyword_scope = false;
+        if kw(i, "global") {
+            (global, default_global, keyword_scope) = (true, true, true);
+            i += 1;
+        } else if kw(i, "session") || kw(i, "local") {
+            (global, default_global, keyword_scope) = (false, false, true);
+            i += 1;
+        }
+        let target = t.get(i)?;
+        let name = match target.kind {
+            TokKind::UserVar if !keyword_scope => {
+                i += 1;
+                let raw = String::from_utf8_lossy(target.name(src)).into_owned();
+                let quote = target.text(src).get(1).copied().filter(|q| matches!(q, b'\'' | b'"' | b'`'));
+                let raw = match quote {
+                    Some(q) => {
+                        let q = char::from(q);
+                        raw.replace(&format!("{q}{q}"), &q.to_string())
+                    }
+                    None => raw,
+                };
+                VarName::User(raw.to_lowercase())
+            }
+            TokKind::SysVar => {
+                let n = target.name(src);
+                let prefix = ["global", "session", "local"]
+                    .iter()
+                    .find(|k| n.eq_ignore_ascii_case(k.as_bytes()));
+                match (prefix, t.get(i + 1), t.get(i + 2).and_then(|x| ident(x, src))) {
+                    (Some(p), Some(dot), Some(name)) if dot.is_punct(src, ".") => {
+                        global = *p == "global";
+                        i += 3;
+                        VarName::System(name)
+                    }
+                    _ => {
+                        // `@@x` in a SET means the session value.
+                        global = false;
+                        i += 1;
+                        VarName::System(String::from_utf8_lossy(n).to_ascii_lowercase())
+                    }
+                }
+            }
+            TokKind::Word | TokKind::QuotedIdent => {
+                let (name, next) = table_at(t, i, src)?;
+                i = next;
+                VarName::System(name)
+            }
+            _ => return None,
+        };
+        if !(t.get(i)?.is_punct(src, "=") || t.get(i)?.is_punct(src, ":=")) {
+            return None;
+        }
+        i += 1;
+        let start = i;
+        let mut depth = 0usize;
+        while let Some(x) = t.get(i) {
+            if x.is_punct(src, "(") {
+                depth += 1;
+            } else if x.is_punct(src, ")") {
+                depth = depth.checked_sub(1)?;
+            } else if depth == 0 && x.is_punct(src, ",") {
+                break;
+            }
+            i += 1;
+        }
+        let v = &t[start..i];
+        if v.is_empty() {
+            return None;
+        }
+        let user = matches!(name, VarName::User(_));
+        if global {
+            if user {
+                return None;
+            }
+            any_global = true;
+        } else {
+            let assigns = v
+                .windows(2)
+                .any(|p| p[0].kind == TokKind::UserVar && p[1].is_punct(src, ":="));
+            out.push((
+                Assignment {
+                    name,
+                    value: value_of(v, src, user),
+                },
+                assigns,
+            ));
+        }
+        if i >= t.len() {
+            break;
+        }
+        i += 1; // the comma
+    }
+    match (any_global, out.is_empty()) {
+        (false, _) => Some(SetForm::Assign(out)),
+        (true, true) => Some(SetForm::Global),
+        // Mixed global and session assignments: not worth modelling.
+        (true, false) => None,
+    }
+}
+
+/// Whether sqlparser's reading agrees with the token grammar's (a guard against either
+/// misreading the statement).
+fn agrees(stmt: &Statement, form: &SetForm) -> bool {
+    let Statement::Set(set) = stmt else {
+        return false;
+    };
+    match (set, form) {
+        (Set::SetNames { .. } | Set::SetNamesDefault {}, SetForm::Assign(v)) => {
+            v.len() == 1 && v[0].0.name == VarName::Names
+        }
+        (Set::SingleAssignment { .. }, SetForm::Assign(v)) => v.len() == 1,
+        (Set::SingleAssignment { .. }, SetForm::Global | SetForm::Password) => true,
+        (Set::MultipleAssignments { assignments }, SetForm::Assign(v)) => {
+            v.len() == assignments.len()
+        }
+        (Set::MultipleAssignments { .. }, SetForm::Global) => true,
+        (Set::SetTransaction { .. }, SetForm::Transaction { .. }) => true,
+        (Set::SetRole { .. }, SetForm::Role) => true,
+        _ => false,
+    }
+}
+
+fn set_statement(ctx: &Ctx<'_>, toks: &[Tok], mut scan: Scan) -> Part {
+    let src = ctx.src;
+    // SET STATEMENT v=x [, ...] FOR <stmt>: the settings last one statement; classify that.
+    if toks.get(1).is_some_and(|t| t.is_kw(src, "statement")) {
+        let mut depth = 0usize;
+        for (i, t) in toks.iter().enumerate().skip(2) {
+            if t.is_punct(src, "(") {
+                depth += 1;
+            } else if t.is_punct(src, ")") {
+                depth = depth.saturating_sub(1);
+            } else if depth == 0 && t.is_kw(src, "for") && i + 1 < toks.len() {
+                return statement(ctx, &toks[i + 1..]);
+            }
+        }
+        return Part::new(Kind::Other).pin("unparsed SET");
+    }
+    // The `:=` of `SET @v := 1` is the assignment itself; values are checked by parse_set.
+    scan.assigns_var = false;
+    let form = ctx.text(toks).and_then(|text| {
+        let form = parse_set(toks, src)?;
+        match parse_one(&text) {
+            Some(stmt) => agrees(&stmt, &form).then_some(form),
+            // sqlparser cannot read SET CHARACTER SET, CHARSET, @`quoted`, `:=`, ...
+            None => Some(form),
+        }
+    });
+    let mut part = match form {
+        Some(SetForm::Assign(v)) => {
+            let from_query = v.iter().any(|(a, assigns)| {
+                *assigns || (matches!(a.name, VarName::User(_)) && a.value == Value::Expr)
+            });
+            let p = Part::new(Kind::Set(v.into_iter().map(|(a, _)| a).collect()));
+            if from_query {
+                p.pin("user variable assigned from a query")
+            } else {
+                p
+            }
+        }
+        Some(SetForm::Transaction { global: false }) => {
+            Part::new(Kind::Other).pin("transaction characteristics")
+        }
+        Some(SetForm::Role) => Part::new(Kind::Other).pin("role"),
+        Some(SetForm::Global | SetForm::Transaction { global: true } | SetForm::Password | SetForm::DefaultRole) => {
+            Part::new(Kind::Other)
+        }
+        None => Part::new(Kind::Other).pin("unparsed SET"),
+    };
+    part.apply(&scan);
+    part
+}

@@ -1,0 +1,291 @@
+//! Running one statement: choose its server, take a connection, forward, then update what the
+//! session tracks (transaction, variables, holds, last write) and give the connection back
+//! unless something holds it.
+
+use std::sync::Arc;
+
+use tracing::debug;
+
+use super::route::Choice;
+use super::{identity, Session, SessionError};
+use crate::backend::forward::{Forward, ForwardError};
+use super::statements::StmtInfo;
+use crate::backend::prepared::{close_statements, execute_frame, prepare_silently};
+use crate::backend::vars::Var;
+use crate::executor::{self, ExecError};
+use crate::planner::classify::{Class, Hint, Kind};
+use crate::planner::Route;
+use crate::protocol::consts::{cap, errcode, status};
+use crate::protocol::packet::Frame;
+use crate::protocol::response::{Expect, Scanner};
+
+/// What to do on the chosen connection.
+pub(super) enum Work<'a> {
+    /// COM_QUERY.
+    Query(&'a Frame),
+    /// COM_STMT_PREPARE under the proxy's statement id `id`.
+    Prepare(&'a Frame, u32),
+    /// COM_STMT_EXECUTE of client statement `id`.
+    Execute(&'a Frame, u32),
+    /// COM_STMT_SEND_LONG_DATA of client statement `id` (no response).
+    LongData(&'a Frame, u32),
+}
+
+impl Work<'_> {
+    fn frame(&self) -> &Frame {
+        match self {
+            Work::Query(f) | Work::Prepare(f, _) | Work::Execute(f, _) | Work::LongData(f, _) => f,
+        }
+    }
+}
+
+/// How a statement attempt ended.
+enum Attempt {
+    Done(Scanner),
+    /// The client was answered with an error; nothing more to do.
+    Answered,
+    /// The server failed before anything reached the client: try another.
+    Retry,
+}
+
+impl Session {
+    pub(super) async fn run_statement(
+        &mut self,
+        route: &Route,
+        class: &Arc<Class>,
+        hint: Option<Hint>,
+        work: Work<'_>,
+    ) -> Result<(), SessionError> {
+        if self.hold.next && !class.uses_previous {
+            self.hold.next = false;
+        }
+        if let Some(why) = class.pins {
+            if self.hold.life.is_none() {
+                debug!(session = self.registration.id, why, "session pinned to its connection");
+            }
+            self.hold.life.get_or_insert(why);
+        }
+        let mut exclude: Vec<Arc<str>> = Vec::new();
+        let mut force_primary = false;
+        loop {
+            let choice = self.choose(route, class, hint, &exclude, force_primary);
+            let (addr, replica) = match choice {
+                Choice::Primary => (route.addr.clone(), None),
+                Choice::Replica(r) => (r.addr().clone(), Some(r)),
+                Choice::Held(a) => (a, None),
+            };
+            match self.attempt(&addr, replica.is_some(), &work).await? {
+                Attempt::Done(sc) => {
+                    self.after_statement(route, &addr, class, hint, &work, &sc).await;
+                    return Ok(());
+                }
+                Attempt::Answered => return Ok(()),
+                Attempt::Retry => {
+                    match &replica {
+                        Some(r) => {
+                            r.mark_down();
+                            exclude.push(addr);
+                        }
+                        // Not yet caught up with the session's writes.
+                        None => force_primary = true,
+                    }
+                    continue;
+                }
+            }
+        }
+    }
+
+    /// One try on `addr`. A replica that fails before the client saw anything asks for a retry.
+    async fn attempt(
+        &mut self,
+        addr: &Arc<str>,
+        on_replica: bool,
+        work: &Work<'_>,
+    ) -> Result<Attempt, SessionError> {
+        let frame = work.frame();
+        let reply_seq = frame.last_seq.wrapping_add(1);
+        let shared = self.shared.clone();
+        let who = identity(&self.user, self.caps, self.charset, self.db.as_deref(), &self.vars);
+        let retry_ok = on_replica && !self.hold.sticky();
+        match executor::connection(&shared.pools, &mut self.pinned, addr, &who).await {
+            Ok(_) => {}
+            Err(ExecError::Connect(_) | ExecError::Forward(_)) if retry_ok => {
+                return Ok(Attempt::Retry)
+            }
+            Err(e) => return self.report(e, reply_seq).await.map(|()| Attempt::Answered),
+        }
+        if on_replica && matches!(work, Work::Query(_) | Work::Execute(..)) && !self.replica_caught_up(addr).await {
+            self.pinned.release(addr);
+            return Ok(Attempt::Retry);
+        }
+        let _busy = match on_replica {
+            true => shared.health.get(addr).map(|h| h.start_query()),
+            false => None,
+        };
+        let deprecate_eof = self.caps & cap::DEPRECATE_EOF != 0;
+        let max_packet = shared.config.proxy.max_allowed_packet;
+        fn fwd(
+            command: &[u8],
+            last_seq: u8,
+            expect: Option<Expect>,
+            client_stmt_id: u32,
+            (deprecate_eof, max_packet): (bool, usize),
+        ) -> Forward<'_> {
+            Forward {
+                command,
+                last_seq,
+                expect,
+                deprecate_eof,
+                client_stmt_id,
+                max_packet,
+            }
+        }
+        let opts = (deprecate_eof, max_packet);
+        let last_seq = frame.last_seq;
+        let r = match work {
+            Work::Query(f) => {
+                executor::forward_on(&mut self.pinned, addr, &mut self.io, fwd(&f.raw, last_seq, Some(Expect::Result), 0, opts)).await
+            }
+            Work::Prepare(f, id) => {
+                executor::forward_on(&mut self.pinned, addr, &mut self.io, fwd(&f.raw, last_seq, Some(Expect::Prepare), *id, opts)).await
+            }
+            Work::Execute(f, id) | Work::LongData(f, id) => {
+                let long_data = matches!(work, Work::LongData(..));
+                let rewritten = match self.statement_on_conn(addr, f, *id).await {
+                    Ok(Ok(frame)) => frame,
+                    Ok(Err((code, state, msg))) => {
+                        if !long_data {
+                            self.send_err((code, &state), &msg, reply_seq).await;
+                        }
+                        return Ok(Attempt::Answered);
+                    }
+                    Err(_) if retry_ok => return Ok(Attempt::Retry),
+                    Err(e) => return self.report(e, reply_seq).await.map(|()| Attempt::Answered),
+                };
+                let expect = (!long_data).then_some(Expect::Result);
+                executor::forward_on(&mut self.pinned, addr, &mut self.io, fwd(&rewritten.raw, last_seq, expect, 0, opts)).await
+            }
+        };
+        match r {
+            Ok(sc) => {
+                self.record_backend(addr);
+                Ok(Attempt::Done(sc))
+            }
+            Err(ExecError::Forward(ForwardError::Backend { sent: false, .. })) if retry_ok => {
+                Ok(Attempt::Retry)
+            }
+            Err(e) => self.report(e, reply_seq).await.map(|()| Attempt::Answered),
+        }
+    }
+
+    /// The client's execute (or long data) made ready for the connection to `addr`, preparing
+    /// the statement there first if it is new to it. `Ok(Err(..))`: a MySQL error for the client.
+    async fn statement_on_conn(
+        &mut self,
+        addr: &Arc<str>,
+        frame: &Frame,
+        client_id: u32,
+    ) -> Result<Result<Frame, (u16, String, String)>, ExecError> {
+        let unknown = |id| {
+            let (code, state) = errcode::UNKNOWN_STMT_HANDLER;
+            Ok(Err((code, state.to_string(), format!("Unknown prepared statement handler ({id}) given to mysqld_stmt_execute"))))
+        };
+        let Some(info) = self.stmts.get_mut(client_id) else {
+            return unknown(client_id);
+        };
+        let Some(conn) = self.pinned.find(addr) else {
+            return unknown(client_id);
+        };
+        if conn.stmts.get_mut(&info.sql).is_none() {
+            match prepare_silently(conn, &info.sql).await? {
+                Ok(_) => {}
+                Err(e) => return Ok(Err((e.code, e.state, e.message))),
+            }
+        }
+        let Some(stmt) = conn.stmts.get_mut(&info.sql) else {
+            return unknown(client_id);
+        };
+        let malformed = || {
+            let (code, state) = errcode::MALFORMED_PACKET;
+            Ok(Err((code, state.to_string(), "Malformed communication packet".to_string())))
+        };
+        let rewritten = if frame.first_byte() == Some(crate::protocol::consts::com::STMT_EXECUTE) {
+            execute_frame(frame, stmt, &mut info.types)
+        } else {
+            let mut f = frame.clone();
+            if f.raw.len() >= 9 {
+                f.raw[5..9].copy_from_slice(&stmt.id.to_le_bytes());
+                Some(f)
+            } else {
+                None
+            }
+        };
+        match rewritten {
+            Some(f) => Ok(Ok(f)),
+            None => malformed(),
+        }
+    }
+
+    async fn after_statement(
+        &mut self,
+        route: &Route,
+        addr: &Arc<str>,
+        class: &Arc<Class>,
+        hint: Option<Hint>,
+        work: &Work<'_>,
+        sc: &Scanner,
+    ) {
+        if let (Work::Prepare(f, id), Some((server_id, _, params))) = (work, sc.prepared) {
+            let sql: Arc<[u8]> = f.payload()[1..].into();
+            if let Some(conn) = self.pinned.find(addr) {
+                let close = conn.stmts.insert(sql.clone(), server_id, params);
+                if let Err(e) = close_statements(conn, &close).await {
+                    debug!(error = %e, "closing replaced statements failed");
+                    self.pinned.discard(addr);
+                }
+            }
+            let info = StmtInfo {
+                sql,
+                class: class.clone(),
+                hint,
+                route: route.clone(),
+                types: None,
+            };
+            self.stmts.insert(*id, info);
+        }
+        let statement = matches!(work, Work::Query(_) | Work::Execute(..));
+        if statement && !sc.error {
+            self.hold.txn = sc.last_ok.status & status::IN_TRANS != 0;
+            if sc.last_ok.last_insert_id != 0 {
+                let id = sc.last_ok.last_insert_id.to_string();
+                self.vars = self.vars.with([(Var::System("last_insert_id".into()), Some(id))]);
+                self.conn_carries_session_vars(addr);
+            }
+            if let Kind::Set(assignments) = &class.kind {
+                self.record_set(addr, assignments).await;
+            }
+            if class.keeps_for_next || sc.last_ok.warnings > 0 {
+                self.hold.next = true;
+            }
+        }
+        match work {
+            Work::LongData(..) => self.hold.long_data = true,
+            Work::Execute(f, _) => {
+                self.hold.long_data = false;
+                // A cursor keeps server-side state for COM_STMT_FETCH.
+                if f.raw.get(9).is_some_and(|flags| flags & 0x07 != 0) && !sc.error {
+                    self.hold.life.get_or_insert("cursor");
+                }
+            }
+            _ => {}
+        }
+        if statement && **addr == *route.addr {
+            let wrote = !sc.error
+                && matches!(
+                    class.kind,
+                    Kind::Write | Kind::Ddl | Kind::LockingRead | Kind::Other
+                );
+            self.note_write(addr, wrote).await;
+        }
+    }
+}
