@@ -118,6 +118,7 @@ fn proxy(sql: &str) -> String {
 /// Runs `sql` through the proxy and directly with the same options and asserts both succeed
 /// with byte-identical output; returns it.
 fn same_on_both(extra: &[&str], sql: &str) -> String {
+    common::wait_env_replicated();
     let via_proxy = exec(Target::Proxy, extra, sql).ok(sql);
     let direct = exec(Target::Direct, extra, sql).ok(sql);
     assert!(
@@ -379,6 +380,7 @@ fn use_switches_database() {
 /// Runs `sql` logged in to `db` through the proxy and directly; asserts that both print and
 /// fail alike, and returns the proxy's run.
 fn alike_on_both(db: Option<&str>, sql: &str) -> Run {
+    common::wait_env_replicated();
     let via_proxy = exec_in(Target::Proxy, db, &[], sql);
     let direct = exec_in(Target::Direct, db, &[], sql);
     assert_eq!(

@@ -119,9 +119,30 @@ impl Watcher {
         let task = tokio::spawn(async move {
             let mut peak = BTreeMap::new();
             loop {
-                for (id, n) in app_connections(&mut conns).await {
-                    let p = peak.entry(id).or_insert(0);
-                    *p = (*p).max(n);
+                for (id, c) in conns.iter_mut() {
+                    // A failed count (a busy server timing out, say) is reported and retried
+                    // on a new connection; it does not end the watch.
+                    match common::try_app_connections_on(c).await {
+                        Ok(n) => {
+                            let p = peak.entry(*id).or_insert(0);
+                            *p = (*p).max(n);
+                        }
+                        Err(e) => {
+                            println!("watcher: counting on server {id} failed: {e}");
+                            let port = sandbox()
+                                .cluster
+                                .servers
+                                .iter()
+                                .find(|s| s.server_id == *id)
+                                .map(|s| s.port)
+                                .expect("server");
+                            let opts =
+                                mysql_async::Opts::from_url(&common::root_url(port)).expect("url");
+                            if let Ok(n) = Conn::new(opts).await {
+                                *c = n;
+                            }
+                        }
+                    }
                 }
                 if flag.load(Ordering::Relaxed) {
                     return peak;
@@ -332,6 +353,24 @@ async fn two_hundred_clients_keep_their_session_state_on_twenty_connections() {
     );
 }
 
+/// One of the 2,000: logs in, sets its character set, runs one statement, and is kept idle.
+async fn one_idle_client(k: i64, url: &str) -> Result<Conn, String> {
+    let mut c = Conn::new(mysql_async::Opts::from_url(url).expect("url"))
+        .await
+        .map_err(|e| format!("client {k}: connect: {e}"))?;
+    c.query_drop("SET NAMES utf8mb4")
+        .await
+        .map_err(|e| format!("client {k}: SET NAMES: {e}"))?;
+    let one: Option<i64> = c
+        .query_first(format!("SELECT {k} + 1"))
+        .await
+        .map_err(|e| format!("client {k}: SELECT: {e}"))?;
+    if one != Some(k + 1) {
+        return Err(format!("client {k}: SELECT returned {one:?}"));
+    }
+    Ok(c)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_idle_clients_need_few_backend_connections() {
     let _only = COUNTING.write().await;
@@ -348,40 +387,40 @@ async fn two_thousand_idle_clients_need_few_backend_connections() {
     let watcher = Watcher::start().await;
     let started = Instant::now();
     let gate = Arc::new(tokio::sync::Semaphore::new(50));
+    // After the first failure the rest are skipped: a proxy that does not multiplex would
+    // otherwise make each of them wait out its pool timeout.
+    let failed = Arc::new(AtomicBool::new(false));
     let mut tasks = JoinSet::new();
     for k in 0..2000 {
-        let (gate, url) = (gate.clone(), common::app_url(port, "app"));
+        let (gate, url, failed) = (gate.clone(), common::app_url(port, "app"), failed.clone());
         tasks.spawn(async move {
             let _g = gate.acquire().await.expect("semaphore");
-            let mut c = Conn::new(mysql_async::Opts::from_url(&url).expect("url"))
-                .await
-                .map_err(|e| format!("client {k}: connect: {e}"))?;
-            c.query_drop("SET NAMES utf8mb4")
-                .await
-                .map_err(|e| format!("client {k}: SET NAMES: {e}"))?;
-            let one: Option<i64> = c
-                .query_first(format!("SELECT {k} + 1"))
-                .await
-                .map_err(|e| format!("client {k}: SELECT: {e}"))?;
-            if one != Some(k + 1) {
-                return Err(format!("client {k}: SELECT returned {one:?}"));
+            if failed.load(Ordering::Relaxed) {
+                return Err(None);
             }
-            Ok::<_, String>(c)
+            let r = one_idle_client(k, &url).await;
+            if r.is_err() {
+                failed.store(true, Ordering::Relaxed);
+            }
+            r.map_err(Some)
         });
     }
     let mut conns = Vec::new();
     let mut errors = Vec::new();
+    let mut skipped = 0;
     while let Some(r) = tasks.join_next().await {
         match r.expect("task") {
             Ok(c) => conns.push(c),
-            Err(e) => errors.push(e),
+            Err(Some(e)) => errors.push(e),
+            Err(None) => skipped += 1,
         }
     }
     let connected = started.elapsed();
     assert!(
         errors.is_empty(),
-        "{} of 2,000 clients failed; first: {:#?}",
+        "{} of 2,000 clients failed ({skipped} more not tried, {} connected); first: {:#?}",
         errors.len(),
+        conns.len(),
         &errors[..errors.len().min(10)]
     );
     let peak = watcher.peak().await;
@@ -745,4 +784,148 @@ async fn prepared_statements_of_100_clients_on_a_pool_of_20() {
     }
     assert_eq!(rows.len(), want.len(), "one row per prepared insert");
     assert!(rows == want, "rows written by prepared inserts differ");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_state_does_not_leak_to_the_next_client_of_a_connection() {
+    let _shared = COUNTING.read().await;
+    // One connection per server: every client's statements share it.
+    let (_proxy, port) = sandbox().proxy(&config(1));
+    let t = common::unique("mux_leak");
+    table(&t, "(id INT PRIMARY KEY)").await;
+    let mut p = root_primary().await;
+    let defaults: Option<(String, String)> = p
+        .query_first("SELECT @@GLOBAL.sql_mode, @@GLOBAL.time_zone")
+        .await
+        .expect("defaults");
+    let (mode, tz) = defaults.expect("row");
+    let url = common::app_url(port, "app");
+    let mut a = common::connect(&url).await;
+    let mut b = common::connect(&url).await;
+    for sql in [
+        "SET autocommit = 0",
+        "SET @leak = 'a'",
+        "SET SESSION sql_mode = 'ANSI_QUOTES'",
+        "SET time_zone = '+05:00'",
+        "SELECT 1",
+        "COMMIT",
+    ] {
+        a.query_drop(sql)
+            .await
+            .unwrap_or_else(|e| panic!("A: {sql}: {e}"));
+    }
+    for round in 0..3 {
+        b.query_drop(format!("INSERT INTO {t} VALUES ({round})"))
+            .await
+            .expect("B inserts");
+        let committed: Option<i64> = p
+            .query_first(format!("SELECT COUNT(*) FROM app.{t} WHERE id = {round}"))
+            .await
+            .expect("count");
+        assert_eq!(
+            committed,
+            Some(1),
+            "B's INSERT is committed (A's autocommit=0 did not leak to B)"
+        );
+        type Seen = (Option<String>, String, String, i64);
+        for target in ["/* shardgate:primary */", ""] {
+            let seen: Option<Seen> = b
+                .query_first(format!(
+                    "{target} SELECT @leak, @@sql_mode, @@time_zone, @@autocommit"
+                ))
+                .await
+                .expect("B reads its session");
+            assert_eq!(
+                seen,
+                Some((None, mode.clone(), tz.clone(), 1)),
+                "round {round} {target}: B sees none of A's session state"
+            );
+        }
+        let seen: Option<(Option<String>, String, String, i64)> = a
+            .query_first("SELECT @leak, @@sql_mode, @@time_zone, @@autocommit")
+            .await
+            .expect("A reads its session");
+        assert_eq!(
+            seen,
+            Some((Some("a".into()), "ANSI_QUOTES".into(), "+05:00".into(), 0)),
+            "round {round}: A keeps its own session state"
+        );
+        a.query_drop("COMMIT")
+            .await
+            .expect("A ends its transaction");
+    }
+}
+
+/// Client A opens a transaction and writes; meanwhile ten other clients write in autocommit
+/// mode through the same small pool; A rolls back. None of the others' rows may be lost (they
+/// would be if a statement of theirs had run inside A's transaction). `hinted`: A also sends a
+/// replica-hinted read inside its transaction.
+async fn others_never_join_an_open_transaction(hinted: bool) {
+    let (_proxy, port) = sandbox().proxy(&config(2));
+    let t = common::unique("mux_tx");
+    table(&t, "(id INT PRIMARY KEY, who VARCHAR(10))").await;
+    let url = common::app_url(port, "app");
+    let mut a = common::connect(&url).await;
+    a.query_drop("BEGIN").await.expect("begin");
+    a.query_drop(format!("INSERT INTO {t} VALUES (0, 'a')"))
+        .await
+        .expect("A inserts");
+    if hinted {
+        a.query_drop("/* shardgate:replica */ SELECT @@server_id")
+            .await
+            .expect("hinted read");
+    }
+    let mut others = JoinSet::new();
+    for k in 1..=10 {
+        let (url, t) = (url.clone(), t.clone());
+        others.spawn(async move {
+            let mut c = common::connect(&url).await;
+            for i in 0..5 {
+                c.query_drop(format!("INSERT INTO {t} VALUES ({}, 'other')", k * 100 + i))
+                    .await
+                    .expect("other client inserts");
+            }
+        });
+    }
+    while let Some(r) = others.join_next().await {
+        r.expect("other client");
+    }
+    let own: Option<(i64, i64)> = a
+        .query_first(format!(
+            "SELECT @@in_transaction, COUNT(*) FROM {t} WHERE who = 'a'"
+        ))
+        .await
+        .expect("A reads");
+    a.query_drop("ROLLBACK").await.expect("rollback");
+    let mut p = root_primary().await;
+    let rows: Option<(i64, i64)> = p
+        .query_first(format!(
+            "SELECT CAST(SUM(who = 'a') AS SIGNED), CAST(SUM(who = 'other') AS SIGNED) \
+             FROM app.{t}"
+        ))
+        .await
+        .expect("count");
+    assert_eq!(
+        rows,
+        Some((0, 50)),
+        "(A's rows, others' rows) after A's ROLLBACK: others' autocommit writes must all \
+         be kept"
+    );
+    assert_eq!(
+        own,
+        Some((1, 1)),
+        "A's transaction stayed open with its row"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_clients_never_join_an_open_transaction() {
+    let _shared = COUNTING.read().await;
+    others_never_join_an_open_transaction(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_clients_never_join_a_transaction_that_made_a_hinted_read() {
+    let _shared = COUNTING.read().await;
+    others_never_join_an_open_transaction(true).await;
 }

@@ -1,5 +1,6 @@
-//! Backend pools: bounded per server (a client beyond the bound waits, then gets ERR 1040),
-//! and a connection given back by a client is reset before the next client gets it.
+//! Backend pools: bounded per server (a client that needs a connection beyond the bound waits,
+//! then gets ERR 1040), and a connection given back by a client is reset before the next
+//! client gets it.
 
 mod common;
 
@@ -51,10 +52,11 @@ async fn a_full_pool_makes_clients_wait_then_refuses_with_1040() {
     let (_proxy, port) = small_pool_proxy(2);
     let mut a = connect(port).await.expect("a");
     let mut b = connect(port).await.expect("b");
-    a.query_drop("DO 1").await.expect("a holds a connection");
-    b.query_drop("DO 1").await.expect("b holds a connection");
-    // mysql_async queries settings right after login, so the third client is refused there.
-    let e = connect(port).await.expect_err("pool is full");
+    // Clients hold a server connection only while they need one: an open transaction does.
+    a.query_drop("BEGIN").await.expect("a holds a connection");
+    b.query_drop("BEGIN").await.expect("b holds a connection");
+    let mut c = connect(port).await.expect("an idle client needs no server connection");
+    let e = c.query_drop("BEGIN").await.expect_err("pool is full");
     match e {
         mysql_async::Error::Server(s) => {
             assert_eq!((s.code, s.state.as_str()), (1040, "08004"));
@@ -62,13 +64,15 @@ async fn a_full_pool_makes_clients_wait_then_refuses_with_1040() {
         }
         other => panic!("expected ERR 1040, got {other}"),
     }
-    // A waiting client gets the connection a leaving client gives back.
+    // A waiting client gets the connection a leaving transaction gives back.
     let waiter = tokio::spawn(async move {
-        let mut c = connect(port).await.expect("served after waiting");
-        c.query_first::<i64, _>("SELECT 7").await.expect("query")
+        c.query_drop("BEGIN").await.expect("served after waiting");
+        let seven = c.query_first::<i64, _>("SELECT 7").await.expect("query");
+        c.query_drop("COMMIT").await.expect("commit");
+        seven
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    a.disconnect().await.expect("a leaves");
+    a.query_drop("COMMIT").await.expect("a commits");
     assert_eq!(waiter.await.expect("task"), Some(7));
     b.query_drop("DO 1").await.expect("b unaffected");
 }

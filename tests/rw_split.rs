@@ -358,7 +358,8 @@ async fn autocommit_off_keeps_every_statement_on_the_primary() {
         .await
         .expect("autocommit off");
     assert_eq!(sid(&mut c, "SELECT @@server_id").await, PRIMARY);
-    c.query_drop("ROLLBACK; SET autocommit = ON")
+    c.query_drop("ROLLBACK").await.expect("rollback");
+    c.query_drop("SET autocommit = ON")
         .await
         .expect("autocommit on");
     let id = sid(&mut c, "SELECT @@server_id").await;
@@ -446,8 +447,13 @@ async fn hints_override_routing() {
             "replica hint on a locking read ran on {id}"
         );
     }
+    let t = common::unique("rw_hint");
+    table(&t, "(id INT PRIMARY KEY)").await;
     c.query_drop("BEGIN").await.expect("begin");
     assert_eq!(sid(&mut c, "SELECT @@server_id").await, PRIMARY);
+    c.query_drop(format!("INSERT INTO {t} VALUES (1)"))
+        .await
+        .expect("insert in the transaction");
     for _ in 0..5 {
         let id = sid(&mut c, "/* shardgate:replica */ SELECT @@server_id").await;
         assert!(
@@ -458,11 +464,24 @@ async fn hints_override_routing() {
     assert_eq!(
         sid(&mut c, "SELECT @@server_id").await,
         PRIMARY,
-        "the transaction itself stays on the primary"
+        "after a replica-hinted read, the transaction's next statement stays on the primary"
     );
-    let in_tx: Option<i64> = c.query_first("SELECT @@in_transaction").await.expect("q");
-    assert_eq!(in_tx, Some(1));
-    c.query_drop("COMMIT").await.expect("commit");
+    let state: Option<(i64, i64)> = c
+        .query_first(format!("SELECT @@in_transaction, COUNT(*) FROM {t}"))
+        .await
+        .expect("q");
+    assert_eq!(
+        state,
+        Some((1, 1)),
+        "the transaction and its uncommitted row survive the hinted reads"
+    );
+    c.query_drop("ROLLBACK").await.expect("rollback");
+    let mut p = primary_direct().await;
+    let n: Option<i64> = p
+        .query_first(format!("SELECT COUNT(*) FROM {t}"))
+        .await
+        .expect("count");
+    assert_eq!(n, Some(0), "ROLLBACK undid the transaction's insert");
 }
 
 #[tokio::test]
@@ -561,6 +580,9 @@ async fn write_then_read(port: u16, n: i64) -> (u32, BTreeMap<u32, u32>) {
     table(&t, "(id INT PRIMARY KEY, v BIGINT)").await;
     let mut misses = 0;
     let mut by = BTreeMap::new();
+    // Where each read ran, as runs of (server id or 0 for a miss, count): printed to show
+    // patterns (a stretch on the primary, say).
+    let mut runs: Vec<(u32, u32)> = Vec::new();
     for i in 0..n {
         c.query_drop(format!("INSERT INTO {t} (id, v) VALUES ({i}, {})", i * 7))
             .await
@@ -569,14 +591,27 @@ async fn write_then_read(port: u16, n: i64) -> (u32, BTreeMap<u32, u32>) {
             .query_first(format!("SELECT v, @@server_id FROM {t} WHERE id = {i}"))
             .await
             .unwrap_or_else(|e| panic!("select {i}: {e}"));
-        match row {
+        let at = match row {
             Some((v, id)) => {
                 assert_eq!(v, i * 7, "row {i} read back with a wrong value");
                 *by.entry(id).or_insert(0) += 1;
+                id
             }
-            None => misses += 1,
+            None => {
+                misses += 1;
+                0
+            }
+        };
+        match runs.last_mut() {
+            Some((id, k)) if *id == at => *k += 1,
+            _ => runs.push((at, 1)),
         }
     }
+    let primary_runs: Vec<_> = runs.iter().filter(|(id, _)| *id == PRIMARY).collect();
+    println!(
+        "port {port}: {} runs; runs on the primary (server, length): {primary_runs:?}",
+        runs.len()
+    );
     (misses, by)
 }
 

@@ -8,6 +8,14 @@ Usage (from anywhere; the repo root is found relative to this file):
     python3 benches/load/run.py --duration 20 --rounds 3 --threads 1,8,32 \
         --tests oltp_point_select,oltp_read_only --idle-conns 1000 --json out.json
 
+    # Read/write split (issue 3): a primary and 2 replicas; the proxy spreads reads over the
+    # replicas, "direct" is the primary alone. A test spec TEST+opt[=value] passes --opt to
+    # sysbench: +skip_trx runs every query in autocommit mode, which is what lets reads leave
+    # the primary (a BEGIN ... COMMIT transaction stays on the primary).
+    python3 benches/load/run.py --replicas 2 --targets direct,shardgate --threads 8,32 \
+        --tests oltp_read_only,oltp_read_only+skip_trx,oltp_read_write,oltp_read_write+skip_trx \
+        --idle-conns 2000 --json split.json
+
     # Against servers you run yourself (no sandbox; builds shardgate only if it is needed):
     python3 benches/load/run.py --external-primary 127.0.0.1:23306 --targets direct,haproxy
 
@@ -48,6 +56,12 @@ import pymysql
 
 REPO = Path(__file__).resolve().parents[2]
 TARGETS = ("direct", "haproxy", "shardgate")
+# sysbench tests that write. Deadlocks and lock wait timeouts are normal for them: sysbench
+# restarts the transaction and counts an "ignored error" (reported as restarts, not a failure).
+WRITE_TESTS = {"oltp_read_write", "oltp_write_only", "oltp_insert", "oltp_delete",
+               "oltp_update_index", "oltp_update_non_index"}
+SYSBENCH_IGNORE_DEFAULT = "1213,1020,1205"  # sysbench's own default --mysql-ignore-errors
+SYSBENCH_SHARE = Path("/usr/share/sysbench")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 1024 * 1024
 
@@ -79,6 +93,51 @@ def int_list(s: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {s!r}")
 
 
+class TestSpec:
+    """`TEST` or `TEST+opt[=value]+...`: a sysbench test and extra `--opt=value` run options.
+
+    `+skip_trx` alone means `--skip_trx=on`. The spec string is the test's label in the output.
+    """
+
+    OPT_RE = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*)(?:=([A-Za-z0-9_.:/-]*))?$")
+
+    def __init__(self, spec: str):
+        parts = spec.split("+")
+        self.label, self.test = spec, parts[0]
+        self.opts: dict[str, str] = {}
+        if not re.fullmatch(r"[A-Za-z0-9_]+", self.test):
+            raise argparse.ArgumentTypeError(f"bad sysbench test name in {spec!r}")
+        for part in parts[1:]:
+            m = self.OPT_RE.match(part)
+            if not m:
+                raise argparse.ArgumentTypeError(f"bad option {part!r} in test spec {spec!r} (want +opt or +opt=value)")
+            self.opts[m.group(1)] = "on" if m.group(2) is None else m.group(2)
+
+    @property
+    def writes(self) -> bool:
+        return self.test in WRITE_TESTS
+
+    @property
+    def autocommit(self) -> bool:
+        return self.opts.get("skip_trx", "off") in ("on", "true", "1", "yes")
+
+    def run_opts(self) -> list[str]:
+        opts = dict(self.opts)
+        if self.writes and self.autocommit and "mysql-ignore-errors" not in opts:
+            # Without a transaction, two threads deleting and re-inserting the same id race
+            # (sysbench's oltp_common does DELETE then INSERT of one id): a duplicate key
+            # (1062) is expected there, directly as through any proxy. Restart the event.
+            opts["mysql-ignore-errors"] = SYSBENCH_IGNORE_DEFAULT + ",1062"
+        return [f"--{k}={v}" for k, v in opts.items()]
+
+    def __repr__(self) -> str:
+        return self.label
+
+
+def test_specs(s: str) -> list[TestSpec]:
+    return [TestSpec(x) for x in csv_list(s)]
+
+
 def host_port(s: str) -> tuple[str, int]:
     host, sep, port = s.rpartition(":")
     if not sep or not host or not port.isdigit():
@@ -96,9 +155,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=int, help="seconds per sysbench run (default: 20; --quick: 5)")
     p.add_argument("--rounds", type=int, help="rounds per (test, threads, target); the median is reported (default: 3; --quick: 1)")
     p.add_argument("--threads", type=int_list, help="sysbench thread counts (default: 1,8,32; --quick: 8)")
-    p.add_argument("--tests", type=csv_list, default=["oltp_point_select", "oltp_read_only"], help="sysbench tests")
+    p.add_argument("--tests", type=test_specs, default="oltp_point_select,oltp_read_only",
+                   help="sysbench tests (oltp_* tests share the tables one prepare creates); TEST+opt[=value] "
+                        "adds --opt=value to its runs, e.g. oltp_read_only+skip_trx (autocommit reads, which the "
+                        "read/write split may send to replicas; in BEGIN..COMMIT they stay on the primary)")
     p.add_argument("--targets", type=csv_list, default=list(TARGETS), help="subset of direct,haproxy,shardgate")
     p.add_argument("--idle-conns", type=int, help="idle client connections for the memory check, 0 skips it (default: 1000; --quick: 200)")
+    p.add_argument("--replicas", type=int, default=0,
+                   help="replicas of the sandbox primary (shardgate sandbox up --replicas N); 'direct' and 'haproxy' "
+                        "still go to the primary alone, shardgate gets the replicas (read/write split)")
+    p.add_argument("--consistency", default="eventual", choices=["eventual", "read_your_writes"],
+                   help="[routing] consistency in the shardgate config the bench writes")
+    p.add_argument("--pool-max", type=int,
+                   help="[pool] max_connections per server in the bench config (default: max(1000, idle-conns + 200), "
+                        "room for one backend connection per idle client; with multiplexing they need none)")
+    p.add_argument("--root-user", default="root",
+                   help="account for the server-side counters (PROCESSLIST, SHOW GLOBAL STATUS) read directly on each server")
+    p.add_argument("--root-password", default="")
     p.add_argument("--warmup", type=int, help="seconds of unrecorded warm-up per (test, target) (default: 5; --quick: 2)")
     p.add_argument("--tables", type=int, default=4, help="sysbench --tables")
     p.add_argument("--table-size", type=int, default=10000, help="sysbench --table-size")
@@ -115,7 +188,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--external-proxy", type=host_port, metavar="HOST:PORT",
                    help="use this running shardgate instead of starting one (no CPU/memory numbers)")
     p.add_argument("--proxy-config", type=Path,
-                   help="shardgate config to serve with (default: the sandbox's, or one generated for --external-primary)")
+                   help="shardgate config to serve as it is (default: bench-shardgate.toml, the sandbox's config, or one "
+                        "generated for --external-primary, with [pool], [routing] and [monitor] set from the options)")
     p.add_argument("--skip-prepare", action="store_true", help="reuse existing sbtest tables instead of cleanup + prepare")
     p.add_argument("--user", default="app")
     p.add_argument("--password", default="app")
@@ -136,6 +210,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if a.duration < 1 or a.rounds < 1 or not a.threads or min(a.threads) < 1:
         p.error("--duration, --rounds and --threads must be positive")
     a.targets = [t for t in TARGETS if t in a.targets]  # canonical order
+    if not a.tests:
+        p.error("--tests: no tests")
+    if len({t.label for t in a.tests}) != len(a.tests):
+        p.error("--tests: a test is listed twice")
+    if a.replicas < 0:
+        p.error("--replicas must be >= 0")
+    if a.replicas and a.external_primary:
+        p.error("--replicas needs the sandbox; with --external-primary pass your own --proxy-config")
+    if a.pool_max is None:
+        a.pool_max = max(1000, a.idle_conns + 200)
+    if a.pool_max < 1:
+        p.error("--pool-max must be positive")
+    for t in a.tests:
+        lua = SYSBENCH_SHARE / f"{t.test}.lua"
+        if SYSBENCH_SHARE.is_dir():
+            if not lua.exists():
+                p.error(f"--tests: no sysbench test {t.test!r} ({lua} missing)")
+            if 'require("oltp_common")' not in lua.read_text(errors="replace"):
+                p.error(f"--tests: {t.test} does not use oltp_common's tables, which is all the prepare step creates")
     return a
 
 
@@ -318,6 +411,10 @@ class Env:
         self.sandbox_pids: list[tuple[int, str]] = []  # (pid, datadir) of the sandbox servers
         self.primary: tuple[str, int] | None = None
         self.primary_pid: int | None = None
+        # Every server of the cluster (the primary first): name, role, host, port, pid (None
+        # for an external primary). Server-side counters are read on each, directly, as root.
+        self.servers: list[dict] = []
+        self._root_warned: set[str] = set()
         self.proxy_config: Path | None = None
         self.haproxy: Child | None = None
         self.shardgate: Child | None = None
@@ -352,7 +449,7 @@ class Env:
             self.primary = a.external_primary
             log(f"primary: external MariaDB at {self.primary[0]}:{self.primary[1]}")
         else:
-            cmd = [str(a.binary), "sandbox", "up", "--dir", str(self.dir), "--shards", "1", "--replicas", "0"]
+            cmd = [str(a.binary), "sandbox", "up", "--dir", str(self.dir), "--shards", "1", "--replicas", str(a.replicas)]
             self.commands["sandbox_up"] = show_cmd(cmd)
             self.sandbox_up = True  # tear down even if 'up' fails half way
             run_checked(cmd, "shardgate sandbox up", timeout=300)
@@ -371,9 +468,85 @@ class Env:
             self.primary_pid = int(prim[0]["pid"]) if prim[0].get("pid") else None
             if cluster.get("user"):
                 a.user, a.password = cluster["user"], cluster.get("password", a.password)
-            log(f"primary: sandbox MariaDB at {self.primary[0]}:{self.primary[1]} (pid {self.primary_pid})")
+            shard = prim[0].get("shard")
+            mine = [s for s in cluster["servers"] if s.get("shard") == shard]
+            mine.sort(key=lambda s: s.get("role") != "primary")  # primary first, replicas in order
+            for s in mine:
+                name = Path(str(s.get("datadir", ""))).name or f"{shard}-{s.get('role')}"
+                self.servers.append({"name": name, "role": s.get("role"), "host": s.get("host", "127.0.0.1"),
+                                     "port": int(s["port"]), "pid": int(s["pid"]) if s.get("pid") else None})
+            replicas = [f"{s['name']} {s['host']}:{s['port']}" for s in self.servers if s["role"] == "replica"]
+            if len(replicas) != a.replicas:
+                raise BenchError(f"{cluster_file} lists {len(replicas)} replicas of {shard}, asked for {a.replicas}")
+            log(f"primary: sandbox MariaDB at {self.primary[0]}:{self.primary[1]} (pid {self.primary_pid})"
+                + (f"; replicas: {', '.join(replicas)}" if replicas else ""))
+        if not self.servers:
+            self.servers.append({"name": "primary", "role": "primary", "host": self.primary[0],
+                                 "port": self.primary[1], "pid": None})
         wait_login(*self.primary, self.args, timeout=60, what="primary MariaDB")
         self.endpoints["direct"] = self.primary
+
+    # -- server-side counters, read directly on each server ----------------------------------
+    def root_query(self, server: dict, sql: str, args=None) -> list[tuple] | None:
+        """Runs `sql` on `server` as --root-user; None (and one warning per server) if it cannot."""
+        a = self.args
+        try:
+            conn = pymysql.connect(host=server["host"], port=server["port"], user=a.root_user,
+                                   password=a.root_password, connect_timeout=5, read_timeout=120,
+                                   write_timeout=30, autocommit=True, ssl_disabled=True)
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(sql, args)
+                    return list(cur.fetchall())
+            finally:
+                conn.close()
+        except pymysql.MySQLError as e:
+            if server["name"] not in self._root_warned:
+                self._root_warned.add(server["name"])
+                log(f"warning: cannot read counters on {server['name']} ({server['host']}:{server['port']}) "
+                    f"as {a.root_user}: {e}")
+            return None
+
+    def com_select(self) -> dict[str, int | None]:
+        """Com_select of every server (prepared and text SELECTs both count)."""
+        out: dict[str, int | None] = {}
+        for s in self.servers:
+            rows = self.root_query(s, "SHOW GLOBAL STATUS LIKE 'Com_select'")
+            out[s["name"]] = int(rows[0][1]) if rows else None
+        return out
+
+    def backend_conns(self) -> dict:
+        """Connections of the application user on every server (the proxy's backend connections,
+        plus any direct client of the same user: none while the idle check runs)."""
+        per = []
+        for s in self.servers:
+            rows = self.root_query(s, "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = %s",
+                                   (self.args.user,))
+            per.append({"server": s["name"], "role": s["role"], "addr": f"{s['host']}:{s['port']}",
+                        "conns": int(rows[0][0]) if rows else None})
+        known = [p["conns"] for p in per if p["conns"] is not None]
+        return {"per_server": per, "total": sum(known) if known else None}
+
+    def wait_replicas(self, timeout: float = 120) -> float:
+        """Waits until every replica has applied what the primary has written, so the replication
+        work of one run does not spill into the next. Returns the seconds waited."""
+        replicas = [s for s in self.servers if s["role"] == "replica"]
+        if not replicas:
+            return 0.0
+        rows = self.root_query(self.servers[0], "SELECT @@gtid_binlog_pos")
+        if not rows or not rows[0][0]:
+            return 0.0
+        pos = rows[0][0]
+        t0 = time.monotonic()
+        for r in replicas:
+            left = max(1.0, timeout - (time.monotonic() - t0))
+            res = self.root_query(r, "SELECT MASTER_GTID_WAIT(%s, %s)", (pos, left))
+            if res and res[0][0] != 0:
+                log(f"warning: {r['name']} has not applied GTID {pos} after {left:.0f}s")
+        return time.monotonic() - t0
+
+    def db_pids(self) -> list[int]:
+        return [s["pid"] for s in self.servers if s["pid"]]
 
     # -- HAProxy -----------------------------------------------------------------------------
     def start_haproxy(self) -> None:
@@ -441,14 +614,18 @@ primary = "{host}:{port}"
             wait_login(*a.external_proxy, a, 30, what="shardgate (external)")
             return
         if a.proxy_config:
-            cfg = a.proxy_config.resolve()
-        elif a.external_primary:
-            cfg = self.write_proxy_config()
+            cfg = a.proxy_config.resolve()  # served as it is
+            if not cfg.exists():
+                raise BenchError(f"no proxy config at {cfg}")
         else:
-            cfg = self.bench_config(self.dir / "shardgate.toml")
-        if not cfg.exists():
-            raise BenchError(f"no proxy config at {cfg}")
+            base = self.write_proxy_config() if a.external_primary else self.dir / "shardgate.toml"
+            if not base.exists():
+                raise BenchError(f"no proxy config at {base}")
+            cfg = self.bench_config(base)
         self.proxy_config = cfg
+        check = [str(a.binary), "check", str(cfg)]
+        self.commands["shardgate_check"] = show_cmd(check)
+        run_checked(check, f"shardgate check {cfg}", timeout=30)
         host, port = proxy_listen(cfg)
         if port_accepts(host, port):
             raise BenchError(f"{host}:{port} (proxy.listen in {cfg}) is already in use")
@@ -458,7 +635,8 @@ primary = "{host}:{port}"
         wait_port(host, port, 30, self.shardgate.proc, "shardgate serve", self.shardgate.logfile)
         wait_login(host, port, a, 30, self.shardgate.proc, "shardgate serve")
         self.endpoints["shardgate"] = (host, port)
-        log(f"shardgate: {host}:{port} -> {self.primary[0]}:{self.primary[1]} (pid {self.shardgate.pid})")
+        backends = ", ".join(f"{s['host']}:{s['port']}" for s in self.servers)
+        log(f"shardgate: {host}:{port} -> {backends} (pid {self.shardgate.pid})")
 
     def pid_of(self, target: str) -> int | None:
         if target == "haproxy" and self.haproxy:
@@ -492,16 +670,38 @@ primary = "{host}:{port}"
         else:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def bench_config(self, sandbox_cfg: Path) -> Path:
-        """The sandbox's proxy config with room in the pool for every idle client: drivers set
-        session state at login (PyMySQL sends SET NAMES), and until shardgate multiplexes, each
-        such client keeps one server connection (the sandbox servers allow 3000)."""
-        if not sandbox_cfg.exists():
-            return sandbox_cfg
-        need = max(1000, self.args.idle_conns + 200)
-        text = re.sub(r"(?m)^max_connections = \d+$", f"max_connections = {need}", sandbox_cfg.read_text())
+    def bench_config(self, base_cfg: Path) -> Path:
+        """`bench-shardgate.toml`: the sandbox's proxy config (replicas included) with
+
+        - `[pool] max_connections = --pool-max`: by default room for one backend connection per
+          idle client (PyMySQL sends SET NAMES at login; a proxy without multiplexing keeps a
+          server connection for such a session; the sandbox servers allow 3000);
+        - `[routing] read_write_split = true`, `consistency = --consistency`, explicitly;
+        - `[monitor] user = "root"`, `password = ""` (--root-user/--root-password) where the base
+          config has none.
+        """
+        a = self.args
+        text = base_cfg.read_text()
+        text = toml_set(text, "pool", "max_connections", str(a.pool_max))
+        text = toml_set(text, "routing", "read_write_split", "true")
+        text = toml_set(text, "routing", "consistency", json.dumps(a.consistency))
+        # The sandbox lets root in from 127.0.0.1 without a password (its config says so already).
+        text = toml_set(text, "monitor", "user", json.dumps(a.root_user), only_if_missing=True)
+        text = toml_set(text, "monitor", "password", json.dumps(a.root_password), only_if_missing=True)
         out = self.dir / "bench-shardgate.toml"
-        out.write_text(text)
+        out.write_text(f"# {base_cfg.name} as rewritten by benches/load/run.py ([pool], [routing], [monitor])\n" + text)
+        if tomllib is not None:
+            doc = tomllib.loads(out.read_text())
+            got = (doc.get("pool", {}).get("max_connections"), doc.get("routing", {}).get("read_write_split"),
+                   doc.get("routing", {}).get("consistency"))
+            if got != (a.pool_max, True, a.consistency):
+                raise BenchError(f"rewriting {base_cfg} went wrong: pool/routing read back as {got}")
+            mon = doc.get("monitor", {})
+            replicas = [r for ks in doc.get("keyspace", {}).values() for sh in ks.get("shards", [])
+                        for r in sh.get("replicas", [])]
+            log(f"bench config {out}: pool.max_connections={a.pool_max} routing.read_write_split=true "
+                f"routing.consistency={a.consistency} monitor.user={mon.get('user')!r}; replicas: "
+                f"{', '.join(map(str, replicas)) or 'none'}")
         return out
 
     def kill_sandbox_servers(self) -> None:
@@ -522,6 +722,29 @@ primary = "{host}:{port}"
                     os.kill(pid, signal.SIGTERM)
                 except OSError:
                     pass
+
+
+def toml_set(text: str, table: str, key: str, value: str, only_if_missing: bool = False) -> str:
+    """Sets `key = value` (a TOML literal, one line) in the top-level `[table]` of a config,
+    adding the key or the table if missing; other lines are kept as they are."""
+    lines = text.splitlines()
+    header = re.compile(r"^\s*\[\s*" + re.escape(table) + r"\s*\]\s*(#.*)?$")
+    start = next((i for i, l in enumerate(lines) if header.match(l)), None)
+    if start is None:
+        return text.rstrip("\n") + f"\n\n[{table}]\n{key} = {value}\n"
+    end = next((i for i in range(start + 1, len(lines)) if re.match(r"^\s*\[", lines[i])), len(lines))
+    keyre = re.compile(r"^\s*" + re.escape(key) + r"\s*=")
+    for i in range(start + 1, end):
+        if keyre.match(lines[i]):
+            if not only_if_missing:
+                lines[i] = f"{key} = {value}"
+            return "\n".join(lines) + "\n"
+    last = start  # after the table's last non-blank line
+    for i in range(start + 1, end):
+        if lines[i].strip():
+            last = i
+    lines.insert(last + 1, f"{key} = {value}")
+    return "\n".join(lines) + "\n"
 
 
 def proxy_listen(cfg: Path) -> tuple[str, int]:
@@ -547,14 +770,16 @@ def proxy_listen(cfg: Path) -> tuple[str, int]:
 # sysbench
 # --------------------------------------------------------------------------------------------
 
-def sysbench_cmd(args, test: str, host: str, port: int, command: str, threads: int = 1, duration: int = 0) -> list[str]:
-    cmd = ["sysbench", test, "--db-driver=mysql",
+def sysbench_cmd(args, test: str | TestSpec, host: str, port: int, command: str, threads: int = 1,
+                 duration: int = 0) -> list[str]:
+    spec = test if isinstance(test, TestSpec) else TestSpec(test)
+    cmd = ["sysbench", spec.test, "--db-driver=mysql",
            f"--mysql-host={host}", f"--mysql-port={port}",
            f"--mysql-user={args.user}", f"--mysql-password={args.password}", f"--mysql-db={args.db}",
            f"--tables={args.tables}", f"--table-size={args.table_size}"]
     if command == "run":
         cmd += [f"--threads={threads}", f"--time={duration}", "--report-interval=0",
-                "--percentile=95", f"--db-ps-mode={args.ps_mode}"]
+                "--percentile=95", f"--db-ps-mode={args.ps_mode}"] + spec.run_opts()
     return cmd + [command]
 
 
@@ -589,34 +814,50 @@ def parse_sysbench(out: str) -> dict:
     }
 
 
-def run_sysbench(env: Env, test: str, target: str, threads: int, duration: int, record: bool) -> dict:
-    """One sysbench run against one target, with CPU of the target's proxy (and the primary)."""
+def run_sysbench(env: Env, spec: TestSpec, target: str, threads: int, duration: int, record: bool) -> dict:
+    """One sysbench run against one target, with CPU of the target's proxy and of the database
+    servers, and every server's Com_select before and after (where the reads went)."""
+    test = spec.label
     host, port = env.endpoints[target]
-    cmd = sysbench_cmd(env.args, test, host, port, "run", threads, duration)
+    cmd = sysbench_cmd(env.args, spec, host, port, "run", threads, duration)
     if record:  # one example per target; tests and thread counts vary as listed above
         env.commands.setdefault(f"sysbench_run_{target}", show_cmd(cmd))
+    # Replication of the previous run's writes must not run during this one.
+    waited = env.wait_replicas()
+    if waited > 0.5:
+        log(f"  (waited {waited:.1f}s for the replicas to apply the previous run's writes)")
     ppid = env.pid_of(target)
-    cpu0, db0 = proc_cpu_seconds(ppid), proc_cpu_seconds(env.primary_pid)
+    sel0 = env.com_select() if record else {}
+    cpu0, db0 = proc_cpu_seconds(ppid), [proc_cpu_seconds(p) for p in env.db_pids()]
     t0 = time.monotonic()
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120)
     except subprocess.TimeoutExpired:
         raise BenchError(f"sysbench {test} against {target} hung past {duration + 120}s: {show_cmd(cmd)}")
     wall = time.monotonic() - t0
-    cpu1, db1 = proc_cpu_seconds(ppid), proc_cpu_seconds(env.primary_pid)
+    cpu1, db1 = proc_cpu_seconds(ppid), [proc_cpu_seconds(p) for p in env.db_pids()]
+    sel1 = env.com_select() if record else {}
     env.check_children()
     if res.returncode != 0:
         out = (res.stdout + res.stderr).strip().splitlines()
         raise BenchError(f"sysbench {test} against {target} failed with status {res.returncode}: {show_cmd(cmd)}\n"
                          + "\n".join("    " + l for l in out[-25:]))
     r = parse_sysbench(res.stdout)
-    if r["errors"] or r["reconnects"]:
+    if r["reconnects"] or (r["errors"] and not spec.writes):
         raise BenchError(f"sysbench {test} against {target}: {r['errors']} errors, {r['reconnects']} reconnects")
-    r.update(test=test, target=target, threads=threads, wall_s=round(wall, 2))
+    r.update(test=test, sysbench_test=spec.test, target=target, threads=threads, wall_s=round(wall, 2),
+             replica_wait_s=round(waited, 2))
+    # For writing tests the ignored errors are deadlocks / lock wait timeouts (and, in autocommit
+    # mode, duplicate keys) after which sysbench restarted the transaction.
+    r["restarts_per_s"] = round(r["errors"] / r["seconds"], 2) if r["seconds"] else None
     q = max(r["queries"], 1)
     r["proxy_cpu_s"] = None if cpu0 is None or cpu1 is None else round(cpu1 - cpu0, 3)
     r["proxy_cpu_us_per_q"] = None if r["proxy_cpu_s"] is None else round(r["proxy_cpu_s"] * 1e6 / q, 2)
-    r["db_cpu_us_per_q"] = None if db0 is None or db1 is None else round((db1 - db0) * 1e6 / q, 2)
+    db = [b - a for a, b in zip(db0, db1) if a is not None and b is not None]
+    r["db_cpu_us_per_q"] = round(sum(db) * 1e6 / q, 2) if db and len(db) == len(db0) else None
+    if sel0:
+        r["com_select"] = {k: (sel1.get(k) - v if v is not None and sel1.get(k) is not None else None)
+                           for k, v in sel0.items()}
     return r
 
 
@@ -630,6 +871,8 @@ def idle_memory(env: Env, n: int) -> dict:
     host, port = env.endpoints["shardgate"]
     raise_nofile(n)
     result: dict = {"idle_conns": n, "before_kib": proc_mem_kib(pid)}
+    # Backend connections the proxy holds (pooled after the sysbench runs) before the clients come.
+    result["backend_conns_before"] = env.backend_conns()
     log(f"\nopening {n} idle connections to shardgate at {host}:{port} "
         f"(PyMySQL logins as {a.user}, database {a.db}, only the SET NAMES PyMySQL sends at login)...")
     conns: list[pymysql.Connection] = []
@@ -652,6 +895,8 @@ def idle_memory(env: Env, n: int) -> dict:
             env.shardgate.check_alive()
         result["open"] = len(conns)
         result["with_conns_kib"] = proc_mem_kib(pid)
+        # What the N open, idle clients cost the servers: connections of the app user on each.
+        result["backend_conns"] = env.backend_conns()
         # Are they all still usable? (Checked after the RSS reading, so it does not count.)
         alive = 0
         for c in conns[: min(len(conns), 50)]:
@@ -669,6 +914,7 @@ def idle_memory(env: Env, n: int) -> dict:
                 pass
     time.sleep(2)
     result["after_close_kib"] = proc_mem_kib(pid)
+    result["backend_conns_after_close"] = env.backend_conns()
     result["errors"] = len(errors)
     result["first_errors"] = sorted(set(errors))[:5]
     before = result["before_kib"].get("VmRSS")
@@ -676,6 +922,7 @@ def idle_memory(env: Env, n: int) -> dict:
     if before and during and conns:
         result["kib_per_conn"] = round((during - before) / len(conns), 1)
     result["rss_mib"] = round(during / 1024, 1) if during else None
+    result["user"] = a.user
     result["bar_mib"] = a.bar_rss_mib
     result["meets_bar"] = bool(during and during / 1024 <= a.bar_rss_mib)
     return result
@@ -691,7 +938,8 @@ def fmt(x, spec: str = ".2f", none: str = "-") -> str:
 
 def summarize(args, runs: list[dict]) -> list[dict]:
     rows = []
-    for test in args.tests:
+    for spec in args.tests:
+        test = spec.label
         for th in args.threads:
             med: dict[str, dict] = {}
             for tg in args.targets:
@@ -708,7 +956,15 @@ def summarize(args, runs: list[dict]) -> list[dict]:
                            "tps": m("tps"), "qps": m("qps"), "p95_ms": m("p95_ms"),
                            "spread_pct": (max(tps) - min(tps)) / statistics.median(tps) * 100 if len(rs) > 1 else None,
                            "proxy_cpu_us_per_q": m("proxy_cpu_us_per_q"), "db_cpu_us_per_q": m("db_cpu_us_per_q"),
-                           "tps_runs": tps}
+                           "restarts_per_s": m("restarts_per_s"), "tps_runs": tps}
+                # Where the SELECTs ran: Com_select deltas summed over the rounds, per server.
+                sel: dict[str, int] = {}
+                for r in rs:
+                    for srv, d in (r.get("com_select") or {}).items():
+                        if d is not None:
+                            sel[srv] = sel.get(srv, 0) + d
+                if sel:
+                    med[tg]["com_select"] = sel
             direct = med.get("direct", {}).get("tps")
             for tg, row in med.items():
                 row["ratio"] = row["tps"] / direct if direct else None
@@ -722,9 +978,29 @@ def summarize(args, runs: list[dict]) -> list[dict]:
     return rows
 
 
+def ratios(rows: list[dict]) -> list[dict]:
+    """shardgate / direct per (test, threads): the issue's comparison."""
+    out = []
+    for sg in (r for r in rows if r["target"] == "shardgate"):
+        d = next((r for r in rows if r["target"] == "direct" and r["test"] == sg["test"]
+                  and r["threads"] == sg["threads"]), None)
+        if not d or not d["tps"]:
+            continue
+        sel = sg.get("com_select") or {}
+        total = sum(sel.values())
+        prim = next(iter(sel.values()), None)  # servers are listed primary first
+        out.append({"test": sg["test"], "threads": sg["threads"], "direct_tps": d["tps"], "shardgate_tps": sg["tps"],
+                    "tps_ratio": sg["tps"] / d["tps"],
+                    "qps_ratio": sg["qps"] / d["qps"] if d["qps"] else None,
+                    "p95_ratio": sg["p95_ms"] / d["p95_ms"] if d["p95_ms"] else None,
+                    "replica_select_share": (total - prim) / total if total and prim is not None and len(sel) > 1 else None})
+    return out
+
+
 def print_table(args, rows: list[dict]) -> None:
+    restarts = any(t.writes for t in args.tests)
     hdr = ["test", "thr", "target", "tps", "qps", "p95 ms", "spread", "vs direct", "vs haproxy",
-           f"bar>={args.bar_ratio:g}@{args.bar_threads}", "proxy cpu us/q", "db cpu us/q"]
+           f"bar>={args.bar_ratio:g}@{args.bar_threads}", "proxy cpu us/q", "db cpu us/q"] + (["restarts/s"] if restarts else [])
     table = [hdr]
     for r in rows:
         bar = "-"
@@ -737,13 +1013,59 @@ def print_table(args, rows: list[dict]) -> None:
             fmt(r["p95_ms"]), fmt(r["spread_pct"], ".0f") + ("%" if r["spread_pct"] is not None else ""),
             fmt(r.get("ratio"), ".3f"), fmt(r.get("ratio_vs_haproxy"), ".3f"), bar,
             fmt(r["proxy_cpu_us_per_q"], ".1f"), fmt(r["db_cpu_us_per_q"], ".1f"),
-        ])
-    widths = [max(len(row[i]) for row in table) for i in range(len(hdr))]
-    left = {0, 2}
+        ] + ([fmt(r.get("restarts_per_s"), ".1f")] if restarts else []))
+    print_grid(table, left={0, 2})
+
+
+def print_grid(table: list[list[str]], left: set[int]) -> None:
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for i, row in enumerate(table):
         log("  ".join(c.ljust(w) if j in left else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))))
         if i == 0:
             log("  ".join("-" * w for w in widths))
+
+
+def print_ratios(args, rows: list[dict], rat: list[dict]) -> None:
+    if not rat:
+        return
+    log("\nshardgate / direct (medians; direct = the primary alone"
+        + (f", shardgate = read/write split over the primary and {args.replicas} replica(s)" if args.replicas else "")
+        + f", consistency {args.consistency}):")
+    table = [["test", "thr", "direct tps", "shardgate tps", "tps ratio", "qps ratio", "p95 ratio", "SELECTs on replicas"]]
+    for r in rat:
+        share = r["replica_select_share"]
+        table.append([r["test"], str(r["threads"]), fmt(r["direct_tps"], ".1f"), fmt(r["shardgate_tps"], ".1f"),
+                      fmt(r["tps_ratio"], ".3f"), fmt(r["qps_ratio"], ".3f"), fmt(r["p95_ratio"], ".3f"),
+                      "-" if share is None else f"{share * 100:.0f}%"])
+    print_grid(table, left={0})
+
+
+def print_read_spread(args, rows: list[dict]) -> None:
+    """Com_select deltas per server during the shardgate runs (summed over rounds)."""
+    sg = [r for r in rows if r["target"] == "shardgate" and r.get("com_select")]
+    if not sg or len(sg[0]["com_select"]) < 2:
+        return  # one server: nothing to spread over
+    servers = list(sg[0]["com_select"].keys())
+    log("\nSELECTs per server during the shardgate runs (Com_select delta from SHOW GLOBAL STATUS on each server, "
+        "summed over rounds; includes the monitor's few):")
+    table = [["test", "thr"] + servers + ["on replicas"]]
+    stuck = []
+    for r in sg:
+        sel = r["com_select"]
+        total = sum(sel.values())
+        on_rep = total - sel.get(servers[0], 0)
+        table.append([r["test"], str(r["threads"])]
+                     + [f"{sel.get(s, 0)} ({sel.get(s, 0) / total * 100:.0f}%)" if total else "0" for s in servers]
+                     + [f"{on_rep / total * 100:.0f}%" if total else "-"])
+        if len(servers) > 1 and total and on_rep / total < 0.05:
+            stuck.append(r["test"])
+    print_grid(table, left={0})
+    if stuck:
+        tests = sorted(set(stuck))
+        log(f"  note: the reads of {', '.join(tests)} stayed on the primary. sysbench wraps each event in "
+            f"BEGIN ... COMMIT unless --skip_trx=on, and a transaction runs on the primary. Autocommit reads "
+            f"(test spec TEST+skip_trx) are the ones the split may send to replicas; if those stay on the primary "
+            f"too, check the replicas' health and lag in the shardgate log.")
 
 
 def print_memory(memory: dict) -> None:
@@ -757,6 +1079,18 @@ def print_memory(memory: dict) -> None:
         log(f"  {label} VmRSS {m.get('VmRSS', 0) / 1024:6.1f} MiB  VmHWM {m.get('VmHWM', 0) / 1024:6.1f} MiB{extra}")
     if memory["first_errors"]:
         log("  errors: " + "; ".join(memory["first_errors"]))
+    bc = memory.get("backend_conns")
+    if bc:
+        before = {p["server"]: p["conns"] for p in memory["backend_conns_before"]["per_server"]}
+        after = {p["server"]: p["conns"] for p in memory["backend_conns_after_close"]["per_server"]}
+        log(f"backend connections of user {memory.get('user', '?')} (information_schema.PROCESSLIST on each server), "
+            f"with the {memory['open']} idle clients open:")
+        for p in bc["per_server"]:
+            log(f"  {p['server']:14s} {p['role'] or '':8s} {p['addr']:21s} {fmt(p['conns'], 'd'):>6s}   "
+                f"(before: {fmt(before.get(p['server']), 'd')}, after close: {fmt(after.get(p['server']), 'd')})")
+        tb = memory["backend_conns_before"]["total"]
+        log(f"  {'total':14s} {'':8s} {'':21s} {fmt(bc['total'], 'd'):>6s}   (before: {fmt(tb, 'd')}, after close: "
+            f"{fmt(memory['backend_conns_after_close']['total'], 'd')})")
 
 
 def host_info() -> dict:
@@ -793,9 +1127,10 @@ def main(argv: list[str] | None = None) -> int:
     info = host_info()
     n_runs = len(args.tests) * len(args.threads) * args.rounds * len(args.targets)
     est = n_runs * (args.duration + 1) + len(args.tests) * len(args.targets) * args.warmup
-    log(f"shardgate load benchmark: tests={','.join(args.tests)} threads={','.join(map(str, args.threads))} "
-        f"targets={','.join(args.targets)} rounds={args.rounds} duration={args.duration}s "
-        f"(~{est / 60:.1f} min of sysbench)")
+    log(f"shardgate load benchmark: tests={','.join(t.label for t in args.tests)} "
+        f"threads={','.join(map(str, args.threads))} targets={','.join(args.targets)} rounds={args.rounds} "
+        f"duration={args.duration}s replicas={args.replicas} consistency={args.consistency} "
+        f"pool-max={args.pool_max} (~{est / 60:.1f} min of sysbench)")
     log(f"host: {info['cpus']} CPUs, load average {info['loadavg_at_start']}; shared and noisy, so the bars "
         f"below are reported, not asserted")
 
@@ -826,28 +1161,34 @@ def main(argv: list[str] | None = None) -> int:
                 run_checked(cmd, f"sysbench {command}", timeout=600)
 
         combo = 0
-        for test in args.tests:
+        for spec in args.tests:
             if args.warmup > 0:
-                log(f"\nwarm-up: {test}, {args.warmup}s per target at {max(args.threads)} threads (not recorded)")
+                log(f"\nwarm-up: {spec.label}, {args.warmup}s per target at {max(args.threads)} threads (not recorded)")
                 for tg in args.targets:
-                    run_sysbench(env, test, tg, max(args.threads), args.warmup, record=False)
+                    run_sysbench(env, spec, tg, max(args.threads), args.warmup, record=False)
             for th in args.threads:
-                log(f"\n{test}, {th} threads:")
+                log(f"\n{spec.label}, {th} threads:")
                 for rnd in range(args.rounds):
                     k = (rnd + combo) % len(args.targets)
                     order = args.targets[k:] + args.targets[:k]  # rotate: nobody always goes first
                     for tg in order:
-                        r = run_sysbench(env, test, tg, th, args.duration, record=True)
+                        r = run_sysbench(env, spec, tg, th, args.duration, record=True)
                         r["round"] = rnd + 1
                         runs.append(r)
+                        extra = f"  restarts {fmt(r['restarts_per_s'], '.1f')}/s" if spec.writes else ""
+                        if tg == "shardgate" and len(env.servers) > 1 and r.get("com_select"):
+                            extra += "  Com_select " + " ".join(f"{k}+{fmt(v, 'd')}" for k, v in r["com_select"].items())
                         log(f"  round {rnd + 1} {tg:9s} tps {r['tps']:10.1f}  qps {r['qps']:10.1f}  "
-                            f"p95 {r['p95_ms']:7.2f} ms  proxy cpu {fmt(r['proxy_cpu_us_per_q'], '.1f')} us/q")
+                            f"p95 {r['p95_ms']:7.2f} ms  proxy cpu {fmt(r['proxy_cpu_us_per_q'], '.1f')} us/q{extra}")
                 combo += 1
 
         rows = summarize(args, runs)
         log(f"\nMedians over {args.rounds} round(s), {args.duration}s each "
-            f"(spread = (max-min)/median of tps over rounds; cpu = utime+stime per query):")
+            f"(spread = (max-min)/median of tps over rounds; cpu = utime+stime per query; db = all "
+            f"{len(env.servers)} server(s)):")
         print_table(args, rows)
+        print_ratios(args, rows, ratios(rows))
+        print_read_spread(args, rows)
 
         if "shardgate" in args.targets and args.idle_conns > 0:
             if env.shardgate is None:
@@ -875,6 +1216,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = summarize(args, runs)
         log(f"\nPartial results ({len(runs)} runs completed before the failure):")
         print_table(args, rows)
+        print_ratios(args, rows, ratios(rows))
 
     bars = [r for r in rows if "meets_bar" in r]
     log("\nBars (reported, not asserted; this machine is shared and noisy):")
@@ -887,6 +1229,11 @@ def main(argv: list[str] | None = None) -> int:
     if memory:
         log(f"  memory: VmRSS {fmt(memory['rss_mib'], '.1f')} MiB with {memory['open']} idle connections "
             f"(bar <= {args.bar_rss_mib:g} MiB): {'meets' if memory['meets_bar'] else 'ABOVE'}")
+        bc = memory.get("backend_conns") or {}
+        if bc.get("total") is not None:
+            log(f"  backend connections with {memory['open']} idle clients: {bc['total']} in total ("
+                + ", ".join(f"{p['server']} {fmt(p['conns'], 'd')}" for p in bc["per_server"])
+                + f"; {memory['backend_conns_before']['total']} before they connected)")
     else:
         log("  memory: not measured")
 
@@ -895,9 +1242,18 @@ def main(argv: list[str] | None = None) -> int:
         log(f"  {k}: {v}")
 
     if args.json:
-        doc = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-               "host": info, "commands": env.commands, "runs": runs, "medians": rows,
-               "memory": memory, "status": status, "failure": failure}
+        def plain(v):
+            if isinstance(v, Path):
+                return str(v)
+            if isinstance(v, list) and v and isinstance(v[0], TestSpec):
+                return [t.label for t in v]
+            return v
+
+        doc = {"args": {k: plain(v) for k, v in vars(args).items()},
+               "host": info, "servers": env.servers, "commands": env.commands, "runs": runs, "medians": rows,
+               "ratios": ratios(rows), "memory": memory,
+               "backend_conns": memory.get("backend_conns") if memory else None,
+               "status": status, "failure": failure}
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
         log(f"\nwrote {args.json}")
     log(f"\n{'OK' if status == 0 else 'FAILED'}: {failure or 'all runs completed'}")

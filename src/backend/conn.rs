@@ -101,6 +101,10 @@ pub struct BackendConn {
     /// Holds state no session record describes (a transaction, a temporary table, a lock):
     /// reset before anyone else may use it.
     pub dirty: bool,
+    /// The server said it is closing this connection (an error of SQLSTATE class 08).
+    pub broken: bool,
+    /// The server's last status said a transaction is open on this connection.
+    pub in_txn: bool,
 }
 
 impl BackendConn {
@@ -214,6 +218,8 @@ impl BackendConn {
             vars: None,
             stmts: StmtCache::default(),
             dirty: false,
+            broken: false,
+            in_txn: false,
         })
     }
 
@@ -263,6 +269,7 @@ impl BackendConn {
         self.vars = None;
         self.stmts.clear();
         self.dirty = false;
+        self.in_txn = false;
         Ok(r.map(|_| ()))
     }
 

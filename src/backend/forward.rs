@@ -4,6 +4,7 @@
 use bytes::Buf;
 
 use super::conn::BackendConn;
+use crate::protocol::consts::status;
 use crate::protocol::packet::Frame;
 use crate::protocol::response::{Expect, Progress, Scanner};
 use crate::protocol::stream::PacketStream;
@@ -79,6 +80,10 @@ pub async fn forward(
         }
     }
     backend.in_flight = false;
+    backend.broken |= sc.fatal;
+    if expect == Expect::Result && !sc.error {
+        backend.in_txn = sc.last_ok.status & status::IN_TRANS != 0;
+    }
     backend.io.maybe_shrink();
     Ok(sc)
 }

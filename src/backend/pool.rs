@@ -82,10 +82,10 @@ impl Drop for Pooled {
         let (Some(conn), Some(permit)) = (self.conn.take(), self.permit.take()) else {
             return;
         };
-        if conn.in_flight {
-            return; // mid-response: unusable, closing it frees the permit
+        if conn.in_flight || conn.broken {
+            return; // mid-response or closed by the server: closing it frees the permit
         }
-        if !conn.dirty {
+        if !conn.dirty && !conn.in_txn {
             self.pool.put_idle(conn, permit);
             return;
         }

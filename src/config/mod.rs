@@ -152,10 +152,11 @@ fn default_max_replica_lag() -> f64 {
 #[serde(rename_all = "snake_case")]
 pub enum Consistency {
     /// Any replica within the keyspace's lag limit.
-    #[default]
     Eventual,
     /// A session's reads see its own earlier writes: the replica must have applied the
-    /// session's last write (GTID), else the read goes to the primary.
+    /// session's last write (GTID), else the read goes to the primary. The default: an
+    /// application moved behind the proxy keeps seeing what it wrote.
+    #[default]
     ReadYourWrites,
 }
 
@@ -182,7 +183,7 @@ impl Default for RoutingSection {
     fn default() -> Self {
         RoutingSection {
             read_write_split: true,
-            consistency: Consistency::Eventual,
+            consistency: Consistency::ReadYourWrites,
             gtid_wait_timeout_ms: default_gtid_wait_timeout_ms(),
             max_replica_lag: default_max_replica_lag(),
         }
@@ -490,7 +491,7 @@ mod tests {
         let cfg = Config::from_toml(MINIMAL, Path::new("x.toml")).expect("valid");
         assert_eq!(cfg.routing, RoutingSection::default());
         assert!(cfg.routing.read_write_split);
-        assert_eq!(cfg.routing.consistency, Consistency::Eventual);
+        assert_eq!(cfg.routing.consistency, Consistency::ReadYourWrites);
         assert_eq!(cfg.routing.gtid_wait_timeout(), Duration::from_millis(100));
         assert_eq!(cfg.monitor.user, "root");
         assert_eq!(cfg.monitor.password, "");

@@ -51,6 +51,11 @@ impl Pinned {
         }
     }
 
+    /// A held connection has an open transaction.
+    pub fn in_txn(&self) -> bool {
+        self.conns.iter().any(|c| c.in_txn)
+    }
+
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Pooled> {
         self.conns.iter_mut()
     }
@@ -99,16 +104,39 @@ pub async fn connection<'p>(
     addr: &str,
     who: &Identity<'_>,
 ) -> Result<&'p mut Pooled, ExecError> {
-    let idx = match pinned.position(addr) {
-        Some(i) => i,
-        None => {
-            let sig = who.vars.map_or(0, |v| v.sig());
-            let conn = pools
-                .get(addr, who.user, who.password, who.key, who.db, sig)
-                .await?;
-            pinned.conns.push(conn);
-            pinned.conns.len() - 1
-        }
+    take(pools, pinned, addr, who).await?;
+    fit(pinned, addr, who).await
+}
+
+/// Makes sure the session holds a connection to `addr`, as it is (see [`fit`]).
+pub async fn take(
+    pools: &Pools,
+    pinned: &mut Pinned,
+    addr: &str,
+    who: &Identity<'_>,
+) -> Result<(), ExecError> {
+    if pinned.position(addr).is_none() {
+        let sig = who.vars.map_or(0, |v| v.sig());
+        let conn = pools
+            .get(addr, who.user, who.password, who.key, who.db, sig)
+            .await?;
+        pinned.conns.push(conn);
+    }
+    Ok(())
+}
+
+/// Selects the session's database and sets its variables on the held connection to `addr`.
+pub async fn fit<'p>(
+    pinned: &'p mut Pinned,
+    addr: &str,
+    who: &Identity<'_>,
+) -> Result<&'p mut Pooled, ExecError> {
+    let Some(idx) = pinned.position(addr) else {
+        return Err(ExecError::Forward(ForwardError::Backend {
+            addr: addr.to_string(),
+            msg: "no connection held".into(),
+            sent: false,
+        }));
     };
     let conn = &mut pinned.conns[idx];
     let mut ready = conn.ensure_db(who.db).await;

@@ -44,7 +44,8 @@ pub enum Kind {
     /// The caller should apply it to its session state only once the server accepted it.
     Set(Vec<Assignment>),
     /// Everything else (SHOW, DESCRIBE, EXPLAIN, DO, SAVEPOINT, SET GLOBAL, USE, KILL, FLUSH,
-    /// LOCK TABLES, unparsable statements, ...): runs on the primary.
+    /// LOCK TABLES, SELECT ... INTO, SELECT with `@v :=`, SELECTs sqlparser cannot read,
+    /// multi-statement text that is not all reads, ...): runs on the primary.
     Other,
 }
 
@@ -95,12 +96,15 @@ pub struct Class {
     pub kind: Kind,
     /// Some(reason) when the statement leaves state on its server connection that cannot be
     /// replayed elsewhere, so the session must keep that connection for the rest of its life:
-    /// "temporary table", "named lock", "table lock", "SQL prepared statement",
-    /// "XA transaction", "HANDLER", "user variable assigned from a query",
-    /// "transaction characteristics", "role" (SET ROLE), "unparsed SET", "executable comment"
-    /// is never produced (executable comments are read as SQL), "compound statement"
-    /// (BEGIN NOT ATOMIC, top-level IF/WHILE/...), "multi-statement with session state".
-    /// `SET STATEMENT ... FOR` is classified by its inner statement.
+    /// "temporary table" (CREATE TEMPORARY TABLE/SEQUENCE), "named lock" (GET_LOCK),
+    /// "table lock" (LOCK TABLES, FLUSH ... WITH READ LOCK / FOR EXPORT, BACKUP STAGE/LOCK),
+    /// "SQL prepared statement" (PREPARE, EXECUTE, DEALLOCATE, DROP PREPARE),
+    /// "XA transaction", "HANDLER", "user variable assigned from a query" (`INTO @v`,
+    /// `@v := expr`, `SET @v = <Expr>`), "transaction characteristics" (SET [SESSION]
+    /// TRANSACTION), "role" (SET ROLE), "unparsed SET", "compound statement"
+    /// (BEGIN NOT ATOMIC, top-level IF/WHILE/LOOP/REPEAT/CASE, labelled blocks),
+    /// "multi-statement with session state". `SET STATEMENT ... FOR` is classified by its
+    /// inner statement. Executable comments are read as SQL, so they pin only by content.
     pub pins: Option<&'static str>,
     /// Reads state the previous statement left on its connection: FOUND_ROWS(), ROW_COUNT(),
     /// SHOW WARNINGS / ERRORS / COUNT(*) ..., GET DIAGNOSTICS, @@warning_count, @@error_count.
@@ -162,7 +166,12 @@ pub fn classify(sql: &[u8]) -> Classified {
             hint: d.hint,
         };
     }
-    if let Some(class) = CACHE.with(|c| c.borrow().get(&d.hash).cloned()) {
+    // try_with: a thread being torn down has no cache, and must still get an answer.
+    let cached = CACHE
+        .try_with(|c| c.borrow().get(&d.hash).cloned())
+        .ok()
+        .flatten();
+    if let Some(class) = cached {
         return Classified {
             class,
             hint: d.hint,
@@ -172,7 +181,7 @@ pub fn classify(sql: &[u8]) -> Classified {
     let class = Arc::new(class);
     // A SET's class carries its literal values, which the digest ignores.
     if cacheable && !matches!(class.kind, Kind::Set(_)) {
-        CACHE.with(|c| {
+        let _ = CACHE.try_with(|c| {
             let mut c = c.borrow_mut();
             if c.len() >= CACHE_LIMIT {
                 c.clear();
@@ -452,7 +461,12 @@ impl Scan {
         let first = |k: &str| kw(0, k);
         if first("show") {
             s.uses_previous = ["warnings", "errors"].iter().any(|k| {
-                kw(1, k) || (kw(1, "count") && punct(2, "(") && punct(3, "*") && punct(4, ")") && kw(5, k))
+                kw(1, k)
+                    || (kw(1, "count")
+                        && punct(2, "(")
+                        && punct(3, "*")
+                        && punct(4, ")")
+                        && kw(5, k))
             });
         }
         if first("get") && (kw(1, "diagnostics") || kw(2, "diagnostics")) {
@@ -466,9 +480,14 @@ impl Scan {
                         if is("get_lock") {
                             s.get_lock = true;
                             s.lock_fn = true;
-                        } else if ["release_lock", "release_all_locks", "is_free_lock", "is_used_lock"]
-                            .iter()
-                            .any(|k| is(k))
+                        } else if [
+                            "release_lock",
+                            "release_all_locks",
+                            "is_free_lock",
+                            "is_used_lock",
+                        ]
+                        .iter()
+                        .any(|k| is(k))
                         {
                             s.lock_fn = true;
                         } else if ["nextval", "setval", "lastval"].iter().any(|k| is(k)) {
@@ -532,7 +551,8 @@ impl Part {
             self.pins.get_or_insert("named lock");
         }
         if s.into_var || s.assigns_var {
-            self.pins.get_or_insert("user variable assigned from a query");
+            self.pins
+                .get_or_insert("user variable assigned from a query");
         }
         if self.kind == Kind::Read {
             if s.into_var || s.into_other || s.assigns_var {
@@ -575,10 +595,7 @@ impl Writes {
         let tail = &idents[idents.len().saturating_sub(2)..];
         // sqlparser accepts "t" / 't' as table names; the digest hashes those as literals, so
         // a class naming them must not be shared by digest.
-        if tail
-            .iter()
-            .any(|i| i.quote_style.is_some_and(|q| q != '`'))
-        {
+        if tail.iter().any(|i| i.quote_style.is_some_and(|q| q != '`')) {
             self.cacheable = false;
         }
         let name: Vec<String> = tail.iter().map(|i| i.value.to_lowercase()).collect();
@@ -664,7 +681,10 @@ fn from_ast(ctx: &Ctx<'_>, toks: &[Tok], stmt: &Statement, scan: &Scan) -> Part 
                 Part::new(Kind::Write).with_writes(w)
             }
         }
-        Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) | Statement::Merge(_) => {
+        Statement::Insert(_)
+        | Statement::Update(_)
+        | Statement::Delete(_)
+        | Statement::Merge(_) => {
             w.dml(stmt);
             Part::new(Kind::Write).with_writes(w)
         }
@@ -753,9 +773,9 @@ fn from_ast(ctx: &Ctx<'_>, toks: &[Tok], stmt: &Statement, scan: &Scan) -> Part 
             if !statements.is_empty() || exception.is_some() || *has_end_keyword {
                 Part::new(Kind::Other).pin("compound statement")
             } else {
-                let read_only = modes
-                    .iter()
-                    .any(|m| *m == TransactionMode::AccessMode(TransactionAccessMode::ReadOnly));
+                let read_only = modes.contains(&TransactionMode::AccessMode(
+                    TransactionAccessMode::ReadOnly,
+                ));
                 Part::new(Kind::Begin { read_only })
             }
         }
@@ -801,9 +821,11 @@ fn from_ast(ctx: &Ctx<'_>, toks: &[Tok], stmt: &Statement, scan: &Scan) -> Part 
 fn ident(t: &Tok, src: &[u8]) -> Option<String> {
     match t.kind {
         TokKind::Word => Some(String::from_utf8_lossy(t.text(src)).to_lowercase()),
-        TokKind::QuotedIdent => {
-            Some(String::from_utf8_lossy(t.name(src)).replace("``", "`").to_lowercase())
-        }
+        TokKind::QuotedIdent => Some(
+            String::from_utf8_lossy(t.name(src))
+                .replace("``", "`")
+                .to_lowercase(),
+        ),
         _ => None,
     }
 }
@@ -865,6 +887,7 @@ fn fallback(ctx: &Ctx<'_>, toks: &[Tok], scan: &Scan) -> Part {
                 Kind::Other
             })
         }
+        "start" if !kw(1, "transaction") => Part::new(Kind::Other),
         "begin" | "start" => Part::new(Kind::Begin {
             read_only: toks
                 .windows(2)
@@ -874,16 +897,23 @@ fn fallback(ctx: &Ctx<'_>, toks: &[Tok], scan: &Scan) -> Part {
             let chain = toks
                 .windows(2)
                 .any(|p| p[0].is_kw(src, "and") && p[1].is_kw(src, "chain"));
-            Part::new(if lead == "rollback" && position_kw(toks, src, "to").is_some() {
-                Kind::Other
-            } else if chain {
-                Kind::Begin { read_only: false }
-            } else {
-                Kind::EndTransaction
-            })
+            Part::new(
+                if lead == "rollback" && position_kw(toks, src, "to").is_some() {
+                    Kind::Other
+                } else if chain {
+                    Kind::Begin { read_only: false }
+                } else {
+                    Kind::EndTransaction
+                },
+            )
         }
         "insert" | "replace" => {
-            let i = skip_words(toks, 1, src, &["low_priority", "delayed", "high_priority", "ignore", "into"]);
+            let i = skip_words(
+                toks,
+                1,
+                src,
+                &["low_priority", "delayed", "high_priority", "ignore", "into"],
+            );
             if let Some((n, _)) = table_at(toks, i, src) {
                 w.push(n);
             }
@@ -951,7 +981,13 @@ fn fallback(ctx: &Ctx<'_>, toks: &[Tok], scan: &Scan) -> Part {
                 toks,
                 1,
                 src,
-                &["temporary", "online", "ignore", "no_write_to_binlog", "local"],
+                &[
+                    "temporary",
+                    "online",
+                    "ignore",
+                    "no_write_to_binlog",
+                    "local",
+                ],
             );
             let i = if kw(i, "table") || kw(i, "tables") {
                 skip_words(toks, i + 1, src, &["if", "exists"])
@@ -998,7 +1034,12 @@ fn fallback(ctx: &Ctx<'_>, toks: &[Tok], scan: &Scan) -> Part {
                 }
                 p
             } else {
-                let i = skip_words(toks, 1, src, &["no_write_to_binlog", "local", "table", "tables"]);
+                let i = skip_words(
+                    toks,
+                    1,
+                    src,
+                    &["no_write_to_binlog", "local", "table", "tables"],
+                );
                 tables_from(toks, i, src, &mut w);
                 Part::new(Kind::Ddl).with_writes(w)
             }
@@ -1022,7 +1063,9 @@ fn fallback(ctx: &Ctx<'_>, toks: &[Tok], scan: &Scan) -> Part {
         }
         // BACKUP STAGE / BACKUP LOCK hold locks on the connection.
         "backup" => Part::new(Kind::Other).pin("table lock"),
-        "prepare" | "execute" | "deallocate" => Part::new(Kind::Other).pin("SQL prepared statement"),
+        "prepare" | "execute" | "deallocate" => {
+            Part::new(Kind::Other).pin("SQL prepared statement")
+        }
         "use" => Part {
             is_use: true,
             ..Part::new(Kind::Other)
@@ -1065,7 +1108,9 @@ const NILADIC: [&str; 10] = [
 
 fn verbatim(toks: &[Tok], src: &[u8]) -> String {
     match (toks.first(), toks.last()) {
-        (Some(a), Some(b)) => String::from_utf8_lossy(src.get(a.start..b.end).unwrap_or_default()).into_owned(),
+        (Some(a), Some(b)) => {
+            String::from_utf8_lossy(src.get(a.start..b.end).unwrap_or_default()).into_owned()
+        }
         _ => String::new(),
     }
 }
@@ -1097,7 +1142,10 @@ fn value_of(v: &[Tok], src: &[u8], user: bool) -> Value {
             }
             _ => Value::Expr,
         },
-        [sign, n] if (sign.is_punct(src, "-") || sign.is_punct(src, "+")) && n.kind == TokKind::Number => {
+        [sign, n]
+            if (sign.is_punct(src, "-") || sign.is_punct(src, "+"))
+                && n.kind == TokKind::Number =>
+        {
             Value::Literal(verbatim(v, src))
         }
         _ => Value::Expr,
@@ -1114,7 +1162,11 @@ fn names_value(t: &[Tok], src: &[u8]) -> Option<Vec<(Assignment, bool)>> {
     let text = match t {
         [cs] => charset_name(cs, src)?,
         [cs, collate, coll] if collate.is_kw(src, "collate") => {
-            format!("{} COLLATE {}", charset_name(cs, src)?, charset_name(coll, src)?)
+            format!(
+                "{} COLLATE {}",
+                charset_name(cs, src)?,
+                charset_name(coll, src)?
+            )
         }
         _ => return None,
     };
@@ -1178,7 +1230,11 @@ fn parse_set(toks: &[Tok], src: &[u8]) -> Option<SetForm> {
             TokKind::UserVar if !keyword_scope => {
                 i += 1;
                 let raw = String::from_utf8_lossy(target.name(src)).into_owned();
-                let quote = target.text(src).get(1).copied().filter(|q| matches!(q, b'\'' | b'"' | b'`'));
+                let quote = target
+                    .text(src)
+                    .get(1)
+                    .copied()
+                    .filter(|q| matches!(q, b'\'' | b'"' | b'`'));
                 let raw = match quote {
                     Some(q) => {
                         let q = char::from(q);
@@ -1193,7 +1249,11 @@ fn parse_set(toks: &[Tok], src: &[u8]) -> Option<SetForm> {
                 let prefix = ["global", "session", "local"]
                     .iter()
                     .find(|k| n.eq_ignore_ascii_case(k.as_bytes()));
-                match (prefix, t.get(i + 1), t.get(i + 2).and_then(|x| ident(x, src))) {
+                match (
+                    prefix,
+                    t.get(i + 1),
+                    t.get(i + 2).and_then(|x| ident(x, src)),
+                ) {
                     (Some(p), Some(dot), Some(name)) if dot.is_punct(src, ".") => {
                         global = *p == "global";
                         i += 3;
@@ -1229,6 +1289,9 @@ fn parse_set(toks: &[Tok], src: &[u8]) -> Option<SetForm> {
                 break;
             }
             i += 1;
+        }
+        if depth != 0 {
+            return None;
         }
         let v = &t[start..i];
         if v.is_empty() {
@@ -1329,11 +1392,479 @@ fn set_statement(ctx: &Ctx<'_>, toks: &[Tok], mut scan: Scan) -> Part {
             Part::new(Kind::Other).pin("transaction characteristics")
         }
         Some(SetForm::Role) => Part::new(Kind::Other).pin("role"),
-        Some(SetForm::Global | SetForm::Transaction { global: true } | SetForm::Password | SetForm::DefaultRole) => {
-            Part::new(Kind::Other)
-        }
+        Some(
+            SetForm::Global
+            | SetForm::Transaction { global: true }
+            | SetForm::Password
+            | SetForm::DefaultRole,
+        ) => Part::new(Kind::Other),
         None => Part::new(Kind::Other).pin("unparsed SET"),
     };
     part.apply(&scan);
     part
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(sql: &str) -> Class {
+        classify_uncached(sql.as_bytes())
+    }
+
+    use Kind::*;
+
+    /// (statement, kind, pins, flags: "prev" / "next", writes)
+    type Case = (
+        &'static str,
+        Kind,
+        Option<&'static str>,
+        &'static str,
+        &'static [&'static str],
+    );
+
+    const BEGIN: Kind = Begin { read_only: false };
+    const BEGIN_RO: Kind = Begin { read_only: true };
+    const UVAR: Option<&str> = Some("user variable assigned from a query");
+
+    #[rustfmt::skip]
+    const CASES: &[Case] = &[
+        // sysbench
+        ("SELECT c FROM sbtest1 WHERE id=4242", Read, None, "", &[]),
+        ("SELECT c FROM sbtest1 WHERE id BETWEEN 10 AND 109", Read, None, "", &[]),
+        ("SELECT SUM(k) FROM sbtest1 WHERE id BETWEEN 10 AND 109", Read, None, "", &[]),
+        ("SELECT c FROM sbtest1 WHERE id BETWEEN 10 AND 109 ORDER BY c", Read, None, "", &[]),
+        ("SELECT DISTINCT c FROM sbtest1 WHERE id BETWEEN 10 AND 109 ORDER BY c", Read, None, "", &[]),
+        ("UPDATE sbtest1 SET k=k+1 WHERE id=5", Write, None, "", &["sbtest1"]),
+        ("UPDATE sbtest1 SET c='xx-yy' WHERE id=5", Write, None, "", &["sbtest1"]),
+        ("DELETE FROM sbtest1 WHERE id=5", Write, None, "", &["sbtest1"]),
+        ("INSERT INTO sbtest1 (id, k, c, pad) VALUES (5, 4, 'c', 'pad')", Write, None, "", &["sbtest1"]),
+        ("BEGIN", BEGIN, None, "", &[]),
+        ("COMMIT", EndTransaction, None, "", &[]),
+        // reads
+        ("SELECT @@server_id", Read, None, "", &[]),
+        ("SELECT @x", Read, None, "", &[]),
+        ("SELECT LAST_INSERT_ID()", Read, None, "", &[]),
+        ("select @@version_comment limit 1", Read, None, "", &[]),
+        ("SELECT @@max_allowed_packet,@@wait_timeout,@@socket", Read, None, "", &[]),
+        ("WITH a AS (SELECT 1) SELECT * FROM a", Read, None, "", &[]),
+        ("VALUES (1), (2)", Read, None, "", &[]),
+        ("(SELECT 1) UNION (SELECT 2)", Read, None, "", &[]),
+        ("SELECT /*!40001 SQL_NO_CACHE */ * FROM t", Read, None, "", &[]),
+        ("SELECT a FROM t WHERE b IN (1, 2, 3) -- trailing", Read, None, "", &[]),
+        ("SELECT SQL_CALC_FOUND_ROWS * FROM t LIMIT 10", Read, None, "next", &[]),
+        ("SELECT FOUND_ROWS()", Read, None, "prev", &[]),
+        ("SELECT ROW_COUNT()", Read, None, "prev", &[]),
+        ("SELECT @@warning_count", Read, None, "prev", &[]),
+        ("SELECT @@session.error_count", Read, None, "prev", &[]),
+        ("SELECT 1; SELECT 2;", Read, None, "", &[]),
+        // locking reads
+        ("SELECT * FROM t WHERE id = 1 FOR UPDATE", LockingRead, None, "", &[]),
+        ("SELECT * FROM t FOR SHARE", LockingRead, None, "", &[]),
+        ("SELECT * FROM t LOCK IN SHARE MODE", LockingRead, None, "", &[]),
+        ("SELECT * FROM t WHERE a = 1 FOR UPDATE WAIT 5", LockingRead, None, "", &[]),
+        ("SELECT * FROM (SELECT a FROM t FOR UPDATE) x", LockingRead, None, "", &[]),
+        ("SELECT GET_LOCK('job', 10)", LockingRead, Some("named lock"), "", &[]),
+        ("SELECT RELEASE_LOCK('job')", LockingRead, None, "", &[]),
+        ("SELECT IS_FREE_LOCK('a'), IS_USED_LOCK('a')", LockingRead, None, "", &[]),
+        ("SELECT RELEASE_ALL_LOCKS()", LockingRead, None, "", &[]),
+        ("SELECT NEXTVAL(s)", LockingRead, None, "", &[]),
+        ("SELECT SETVAL(s, 10)", LockingRead, None, "", &[]),
+        ("SELECT LASTVAL(s)", LockingRead, None, "", &[]),
+        ("SELECT NEXT VALUE FOR s", LockingRead, None, "", &[]),
+        ("SELECT PREVIOUS VALUE FOR s", LockingRead, None, "", &[]),
+        // reads that set state or write a file
+        ("SELECT c INTO @x FROM t WHERE id = 1", Other, UVAR, "", &[]),
+        ("SELECT c FROM t WHERE id = 1 INTO @x", Other, UVAR, "", &[]),
+        ("SELECT @rn := @rn + 1 FROM t", Other, UVAR, "", &[]),
+        ("SELECT a INTO OUTFILE '/tmp/x' FROM t", Other, None, "", &[]),
+        ("SELECT 'a' FROM t INTO OUTFILE '/tmp/x'", Other, None, "", &[]),
+        // writes
+        ("INSERT INTO db.t SELECT * FROM u", Write, None, "", &["db.t"]),
+        ("INSERT INTO t (a) VALUES (1),(2),(3),(4),(5),(6),(7),(8),(9),(10)", Write, None, "", &["t"]),
+        ("INSERT IGNORE INTO `My Db`.`T` SET a = 1", Write, None, "", &["my db.t"]),
+        ("INSERT INTO t VALUES (1) ON DUPLICATE KEY UPDATE a = 2", Write, None, "", &["t"]),
+        ("REPLACE INTO t VALUES (1)", Write, None, "", &["t"]),
+        ("UPDATE LOW_PRIORITY IGNORE t SET a = 1", Write, None, "", &["t"]),
+        ("UPDATE t1 JOIN t2 ON t1.a = t2.a SET t1.b = 1", Write, None, "", &["t1", "t2"]),
+        ("DELETE LOW_PRIORITY QUICK IGNORE FROM Orders WHERE id = 1", Write, None, "", &["orders"]),
+        ("DELETE t1 FROM t1 JOIN t2 ON t1.a = t2.a", Write, None, "", &["t1"]),
+        ("LOAD DATA LOCAL INFILE '/tmp/x' INTO TABLE db.t", Write, None, "", &["db.t"]),
+        ("LOAD DATA INFILE 'x' REPLACE INTO TABLE t", Write, None, "", &["t"]),
+        ("CALL refresh(1)", Write, None, "", &[]),
+        ("WITH a AS (SELECT 1) DELETE FROM t", Write, None, "", &["t"]),
+        ("UPDATE t SET a = (@x := a + 1)", Write, UVAR, "", &["t"]),
+        // DDL
+        ("CREATE TABLE t (a INT)", Ddl, None, "", &["t"]),
+        ("CREATE TEMPORARY TABLE tmp (a INT)", Ddl, Some("temporary table"), "", &["tmp"]),
+        ("CREATE OR REPLACE TEMPORARY TABLE tmp AS SELECT 1", Ddl, Some("temporary table"), "", &["tmp"]),
+        ("DROP TEMPORARY TABLE tmp", Ddl, None, "", &["tmp"]),
+        ("DROP TABLE IF EXISTS a, db.b", Ddl, None, "", &["a", "db.b"]),
+        ("ALTER TABLE t ADD COLUMN b INT", Ddl, None, "", &["t"]),
+        ("ALTER ONLINE TABLE t ADD c INT", Ddl, None, "", &["t"]),
+        ("TRUNCATE TABLE db.t", Ddl, None, "", &["db.t"]),
+        ("RENAME TABLE a TO b, c TO d", Ddl, None, "", &["a", "b", "c", "d"]),
+        ("OPTIMIZE TABLE t", Ddl, None, "", &["t"]),
+        ("ANALYZE TABLE t", Ddl, None, "", &["t"]),
+        ("REPAIR TABLE t", Ddl, None, "", &["t"]),
+        ("CREATE INDEX i ON t (a)", Ddl, None, "", &["t"]),
+        ("CREATE DATABASE d", Ddl, None, "", &[]),
+        ("GRANT SELECT ON db.* TO 'u'@'%'", Ddl, None, "", &[]),
+        ("REVOKE SELECT ON db.* FROM 'u'@'%'", Ddl, None, "", &[]),
+        ("CREATE PROCEDURE p() BEGIN SELECT 1; SELECT 2; END", Ddl, None, "", &[]),
+        // transactions
+        ("BEGIN WORK", BEGIN, None, "", &[]),
+        ("START TRANSACTION", BEGIN, None, "", &[]),
+        ("START TRANSACTION READ ONLY", BEGIN_RO, None, "", &[]),
+        ("START TRANSACTION READ WRITE", BEGIN, None, "", &[]),
+        ("START TRANSACTION WITH CONSISTENT SNAPSHOT", BEGIN, None, "", &[]),
+        ("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY", BEGIN_RO, None, "", &[]),
+        ("COMMIT WORK", EndTransaction, None, "", &[]),
+        ("ROLLBACK", EndTransaction, None, "", &[]),
+        ("ROLLBACK AND NO CHAIN", EndTransaction, None, "", &[]),
+        ("COMMIT AND CHAIN", BEGIN, None, "", &[]),
+        ("ROLLBACK TO SAVEPOINT s1", Other, None, "", &[]),
+        ("ROLLBACK WORK TO s1", Other, None, "", &[]),
+        ("SAVEPOINT s1", Other, None, "", &[]),
+        ("RELEASE SAVEPOINT s1", Other, None, "", &[]),
+        ("XA START 'x'", Other, Some("XA transaction"), "", &[]),
+        ("XA COMMIT 'x'", Other, Some("XA transaction"), "", &[]),
+        // session state that pins
+        ("LOCK TABLES t WRITE", Other, Some("table lock"), "", &[]),
+        ("LOCK TABLE t READ", Other, Some("table lock"), "", &[]),
+        ("UNLOCK TABLES", Other, None, "", &[]),
+        ("FLUSH TABLES WITH READ LOCK", Other, Some("table lock"), "", &[]),
+        ("FLUSH TABLES t FOR EXPORT", Other, Some("table lock"), "", &[]),
+        ("FLUSH PRIVILEGES", Other, None, "", &[]),
+        ("PREPARE s FROM 'SELECT 1'", Other, Some("SQL prepared statement"), "", &[]),
+        ("EXECUTE s USING @a", Other, Some("SQL prepared statement"), "", &[]),
+        ("DEALLOCATE PREPARE s", Other, Some("SQL prepared statement"), "", &[]),
+        ("DROP PREPARE s", Other, Some("SQL prepared statement"), "", &[]),
+        ("HANDLER t OPEN", Other, Some("HANDLER"), "", &[]),
+        ("DO GET_LOCK('a', 0)", Other, Some("named lock"), "", &[]),
+        ("SET TRANSACTION ISOLATION LEVEL READ COMMITTED", Other, Some("transaction characteristics"), "", &[]),
+        ("SET SESSION TRANSACTION READ ONLY", Other, Some("transaction characteristics"), "", &[]),
+        ("SET GLOBAL TRANSACTION ISOLATION LEVEL SERIALIZABLE", Other, None, "", &[]),
+        ("SET GLOBAL max_connections = 10", Other, None, "", &[]),
+        ("SET @@global.max_connections = 10", Other, None, "", &[]),
+        ("SET GLOBAL a = 1, b = 2", Other, None, "", &[]),
+        ("SET GLOBAL a = 1, SESSION b = 2", Other, Some("unparsed SET"), "", &[]),
+        ("SET @@global.a = 1, @x = 2", Other, Some("unparsed SET"), "", &[]),
+        ("SET", Other, Some("unparsed SET"), "", &[]),
+        ("SET x", Other, Some("unparsed SET"), "", &[]),
+        ("SET x = ", Other, Some("unparsed SET"), "", &[]),
+        ("SET x = (1", Other, Some("unparsed SET"), "", &[]),
+        ("SET ROLE admin", Other, Some("role"), "", &[]),
+        ("SET PASSWORD FOR u = 'x'", Other, None, "", &[]),
+        ("BEGIN NOT ATOMIC SELECT 1; SELECT 2; END", Other, Some("compound statement"), "", &[]),
+        // SET STATEMENT: per statement, classified by the inner one
+        ("SET STATEMENT max_statement_time = 1 FOR SELECT c FROM t", Read, None, "", &[]),
+        ("SET STATEMENT sql_mode = '' FOR UPDATE t SET a = 1", Write, None, "", &["t"]),
+        ("SET STATEMENT sql_mode = ''", Other, Some("unparsed SET"), "", &[]),
+        // the rest: primary, no state
+        ("SHOW WARNINGS", Other, None, "prev", &[]),
+        ("SHOW ERRORS LIMIT 5", Other, None, "prev", &[]),
+        ("SHOW COUNT(*) WARNINGS", Other, None, "prev", &[]),
+        ("SHOW COUNT(*) ERRORS", Other, None, "prev", &[]),
+        ("GET DIAGNOSTICS @n = NUMBER", Other, None, "prev", &[]),
+        ("SHOW TABLES", Other, None, "", &[]),
+        ("SHOW VARIABLES LIKE 'x%'", Other, None, "", &[]),
+        ("DESCRIBE t", Other, None, "", &[]),
+        ("EXPLAIN SELECT GET_LOCK('a', 1)", Other, None, "", &[]),
+        ("HELP 'select'", Other, None, "", &[]),
+        ("DO 1", Other, None, "", &[]),
+        ("USE app", Other, None, "", &[]),
+        ("KILL 5", Other, None, "", &[]),
+        ("CHECK TABLE t", Other, None, "", &[]),
+        ("TABLE t", Other, None, "", &[]),
+        ("ANALYZE SELECT * FROM t", Other, None, "", &[]),
+        ("ANALYZE FORMAT=JSON UPDATE t SET a = 1", Write, None, "", &["t"]),
+        ("gibberish here", Other, None, "", &[]),
+        ("START SLAVE", Other, None, "", &[]),
+        ("SELECT DATABASE()", Read, None, "", &[]),
+        ("/* mysql-connector-java-8.0.33 */SELECT  @@session.auto_increment_increment AS a, @@character_set_client AS b", Read, None, "", &[]),
+        // multi-statement
+        ("SELECT 1; UPDATE t SET a = 1", Other, None, "", &["t"]),
+        ("SET NAMES utf8; SELECT 1", Other, Some("multi-statement with session state"), "", &[]),
+        ("BEGIN; UPDATE t SET a = 1; COMMIT", Other, Some("multi-statement with session state"), "", &["t"]),
+        ("USE db; SELECT 1", Other, Some("multi-statement with session state"), "", &[]),
+        ("SELECT 1; CREATE TEMPORARY TABLE x (a INT)", Other, Some("multi-statement with session state"), "", &["x"]),
+        ("SELECT SQL_CALC_FOUND_ROWS a FROM t; SELECT FOUND_ROWS()", Read, None, "prev next", &[]),
+        // hints and comments do not change the class
+        ("/* shardgate:replica */ SELECT 1", Read, None, "", &[]),
+        ("-- shardgate:primary\nDELETE FROM t", Write, None, "", &["t"]),
+        // odd input
+        ("", Other, None, "", &[]),
+        ("  ;; ", Other, None, "", &[]),
+        ("/* only a comment */", Other, None, "", &[]),
+        ("SELECT 'unterminated", Other, None, "", &[]),
+        ("SELECT `unterminated", Other, None, "", &[]),
+        ("SELECT 1 /* unterminated", Read, None, "", &[]),
+        ("INSERT INTO t VALUES ('unterminated", Write, None, "", &["t"]),
+    ];
+
+    #[test]
+    fn table() {
+        let mut failures = Vec::new();
+        for (sql, kind, pins, flags, writes) in CASES {
+            let got = c(sql);
+            let want_statements = sql.split(';').filter(|s| !s.trim().is_empty()).count();
+            let want_statements = if sql.contains("BEGIN NOT ATOMIC") || sql.contains("PROCEDURE") {
+                1
+            } else if sql.starts_with("/* only") {
+                0
+            } else {
+                want_statements
+            };
+            let ok = got.kind == *kind
+                && got.pins == *pins
+                && got.uses_previous == flags.contains("prev")
+                && got.keeps_for_next == flags.contains("next")
+                && got.writes == *writes
+                && got.statements == want_statements;
+            if !ok {
+                failures.push(format!("{sql:?}\n    got {got:?}"));
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} of {} wrong:\n{}",
+            failures.len(),
+            CASES.len(),
+            failures.join("\n")
+        );
+    }
+
+    fn lit(s: &str) -> Value {
+        Value::Literal(s.into())
+    }
+    fn sys(n: &str, v: Value) -> Assignment {
+        Assignment {
+            name: VarName::System(n.into()),
+            value: v,
+        }
+    }
+    fn user(n: &str, v: Value) -> Assignment {
+        Assignment {
+            name: VarName::User(n.into()),
+            value: v,
+        }
+    }
+    fn names(v: &str) -> Assignment {
+        Assignment {
+            name: VarName::Names,
+            value: lit(v),
+        }
+    }
+
+    #[test]
+    fn set_statements() {
+        let cases: Vec<(&str, Vec<Assignment>, Option<&str>)> = vec![
+            ("SET autocommit=0", vec![sys("autocommit", lit("0"))], None),
+            ("SET AUTOCOMMIT = 1", vec![sys("autocommit", lit("1"))], None),
+            ("SET @@autocommit = OFF", vec![sys("autocommit", lit("OFF"))], None),
+            ("SET SESSION sql_mode = 'ANSI'", vec![sys("sql_mode", lit("'ANSI'"))], None),
+            ("SET LOCAL sql_mode = TRADITIONAL", vec![sys("sql_mode", lit("TRADITIONAL"))], None),
+            ("SET @@session.time_zone = '+02:00'", vec![sys("time_zone", lit("'+02:00'"))], None),
+            ("SET @@LOCAL.Time_Zone = \"+00:00\"", vec![sys("time_zone", lit("\"+00:00\""))], None),
+            ("SET `wait_timeout` = 60", vec![sys("wait_timeout", lit("60"))], None),
+            ("SET sql_mode = DEFAULT", vec![sys("sql_mode", Value::Default)], None),
+            ("SET SQL_SELECT_LIMIT=DEFAULT", vec![sys("sql_select_limit", Value::Default)], None),
+            ("SET character_set_results = NULL", vec![sys("character_set_results", lit("NULL"))], None),
+            ("SET x = -1", vec![sys("x", lit("-1"))], None),
+            ("SET x = 1.5e3", vec![sys("x", lit("1.5e3"))], None),
+            ("SET x = 0x1F", vec![sys("x", lit("0x1F"))], None),
+            ("SET x = _utf8mb4'a'", vec![sys("x", lit("_utf8mb4'a'"))], None),
+            ("SET x = 'it''s'", vec![sys("x", lit("'it''s'"))], None),
+            ("SET tx_isolation = 'READ-COMMITTED'", vec![sys("tx_isolation", lit("'READ-COMMITTED'"))], None),
+            ("SET tx_isolation = READ-COMMITTED", vec![sys("tx_isolation", Value::Expr)], None),
+            ("SET timestamp = CURRENT_TIMESTAMP", vec![sys("timestamp", Value::Expr)], None),
+            ("SET sql_mode = CONCAT(@@sql_mode, ',X')", vec![sys("sql_mode", Value::Expr)], None),
+            ("SET SESSION a = 1, b = 2", vec![sys("a", lit("1")), sys("b", lit("2"))], None),
+            // Rails
+            (
+                "SET @@SESSION.sql_mode = CONCAT(CONCAT(@@sql_mode, ',STRICT_ALL_TABLES'), ',NO_AUTO_VALUE_ON_ZERO'), @@SESSION.sql_auto_is_null = 0, @@SESSION.wait_timeout = 2147483",
+                vec![
+                    sys("sql_mode", Value::Expr),
+                    sys("sql_auto_is_null", lit("0")),
+                    sys("wait_timeout", lit("2147483")),
+                ],
+                None,
+            ),
+            // user variables
+            ("SET @a = 1, @b = 'x'", vec![user("a", lit("1")), user("b", lit("'x'"))], None),
+            ("SET @Mixed = TRUE", vec![user("mixed", lit("TRUE"))], None),
+            ("SET @a := 5", vec![user("a", lit("5"))], None),
+            ("SET @`a b` = 1", vec![user("a b", lit("1"))], None),
+            ("SET @'It''s' = 1", vec![user("it's", lit("1"))], None),
+            ("SET @a = @b + 1", vec![user("a", Value::Expr)], UVAR),
+            ("SET @a = (SELECT MAX(id) FROM t)", vec![user("a", Value::Expr)], UVAR),
+            ("SET @a = NOW()", vec![user("a", Value::Expr)], UVAR),
+            ("SET sql_mode = (@m := 'ANSI')", vec![sys("sql_mode", Value::Expr)], UVAR),
+            ("SET @a = 1, sql_mode = ''", vec![user("a", lit("1")), sys("sql_mode", lit("''"))], None),
+            // mysqldump preamble
+            ("/*!40101 SET character_set_client = utf8 */", vec![sys("character_set_client", lit("utf8"))], None),
+            ("/*!40103 SET TIME_ZONE='+00:00' */;", vec![sys("time_zone", lit("'+00:00'"))], None),
+            (
+                "/*!40101 SET @OLD_CHARACTER_SET_CLIENT=@@CHARACTER_SET_CLIENT */",
+                vec![user("old_character_set_client", Value::Expr)],
+                UVAR,
+            ),
+            ("/*M!100100 SET x = 1 */", vec![sys("x", lit("1"))], None),
+            // NAMES and CHARACTER SET
+            ("SET NAMES utf8mb4", vec![names("utf8mb4")], None),
+            ("set names utf8mb4 collate utf8mb4_unicode_ci", vec![names("utf8mb4 COLLATE utf8mb4_unicode_ci")], None),
+            ("SET NAMES utf8mb4 COLLATE utf8mb4_unicode_ci", vec![names("utf8mb4 COLLATE utf8mb4_unicode_ci")], None),
+            ("SET NAMES 'utf8'", vec![names("'utf8'")], None),
+            ("SET NAMES 'utf8mb4' COLLATE 'utf8mb4_bin'", vec![names("'utf8mb4' COLLATE 'utf8mb4_bin'")], None),
+            ("SET NAMES DEFAULT", vec![names("DEFAULT")], None),
+            ("/*!40101 SET NAMES utf8 */", vec![names("utf8")], None),
+            ("SET CHARACTER SET utf8", vec![names("utf8")], None),
+            ("SET CHARSET latin1", vec![names("latin1")], None),
+        ];
+        for (sql, want, pins) in cases {
+            let got = c(sql);
+            assert_eq!(got.kind, Kind::Set(want), "{sql}");
+            assert_eq!(got.pins, pins, "{sql}");
+            assert_eq!(got.statements, 1, "{sql}");
+            assert!(got.writes.is_empty(), "{sql}");
+        }
+        let got = c("SET @rows = FOUND_ROWS()");
+        assert!(got.uses_previous && got.pins == UVAR);
+        assert_eq!(c("SET @l = GET_LOCK('x', 1)").pins, UVAR);
+        assert_eq!(
+            c("SET sql_mode = IF(GET_LOCK('x', 1), '', '')").pins,
+            Some("named lock")
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_goes_to_the_primary_without_panicking() {
+        let c = |b: &[u8]| classify_uncached(b);
+        assert_eq!(c(b"SELECT '\xff'").kind, Other);
+        assert_eq!(c(b"SELECT '\xff' FROM t FOR UPDATE").kind, LockingRead);
+        let w = c(b"INSERT INTO t VALUES ('caf\xe9')");
+        assert_eq!((w.kind, w.writes), (Write, vec!["t".to_string()]));
+        let s = c(b"SET @x = '\xff'");
+        assert_eq!((s.kind, s.pins), (Other, Some("unparsed SET")));
+        assert_eq!(c(b"\xff\xfe\x00").kind, Other);
+        let m = c(b"SELECT 1; SELECT '\xff'");
+        assert_eq!((m.kind, m.statements), (Other, 2));
+        let hit = classify(b"SELECT '\xe9' FROM t");
+        assert_eq!(hit.class.kind, Other);
+    }
+
+    #[test]
+    fn hints_come_back_with_the_class() {
+        let h = |s: &str| classify(s.as_bytes()).hint;
+        assert_eq!(
+            h("/* shardgate:replica */ SELECT c FROM t WHERE id = 1"),
+            Some(Hint::Replica)
+        );
+        assert_eq!(
+            h("SELECT c FROM t WHERE id = 2 /* shardgate:primary */"),
+            Some(Hint::Primary)
+        );
+        assert_eq!(h("SELECT c FROM t WHERE id = 3"), None);
+        assert_eq!(
+            h("SELECT c FROM t WHERE id = 4 # shardgate:replica"),
+            Some(Hint::Replica)
+        );
+        // Same digest, different hints: the hint is not part of the cached class.
+        let a = classify(b"/* shardgate:primary */ SELECT c FROM t WHERE id = 5");
+        let b = classify(b"/* shardgate:replica */ SELECT c FROM t WHERE id = 6");
+        assert!(Arc::ptr_eq(&a.class, &b.class));
+        assert_eq!((a.hint, b.hint), (Some(Hint::Primary), Some(Hint::Replica)));
+    }
+
+    #[test]
+    fn cache_shares_classes_by_digest_but_never_sets() {
+        let a = classify(b"SELECT c FROM sbtest1 WHERE id=1");
+        let b = classify(b"select c from sbtest1 where id = 99 ");
+        assert!(Arc::ptr_eq(&a.class, &b.class));
+        assert_eq!(a.class.kind, Read);
+
+        let zero = classify(b"SET autocommit=0");
+        let one = classify(b"SET autocommit=1");
+        assert_eq!(zero.class.kind, Set(vec![sys("autocommit", lit("0"))]));
+        assert_eq!(one.class.kind, Set(vec![sys("autocommit", lit("1"))]));
+        let n1 = classify(b"SET NAMES 'utf8'");
+        let n2 = classify(b"SET NAMES 'latin1'");
+        assert_eq!(n2.class.kind, Set(vec![names("'latin1'")]));
+        assert!(!Arc::ptr_eq(&n1.class, &n2.class));
+
+        // sqlparser reads "t" as a table name where MariaDB (ANSI_QUOTES) might too; the
+        // digest sees a literal, so such a class must not be shared.
+        let q1 = classify(b"INSERT INTO \"a\" VALUES (1)");
+        let q2 = classify(b"INSERT INTO \"b\" VALUES (1)");
+        assert_eq!(q1.class.writes, vec!["a".to_string()]);
+        assert_eq!(q2.class.writes, vec!["b".to_string()]);
+
+        // Different statement shapes never share.
+        let r = classify(b"SELECT c FROM t WHERE id = 1");
+        let w = classify(b"SELECT c FROM t WHERE id = 1 FOR UPDATE");
+        let v = classify(b"SELECT c INTO @v FROM t WHERE id = 1");
+        assert_eq!(
+            (&r.class.kind, &w.class.kind, &v.class.kind),
+            (&Read, &LockingRead, &Other)
+        );
+    }
+
+    #[test]
+    fn cache_is_bounded() {
+        std::thread::spawn(|| {
+            for i in 0..(CACHE_LIMIT + 50) {
+                classify(format!("SELECT c{i} FROM t WHERE id = 1").as_bytes());
+            }
+            let len = CACHE.with(|c| c.borrow().len());
+            assert!(len > 0 && len <= CACHE_LIMIT, "{len}");
+        })
+        .join()
+        .expect("thread");
+    }
+
+    #[test]
+    fn cached_and_uncached_agree() {
+        std::thread::spawn(|| {
+            for (sql, ..) in CASES {
+                let first = classify(sql.as_bytes());
+                let again = classify(sql.as_bytes());
+                let plain = classify_uncached(sql.as_bytes());
+                assert_eq!(*first.class, plain, "{sql}");
+                assert_eq!(*again.class, plain, "{sql}");
+            }
+        })
+        .join()
+        .expect("thread");
+    }
+
+    /// Random byte soup and random SQL fragments: no panic anywhere.
+    #[test]
+    fn never_panics() {
+        const BITS: [&str; 24] = [
+            "SELECT ", "SET ", "@", "@@", "'", "\"", "`", "/*", "*/", "/*!", "-- ", "#", "\n", ";",
+            "(", ")", ",", "=", ":=", "x", "1e", "0x", "\\", "\u{e9}",
+        ];
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..3000 {
+            let n = (next() % 12) as usize;
+            let mut sql = Vec::new();
+            for _ in 0..n {
+                let r = next();
+                if r % 5 == 0 {
+                    sql.push((r >> 8) as u8);
+                } else {
+                    sql.extend_from_slice(BITS[(r >> 8) as usize % BITS.len()].as_bytes());
+                }
+            }
+            let _ = classify(&sql);
+            let _ = digest::normalized(&sql);
+        }
+    }
 }

@@ -132,6 +132,10 @@ pub(crate) struct Lexer<'a> {
     pos: usize,
     in_exec: bool,
     prev: Option<Tok>,
+    /// An unterminated string or quoted identifier was seen: sqlparser rejects such text, so
+    /// it must not share a digest with the well-formed statement it resembles. (Unterminated
+    /// comments need no mark: the parser reads the text before them like ours does.)
+    pub unterminated: bool,
     /// The first routing hint seen so far.
     pub hint: Option<Hint>,
 }
@@ -143,6 +147,7 @@ impl<'a> Lexer<'a> {
             pos: 0,
             in_exec: false,
             prev: None,
+            unterminated: false,
             hint: None,
         }
     }
@@ -166,7 +171,7 @@ impl<'a> Lexer<'a> {
     }
 
     /// End (exclusive) of a quoted run starting at `start`; the end of input if unterminated.
-    fn quoted_end(&self, start: usize, backslash: bool) -> usize {
+    fn quoted_end(&mut self, start: usize, backslash: bool) -> usize {
         let q = self.at(start);
         let mut i = start + 1;
         while i < self.src.len() {
@@ -183,6 +188,7 @@ impl<'a> Lexer<'a> {
                 i += 1;
             }
         }
+        self.unterminated = true;
         self.src.len()
     }
 
@@ -354,7 +360,9 @@ impl Iterator for Lexer<'_> {
                     return Some(self.tok(TokKind::ExecMark, start, start + 2));
                 }
                 // `--` starts a comment only when followed by whitespace or a control byte.
-                b'-' if b1 == b'-' && (start + 2 >= self.src.len() || self.at(start + 2) <= b' ') => {
+                b'-' if b1 == b'-'
+                    && (start + 2 >= self.src.len() || self.at(start + 2) <= b' ') =>
+                {
                     self.line_comment(start + 2);
                 }
                 b'#' => self.line_comment(start + 1),
@@ -507,7 +515,7 @@ fn canonicalize<S: Sink>(lx: &mut Lexer<'_>, sink: &mut S) {
     let mut after_in = false;
     let mut pending_semi = false;
     let mut any = false;
-    while let Some(t) = lx.next() {
+    for t in lx.by_ref() {
         match t.kind {
             TokKind::ExecMark => continue,
             TokKind::Semi => {
@@ -604,6 +612,10 @@ fn canonicalize<S: Sink>(lx: &mut Lexer<'_>, sink: &mut S) {
             rows = Rows::First;
         }
         sink.emit(canon(&t, src));
+    }
+    if lx.unterminated {
+        // Not an identifier character: no real word renders the same.
+        sink.emit(Canon::Word(b"<unterminated>"));
     }
 }
 
@@ -739,7 +751,10 @@ enum Prev {
 }
 
 /// Words after which `(` opens a list rather than a function's arguments.
-const LIST_WORDS: [&str; 9] = ["in", "values", "value", "as", "from", "join", "into", "exists", "using"];
+const LIST_WORDS: [&str; 22] = [
+    "in", "values", "value", "as", "from", "join", "into", "exists", "using", "where", "and", "or",
+    "not", "on", "select", "set", "when", "then", "else", "having", "with", "by",
+];
 
 impl Sink for TextSink {
     type Mark = (usize, Option<Prev>);
@@ -790,5 +805,235 @@ impl Sink for TextSink {
     fn reset(&mut self, m: Self::Mark) {
         self.out.truncate(m.0);
         self.prev = m.1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(s: &str) -> u64 {
+        digest(s.as_bytes()).hash
+    }
+    fn n(s: &str) -> String {
+        normalized(s.as_bytes())
+    }
+    fn hint(s: &str) -> Option<Hint> {
+        digest(s.as_bytes()).hint
+    }
+
+    #[test]
+    fn normalizes_literals_case_whitespace_and_comments() {
+        assert_eq!(
+            n("SELECT c FROM sbtest1 WHERE id=4242"),
+            "select c from sbtest1 where id = ?"
+        );
+        let same = [
+            "SELECT c FROM sbtest1 WHERE id=4242",
+            "select  c\n\tfrom SBTEST1 where ID = 17",
+            "/* hi */ SELECT c FROM sbtest1 WHERE id = '17' -- bye",
+            "SELECT c FROM sbtest1 # comment\n WHERE id = 0x1F;",
+            "SELECT c FROM sbtest1 WHERE id = ?",
+            "SELECT c FROM sbtest1 WHERE id = 1e5;;",
+            "SELECT c FROM sbtest1 WHERE id = _utf8mb4'x'",
+            "SELECT c FROM sbtest1 WHERE id = _binary \"x\"",
+            "SELECT c FROM sbtest1 WHERE id = X'0A'",
+            "SELECT c FROM sbtest1 WHERE id = b'101'",
+            "SELECT c FROM sbtest1 WHERE id = 0b101",
+            "SELECT c FROM sbtest1 WHERE id = N'x'",
+            "SELECT c FROM sbtest1 WHERE id = 1.5E-3",
+            "SELECT c FROM sbtest1 WHERE id = .5",
+            "SELECT c FROM sbtest1 WHERE id = 'it''s \\' here'",
+            "SELECT c FROM sbtest1 WHERE id = \"say \"\"hi\"\"\"",
+        ];
+        for s in same {
+            assert_eq!(n(s), n(same[0]), "{s}");
+            assert_eq!(h(s), h(same[0]), "{s}");
+        }
+        let different = [
+            "SELECT c FROM sbtest2 WHERE id = 1",
+            "SELECT c FROM sbtest1 WHERE id = NULL",
+            "SELECT c FROM sbtest1 WHERE id = -1",
+            "SELECT c FROM sbtest1 WHERE id = 1 FOR UPDATE",
+            "SELECT c FROM sbtest1 WHERE id = 1; SELECT 2",
+            "SELECT c FROM sbtest1 WHERE id = @x",
+            "SELECT c FROM sbtest1 WHERE id = @@x",
+            "SELECT c FROM sbtest1 WHERE id = `x`",
+            "SELECT c FROM sbtest1 WHERE id = x",
+            "SELECT c FROM sbtest1 WHERE id = 1x",
+            "SELECT c FROM sbtest1 WHERE id = 'unterminated",
+            "SELECT `c` FROM sbtest1 WHERE id = 1",
+        ];
+        for s in different {
+            assert_ne!(h(s), h(same[0]), "{s}");
+        }
+    }
+
+    #[test]
+    fn quoted_identifiers_keep_their_case_user_variables_do_not() {
+        assert_ne!(h("SELECT `A` FROM t"), h("SELECT `a` FROM t"));
+        assert_eq!(h("SELECT @A"), h("select @a"));
+        assert_eq!(
+            n("SELECT `a``b` FROM `db`.`t`"),
+            "select `a``b` from `db`.`t`"
+        );
+        assert_ne!(h("SELECT `a b`"), h("SELECT `a` b"));
+    }
+
+    #[test]
+    fn in_lists_and_values_rows_collapse() {
+        assert_eq!(
+            n("SELECT * FROM t WHERE a IN (1, 2, 3)"),
+            "select * from t where a in (?+)"
+        );
+        assert_eq!(
+            h("SELECT * FROM t WHERE a IN (1)"),
+            h("SELECT * FROM t WHERE a in ('x',2,3,4)")
+        );
+        assert_eq!(
+            h("SELECT * FROM t WHERE a IN (?, ?)"),
+            h("SELECT * FROM t WHERE a IN (7)")
+        );
+        // Not literal-only: kept as written.
+        assert_eq!(
+            n("SELECT * FROM t WHERE a IN (b, 1)"),
+            "select * from t where a in (b, ?)"
+        );
+        assert_eq!(
+            n("SELECT * FROM t WHERE a IN (SELECT b FROM u)"),
+            "select * from t where a in (select b from u)"
+        );
+        assert_ne!(
+            h("SELECT * FROM t WHERE a IN (1)"),
+            h("SELECT * FROM t WHERE a IN (@x := 1)")
+        );
+        assert_eq!(
+            n("INSERT INTO t (a, b) VALUES (1, 'x'), (2, 'y'), (3, NULL)"),
+            "insert into t(a, b) values (?, ?)"
+        );
+        assert_eq!(
+            h("INSERT INTO t VALUES (1, 2)"),
+            h("INSERT INTO t VALUES (1, 2), (3, 4), (5, 6)")
+        );
+        assert_eq!(
+            n("INSERT INTO t VALUES (1), (NOW()), (3)"),
+            "insert into t values (?), (now()), (?)"
+        );
+        assert_eq!(
+            n("INSERT INTO t VALUES (1), (2) ON DUPLICATE KEY UPDATE a = VALUES(a)"),
+            "insert into t values (?) on duplicate key update a = values (a)"
+        );
+        assert_eq!(
+            n("SELECT a FROM t WHERE (a, b) IN ((1, 2), (3, 4))"),
+            "select a from t where (a, b) in ((?, ?), (?, ?))"
+        );
+    }
+
+    #[test]
+    fn executable_comments_are_content() {
+        assert_eq!(n("/*!40101 SET NAMES utf8 */"), "set names utf8");
+        assert_eq!(h("/*!40101 SET NAMES utf8 */"), h("SET NAMES utf8"));
+        assert_eq!(n("/*M!100100 SET x = 1 */"), "set x = ?");
+        assert_ne!(h("SELECT 1 /*!, 2 */"), h("SELECT 1"));
+        assert_eq!(h("SELECT 1 /* , 2 */"), h("SELECT 1"));
+    }
+
+    #[test]
+    fn hints_anywhere_outside_literals_first_wins() {
+        assert_eq!(
+            hint("/* shardgate:primary */ SELECT 1"),
+            Some(Hint::Primary)
+        );
+        assert_eq!(
+            hint("SELECT 1 /* shardgate:replica */"),
+            Some(Hint::Replica)
+        );
+        assert_eq!(
+            hint("SELECT /*  ShardGate : REPLICA  */ 1"),
+            Some(Hint::Replica)
+        );
+        assert_eq!(hint("SELECT 1 -- shardgate:primary"), Some(Hint::Primary));
+        assert_eq!(hint("SELECT 1 #shardgate:replica\n"), Some(Hint::Replica));
+        assert_eq!(
+            hint("SELECT /*+ shardgate:primary */ 1"),
+            Some(Hint::Primary)
+        );
+        assert_eq!(
+            hint("/* shardgate:replica */ SELECT 1 /* shardgate:primary */"),
+            Some(Hint::Replica)
+        );
+        assert_eq!(hint("SELECT '/* shardgate:primary */'"), None);
+        assert_eq!(hint("SELECT \"-- shardgate:primary\""), None);
+        assert_eq!(hint("SELECT `/* shardgate:primary */`"), None);
+        assert_eq!(hint("SELECT 1 /* shardgate:primaryx */"), None);
+        assert_eq!(hint("SELECT 1 /* shardgate primary */"), None);
+        assert_eq!(hint("SELECT 1 /* other */"), None);
+        assert_eq!(hint("SELECT 1 --shardgate:primary"), None);
+        // An unterminated comment still counts.
+        assert_eq!(hint("SELECT 1 /* shardgate:primary"), Some(Hint::Primary));
+        // The hint does not enter the hash.
+        assert_eq!(h("/* shardgate:primary */ SELECT 1"), h("SELECT 1"));
+    }
+
+    #[test]
+    fn odd_input_does_not_panic() {
+        for s in [
+            &b""[..],
+            b";",
+            b"'",
+            b"\"",
+            b"`",
+            b"/*",
+            b"/*!",
+            b"/*M!",
+            b"*/",
+            b"--",
+            b"#",
+            b"@",
+            b"@@",
+            b"@'",
+            b"@`",
+            b"x'",
+            b"_utf8 '",
+            b"0x",
+            b"1e",
+            b"1e+",
+            b".",
+            b"'\\",
+            b"\xff\xfe",
+            b"SELECT '\xff'",
+            b"\0\0",
+        ] {
+            let _ = digest(s);
+            let _ = normalized(s);
+        }
+        assert_eq!(n(""), "");
+        assert_eq!(h("  "), h(""));
+        assert_eq!(n(";;"), "");
+        assert_eq!(n("SELECT 'abc"), "select ? <unterminated>");
+        assert_eq!(n("SELECT 1--1"), "select ? - - ?");
+        assert_eq!(n("SELECT 1 -- x"), "select ?");
+        assert_eq!(
+            n("SELECT a<=>b, c:=d, e->>'$.f'"),
+            "select a <=> b, c := d, e ->> ?"
+        );
+    }
+
+    #[test]
+    fn lexer_tokens() {
+        let kinds =
+            |s: &str| -> Vec<TokKind> { Lexer::new(s.as_bytes()).map(|t| t.kind).collect() };
+        use TokKind::*;
+        assert_eq!(
+            kinds("1t 1e5 1e 0x1F 0xZZ 0b10 t.5"),
+            [Word, Number, Word, Hex, Word, Bin, Word, Punct, Number]
+        );
+        assert_eq!(
+            kinds("@a.b @'x' @`y` @@session.x ?"),
+            [UserVar, UserVar, UserVar, SysVar, Punct, Word, Placeholder]
+        );
+        assert_eq!(kinds("/*!40101 SET */"), [ExecMark, Word, ExecMark]);
+        let t: Vec<Tok> = Lexer::new(b"@`a``b`").collect();
+        assert_eq!(t[0].name(b"@`a``b`"), b"a``b");
     }
 }

@@ -61,6 +61,9 @@ pub struct Scanner {
     /// The last OK or terminator seen (status flags, affected rows, insert id).
     pub last_ok: OkInfo,
     pub error: bool,
+    /// The error's SQLSTATE is a connection exception (class 08): the server closes the
+    /// connection after sending it.
+    pub fatal: bool,
     /// The command was COM_STMT_PREPARE, so a first 0x00 packet is a PREPARE_OK.
     prepare: bool,
     /// Statement id and column/param counts of a PREPARE_OK, as the server sent them.
@@ -85,6 +88,7 @@ impl Scanner {
             continuation: false,
             last_ok: OkInfo::default(),
             error: false,
+            fatal: false,
             prepare: expect == Expect::Prepare,
             prepared: None,
             client_stmt_id: 0,
@@ -152,6 +156,10 @@ impl Scanner {
                     return (at, progress);
                 }
             } else {
+                if self.state == State::Single && first == Some(0xFF) {
+                    // COM_INIT_DB, COM_PING...: the caller must know a refusal from an OK.
+                    self.error = true;
+                }
                 self.commit_header(buf, at, len);
                 self.data_packet();
                 at += 4;
@@ -221,6 +229,7 @@ impl Scanner {
         let first = p.first().copied().unwrap_or(0);
         if first == 0xFF {
             self.error = true;
+            self.fatal = p.get(3) == Some(&b'#') && p.get(4..6) == Some(b"08".as_slice());
             self.state = State::Done;
             return Progress::More;
         }
@@ -261,6 +270,8 @@ impl Scanner {
             }
         } else if let Ok(st) = terminator_status(p, false) {
             self.last_ok.status = st;
+            // An EOF carries the statement's warning count before its status.
+            self.last_ok.warnings = u16::from_le_bytes([p[1], p[2]]);
         }
         if self.last_ok.status & status::MORE_RESULTS_EXISTS != 0 {
             State::First
@@ -436,5 +447,28 @@ mod tests {
         let mut buf = BytesMut::new();
         put_packet(&mut buf, 5, &ok(0));
         assert_eq!(sc.scan(&mut buf).1, Progress::Done);
+    }
+
+    #[test]
+    fn a_single_packet_reply_tells_errors_from_oks() {
+        let mut wire = BytesMut::new();
+        put_packet(&mut wire, 1, b"\xff\x19\x04#42000Unknown database 'x'");
+        let mut sc = Scanner::new(Expect::Single, true, 1);
+        assert_eq!(feed(&mut sc, &wire, 3).1, Progress::Done);
+        assert!(sc.error && !sc.fatal);
+        let mut wire = BytesMut::new();
+        put_packet(&mut wire, 1, &ok(status::AUTOCOMMIT));
+        let mut sc = Scanner::new(Expect::Single, true, 1);
+        assert_eq!(feed(&mut sc, &wire, 64).1, Progress::Done);
+        assert!(!sc.error);
+    }
+
+    #[test]
+    fn a_connection_exception_is_fatal() {
+        let mut wire = BytesMut::new();
+        put_packet(&mut wire, 1, b"\xff\x84\x04#08S01Got packets out of order");
+        let mut sc = Scanner::new(Expect::Result, true, 1);
+        assert_eq!(feed(&mut sc, &wire, 64).1, Progress::Done);
+        assert!(sc.error && sc.fatal);
     }
 }

@@ -15,7 +15,7 @@ use crate::backend::vars::Var;
 use crate::executor::{self, ExecError};
 use crate::planner::classify::{Class, Hint, Kind};
 use crate::planner::Route;
-use crate::protocol::consts::{cap, errcode, status};
+use crate::protocol::consts::{cap, errcode};
 use crate::protocol::packet::Frame;
 use crate::protocol::response::{Expect, Scanner};
 
@@ -44,8 +44,10 @@ enum Attempt {
     Done(Scanner),
     /// The client was answered with an error; nothing more to do.
     Answered,
-    /// The server failed before anything reached the client: try another.
-    Retry,
+    /// The server failed before anything reached the client: try again elsewhere.
+    Failed,
+    /// The replica has not applied the session's last write in time: use the primary.
+    Behind,
 }
 
 impl Session {
@@ -57,7 +59,12 @@ impl Session {
         work: Work<'_>,
     ) -> Result<(), SessionError> {
         if self.hold.next && !class.uses_previous {
+            // Nobody reads what the last statement left: its connection goes back first, so
+            // that a later FOUND_ROWS() cannot find it instead of the right one.
             self.hold.next = false;
+            if !self.hold.sticky() {
+                self.pinned.release_all();
+            }
         }
         if let Some(why) = class.pins {
             if self.hold.life.is_none() {
@@ -67,30 +74,33 @@ impl Session {
         }
         let mut exclude: Vec<Arc<str>> = Vec::new();
         let mut force_primary = false;
+        let mut tries = 0;
         loop {
+            tries += 1;
             let choice = self.choose(route, class, hint, &exclude, force_primary);
             let (addr, replica) = match choice {
                 Choice::Primary => (route.addr.clone(), None),
                 Choice::Replica(r) => (r.addr().clone(), Some(r)),
                 Choice::Held(a) => (a, None),
             };
-            match self.attempt(&addr, replica.is_some(), &work).await? {
+            // A read outside a transaction may be tried again when its server failed before
+            // answering (a replica went down, a pooled connection was stale); a write may not:
+            // the server may have run it.
+            let retry = !self.hold.sticky()
+                && (replica.is_some() || (tries < 3 && matches!(class.kind, Kind::Read)));
+            match self.attempt(&addr, replica.is_some(), retry, &work).await? {
                 Attempt::Done(sc) => {
                     self.after_statement(route, &addr, class, hint, &work, &sc).await;
                     return Ok(());
                 }
                 Attempt::Answered => return Ok(()),
-                Attempt::Retry => {
-                    match &replica {
-                        Some(r) => {
-                            r.mark_down();
-                            exclude.push(addr);
-                        }
-                        // Not yet caught up with the session's writes.
-                        None => force_primary = true,
+                Attempt::Failed => {
+                    if let Some(r) = &replica {
+                        r.mark_down();
+                        exclude.push(addr);
                     }
-                    continue;
                 }
+                Attempt::Behind => force_primary = true,
             }
         }
     }
@@ -100,24 +110,41 @@ impl Session {
         &mut self,
         addr: &Arc<str>,
         on_replica: bool,
+        retry_ok: bool,
         work: &Work<'_>,
     ) -> Result<Attempt, SessionError> {
         let frame = work.frame();
         let reply_seq = frame.last_seq.wrapping_add(1);
         let shared = self.shared.clone();
         let who = identity(&self.user, self.caps, self.charset, self.db.as_deref(), &self.vars);
-        let retry_ok = on_replica && !self.hold.sticky();
-        match executor::connection(&shared.pools, &mut self.pinned, addr, &who).await {
-            Ok(_) => {}
+        let mut got = executor::take(&shared.pools, &mut self.pinned, addr, &who).await;
+        if got.is_ok() && on_replica {
+            // Before the database and variables are set: the replica may not have them yet.
+            let statement = matches!(work, Work::Query(_) | Work::Execute(..));
+            if statement && !self.replica_caught_up(addr).await {
+                self.pinned.release(addr);
+                return Ok(Attempt::Behind);
+            }
+        }
+        if got.is_ok() {
+            let who = identity(&self.user, self.caps, self.charset, self.db.as_deref(), &self.vars);
+            got = executor::fit(&mut self.pinned, addr, &who).await.map(|_| ());
+        }
+        match got {
+            Ok(()) => {}
             Err(ExecError::Connect(_) | ExecError::Forward(_)) if retry_ok => {
-                return Ok(Attempt::Retry)
+                return Ok(Attempt::Failed)
+            }
+            // A replica that lacks the session's database (not replicated yet): the primary
+            // has the authoritative answer.
+            Err(ExecError::Database(_)) if on_replica && !self.hold.sticky() => {
+                self.pinned.release(addr);
+                return Ok(Attempt::Behind);
             }
             Err(e) => return self.report(e, reply_seq).await.map(|()| Attempt::Answered),
         }
-        if on_replica && matches!(work, Work::Query(_) | Work::Execute(..)) && !self.replica_caught_up(addr).await {
-            self.pinned.release(addr);
-            return Ok(Attempt::Retry);
-        }
+        // Before the statement runs, so that a KILL QUERY from another session reaches it.
+        self.record_backend(addr);
         let _busy = match on_replica {
             true => shared.health.get(addr).map(|h| h.start_query()),
             false => None,
@@ -159,20 +186,18 @@ impl Session {
                         }
                         return Ok(Attempt::Answered);
                     }
-                    Err(_) if retry_ok => return Ok(Attempt::Retry),
+                    Err(_) if retry_ok => return Ok(Attempt::Failed),
                     Err(e) => return self.report(e, reply_seq).await.map(|()| Attempt::Answered),
                 };
                 let expect = (!long_data).then_some(Expect::Result);
                 executor::forward_on(&mut self.pinned, addr, &mut self.io, fwd(&rewritten.raw, last_seq, expect, 0, opts)).await
             }
         };
+        self.clear_backend();
         match r {
-            Ok(sc) => {
-                self.record_backend(addr);
-                Ok(Attempt::Done(sc))
-            }
+            Ok(sc) => Ok(Attempt::Done(sc)),
             Err(ExecError::Forward(ForwardError::Backend { sent: false, .. })) if retry_ok => {
-                Ok(Attempt::Retry)
+                Ok(Attempt::Failed)
             }
             Err(e) => self.report(e, reply_seq).await.map(|()| Attempt::Answered),
         }
@@ -254,8 +279,14 @@ impl Session {
             self.stmts.insert(*id, info);
         }
         let statement = matches!(work, Work::Query(_) | Work::Execute(..));
+        if statement && sc.error {
+            // SHOW WARNINGS / SHOW ERRORS may follow to explain it.
+            self.hold.next = true;
+        }
         if statement && !sc.error {
-            self.hold.txn = sc.last_ok.status & status::IN_TRANS != 0;
+            // From every held connection: a hinted read on a replica does not end the
+            // transaction open on the primary.
+            self.hold.txn = self.pinned.in_txn();
             if sc.last_ok.last_insert_id != 0 {
                 let id = sc.last_ok.last_insert_id.to_string();
                 self.vars = self.vars.with([(Var::System("last_insert_id".into()), Some(id))]);
@@ -264,9 +295,7 @@ impl Session {
             if let Kind::Set(assignments) = &class.kind {
                 self.record_set(addr, assignments).await;
             }
-            if class.keeps_for_next || sc.last_ok.warnings > 0 {
-                self.hold.next = true;
-            }
+            self.hold.next = class.keeps_for_next || sc.last_ok.warnings > 0;
         }
         match work {
             Work::LongData(..) => self.hold.long_data = true,

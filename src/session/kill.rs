@@ -8,8 +8,10 @@ use crate::protocol::response::Expect;
 
 impl Session {
     /// `KILL [QUERY|CONNECTION] id` and COM_PROCESS_KILL. A proxy connection id is turned into
-    /// the id of that session's server connection and the KILL runs on that server; any other
-    /// id is a server's own and passes through.
+    /// the server connection running that session's statement, if one runs, and the statement
+    /// is killed there (server connections are shared, so never the connection itself); a
+    /// KILL CONNECTION then ends the session. Any other id is a server's own and passes
+    /// through.
     pub(super) async fn kill(
         &mut self,
         kill: lex::Kill,
@@ -37,14 +39,11 @@ impl Session {
         }
         match target.backend() {
             Some((addr, server_id)) => {
+                // Only the statement: the server connection goes back to the pool and may
+                // serve other sessions; the session itself ends below.
                 let sql = format!(
-                    "KILL {}{} {server_id}",
+                    "KILL {}QUERY {server_id}",
                     kill.modifier.map(|m| format!("{m} ")).unwrap_or_default(),
-                    if kill.query_only {
-                        "QUERY"
-                    } else {
-                        "CONNECTION"
-                    },
                 );
                 let frame = query_frame(sql.as_bytes(), frame.last_seq);
                 let route = Route {
@@ -56,7 +55,14 @@ impl Session {
                 self.execute(Plan::Route(route), &frame, Some(Expect::Result), 0)
                     .await?;
             }
-            None => self.send_ok(reply_seq).await,
+            None => {
+                // Ended before the client hears OK, so its next command already finds it gone.
+                if !kill.query_only {
+                    target.killed.notify_one();
+                }
+                self.send_ok(reply_seq).await;
+                return Ok(());
+            }
         }
         if !kill.query_only {
             target.killed.notify_one();

@@ -152,8 +152,9 @@ impl Session {
         loop {
             let read = tokio::select! {
                 biased;
-                r = self.io.read_frame(max) => r,
+                // A KILL wins over a command that arrived meanwhile.
                 _ = &mut killed => return Ok(()),
+                r = self.io.read_frame(max) => r,
             };
             let frame = match read {
                 Ok(Some(f)) => f,
@@ -188,6 +189,11 @@ impl Session {
             return;
         }
         self.pinned.release_all();
+    }
+
+    /// The session runs no statement now: a KILL QUERY for it must not reach a connection that
+    /// may serve another session next.
+    fn clear_backend(&mut self) {
         if self.recorded_backend.take().is_some() {
             self.registration.info.set_backend(None);
         }
@@ -420,20 +426,19 @@ impl Session {
             client_stmt_id: stmt_id,
             max_packet: shared.config.proxy.max_allowed_packet,
         };
-        let r = executor::run(
-            &shared.pools,
-            &mut self.pinned,
-            &mut self.io,
-            &route.addr,
-            &who,
-            fwd,
-        )
-        .await;
-        match r {
-            Ok(sc) => {
+        let r = match executor::connection(&shared.pools, &mut self.pinned, &route.addr, &who).await
+        {
+            Ok(_) => {
                 self.record_backend(&route.addr);
-                Ok(Some(sc))
+                let r =
+                    executor::forward_on(&mut self.pinned, &route.addr, &mut self.io, fwd).await;
+                self.clear_backend();
+                r
             }
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(sc) => Ok(Some(sc)),
             Err(e) => {
                 self.report(e, reply_seq).await?;
                 Ok(None)

@@ -451,6 +451,15 @@ mod tests {
         assert!(text.contains("weight = 3"), "{text}");
         let back: ShardMap = toml::from_str(&text).expect("reparse");
         assert_eq!(back, map);
+
+        // Only tables: TOML may write them as an array of tables; it must still read back.
+        let mut only_tables = map.clone();
+        if let Some(ks) = only_tables.keyspace.get_mut("app") {
+            ks.shards[0].replicas.retain(|r| r.weight > 1);
+        }
+        let text = toml::to_string_pretty(&only_tables).expect("serialize");
+        let back: ShardMap = toml::from_str(&text).expect("reparse");
+        assert_eq!(back, only_tables, "{text}");
     }
 
     #[test]

@@ -263,8 +263,28 @@ extern "C" fn cleanup_extra() {
     }
     if let Ok(dirs) = EXTRA_SANDBOXES.lock() {
         for d in dirs.iter() {
+            keep_logs(d);
             let _ = shardgate::sandbox::down(d);
             let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// With `SHARDGATE_TEST_LOGS=DIR` set, copies the proxies' logs of sandbox `d` (`*.log`) and
+/// their configs to `DIR/<sandbox name>/` before the sandbox is removed.
+fn keep_logs(d: &Path) {
+    let Some(to) = std::env::var_os("SHARDGATE_TEST_LOGS") else {
+        return;
+    };
+    let to = PathBuf::from(to).join(d.file_name().unwrap_or_default());
+    let _ = std::fs::create_dir_all(&to);
+    for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+        let p = e.path();
+        if matches!(
+            p.extension().and_then(|x| x.to_str()),
+            Some("log") | Some("toml")
+        ) {
+            let _ = std::fs::copy(&p, to.join(e.file_name()));
         }
     }
 }
@@ -311,7 +331,8 @@ fn merge_toml(base: &mut toml::Table, extra: toml::Table) {
 }
 
 /// Starts `shardgate serve` on `config` like `spawn_proxy`, but fails at once with the proxy's
-/// log if it exits before listening (a config key it does not know yet, say).
+/// log if it exits before listening (a config key it does not know yet, say). Its log level is
+/// `SHARDGATE_TEST_RUST_LOG` (default `info`).
 pub fn spawn_proxy_checked(config: &Path) -> (Child, u16) {
     let text = std::fs::read_to_string(config).expect("config");
     let port: u16 = text
@@ -324,7 +345,10 @@ pub fn spawn_proxy_checked(config: &Path) -> (Child, u16) {
     let mut child = Command::new(bin())
         .args(["serve", "--config"])
         .arg(config)
-        .env("RUST_LOG", "info")
+        .env(
+            "RUST_LOG",
+            std::env::var("SHARDGATE_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -474,11 +498,47 @@ pub async fn wait_replicated(sb: &Sandbox) {
 /// Connections the application account has open on the server `c` (a root connection, so it
 /// sees the whole PROCESSLIST) is connected to: what proxies' pools hold there.
 pub async fn app_connections_on(c: &mut mysql_async::Conn) -> u64 {
+    try_app_connections_on(c).await.expect("processlist")
+}
+
+/// `app_connections_on`, passing errors on.
+pub async fn try_app_connections_on(c: &mut mysql_async::Conn) -> mysql_async::Result<u64> {
     use mysql_async::prelude::Queryable;
-    c.query_first(format!(
-        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = '{USER}'"
-    ))
-    .await
-    .expect("processlist")
-    .expect("row")
+    let n: Option<u64> = c
+        .query_first(format!(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = '{USER}'"
+        ))
+        .await?;
+    Ok(n.unwrap_or(0))
+}
+
+/// Waits until every replica of the shared sandbox has applied everything its primary has
+/// written. The proxy sends reads to replicas, so a test comparing what another session
+/// reads (or what a direct connection reads) with what it just wrote waits for this first,
+/// as an application reading its writes from another connection would have to.
+pub fn wait_env_replicated() {
+    let env = env();
+    let mysql = |port: u16, sql: &str| -> String {
+        let out = Command::new("mariadb")
+            .args(["-h", "127.0.0.1", "-P", &port.to_string(), "-u", "root"])
+            .args(["--batch", "--skip-column-names", "-e", sql])
+            .output()
+            .expect("run mariadb");
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let primary = env.cluster.primary("s0").expect("primary").port;
+    let pos = mysql(primary, "SELECT @@gtid_binlog_pos");
+    for r in env.cluster.replicas("s0") {
+        let waited = mysql(r.port, &format!("SELECT MASTER_GTID_WAIT('{pos}', 30)"));
+        assert_eq!(
+            waited, "0",
+            "replica {} did not catch up with {pos}",
+            r.port
+        );
+    }
 }

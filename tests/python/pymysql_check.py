@@ -369,7 +369,7 @@ def autocommit_off_rollback():
                 expect_eq("after rollback", query(conn, f"SELECT id FROM {t}"), ())
                 query(conn, f"INSERT INTO {t} VALUES (2)")
                 conn.commit()
-            expect_eq("committed row visible", query(setup, f"SELECT id FROM {t}"), ((2,),))
+            expect_eq("committed row visible", query(setup, f"/* shardgate:primary */ SELECT id FROM {t}"), ((2,),))
             with direct() as d:
                 expect_eq("committed row on the primary", query(d, f"SELECT id FROM {t}"), ((2,),))
         finally:
