@@ -35,7 +35,7 @@ max_replica_lag = 10.0
 [monitor]
 user = "root"
 password = ""
-interval_ms = 200
+interval_ms = 500
 connect_timeout_ms = 1000
 "#
     )

@@ -242,7 +242,7 @@ mod tests {
         body.push(0);
         body.extend_from_slice(&1u32.to_le_bytes());
         if params > 0 {
-            body.extend(std::iter::repeat(0).take((params as usize).div_ceil(8)));
+            body.extend(std::iter::repeat_n(0, (params as usize).div_ceil(8)));
             match bound {
                 Some(t) => {
                     body.push(1);
