@@ -929,3 +929,82 @@ async fn other_clients_never_join_a_transaction_that_made_a_hinted_read() {
     let _shared = COUNTING.read().await;
     others_never_join_an_open_transaction(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_variables_assigned_by_reads_stay_with_their_session() {
+    let _shared = COUNTING.read().await;
+    let (_proxy, port) = sandbox().proxy(&config(3));
+    let url = common::app_url(port, "app");
+    let mut set = JoinSet::new();
+    for k in 0..6i64 {
+        let url = url.clone();
+        set.spawn(async move {
+            let mut c = common::connect(&url).await;
+            // Assignments inside reads, not SET: the proxy must still keep them.
+            let a: Option<i64> = c
+                .query_first(format!("SELECT @a := {k} * 10 + 1"))
+                .await
+                .expect("select with assignment");
+            assert_eq!(a, Some(k * 10 + 1));
+            c.query_drop(format!("SELECT {k} * 10 + 2 INTO @b"))
+                .await
+                .expect("select into");
+            c.query_drop(format!("SET @c = (SELECT {k} * 10 + 3)"))
+                .await
+                .expect("set from subquery");
+            for i in 0..30 {
+                let got: Option<(Option<i64>, Option<i64>, Option<i64>)> = c
+                    .query_first("SELECT @a, @b, @c")
+                    .await
+                    .expect("read variables");
+                assert_eq!(
+                    got,
+                    Some((Some(k * 10 + 1), Some(k * 10 + 2), Some(k * 10 + 3))),
+                    "client {k}, read {i}"
+                );
+                c.query_drop("SELECT @@server_id")
+                    .await
+                    .expect("other read");
+            }
+        });
+    }
+    let churn = churn(port, 6, 60);
+    while let Some(r) = set.join_next().await {
+        r.expect("client");
+    }
+    finish(churn).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_client_keeps_its_character_set_on_a_shared_connection() {
+    let _shared = COUNTING.read().await;
+    // One connection per server, so the two clients' statements alternate on it.
+    let (_proxy, port) = sandbox().proxy(&config(1));
+    let url = common::app_url(port, "app");
+    let mut latin = common::connect(&url).await;
+    let mut utf8 = common::connect(&url).await;
+    latin
+        .query_drop("SET NAMES latin1")
+        .await
+        .expect("set names");
+    utf8.query_drop("SET NAMES utf8mb4")
+        .await
+        .expect("set names");
+    // mysql_async sends 'é' as the UTF-8 bytes C3 A9: a latin1 connection reads them as two
+    // characters (Ã©), which convert to four UTF-8 bytes; a utf8mb4 connection reads one.
+    let sql = "SELECT HEX(CONVERT('é' USING utf8mb4)), @@character_set_connection";
+    for i in 0..20 {
+        let l: Option<(String, String)> = latin.query_first(sql).await.expect("latin1 client");
+        assert_eq!(
+            l,
+            Some(("C383C2A9".into(), "latin1".into())),
+            "latin1 client, round {i}"
+        );
+        let u: Option<(String, String)> = utf8.query_first(sql).await.expect("utf8mb4 client");
+        assert_eq!(
+            u,
+            Some(("C3A9".into(), "utf8mb4".into())),
+            "utf8mb4 client, round {i}"
+        );
+    }
+}

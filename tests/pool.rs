@@ -55,7 +55,9 @@ async fn a_full_pool_makes_clients_wait_then_refuses_with_1040() {
     // Clients hold a server connection only while they need one: an open transaction does.
     a.query_drop("BEGIN").await.expect("a holds a connection");
     b.query_drop("BEGIN").await.expect("b holds a connection");
-    let mut c = connect(port).await.expect("an idle client needs no server connection");
+    let mut c = connect(port)
+        .await
+        .expect("an idle client needs no server connection");
     let e = c.query_drop("BEGIN").await.expect_err("pool is full");
     match e {
         mysql_async::Error::Server(s) => {

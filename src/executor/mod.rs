@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use crate::backend::forward::{forward, Forward, ForwardError};
-use crate::backend::{BackendError, ConnKey, Pooled, Pools};
 use crate::backend::vars::VarSet;
+use crate::backend::{BackendError, ConnKey, Pooled, Pools};
 use crate::protocol::packet::ErrInfo;
 use crate::protocol::response::Scanner;
 use crate::protocol::stream::PacketStream;
@@ -62,7 +62,12 @@ impl Pinned {
 
     /// The address of a held connection among `addrs`.
     pub fn held_among<'a>(&self, mut addrs: impl Iterator<Item = &'a str>) -> Option<Arc<str>> {
-        addrs.find_map(|a| self.conns.iter().find(|c| &*c.addr == a).map(|c| c.addr.clone()))
+        addrs.find_map(|a| {
+            self.conns
+                .iter()
+                .find(|c| &*c.addr == a)
+                .map(|c| c.addr.clone())
+        })
     }
 
     fn position(&self, addr: &str) -> Option<usize> {

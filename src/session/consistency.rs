@@ -19,7 +19,9 @@ pub struct Ryw {
 }
 
 fn is_gtid_list(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b'-' || b == b',')
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || b == b'-' || b == b',')
 }
 
 impl Session {

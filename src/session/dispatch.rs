@@ -7,9 +7,9 @@ use std::sync::Arc;
 use tracing::debug;
 
 use super::route::Choice;
+use super::statements::StmtInfo;
 use super::{identity, Session, SessionError};
 use crate::backend::forward::{Forward, ForwardError};
-use super::statements::StmtInfo;
 use crate::backend::prepared::{close_statements, execute_frame, prepare_silently};
 use crate::backend::vars::Var;
 use crate::executor::{self, ExecError};
@@ -68,7 +68,10 @@ impl Session {
         }
         if let Some(why) = class.pins {
             if self.hold.life.is_none() {
-                debug!(session = self.registration.id, why, "session pinned to its connection");
+                debug!(
+                    session = self.registration.id,
+                    why, "session pinned to its connection"
+                );
             }
             self.hold.life.get_or_insert(why);
         }
@@ -90,7 +93,8 @@ impl Session {
                 && (replica.is_some() || (tries < 3 && matches!(class.kind, Kind::Read)));
             match self.attempt(&addr, replica.is_some(), retry, &work).await? {
                 Attempt::Done(sc) => {
-                    self.after_statement(route, &addr, class, hint, &work, &sc).await;
+                    self.after_statement(route, &addr, class, hint, &work, &sc)
+                        .await;
                     return Ok(());
                 }
                 Attempt::Answered => return Ok(()),
@@ -116,7 +120,13 @@ impl Session {
         let frame = work.frame();
         let reply_seq = frame.last_seq.wrapping_add(1);
         let shared = self.shared.clone();
-        let who = identity(&self.user, self.caps, self.charset, self.db.as_deref(), &self.vars);
+        let who = identity(
+            &self.user,
+            self.caps,
+            self.charset,
+            self.db.as_deref(),
+            &self.vars,
+        );
         let mut got = executor::take(&shared.pools, &mut self.pinned, addr, &who).await;
         if got.is_ok() && on_replica {
             // Before the database and variables are set: the replica may not have them yet.
@@ -127,8 +137,16 @@ impl Session {
             }
         }
         if got.is_ok() {
-            let who = identity(&self.user, self.caps, self.charset, self.db.as_deref(), &self.vars);
-            got = executor::fit(&mut self.pinned, addr, &who).await.map(|_| ());
+            let who = identity(
+                &self.user,
+                self.caps,
+                self.charset,
+                self.db.as_deref(),
+                &self.vars,
+            );
+            got = executor::fit(&mut self.pinned, addr, &who)
+                .await
+                .map(|_| ());
         }
         match got {
             Ok(()) => {}
@@ -171,10 +189,22 @@ impl Session {
         let last_seq = frame.last_seq;
         let r = match work {
             Work::Query(f) => {
-                executor::forward_on(&mut self.pinned, addr, &mut self.io, fwd(&f.raw, last_seq, Some(Expect::Result), 0, opts)).await
+                executor::forward_on(
+                    &mut self.pinned,
+                    addr,
+                    &mut self.io,
+                    fwd(&f.raw, last_seq, Some(Expect::Result), 0, opts),
+                )
+                .await
             }
             Work::Prepare(f, id) => {
-                executor::forward_on(&mut self.pinned, addr, &mut self.io, fwd(&f.raw, last_seq, Some(Expect::Prepare), *id, opts)).await
+                executor::forward_on(
+                    &mut self.pinned,
+                    addr,
+                    &mut self.io,
+                    fwd(&f.raw, last_seq, Some(Expect::Prepare), *id, opts),
+                )
+                .await
             }
             Work::Execute(f, id) | Work::LongData(f, id) => {
                 let long_data = matches!(work, Work::LongData(..));
@@ -190,7 +220,13 @@ impl Session {
                     Err(e) => return self.report(e, reply_seq).await.map(|()| Attempt::Answered),
                 };
                 let expect = (!long_data).then_some(Expect::Result);
-                executor::forward_on(&mut self.pinned, addr, &mut self.io, fwd(&rewritten.raw, last_seq, expect, 0, opts)).await
+                executor::forward_on(
+                    &mut self.pinned,
+                    addr,
+                    &mut self.io,
+                    fwd(&rewritten.raw, last_seq, expect, 0, opts),
+                )
+                .await
             }
         };
         self.clear_backend();
@@ -213,7 +249,11 @@ impl Session {
     ) -> Result<Result<Frame, (u16, String, String)>, ExecError> {
         let unknown = |id| {
             let (code, state) = errcode::UNKNOWN_STMT_HANDLER;
-            Ok(Err((code, state.to_string(), format!("Unknown prepared statement handler ({id}) given to mysqld_stmt_execute"))))
+            Ok(Err((
+                code,
+                state.to_string(),
+                format!("Unknown prepared statement handler ({id}) given to mysqld_stmt_execute"),
+            )))
         };
         let Some(info) = self.stmts.get_mut(client_id) else {
             return unknown(client_id);
@@ -232,7 +272,11 @@ impl Session {
         };
         let malformed = || {
             let (code, state) = errcode::MALFORMED_PACKET;
-            Ok(Err((code, state.to_string(), "Malformed communication packet".to_string())))
+            Ok(Err((
+                code,
+                state.to_string(),
+                "Malformed communication packet".to_string(),
+            )))
         };
         let rewritten = if frame.first_byte() == Some(crate::protocol::consts::com::STMT_EXECUTE) {
             execute_frame(frame, stmt, &mut info.types)
@@ -289,7 +333,9 @@ impl Session {
             self.hold.txn = self.pinned.in_txn();
             if sc.last_ok.last_insert_id != 0 {
                 let id = sc.last_ok.last_insert_id.to_string();
-                self.vars = self.vars.with([(Var::System("last_insert_id".into()), Some(id))]);
+                self.vars = self
+                    .vars
+                    .with([(Var::System("last_insert_id".into()), Some(id))]);
                 self.conn_carries_session_vars(addr);
             }
             if let Kind::Set(assignments) = &class.kind {

@@ -32,12 +32,12 @@ use crate::protocol::response::{Expect, Scanner};
 use crate::protocol::stream::PacketStream;
 use crate::proxy::Shared;
 
-pub use handshake::HandshakeError;
-use registry::Registration;
-pub use registry::{Registry, FIRST_ID};
 use consistency::Ryw;
 use dispatch::Work;
+pub use handshake::HandshakeError;
 use hold::Hold;
+use registry::Registration;
+pub use registry::{Registry, FIRST_ID};
 use statements::Statements;
 
 /// Why a session ended abnormally (a clean COM_QUIT or close is not an error).

@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-
 pub const FIRST_ID: u32 = 1 << 30;
 
 /// What other sessions may learn about a session.

@@ -51,10 +51,7 @@ impl Session {
             // Pinned state lives on the primary connection, which the session holds.
             return Choice::Primary;
         }
-        let to_replica = matches!(
-            class.kind,
-            Kind::Read | Kind::Begin { read_only: true }
-        );
+        let to_replica = matches!(class.kind, Kind::Read | Kind::Begin { read_only: true });
         if !to_replica
             || force_primary
             || class.pins.is_some()

@@ -22,7 +22,9 @@ impl Session {
                     (Var::Names, Some(t.clone()))
                 }
                 (VarName::Names, _) => (Var::Names, None),
-                (VarName::System(n), Value::Literal(t)) => (Var::System(n.clone()), Some(t.clone())),
+                (VarName::System(n), Value::Literal(t)) => {
+                    (Var::System(n.clone()), Some(t.clone()))
+                }
                 (VarName::System(n), Value::Default) => (Var::System(n.clone()), None),
                 (VarName::System(n), Value::Expr) if plain_name(n) => {
                     let Some(conn) = self.pinned.find(addr) else {
