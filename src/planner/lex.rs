@@ -46,9 +46,28 @@ pub fn use_database(sql: &[u8]) -> Option<String> {
     (!name.is_empty()).then_some(name)
 }
 
+/// Whether a statement is `DROP DATABASE` / `DROP SCHEMA`: MariaDB leaves the connection that
+/// ran it with no database selected when it dropped the current one.
+pub fn drops_database(sql: &[u8]) -> bool {
+    let s = skip_noise(sql);
+    let mut words = s
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|w| !w.is_empty());
+    matches!(words.next(), Some(w) if w.eq_ignore_ascii_case(b"drop"))
+        && matches!(words.next(), Some(w) if w.eq_ignore_ascii_case(b"database") || w.eq_ignore_ascii_case(b"schema"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_database_drops() {
+        assert!(drops_database(b"DROP DATABASE x"));
+        assert!(drops_database(b" /* c */ drop\n schema IF EXISTS x"));
+        assert!(!drops_database(b"DROP TABLE x"));
+        assert!(!drops_database(b"SELECT 'drop database'"));
+    }
 
     #[test]
     fn finds_use_statements_only() {

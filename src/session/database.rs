@@ -59,7 +59,23 @@ impl Session {
             self.db.as_deref(),
             &self.vars,
         );
-        let r = executor::connection(&shared.pools, &mut self.pinned, &route.addr, &who).await;
+        let r = match executor::connection(&shared.pools, &mut self.pinned, &route.addr, &who).await
+        {
+            Ok(conn) => {
+                // A pooled connection may still record a database dropped since: ask the
+                // server every time.
+                conn.db = None;
+                match conn.ensure_db(Some(&db)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(ExecError::Database(e)),
+                    Err(e) => {
+                        self.pinned.discard(&route.addr);
+                        Err(e.into())
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        };
         let failure = match r {
             Ok(_) => return true,
             Err(ExecError::Database(err)) => ((err.code, err.state), err.message),

@@ -14,7 +14,7 @@ use crate::backend::prepared::{close_statements, execute_frame, prepare_silently
 use crate::backend::vars::Var;
 use crate::executor::{self, ExecError};
 use crate::planner::classify::{Class, Hint, Kind};
-use crate::planner::Route;
+use crate::planner::{lex, Route};
 use crate::protocol::consts::{cap, errcode};
 use crate::protocol::packet::Frame;
 use crate::protocol::response::{Expect, Scanner};
@@ -337,6 +337,11 @@ impl Session {
                     .vars
                     .with([(Var::System("last_insert_id".into()), Some(id))]);
                 self.conn_carries_session_vars(addr);
+            }
+            if class.kind == Kind::Ddl && lex::drops_database(&work.frame().payload()[1..]) {
+                if let Some(conn) = self.pinned.find(addr) {
+                    conn.db = None; // selected again (or found gone) by the next user
+                }
             }
             if let Kind::Set(assignments) = &class.kind {
                 self.record_set(addr, assignments).await;
