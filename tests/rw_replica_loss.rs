@@ -113,14 +113,7 @@ async fn a_lagging_replica_is_skipped_until_it_catches_up() {
     let mut c = common::connect(&common::app_url(port, "app")).await;
     both_replicas_in_use(&mut c, Duration::from_secs(10), "at start").await;
 
-    let lagging = sb.replicas()[0].clone();
-    let healthy = sb.replicas()[1].server_id;
-    let t = common::unique("lag");
-    let mut p = common::connect(&common::app_url(sb.primary().port, "app")).await;
-    p.query_drop(format!("CREATE TABLE {t} (id INT PRIMARY KEY)"))
-        .await
-        .expect("create");
-    common::wait_replicated(sb).await;
+    let (lagging, healthy, t, mut p) = lag_setup(sb, "lag").await;
 
     let mut r = common::connect(&common::root_url(lagging.port)).await;
     let _guard = SqlThreadGuard(lagging.port);
@@ -336,14 +329,7 @@ async fn a_replica_past_its_keyspaces_lag_limit_is_skipped() {
     )
     .await;
 
-    let lagging = sb.replicas()[0].clone();
-    let healthy = sb.replicas()[1].server_id;
-    let t = common::unique("lagged");
-    let mut p = common::connect(&common::app_url(sb.primary().port, "app")).await;
-    p.query_drop(format!("CREATE TABLE {t} (id INT PRIMARY KEY)"))
-        .await
-        .expect("create");
-    common::wait_replicated(sb).await;
+    let (lagging, healthy, t, mut p) = lag_setup(sb, "lagged").await;
 
     // The replica keeps replicating but cannot commit: its SQL thread waits on the lock, so
     // Seconds_Behind_Master grows by a second every second.
@@ -402,4 +388,21 @@ async fn a_replica_past_its_keyspaces_lag_limit_is_skipped() {
     )
     .await;
     println!("replica caught up: reads back on it after {back:?}");
+}
+
+/// The replica a lag test holds back, the other one's server id, a fresh table both replicas
+/// have, and a connection to the primary.
+async fn lag_setup(
+    sb: &common::Sandbox,
+    prefix: &str,
+) -> (shardgate::sandbox::ServerInfo, u32, String, mysql_async::Conn) {
+    let lagging = sb.replicas()[0].clone();
+    let healthy = sb.replicas()[1].server_id;
+    let t = common::unique(prefix);
+    let mut p = common::connect(&common::app_url(sb.primary().port, "app")).await;
+    p.query_drop(format!("CREATE TABLE {t} (id INT PRIMARY KEY)"))
+        .await
+        .expect("create");
+    common::wait_replicated(sb).await;
+    (lagging, healthy, t, p)
 }

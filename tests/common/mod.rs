@@ -110,30 +110,7 @@ impl Drop for ProxyProcess {
 
 /// Starts `shardgate serve` on `config` and waits until it accepts connections.
 pub fn spawn_proxy(config: &Path) -> (Child, u16) {
-    let text = std::fs::read_to_string(config).expect("config");
-    let port: u16 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:"))
-        .and_then(|r| r.trim_end_matches('"').parse().ok())
-        .expect("listen port in config");
-    let log = std::fs::File::create(config.with_extension("log")).expect("log file");
-    let child = Command::new(bin())
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn shardgate serve");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "proxy did not start listening on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (child, port)
+    spawn_proxy_checked(config)
 }
 
 impl Env {
