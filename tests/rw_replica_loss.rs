@@ -189,7 +189,9 @@ type Log = Arc<Mutex<Vec<(Instant, Result<u32, String>)>>>;
 async fn reads_survive_losing_every_replica() {
     let _serial = SERIAL.lock().await;
     let sb = sandbox();
-    let (_proxy, port) = sb.proxy(CONFIG);
+    let config = sb.proxy_config(CONFIG);
+    let (child, port) = common::spawn_proxy_checked(&config);
+    let _proxy = common::ProxyProcess(child);
     let url = common::app_url(port, "app");
     let mut c = common::connect(&url).await;
     both_replicas_in_use(&mut c, Duration::from_secs(10), "at start").await;
@@ -290,6 +292,12 @@ async fn reads_survive_losing_every_replica() {
         vec![PRIMARY],
         "with both replicas dead every read is answered by the primary"
     );
+    // And the operator is told, once.
+    let proxy_log = std::fs::read_to_string(config.with_extension("log")).expect("proxy log");
+    let said = proxy_log
+        .matches("no healthy replica within the lag limit: reads go to the primary")
+        .count();
+    assert_eq!(said, 1, "one log line for the fallback:\n{proxy_log}");
 
     // Bring them back; the proxy returns to them once the monitor sees them healthy.
     let mut cluster = sb.cluster.clone();
@@ -395,7 +403,12 @@ async fn a_replica_past_its_keyspaces_lag_limit_is_skipped() {
 async fn lag_setup(
     sb: &common::Sandbox,
     prefix: &str,
-) -> (shardgate::sandbox::ServerInfo, u32, String, mysql_async::Conn) {
+) -> (
+    shardgate::sandbox::ServerInfo,
+    u32,
+    String,
+    mysql_async::Conn,
+) {
     let lagging = sb.replicas()[0].clone();
     let healthy = sb.replicas()[1].server_id;
     let t = common::unique(prefix);

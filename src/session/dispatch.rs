@@ -12,6 +12,7 @@ use super::{identity, Session, SessionError};
 use crate::backend::forward::{Forward, ForwardError};
 use crate::backend::prepared::{close_statements, execute_frame, prepare_silently};
 use crate::backend::vars::Var;
+use crate::backend::BackendError;
 use crate::executor::{self, ExecError};
 use crate::planner::classify::{Class, Hint, Kind};
 use crate::planner::{lex, Route};
@@ -46,6 +47,8 @@ enum Attempt {
     Answered,
     /// The server failed before anything reached the client: try again elsewhere.
     Failed,
+    /// The server's pool stayed full: try elsewhere, but the server itself is fine.
+    Busy,
     /// The replica has not applied the session's last write in time: use the primary.
     Behind,
 }
@@ -104,6 +107,7 @@ impl Session {
                         exclude.push(addr);
                     }
                 }
+                Attempt::Busy => exclude.push(addr),
                 Attempt::Behind => force_primary = true,
             }
         }
@@ -150,6 +154,13 @@ impl Session {
         }
         match got {
             Ok(()) => {}
+            Err(ExecError::Connect(BackendError::PoolTimeout { .. })) if on_replica && retry_ok => {
+                return Ok(Attempt::Busy)
+            }
+            // Waiting again for the same full pool would only double the wait.
+            Err(e @ ExecError::Connect(BackendError::PoolTimeout { .. })) => {
+                return self.report(e, reply_seq).await.map(|()| Attempt::Answered)
+            }
             Err(ExecError::Connect(_) | ExecError::Forward(_)) if retry_ok => {
                 return Ok(Attempt::Failed)
             }
