@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::Config;
-use crate::sandbox::{self, SandboxOptions};
+use crate::sandbox::{self, SandboxOptions, ShardedTable, TableLayout};
 use crate::shardmap::ShardMap;
 
 #[derive(Parser)]
@@ -58,10 +58,24 @@ struct Shape {
     user: String,
     #[arg(long, default_value = "app")]
     password: String,
+    /// Shard TABLE of keyspace `app` by the hash of COLUMN (repeatable). Makes `app`
+    /// consistent_hash over every shard; without it `app` is unsharded on s0.
+    #[arg(long = "sharded-table", value_name = "TABLE:COLUMN")]
+    sharded_tables: Vec<ShardedTable>,
+    /// Copy TABLE on every shard (repeatable; needs --sharded-table).
+    #[arg(
+        long = "reference-table",
+        value_name = "TABLE",
+        value_parser = sandbox::parse_table,
+        requires = "sharded_tables"
+    )]
+    reference_tables: Vec<String>,
 }
 
 impl Shape {
-    fn options(&self) -> SandboxOptions {
+    /// The sandbox options, or a usage error for `command` (e.g. `["sandbox", "up"]`) when the
+    /// tables given do not fit together (a table named twice).
+    fn options(&self, command: &[&str]) -> Result<SandboxOptions, clap::Error> {
         let mut o = SandboxOptions::default();
         if let Some(d) = &self.dir {
             o.dir = d.clone();
@@ -70,8 +84,29 @@ impl Shape {
         o.replicas = self.replicas;
         o.user = self.user.clone();
         o.password = self.password.clone();
-        o
+        o.tables = TableLayout {
+            sharded: self.sharded_tables.clone(),
+            reference: self.reference_tables.clone(),
+        };
+        match o.tables.validate() {
+            Ok(()) => Ok(o),
+            Err(msg) => Err(usage_error(command, msg)),
+        }
     }
+}
+
+/// A clap error whose usage line is that of the subcommand at `path`.
+fn usage_error(path: &[&str], msg: String) -> clap::Error {
+    // Built first so the subcommands carry their full name ("shardgate sandbox up").
+    let mut cmd = Cli::command();
+    cmd.build();
+    for name in path {
+        match cmd.find_subcommand(name) {
+            Some(sub) => cmd = sub.clone(),
+            None => break,
+        }
+    }
+    cmd.error(clap::error::ErrorKind::ArgumentConflict, msg)
 }
 
 #[derive(Subcommand)]
@@ -136,7 +171,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Sandbox {
             action: SandboxAction::Up { shape },
         } => {
-            let cluster = sandbox::up(&shape.options()).await?;
+            let opts = shape
+                .options(&["sandbox", "up"])
+                .unwrap_or_else(|e| e.exit());
+            let cluster = sandbox::up(&opts).await?;
             print_cluster(&cluster);
             Ok(())
         }
@@ -190,6 +228,7 @@ fn print_cluster(c: &sandbox::Cluster) {
             s.datadir.display()
         );
     }
+    println!("{}", c.keyspace_summary());
     println!("cluster: {}", c.dir.join("cluster.json").display());
     println!("proxy config: {}", c.dir.join("shardgate.toml").display());
     println!(
@@ -199,7 +238,7 @@ fn print_cluster(c: &sandbox::Cluster) {
 }
 
 async fn demo(shape: Shape) -> anyhow::Result<()> {
-    let opts = shape.options();
+    let opts = shape.options(&["demo"]).unwrap_or_else(|e| e.exit());
     let cluster = sandbox::up(&opts).await?;
     print_cluster(&cluster);
     let result = demo_proxy(&cluster).await;

@@ -1,6 +1,7 @@
 //! Starts a real 2 x (primary + replica) sandbox from the installed mariadbd and checks what the
 //! other tests rely on: app user everywhere, replication within a shard, read-only replicas,
-//! semi-sync, a refused second `up`, and a `down` that leaves no process behind.
+//! semi-sync, a refused second `up`, and a `down` that leaves no process behind. A second,
+//! 2 x primary sandbox checks the shard map written for `--sharded-table`/`--reference-table`.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -166,4 +167,64 @@ async fn sandbox_up_replicates_and_down_stops_everything() {
     }
     assert!(!dir.join("cluster.json").exists());
     assert_eq!(sandbox::down(&dir).expect("second down"), 0);
+}
+
+/// `--sharded-table` / `--reference-table` (here through the library): keyspace `app` becomes
+/// consistent_hash over every shard, and database `app` exists on every shard's primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_tables_make_app_consistent_hash_over_every_shard() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("sb");
+    let _guard = DownOnDrop(dir.clone());
+    let tables = sandbox::TableLayout {
+        sharded: vec![
+            "users:id".parse().expect("users:id"),
+            "orders:user_id".parse().expect("orders:user_id"),
+        ],
+        reference: vec!["countries".into()],
+    };
+    let opts = SandboxOptions {
+        dir: dir.clone(),
+        shards: 2,
+        replicas: 0,
+        tables: tables.clone(),
+        ..Default::default()
+    };
+    let cluster = sandbox::up(&opts).await.expect("sandbox up");
+    assert_eq!(Cluster::load(&dir).expect("cluster.json").tables, tables);
+
+    let cfg = shardgate::config::Config::load(&dir.join("shardgate.toml")).expect("proxy config");
+    let ks = &cfg.keyspace["app"];
+    assert_eq!(ks.sharding, shardgate::shardmap::Sharding::ConsistentHash);
+    assert_eq!(ks.vnodes, 256);
+    let primaries: Vec<String> = ks.shards.iter().map(|s| s.primary.clone()).collect();
+    let want: Vec<String> = cluster.servers.iter().map(|s| s.addr()).collect();
+    assert_eq!(primaries, want);
+    assert_eq!(ks.tables["users"].shard_key.as_deref(), Some("id"));
+    assert_eq!(ks.tables["orders"].shard_key.as_deref(), Some("user_id"));
+    assert!(ks.tables["countries"].reference);
+
+    for idx in 0..cluster.servers.len() {
+        let mut c = connect(&cluster, idx).await;
+        let db: Option<String> = c.query_first("SELECT DATABASE()").await.expect("db");
+        assert_eq!(
+            db.as_deref(),
+            Some("app"),
+            "{}",
+            cluster.servers[idx].label()
+        );
+        c.disconnect().await.expect("disconnect");
+    }
+
+    // Tables named twice are refused before anything starts.
+    let mut twice = opts.clone();
+    twice.dir = tmp.path().join("other");
+    twice.tables.reference.push("users".into());
+    match sandbox::up(&twice).await {
+        Err(SandboxError::Options(msg)) => assert!(msg.contains("given twice"), "{msg}"),
+        other => panic!("duplicate table should be refused, got {other:?}"),
+    }
+    assert!(!twice.dir.exists());
+
+    assert_eq!(sandbox::down(&dir).expect("down"), 2);
 }

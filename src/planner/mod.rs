@@ -11,11 +11,15 @@ use std::time::Duration;
 
 use crate::backend::health::{Health, ServerHealth};
 use crate::protocol::consts::errcode;
-use crate::shardmap::{ShardMap, Sharding};
+use crate::shardmap::ring::{key_hash, KeyValue, Ring};
+use crate::shardmap::{ShardMap, Sharding, TableRule};
+use shard::ShardContext;
+pub use shard::ShardPlan;
 
 pub mod classify;
 pub mod digest;
 pub mod lex;
+pub mod shard;
 
 /// Where one statement runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +73,8 @@ impl std::fmt::Debug for Replicas {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
     Route(Route),
+    /// The same statement on every shard's primary (DDL, reference-table writes).
+    Broadcast(Vec<Route>),
     /// Refused with a MySQL error that says what and why.
     Reject {
         code: (u16, &'static str),
@@ -85,7 +91,7 @@ pub struct PlanContext<'a> {
 /// Routing tables derived once from a shard map.
 pub struct Planner {
     map: ShardMap,
-    routes: HashMap<String, Route>,
+    keyspaces: HashMap<String, KeyspacePlan>,
 }
 
 impl Planner {
@@ -97,34 +103,45 @@ impl Planner {
         read_write_split: bool,
         max_lag: impl Fn(&str) -> Duration,
     ) -> Self {
-        let routes = map
+        let keyspaces = map
             .keyspace
             .iter()
-            .filter(|(_, ks)| ks.sharding == Sharding::Unsharded)
-            .filter_map(|(name, ks)| {
-                let shard = ks.shards.first()?;
-                let servers = shard
-                    .replicas
+            .map(|(name, ks)| {
+                let routes: Vec<Route> = ks
+                    .shards
                     .iter()
-                    .filter(|_| read_write_split)
-                    .filter_map(|r| health.get(&r.addr))
+                    .map(|shard| {
+                        let servers = shard
+                            .replicas
+                            .iter()
+                            .filter(|_| read_write_split)
+                            .filter_map(|r| health.get(&r.addr))
+                            .collect();
+                        Route {
+                            keyspace: name.as_str().into(),
+                            shard: shard.name.as_str().into(),
+                            addr: shard.primary.as_str().into(),
+                            replicas: Replicas(Arc::new(ReplicaSet {
+                                servers,
+                                max_lag: max_lag(name),
+                                on_primary: AtomicBool::new(false),
+                            })),
+                        }
+                    })
                     .collect();
-                Some((
-                    name.clone(),
-                    Route {
-                        keyspace: name.as_str().into(),
-                        shard: shard.name.as_str().into(),
-                        addr: shard.primary.as_str().into(),
-                        replicas: Replicas(Arc::new(ReplicaSet {
-                            servers,
-                            max_lag: max_lag(name),
-                            on_primary: AtomicBool::new(false),
-                        })),
-                    },
-                ))
+                let names: Vec<&str> = ks.shards.iter().map(|s| s.name.as_str()).collect();
+                let sharded =
+                    (ks.sharding == Sharding::ConsistentHash).then(|| Ring::new(&names, ks.vnodes));
+                let plans = KeyspacePlan {
+                    routes,
+                    ring: sharded,
+                    tables: ks.tables.clone(),
+                    allow_scatter_writes: ks.allow_scatter_writes,
+                };
+                (name.clone(), plans)
             })
             .collect();
-        Planner { map, routes }
+        Planner { map, keyspaces }
     }
 
     /// The keyspace a session works in: its database if that names a keyspace, else the
@@ -142,28 +159,101 @@ impl Planner {
         self.map.keyspace.contains_key(name)
     }
 
-    /// Plans a statement (COM_QUERY text or a COM_STMT_PREPARE).
-    pub fn plan(&self, _sql: &[u8], ctx: &PlanContext<'_>) -> Plan {
-        self.plan_session(ctx)
+    /// Whether the session's keyspace is sharded.
+    pub fn is_sharded(&self, ctx: &PlanContext<'_>) -> bool {
+        self.keyspace_for(ctx)
+            .and_then(|k| self.keyspaces.get(k))
+            .is_some_and(|k| k.ring.is_some())
     }
 
-    /// Plans a command that is not a statement but needs the session's server (ping, ...).
-    pub fn plan_session(&self, ctx: &PlanContext<'_>) -> Plan {
-        let Some(ks) = self.keyspace_for(ctx) else {
+    /// Plans a statement: its shards on a sharded keyspace, else the keyspace's one shard.
+    pub fn plan(&self, sql: &[u8], ctx: &PlanContext<'_>) -> Plan {
+        let Some(ks) = self.keyspace_plan(ctx) else {
+            return no_keyspace();
+        };
+        if ks.ring.is_none() {
+            return Plan::Route(ks.routes[0].clone());
+        }
+        let Ok(text) = std::str::from_utf8(sql) else {
             return Plan::Reject {
                 code: errcode::UNKNOWN,
-                message: "shardgate: no keyspace is configured".into(),
+                message: "shardgate: statements on a sharded keyspace must be valid UTF-8".into(),
             };
         };
-        match self.routes.get(ks) {
-            Some(r) => Plan::Route(r.clone()),
-            None => Plan::Reject {
-                code: errcode::NOT_SUPPORTED,
-                message: format!(
-                    "shardgate: keyspace '{ks}' is sharded; sharded keyspaces are not supported yet"
-                ),
+        match ks.shard_plan(text) {
+            ShardPlan::One(i) => Plan::Route(ks.routes[i].clone()),
+            ShardPlan::Any => Plan::Route(ks.routes[0].clone()),
+            ShardPlan::All => Plan::Broadcast(ks.routes.clone()),
+            ShardPlan::Reject(message) => Plan::Reject {
+                code: errcode::UNKNOWN,
+                message,
             },
         }
+    }
+
+    /// Plans a statement on a sharded keyspace: the decision and the keyspace's shard routes
+    /// (`ShardPlan::One(i)` means `routes[i]`). `None` when the keyspace is not sharded.
+    pub fn plan_shards(&self, sql: &str, ctx: &PlanContext<'_>) -> Option<(ShardPlan, &[Route])> {
+        let ks = self.keyspace_plan(ctx)?;
+        ks.ring.as_ref()?;
+        Some((ks.shard_plan(sql), &ks.routes))
+    }
+
+    /// The route of one shard of the session's keyspace, by shard name.
+    pub fn shard_route(&self, ctx: &PlanContext<'_>, shard: &str) -> Option<Route> {
+        let ks = self.keyspace_plan(ctx)?;
+        ks.routes.iter().find(|r| &*r.shard == shard).cloned()
+    }
+
+    /// Plans a command that is not a statement but needs the session's server (ping, ...):
+    /// the keyspace's first shard.
+    pub fn plan_session(&self, ctx: &PlanContext<'_>) -> Plan {
+        match self.keyspace_plan(ctx) {
+            Some(ks) => Plan::Route(ks.routes[0].clone()),
+            None => no_keyspace(),
+        }
+    }
+
+    fn keyspace_plan(&self, ctx: &PlanContext<'_>) -> Option<&KeyspacePlan> {
+        let name = self.keyspace_for(ctx)?;
+        self.keyspaces.get(name).filter(|k| !k.routes.is_empty())
+    }
+}
+
+fn no_keyspace() -> Plan {
+    Plan::Reject {
+        code: errcode::UNKNOWN,
+        message: "shardgate: no keyspace is configured".into(),
+    }
+}
+
+/// What the planner keeps per keyspace.
+struct KeyspacePlan {
+    /// One per shard, in map order (ring indexes point here).
+    routes: Vec<Route>,
+    /// Sharded keyspaces only.
+    ring: Option<Ring>,
+    tables: std::collections::BTreeMap<String, TableRule>,
+    allow_scatter_writes: bool,
+}
+
+impl KeyspacePlan {
+    fn shard_plan(&self, sql: &str) -> ShardPlan {
+        let Some(ring) = &self.ring else {
+            return ShardPlan::One(0);
+        };
+        let rule = |t: &str| {
+            self.tables
+                .get(t)
+                .or_else(|| self.tables.get(&t.to_ascii_lowercase()))
+        };
+        let shard_of = |k: &KeyValue<'_>| ring.shard_for(key_hash(k));
+        let cx = ShardContext {
+            rule: &rule,
+            shard_of: &shard_of,
+            allow_scatter_writes: self.allow_scatter_writes,
+        };
+        shard::plan(sql, &cx)
     }
 }
 
@@ -200,6 +290,7 @@ mod tests {
         match p {
             Plan::Route(r) => r.addr.to_string(),
             Plan::Reject { message, .. } => message,
+            Plan::Broadcast(rs) => rs.iter().map(|r| r.addr.to_string()).collect(),
         }
     }
 
@@ -224,6 +315,10 @@ mod tests {
             default_keyspace: Some("other"),
         };
         assert_eq!(addr(p.plan(b"select 1", &with_default)), "127.0.0.1:2000");
-        assert!(addr(p.plan(b"select 1", &ctx(Some("sharded")))).contains("not supported yet"));
+        // A statement touching no table runs on any shard of a sharded keyspace.
+        assert_eq!(
+            addr(p.plan(b"select 1", &ctx(Some("sharded")))),
+            "127.0.0.1:3000"
+        );
     }
 }

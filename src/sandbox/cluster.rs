@@ -7,12 +7,16 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::error::{io, SandboxError};
+use super::layout::TableLayout;
 use super::{process, server};
 use crate::config::{Config, MonitorSection, User};
-use crate::shardmap::{Keyspace, Replica, Shard, ShardMap, Sharding};
+use crate::shardmap::ShardMap;
 
 /// The keyspace (and database) the sandbox creates.
 pub const KEYSPACE: &str = "app";
+
+/// Virtual nodes per shard on the hash ring of a sharded sandbox keyspace.
+pub const VNODES: i64 = 256;
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "snake_case")]
@@ -67,6 +71,9 @@ pub struct Cluster {
     pub user: String,
     pub password: String,
     pub servers: Vec<ServerInfo>,
+    /// Sharded and reference tables of keyspace `app`; absent (older files too): unsharded.
+    #[serde(default, skip_serializing_if = "TableLayout::is_empty")]
+    pub tables: TableLayout,
 }
 
 pub(crate) fn cluster_json(dir: &Path) -> PathBuf {
@@ -113,30 +120,68 @@ impl Cluster {
         names
     }
 
-    /// The shard map for the proxy: keyspace `app`, unsharded, on shard s0 only. The other
-    /// shards' servers run but are not routed to until sharding (consistent_hash) arrives.
+    /// The shard map for the proxy. Without sharded tables: keyspace `app` unsharded on s0 (the
+    /// other shards' servers run but are not routed to). With them: `consistent_hash` over
+    /// every shard (each with its primary and replicas), 256 vnodes, a `shard_key` for each
+    /// sharded table and `reference = true` for each reference table.
     pub fn shard_map(&self) -> ShardMap {
-        let first = self.shard_names().into_iter().next().unwrap_or_default();
-        let shard = Shard {
-            name: first.clone(),
-            primary: self.primary(&first).map(|s| s.addr()).unwrap_or_default(),
-            replicas: self
-                .replicas(&first)
-                .iter()
-                .map(|s| Replica::new(s.addr()))
-                .collect(),
+        // Read from TOML rather than built from struct literals, so fields the map format gains
+        // (with their serde defaults) need no change here. Every field the map requires is
+        // written, which the tests below check for both shapes.
+        toml::Value::Table(self.shard_map_toml())
+            .try_into()
+            .expect("the sandbox writes every field a shard map requires")
+    }
+
+    /// [`Cluster::shard_map`] as TOML: `{ keyspace = { app = { ... } } }`.
+    pub fn shard_map_toml(&self) -> toml::Table {
+        let names = self.shard_names();
+        let sharded = self.tables.is_sharded();
+        let routed = if sharded {
+            &names[..]
+        } else {
+            &names[..names.len().min(1)]
         };
-        let keyspace = Keyspace {
-            sharding: Sharding::Unsharded,
-            vnodes: 256,
-            sequence_keyspace: None,
-            tables: Default::default(),
-            max_replica_lag: None,
-            shards: vec![shard],
+        let shards: Vec<toml::Value> = routed
+            .iter()
+            .map(|name| {
+                let primary = self.primary(name).map(|s| s.addr()).unwrap_or_default();
+                let replicas = self
+                    .replicas(name)
+                    .iter()
+                    .map(|s| toml::Value::String(s.addr()))
+                    .collect();
+                toml::Value::Table(toml::Table::from_iter([
+                    ("name".to_string(), toml::Value::String(name.clone())),
+                    ("primary".to_string(), toml::Value::String(primary)),
+                    ("replicas".to_string(), toml::Value::Array(replicas)),
+                ]))
+            })
+            .collect();
+        let mut keyspace = toml::Table::new();
+        let sharding = if sharded {
+            "consistent_hash"
+        } else {
+            "unsharded"
         };
-        ShardMap {
-            keyspace: [(KEYSPACE.to_string(), keyspace)].into_iter().collect(),
+        keyspace.insert("sharding".into(), sharding.into());
+        keyspace.insert("vnodes".into(), VNODES.into());
+        if sharded {
+            let mut tables = toml::Table::new();
+            for t in &self.tables.sharded {
+                let rule =
+                    toml::Table::from_iter([("shard_key".to_string(), t.column.as_str().into())]);
+                tables.insert(t.table.clone(), rule.into());
+            }
+            for t in &self.tables.reference {
+                let rule = toml::Table::from_iter([("reference".to_string(), true.into())]);
+                tables.insert(t.clone(), rule.into());
+            }
+            keyspace.insert("tables".into(), tables.into());
         }
+        keyspace.insert("shards".into(), toml::Value::Array(shards));
+        let keyspaces = toml::Table::from_iter([(KEYSPACE.to_string(), keyspace.into())]);
+        toml::Table::from_iter([("keyspace".to_string(), keyspaces.into())])
     }
 
     /// A proxy config for this cluster: one user (the sandbox's), the shard map inline, and the
@@ -179,12 +224,40 @@ impl Cluster {
             file: path.display().to_string(),
             msg: e.to_string(),
         })?;
-        let header = format!(
+        let mut header = format!(
             "# shardgate proxy config for the sandbox cluster in {} (servers: cluster.json).\n\
-             # Written by `shardgate sandbox up`; removed by `shardgate sandbox down`.\n\n",
+             # Written by `shardgate sandbox up`; removed by `shardgate sandbox down`.\n",
             self.dir.display()
         );
+        if self.tables.is_sharded() {
+            header += &format!("# {}.\n", self.keyspace_summary());
+        }
+        header += "\n";
         write_atomic(&path, &(header + &body))
+    }
+
+    /// One line saying how keyspace `app` is laid out, for the CLI and the config's header.
+    pub fn keyspace_summary(&self) -> String {
+        let names = self.shard_names();
+        if !self.tables.is_sharded() {
+            let first = names.first().map(String::as_str).unwrap_or("-");
+            return format!("keyspace {KEYSPACE}: unsharded on {first}");
+        }
+        let sharded: Vec<String> = self
+            .tables
+            .sharded
+            .iter()
+            .map(|t| format!("{} by {}", t.table, t.column))
+            .collect();
+        let mut line = format!(
+            "keyspace {KEYSPACE}: consistent_hash over {} ({VNODES} vnodes); sharded: {}",
+            names.join(", "),
+            sharded.join(", ")
+        );
+        if !self.tables.reference.is_empty() {
+            line += &format!("; reference: {}", self.tables.reference.join(", "));
+        }
+        line
     }
 
     /// `mysql://user:password@127.0.0.1:port/app` for a server, credentials percent-encoded.
@@ -276,6 +349,7 @@ fn write_atomic(path: &Path, text: &str) -> Result<(), SandboxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shardmap::{Replica, Sharding};
 
     fn sample(dir: &Path) -> Cluster {
         let mut servers = Vec::new();
@@ -300,7 +374,20 @@ mod tests {
             user: "app".into(),
             password: "p@ss:w/rd".into(),
             servers,
+            tables: TableLayout::default(),
         }
+    }
+
+    fn sharded_sample(dir: &Path) -> Cluster {
+        let mut c = sample(dir);
+        c.tables = TableLayout {
+            sharded: ["users:id", "orders:user_id"]
+                .iter()
+                .map(|s| s.parse().expect("TABLE:COLUMN"))
+                .collect(),
+            reference: vec!["countries".into()],
+        };
+        c
     }
 
     #[test]
@@ -330,6 +417,89 @@ mod tests {
         assert_eq!(ks.shards[0].primary, "127.0.0.1:4001");
         assert_eq!(ks.shards[0].replicas, vec![Replica::new("127.0.0.1:4002")]);
         map.validate("test").expect("valid shard map");
+        assert!(ks.tables.is_empty());
+        assert_eq!(c.keyspace_summary(), "keyspace app: unsharded on s0");
+    }
+
+    #[test]
+    fn sharded_tables_make_a_consistent_hash_keyspace_over_every_shard() {
+        let c = sharded_sample(Path::new("/sb"));
+        let text = toml::to_string_pretty(&c.shard_map_toml()).expect("toml");
+        let map = c.shard_map();
+        map.validate("test").expect("valid shard map");
+        assert_eq!(map.keyspace.len(), 1);
+        let ks = &map.keyspace["app"];
+        assert_eq!(ks.sharding, Sharding::ConsistentHash, "{text}");
+        assert_eq!(ks.vnodes, 256);
+        let shards: Vec<(&str, &str, Vec<Replica>)> = ks
+            .shards
+            .iter()
+            .map(|s| (s.name.as_str(), s.primary.as_str(), s.replicas.clone()))
+            .collect();
+        assert_eq!(
+            shards,
+            [
+                ("s0", "127.0.0.1:4001", vec![Replica::new("127.0.0.1:4002")]),
+                ("s1", "127.0.0.1:4003", vec![Replica::new("127.0.0.1:4004")]),
+            ]
+        );
+        let rules: Vec<(&str, Option<&str>, bool)> = ks
+            .tables
+            .iter()
+            .map(|(t, r)| (t.as_str(), r.shard_key.as_deref(), r.reference))
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                ("countries", None, true),
+                ("orders", Some("user_id"), false),
+                ("users", Some("id"), false),
+            ]
+        );
+        assert!(ks.tables.values().all(|r| r.sequence.is_none()));
+        assert_eq!(
+            c.keyspace_summary(),
+            "keyspace app: consistent_hash over s0, s1 (256 vnodes); \
+             sharded: users by id, orders by user_id; reference: countries"
+        );
+
+        // Names with '$' are quoted where TOML needs it and read back unchanged.
+        let mut odd = c.clone();
+        odd.tables.sharded[0] = "t$1:k$".parse().expect("TABLE:COLUMN");
+        let ks = &odd.shard_map().keyspace["app"];
+        assert_eq!(ks.tables["t$1"].shard_key.as_deref(), Some("k$"));
+    }
+
+    #[test]
+    fn a_sharded_config_round_trips_and_validates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = sharded_sample(dir.path());
+        let cfg = c.proxy_config("127.0.0.1:7001".into(), "127.0.0.1:7002".into());
+        c.write_files(&cfg).expect("write files");
+        let text = std::fs::read_to_string(config_toml(dir.path())).expect("toml");
+        for line in [
+            "# keyspace app: consistent_hash over s0, s1",
+            "sharding = \"consistent_hash\"",
+            "vnodes = 256",
+            "[keyspace.app.tables.users]\nshard_key = \"id\"",
+            "[keyspace.app.tables.orders]\nshard_key = \"user_id\"",
+            "[keyspace.app.tables.countries]\nreference = true",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
+        let loaded = Config::load(&config_toml(dir.path())).expect("config validates");
+        assert_eq!(loaded, cfg);
+        assert_eq!(loaded.keyspace["app"].shards.len(), 2);
+        let back = Cluster::load(dir.path()).expect("load");
+        assert_eq!(back.tables, c.tables);
+        assert_eq!(back.shard_map(), c.shard_map());
+
+        // An unsharded cluster.json has no "tables" key, so older files read the same.
+        let plain = sample(dir.path());
+        plain.save().expect("save");
+        let json = std::fs::read_to_string(cluster_json(dir.path())).expect("json");
+        assert!(!json.contains("\"tables\""), "{json}");
+        assert!(Cluster::load(dir.path()).expect("load").tables.is_empty());
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub async fn up(opts: &SandboxOptions) -> Result<Cluster, SandboxError> {
             opts.user
         )));
     }
+    opts.tables.validate().map_err(SandboxError::Options)?;
     let started = Instant::now();
     let bins = template::find_binaries()?;
     let dir =
@@ -161,6 +162,7 @@ fn plan(dir: &Path, opts: &SandboxOptions) -> Result<Cluster, SandboxError> {
         user: opts.user.clone(),
         password: opts.password.clone(),
         servers,
+        tables: opts.tables.clone(),
     })
 }
 

@@ -3,16 +3,20 @@
 //!
 //! `up` copies a cached, pre-initialised template datadir per server (so start-up takes seconds),
 //! starts every server detached in its own process group, wires replication, creates the
-//! application user and database `app`, and writes `DIR/cluster.json` (what runs where, with
-//! pids) and `DIR/shardgate.toml` (a proxy config for it). `down` stops exactly the pids in
+//! application user and database `app` on every shard, and writes `DIR/cluster.json` (what runs
+//! where, with pids) and `DIR/shardgate.toml` (a proxy config for it). With sharded tables
+//! (`--sharded-table TABLE:COLUMN`) keyspace `app` is `consistent_hash` over every shard;
+//! otherwise it is unsharded on s0. `down` stops exactly the pids in
 //! `cluster.json` and removes the server datadirs, so a later `up` starts clean.
 //!
 //! One file per job: `template` (the cached datadir), `server` (spawning one mariadbd and waiting
 //! for it), `process` (pid checks and signals), `sql` (a tiny mysql_async helper), `replication`
-//! (replicas, app user, catch-up), `cluster` (the serialisable description), `lifecycle` (up/down).
+//! (replicas, app user, catch-up), `layout` (sharded and reference tables), `cluster` (the
+//! serialisable description and the shard map it implies), `lifecycle` (up/down).
 
 mod cluster;
 mod error;
+mod layout;
 mod lifecycle;
 mod process;
 mod replication;
@@ -24,6 +28,7 @@ use std::path::PathBuf;
 
 pub use cluster::{Cluster, Role, ServerInfo};
 pub use error::SandboxError;
+pub use layout::{parse_table, ShardedTable, TableLayout};
 pub use lifecycle::{down, up};
 pub use template::ensure_template;
 
@@ -38,6 +43,8 @@ pub struct SandboxOptions {
     /// The application account created on every server (the proxy uses the same credentials).
     pub user: String,
     pub password: String,
+    /// Sharded and reference tables of keyspace `app`; empty: unsharded on s0.
+    pub tables: TableLayout,
 }
 
 impl Default for SandboxOptions {
@@ -48,6 +55,7 @@ impl Default for SandboxOptions {
             replicas: 1,
             user: "app".into(),
             password: "app".into(),
+            tables: TableLayout::default(),
         }
     }
 }
@@ -88,5 +96,6 @@ mod tests {
         assert_eq!((o.shards, o.replicas), (2, 1));
         assert_eq!((o.user.as_str(), o.password.as_str()), ("app", "app"));
         assert!(o.dir.ends_with("shardgate-sandbox"));
+        assert!(o.tables.is_empty());
     }
 }

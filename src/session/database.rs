@@ -21,7 +21,7 @@ impl Session {
         });
         let target = match &plan {
             Plan::Route(r) => Some(r.addr.clone()),
-            Plan::Reject { .. } => None,
+            Plan::Reject { .. } | Plan::Broadcast(_) => None,
         };
         let expect = if frame.first_byte() == Some(com::QUERY) {
             Expect::Result

@@ -11,6 +11,7 @@ mod kill;
 mod registry;
 mod route;
 mod set;
+mod sharded;
 mod statements;
 
 use std::sync::Arc;
@@ -68,6 +69,8 @@ pub struct Session {
     /// Session variables every connection serving the session must carry.
     vars: Arc<VarSet>,
     ryw: Ryw,
+    /// A transaction on a sharded keyspace, bound to a shard by its first statement.
+    shard_txn: Option<sharded::ShardTxn>,
     stmts: Statements,
     out: BytesMut,
     registration: Registration,
@@ -117,6 +120,7 @@ pub async fn run(
         hold: Hold::default(),
         vars: Arc::new(VarSet::default()),
         ryw: Ryw::default(),
+        shard_txn: None,
         stmts: Statements::default(),
         out: BytesMut::new(),
         registration,
@@ -208,12 +212,15 @@ impl Session {
         self.hold = Hold::default();
         self.vars = Arc::new(VarSet::default());
         self.ryw = Ryw::default();
+        self.shard_txn = None;
     }
 
     /// The route of the session's keyspace, or `None` after telling the client why not.
     async fn route(&mut self, reply_seq: u8) -> Option<Route> {
         match self.shared.planner.plan_session(&self.plan_ctx()) {
             Plan::Route(r) => Some(r),
+            // A session command runs on one server: the first shard's.
+            Plan::Broadcast(rs) => rs.into_iter().next(),
             Plan::Reject { code, message } => {
                 self.send_err(code, &message, reply_seq).await;
                 None
@@ -239,6 +246,9 @@ impl Session {
                     lex::hide_socket_variable(sql).map(|sql| query_frame(&sql, frame.last_seq));
                 drop(payload);
                 let frame = rewritten.unwrap_or(frame);
+                if self.shared.planner.is_sharded(&self.plan_ctx()) {
+                    return self.sharded_statement(class, hint, frame).await;
+                }
                 let Some(route) = self.route(frame.last_seq.wrapping_add(1)).await else {
                     return Ok(());
                 };
@@ -250,6 +260,12 @@ impl Session {
                 self.change_db(db, &frame).await?;
             }
             com::STMT_PREPARE => {
+                if self.shared.planner.is_sharded(&self.plan_ctx()) {
+                    let msg = "shardgate: prepared statements are not supported on a sharded keyspace yet";
+                    let seq = frame.last_seq.wrapping_add(1);
+                    self.send_err(errcode::UNKNOWN, msg, seq).await;
+                    return Ok(());
+                }
                 let Classified { class, hint } = classify(&frame.payload()[1..]);
                 let Some(route) = self.route(frame.last_seq.wrapping_add(1)).await else {
                     return Ok(());
@@ -410,6 +426,10 @@ impl Session {
         let reply_seq = frame.last_seq.wrapping_add(1);
         let route: Route = match plan {
             Plan::Route(r) => r,
+            Plan::Broadcast(rs) => match rs.into_iter().next() {
+                Some(r) => r,
+                None => return Ok(None),
+            },
             Plan::Reject { code, message } => {
                 self.send_err(code, &message, reply_seq).await;
                 return Ok(None);

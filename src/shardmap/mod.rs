@@ -2,7 +2,10 @@
 //!
 //! The format is the one in DESIGN.md so later issues (sharding, resharding) load the same files.
 //! At this stage only `unsharded` keyspaces route; a `consistent_hash` keyspace loads and
-//! validates but is refused by the planner with a clear error.
+//! validates but is refused by the planner with a clear error. Its key hash and ring are in
+//! [`ring`].
+
+pub mod ring;
 
 use std::collections::BTreeMap;
 
@@ -127,15 +130,49 @@ fn default_vnodes() -> u32 {
     256
 }
 
+/// Largest `vnodes`: 4096 virtual nodes of [`ring::POINTS_PER_VNODE`] points are 65,536 ring
+/// points (768 KiB) per shard, far past the point where more improve the balance.
+pub const MAX_VNODES: u32 = 4096;
+
+/// What the proxy does when a transaction needs a second shard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MultiShardTransactions {
+    /// A statement needing another shard than the transaction's first one fails (ERR 1105)
+    /// and the transaction stays open on its first shard: no transaction can half-commit.
+    #[default]
+    Refuse,
+    /// The transaction opens on every shard it needs and COMMIT commits them one by one: a
+    /// failure after one shard committed leaves that shard's changes in place (there is no
+    /// two-phase commit).
+    BestEffort,
+}
+
+impl MultiShardTransactions {
+    fn is_refuse(&self) -> bool {
+        *self == MultiShardTransactions::Refuse
+    }
+}
+
 /// A keyspace is a logical database: clients select it with `USE name`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Keyspace {
     pub sharding: Sharding,
+    /// Virtual nodes per shard on the hash ring (consistent_hash only), 1..=[`MAX_VNODES`].
     #[serde(default = "default_vnodes")]
     pub vnodes: u32,
+    /// The unsharded keyspace holding the sequence tables named by `tables.*.sequence`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sequence_keyspace: Option<String>,
+    /// Whether an UPDATE or DELETE without a shard key in its WHERE may run on every shard;
+    /// false (the default): it is refused, so a forgotten key cannot rewrite every shard.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_scatter_writes: bool,
+    /// Transactions needing more than one shard: refused (the default) or committed shard by
+    /// shard.
+    #[serde(default, skip_serializing_if = "MultiShardTransactions::is_refuse")]
+    pub multi_shard_transactions: MultiShardTransactions,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tables: BTreeMap<String, TableRule>,
     /// Seconds a replica may lag and still serve this keyspace's reads; unset: the config's
@@ -143,6 +180,29 @@ pub struct Keyspace {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_replica_lag: Option<f64>,
     pub shards: Vec<Shard>,
+}
+
+impl Keyspace {
+    /// The hash ring of this keyspace's shards: [`ring::Ring::shard_for`] answers an index
+    /// into `shards`.
+    pub fn ring(&self) -> ring::Ring {
+        let names: Vec<&str> = self.shards.iter().map(|s| s.name.as_str()).collect();
+        ring::Ring::new(&names, self.vnodes)
+    }
+
+    /// A table's rule by the name a statement used: the exact name, else the one equal to it
+    /// ignoring ASCII case (validation refuses two tables differing only in case). MariaDB on
+    /// Linux treats table names case-sensitively by default, so there `USERS` is not `users`
+    /// and the server answers "doesn't exist" wherever the statement goes; with
+    /// `lower_case_table_names = 1` they are one table, and route alike here.
+    pub fn table(&self, name: &str) -> Option<&TableRule> {
+        self.tables.get(name).or_else(|| {
+            self.tables
+                .iter()
+                .find(|(t, _)| t.eq_ignore_ascii_case(name))
+                .map(|(_, rule)| rule)
+        })
+    }
 }
 
 /// All keyspaces by name.
@@ -204,8 +264,11 @@ impl ShardMap {
                     ),
                 ));
             }
-            if ks.vnodes == 0 {
-                return Err(invalid(format!("{at}.vnodes"), "must be at least 1".into()));
+            if !(1..=MAX_VNODES).contains(&ks.vnodes) {
+                return Err(invalid(
+                    format!("{at}.vnodes"),
+                    format!("{} is not between 1 and {MAX_VNODES}", ks.vnodes),
+                ));
             }
             if let Some(lag) = ks.max_replica_lag {
                 crate::config::check_lag_secs(lag)
@@ -247,8 +310,21 @@ impl ShardMap {
                     }
                 }
             }
+            let mut folded = std::collections::HashMap::new();
             for (t, rule) in &ks.tables {
                 let tat = format!("{at}.tables.{t}");
+                if let Some(other) = folded.insert(t.to_ascii_lowercase(), t) {
+                    return Err(invalid(
+                        tat,
+                        format!("tables '{other}' and '{t}' differ only in case"),
+                    ));
+                }
+                if rule.shard_key.as_deref().is_some_and(str::is_empty) {
+                    return Err(invalid(
+                        format!("{tat}.shard_key"),
+                        "names no column".into(),
+                    ));
+                }
                 if rule.reference && rule.shard_key.is_some() {
                     return Err(invalid(
                         tat,
@@ -264,6 +340,18 @@ impl ShardMap {
                         "a table of a sharded keyspace needs shard_key or reference = true".into(),
                     ));
                 }
+                if rule.sequence.as_deref().is_some_and(str::is_empty) {
+                    return Err(invalid(
+                        format!("{tat}.sequence"),
+                        "names no sequence".into(),
+                    ));
+                }
+                if rule.sequence.is_some() && rule.shard_key.is_none() {
+                    return Err(invalid(
+                        format!("{tat}.sequence"),
+                        "a sequence generates shard keys: it needs shard_key".into(),
+                    ));
+                }
                 if rule.sequence.is_some() && ks.sequence_keyspace.is_none() {
                     return Err(invalid(
                         format!("{tat}.sequence"),
@@ -272,11 +360,22 @@ impl ShardMap {
                 }
             }
             if let Some(seq_ks) = &ks.sequence_keyspace {
-                if !self.keyspace.contains_key(seq_ks) {
-                    return Err(invalid(
-                        format!("{at}.sequence_keyspace"),
-                        format!("no keyspace named '{seq_ks}'"),
-                    ));
+                match self.keyspace.get(seq_ks) {
+                    None => {
+                        return Err(invalid(
+                            format!("{at}.sequence_keyspace"),
+                            format!("no keyspace named '{seq_ks}'"),
+                        ))
+                    }
+                    Some(target) if target.sharding != Sharding::Unsharded => {
+                        return Err(invalid(
+                            format!("{at}.sequence_keyspace"),
+                            format!(
+                                "'{seq_ks}' is sharded: sequences live in an unsharded keyspace"
+                            ),
+                        ))
+                    }
+                    Some(_) => {}
                 }
             }
         }
@@ -546,5 +645,194 @@ mod tests {
             let err = parse(&with(bad)).unwrap_err().to_string();
             assert!(err.contains("keyspace.app.max_replica_lag"), "{bad}: {err}");
         }
+    }
+
+    /// A valid sharded map; `edit` rewrites it into the case under test.
+    const SHARDED: &str = r#"
+        [keyspace.meta]
+        sharding = "unsharded"
+        [[keyspace.meta.shards]]
+        name = "m0"
+        primary = "127.0.0.1:13300"
+
+        [keyspace.app]
+        sharding = "consistent_hash"
+        vnodes = 256
+        sequence_keyspace = "meta"
+        [keyspace.app.tables.users]
+        shard_key = "id"
+        sequence = "users_seq"
+        [keyspace.app.tables.Orders]
+        shard_key = "user_id"
+        [keyspace.app.tables.countries]
+        reference = true
+        [[keyspace.app.shards]]
+        name = "s0"
+        primary = "127.0.0.1:13306"
+        [[keyspace.app.shards]]
+        name = "s1"
+        primary = "127.0.0.1:13316"
+        [[keyspace.app.shards]]
+        name = "s2"
+        primary = "127.0.0.1:13326"
+    "#;
+
+    fn sharded_err(from: &str, to: &str) -> String {
+        assert!(SHARDED.contains(from), "{from}");
+        parse(&SHARDED.replacen(from, to, 1))
+            .expect_err("invalid map")
+            .to_string()
+    }
+
+    #[test]
+    fn keyspace_options_default_and_parse() {
+        let map = parse(SHARDED).expect("valid");
+        let app = &map.keyspace["app"];
+        assert!(!app.allow_scatter_writes);
+        assert_eq!(app.multi_shard_transactions, MultiShardTransactions::Refuse);
+        // Defaults are not written back.
+        let text = toml::to_string_pretty(&map).expect("serialize");
+        assert!(!text.contains("allow_scatter_writes"), "{text}");
+        assert!(!text.contains("multi_shard_transactions"), "{text}");
+
+        let map = parse(&SHARDED.replacen(
+            "vnodes = 256",
+            "vnodes = 256\nallow_scatter_writes = true\nmulti_shard_transactions = \"best_effort\"",
+            1,
+        ))
+        .expect("valid");
+        let app = &map.keyspace["app"];
+        assert!(app.allow_scatter_writes);
+        assert_eq!(
+            app.multi_shard_transactions,
+            MultiShardTransactions::BestEffort
+        );
+        let text = toml::to_string_pretty(&map).expect("serialize");
+        assert_eq!(toml::from_str::<ShardMap>(&text).expect("reparse"), map);
+
+        let err = sharded_err("vnodes = 256", "multi_shard_transactions = \"2pc\"");
+        assert!(
+            err.contains("multi_shard_transactions") || err.contains("2pc"),
+            "{err}"
+        );
+        let err = sharded_err("vnodes = 256", "allow_scatter_writes = \"yes\"");
+        assert!(
+            err.contains("allow_scatter_writes") || err.contains("bool"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn vnodes_are_between_1_and_4096() {
+        for ok in ["1", "4096"] {
+            parse(&SHARDED.replacen("vnodes = 256", &format!("vnodes = {ok}"), 1))
+                .expect("valid vnodes");
+        }
+        for bad in ["0", "4097"] {
+            let err = sharded_err("vnodes = 256", &format!("vnodes = {bad}"));
+            assert!(err.contains("keyspace.app.vnodes"), "{err}");
+            assert!(err.contains("between 1 and 4096"), "{err}");
+        }
+        let err = sharded_err("vnodes = 256", "vnodes = -1");
+        assert!(err.contains("vnodes"), "{err}");
+    }
+
+    #[test]
+    fn a_sharded_keyspace_needs_unique_shards() {
+        let no_shards = SHARDED
+            .split("[[keyspace.app.shards]]")
+            .next()
+            .unwrap_or_default()
+            .replacen("vnodes = 256", "vnodes = 256\nshards = []", 1);
+        let err = parse(&no_shards).expect_err("no shards").to_string();
+        assert!(err.contains("keyspace.app.shards"), "{err}");
+        assert!(err.contains("at least one shard"), "{err}");
+
+        let err = sharded_err("name = \"s2\"", "name = \"s0\"");
+        assert!(err.contains("keyspace.app.shards[2].name"), "{err}");
+        assert!(err.contains("'s0'"), "{err}");
+    }
+
+    #[test]
+    fn a_sharded_table_has_a_shard_key_or_is_a_reference() {
+        let err = sharded_err("shard_key = \"user_id\"", "");
+        assert!(
+            err.contains("keyspace.app.tables.Orders.shard_key"),
+            "{err}"
+        );
+        assert!(err.contains("shard_key or reference = true"), "{err}");
+
+        let err = sharded_err("reference = true", "reference = true\nshard_key = \"id\"");
+        assert!(err.contains("keyspace.app.tables.countries"), "{err}");
+        assert!(err.contains("reference table has no shard_key"), "{err}");
+
+        let err = sharded_err("shard_key = \"user_id\"", "shard_key = \"\"");
+        assert!(
+            err.contains("keyspace.app.tables.Orders.shard_key"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sequences_need_a_shard_key_and_an_unsharded_keyspace() {
+        let err = sharded_err("reference = true", "reference = true\nsequence = \"c_seq\"");
+        assert!(
+            err.contains("keyspace.app.tables.countries.sequence"),
+            "{err}"
+        );
+        assert!(err.contains("needs shard_key"), "{err}");
+
+        let err = sharded_err("sequence_keyspace = \"meta\"\n", "");
+        assert!(err.contains("keyspace.app.tables.users.sequence"), "{err}");
+        assert!(err.contains("keyspace.app.sequence_keyspace"), "{err}");
+
+        let err = sharded_err(
+            "sequence_keyspace = \"meta\"",
+            "sequence_keyspace = \"nope\"",
+        );
+        assert!(err.contains("keyspace.app.sequence_keyspace"), "{err}");
+        assert!(err.contains("no keyspace named 'nope'"), "{err}");
+
+        let err = sharded_err(
+            "sequence_keyspace = \"meta\"",
+            "sequence_keyspace = \"app\"",
+        );
+        assert!(err.contains("keyspace.app.sequence_keyspace"), "{err}");
+        assert!(err.contains("'app' is sharded"), "{err}");
+
+        let err = sharded_err("sequence = \"users_seq\"", "sequence = \"\"");
+        assert!(err.contains("keyspace.app.tables.users.sequence"), "{err}");
+    }
+
+    #[test]
+    fn tables_are_found_exactly_then_ignoring_case() {
+        let map = parse(SHARDED).expect("valid");
+        let app = &map.keyspace["app"];
+        let key = |t: &str| app.table(t).and_then(|r| r.shard_key.as_deref());
+        assert_eq!(key("users"), Some("id"));
+        assert_eq!(key("USERS"), Some("id"));
+        assert_eq!(key("Orders"), Some("user_id"));
+        assert_eq!(key("orders"), Some("user_id"));
+        assert!(app.table("countries").is_some_and(|r| r.reference));
+        assert!(app.table("nope").is_none());
+
+        let err = sharded_err(
+            "[keyspace.app.tables.countries]",
+            "[keyspace.app.tables.ORDERS]\nshard_key = \"user_id\"\n[keyspace.app.tables.countries]",
+        );
+        assert!(err.contains("keyspace.app.tables."), "{err}");
+        assert!(err.contains("differ only in case"), "{err}");
+    }
+
+    #[test]
+    fn the_keyspace_ring_follows_map_order() {
+        let map = parse(SHARDED).expect("valid");
+        let app = &map.keyspace["app"];
+        let ring = app.ring();
+        assert_eq!(ring.shard_count(), 3);
+        assert_eq!(ring.shard_names(), ["s0", "s1", "s2"]);
+        // The pinned example of ring.rs: 42 lives on s1.
+        let h = ring::key_hash(&ring::KeyValue::Int(42));
+        assert_eq!(app.shards[ring.shard_for(h)].name, "s1");
     }
 }

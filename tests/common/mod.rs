@@ -269,6 +269,11 @@ fn keep_logs(d: &Path) {
 /// Starts `shardgate sandbox up --shards 1 --replicas N` in a fresh temp dir and registers its
 /// teardown (and that of every proxy given to `keep_proxy`) at process exit.
 pub fn start_cluster(replicas: usize) -> Sandbox {
+    start_cluster_with(&["--shards", "1", "--replicas", &replicas.to_string()])
+}
+
+/// A separate sandbox started with `args` for `shardgate sandbox up` (besides `--dir`).
+pub fn start_cluster_with(args: &[&str]) -> Sandbox {
     EXTRA_CLEANUP.call_once(|| {
         // SAFETY: registering a plain extern "C" function with libc's atexit.
         unsafe {
@@ -279,8 +284,8 @@ pub fn start_cluster(replicas: usize) -> Sandbox {
     let _ = std::fs::remove_dir_all(&dir);
     EXTRA_SANDBOXES.lock().expect("lock").push(dir.clone());
     let out = Command::new(bin())
-        .args(["sandbox", "up", "--shards", "1", "--replicas"])
-        .arg(replicas.to_string())
+        .args(["sandbox", "up"])
+        .args(args)
         .arg("--dir")
         .arg(&dir)
         .output()

@@ -1,0 +1,710 @@
+//! Which shards of a sharded keyspace a statement touches, read from its parsed form.
+//!
+//! Pure: the caller gives the statement, the keyspace's table rules and a function from a
+//! key value to its shard. Statements whose shard key equalities put every sharded table on
+//! one shard run there unchanged; DDL and reference-table writes run on every shard; reads
+//! of reference tables alone run on any one. Everything else is refused with a message that
+//! says what is missing (scatter-gather and split statements come next).
+
+use std::collections::BTreeSet;
+
+use sqlparser::ast::{
+    BinaryOperator, Expr, FromTable, Insert, JoinConstraint, JoinOperator, ObjectName, SetExpr,
+    Statement, TableFactor, TableObject, TableWithJoins, UnaryOperator, Value,
+};
+use sqlparser::dialect::MySqlDialect;
+use sqlparser::parser::Parser;
+
+use crate::shardmap::ring::KeyValue;
+use crate::shardmap::TableRule;
+
+/// Where a statement on a sharded keyspace runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardPlan {
+    /// This shard (index in the keyspace's shard list).
+    One(usize),
+    /// Every shard's primary, the same statement (DDL, reference-table writes).
+    All,
+    /// Any one shard: only reference tables, or no table at all.
+    Any,
+    /// Not supported (yet): the client gets ERR 1105 with this text.
+    Reject(String),
+}
+
+/// What the planner knows about the keyspace.
+pub struct ShardContext<'a> {
+    pub rule: &'a dyn Fn(&str) -> Option<&'a TableRule>,
+    pub shard_of: &'a dyn Fn(&KeyValue<'_>) -> usize,
+    pub allow_scatter_writes: bool,
+}
+
+fn reject(msg: impl Into<String>) -> ShardPlan {
+    ShardPlan::Reject(format!("shardgate: {}", msg.into()))
+}
+
+/// Plans one statement (`sql` must hold exactly one).
+pub fn plan(sql: &str, cx: &ShardContext<'_>) -> ShardPlan {
+    let statements = match Parser::parse_sql(&MySqlDialect {}, sql) {
+        Ok(s) => s,
+        Err(e) => {
+            return reject(format!(
+                "cannot route this statement on a sharded keyspace (not understood: {e})"
+            ))
+        }
+    };
+    let [statement] = statements.as_slice() else {
+        return reject("several statements in one query are not supported on a sharded keyspace");
+    };
+    let own_select = usize::from(matches!(statement, Statement::Query(_)));
+    if select_keywords(sql) > own_select {
+        return reject("subqueries, UNION and WITH are not supported on a sharded keyspace yet");
+    }
+    match statement {
+        Statement::Query(q) => match q.body.as_ref() {
+            SetExpr::Select(s) => {
+                let mut scope = Scope::default();
+                for twj in &s.from {
+                    if let Err(e) = scope.add_from(twj, cx) {
+                        return reject(e);
+                    }
+                }
+                if let Some(w) = &s.selection {
+                    scope.add_condition(w);
+                }
+                scope.decide(cx, "SELECT")
+            }
+            _ => reject(
+                "UNION and other compound queries are not supported on a sharded keyspace yet",
+            ),
+        },
+        Statement::Insert(ins) => plan_insert(ins, cx),
+        Statement::Update(u) => {
+            let mut scope = Scope::default();
+            if let Err(e) = scope.add_from(&u.table, cx) {
+                return reject(e);
+            }
+            if u.from.is_some() {
+                return reject("UPDATE ... FROM is not supported on a sharded keyspace");
+            }
+            for a in &u.assignments {
+                let target = a.target.to_string();
+                let column = target.rsplit('.').next().unwrap_or(&target);
+                if scope.is_shard_key_column(column) {
+                    return reject(format!(
+                        "UPDATE may not change shard key column {column}: the row would belong to another shard (delete and insert it instead)"
+                    ));
+                }
+            }
+            if let Some(w) = &u.selection {
+                scope.add_condition(w);
+            }
+            scope.decide_write(cx, "UPDATE")
+        }
+        Statement::Delete(d) => {
+            let mut scope = Scope::default();
+            let from = match &d.from {
+                FromTable::WithFromKeyword(f) | FromTable::WithoutKeyword(f) => f,
+            };
+            for twj in from {
+                if let Err(e) = scope.add_from(twj, cx) {
+                    return reject(e);
+                }
+            }
+            if d.using.is_some() || !d.tables.is_empty() {
+                return reject("multi-table DELETE is not supported on a sharded keyspace");
+            }
+            if let Some(w) = &d.selection {
+                scope.add_condition(w);
+            }
+            scope.decide_write(cx, "DELETE")
+        }
+        Statement::CreateTable(_)
+        | Statement::AlterTable(_)
+        | Statement::CreateIndex(_)
+        | Statement::Drop { .. }
+        | Statement::Truncate(_)
+        | Statement::CreateView(_) => ShardPlan::All,
+        // Session and server statements that read no sharded rows: any shard answers.
+        Statement::Set(_)
+        | Statement::Use(_)
+        | Statement::ShowVariable { .. }
+        | Statement::ShowVariables { .. }
+        | Statement::ShowStatus { .. }
+        | Statement::ShowCreate { .. }
+        | Statement::ShowColumns { .. }
+        | Statement::ShowDatabases { .. }
+        | Statement::ShowSchemas { .. }
+        | Statement::ShowTables { .. }
+        | Statement::ShowViews { .. }
+        | Statement::ShowCollation { .. }
+        | Statement::ShowCharset(_)
+        | Statement::ShowFunctions { .. }
+        | Statement::ShowProcessList { .. }
+        | Statement::ExplainTable { .. }
+        | Statement::Explain { .. }
+        | Statement::Kill { .. }
+        | Statement::Flush { .. }
+        | Statement::Savepoint { .. }
+        | Statement::ReleaseSavepoint { .. }
+        | Statement::Commit { .. }
+        | Statement::Rollback { .. }
+        | Statement::StartTransaction { .. } => ShardPlan::Any,
+        other => reject(format!(
+            "{} statements are not supported on a sharded keyspace yet",
+            statement_name(other)
+        )),
+    }
+}
+
+/// The statement's leading keyword(s), for messages.
+fn statement_name(s: &Statement) -> String {
+    let text = s.to_string();
+    text.split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_ascii_uppercase()
+}
+
+/// Subqueries (and CTEs, UNIONs) can read sharded tables from places the planner does not
+/// look: count SELECT keywords outside strings and comments (unreadable: as if many).
+fn select_keywords(sql: &str) -> usize {
+    use sqlparser::keywords::Keyword;
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let Ok(tokens) = Tokenizer::new(&MySqlDialect {}, sql).tokenize() else {
+        return usize::MAX;
+    };
+    tokens
+        .iter()
+        .filter(|t| matches!(t, Token::Word(w) if w.keyword == Keyword::SELECT))
+        .count()
+}
+
+fn plan_insert(ins: &Insert, cx: &ShardContext<'_>) -> ShardPlan {
+    let TableObject::TableName(name) = &ins.table else {
+        return reject("INSERT into a table function is not supported");
+    };
+    let table = table_name(name);
+    let Some(rule) = (cx.rule)(&table) else {
+        return reject(format!(
+            "table {table} is not in the shard map: say in the map whether it is sharded (shard_key) or a reference table"
+        ));
+    };
+    if rule.reference {
+        return ShardPlan::All;
+    }
+    let Some(key) = rule.shard_key.as_deref() else {
+        return reject(format!("table {table} has no shard key in the shard map"));
+    };
+    let Some(pos) = ins
+        .columns
+        .iter()
+        .position(|c| c.to_string().eq_ignore_ascii_case(key))
+    else {
+        return reject(format!(
+            "INSERT into sharded table {table} must name its shard key column {key} with a value"
+        ));
+    };
+    if let Some(sqlparser::ast::OnInsert::DuplicateKeyUpdate(assignments)) = &ins.on {
+        if assignments
+            .iter()
+            .any(|a| a.target.to_string().eq_ignore_ascii_case(key))
+        {
+            return reject(format!(
+                "ON DUPLICATE KEY UPDATE may not change shard key column {key}"
+            ));
+        }
+    }
+    let Some(source) = &ins.source else {
+        return reject("INSERT ... SET is not supported on a sharded table yet");
+    };
+    let SetExpr::Values(values) = source.body.as_ref() else {
+        return reject("INSERT ... SELECT is not supported on a sharded table");
+    };
+    let mut shards = BTreeSet::new();
+    for row in &values.rows {
+        let Some(v) = row.get(pos) else {
+            return reject("an INSERT row has fewer values than columns");
+        };
+        match key_value(v) {
+            Some(Key::Value(k)) => {
+                shards.insert((cx.shard_of)(&k.as_key()));
+            }
+            Some(Key::Null) | None => {
+                return reject(format!(
+                    "INSERT into sharded table {table}: the shard key {key} must be a literal value (not NULL, an expression or a parameter yet)"
+                ))
+            }
+        }
+    }
+    match shards.len() {
+        1 => ShardPlan::One(shards.into_iter().next().unwrap_or(0)),
+        _ => reject(format!(
+            "this multi-row INSERT into {table} has rows for {} shards; splitting it is not supported yet: insert the rows separately",
+            shards.len()
+        )),
+    }
+}
+
+/// An owned key literal.
+enum OwnedKey {
+    Number(String),
+    Text(String),
+}
+
+impl OwnedKey {
+    fn as_key(&self) -> KeyValue<'_> {
+        match self {
+            OwnedKey::Number(n) => KeyValue::from_number_text(n.as_bytes()),
+            OwnedKey::Text(s) => KeyValue::from_string_content(s.as_bytes()),
+        }
+    }
+}
+
+enum Key {
+    Value(OwnedKey),
+    /// `= NULL` matches no row.
+    Null,
+}
+
+fn key_value(e: &Expr) -> Option<Key> {
+    match e {
+        Expr::Value(v) => match &v.value {
+            Value::Number(n, _) => Some(Key::Value(OwnedKey::Number(n.clone()))),
+            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => {
+                Some(Key::Value(OwnedKey::Text(s.clone())))
+            }
+            Value::Null => Some(Key::Null),
+            _ => None,
+        },
+        Expr::UnaryOp {
+            op: UnaryOperator::Minus,
+            expr,
+        } => match expr.as_ref() {
+            Expr::Value(v) => match &v.value {
+                Value::Number(n, _) => Some(Key::Value(OwnedKey::Number(format!("-{n}")))),
+                _ => None,
+            },
+            _ => None,
+        },
+        Expr::Nested(inner) => key_value(inner),
+        _ => None,
+    }
+}
+
+fn table_name(name: &ObjectName) -> String {
+    let s = name.to_string();
+    let last = s.rsplit('.').next().unwrap_or(&s);
+    last.trim_matches('`').to_string()
+}
+
+/// A sharded table in a statement: how it is referred to and the key values it is bound to.
+struct Bound {
+    table: String,
+    alias: Option<String>,
+    key: String,
+    values: Option<Vec<OwnedKey>>,
+    /// Matches nothing (`key = NULL`).
+    empty: bool,
+}
+
+#[derive(Default)]
+struct Scope {
+    sharded: Vec<Bound>,
+    reference_only: bool,
+    any_table: bool,
+    /// Equalities between two shard-key columns: (table index, table index).
+    joins: Vec<(usize, usize)>,
+}
+
+impl Scope {
+    fn add_from(&mut self, twj: &TableWithJoins, cx: &ShardContext<'_>) -> Result<(), String> {
+        self.add_factor(&twj.relation, cx)?;
+        for j in &twj.joins {
+            self.add_factor(&j.relation, cx)?;
+            let constraint = match &j.join_operator {
+                JoinOperator::Join(c)
+                | JoinOperator::Inner(c)
+                | JoinOperator::Left(c)
+                | JoinOperator::LeftOuter(c)
+                | JoinOperator::Right(c)
+                | JoinOperator::RightOuter(c)
+                | JoinOperator::CrossJoin(c) => c,
+                _ => return Err("this kind of JOIN is not supported on a sharded keyspace".into()),
+            };
+            if let JoinConstraint::On(e) = constraint {
+                self.add_condition(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn add_factor(&mut self, f: &TableFactor, cx: &ShardContext<'_>) -> Result<(), String> {
+        let TableFactor::Table { name, alias, .. } = f else {
+            return Err(
+                "subqueries and derived tables are not supported on a sharded keyspace yet".into(),
+            );
+        };
+        let table = table_name(name);
+        self.any_table = true;
+        let Some(rule) = (cx.rule)(&table) else {
+            return Err(format!(
+                "table {table} is not in the shard map: say in the map whether it is sharded (shard_key) or a reference table"
+            ));
+        };
+        if rule.reference {
+            self.reference_only = self.sharded.is_empty();
+            return Ok(());
+        }
+        let Some(key) = rule.shard_key.clone() else {
+            return Err(format!("table {table} has no shard key in the shard map"));
+        };
+        self.reference_only = false;
+        self.sharded.push(Bound {
+            table,
+            alias: alias.as_ref().map(|a| a.name.value.clone()),
+            key,
+            values: None,
+            empty: false,
+        });
+        Ok(())
+    }
+
+    fn is_shard_key_column(&self, column: &str) -> bool {
+        let column = column.trim_matches('`');
+        self.sharded
+            .iter()
+            .any(|b| b.key.eq_ignore_ascii_case(column))
+    }
+
+    /// The sharded table a column reference means, if it is that table's shard key.
+    fn key_column(&self, e: &Expr) -> Option<usize> {
+        let (qualifier, column) = match e {
+            Expr::Identifier(id) => (None, id.value.as_str()),
+            Expr::CompoundIdentifier(parts) => {
+                let n = parts.len();
+                if n < 2 {
+                    return None;
+                }
+                (
+                    Some(parts[n - 2].value.as_str()),
+                    parts[n - 1].value.as_str(),
+                )
+            }
+            Expr::Nested(inner) => return self.key_column(inner),
+            _ => return None,
+        };
+        let matches: Vec<usize> = self
+            .sharded
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.key.eq_ignore_ascii_case(column))
+            .filter(|(_, b)| match qualifier {
+                None => true,
+                Some(q) => {
+                    b.alias
+                        .as_deref()
+                        .is_some_and(|a| a.eq_ignore_ascii_case(q))
+                        || (b.alias.is_none() && b.table.eq_ignore_ascii_case(q))
+                }
+            })
+            .map(|(i, _)| i)
+            .collect();
+        match matches.as_slice() {
+            [i] => Some(*i),
+            _ => None, // ambiguous or not a key: no routing information
+        }
+    }
+
+    /// Records what a WHERE or ON condition says about shard keys: only top-level AND terms
+    /// count (an OR could reach any shard).
+    fn add_condition(&mut self, e: &Expr) {
+        match e {
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::And,
+                right,
+            } => {
+                self.add_condition(left);
+                self.add_condition(right);
+            }
+            Expr::Nested(inner) => self.add_condition(inner),
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::Eq,
+                right,
+            } => {
+                let (l, r) = (self.key_column(left), self.key_column(right));
+                match (l, r) {
+                    (Some(a), Some(b)) if a != b => self.joins.push((a, b)),
+                    (Some(t), None) => self.bind(t, key_value(right)),
+                    (None, Some(t)) => self.bind(t, key_value(left)),
+                    _ => {}
+                }
+            }
+            Expr::InList {
+                expr,
+                list,
+                negated: false,
+            } => {
+                if let Some(t) = self.key_column(expr) {
+                    let mut values = Vec::new();
+                    for item in list {
+                        match key_value(item) {
+                            Some(Key::Value(v)) => values.push(v),
+                            Some(Key::Null) => {}
+                            None => return,
+                        }
+                    }
+                    if values.is_empty() {
+                        self.sharded[t].empty = true;
+                    } else if self.sharded[t].values.is_none() {
+                        self.sharded[t].values = Some(values);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn bind(&mut self, t: usize, key: Option<Key>) {
+        match key {
+            Some(Key::Value(v)) if self.sharded[t].values.is_none() => {
+                self.sharded[t].values = Some(vec![v]);
+            }
+            Some(Key::Null) => self.sharded[t].empty = true,
+            _ => {}
+        }
+    }
+
+    /// Shards each sharded table is bound to, after spreading bindings over key equalities.
+    fn shards(&self, cx: &ShardContext<'_>) -> Result<BTreeSet<usize>, String> {
+        let n = self.sharded.len();
+        let mut sets: Vec<Option<BTreeSet<usize>>> = self
+            .sharded
+            .iter()
+            .map(|b| {
+                if b.empty {
+                    Some(BTreeSet::new())
+                } else {
+                    b.values
+                        .as_ref()
+                        .map(|vs| vs.iter().map(|v| (cx.shard_of)(&v.as_key())).collect())
+                }
+            })
+            .collect();
+        // Tables joined on their shard keys live on the same shards.
+        for _ in 0..n {
+            for &(a, b) in &self.joins {
+                if sets[a].is_none() {
+                    sets[a] = sets[b].clone();
+                }
+                if sets[b].is_none() {
+                    sets[b] = sets[a].clone();
+                }
+            }
+        }
+        let mut all = BTreeSet::new();
+        for (i, s) in sets.into_iter().enumerate() {
+            match s {
+                Some(s) => all.extend(s),
+                None => {
+                    let b = &self.sharded[i];
+                    return Err(format!(
+                        "no value for shard key {}.{} in WHERE: statements that must visit every shard (scatter-gather) are not supported yet",
+                        b.table, b.key
+                    ));
+                }
+            }
+        }
+        Ok(all)
+    }
+
+    fn decide(&self, cx: &ShardContext<'_>, what: &str) -> ShardPlan {
+        if self.sharded.is_empty() {
+            return ShardPlan::Any;
+        }
+        match self.shards(cx) {
+            Err(e) => reject(e),
+            Ok(s) => match s.len() {
+                0 => ShardPlan::Any, // `key = NULL` or `IN (NULL)`: no row anywhere
+                1 => ShardPlan::One(s.into_iter().next().unwrap_or(0)),
+                n => reject(format!(
+                    "this {what} needs rows from {n} shards (an IN list or a join spanning shards); multi-shard statements are not supported yet"
+                )),
+            },
+        }
+    }
+
+    fn decide_write(&self, cx: &ShardContext<'_>, what: &str) -> ShardPlan {
+        if self.sharded.is_empty() {
+            return if self.any_table && self.reference_only {
+                ShardPlan::All
+            } else {
+                ShardPlan::Any
+            };
+        }
+        match self.shards(cx) {
+            Err(_) if cx.allow_scatter_writes => reject(format!(
+                "{what} on every shard (allow_scatter_writes) is not supported yet"
+            )),
+            Err(_) => {
+                let b = &self.sharded[0];
+                reject(format!(
+                    "{what} on sharded table {} needs its shard key {} in WHERE (or allow_scatter_writes in the keyspace)",
+                    b.table, b.key
+                ))
+            }
+            Ok(s) => match s.len() {
+                0 => ShardPlan::Any,
+                1 => ShardPlan::One(s.into_iter().next().unwrap_or(0)),
+                n => reject(format!(
+                    "this {what} touches {n} shards; multi-shard writes are not supported yet"
+                )),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shardmap::ring::key_hash;
+
+    fn rules() -> std::collections::BTreeMap<String, TableRule> {
+        let mut m = std::collections::BTreeMap::new();
+        let sharded = |k: &str| TableRule {
+            shard_key: Some(k.into()),
+            ..TableRule::default()
+        };
+        m.insert("users".to_string(), sharded("id"));
+        m.insert("orders".to_string(), sharded("user_id"));
+        m.insert(
+            "countries".to_string(),
+            TableRule {
+                reference: true,
+                ..TableRule::default()
+            },
+        );
+        m
+    }
+
+    fn run(sql: &str) -> ShardPlan {
+        let r = rules();
+        let rule = |t: &str| r.get(t);
+        // Two shards by the hash's low bit: enough to tell shards apart in tests.
+        let shard_of = |k: &KeyValue<'_>| (key_hash(k) & 1) as usize;
+        let cx = ShardContext {
+            rule: &rule,
+            shard_of: &shard_of,
+            allow_scatter_writes: false,
+        };
+        plan(sql, &cx)
+    }
+
+    fn shard(k: &str) -> usize {
+        (key_hash(&KeyValue::from_number_text(k.as_bytes())) & 1) as usize
+    }
+
+    #[test]
+    fn point_statements_go_to_their_keys_shard() {
+        let s = ShardPlan::One(shard("42"));
+        assert_eq!(run("SELECT * FROM users WHERE id = 42"), s);
+        assert_eq!(run("SELECT * FROM users WHERE id = '42'"), s);
+        assert_eq!(
+            run("SELECT * FROM users u WHERE 42 = u.id AND name = 'x'"),
+            s
+        );
+        assert_eq!(run("UPDATE users SET name = 'y' WHERE id = 42"), s);
+        assert_eq!(run("DELETE FROM users WHERE id = 42"), s);
+        assert_eq!(run("INSERT INTO users (id, name) VALUES (42, 'a')"), s);
+        assert_eq!(
+            run("INSERT INTO users (id, name) VALUES (42, 'a') ON DUPLICATE KEY UPDATE name = 'b'"),
+            s
+        );
+        assert_eq!(run("REPLACE INTO users (id, name) VALUES (42, 'a')"), s);
+        assert_eq!(
+            run("SELECT * FROM users u JOIN orders o ON o.user_id = u.id WHERE u.id = 42"),
+            s
+        );
+        assert_eq!(
+            run("SELECT * FROM users u JOIN countries c ON c.code = u.cc WHERE u.id = 42"),
+            s
+        );
+    }
+
+    #[test]
+    fn reference_tables_and_ddl() {
+        assert_eq!(run("SELECT * FROM countries"), ShardPlan::Any);
+        assert_eq!(run("SELECT 1"), ShardPlan::Any);
+        assert_eq!(
+            run("INSERT INTO countries (code) VALUES ('FR')"),
+            ShardPlan::All
+        );
+        assert_eq!(run("UPDATE countries SET name = 'x'"), ShardPlan::All);
+        assert_eq!(
+            run("CREATE TABLE users (id INT PRIMARY KEY)"),
+            ShardPlan::All
+        );
+        assert_eq!(run("ALTER TABLE users ADD COLUMN x INT"), ShardPlan::All);
+        assert_eq!(run("DROP TABLE users"), ShardPlan::All);
+        assert_eq!(run("SELECT * FROM users WHERE id = NULL"), ShardPlan::Any);
+    }
+
+    #[test]
+    fn what_is_not_supported_is_refused_with_the_reason() {
+        let refused = |sql: &str, needle: &str| match run(sql) {
+            ShardPlan::Reject(m) => assert!(m.contains(needle), "{sql}: {m}"),
+            other => panic!("{sql}: {other:?}"),
+        };
+        refused("SELECT * FROM users", "scatter-gather");
+        refused(
+            "SELECT * FROM users WHERE id = 1 OR id = 2",
+            "scatter-gather",
+        );
+        refused(
+            "UPDATE users SET name = 'x' WHERE name = 'y'",
+            "needs its shard key id",
+        );
+        refused(
+            "UPDATE users SET id = 7 WHERE id = 42",
+            "may not change shard key",
+        );
+        refused(
+            "INSERT INTO users (name) VALUES ('a')",
+            "must name its shard key column id",
+        );
+        refused("INSERT INTO users (id) VALUES (?)", "literal value");
+        refused("SELECT * FROM nowhere WHERE id = 1", "not in the shard map");
+        refused("SELECT * FROM (SELECT 1) x", "subqueries");
+        refused("SELECT (SELECT COUNT(*) FROM users)", "subqueries");
+        refused(
+            "DELETE FROM users WHERE id IN (SELECT id FROM orders)",
+            "subqueries",
+        );
+        refused("CALL p()", "CALL");
+        assert_eq!(run("SELECT 'select' FROM countries"), ShardPlan::Any);
+        refused("INSERT INTO users (id) SELECT 1", "not supported");
+        // Two keys that land on different shards.
+        let (a, b) = (1..100)
+            .map(|i| i.to_string())
+            .fold((None, None), |(a, b), k| match shard(&k) {
+                0 if a.is_none() => (Some(k), b),
+                1 if b.is_none() => (a, Some(k)),
+                _ => (a, b),
+            });
+        let (a, b) = (a.expect("a key on 0"), b.expect("a key on 1"));
+        refused(
+            &format!("SELECT * FROM users WHERE id IN ({a}, {b})"),
+            "2 shards",
+        );
+        refused(
+            &format!("INSERT INTO users (id) VALUES ({a}), ({b})"),
+            "splitting it is not supported yet",
+        );
+        assert_eq!(
+            run(&format!("SELECT * FROM users WHERE id IN ({a}, {a})")),
+            ShardPlan::One(0)
+        );
+    }
+}
