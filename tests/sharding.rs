@@ -328,3 +328,60 @@ async fn a_transaction_runs_on_its_first_statements_shard_and_may_not_leave_it()
         .expect("read");
     assert_eq!(kept.as_deref(), Some("kept"));
 }
+
+#[tokio::test]
+async fn prepared_statements_go_to_the_shard_of_their_key_parameter() {
+    let mut c = proxy().await;
+    c.query_drop("CREATE TABLE IF NOT EXISTS users (id INT PRIMARY KEY, name VARCHAR(40))")
+        .await
+        .expect("users");
+    let base = 3_000_000 + (std::process::id() as i64 % 1000) * 100;
+    for id in base..base + 50 {
+        c.exec_drop(
+            "REPLACE INTO users (name, id) VALUES (?, ?)",
+            (format!("p{id}"), id),
+        )
+        .await
+        .expect("prepared insert");
+    }
+    let mut by_server: BTreeMap<u32, usize> = BTreeMap::new();
+    for id in base..base + 50 {
+        // The key as an integer and as a string parameter: the same shard.
+        let as_int: Option<(String, u32)> = c
+            .exec_first(
+                "/* shardgate:primary */ SELECT name, @@server_id FROM users WHERE id = ?",
+                (id,),
+            )
+            .await
+            .expect("prepared read");
+        let as_text: Option<(String, u32)> = c
+            .exec_first(
+                "/* shardgate:primary */ SELECT name, @@server_id FROM users WHERE id = ?",
+                (id.to_string(),),
+            )
+            .await
+            .expect("prepared read, string key");
+        assert_eq!(as_int, as_text);
+        let (name, sid) = as_int.expect("row");
+        assert_eq!(name, format!("p{id}"));
+        *by_server.entry(sid).or_default() += 1;
+        // And the row is where the proxy read it from.
+        let shard = if sid == server_id_of("s0") {
+            "s0"
+        } else {
+            "s1"
+        };
+        let mut p = primary_of(shard).await;
+        let there: Option<String> = p
+            .query_first(format!("SELECT name FROM app.users WHERE id = {id}"))
+            .await
+            .expect("direct");
+        assert_eq!(there, Some(format!("p{id}")));
+    }
+    assert_eq!(by_server.len(), 2, "keys on both shards: {by_server:?}");
+    let e = c
+        .exec_drop("SELECT name FROM users WHERE id = ?", (None::<i64>,))
+        .await
+        .expect_err("NULL key");
+    assert!(e.to_string().contains("shard key"), "{e}");
+}

@@ -232,6 +232,89 @@ pub fn execute_frame(
     }
 }
 
+/// One parameter of a COM_STMT_EXECUTE, as far as routing needs it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ParamValue<'a> {
+    Null,
+    Int(i128),
+    /// Strings, decimals, blobs: the bytes as sent.
+    Bytes(&'a [u8]),
+    /// Floating point, dates and other types a shard key is not expected to have.
+    Other,
+}
+
+/// Parameter `index` of a COM_STMT_EXECUTE `payload` for a statement of `params`
+/// parameters. `types` are the ones the client bound with an earlier execute, used when this
+/// one does not repeat them. `None`: malformed, or types never sent.
+pub fn param_value<'a>(
+    payload: &'a [u8],
+    params: u16,
+    types: Option<&[u8]>,
+    index: usize,
+) -> Option<ParamValue<'a>> {
+    let layout = ExecuteLayout::new(params);
+    let bound_at = layout.bound_at?;
+    if index >= layout.params {
+        return None;
+    }
+    let bitmap = payload.get(10..bound_at)?;
+    let mut at = bound_at + 1;
+    let types: &[u8] = if *payload.get(bound_at)? == 1 {
+        let t = payload.get(at..at + 2 * layout.params)?;
+        at += t.len();
+        t
+    } else {
+        types.filter(|t| t.len() == 2 * layout.params)?
+    };
+    let is_null = |i: usize| bitmap[i / 8] & (1 << (i % 8)) != 0;
+    for i in 0..=index {
+        if is_null(i) {
+            if i == index {
+                return Some(ParamValue::Null);
+            }
+            continue;
+        }
+        let (ty, unsigned) = (types[2 * i], types[2 * i + 1] & 0x80 != 0);
+        let fixed = |n: usize| payload.get(at..at + n);
+        let (len, value) = match ty {
+            0x01 => (1, fixed(1).map(|b| int(b, unsigned))),
+            0x02 | 0x0d => (2, fixed(2).map(|b| int(b, unsigned))),
+            0x03 | 0x09 => (4, fixed(4).map(|b| int(b, unsigned))),
+            0x08 => (8, fixed(8).map(|b| int(b, unsigned))),
+            0x04 => (4, Some(ParamValue::Other)),
+            0x05 => (8, Some(ParamValue::Other)),
+            0x06 => (0, Some(ParamValue::Null)),
+            0x07 | 0x0a | 0x0b | 0x0c => {
+                let n = *payload.get(at)? as usize;
+                (1 + n, Some(ParamValue::Other))
+            }
+            _ => {
+                let mut r = crate::protocol::wire::Reader::new(payload.get(at..)?);
+                let before = r.remaining().len();
+                let bytes = r.lenenc_bytes().ok()?;
+                (before - r.remaining().len(), Some(ParamValue::Bytes(bytes)))
+            }
+        };
+        if i == index {
+            return value;
+        }
+        at += len;
+    }
+    None
+}
+
+fn int<'a>(b: &[u8], unsigned: bool) -> ParamValue<'a> {
+    let mut le = [0u8; 8];
+    le[..b.len()].copy_from_slice(b);
+    let raw = u64::from_le_bytes(le);
+    if unsigned {
+        return ParamValue::Int(raw as i128);
+    }
+    // Sign-extend from the value's own width.
+    let shift = 64 - b.len() * 8;
+    ParamValue::Int((((raw << shift) as i64) >> shift) as i128)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,6 +374,33 @@ mod tests {
         let out = execute_frame(&f, &mut on_b, &mut client_types).expect("ok");
         assert_eq!(out.payload_len, f.payload_len);
         assert!(execute_frame(&execute(7, 9, None, &[]), &mut on_b, &mut client_types).is_some());
+    }
+
+    #[test]
+    fn parameters_are_read_for_routing() {
+        // (string 'abc', NULL, tiny -3, longlong 42), types sent.
+        let types = [0xfe, 0, 0x06, 0, 0x01, 0, 0x08, 0];
+        let mut values = vec![3, b'a', b'b', b'c', 0xfd];
+        values.extend_from_slice(&42i64.to_le_bytes());
+        let mut f = execute(1, 4, Some(&types), &values);
+        // Null bitmap: parameter 1 is NULL.
+        f.raw[4 + 10] = 0b0000_0010;
+        let p = f.payload();
+        assert_eq!(param_value(&p, 4, None, 0), Some(ParamValue::Bytes(b"abc")));
+        assert_eq!(param_value(&p, 4, None, 1), Some(ParamValue::Null));
+        assert_eq!(param_value(&p, 4, None, 2), Some(ParamValue::Int(-3)));
+        assert_eq!(param_value(&p, 4, None, 3), Some(ParamValue::Int(42)));
+        assert_eq!(param_value(&p, 4, None, 4), None);
+        // Types from an earlier execute.
+        let mut values = vec![1, b'x', 0];
+        values.extend_from_slice(&7i64.to_le_bytes());
+        let f = execute(1, 4, None, &values);
+        let p = f.payload();
+        assert_eq!(
+            param_value(&p, 4, Some(&types), 3),
+            Some(ParamValue::Int(7))
+        );
+        assert_eq!(param_value(&p, 4, None, 3), None, "types never sent");
     }
 
     #[test]

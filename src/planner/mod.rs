@@ -182,7 +182,8 @@ impl Planner {
         };
         match ks.shard_plan(text) {
             ShardPlan::One(i) => Plan::Route(ks.routes[i].clone()),
-            ShardPlan::Any => Plan::Route(ks.routes[0].clone()),
+            // A `?` in COM_QUERY text is the server's syntax error to report.
+            ShardPlan::Any | ShardPlan::Param(_) => Plan::Route(ks.routes[0].clone()),
             ShardPlan::All => Plan::Broadcast(ks.routes.clone()),
             ShardPlan::Reject(message) => Plan::Reject {
                 code: errcode::UNKNOWN,
@@ -197,6 +198,13 @@ impl Planner {
         let ks = self.keyspace_plan(ctx)?;
         ks.ring.as_ref()?;
         Some((ks.shard_plan(sql), &ks.routes))
+    }
+
+    /// The route of the shard that owns `key` in the session's (sharded) keyspace.
+    pub fn route_for_key(&self, ctx: &PlanContext<'_>, key: &KeyValue<'_>) -> Option<Route> {
+        let ks = self.keyspace_plan(ctx)?;
+        let ring = ks.ring.as_ref()?;
+        ks.routes.get(ring.shard_for(key_hash(key))).cloned()
     }
 
     /// The route of one shard of the session's keyspace, by shard name.

@@ -27,6 +27,8 @@ pub enum ShardPlan {
     All,
     /// Any one shard: only reference tables, or no table at all.
     Any,
+    /// A prepared statement whose shard is the one of its parameter (0-based) at execute.
+    Param(usize),
     /// Not supported (yet): the client gets ERR 1105 with this text.
     Reject(String),
 }
@@ -56,9 +58,13 @@ pub fn plan(sql: &str, cx: &ShardContext<'_>) -> ShardPlan {
         return reject("several statements in one query are not supported on a sharded keyspace");
     };
     let own_select = usize::from(matches!(statement, Statement::Query(_)));
-    if select_keywords(sql) > own_select {
+    let Some(tokens) = scan(sql) else {
+        return reject("cannot route this statement on a sharded keyspace (not understood)");
+    };
+    if tokens.selects > own_select {
         return reject("subqueries, UNION and WITH are not supported on a sharded keyspace yet");
     }
+    PLACEHOLDERS.with(|p| *p.borrow_mut() = tokens.placeholders);
     match statement {
         Statement::Query(q) => match q.body.as_ref() {
             SetExpr::Select(s) => {
@@ -166,18 +172,47 @@ fn statement_name(s: &Statement) -> String {
         .to_ascii_uppercase()
 }
 
-/// Subqueries (and CTEs, UNIONs) can read sharded tables from places the planner does not
-/// look: count SELECT keywords outside strings and comments (unreadable: as if many).
-fn select_keywords(sql: &str) -> usize {
+/// What the planner needs from the token stream.
+struct Scanned {
+    /// SELECT keywords outside strings and comments: subqueries, CTEs and UNIONs can read
+    /// sharded tables from places the planner does not look.
+    selects: usize,
+    /// Where each `?` is, in order: a placeholder's number is its position here.
+    placeholders: Vec<(u64, u64)>,
+}
+
+fn scan(sql: &str) -> Option<Scanned> {
     use sqlparser::keywords::Keyword;
     use sqlparser::tokenizer::{Token, Tokenizer};
-    let Ok(tokens) = Tokenizer::new(&MySqlDialect {}, sql).tokenize() else {
-        return usize::MAX;
+    let tokens = Tokenizer::new(&MySqlDialect {}, sql)
+        .tokenize_with_location()
+        .ok()?;
+    let mut out = Scanned {
+        selects: 0,
+        placeholders: Vec::new(),
     };
-    tokens
-        .iter()
-        .filter(|t| matches!(t, Token::Word(w) if w.keyword == Keyword::SELECT))
-        .count()
+    for t in &tokens {
+        match &t.token {
+            Token::Word(w) if w.keyword == Keyword::SELECT => out.selects += 1,
+            Token::Placeholder(_) => out
+                .placeholders
+                .push((t.span.start.line, t.span.start.column)),
+            _ => {}
+        }
+    }
+    Some(out)
+}
+
+thread_local! {
+    /// The placeholders of the statement being planned (planning is synchronous).
+    static PLACEHOLDERS: std::cell::RefCell<Vec<(u64, u64)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The number of the placeholder at `span`.
+fn placeholder_number(span: &sqlparser::tokenizer::Span) -> Option<usize> {
+    let at = (span.start.line, span.start.column);
+    PLACEHOLDERS.with(|p| p.borrow().iter().position(|x| *x == at))
 }
 
 fn plan_insert(ins: &Insert, cx: &ShardContext<'_>) -> ShardPlan {
@@ -230,9 +265,15 @@ fn plan_insert(ins: &Insert, cx: &ShardContext<'_>) -> ShardPlan {
             Some(Key::Value(k)) => {
                 shards.insert((cx.shard_of)(&k.as_key()));
             }
+            Some(Key::Param(i)) if values.rows.len() == 1 => return ShardPlan::Param(i),
+            Some(Key::Param(_)) => {
+                return reject(format!(
+                    "a prepared multi-row INSERT into sharded table {table} is not supported yet"
+                ))
+            }
             Some(Key::Null) | None => {
                 return reject(format!(
-                    "INSERT into sharded table {table}: the shard key {key} must be a literal value (not NULL, an expression or a parameter yet)"
+                    "INSERT into sharded table {table}: the shard key {key} must be a literal value or a parameter (not NULL or an expression)"
                 ))
             }
         }
@@ -263,6 +304,8 @@ impl OwnedKey {
 
 enum Key {
     Value(OwnedKey),
+    /// A prepared statement's parameter, by number.
+    Param(usize),
     /// `= NULL` matches no row.
     Null,
 }
@@ -275,6 +318,7 @@ fn key_value(e: &Expr) -> Option<Key> {
                 Some(Key::Value(OwnedKey::Text(s.clone())))
             }
             Value::Null => Some(Key::Null),
+            Value::Placeholder(_) => placeholder_number(&v.span).map(Key::Param),
             _ => None,
         },
         Expr::UnaryOp {
@@ -304,6 +348,8 @@ struct Bound {
     alias: Option<String>,
     key: String,
     values: Option<Vec<OwnedKey>>,
+    /// Bound to a prepared statement's parameter instead of literals.
+    param: Option<usize>,
     /// Matches nothing (`key = NULL`).
     empty: bool,
 }
@@ -365,6 +411,7 @@ impl Scope {
             alias: alias.as_ref().map(|a| a.name.value.clone()),
             key,
             values: None,
+            param: None,
             empty: false,
         });
         Ok(())
@@ -453,7 +500,8 @@ impl Scope {
                         match key_value(item) {
                             Some(Key::Value(v)) => values.push(v),
                             Some(Key::Null) => {}
-                            None => return,
+                            // A parameter in a list: no one shard known at prepare time.
+                            Some(Key::Param(_)) | None => return,
                         }
                     }
                     if values.is_empty() {
@@ -468,12 +516,39 @@ impl Scope {
     }
 
     fn bind(&mut self, t: usize, key: Option<Key>) {
+        let b = &mut self.sharded[t];
+        if b.values.is_some() || b.param.is_some() {
+            return;
+        }
         match key {
-            Some(Key::Value(v)) if self.sharded[t].values.is_none() => {
-                self.sharded[t].values = Some(vec![v]);
-            }
-            Some(Key::Null) => self.sharded[t].empty = true,
-            _ => {}
+            Some(Key::Value(v)) => b.values = Some(vec![v]),
+            Some(Key::Param(i)) => b.param = Some(i),
+            Some(Key::Null) => b.empty = true,
+            None => {}
+        }
+    }
+
+    /// The one parameter every sharded table is bound to (directly or by a key join), if
+    /// the bindings are parameters; `Err` when they mix parameters with literals or several
+    /// parameters.
+    fn param(&self) -> Result<Option<usize>, String> {
+        let mut params: Vec<usize> = self.sharded.iter().filter_map(|b| b.param).collect();
+        if params.is_empty() {
+            return Ok(None);
+        }
+        params.sort_unstable();
+        params.dedup();
+        let bound = |i: usize| {
+            self.sharded[i].param.is_some()
+                || self.joins.iter().any(|&(a, b)| {
+                    (a == i && self.sharded[b].param.is_some())
+                        || (b == i && self.sharded[a].param.is_some())
+                })
+        };
+        let literals = self.sharded.iter().any(|b| b.values.is_some() || b.empty);
+        match params.as_slice() {
+            [p] if !literals && (0..self.sharded.len()).all(bound) => Ok(Some(*p)),
+            _ => Err("a prepared statement whose shard keys come from several parameters or from parameters and literals is not supported yet".into()),
         }
     }
 
@@ -524,6 +599,11 @@ impl Scope {
         if self.sharded.is_empty() {
             return ShardPlan::Any;
         }
+        match self.param() {
+            Ok(Some(p)) => return ShardPlan::Param(p),
+            Ok(None) => {}
+            Err(e) => return reject(e),
+        }
         match self.shards(cx) {
             Err(e) => reject(e),
             Ok(s) => match s.len() {
@@ -543,6 +623,11 @@ impl Scope {
             } else {
                 ShardPlan::Any
             };
+        }
+        match self.param() {
+            Ok(Some(p)) => return ShardPlan::Param(p),
+            Ok(None) => {}
+            Err(e) => return reject(e),
         }
         match self.shards(cx) {
             Err(_) if cx.allow_scatter_writes => reject(format!(
@@ -674,7 +759,28 @@ mod tests {
             "INSERT INTO users (name) VALUES ('a')",
             "must name its shard key column id",
         );
-        refused("INSERT INTO users (id) VALUES (?)", "literal value");
+        assert_eq!(
+            run("INSERT INTO users (name, id) VALUES (?, ?)"),
+            ShardPlan::Param(1)
+        );
+        assert_eq!(run("SELECT c FROM users WHERE id = ?"), ShardPlan::Param(0));
+        assert_eq!(
+            run("SELECT * FROM users u JOIN orders o ON o.user_id = u.id WHERE u.name = ? AND u.id = ?"),
+            ShardPlan::Param(1)
+        );
+        assert_eq!(
+            run("UPDATE users SET name = ? WHERE id = ?"),
+            ShardPlan::Param(1)
+        );
+        refused(
+            "SELECT * FROM users u JOIN orders o ON 1 = 1 WHERE u.id = ? AND o.user_id = 5",
+            "several parameters",
+        );
+        refused("SELECT * FROM users WHERE id IN (?, ?)", "scatter-gather");
+        refused(
+            "INSERT INTO users (id) VALUES (NULL)",
+            "literal value or a parameter",
+        );
         refused("SELECT * FROM nowhere WHERE id = 1", "not in the shard map");
         refused("SELECT * FROM (SELECT 1) x", "subqueries");
         refused("SELECT (SELECT COUNT(*) FROM users)", "subqueries");

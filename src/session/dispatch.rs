@@ -330,6 +330,8 @@ impl Session {
                 hint,
                 route: route.clone(),
                 types: None,
+                params,
+                key_param: None,
             };
             self.stmts.insert(*id, info);
         }

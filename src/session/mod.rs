@@ -260,19 +260,16 @@ impl Session {
                 self.change_db(db, &frame).await?;
             }
             com::STMT_PREPARE => {
-                if self.shared.planner.is_sharded(&self.plan_ctx()) {
-                    let msg = "shardgate: prepared statements are not supported on a sharded keyspace yet";
-                    let seq = frame.last_seq.wrapping_add(1);
-                    self.send_err(errcode::UNKNOWN, msg, seq).await;
-                    return Ok(());
-                }
                 let Classified { class, hint } = classify(&frame.payload()[1..]);
-                let Some(route) = self.route(frame.last_seq.wrapping_add(1)).await else {
+                let Some((route, key_param)) = self.prepare_route(&frame).await else {
                     return Ok(());
                 };
                 let id = self.stmts.next_id();
                 self.run_statement(&route, &class, hint, Work::Prepare(&frame, id))
                     .await?;
+                if let Some(info) = self.stmts.get_mut(id) {
+                    info.key_param = key_param;
+                }
             }
             com::STMT_EXECUTE
             | com::STMT_SEND_LONG_DATA
@@ -350,6 +347,9 @@ impl Session {
         );
         match cmd {
             com::STMT_EXECUTE => {
+                let Some(route) = self.execute_route(route, &frame, client_id).await? else {
+                    return Ok(());
+                };
                 self.run_statement(&route, &class, hint, Work::Execute(&frame, client_id))
                     .await
             }

@@ -8,11 +8,13 @@ use bytes::BytesMut;
 
 use super::dispatch::Work;
 use super::{identity, Session, SessionError};
+use crate::backend::prepared::{param_value, ParamValue};
 use crate::executor::{self, ExecError};
 use crate::planner::classify::{Class, Hint, Kind};
 use crate::planner::{Route, ShardPlan};
 use crate::protocol::consts::{com, errcode, status};
 use crate::protocol::packet::{put_ok, Frame, OkInfo};
+use crate::shardmap::ring::KeyValue;
 
 /// A transaction on a sharded keyspace.
 pub struct ShardTxn {
@@ -85,8 +87,9 @@ impl Session {
                 return self.broadcast(&routes, &class, &frame).await;
             }
             ShardPlan::One(i) => routes[i].clone(),
-            // Anywhere: the transaction's shard if it has one.
-            ShardPlan::Any => match &in_txn_shard {
+            // Anywhere: the transaction's shard if it has one. (A `?` in query text is the
+            // server's syntax error to report.)
+            ShardPlan::Any | ShardPlan::Param(_) => match &in_txn_shard {
                 Some(s) => routes
                     .iter()
                     .find(|r| &r.shard == s)
@@ -95,26 +98,35 @@ impl Session {
                 None => routes[0].clone(),
             },
         };
-        if self.shard_txn.is_some() {
-            match in_txn_shard {
-                Some(s) if s != route.shard => {
-                    let msg = format!(
-                        "shardgate: this transaction runs on shard {s}; this statement needs shard {}: transactions across shards are refused (multi_shard_transactions = \"refuse\")",
-                        route.shard
-                    );
-                    self.send_err(errcode::UNKNOWN, &msg, reply_seq).await;
-                    return Ok(());
-                }
-                Some(_) => {}
-                None => {
-                    if !self.begin_on(&route, reply_seq).await? {
-                        return Ok(());
-                    }
-                }
-            }
+        if !self.bind_txn(&route, reply_seq).await? {
+            return Ok(());
         }
         self.run_statement(&route, &class, hint, Work::Query(&frame))
             .await
+    }
+
+    /// A statement inside a sharded transaction must run on the transaction's shard; the
+    /// first one chooses it. `false` when the client was answered with an error instead.
+    pub(super) async fn bind_txn(
+        &mut self,
+        route: &Route,
+        reply_seq: u8,
+    ) -> Result<bool, SessionError> {
+        let Some(txn) = &self.shard_txn else {
+            return Ok(true);
+        };
+        match txn.shard.clone() {
+            Some(s) if s != route.shard => {
+                let msg = format!(
+                    "shardgate: this transaction runs on shard {s}; this statement needs shard {}: transactions across shards are refused (multi_shard_transactions = \"refuse\")",
+                    route.shard
+                );
+                self.send_err(errcode::UNKNOWN, &msg, reply_seq).await;
+                Ok(false)
+            }
+            Some(_) => Ok(true),
+            None => self.begin_on(route, reply_seq).await,
+        }
     }
 
     /// Starts the held-back transaction on `route`'s primary; `false` when the client was
@@ -200,6 +212,85 @@ impl Session {
         }
         self.run_statement(last, class, None, Work::Query(frame))
             .await
+    }
+
+    /// Where a COM_STMT_PREPARE runs, and on a sharded keyspace which parameter picks the
+    /// shard at execute; `None` after answering the client with an error.
+    pub(super) async fn prepare_route(&mut self, frame: &Frame) -> Option<(Route, Option<usize>)> {
+        let reply_seq = frame.last_seq.wrapping_add(1);
+        let sql = String::from_utf8_lossy(&frame.payload()[1..]).into_owned();
+        let ctx = self.plan_ctx();
+        let planned = self
+            .shared
+            .planner
+            .plan_shards(&sql, &ctx)
+            .map(|(plan, routes)| (plan, routes.to_vec()));
+        let Some((plan, routes)) = planned else {
+            return self.route(reply_seq).await.map(|r| (r, None));
+        };
+        let first = routes.first()?.clone();
+        match plan {
+            ShardPlan::One(i) => Some((routes.get(i).cloned().unwrap_or(first), None)),
+            ShardPlan::Any => Some((first, None)),
+            // Prepared anywhere (every shard has the same tables); executed on the shard of
+            // the parameter's value.
+            ShardPlan::Param(p) => Some((first, Some(p))),
+            ShardPlan::All => {
+                let msg = "shardgate: prepared DDL and reference-table writes are not supported on a sharded keyspace yet";
+                self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
+                None
+            }
+            ShardPlan::Reject(msg) => {
+                self.send_err(errcode::UNKNOWN, &msg, reply_seq).await;
+                None
+            }
+        }
+    }
+
+    /// Where a COM_STMT_EXECUTE runs: the statement's route, or on a sharded keyspace the
+    /// shard of its key parameter (and of the session's transaction). `None` after answering
+    /// the client with an error.
+    pub(super) async fn execute_route(
+        &mut self,
+        route: Route,
+        frame: &Frame,
+        client_id: u32,
+    ) -> Result<Option<Route>, SessionError> {
+        let reply_seq = frame.last_seq.wrapping_add(1);
+        let Some(info) = self.stmts.get(client_id) else {
+            return Ok(Some(route));
+        };
+        let route = match info.key_param {
+            None => route,
+            Some(p) => {
+                let payload = frame.payload();
+                let value = param_value(&payload, info.params, info.types.as_deref(), p);
+                let key = match value {
+                    Some(ParamValue::Int(v)) => Some(KeyValue::Int(v)),
+                    Some(ParamValue::Bytes(b)) => Some(KeyValue::from_string_content(b)),
+                    _ => None,
+                };
+                let ctx = self.plan_ctx();
+                match key.and_then(|k| self.shared.planner.route_for_key(&ctx, &k)) {
+                    Some(r) => r,
+                    None => {
+                        drop(payload);
+                        let msg = format!(
+                            "shardgate: parameter {} is the shard key: it must be an integer or a string, not NULL, a number with a fraction or a date",
+                            p + 1
+                        );
+                        self.send_err(errcode::UNKNOWN, &msg, reply_seq).await;
+                        return Ok(None);
+                    }
+                }
+            }
+        };
+        if self.shared.planner.is_sharded(&self.plan_ctx())
+            && !self.bind_txn(&route, reply_seq).await?
+        {
+            return Ok(None);
+        }
+        Ok(Some(route))
     }
 
     async fn send_status_ok(&mut self, seq: u8, status: u16) {

@@ -19,6 +19,10 @@ pub struct StmtInfo {
     pub route: Route,
     /// Parameter types the client sent with its last execute that carried them.
     pub types: Option<Bytes>,
+    /// Parameters the statement takes.
+    pub params: u16,
+    /// On a sharded keyspace: the parameter whose value picks the shard at execute.
+    pub key_param: Option<usize>,
 }
 
 #[derive(Default)]
