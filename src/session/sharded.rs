@@ -135,28 +135,11 @@ impl Session {
         let Some(begin) = self.shard_txn.as_ref().map(|t| t.begin.clone()) else {
             return Ok(true);
         };
-        let shared = self.shared.clone();
-        let who = identity(
-            &self.user,
-            self.caps,
-            self.charset,
-            self.db.as_deref(),
-            &self.vars,
-        );
-        let r = match executor::connection(&shared.pools, &mut self.pinned, &route.addr, &who).await
-        {
-            Ok(conn) => match conn.simple_command(com::QUERY, &begin).await {
-                Ok(Ok(_)) => {
-                    conn.in_txn = true;
-                    Ok(())
-                }
-                Ok(Err(e)) => Err(ExecError::Database(e)),
-                Err(e) => Err(e.into()),
-            },
-            Err(e) => Err(e),
-        };
-        match r {
+        match self.run_quietly(&route.addr, &begin).await {
             Ok(()) => {
+                if let Some(conn) = self.pinned.find(&route.addr) {
+                    conn.in_txn = true;
+                }
                 self.hold.txn = true;
                 if let Some(t) = &mut self.shard_txn {
                     t.shard = Some(route.shard.clone());
@@ -184,34 +167,35 @@ impl Session {
             return Ok(());
         };
         let sql = frame.payload()[1..].to_vec();
-        let shared = self.shared.clone();
         for route in rest {
-            let who = identity(
-                &self.user,
-                self.caps,
-                self.charset,
-                self.db.as_deref(),
-                &self.vars,
-            );
-            let r = match executor::connection(&shared.pools, &mut self.pinned, &route.addr, &who)
-                .await
-            {
-                Ok(conn) => match conn.simple_command(com::QUERY, &sql).await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(ExecError::Database(e)),
-                    Err(e) => {
-                        self.pinned.discard(&route.addr);
-                        Err(e.into())
-                    }
-                },
-                Err(e) => Err(e),
-            };
-            if let Err(e) = r {
+            if let Err(e) = self.run_quietly(&route.addr, &sql).await {
                 return self.report(e, reply_seq).await;
             }
         }
         self.run_statement(last, class, None, Work::Query(frame))
             .await
+    }
+
+    /// Runs `sql` (answered by one OK or ERR) on the session's connection to `addr` for the
+    /// proxy's own purposes: the client does not see the answer.
+    async fn run_quietly(&mut self, addr: &Arc<str>, sql: &[u8]) -> Result<(), ExecError> {
+        let shared = self.shared.clone();
+        let who = identity(
+            &self.user,
+            self.caps,
+            self.charset,
+            self.db.as_deref(),
+            &self.vars,
+        );
+        let conn = executor::connection(&shared.pools, &mut self.pinned, addr, &who).await?;
+        match conn.simple_command(com::QUERY, sql).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(ExecError::Database(e)),
+            Err(e) => {
+                self.pinned.discard(addr);
+                Err(e.into())
+            }
+        }
     }
 
     /// Where a COM_STMT_PREPARE runs, and on a sharded keyspace which parameter picks the
