@@ -32,6 +32,18 @@ enum Command {
     },
     /// Validate a proxy config or a shard map file.
     Check { file: PathBuf },
+    /// Print which shards and servers a statement goes to and how the results are combined,
+    /// without running it.
+    Explain {
+        /// The proxy config whose shard map is used.
+        #[arg(long)]
+        config: PathBuf,
+        /// The session's database (selects the keyspace); default: the first keyspace.
+        #[arg(long)]
+        database: Option<String>,
+        /// The statement.
+        sql: String,
+    },
     /// Start or stop a local MariaDB cluster for trying shardgate and for its tests.
     Sandbox {
         #[command(subcommand)]
@@ -168,6 +180,24 @@ async fn run(command: Command) -> anyhow::Result<()> {
             crate::proxy::serve(cfg).await
         }
         Command::Check { file } => check(&file),
+        Command::Explain {
+            config,
+            database,
+            sql,
+        } => {
+            let cfg = Config::load(&config)?;
+            let map = cfg.shard_map();
+            let health = crate::backend::health::Health::new(&map);
+            let split = cfg.routing.read_write_split;
+            let planner =
+                crate::planner::Planner::new(map, &health, split, |ks| cfg.max_replica_lag(ks));
+            let ctx = crate::planner::PlanContext {
+                db: database.as_deref(),
+                default_keyspace: None,
+            };
+            print!("{}", crate::planner::explain::explain(&planner, &sql, &ctx));
+            Ok(())
+        }
         Command::Sandbox {
             action: SandboxAction::Up { shape },
         } => {

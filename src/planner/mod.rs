@@ -18,6 +18,7 @@ pub use shard::ShardPlan;
 
 pub mod classify;
 pub mod digest;
+pub mod explain;
 pub mod lex;
 pub mod shard;
 
