@@ -229,7 +229,7 @@ async fn what_is_not_supported_is_refused_with_the_reason() {
         .await
         .expect("users");
     for (sql, needle) in [
-        ("SELECT * FROM users", "scatter-gather"),
+        ("SELECT COUNT(*) FROM users", "merging such results"),
         (
             "UPDATE users SET name = 'x' WHERE name = 'y'",
             "needs its shard key id",
@@ -384,4 +384,66 @@ async fn prepared_statements_go_to_the_shard_of_their_key_parameter() {
         .await
         .expect_err("NULL key");
     assert!(e.to_string().contains("shard key"), "{e}");
+}
+
+#[tokio::test]
+async fn reads_without_a_single_key_concatenate_every_shards_rows() {
+    let mut c = proxy().await;
+    c.query_drop("CREATE TABLE IF NOT EXISTS users (id INT PRIMARY KEY, name VARCHAR(40))")
+        .await
+        .expect("users");
+    let base = 4_000_000 + (std::process::id() as i64 % 1000) * 100;
+    let tag = format!("scatter{base}");
+    for id in base..base + 30 {
+        c.query_drop(format!(
+            "REPLACE INTO users (id, name) VALUES ({id}, '{tag}')"
+        ))
+        .await
+        .expect("insert");
+    }
+    // No key: every shard, rows of both in one result set.
+    let mut rows: Vec<(i64, String)> = c
+        .query(format!(
+            "/* shardgate:primary */ SELECT id, name FROM users WHERE name = '{tag}'"
+        ))
+        .await
+        .expect("scatter read");
+    rows.sort();
+    let expected: Vec<(i64, String)> = (base..base + 30).map(|id| (id, tag.clone())).collect();
+    assert_eq!(rows, expected);
+    // An IN list over keys of both shards.
+    let list: Vec<String> = (base..base + 10).map(|i| i.to_string()).collect();
+    let mut ids: Vec<i64> = c
+        .query(format!(
+            "/* shardgate:primary */ SELECT id FROM users WHERE id IN ({})",
+            list.join(", ")
+        ))
+        .await
+        .expect("IN over shards");
+    ids.sort();
+    assert_eq!(ids, (base..base + 10).collect::<Vec<_>>());
+    // Nothing matches: an empty result set, not an error.
+    let none: Vec<i64> = c
+        .query("SELECT id FROM users WHERE name = 'no such name anywhere'")
+        .await
+        .expect("empty scatter");
+    assert!(none.is_empty());
+    // Reads whose results need merging are refused, not answered wrongly.
+    let (code, msg) = error_of(
+        c.query_drop("SELECT id FROM users ORDER BY id LIMIT 3")
+            .await,
+    );
+    assert_eq!(code, 1105);
+    assert!(
+        msg.contains("merging such results is not supported yet"),
+        "{msg}"
+    );
+    // An error on the shards reaches the client, and the session goes on.
+    let e = c
+        .query_drop("SELECT no_such_column FROM users WHERE name = 'x'")
+        .await
+        .expect_err("unknown column");
+    assert!(e.to_string().contains("1054"), "{e}");
+    let one: Option<i64> = c.query_first("SELECT 1").await.expect("usable");
+    assert_eq!(one, Some(1));
 }

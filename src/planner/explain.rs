@@ -96,6 +96,17 @@ pub fn explain(planner: &Planner, sql: &str, ctx: &PlanContext<'_>) -> String {
                 "results: the last shard's answer; the first error stops it and is returned"
             );
         }
+        ShardPlan::Scatter(shards) => {
+            let _ = writeln!(out, "runs on: these shards at once:");
+            for i in shards {
+                let _ = writeln!(out, "  {}", servers(&routes[i]));
+            }
+            let _ = writeln!(out, "server: {} of each", role(&class.kind));
+            let _ = writeln!(
+                out,
+                "results: concatenated into one result set (the first shard's column definitions, every shard's rows)"
+            );
+        }
         ShardPlan::Reject(msg) => {
             let _ = writeln!(out, "refused: ERR 1105 (HY000) {msg}");
         }

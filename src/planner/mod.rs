@@ -186,6 +186,10 @@ impl Planner {
             // A `?` in COM_QUERY text is the server's syntax error to report.
             ShardPlan::Any | ShardPlan::Param(_) => Plan::Route(ks.routes[0].clone()),
             ShardPlan::All => Plan::Broadcast(ks.routes.clone()),
+            ShardPlan::Scatter(_) => Plan::Reject {
+                code: errcode::UNKNOWN,
+                message: "shardgate: a multi-shard read is run by the session (plan_shards)".into(),
+            },
             ShardPlan::Reject(message) => Plan::Reject {
                 code: errcode::UNKNOWN,
                 message,
@@ -261,6 +265,7 @@ impl KeyspacePlan {
             rule: &rule,
             shard_of: &shard_of,
             allow_scatter_writes: self.allow_scatter_writes,
+            shard_count: self.routes.len(),
         };
         shard::plan(sql, &cx)
     }

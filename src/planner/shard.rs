@@ -29,6 +29,9 @@ pub enum ShardPlan {
     Any,
     /// A prepared statement whose shard is the one of its parameter (0-based) at execute.
     Param(usize),
+    /// A read on these shards (indexes, ascending) whose results are the concatenation of
+    /// theirs: no ORDER BY, LIMIT, grouping, DISTINCT or aggregate to merge.
+    Scatter(Vec<usize>),
     /// Not supported (yet): the client gets ERR 1105 with this text.
     Reject(String),
 }
@@ -38,6 +41,8 @@ pub struct ShardContext<'a> {
     pub rule: &'a dyn Fn(&str) -> Option<&'a TableRule>,
     pub shard_of: &'a dyn Fn(&KeyValue<'_>) -> usize,
     pub allow_scatter_writes: bool,
+    /// Shards in the keyspace (a read with no key visits them all).
+    pub shard_count: usize,
 }
 
 fn reject(msg: impl Into<String>) -> ShardPlan {
@@ -77,7 +82,21 @@ pub fn plan(sql: &str, cx: &ShardContext<'_>) -> ShardPlan {
                 if let Some(w) = &s.selection {
                     scope.add_condition(w);
                 }
-                scope.decide(cx, "SELECT")
+                let grouped = !matches!(&s.group_by, sqlparser::ast::GroupByExpr::Expressions(e, _) if e.is_empty());
+                let merge = if q.order_by.is_some() {
+                    Some("ORDER BY")
+                } else if q.limit_clause.is_some() || q.fetch.is_some() {
+                    Some("LIMIT")
+                } else if grouped || s.having.is_some() {
+                    Some("GROUP BY")
+                } else if s.distinct.is_some() {
+                    Some("DISTINCT")
+                } else if tokens.aggregates {
+                    Some("aggregate functions")
+                } else {
+                    None
+                };
+                scope.decide_read(cx, merge, cx.shard_count)
             }
             _ => reject(
                 "UNION and other compound queries are not supported on a sharded keyspace yet",
@@ -179,6 +198,8 @@ struct Scanned {
     selects: usize,
     /// Where each `?` is, in order: a placeholder's number is its position here.
     placeholders: Vec<(u64, u64)>,
+    /// An aggregate function is called somewhere (its per-shard results would need merging).
+    aggregates: bool,
 }
 
 fn scan(sql: &str) -> Option<Scanned> {
@@ -190,7 +211,16 @@ fn scan(sql: &str) -> Option<Scanned> {
     let mut out = Scanned {
         selects: 0,
         placeholders: Vec::new(),
+        aggregates: false,
     };
+    let significant: Vec<&Token> = tokens
+        .iter()
+        .map(|t| &t.token)
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .collect();
+    out.aggregates = significant.windows(2).any(|w| {
+        matches!((w[0], w[1]), (Token::Word(word), Token::LParen) if AGGREGATES.iter().any(|a| word.value.eq_ignore_ascii_case(a)))
+    });
     for t in &tokens {
         match &t.token {
             Token::Word(w) if w.keyword == Keyword::SELECT => out.selects += 1,
@@ -202,6 +232,28 @@ fn scan(sql: &str) -> Option<Scanned> {
     }
     Some(out)
 }
+
+/// Functions whose per-shard results cannot simply be concatenated.
+const AGGREGATES: &[&str] = &[
+    "count",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group_concat",
+    "std",
+    "stddev",
+    "stddev_pop",
+    "stddev_samp",
+    "variance",
+    "var_pop",
+    "var_samp",
+    "bit_and",
+    "bit_or",
+    "bit_xor",
+    "json_arrayagg",
+    "json_objectagg",
+];
 
 thread_local! {
     /// The placeholders of the statement being planned (planning is synchronous).
@@ -595,6 +647,26 @@ impl Scope {
         Ok(all)
     }
 
+    /// A read: one shard when its keys say so, else every shard it needs, if its results
+    /// merge by concatenation (`merge` names what would need more).
+    fn decide_read(&self, cx: &ShardContext<'_>, merge: Option<&str>, shards: usize) -> ShardPlan {
+        if self.sharded.is_empty() || self.param().is_err() || matches!(self.param(), Ok(Some(_))) {
+            return self.decide(cx, "SELECT");
+        }
+        let needed: Vec<usize> = match self.shards(cx) {
+            Ok(s) if s.len() <= 1 => return self.decide(cx, "SELECT"),
+            Ok(s) => s.into_iter().collect(),
+            Err(_) => (0..shards).collect(),
+        };
+        match merge {
+            None => ShardPlan::Scatter(needed),
+            Some(what) => reject(format!(
+                "this SELECT needs rows from {} shards and has {what}: merging such results is not supported yet (reads without ORDER BY, LIMIT, GROUP BY, DISTINCT or aggregates are)",
+                needed.len()
+            )),
+        }
+    }
+
     fn decide(&self, cx: &ShardContext<'_>, what: &str) -> ShardPlan {
         if self.sharded.is_empty() {
             return ShardPlan::Any;
@@ -683,6 +755,7 @@ mod tests {
             rule: &rule,
             shard_of: &shard_of,
             allow_scatter_writes: false,
+            shard_count: 2,
         };
         plan(sql, &cx)
     }
@@ -742,11 +815,16 @@ mod tests {
             ShardPlan::Reject(m) => assert!(m.contains(needle), "{sql}: {m}"),
             other => panic!("{sql}: {other:?}"),
         };
-        refused("SELECT * FROM users", "scatter-gather");
-        refused(
-            "SELECT * FROM users WHERE id = 1 OR id = 2",
-            "scatter-gather",
+        assert_eq!(run("SELECT * FROM users"), ShardPlan::Scatter(vec![0, 1]));
+        assert_eq!(
+            run("SELECT name FROM users WHERE id = 1 OR id = 2"),
+            ShardPlan::Scatter(vec![0, 1])
         );
+        refused("SELECT * FROM users ORDER BY id", "ORDER BY");
+        refused("SELECT * FROM users LIMIT 3", "LIMIT");
+        refused("SELECT COUNT(*) FROM users", "aggregate");
+        refused("SELECT name, count(*) FROM users GROUP BY name", "GROUP BY");
+        refused("SELECT DISTINCT name FROM users", "DISTINCT");
         refused(
             "UPDATE users SET name = 'x' WHERE name = 'y'",
             "needs its shard key id",
@@ -776,7 +854,10 @@ mod tests {
             "SELECT * FROM users u JOIN orders o ON 1 = 1 WHERE u.id = ? AND o.user_id = 5",
             "several parameters",
         );
-        refused("SELECT * FROM users WHERE id IN (?, ?)", "scatter-gather");
+        assert_eq!(
+            run("SELECT * FROM users WHERE id IN (?, ?)"),
+            ShardPlan::Scatter(vec![0, 1])
+        );
         refused(
             "INSERT INTO users (id) VALUES (NULL)",
             "literal value or a parameter",
@@ -800,9 +881,9 @@ mod tests {
                 _ => (a, b),
             });
         let (a, b) = (a.expect("a key on 0"), b.expect("a key on 1"));
-        refused(
-            &format!("SELECT * FROM users WHERE id IN ({a}, {b})"),
-            "2 shards",
+        assert_eq!(
+            run(&format!("SELECT * FROM users WHERE id IN ({a}, {b})")),
+            ShardPlan::Scatter(vec![0, 1])
         );
         refused(
             &format!("INSERT INTO users (id) VALUES ({a}), ({b})"),

@@ -10,6 +10,7 @@ mod hold;
 mod kill;
 mod registry;
 mod route;
+mod scatter;
 mod set;
 mod sharded;
 mod statements;

@@ -86,6 +86,18 @@ impl Session {
                 }
                 return self.broadcast(&routes, &class, &frame).await;
             }
+            ShardPlan::Scatter(shards) => {
+                if self.shard_txn.is_some() {
+                    let msg = "shardgate: reads from several shards inside a transaction are not supported (a transaction runs on one shard)";
+                    self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
+                    return Ok(());
+                }
+                let targets: Vec<Route> = shards
+                    .iter()
+                    .filter_map(|&i| routes.get(i).cloned())
+                    .collect();
+                return self.scatter(&targets, &class, hint, &frame).await;
+            }
             ShardPlan::One(i) => routes[i].clone(),
             // Anywhere: the transaction's shard if it has one. (A `?` in query text is the
             // server's syntax error to report.)
@@ -219,6 +231,11 @@ impl Session {
             // Prepared anywhere (every shard has the same tables); executed on the shard of
             // the parameter's value.
             ShardPlan::Param(p) => Some((first, Some(p))),
+            ShardPlan::Scatter(_) => {
+                let msg = "shardgate: prepared statements that read from several shards are not supported yet";
+                self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
+                None
+            }
             ShardPlan::All => {
                 let msg = "shardgate: prepared DDL and reference-table writes are not supported on a sharded keyspace yet";
                 self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
