@@ -447,3 +447,54 @@ async fn reads_without_a_single_key_concatenate_every_shards_rows() {
     let one: Option<i64> = c.query_first("SELECT 1").await.expect("usable");
     assert_eq!(one, Some(1));
 }
+
+#[tokio::test]
+async fn writes_on_several_shards_sum_their_affected_rows() {
+    let mut c = proxy().await;
+    c.query_drop("CREATE TABLE IF NOT EXISTS users (id INT PRIMARY KEY, name VARCHAR(40))")
+        .await
+        .expect("users");
+    let base = 5_000_000 + (std::process::id() as i64 % 1000) * 100;
+    let tag = format!("sw{base}");
+    for id in base..base + 20 {
+        c.query_drop(format!(
+            "REPLACE INTO users (id, name) VALUES ({id}, '{tag}')"
+        ))
+        .await
+        .expect("insert");
+    }
+    // An IN list naming keys of both shards: each shard changes its own rows.
+    let list: Vec<String> = (base..base + 10).map(|i| i.to_string()).collect();
+    c.query_drop(format!(
+        "UPDATE users SET name = '{tag}-x' WHERE id IN ({})",
+        list.join(", ")
+    ))
+    .await
+    .expect("update over shards");
+    assert_eq!(
+        c.affected_rows(),
+        10,
+        "affected rows summed over the shards"
+    );
+    // Without a key, only a keyspace that allows scatter writes runs them.
+    let (code, msg) = error_of(
+        c.query_drop(format!("DELETE FROM users WHERE name = '{tag}'"))
+            .await,
+    );
+    assert_eq!(code, 1105);
+    assert!(msg.contains("allow_scatter_writes"), "{msg}");
+    let (_lenient, port) = sandbox()
+        .proxy("[monitor]\ninterval_ms = 200\n[keyspace.app]\nallow_scatter_writes = true\n");
+    let mut l = common::connect(&common::app_url(port, "app")).await;
+    l.query_drop(format!("DELETE FROM users WHERE name = '{tag}'"))
+        .await
+        .expect("scatter delete");
+    assert_eq!(l.affected_rows(), 10);
+    let left: Vec<i64> = l
+        .query(format!(
+            "/* shardgate:primary */ SELECT id FROM users WHERE name LIKE '{tag}%'"
+        ))
+        .await
+        .expect("what is left");
+    assert_eq!(left.len(), 10, "only the renamed rows are left: {left:?}");
+}

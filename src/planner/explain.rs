@@ -107,6 +107,19 @@ pub fn explain(planner: &Planner, sql: &str, ctx: &PlanContext<'_>) -> String {
                 "results: concatenated into one result set (the first shard's column definitions, every shard's rows)"
             );
         }
+        ShardPlan::ScatterWrite(shards) => {
+            let _ = writeln!(
+                out,
+                "runs on: these shards' primaries, one after the other:"
+            );
+            for i in shards {
+                let _ = writeln!(out, "  {}", servers(&routes[i]));
+            }
+            let _ = writeln!(
+                out,
+                "results: one OK with the affected rows summed; not atomic across shards (the first error stops it)"
+            );
+        }
         ShardPlan::Reject(msg) => {
             let _ = writeln!(out, "refused: ERR 1105 (HY000) {msg}");
         }

@@ -186,7 +186,7 @@ impl Planner {
             // A `?` in COM_QUERY text is the server's syntax error to report.
             ShardPlan::Any | ShardPlan::Param(_) => Plan::Route(ks.routes[0].clone()),
             ShardPlan::All => Plan::Broadcast(ks.routes.clone()),
-            ShardPlan::Scatter(_) => Plan::Reject {
+            ShardPlan::Scatter(_) | ShardPlan::ScatterWrite(_) => Plan::Reject {
                 code: errcode::UNKNOWN,
                 message: "shardgate: a multi-shard read is run by the session (plan_shards)".into(),
             },

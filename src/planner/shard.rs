@@ -32,6 +32,9 @@ pub enum ShardPlan {
     /// A read on these shards (indexes, ascending) whose results are the concatenation of
     /// theirs: no ORDER BY, LIMIT, grouping, DISTINCT or aggregate to merge.
     Scatter(Vec<usize>),
+    /// An UPDATE or DELETE on these shards' primaries, each changing its own rows; the
+    /// client gets one OK with the affected rows summed.
+    ScatterWrite(Vec<usize>),
     /// Not supported (yet): the client gets ERR 1105 with this text.
     Reject(String),
 }
@@ -702,9 +705,9 @@ impl Scope {
             Err(e) => return reject(e),
         }
         match self.shards(cx) {
-            Err(_) if cx.allow_scatter_writes => reject(format!(
-                "{what} on every shard (allow_scatter_writes) is not supported yet"
-            )),
+            Err(_) if cx.allow_scatter_writes => {
+                ShardPlan::ScatterWrite((0..cx.shard_count).collect())
+            }
             Err(_) => {
                 let b = &self.sharded[0];
                 reject(format!(
@@ -715,9 +718,7 @@ impl Scope {
             Ok(s) => match s.len() {
                 0 => ShardPlan::Any,
                 1 => ShardPlan::One(s.into_iter().next().unwrap_or(0)),
-                n => reject(format!(
-                    "this {what} touches {n} shards; multi-shard writes are not supported yet"
-                )),
+                _ => ShardPlan::ScatterWrite(s.into_iter().collect()),
             },
         }
     }
@@ -888,6 +889,10 @@ mod tests {
         refused(
             &format!("INSERT INTO users (id) VALUES ({a}), ({b})"),
             "splitting it is not supported yet",
+        );
+        assert_eq!(
+            run(&format!("DELETE FROM users WHERE id IN ({a}, {b})")),
+            ShardPlan::ScatterWrite(vec![0, 1])
         );
         assert_eq!(
             run(&format!("SELECT * FROM users WHERE id IN ({a}, {a})")),

@@ -98,6 +98,18 @@ impl Session {
                     .collect();
                 return self.scatter(&targets, &class, hint, &frame).await;
             }
+            ShardPlan::ScatterWrite(shards) => {
+                if self.shard_txn.is_some() {
+                    let msg = "shardgate: writes to several shards inside a transaction are refused (multi_shard_transactions = \"refuse\")";
+                    self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
+                    return Ok(());
+                }
+                let targets: Vec<Route> = shards
+                    .iter()
+                    .filter_map(|&i| routes.get(i).cloned())
+                    .collect();
+                return self.scatter_write(&targets, &frame).await;
+            }
             ShardPlan::One(i) => routes[i].clone(),
             // Anywhere: the transaction's shard if it has one. (A `?` in query text is the
             // server's syntax error to report.)
@@ -148,7 +160,7 @@ impl Session {
             return Ok(true);
         };
         match self.run_quietly(&route.addr, &begin).await {
-            Ok(()) => {
+            Ok(_) => {
                 if let Some(conn) = self.pinned.find(&route.addr) {
                     conn.in_txn = true;
                 }
@@ -188,9 +200,38 @@ impl Session {
             .await
     }
 
+    /// The same UPDATE/DELETE on each target shard's primary; one OK with the affected rows
+    /// and warnings summed. Not atomic: the first error stops it and reaches the client.
+    async fn scatter_write(
+        &mut self,
+        targets: &[Route],
+        frame: &Frame,
+    ) -> Result<(), SessionError> {
+        let reply_seq = frame.last_seq.wrapping_add(1);
+        let sql = frame.payload()[1..].to_vec();
+        let mut total = OkInfo {
+            status: status::AUTOCOMMIT,
+            ..OkInfo::default()
+        };
+        for route in targets {
+            match self.run_quietly(&route.addr, &sql).await {
+                Ok(ok) => {
+                    total.affected_rows += ok.affected_rows;
+                    total.warnings = total.warnings.saturating_add(ok.warnings);
+                    total.status = ok.status & !status::MORE_RESULTS_EXISTS;
+                }
+                Err(e) => return self.report(e, reply_seq).await,
+            }
+        }
+        let mut out = BytesMut::new();
+        put_ok(&mut out, reply_seq, self.caps, total);
+        let _ = self.io.write_all(&out).await;
+        Ok(())
+    }
+
     /// Runs `sql` (answered by one OK or ERR) on the session's connection to `addr` for the
     /// proxy's own purposes: the client does not see the answer.
-    async fn run_quietly(&mut self, addr: &Arc<str>, sql: &[u8]) -> Result<(), ExecError> {
+    async fn run_quietly(&mut self, addr: &Arc<str>, sql: &[u8]) -> Result<OkInfo, ExecError> {
         let shared = self.shared.clone();
         let who = identity(
             &self.user,
@@ -201,7 +242,7 @@ impl Session {
         );
         let conn = executor::connection(&shared.pools, &mut self.pinned, addr, &who).await?;
         match conn.simple_command(com::QUERY, sql).await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(ok)) => Ok(ok),
             Ok(Err(e)) => Err(ExecError::Database(e)),
             Err(e) => {
                 self.pinned.discard(addr);
@@ -231,8 +272,8 @@ impl Session {
             // Prepared anywhere (every shard has the same tables); executed on the shard of
             // the parameter's value.
             ShardPlan::Param(p) => Some((first, Some(p))),
-            ShardPlan::Scatter(_) => {
-                let msg = "shardgate: prepared statements that read from several shards are not supported yet";
+            ShardPlan::Scatter(_) | ShardPlan::ScatterWrite(_) => {
+                let msg = "shardgate: prepared statements that run on several shards are not supported yet";
                 self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
                 None
             }
