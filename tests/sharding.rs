@@ -498,3 +498,50 @@ async fn writes_on_several_shards_sum_their_affected_rows() {
         .expect("what is left");
     assert_eq!(left.len(), 10, "only the renamed rows are left: {left:?}");
 }
+
+#[tokio::test]
+async fn a_multi_row_insert_is_split_by_row() {
+    let mut c = proxy().await;
+    c.query_drop("CREATE TABLE IF NOT EXISTS users (id INT PRIMARY KEY, name VARCHAR(40))")
+        .await
+        .expect("users");
+    let base = 6_000_000 + (std::process::id() as i64 % 1000) * 100;
+    // Values with the characters a naive split would trip on.
+    let rows: Vec<String> = (base..base + 20)
+        .map(|id| format!("({id}, 'a,(b)''c\\\\{id}')"))
+        .collect();
+    c.query_drop(format!(
+        "INSERT INTO users (id, name) VALUES {}",
+        rows.join(", ")
+    ))
+    .await
+    .expect("split insert");
+    assert_eq!(c.affected_rows(), 20);
+    let mut on_shards = 0;
+    for shard in ["s0", "s1"] {
+        let mut p = primary_of(shard).await;
+        let here: Vec<(i64, String)> = p
+            .query(format!(
+                "SELECT id, name FROM app.users WHERE id BETWEEN {base} AND {} ORDER BY id",
+                base + 19
+            ))
+            .await
+            .expect("rows on the shard");
+        for (id, name) in &here {
+            assert_eq!(name, &format!("a,(b)'c\\{id}"), "value intact");
+        }
+        if !here.is_empty() {
+            on_shards += 1;
+        }
+        println!("{shard}: {} of the 20 rows", here.len());
+    }
+    assert_eq!(on_shards, 2, "the rows went to both shards");
+    // Upserting them again through the split: 2 affected rows per changed row, as MariaDB counts.
+    c.query_drop(format!(
+        "INSERT INTO users (id, name) VALUES {} ON DUPLICATE KEY UPDATE name = 'again'",
+        rows.join(", ")
+    ))
+    .await
+    .expect("split upsert");
+    assert_eq!(c.affected_rows(), 40);
+}

@@ -120,6 +120,16 @@ pub fn explain(planner: &Planner, sql: &str, ctx: &PlanContext<'_>) -> String {
                 "results: one OK with the affected rows summed; not atomic across shards (the first error stops it)"
             );
         }
+        ShardPlan::SplitInsert(parts) => {
+            let _ = writeln!(out, "runs on: split by row, one INSERT per shard:");
+            for (i, sql) in parts {
+                let _ = writeln!(out, "  {}: {sql}", servers(&routes[i]));
+            }
+            let _ = writeln!(
+                out,
+                "results: one OK with the affected rows summed; not atomic across shards (the first error stops it)"
+            );
+        }
         ShardPlan::Reject(msg) => {
             let _ = writeln!(out, "refused: ERR 1105 (HY000) {msg}");
         }

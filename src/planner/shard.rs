@@ -35,6 +35,9 @@ pub enum ShardPlan {
     /// An UPDATE or DELETE on these shards' primaries, each changing its own rows; the
     /// client gets one OK with the affected rows summed.
     ScatterWrite(Vec<usize>),
+    /// A multi-row INSERT split by row: per shard, the statement with only that shard's
+    /// rows; the client gets one OK with the affected rows summed.
+    SplitInsert(Vec<(usize, String)>),
     /// Not supported (yet): the client gets ERR 1105 with this text.
     Reject(String),
 }
@@ -105,7 +108,7 @@ pub fn plan(sql: &str, cx: &ShardContext<'_>) -> ShardPlan {
                 "UNION and other compound queries are not supported on a sharded keyspace yet",
             ),
         },
-        Statement::Insert(ins) => plan_insert(ins, cx),
+        Statement::Insert(ins) => plan_insert(ins, sql, cx),
         Statement::Update(u) => {
             let mut scope = Scope::default();
             if let Err(e) = scope.add_from(&u.table, cx) {
@@ -270,7 +273,7 @@ fn placeholder_number(span: &sqlparser::tokenizer::Span) -> Option<usize> {
     PLACEHOLDERS.with(|p| p.borrow().iter().position(|x| *x == at))
 }
 
-fn plan_insert(ins: &Insert, cx: &ShardContext<'_>) -> ShardPlan {
+fn plan_insert(ins: &Insert, sql: &str, cx: &ShardContext<'_>) -> ShardPlan {
     let TableObject::TableName(name) = &ins.table else {
         return reject("INSERT into a table function is not supported");
     };
@@ -312,13 +315,16 @@ fn plan_insert(ins: &Insert, cx: &ShardContext<'_>) -> ShardPlan {
         return reject("INSERT ... SELECT is not supported on a sharded table");
     };
     let mut shards = BTreeSet::new();
+    let mut row_shards = Vec::with_capacity(values.rows.len());
     for row in &values.rows {
         let Some(v) = row.get(pos) else {
             return reject("an INSERT row has fewer values than columns");
         };
         match key_value(v) {
             Some(Key::Value(k)) => {
-                shards.insert((cx.shard_of)(&k.as_key()));
+                let shard = (cx.shard_of)(&k.as_key());
+                shards.insert(shard);
+                row_shards.push(shard);
             }
             Some(Key::Param(i)) if values.rows.len() == 1 => return ShardPlan::Param(i),
             Some(Key::Param(_)) => {
@@ -333,13 +339,130 @@ fn plan_insert(ins: &Insert, cx: &ShardContext<'_>) -> ShardPlan {
             }
         }
     }
-    match shards.len() {
-        1 => ShardPlan::One(shards.into_iter().next().unwrap_or(0)),
-        _ => reject(format!(
-            "this multi-row INSERT into {table} has rows for {} shards; splitting it is not supported yet: insert the rows separately",
-            shards.len()
-        )),
+    if shards.len() == 1 {
+        return ShardPlan::One(shards.into_iter().next().unwrap_or(0));
     }
+    let Some(parts) = values_rows(sql) else {
+        return reject(format!(
+            "this multi-row INSERT into {table} has rows for {} shards and its VALUES list could not be split",
+            shards.len()
+        ));
+    };
+    if parts.rows.len() != row_shards.len() {
+        return reject("the VALUES rows of this INSERT could not be matched to its parsed rows");
+    }
+    let statements = shards
+        .into_iter()
+        .map(|shard| {
+            let rows: Vec<&str> = parts
+                .rows
+                .iter()
+                .zip(&row_shards)
+                .filter(|(_, s)| **s == shard)
+                .map(|(r, _)| &sql[r.clone()])
+                .collect();
+            let text = format!(
+                "{}{}{}",
+                &sql[..parts.head_end],
+                rows.join(", "),
+                &sql[parts.tail_start..]
+            );
+            (shard, text)
+        })
+        .collect();
+    ShardPlan::SplitInsert(statements)
+}
+
+/// Where the rows of an INSERT's VALUES list are in its text.
+struct ValuesRows {
+    /// The text before the first row (`INSERT ... VALUES `).
+    head_end: usize,
+    /// Each row, parentheses included.
+    rows: Vec<std::ops::Range<usize>>,
+    /// Where the text after the last row starts (` ON DUPLICATE KEY UPDATE ...` or nothing).
+    tail_start: usize,
+}
+
+/// Finds the rows of the VALUES (or VALUE) list by scanning bytes: quotes (`'`, `"`, with
+/// backslash and doubled-quote escapes), backquoted names and comments are skipped, so a
+/// parenthesis or comma inside them does not count.
+fn values_rows(sql: &str) -> Option<ValuesRows> {
+    let b = sql.as_bytes();
+    let mut i = 0;
+    let mut depth = 0usize;
+    let mut head_end = None;
+    let mut rows = Vec::new();
+    let mut row_start = 0;
+    let mut tail_start = None;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'\'' | b'"' | b'`' => {
+                i += 1;
+                while i < b.len() {
+                    if b[i] == b'\\' && c != b'`' {
+                        i += 2;
+                        continue;
+                    }
+                    if b[i] == c {
+                        if b.get(i + 1) == Some(&c) {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i = sql[i + 2..].find("*/").map(|e| i + 2 + e + 1)?;
+            }
+            b'#' => i = sql[i..].find('\n').map(|e| i + e)?,
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                i = sql[i..].find('\n').map(|e| i + e).unwrap_or(b.len());
+            }
+            b'(' => {
+                if depth == 0 && head_end.is_some() && tail_start.is_none() {
+                    row_start = i;
+                }
+                depth += 1;
+            }
+            b')' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 && head_end.is_some() && tail_start.is_none() {
+                    rows.push(row_start..i + 1);
+                }
+            }
+            _ if depth == 0 && head_end.is_none() && c.is_ascii_alphabetic() => {
+                let end = b[i..]
+                    .iter()
+                    .position(|x| !x.is_ascii_alphanumeric() && *x != b'_')
+                    .map_or(b.len(), |e| i + e);
+                let word = &sql[i..end];
+                if word.eq_ignore_ascii_case("values") || word.eq_ignore_ascii_case("value") {
+                    head_end = Some(end);
+                }
+                i = end;
+                continue;
+            }
+            _ if depth == 0
+                && head_end.is_some()
+                && tail_start.is_none()
+                && !rows.is_empty()
+                && c.is_ascii_alphabetic() =>
+            {
+                tail_start = Some(i);
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    head_end?;
+    Some(ValuesRows {
+        head_end: rows.first()?.start,
+        tail_start: rows.last()?.end,
+        rows,
+    })
 }
 
 /// An owned key literal.
@@ -886,9 +1009,20 @@ mod tests {
             run(&format!("SELECT * FROM users WHERE id IN ({a}, {b})")),
             ShardPlan::Scatter(vec![0, 1])
         );
-        refused(
-            &format!("INSERT INTO users (id) VALUES ({a}), ({b})"),
-            "splitting it is not supported yet",
+        assert_eq!(
+            run(&format!(
+                "INSERT INTO users (id, name) VALUES ({a}, 'x,(y)'), ({b}, 'it''s'), ({a}, \"q\") ON DUPLICATE KEY UPDATE name = 'z'"
+            )),
+            ShardPlan::SplitInsert(vec![
+                (
+                    0,
+                    format!("INSERT INTO users (id, name) VALUES ({a}, 'x,(y)'), ({a}, \"q\") ON DUPLICATE KEY UPDATE name = 'z'")
+                ),
+                (
+                    1,
+                    format!("INSERT INTO users (id, name) VALUES ({b}, 'it''s') ON DUPLICATE KEY UPDATE name = 'z'")
+                ),
+            ])
         );
         assert_eq!(
             run(&format!("DELETE FROM users WHERE id IN ({a}, {b})")),

@@ -98,17 +98,30 @@ impl Session {
                     .collect();
                 return self.scatter(&targets, &class, hint, &frame).await;
             }
+            ShardPlan::SplitInsert(parts) => {
+                if self.shard_txn.is_some() {
+                    let msg = "shardgate: an INSERT with rows for several shards inside a transaction is refused (multi_shard_transactions = \"refuse\")";
+                    self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
+                    return Ok(());
+                }
+                let parts: Vec<(Route, Vec<u8>)> = parts
+                    .into_iter()
+                    .filter_map(|(i, sql)| Some((routes.get(i)?.clone(), sql.into_bytes())))
+                    .collect();
+                return self.write_each(parts, reply_seq).await;
+            }
             ShardPlan::ScatterWrite(shards) => {
                 if self.shard_txn.is_some() {
                     let msg = "shardgate: writes to several shards inside a transaction are refused (multi_shard_transactions = \"refuse\")";
                     self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
                     return Ok(());
                 }
-                let targets: Vec<Route> = shards
+                let sql = frame.payload()[1..].to_vec();
+                let parts: Vec<(Route, Vec<u8>)> = shards
                     .iter()
-                    .filter_map(|&i| routes.get(i).cloned())
+                    .filter_map(|&i| Some((routes.get(i)?.clone(), sql.clone())))
                     .collect();
-                return self.scatter_write(&targets, &frame).await;
+                return self.write_each(parts, reply_seq).await;
             }
             ShardPlan::One(i) => routes[i].clone(),
             // Anywhere: the transaction's shard if it has one. (A `?` in query text is the
@@ -200,25 +213,27 @@ impl Session {
             .await
     }
 
-    /// The same UPDATE/DELETE on each target shard's primary; one OK with the affected rows
-    /// and warnings summed. Not atomic: the first error stops it and reaches the client.
-    async fn scatter_write(
+    /// A write on several shards' primaries, each its own statement (the same UPDATE/DELETE,
+    /// or an INSERT's rows for that shard); one OK with the affected rows and warnings summed
+    /// and the first insert id. Not atomic: the first error stops it and reaches the client.
+    async fn write_each(
         &mut self,
-        targets: &[Route],
-        frame: &Frame,
+        parts: Vec<(Route, Vec<u8>)>,
+        reply_seq: u8,
     ) -> Result<(), SessionError> {
-        let reply_seq = frame.last_seq.wrapping_add(1);
-        let sql = frame.payload()[1..].to_vec();
         let mut total = OkInfo {
             status: status::AUTOCOMMIT,
             ..OkInfo::default()
         };
-        for route in targets {
-            match self.run_quietly(&route.addr, &sql).await {
+        for (route, sql) in &parts {
+            match self.run_quietly(&route.addr, sql).await {
                 Ok(ok) => {
                     total.affected_rows += ok.affected_rows;
                     total.warnings = total.warnings.saturating_add(ok.warnings);
                     total.status = ok.status & !status::MORE_RESULTS_EXISTS;
+                    if total.last_insert_id == 0 {
+                        total.last_insert_id = ok.last_insert_id;
+                    }
                 }
                 Err(e) => return self.report(e, reply_seq).await,
             }
@@ -272,7 +287,7 @@ impl Session {
             // Prepared anywhere (every shard has the same tables); executed on the shard of
             // the parameter's value.
             ShardPlan::Param(p) => Some((first, Some(p))),
-            ShardPlan::Scatter(_) | ShardPlan::ScatterWrite(_) => {
+            ShardPlan::Scatter(_) | ShardPlan::ScatterWrite(_) | ShardPlan::SplitInsert(_) => {
                 let msg = "shardgate: prepared statements that run on several shards are not supported yet";
                 self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
                 None
