@@ -145,7 +145,15 @@ fn explain_names_the_shards_and_how_results_come_back() {
         "{ddl}"
     );
     let scatter = explain("SELECT * FROM users WHERE name = 'x'");
-    assert!(scatter.contains("refused: ERR 1105"), "{scatter}");
+    assert!(scatter.contains("these shards at once"), "{scatter}");
+    let merged = explain("SELECT id FROM users ORDER BY id DESC LIMIT 10, 5");
+    assert!(
+        merged.contains("each running: SELECT id FROM users ORDER BY id DESC LIMIT 15"),
+        "{merged}"
+    );
+    assert!(merged.contains("rows 11..15 kept"), "{merged}");
+    let refused = explain("SELECT COUNT(*) FROM users");
+    assert!(refused.contains("refused: ERR 1105"), "{refused}");
     let prepared = explain("UPDATE users SET name = ? WHERE id = ?");
     assert!(prepared.contains("parameter 2"), "{prepared}");
 }

@@ -430,7 +430,7 @@ async fn reads_without_a_single_key_concatenate_every_shards_rows() {
     assert!(none.is_empty());
     // Reads whose results need merging are refused, not answered wrongly.
     let (code, msg) = error_of(
-        c.query_drop("SELECT id FROM users ORDER BY id LIMIT 3")
+        c.query_drop("SELECT name, COUNT(*) FROM users GROUP BY name")
             .await,
     );
     assert_eq!(code, 1105);
@@ -544,4 +544,94 @@ async fn a_multi_row_insert_is_split_by_row() {
     .await
     .expect("split upsert");
     assert_eq!(c.affected_rows(), 40);
+}
+
+#[tokio::test]
+async fn order_by_and_limit_merge_the_shards_rows() {
+    let mut c = proxy().await;
+    let t = common::unique("ord");
+    // The generated map shards users, orders and countries only: this test's rows are told
+    // apart by a tag in their names.
+    c.query_drop("CREATE TABLE IF NOT EXISTS users (id INT PRIMARY KEY, name VARCHAR(40))")
+        .await
+        .expect("users");
+    let base = 7_000_000 + (std::process::id() as i64 % 1000) * 100;
+    let names = [
+        "delta", "Alpha", "charlie", "bravo", "Echo", "alpha2", "foxtrot", "golf",
+    ];
+    let mut expected: Vec<(i64, String)> = Vec::new();
+    for (k, id) in (base..base + 40).enumerate() {
+        let name = format!("{t}-{}-{:02}", names[k % names.len()], k);
+        c.query_drop(format!(
+            "REPLACE INTO users (id, name) VALUES ({id}, '{name}')"
+        ))
+        .await
+        .expect("insert");
+        expected.push((id, name));
+    }
+    let like = format!("{t}-%");
+    // By id descending, rows 6..15.
+    let got: Vec<(i64, String)> = c
+        .query(format!(
+            "/* shardgate:primary */ SELECT id, name FROM users WHERE name LIKE '{like}' ORDER BY id DESC LIMIT 5, 10"
+        ))
+        .await
+        .expect("ordered read");
+    let mut want = expected.clone();
+    want.sort_by_key(|r| std::cmp::Reverse(r.0));
+    assert_eq!(got, want[5..15].to_vec());
+    // By name (case-insensitive, as the server's collation), all of them, by alias.
+    let got: Vec<(String, i64)> = c
+        .query(format!(
+            "/* shardgate:primary */ SELECT name AS n, id FROM users WHERE name LIKE '{like}' ORDER BY n"
+        ))
+        .await
+        .expect("ordered by alias");
+    let mut direct = Vec::new();
+    for shard in ["s0", "s1"] {
+        let mut p = primary_of(shard).await;
+        let rows: Vec<(String, i64)> = p
+            .query(format!(
+                "SELECT name AS n, id FROM app.users WHERE name LIKE '{like}'"
+            ))
+            .await
+            .expect("direct");
+        direct.extend(rows);
+    }
+    // What one server would answer for the union of the rows.
+    let mut p = primary_of("s0").await;
+    p.query_drop(format!(
+        "CREATE TEMPORARY TABLE app.{t}_all (n VARCHAR(40), id INT)"
+    ))
+    .await
+    .expect("temp");
+    for (n, id) in &direct {
+        p.query_drop(format!("INSERT INTO app.{t}_all VALUES ('{n}', {id})"))
+            .await
+            .expect("fill");
+    }
+    let one_server: Vec<(String, i64)> = p
+        .query(format!("SELECT n, id FROM app.{t}_all ORDER BY n"))
+        .await
+        .expect("one server's order");
+    assert_eq!(got, one_server, "merged order equals one server's order");
+    // LIMIT alone: the right number of rows.
+    let some: Vec<i64> = c
+        .query(format!(
+            "/* shardgate:primary */ SELECT id FROM users WHERE name LIKE '{like}' LIMIT 7"
+        ))
+        .await
+        .expect("limit");
+    assert_eq!(some.len(), 7);
+    // Ordering by a column that is not selected cannot be merged: refused.
+    let (code, msg) = error_of(
+        c.query_drop(format!(
+            "SELECT name FROM users WHERE name LIKE '{like}' ORDER BY id LIMIT 3"
+        ))
+        .await,
+    );
+    assert_eq!(code, 1105);
+    assert!(msg.contains("must name a selected column"), "{msg}");
+    let one: Option<i64> = c.query_first("SELECT 1").await.expect("usable after");
+    assert_eq!(one, Some(1));
 }

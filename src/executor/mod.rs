@@ -2,6 +2,8 @@
 //! pool unless the session holds one), makes it carry the session's database and variables,
 //! and streams the response.
 
+pub mod merge;
+
 use std::sync::Arc;
 
 use crate::backend::forward::{forward, Forward, ForwardError};

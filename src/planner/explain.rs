@@ -120,6 +120,40 @@ pub fn explain(planner: &Planner, sql: &str, ctx: &PlanContext<'_>) -> String {
                 "results: one OK with the affected rows summed; not atomic across shards (the first error stops it)"
             );
         }
+        ShardPlan::MergeSorted(spec) => {
+            let _ = writeln!(
+                out,
+                "runs on: these shards at once, each running: {}",
+                spec.sql
+            );
+            for &i in &spec.shards {
+                let _ = writeln!(out, "  {}", servers(&routes[i]));
+            }
+            let keys: Vec<String> = spec
+                .order
+                .iter()
+                .map(|k| {
+                    let col = match &k.column {
+                        super::shard::ColumnRef::Position(p) => format!("column {}", p + 1),
+                        super::shard::ColumnRef::Name(n) => n.clone(),
+                    };
+                    format!("{col} {}", if k.desc { "DESC" } else { "ASC" })
+                })
+                .collect();
+            let order = if keys.is_empty() {
+                "in shard order".to_string()
+            } else {
+                format!("merged in order of {}", keys.join(", "))
+            };
+            let limit = match spec.limit {
+                Some(n) => format!("; rows {}..{} kept", spec.offset + 1, spec.offset + n),
+                None => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "results: one result set, rows {order}{limit} (at most one row per shard held at a time)"
+            );
+        }
         ShardPlan::SplitInsert(parts) => {
             let _ = writeln!(out, "runs on: split by row, one INSERT per shard:");
             for (i, sql) in parts {

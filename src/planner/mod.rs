@@ -186,14 +186,14 @@ impl Planner {
             // A `?` in COM_QUERY text is the server's syntax error to report.
             ShardPlan::Any | ShardPlan::Param(_) => Plan::Route(ks.routes[0].clone()),
             ShardPlan::All => Plan::Broadcast(ks.routes.clone()),
-            ShardPlan::Scatter(_) | ShardPlan::ScatterWrite(_) | ShardPlan::SplitInsert(_) => {
-                Plan::Reject {
-                    code: errcode::UNKNOWN,
-                    message:
-                        "shardgate: a multi-shard statement is run by the session (plan_shards)"
-                            .into(),
-                }
-            }
+            ShardPlan::Scatter(_)
+            | ShardPlan::ScatterWrite(_)
+            | ShardPlan::SplitInsert(_)
+            | ShardPlan::MergeSorted(_) => Plan::Reject {
+                code: errcode::UNKNOWN,
+                message: "shardgate: a multi-shard statement is run by the session (plan_shards)"
+                    .into(),
+            },
             ShardPlan::Reject(message) => Plan::Reject {
                 code: errcode::UNKNOWN,
                 message,

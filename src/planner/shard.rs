@@ -38,8 +38,36 @@ pub enum ShardPlan {
     /// A multi-row INSERT split by row: per shard, the statement with only that shard's
     /// rows; the client gets one OK with the affected rows summed.
     SplitInsert(Vec<(usize, String)>),
+    /// A read on several shards whose rows are merged in order and trimmed to a LIMIT.
+    MergeSorted(MergeSpec),
     /// Not supported (yet): the client gets ERR 1105 with this text.
     Reject(String),
+}
+
+/// How the rows of several shards are merged for ORDER BY / LIMIT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergeSpec {
+    pub shards: Vec<usize>,
+    /// What every shard runs: the statement, with `LIMIT off, n` turned into `LIMIT off+n`.
+    pub sql: String,
+    pub order: Vec<OrderKey>,
+    pub offset: u64,
+    pub limit: Option<u64>,
+}
+
+/// One ORDER BY term, by the result column it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderKey {
+    pub column: ColumnRef,
+    pub desc: bool,
+}
+
+/// A result column: by 0-based position, or by name or alias (matched against the column
+/// definitions the shards send).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ColumnRef {
+    Position(usize),
+    Name(String),
 }
 
 /// What the planner knows about the keyspace.
@@ -89,10 +117,8 @@ pub fn plan(sql: &str, cx: &ShardContext<'_>) -> ShardPlan {
                     scope.add_condition(w);
                 }
                 let grouped = !matches!(&s.group_by, sqlparser::ast::GroupByExpr::Expressions(e, _) if e.is_empty());
-                let merge = if q.order_by.is_some() {
-                    Some("ORDER BY")
-                } else if q.limit_clause.is_some() || q.fetch.is_some() {
-                    Some("LIMIT")
+                let merge = if q.fetch.is_some() {
+                    Some("FETCH")
                 } else if grouped || s.having.is_some() {
                     Some("GROUP BY")
                 } else if s.distinct.is_some() {
@@ -102,7 +128,18 @@ pub fn plan(sql: &str, cx: &ShardContext<'_>) -> ShardPlan {
                 } else {
                     None
                 };
-                scope.decide_read(cx, merge, cx.shard_count)
+                let plan = scope.decide_read(cx, merge, cx.shard_count);
+                match plan {
+                    ShardPlan::Scatter(shards)
+                        if q.order_by.is_some() || q.limit_clause.is_some() =>
+                    {
+                        match merge_spec(q, sql, shards) {
+                            Ok(spec) => ShardPlan::MergeSorted(spec),
+                            Err(e) => reject(e),
+                        }
+                    }
+                    other => other,
+                }
             }
             _ => reject(
                 "UNION and other compound queries are not supported on a sharded keyspace yet",
@@ -371,6 +408,154 @@ fn plan_insert(ins: &Insert, sql: &str, cx: &ShardContext<'_>) -> ShardPlan {
         })
         .collect();
     ShardPlan::SplitInsert(statements)
+}
+
+/// The ORDER BY terms and LIMIT of a multi-shard read, and the statement the shards run.
+fn merge_spec(
+    q: &sqlparser::ast::Query,
+    sql: &str,
+    shards: Vec<usize>,
+) -> Result<MergeSpec, String> {
+    use sqlparser::ast::{LimitClause, OrderByKind, OrderBySort};
+    let mut order = Vec::new();
+    if let Some(ob) = &q.order_by {
+        let OrderByKind::Expressions(exprs) = &ob.kind else {
+            return Err("ORDER BY ALL is not supported".into());
+        };
+        for e in exprs {
+            if e.options.nulls_first.is_some() {
+                return Err("NULLS FIRST/LAST is not supported".into());
+            }
+            let desc = match &e.options.sort {
+                None | Some(OrderBySort::Asc) => false,
+                Some(OrderBySort::Desc) => true,
+                Some(OrderBySort::Using(_)) => {
+                    return Err("ORDER BY ... USING is not supported".into())
+                }
+            };
+            let column = match &e.expr {
+                Expr::Identifier(id) => ColumnRef::Name(id.value.clone()),
+                Expr::CompoundIdentifier(parts) => match parts.last() {
+                    Some(id) => ColumnRef::Name(id.value.clone()),
+                    None => return Err("an empty ORDER BY name".into()),
+                },
+                Expr::Value(v) => match &v.value {
+                    Value::Number(n, _) => match n.parse::<usize>() {
+                        Ok(p) if p >= 1 => ColumnRef::Position(p - 1),
+                        _ => return Err(format!("ORDER BY {n}: not a column position")),
+                    },
+                    _ => return Err("ORDER BY a constant".into()),
+                },
+                other => {
+                    return Err(format!(
+                        "this SELECT reads several shards and orders by the expression {other}: select it with an alias and order by the alias"
+                    ))
+                }
+            };
+            order.push(OrderKey { column, desc });
+        }
+    }
+    let number = |e: &Expr| -> Result<u64, String> {
+        match e {
+            Expr::Value(v) => match &v.value {
+                Value::Number(n, _) => n.parse::<u64>().map_err(|_| format!("LIMIT {n}")),
+                _ => Err("LIMIT takes literal numbers here".into()),
+            },
+            _ => Err("LIMIT takes literal numbers on a multi-shard read".into()),
+        }
+    };
+    let (offset, limit) = match &q.limit_clause {
+        None => (0, None),
+        Some(LimitClause::LimitOffset {
+            limit,
+            offset,
+            limit_by,
+        }) => {
+            if !limit_by.is_empty() {
+                return Err("LIMIT BY is not supported".into());
+            }
+            let off = match offset {
+                Some(o) => number(&o.value)?,
+                None => 0,
+            };
+            let lim = match limit {
+                Some(l) => Some(number(l)?),
+                None => None,
+            };
+            (off, lim)
+        }
+        Some(LimitClause::OffsetCommaLimit { offset, limit }) => {
+            (number(offset)?, Some(number(limit)?))
+        }
+    };
+    let shard_sql = match (offset, limit) {
+        (0, _) | (_, None) => sql.to_string(),
+        (off, Some(n)) => rewrite_limit(sql, off.saturating_add(n)).ok_or_else(|| {
+            "the LIMIT clause of this multi-shard read could not be rewritten".to_string()
+        })?,
+    };
+    if offset > 0 && limit.is_none() {
+        return Err("OFFSET without LIMIT on a multi-shard read is not supported".into());
+    }
+    Ok(MergeSpec {
+        shards,
+        sql: shard_sql,
+        order,
+        offset,
+        limit,
+    })
+}
+
+/// `sql` with its last top-level LIMIT clause replaced by `LIMIT n` (the shards must each
+/// return the first `offset + count` rows; the proxy skips the offset after merging).
+fn rewrite_limit(sql: &str, n: u64) -> Option<String> {
+    use sqlparser::keywords::Keyword;
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let tokens = Tokenizer::new(&MySqlDialect {}, sql)
+        .tokenize_with_location()
+        .ok()?;
+    let mut depth = 0i32;
+    let mut limit_at = None;
+    for (i, t) in tokens.iter().enumerate() {
+        match &t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            Token::Word(w) if w.keyword == Keyword::LIMIT && depth == 0 => limit_at = Some(i),
+            _ => {}
+        }
+    }
+    let start = limit_at?;
+    // The clause: numbers, a comma and OFFSET, with whitespace between.
+    let mut end = start;
+    for (i, t) in tokens.iter().enumerate().skip(start + 1) {
+        match &t.token {
+            Token::Whitespace(_) => {}
+            Token::Number(..) | Token::Comma => end = i,
+            Token::Word(w) if w.keyword == Keyword::OFFSET => end = i,
+            _ => break,
+        }
+    }
+    let from = byte_offset(sql, tokens[start].span.start)?;
+    let to = byte_offset(sql, tokens[end].span.end)?;
+    Some(format!("{}LIMIT {n}{}", &sql[..from], &sql[to..]))
+}
+
+/// A tokenizer location (1-based line and character column) as a byte offset.
+fn byte_offset(sql: &str, at: sqlparser::tokenizer::Location) -> Option<usize> {
+    let line_start = if at.line <= 1 {
+        0
+    } else {
+        sql.match_indices('\n')
+            .nth(usize::try_from(at.line).ok()? - 2)
+            .map(|(i, _)| i + 1)?
+    };
+    let col = usize::try_from(at.column).ok()?.checked_sub(1)?;
+    let rest = &sql[line_start..];
+    match rest.char_indices().nth(col) {
+        Some((i, _)) => Some(line_start + i),
+        None if rest.chars().count() == col => Some(line_start + rest.len()),
+        None => None,
+    }
 }
 
 /// Where the rows of an INSERT's VALUES list are in its text.
@@ -944,8 +1129,36 @@ mod tests {
             run("SELECT name FROM users WHERE id = 1 OR id = 2"),
             ShardPlan::Scatter(vec![0, 1])
         );
-        refused("SELECT * FROM users ORDER BY id", "ORDER BY");
-        refused("SELECT * FROM users LIMIT 3", "LIMIT");
+        assert_eq!(
+            run("SELECT id, name AS n FROM users ORDER BY n DESC, 1 LIMIT 5, 10"),
+            ShardPlan::MergeSorted(MergeSpec {
+                shards: vec![0, 1],
+                sql: "SELECT id, name AS n FROM users ORDER BY n DESC, 1 LIMIT 15".into(),
+                order: vec![
+                    OrderKey {
+                        column: ColumnRef::Name("n".into()),
+                        desc: true
+                    },
+                    OrderKey {
+                        column: ColumnRef::Position(0),
+                        desc: false
+                    }
+                ],
+                offset: 5,
+                limit: Some(10),
+            })
+        );
+        match run("SELECT id FROM users WHERE name = 'é'\nLIMIT 2 OFFSET 3") {
+            ShardPlan::MergeSorted(spec) => {
+                assert_eq!(spec.sql, "SELECT id FROM users WHERE name = 'é'\nLIMIT 5");
+                assert_eq!((spec.offset, spec.limit, spec.order.len()), (3, Some(2), 0));
+            }
+            other => panic!("{other:?}"),
+        }
+        refused(
+            "SELECT * FROM users ORDER BY id + 1",
+            "select it with an alias",
+        );
         refused("SELECT COUNT(*) FROM users", "aggregate");
         refused("SELECT name, count(*) FROM users GROUP BY name", "GROUP BY");
         refused("SELECT DISTINCT name FROM users", "DISTINCT");

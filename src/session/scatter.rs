@@ -8,8 +8,10 @@ use bytes::BytesMut;
 
 use super::route::Choice;
 use super::{identity, Session, SessionError};
+use crate::executor::merge::{compare_rows, row_values, ColumnMeta};
 use crate::executor::{self, ExecError};
 use crate::planner::classify::{Class, Hint};
+use crate::planner::shard::{ColumnRef, MergeSpec};
 use crate::planner::Route;
 use crate::protocol::consts::{cap, status};
 use crate::protocol::packet::{put_packet, Frame};
@@ -255,4 +257,350 @@ fn terminator(p: &[u8], deprecate_eof: bool) -> (u16, u16) {
         let status = r.u16().unwrap_or(status::AUTOCOMMIT);
         (status, warnings)
     }
+}
+
+/// A text-protocol row's values (`None`: NULL).
+type Values<'a> = Vec<Option<&'a [u8]>>;
+
+/// The next packet of a shard's rows.
+enum Next {
+    Row(Vec<u8>),
+    End {
+        status: u16,
+        warnings: u16,
+    },
+    /// An ERR packet (payload), which ends the shard's answer.
+    Error(Vec<u8>),
+}
+
+impl Session {
+    /// A read on several shards merged in ORDER BY order (k-way: each shard returns its rows
+    /// sorted, at most one row per shard is held) and trimmed to OFFSET/LIMIT.
+    pub(super) async fn merge_sorted(
+        &mut self,
+        targets: &[Route],
+        spec: &MergeSpec,
+        class: &Arc<Class>,
+        hint: Option<Hint>,
+        frame: &Frame,
+    ) -> Result<(), SessionError> {
+        let reply_seq = frame.last_seq.wrapping_add(1);
+        let command = super::query_frame(spec.sql.as_bytes(), frame.last_seq);
+        let Some(addrs) = self
+            .open_shards(targets, class, hint, &command.raw, reply_seq)
+            .await?
+        else {
+            return Ok(());
+        };
+        let deprecate_eof = self.caps & cap::DEPRECATE_EOF != 0;
+        let mut out = BytesMut::new();
+        let mut seq = reply_seq;
+        // Headers: the first shard's goes to the client; its definitions give names and types.
+        let mut metas: Vec<ColumnMeta> = Vec::new();
+        let mut open = vec![true; addrs.len()];
+        for (k, addr) in addrs.iter().enumerate() {
+            match self.read_header(addr, deprecate_eof).await {
+                Ok(Header::Columns(packets)) => {
+                    if metas.is_empty() {
+                        for p in &packets {
+                            seq = put_packet(&mut out, seq, p);
+                        }
+                        metas = packets[1..]
+                            .iter()
+                            .take(packets.len().saturating_sub(1))
+                            .filter_map(|d| ColumnMeta::parse(d))
+                            .collect();
+                    }
+                }
+                Ok(Header::NoRows) => open[k] = false,
+                Ok(Header::Error(err)) => {
+                    put_packet(&mut out, reply_seq, &err);
+                    self.discard_all(&addrs);
+                    let _ = self.io.write_all(&out).await;
+                    return Ok(());
+                }
+                Err(msg) => {
+                    self.discard_all(&addrs);
+                    return Err(lost(addr, msg));
+                }
+            }
+        }
+        // ORDER BY terms as column indexes of the result.
+        let mut keys = Vec::with_capacity(spec.order.len());
+        for key in &spec.order {
+            let col = match &key.column {
+                ColumnRef::Position(p) => (*p < metas.len()).then_some(*p),
+                ColumnRef::Name(n) => metas
+                    .iter()
+                    .position(|m| m.name.eq_ignore_ascii_case(n))
+                    .or_else(|| {
+                        metas
+                            .iter()
+                            .position(|m| m.org_name.eq_ignore_ascii_case(n))
+                    }),
+            };
+            let Some(col) = col else {
+                self.discard_all(&addrs);
+                let msg = format!(
+                    "shardgate: ORDER BY {:?} on a multi-shard read must name a selected column",
+                    key.column
+                );
+                self.send_err(crate::protocol::consts::errcode::UNKNOWN, &msg, reply_seq)
+                    .await;
+                return Ok(());
+            };
+            keys.push((col, key.desc));
+        }
+        let n = metas.len();
+        let mut heads: Vec<Option<Vec<u8>>> = vec![None; addrs.len()];
+        let mut total_warnings: u16 = 0;
+        let mut last_status = status::AUTOCOMMIT;
+        let mut skipped = 0u64;
+        let mut sent = 0u64;
+        let mut failure: Option<Vec<u8>> = None;
+        'merge: loop {
+            // Refill every open shard's head.
+            for k in 0..addrs.len() {
+                if !open[k] || heads[k].is_some() {
+                    continue;
+                }
+                match self.next_row(&addrs[k], deprecate_eof).await {
+                    Ok(Next::Row(r)) => heads[k] = Some(r),
+                    Ok(Next::End { status, warnings }) => {
+                        open[k] = false;
+                        total_warnings = total_warnings.saturating_add(warnings);
+                        last_status = status;
+                    }
+                    Ok(Next::Error(e)) => {
+                        open[k] = false;
+                        failure = Some(e);
+                        break 'merge;
+                    }
+                    Err(msg) => {
+                        self.discard_all(&addrs);
+                        let _ = self.io.write_all(&out).await;
+                        return Err(lost(&addrs[k], msg));
+                    }
+                }
+            }
+            let best = {
+                // Per shard: no head, a head that cannot be read, or its values.
+                let parsed: Vec<Option<Option<Values<'_>>>> = heads
+                    .iter()
+                    .map(|h| h.as_deref().map(|r| row_values(r, n)))
+                    .collect();
+                let mut best: Option<usize> = None;
+                for (k, p) in parsed.iter().enumerate() {
+                    match p {
+                        None => {}
+                        // A row that cannot be read is passed on as it came, first.
+                        Some(None) => {
+                            best = Some(k);
+                            break;
+                        }
+                        Some(Some(v)) => {
+                            let better = match best.and_then(|b| parsed[b].as_ref()) {
+                                Some(Some(cur)) => {
+                                    compare_rows(v, cur, &keys, &metas) == std::cmp::Ordering::Less
+                                }
+                                _ => true,
+                            };
+                            if better {
+                                best = Some(k);
+                            }
+                        }
+                    }
+                }
+                best
+            };
+            let Some(k) = best else { break };
+            let Some(row) = heads[k].take() else { break };
+            if skipped < spec.offset {
+                skipped += 1;
+                continue;
+            }
+            if spec.limit.is_some_and(|l| sent >= l) {
+                heads[k] = Some(row);
+                break;
+            }
+            seq = put_packet(&mut out, seq, &row);
+            sent += 1;
+            if out.len() >= FLUSH_AT {
+                if self.io.write_all(&out).await.is_err() {
+                    self.discard_all(&addrs);
+                    return Ok(());
+                }
+                out.clear();
+            }
+        }
+        // Whatever the limit left unread is drained so the connections can be reused.
+        for k in 0..addrs.len() {
+            while open[k] {
+                match self.next_row(&addrs[k], deprecate_eof).await {
+                    Ok(Next::Row(_)) => {}
+                    Ok(Next::End { status, warnings }) => {
+                        open[k] = false;
+                        total_warnings = total_warnings.saturating_add(warnings);
+                        last_status = status;
+                    }
+                    Ok(Next::Error(e)) => {
+                        open[k] = false;
+                        failure.get_or_insert(e);
+                    }
+                    Err(_) => {
+                        open[k] = false;
+                        self.pinned.discard(&addrs[k]);
+                    }
+                }
+            }
+        }
+        if let Some(err) = failure {
+            put_packet(&mut out, seq, &err);
+            let _ = self.io.write_all(&out).await;
+            return Ok(());
+        }
+        end_packet(&mut out, seq, deprecate_eof, last_status, total_warnings);
+        let _ = self.io.write_all(&out).await;
+        Ok(())
+    }
+
+    /// Connects to each target's chosen server and sends `command` to all of them; `None`
+    /// after telling the client why it could not.
+    async fn open_shards(
+        &mut self,
+        targets: &[Route],
+        class: &Arc<Class>,
+        hint: Option<Hint>,
+        command: &[u8],
+        reply_seq: u8,
+    ) -> Result<Option<Vec<Arc<str>>>, SessionError> {
+        let mut addrs: Vec<Arc<str>> = Vec::with_capacity(targets.len());
+        for route in targets {
+            let addr = match self.choose(route, class, hint, &[], false) {
+                Choice::Replica(r) => r.addr().clone(),
+                Choice::Held(a) => a,
+                Choice::Primary => route.addr.clone(),
+            };
+            match self.connect_for_scatter(&addr, route).await {
+                Ok(a) => addrs.push(a),
+                Err(e) => {
+                    self.report(e, reply_seq).await?;
+                    return Ok(None);
+                }
+            }
+        }
+        for addr in &addrs {
+            let Some(conn) = self.pinned.find(addr) else {
+                continue;
+            };
+            conn.in_flight = true;
+            if let Err(e) = conn.io.write_all(command).await {
+                let msg = format!("shardgate: lost connection to backend {addr}: {e}");
+                self.discard_all(&addrs);
+                self.send_err(crate::protocol::consts::errcode::UNKNOWN, &msg, reply_seq)
+                    .await;
+                return Ok(None);
+            }
+        }
+        Ok(Some(addrs))
+    }
+
+    /// A shard's result-set header: the column count and definitions (and the EOF after them
+    /// without DEPRECATE_EOF), as payloads.
+    async fn read_header(
+        &mut self,
+        addr: &Arc<str>,
+        deprecate_eof: bool,
+    ) -> Result<Header, String> {
+        let Some(conn) = self.pinned.find(addr) else {
+            return Err("no connection held".into());
+        };
+        let head = read_payload(conn).await?;
+        match head.first() {
+            Some(0xFF) => {
+                conn.in_flight = false;
+                return Ok(Header::Error(head));
+            }
+            Some(0x00) => {
+                conn.in_flight = false;
+                return Ok(Header::NoRows);
+            }
+            _ => {}
+        }
+        let columns = Reader::new(&head)
+            .lenenc()
+            .ok()
+            .flatten()
+            .ok_or_else(|| "a malformed column count".to_string())?;
+        let mut packets = vec![head];
+        for _ in 0..columns {
+            packets.push(read_payload(conn).await?);
+        }
+        if !deprecate_eof {
+            // The EOF after the definitions is forwarded with them (it is not a definition).
+            let eof = read_payload(conn).await?;
+            packets.push(eof);
+        }
+        Ok(Header::Columns(packets))
+    }
+
+    async fn next_row(&mut self, addr: &Arc<str>, deprecate_eof: bool) -> Result<Next, String> {
+        let Some(conn) = self.pinned.find(addr) else {
+            return Err("no connection held".into());
+        };
+        let p = read_payload(conn).await?;
+        match p.first() {
+            Some(0xFF) => {
+                conn.in_flight = false;
+                Ok(Next::Error(p))
+            }
+            Some(0xFE) if p.len() < 0xFF_FFFF && (deprecate_eof || p.len() < 9) => {
+                conn.in_flight = false;
+                conn.io.maybe_shrink();
+                let (status, warnings) = terminator(&p, deprecate_eof);
+                Ok(Next::End { status, warnings })
+            }
+            _ => Ok(Next::Row(p)),
+        }
+    }
+}
+
+enum Header {
+    /// Column count, definitions (and EOF), to forward as they are.
+    Columns(Vec<Vec<u8>>),
+    /// An OK: no result set.
+    NoRows,
+    Error(Vec<u8>),
+}
+
+async fn read_payload(conn: &mut crate::backend::Pooled) -> Result<Vec<u8>, String> {
+    match conn.io.read_frame(1 << 30).await {
+        Ok(Some(f)) => Ok(f.payload().into_owned()),
+        Ok(None) => Err("closed the connection".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn lost(addr: &Arc<str>, msg: String) -> SessionError {
+    SessionError::Forward(crate::backend::forward::ForwardError::Backend {
+        addr: addr.to_string(),
+        msg,
+        sent: true,
+    })
+}
+
+/// The end of a result set: EOF, or an OK with the 0xFE header under DEPRECATE_EOF.
+fn end_packet(out: &mut BytesMut, seq: u8, deprecate_eof: bool, status: u16, warnings: u16) {
+    let st = status & !status::MORE_RESULTS_EXISTS;
+    let mut end = Vec::with_capacity(7);
+    if deprecate_eof {
+        end.extend_from_slice(&[0xFE, 0, 0]);
+        end.extend_from_slice(&st.to_le_bytes());
+        end.extend_from_slice(&warnings.to_le_bytes());
+    } else {
+        end.push(0xFE);
+        end.extend_from_slice(&warnings.to_le_bytes());
+        end.extend_from_slice(&st.to_le_bytes());
+    }
+    put_packet(out, seq, &end);
 }

@@ -98,6 +98,21 @@ impl Session {
                     .collect();
                 return self.scatter(&targets, &class, hint, &frame).await;
             }
+            ShardPlan::MergeSorted(spec) => {
+                if self.shard_txn.is_some() {
+                    let msg = "shardgate: reads from several shards inside a transaction are not supported (a transaction runs on one shard)";
+                    self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
+                    return Ok(());
+                }
+                let targets: Vec<Route> = spec
+                    .shards
+                    .iter()
+                    .filter_map(|&i| routes.get(i).cloned())
+                    .collect();
+                return self
+                    .merge_sorted(&targets, &spec, &class, hint, &frame)
+                    .await;
+            }
             ShardPlan::SplitInsert(parts) => {
                 if self.shard_txn.is_some() {
                     let msg = "shardgate: an INSERT with rows for several shards inside a transaction is refused (multi_shard_transactions = \"refuse\")";
@@ -287,7 +302,10 @@ impl Session {
             // Prepared anywhere (every shard has the same tables); executed on the shard of
             // the parameter's value.
             ShardPlan::Param(p) => Some((first, Some(p))),
-            ShardPlan::Scatter(_) | ShardPlan::ScatterWrite(_) | ShardPlan::SplitInsert(_) => {
+            ShardPlan::Scatter(_)
+            | ShardPlan::ScatterWrite(_)
+            | ShardPlan::SplitInsert(_)
+            | ShardPlan::MergeSorted(_) => {
                 let msg = "shardgate: prepared statements that run on several shards are not supported yet";
                 self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
                 None

@@ -1,0 +1,259 @@
+//! Ordering rows of several shards: reading text-protocol rows and column definitions, and
+//! comparing values the way MariaDB orders them, closely enough for ORDER BY merges.
+//!
+//! Numbers compare by value (exactly, for integers and decimals), NULL sorts first, binary
+//! strings by bytes, other strings case-insensitively with trailing spaces ignored (as the
+//! default `_general_ci` collations do for ASCII; accents and other collations may order
+//! differently than the server would).
+
+use std::cmp::Ordering;
+
+use crate::protocol::wire::Reader;
+
+/// What ordering needs from a column definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnMeta {
+    pub name: String,
+    pub org_name: String,
+    pub kind: ValueKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind {
+    /// Integers and decimals: compared exactly as decimal text.
+    Exact,
+    /// FLOAT, DOUBLE: compared as f64.
+    Float,
+    /// Binary strings, dates and times: compared by bytes.
+    Bytes,
+    /// Character strings in a non-binary collation.
+    Text,
+}
+
+const BINARY_FLAG: u16 = 0x0080;
+const BINARY_CHARSET: u16 = 63;
+
+impl ColumnMeta {
+    /// From a column definition packet (protocol 4.1).
+    pub fn parse(def: &[u8]) -> Option<ColumnMeta> {
+        let mut r = Reader::new(def);
+        for _ in 0..4 {
+            r.lenenc_bytes().ok()?; // catalog, schema, table, org_table
+        }
+        let name = String::from_utf8_lossy(r.lenenc_bytes().ok()?).into_owned();
+        let org_name = String::from_utf8_lossy(r.lenenc_bytes().ok()?).into_owned();
+        r.lenenc().ok()?; // length of the fixed fields
+        let charset = r.u16().ok()?;
+        r.u32().ok()?; // column length
+        let ty = r.u8().ok()?;
+        let flags = r.u16().ok()?;
+        let kind = match ty {
+            0x00 | 0x01 | 0x02 | 0x03 | 0x08 | 0x09 | 0x0d | 0xf6 => ValueKind::Exact,
+            0x04 | 0x05 => ValueKind::Float,
+            0x07 | 0x0a | 0x0b | 0x0c | 0x0e | 0x10 | 0x11 | 0x12 | 0x13 => ValueKind::Bytes,
+            _ if flags & BINARY_FLAG != 0 || charset == BINARY_CHARSET => ValueKind::Bytes,
+            _ => ValueKind::Text,
+        };
+        Some(ColumnMeta {
+            name,
+            org_name,
+            kind,
+        })
+    }
+}
+
+/// The values of a text-protocol row of `n` columns (`None` for SQL NULL).
+pub fn row_values(row: &[u8], n: usize) -> Option<Vec<Option<&[u8]>>> {
+    let mut r = Reader::new(row);
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        if r.remaining().first() == Some(&0xFB) {
+            r.u8().ok()?;
+            out.push(None);
+        } else {
+            out.push(Some(r.lenenc_bytes().ok()?));
+        }
+    }
+    Some(out)
+}
+
+/// Compares two rows on `keys` (column index, descending).
+pub fn compare_rows(
+    a: &[Option<&[u8]>],
+    b: &[Option<&[u8]>],
+    keys: &[(usize, bool)],
+    metas: &[ColumnMeta],
+) -> Ordering {
+    for &(col, desc) in keys {
+        let kind = metas.get(col).map_or(ValueKind::Bytes, |m| m.kind);
+        let (x, y) = (a.get(col).copied().flatten(), b.get(col).copied().flatten());
+        let o = match (x, y) {
+            (None, None) => Ordering::Equal,
+            (None, Some(_)) => Ordering::Less,
+            (Some(_), None) => Ordering::Greater,
+            (Some(x), Some(y)) => compare_values(x, y, kind),
+        };
+        let o = if desc { o.reverse() } else { o };
+        if o != Ordering::Equal {
+            return o;
+        }
+    }
+    Ordering::Equal
+}
+
+pub fn compare_values(x: &[u8], y: &[u8], kind: ValueKind) -> Ordering {
+    match kind {
+        ValueKind::Exact => compare_decimal(x, y).unwrap_or_else(|| x.cmp(y)),
+        ValueKind::Float => {
+            let p = |v: &[u8]| std::str::from_utf8(v).ok()?.parse::<f64>().ok();
+            match (p(x), p(y)) {
+                (Some(a), Some(b)) => a.partial_cmp(&b).unwrap_or(Ordering::Equal),
+                _ => x.cmp(y),
+            }
+        }
+        ValueKind::Bytes => x.cmp(y),
+        ValueKind::Text => {
+            let norm = |v: &[u8]| {
+                String::from_utf8_lossy(v)
+                    .trim_end_matches(' ')
+                    .to_lowercase()
+            };
+            norm(x).cmp(&norm(y))
+        }
+    }
+}
+
+/// Exact comparison of decimal text (`-12.50`, `7`, `0.001`); `None` if not decimal text.
+fn compare_decimal(x: &[u8], y: &[u8]) -> Option<Ordering> {
+    let (xn, xi, xf) = split_decimal(x)?;
+    let (yn, yi, yf) = split_decimal(y)?;
+    let zero = |i: &[u8], f: &[u8]| i.iter().chain(f).all(|d| *d == b'0');
+    let (xz, yz) = (zero(xi, xf), zero(yi, yf));
+    let xneg = xn && !xz;
+    let yneg = yn && !yz;
+    if xneg != yneg {
+        return Some(if xneg {
+            Ordering::Less
+        } else {
+            Ordering::Greater
+        });
+    }
+    let magnitude = xi
+        .len()
+        .cmp(&yi.len())
+        .then_with(|| xi.cmp(yi))
+        .then_with(|| {
+            let len = xf.len().max(yf.len());
+            let digit = |f: &[u8], i: usize| f.get(i).copied().unwrap_or(b'0');
+            (0..len)
+                .map(|i| digit(xf, i).cmp(&digit(yf, i)))
+                .find(|o| *o != Ordering::Equal)
+                .unwrap_or(Ordering::Equal)
+        });
+    Some(if xneg { magnitude.reverse() } else { magnitude })
+}
+
+/// Sign, integer digits without leading zeros, fraction digits.
+fn split_decimal(v: &[u8]) -> Option<(bool, &[u8], &[u8])> {
+    let (neg, rest) = match v.first() {
+        Some(b'-') => (true, &v[1..]),
+        Some(b'+') => (false, &v[1..]),
+        _ => (false, v),
+    };
+    let (int, frac) = match rest.iter().position(|b| *b == b'.') {
+        Some(p) => (&rest[..p], &rest[p + 1..]),
+        None => (rest, &rest[rest.len()..]),
+    };
+    if int.is_empty() && frac.is_empty() {
+        return None;
+    }
+    if !int.iter().chain(frac).all(u8::is_ascii_digit) {
+        return None;
+    }
+    let start = int.iter().position(|d| *d != b'0').unwrap_or(int.len());
+    Some((neg, &int[start..], frac))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_compare_by_value() {
+        let c = |a: &str, b: &str| compare_values(a.as_bytes(), b.as_bytes(), ValueKind::Exact);
+        assert_eq!(c("9", "10"), Ordering::Less);
+        assert_eq!(c("-10", "-9"), Ordering::Less);
+        assert_eq!(c("1.50", "1.5"), Ordering::Equal);
+        assert_eq!(c("0.001", "-0.001"), Ordering::Greater);
+        assert_eq!(c("-0", "0.0"), Ordering::Equal);
+        assert_eq!(
+            c(
+                "123456789012345678901234567890",
+                "123456789012345678901234567891"
+            ),
+            Ordering::Less
+        );
+        let f = |a: &str, b: &str| compare_values(a.as_bytes(), b.as_bytes(), ValueKind::Float);
+        assert_eq!(f("1e3", "999.5"), Ordering::Greater);
+    }
+
+    #[test]
+    fn strings_nulls_and_directions() {
+        let t = |a: &str, b: &str| compare_values(a.as_bytes(), b.as_bytes(), ValueKind::Text);
+        assert_eq!(t("abc", "ABD"), Ordering::Less);
+        assert_eq!(t("abc ", "ABC"), Ordering::Equal);
+        assert_eq!(compare_values(b"B", b"a", ValueKind::Bytes), Ordering::Less);
+        let metas = vec![
+            ColumnMeta {
+                name: "a".into(),
+                org_name: "a".into(),
+                kind: ValueKind::Exact,
+            },
+            ColumnMeta {
+                name: "b".into(),
+                org_name: "b".into(),
+                kind: ValueKind::Text,
+            },
+        ];
+        let r1: Vec<Option<&[u8]>> = vec![None, Some(b"x")];
+        let r2: Vec<Option<&[u8]>> = vec![Some(b"1"), Some(b"y")];
+        assert_eq!(
+            compare_rows(&r1, &r2, &[(0, false)], &metas),
+            Ordering::Less
+        );
+        assert_eq!(
+            compare_rows(&r1, &r2, &[(0, true)], &metas),
+            Ordering::Greater
+        );
+        assert_eq!(
+            compare_rows(&r1, &r1, &[(0, false), (1, true)], &metas),
+            Ordering::Equal
+        );
+    }
+
+    #[test]
+    fn rows_and_definitions_are_read() {
+        let row = [1, b'7', 0xFB, 3, b'a', b'b', b'c'];
+        assert_eq!(
+            row_values(&row, 3),
+            Some(vec![Some(&b"7"[..]), None, Some(&b"abc"[..])])
+        );
+        assert_eq!(row_values(&row[..2], 3), None);
+        let mut def = Vec::new();
+        for s in ["def", "app", "t", "t", "n", "name"] {
+            def.push(s.len() as u8);
+            def.extend_from_slice(s.as_bytes());
+        }
+        def.push(0x0c);
+        def.extend_from_slice(&45u16.to_le_bytes());
+        def.extend_from_slice(&160u32.to_le_bytes());
+        def.push(0xfd);
+        def.extend_from_slice(&0u16.to_le_bytes());
+        def.extend_from_slice(&[0, 0, 0]);
+        let m = ColumnMeta::parse(&def).expect("parsed");
+        assert_eq!(
+            (m.name.as_str(), m.org_name.as_str(), m.kind),
+            ("n", "name", ValueKind::Text)
+        );
+    }
+}
