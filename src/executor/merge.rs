@@ -123,6 +123,81 @@ pub fn compare_values(x: &[u8], y: &[u8], kind: ValueKind) -> Ordering {
     }
 }
 
+/// How values of one column of rows in the same group combine (see `planner::shard::Combine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fold {
+    First,
+    Count,
+    Sum,
+    Min,
+    Max,
+}
+
+/// Combines `b` into `a` (the accumulated value) for one column.
+pub fn fold(a: &mut Option<Vec<u8>>, b: Option<&[u8]>, how: Fold, kind: ValueKind) {
+    let Some(b) = b else { return }; // NULL takes no part in COUNT/SUM/MIN/MAX
+    let Some(cur) = a.as_deref() else {
+        if how != Fold::First {
+            *a = Some(b.to_vec());
+        }
+        return;
+    };
+    let next = match how {
+        Fold::First => return,
+        Fold::Count => add_numbers(cur, b, ValueKind::Exact),
+        Fold::Sum => add_numbers(cur, b, kind),
+        Fold::Min if compare_values(b, cur, kind) == Ordering::Less => Some(b.to_vec()),
+        Fold::Max if compare_values(b, cur, kind) == Ordering::Greater => Some(b.to_vec()),
+        Fold::Min | Fold::Max => return,
+    };
+    if let Some(v) = next {
+        *a = Some(v);
+    }
+}
+
+/// `a + b` as text: exact for integers and decimals (when they fit 38 digits), else as f64.
+pub fn add_numbers(a: &[u8], b: &[u8], kind: ValueKind) -> Option<Vec<u8>> {
+    if kind == ValueKind::Exact {
+        if let (Some(x), Some(y)) = (scaled(a), scaled(b)) {
+            let scale = x.1.max(y.1);
+            let widen = |(m, s): (i128, u32)| m.checked_mul(10i128.checked_pow(scale - s)?);
+            if let (Some(xm), Some(ym)) = (widen(x), widen(y)) {
+                if let Some(sum) = xm.checked_add(ym) {
+                    return Some(format_scaled(sum, scale).into_bytes());
+                }
+            }
+        }
+    }
+    let f = |v: &[u8]| std::str::from_utf8(v).ok()?.parse::<f64>().ok();
+    Some(format!("{}", f(a)? + f(b)?).into_bytes())
+}
+
+/// Decimal text as (mantissa, scale): `-12.50` is (-1250, 2).
+fn scaled(v: &[u8]) -> Option<(i128, u32)> {
+    let (neg, int, frac) = split_decimal(v)?;
+    let digits: Vec<u8> = int.iter().chain(frac).copied().collect();
+    if digits.len() > 38 {
+        return None;
+    }
+    let mut m: i128 = 0;
+    for d in digits {
+        m = m * 10 + i128::from(d - b'0');
+    }
+    Some((if neg { -m } else { m }, u32::try_from(frac.len()).ok()?))
+}
+
+fn format_scaled(m: i128, scale: u32) -> String {
+    let digits = m.unsigned_abs().to_string();
+    let sign = if m < 0 { "-" } else { "" };
+    if scale == 0 {
+        return format!("{sign}{digits}");
+    }
+    let scale = scale as usize;
+    let padded = format!("{digits:0>width$}", width = scale + 1);
+    let (int, frac) = padded.split_at(padded.len() - scale);
+    format!("{sign}{int}.{frac}")
+}
+
 /// Exact comparison of decimal text (`-12.50`, `7`, `0.001`); `None` if not decimal text.
 fn compare_decimal(x: &[u8], y: &[u8]) -> Option<Ordering> {
     let (xn, xi, xf) = split_decimal(x)?;
@@ -229,6 +304,36 @@ mod tests {
             compare_rows(&r1, &r1, &[(0, false), (1, true)], &metas),
             Ordering::Equal
         );
+    }
+
+    #[test]
+    fn group_values_fold() {
+        let e = ValueKind::Exact;
+        assert_eq!(
+            add_numbers(b"12.50", b"-0.5", e).as_deref(),
+            Some(&b"12.00"[..])
+        );
+        assert_eq!(add_numbers(b"7", b"35", e).as_deref(), Some(&b"42"[..]));
+        assert_eq!(
+            add_numbers(b"-0.25", b"0.05", e).as_deref(),
+            Some(&b"-0.20"[..])
+        );
+        let mut acc = Some(b"3".to_vec());
+        fold(&mut acc, Some(b"4"), Fold::Count, e);
+        assert_eq!(acc.as_deref(), Some(&b"7"[..]));
+        let mut acc = None;
+        fold(&mut acc, None, Fold::Sum, e);
+        assert_eq!(acc, None, "SUM of nothing is NULL");
+        fold(&mut acc, Some(b"2.5"), Fold::Sum, e);
+        fold(&mut acc, Some(b"1"), Fold::Sum, e);
+        assert_eq!(acc.as_deref(), Some(&b"3.5"[..]));
+        let mut acc = Some(b"b".to_vec());
+        fold(&mut acc, Some(b"A"), Fold::Min, ValueKind::Text);
+        assert_eq!(acc.as_deref(), Some(&b"A"[..]));
+        fold(&mut acc, Some(b"c"), Fold::Max, ValueKind::Text);
+        assert_eq!(acc.as_deref(), Some(&b"c"[..]));
+        fold(&mut acc, Some(b"z"), Fold::First, ValueKind::Text);
+        assert_eq!(acc.as_deref(), Some(&b"c"[..]));
     }
 
     #[test]

@@ -149,10 +149,32 @@ pub fn explain(planner: &Planner, sql: &str, ctx: &PlanContext<'_>) -> String {
                 Some(n) => format!("; rows {}..{} kept", spec.offset + 1, spec.offset + n),
                 None => String::new(),
             };
-            let _ = writeln!(
-                out,
-                "results: one result set, rows {order}{limit} (at most one row per shard held at a time)"
-            );
+            match &spec.group {
+                Some(g) => {
+                    let what = if g.keys.is_empty() {
+                        "all rows form one group".to_string()
+                    } else {
+                        let cols: Vec<String> =
+                            g.keys.iter().map(|k| format!("column {}", k + 1)).collect();
+                        format!("grouped by {}", cols.join(", "))
+                    };
+                    let order = if spec.order.is_empty() && g.sorted_by_key {
+                        "ordered by the group key".to_string()
+                    } else {
+                        order
+                    };
+                    let _ = writeln!(
+                        out,
+                        "results: one result set; the shards' rows {what}, folded (COUNT and SUM added, MIN and MAX compared, other columns from the first row), {order}{limit} (all groups held in memory, at most 64 MiB)"
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "results: one result set, rows {order}{limit} (at most one row per shard held at a time)"
+                    );
+                }
+            }
         }
         ShardPlan::SplitInsert(parts) => {
             let _ = writeln!(out, "runs on: split by row, one INSERT per shard:");

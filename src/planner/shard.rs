@@ -53,6 +53,31 @@ pub struct MergeSpec {
     pub order: Vec<OrderKey>,
     pub offset: u64,
     pub limit: Option<u64>,
+    /// Rows of the same group (or duplicates) from different shards combine into one.
+    pub group: Option<GroupSpec>,
+}
+
+/// How rows combine across shards: GROUP BY groups, aggregates without GROUP BY (one group),
+/// or DISTINCT (every column is the key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSpec {
+    /// Per result column.
+    pub columns: Vec<Combine>,
+    /// Result columns forming the group key; empty: all rows are one group.
+    pub keys: Vec<usize>,
+    /// Without ORDER BY the merged groups come out ordered by the key (GROUP BY sorts).
+    pub sorted_by_key: bool,
+}
+
+/// How one result column of rows in the same group combines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Combine {
+    /// A group key or a plain column: the first value.
+    First,
+    Count,
+    Sum,
+    Min,
+    Max,
 }
 
 /// One ORDER BY term, by the result column it names.
@@ -116,29 +141,26 @@ pub fn plan(sql: &str, cx: &ShardContext<'_>) -> ShardPlan {
                 if let Some(w) = &s.selection {
                     scope.add_condition(w);
                 }
-                let grouped = !matches!(&s.group_by, sqlparser::ast::GroupByExpr::Expressions(e, _) if e.is_empty());
-                let merge = if q.fetch.is_some() {
-                    Some("FETCH")
-                } else if grouped || s.having.is_some() {
-                    Some("GROUP BY")
-                } else if s.distinct.is_some() {
-                    Some("DISTINCT")
-                } else if tokens.aggregates {
-                    Some("aggregate functions")
-                } else {
-                    None
+                let plan = scope.decide_read(cx, None, cx.shard_count);
+                let ShardPlan::Scatter(shards) = plan else {
+                    return plan;
                 };
-                let plan = scope.decide_read(cx, merge, cx.shard_count);
-                match plan {
-                    ShardPlan::Scatter(shards)
-                        if q.order_by.is_some() || q.limit_clause.is_some() =>
-                    {
-                        match merge_spec(q, sql, shards) {
-                            Ok(spec) => ShardPlan::MergeSorted(spec),
-                            Err(e) => reject(e),
-                        }
+                // Several shards: what their results need to become one.
+                let grouping = match group_spec(q, s, tokens.aggregates) {
+                    Ok(g) => g,
+                    Err(e) => {
+                        return reject(format!(
+                            "this SELECT needs rows from {} shards and {e}",
+                            shards.len()
+                        ))
                     }
-                    other => other,
+                };
+                if grouping.is_none() && q.order_by.is_none() && q.limit_clause.is_none() {
+                    return ShardPlan::Scatter(shards);
+                }
+                match merge_spec(q, sql, shards, grouping) {
+                    Ok(spec) => ShardPlan::MergeSorted(spec),
+                    Err(e) => reject(e),
                 }
             }
             _ => reject(
@@ -410,11 +432,148 @@ fn plan_insert(ins: &Insert, sql: &str, cx: &ShardContext<'_>) -> ShardPlan {
     ShardPlan::SplitInsert(statements)
 }
 
+/// How the rows of several shards combine for GROUP BY, aggregates or DISTINCT; `None` when
+/// they need not (plain rows). `Err` says what cannot be merged (yet).
+fn group_spec(
+    q: &sqlparser::ast::Query,
+    s: &sqlparser::ast::Select,
+    aggregates: bool,
+) -> Result<Option<GroupSpec>, String> {
+    use sqlparser::ast::{FunctionArguments, GroupByExpr, SelectItem};
+    if q.fetch.is_some() {
+        return Err("has FETCH: not supported".into());
+    }
+    if s.having.is_some() {
+        return Err("has HAVING: merging with HAVING is not supported yet".into());
+    }
+    let group_by: &[Expr] = match &s.group_by {
+        GroupByExpr::Expressions(e, modifiers) if modifiers.is_empty() => e,
+        _ => return Err("has a GROUP BY form that is not supported".into()),
+    };
+    let distinct = s.distinct.is_some();
+    if !aggregates && group_by.is_empty() && !distinct {
+        return Ok(None);
+    }
+    let mut columns = Vec::with_capacity(s.projection.len());
+    let mut names: Vec<Option<String>> = Vec::with_capacity(s.projection.len());
+    for item in &s.projection {
+        let (expr, alias) = match item {
+            SelectItem::UnnamedExpr(e) => (e, None),
+            SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias.value.clone())),
+            _ => {
+                return Err(
+                    "selects * with GROUP BY, DISTINCT or aggregates: name the columns".into(),
+                )
+            }
+        };
+        let combine = match expr {
+            Expr::Function(f) => {
+                let name = f.name.to_string().to_ascii_lowercase();
+                let distinct_arg = matches!(&f.args, FunctionArguments::List(l) if l.duplicate_treatment.is_some());
+                let kind = match name.as_str() {
+                    "count" => Some(Combine::Count),
+                    "sum" => Some(Combine::Sum),
+                    "min" => Some(Combine::Min),
+                    "max" => Some(Combine::Max),
+                    "avg" => return Err("uses AVG: select SUM(x) and COUNT(x) and divide".into()),
+                    other if AGGREGATES.contains(&other) => {
+                        return Err(format!(
+                            "uses {}: not supported across shards",
+                            other.to_ascii_uppercase()
+                        ))
+                    }
+                    _ => None,
+                };
+                match kind {
+                    Some(_) if distinct_arg => {
+                        return Err(format!(
+                            "uses {}(DISTINCT ...): not supported across shards",
+                            name.to_ascii_uppercase()
+                        ))
+                    }
+                    Some(k) => k,
+                    None if contains_aggregate(&expr.to_string()) => {
+                        return Err(
+                            "has an aggregate inside an expression: select the aggregate itself"
+                                .into(),
+                        )
+                    }
+                    None => Combine::First,
+                }
+            }
+            other if contains_aggregate(&other.to_string()) => {
+                return Err(
+                    "has an aggregate inside an expression: select the aggregate itself".into(),
+                )
+            }
+            _ => Combine::First,
+        };
+        let name = alias.or_else(|| match expr {
+            Expr::Identifier(id) => Some(id.value.clone()),
+            Expr::CompoundIdentifier(parts) => parts.last().map(|p| p.value.clone()),
+            _ => None,
+        });
+        columns.push(combine);
+        names.push(name);
+    }
+    if distinct && columns.iter().any(|c| *c != Combine::First) {
+        return Err("uses DISTINCT with aggregates: not supported across shards".into());
+    }
+    let named = |wanted: &str| {
+        names
+            .iter()
+            .position(|n| n.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(wanted)))
+    };
+    let keys: Vec<usize> = if distinct {
+        (0..columns.len()).collect()
+    } else {
+        let mut keys = Vec::with_capacity(group_by.len());
+        for g in group_by {
+            let at = match g {
+                Expr::Identifier(id) => named(&id.value),
+                Expr::CompoundIdentifier(parts) => parts.last().and_then(|id| named(&id.value)),
+                Expr::Value(v) => match &v.value {
+                    Value::Number(n, _) => n.parse::<usize>().ok().and_then(|p| p.checked_sub(1)),
+                    _ => None,
+                },
+                _ => None,
+            };
+            match at {
+                Some(i) if i < columns.len() && columns[i] == Combine::First => keys.push(i),
+                _ => {
+                    return Err(format!(
+                        "groups by {g}, which is not a selected column: select it"
+                    ))
+                }
+            }
+        }
+        keys
+    };
+    Ok(Some(GroupSpec {
+        columns,
+        sorted_by_key: !group_by.is_empty(),
+        keys,
+    }))
+}
+
+/// Whether expression text calls an aggregate function.
+fn contains_aggregate(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    let b = lower.as_bytes();
+    AGGREGATES.iter().any(|a| {
+        lower.match_indices(a).any(|(i, _)| {
+            let starts_word = i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_');
+            starts_word && lower[i + a.len()..].trim_start().starts_with('(')
+        })
+    })
+}
+
 /// The ORDER BY terms and LIMIT of a multi-shard read, and the statement the shards run.
 fn merge_spec(
     q: &sqlparser::ast::Query,
     sql: &str,
     shards: Vec<usize>,
+    group: Option<GroupSpec>,
 ) -> Result<MergeSpec, String> {
     use sqlparser::ast::{LimitClause, OrderByKind, OrderBySort};
     let mut order = Vec::new();
@@ -488,11 +647,19 @@ fn merge_spec(
             (number(offset)?, Some(number(limit)?))
         }
     };
+    let rewrite_failed =
+        || "the LIMIT clause of this multi-shard read could not be rewritten".to_string();
+    // A group's rows may sit beyond any one shard's first rows: grouped reads fetch every
+    // group and limit after merging.
+    let grouped = group
+        .as_ref()
+        .is_some_and(|g| g.columns.iter().any(|c| *c != Combine::First) || g.sorted_by_key);
     let shard_sql = match (offset, limit) {
+        (_, Some(_)) if grouped => rewrite_limit(sql, None).ok_or_else(rewrite_failed)?,
         (0, _) | (_, None) => sql.to_string(),
-        (off, Some(n)) => rewrite_limit(sql, off.saturating_add(n)).ok_or_else(|| {
-            "the LIMIT clause of this multi-shard read could not be rewritten".to_string()
-        })?,
+        (off, Some(n)) => {
+            rewrite_limit(sql, Some(off.saturating_add(n))).ok_or_else(rewrite_failed)?
+        }
     };
     if offset > 0 && limit.is_none() {
         return Err("OFFSET without LIMIT on a multi-shard read is not supported".into());
@@ -503,12 +670,14 @@ fn merge_spec(
         order,
         offset,
         limit,
+        group,
     })
 }
 
 /// `sql` with its last top-level LIMIT clause replaced by `LIMIT n` (the shards must each
-/// return the first `offset + count` rows; the proxy skips the offset after merging).
-fn rewrite_limit(sql: &str, n: u64) -> Option<String> {
+/// return the first `offset + count` rows; the proxy skips the offset after merging), or
+/// removed (`None`).
+fn rewrite_limit(sql: &str, n: Option<u64>) -> Option<String> {
     use sqlparser::keywords::Keyword;
     use sqlparser::tokenizer::{Token, Tokenizer};
     let tokens = Tokenizer::new(&MySqlDialect {}, sql)
@@ -537,7 +706,8 @@ fn rewrite_limit(sql: &str, n: u64) -> Option<String> {
     }
     let from = byte_offset(sql, tokens[start].span.start)?;
     let to = byte_offset(sql, tokens[end].span.end)?;
-    Some(format!("{}LIMIT {n}{}", &sql[..from], &sql[to..]))
+    let clause = n.map(|n| format!("LIMIT {n}")).unwrap_or_default();
+    Some(format!("{}{clause}{}", &sql[..from], &sql[to..]))
 }
 
 /// A tokenizer location (1-based line and character column) as a byte offset.
@@ -1146,8 +1316,52 @@ mod tests {
                 ],
                 offset: 5,
                 limit: Some(10),
+                group: None,
             })
         );
+        match run("SELECT name, COUNT(*) AS c, SUM(id), MAX(id) FROM users GROUP BY name ORDER BY c DESC LIMIT 2") {
+            ShardPlan::MergeSorted(spec) => {
+                assert_eq!(
+                    spec.sql,
+                    "SELECT name, COUNT(*) AS c, SUM(id), MAX(id) FROM users GROUP BY name ORDER BY c DESC "
+                );
+                let g = spec.group.expect("grouped");
+                assert_eq!(
+                    g.columns,
+                    vec![Combine::First, Combine::Count, Combine::Sum, Combine::Max]
+                );
+                assert_eq!((g.keys, g.sorted_by_key), (vec![0], true));
+            }
+            other => panic!("{other:?}"),
+        }
+        match run("SELECT DISTINCT name FROM users LIMIT 3") {
+            ShardPlan::MergeSorted(spec) => {
+                assert_eq!(spec.sql, "SELECT DISTINCT name FROM users LIMIT 3");
+                assert_eq!(spec.group.map(|g| g.keys), Some(vec![0]));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            run("SELECT MIN(id) FROM users"),
+            ShardPlan::MergeSorted(_)
+        ));
+        // One shard runs anything itself.
+        assert_eq!(
+            run("SELECT AVG(id) FROM users WHERE id = 42 GROUP BY name HAVING COUNT(*) > 1"),
+            ShardPlan::One(shard("42"))
+        );
+        refused("SELECT AVG(id) FROM users", "AVG");
+        refused("SELECT COUNT(DISTINCT name) FROM users", "DISTINCT");
+        refused(
+            "SELECT name, COUNT(*) FROM users GROUP BY name HAVING COUNT(*) > 1",
+            "HAVING",
+        );
+        refused("SELECT COUNT(*) + 1 FROM users", "inside an expression");
+        refused(
+            "SELECT id, COUNT(*) FROM users GROUP BY name",
+            "not a selected column",
+        );
+
         match run("SELECT id FROM users WHERE name = 'é'\nLIMIT 2 OFFSET 3") {
             ShardPlan::MergeSorted(spec) => {
                 assert_eq!(spec.sql, "SELECT id FROM users WHERE name = 'é'\nLIMIT 5");
@@ -1159,9 +1373,6 @@ mod tests {
             "SELECT * FROM users ORDER BY id + 1",
             "select it with an alias",
         );
-        refused("SELECT COUNT(*) FROM users", "aggregate");
-        refused("SELECT name, count(*) FROM users GROUP BY name", "GROUP BY");
-        refused("SELECT DISTINCT name FROM users", "DISTINCT");
         refused(
             "UPDATE users SET name = 'x' WHERE name = 'y'",
             "needs its shard key id",

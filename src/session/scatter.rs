@@ -8,10 +8,12 @@ use bytes::BytesMut;
 
 use super::route::Choice;
 use super::{identity, Session, SessionError};
-use crate::executor::merge::{compare_rows, row_values, ColumnMeta};
+use std::collections::HashMap;
+
+use crate::executor::merge::{compare_rows, fold, row_values, ColumnMeta, Fold, ValueKind};
 use crate::executor::{self, ExecError};
 use crate::planner::classify::{Class, Hint};
-use crate::planner::shard::{ColumnRef, MergeSpec};
+use crate::planner::shard::{ColumnRef, Combine, GroupSpec, MergeSpec};
 use crate::planner::Route;
 use crate::protocol::consts::{cap, status};
 use crate::protocol::packet::{put_packet, Frame};
@@ -192,6 +194,165 @@ fn terminator(p: &[u8], deprecate_eof: bool) -> (u16, u16) {
     }
 }
 
+/// Most bytes of rows a grouped merge holds before it gives up with an error.
+const MAX_MERGE_BYTES: usize = 64 << 20;
+
+/// What a grouped merge produced.
+enum Folded {
+    /// The merged rows, in output order.
+    Rows {
+        rows: Vec<Vec<Option<Vec<u8>>>>,
+        status: u16,
+        warnings: u16,
+    },
+    /// A shard's ERR packet (the other shards were read to their end).
+    Error(Vec<u8>),
+    /// Past [`MAX_MERGE_BYTES`].
+    TooBig,
+}
+
+/// A text-protocol row from owned values.
+fn encode_row(values: &[Option<Vec<u8>>]) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    for v in values {
+        match v {
+            None => out.extend_from_slice(&[0xFB]),
+            Some(v) => crate::protocol::wire::put_lenenc_bytes(&mut out, v),
+        }
+    }
+    out.to_vec()
+}
+
+impl Session {
+    /// Reads every shard's rows and folds rows of the same group into one (GROUP BY,
+    /// aggregates, DISTINCT), then orders them: by ORDER BY `keys`, else by the group key when
+    /// GROUP BY sorts. Holds at most [`MAX_MERGE_BYTES`].
+    async fn fold_groups(
+        &mut self,
+        addrs: &[Arc<str>],
+        open: &mut [bool],
+        group: &GroupSpec,
+        keys: &[(usize, bool)],
+        metas: &[ColumnMeta],
+        deprecate_eof: bool,
+    ) -> Result<Folded, (Arc<str>, String)> {
+        let n = metas.len();
+        let folds: Vec<Fold> = group
+            .columns
+            .iter()
+            .map(|c| match c {
+                Combine::First => Fold::First,
+                Combine::Count => Fold::Count,
+                Combine::Sum => Fold::Sum,
+                Combine::Min => Fold::Min,
+                Combine::Max => Fold::Max,
+            })
+            .collect();
+        let kind = |c: usize| metas.get(c).map_or(ValueKind::Bytes, |m| m.kind);
+        let mut index: HashMap<Vec<Option<Vec<u8>>>, usize> = HashMap::new();
+        let mut rows: Vec<Vec<Option<Vec<u8>>>> = Vec::new();
+        let mut bytes = 0usize;
+        let mut status_out = status::AUTOCOMMIT;
+        let mut warnings_out: u16 = 0;
+        let mut failure = None;
+        let mut too_big = false;
+        for (k, addr) in addrs.iter().enumerate() {
+            while open[k] {
+                let next = self
+                    .next_row(addr, deprecate_eof)
+                    .await
+                    .map_err(|m| (addr.clone(), m))?;
+                let row = match next {
+                    Next::Row(r) => r,
+                    Next::End { status, warnings } => {
+                        open[k] = false;
+                        status_out = status;
+                        warnings_out = warnings_out.saturating_add(warnings);
+                        continue;
+                    }
+                    Next::Error(e) => {
+                        open[k] = false;
+                        failure.get_or_insert(e);
+                        continue;
+                    }
+                };
+                if failure.is_some() || too_big {
+                    continue; // read to the end, so the connection stays usable
+                }
+                let Some(values) = row_values(&row, n) else {
+                    return Err((addr.clone(), "sent a row that could not be read".into()));
+                };
+                let key: Vec<Option<Vec<u8>>> = group
+                    .keys
+                    .iter()
+                    .map(|&c| {
+                        values
+                            .get(c)
+                            .copied()
+                            .flatten()
+                            .map(|v| group_key(v, kind(c)))
+                    })
+                    .collect();
+                match index.get(&key) {
+                    Some(&i) => {
+                        for (c, how) in folds.iter().enumerate() {
+                            let v = values.get(c).copied().flatten();
+                            fold(&mut rows[i][c], v, *how, kind(c));
+                        }
+                    }
+                    None => {
+                        bytes += row.len() + key.iter().flatten().map(Vec::len).sum::<usize>();
+                        if bytes > MAX_MERGE_BYTES {
+                            too_big = true;
+                            continue;
+                        }
+                        index.insert(key, rows.len());
+                        rows.push(values.iter().map(|v| v.map(<[u8]>::to_vec)).collect());
+                    }
+                }
+            }
+        }
+        if let Some(e) = failure {
+            return Ok(Folded::Error(e));
+        }
+        if too_big {
+            return Ok(Folded::TooBig);
+        }
+        let order: Vec<(usize, bool)> = if !keys.is_empty() {
+            keys.to_vec()
+        } else if group.sorted_by_key {
+            group.keys.iter().map(|&c| (c, false)).collect()
+        } else {
+            Vec::new()
+        };
+        if !order.is_empty() {
+            rows.sort_by(|a, b| compare_rows(&view(a), &view(b), &order, metas));
+        }
+        Ok(Folded::Rows {
+            rows,
+            status: status_out,
+            warnings: warnings_out,
+        })
+    }
+}
+
+/// Borrowed values of an owned row.
+fn view(r: &[Option<Vec<u8>>]) -> Values<'_> {
+    r.iter().map(|v| v.as_deref()).collect()
+}
+
+/// A value as a group key: strings of case-insensitive collations compare as the server
+/// groups them (case and trailing spaces aside).
+fn group_key(v: &[u8], kind: ValueKind) -> Vec<u8> {
+    match kind {
+        ValueKind::Text => String::from_utf8_lossy(v)
+            .trim_end_matches(' ')
+            .to_lowercase()
+            .into_bytes(),
+        _ => v.to_vec(),
+    }
+}
+
 /// A text-protocol row's values (`None`: NULL).
 type Values<'a> = Vec<Option<&'a [u8]>>;
 
@@ -283,6 +444,47 @@ impl Session {
                 return Ok(());
             };
             keys.push((col, key.desc));
+        }
+        if let Some(group) = &spec.group {
+            let merged = self
+                .fold_groups(&addrs, &mut open, group, &keys, &metas, deprecate_eof)
+                .await;
+            return match merged {
+                Ok(Folded::Rows {
+                    rows,
+                    status,
+                    warnings,
+                }) => {
+                    for row in rows
+                        .iter()
+                        .skip(usize::try_from(spec.offset).unwrap_or(usize::MAX))
+                        .take(
+                            spec.limit
+                                .map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX)),
+                        )
+                    {
+                        seq = put_packet(&mut out, seq, &encode_row(row));
+                    }
+                    end_packet(&mut out, seq, deprecate_eof, status, warnings);
+                    let _ = self.io.write_all(&out).await;
+                    Ok(())
+                }
+                Ok(Folded::Error(e)) => {
+                    self.end_with_error(&mut out, seq, &e, &addrs).await;
+                    Ok(())
+                }
+                Ok(Folded::TooBig) => {
+                    self.discard_all(&addrs);
+                    let msg = format!(
+                        "shardgate: merging this read's groups needs more than {} MiB; add a shard key to the WHERE clause or narrow it",
+                        MAX_MERGE_BYTES >> 20
+                    );
+                    self.send_err(crate::protocol::consts::errcode::UNKNOWN, &msg, reply_seq)
+                        .await;
+                    Ok(())
+                }
+                Err((addr, msg)) => Err(self.end_lost(&out, &addr, msg, &addrs).await),
+            };
         }
         let n = metas.len();
         let mut heads: Vec<Option<Vec<u8>>> = vec![None; addrs.len()];
