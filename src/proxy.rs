@@ -31,6 +31,8 @@ pub struct Shared {
     pub sessions: Arc<Registry>,
     /// Live state of every server, kept by the monitor.
     pub health: Arc<Health>,
+    /// Ids taken from sequence tables and not yet handed out: sequence -> [next, end).
+    pub sequences: std::sync::Mutex<std::collections::HashMap<String, (i64, i64)>>,
     clients: AtomicUsize,
 }
 
@@ -47,6 +49,7 @@ impl Shared {
             config,
             sessions: Arc::new(Registry::default()),
             health,
+            sequences: Default::default(),
             clients: AtomicUsize::new(0),
         }
     }

@@ -728,3 +728,65 @@ async fn groups_aggregates_and_distinct_merge_like_one_server() {
         .await
         .expect("drop");
 }
+
+#[tokio::test]
+async fn inserts_without_a_key_take_ids_from_a_sequence() {
+    let sb = sandbox();
+    let s0 = sb.cluster.primary("s0").expect("primary").port;
+    let mut root = common::connect(&common::root_url(s0)).await;
+    let start = 9_000_000 + (std::process::id() as i64 % 1000) * 1000;
+    root.query_drop("CREATE DATABASE IF NOT EXISTS meta")
+        .await
+        .expect("meta");
+    root.query_drop(
+        "CREATE TABLE IF NOT EXISTS meta.users_seq (id INT PRIMARY KEY, next_id BIGINT NOT NULL)",
+    )
+    .await
+    .expect("sequence table");
+    root.query_drop(format!("REPLACE INTO meta.users_seq VALUES (0, {start})"))
+        .await
+        .expect("sequence row");
+    let extra = format!(
+        "[monitor]\ninterval_ms = 200\n\
+         [keyspace.app]\nsequence_keyspace = \"meta\"\n\
+         [keyspace.app.tables.users]\nsequence = \"users_seq\"\n\
+         [keyspace.meta]\nsharding = \"unsharded\"\n\
+         [[keyspace.meta.shards]]\nname = \"m0\"\nprimary = \"127.0.0.1:{s0}\"\n"
+    );
+    let (_proxy, port) = sb.proxy(&extra);
+    let mut c = common::connect(&common::app_url(port, "app")).await;
+    c.query_drop("CREATE TABLE IF NOT EXISTS users (id INT PRIMARY KEY, name VARCHAR(40))")
+        .await
+        .expect("users");
+    c.query_drop("INSERT INTO users (name) VALUES ('seq-a'), ('seq-b'), ('seq-c')")
+        .await
+        .expect("insert without keys");
+    assert_eq!(c.affected_rows(), 3);
+    let first = c.last_insert_id().expect("insert id in the OK packet") as i64;
+    assert_eq!(first, start, "the first id of the sequence");
+    let again: Option<i64> = c
+        .query_first("SELECT LAST_INSERT_ID()")
+        .await
+        .expect("last_insert_id");
+    assert_eq!(again, Some(first));
+    for (k, name) in ["seq-a", "seq-b", "seq-c"].iter().enumerate() {
+        let got: Option<String> = c
+            .query_first(format!(
+                "/* shardgate:primary */ SELECT name FROM users WHERE id = {}",
+                first + k as i64
+            ))
+            .await
+            .expect("row by its generated id");
+        assert_eq!(got.as_deref(), Some(*name));
+    }
+    // The next insert continues the reserved block; the table's next_id moved by one block.
+    c.query_drop("INSERT INTO users (name) VALUES ('seq-d')")
+        .await
+        .expect("one more");
+    assert_eq!(c.last_insert_id(), Some((first + 3) as u64));
+    let next: Option<i64> = root
+        .query_first("SELECT next_id FROM meta.users_seq WHERE id = 0")
+        .await
+        .expect("sequence row");
+    assert_eq!(next, Some(start + 1000), "one block of 1000 reserved");
+}

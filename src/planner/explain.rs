@@ -176,6 +176,20 @@ pub fn explain(planner: &Planner, sql: &str, ctx: &PlanContext<'_>) -> String {
                 }
             }
         }
+        ShardPlan::Sequence {
+            sequence,
+            key,
+            rows,
+        } => {
+            let _ = writeln!(
+                out,
+                "runs on: the shard(s) of {rows} new {key} value(s) taken from sequence {sequence} (in blocks), added to the statement"
+            );
+            let _ = writeln!(
+                out,
+                "results: one OK whose insert id (and LAST_INSERT_ID()) is the first new {key}"
+            );
+        }
         ShardPlan::SplitInsert(parts) => {
             let _ = writeln!(out, "runs on: split by row, one INSERT per shard:");
             for (i, sql) in parts {

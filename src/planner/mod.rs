@@ -189,7 +189,8 @@ impl Planner {
             ShardPlan::Scatter(_)
             | ShardPlan::ScatterWrite(_)
             | ShardPlan::SplitInsert(_)
-            | ShardPlan::MergeSorted(_) => Plan::Reject {
+            | ShardPlan::MergeSorted(_)
+            | ShardPlan::Sequence { .. } => Plan::Reject {
                 code: errcode::UNKNOWN,
                 message: "shardgate: a multi-shard statement is run by the session (plan_shards)"
                     .into(),
@@ -214,6 +215,14 @@ impl Planner {
         let ks = self.keyspace_plan(ctx)?;
         let ring = ks.ring.as_ref()?;
         ks.routes.get(ring.shard_for(key_hash(key))).cloned()
+    }
+
+    /// The keyspace holding the session's keyspace's sequence tables, and its route.
+    pub fn sequence_keyspace(&self, ctx: &PlanContext<'_>) -> Option<(String, Route)> {
+        let ks = self.keyspace_for(ctx)?;
+        let seq = self.map.keyspace.get(ks)?.sequence_keyspace.clone()?;
+        let route = self.keyspaces.get(&seq)?.routes.first()?.clone();
+        Some((seq, route))
     }
 
     /// The route of one shard of the session's keyspace, by shard name.

@@ -40,6 +40,14 @@ pub enum ShardPlan {
     SplitInsert(Vec<(usize, String)>),
     /// A read on several shards whose rows are merged in order and trimmed to a LIMIT.
     MergeSorted(MergeSpec),
+    /// An INSERT without its shard key into a table whose key comes from a sequence: the
+    /// caller takes `rows` ids from `sequence`, adds them with [`with_generated_keys`] and
+    /// plans the result.
+    Sequence {
+        sequence: String,
+        key: String,
+        rows: usize,
+    },
     /// Not supported (yet): the client gets ERR 1105 with this text.
     Reject(String),
 }
@@ -351,17 +359,30 @@ fn plan_insert(ins: &Insert, sql: &str, cx: &ShardContext<'_>) -> ShardPlan {
     let Some(pos) = ins
         .columns
         .iter()
-        .position(|c| c.to_string().eq_ignore_ascii_case(key))
+        .position(|c| c.to_string().trim_matches('`').eq_ignore_ascii_case(key))
     else {
-        return reject(format!(
-            "INSERT into sharded table {table} must name its shard key column {key} with a value"
-        ));
+        let rows = match ins.source.as_ref().map(|q| q.body.as_ref()) {
+            Some(SetExpr::Values(v)) if !ins.columns.is_empty() => v.rows.len(),
+            _ => 0,
+        };
+        return match &rule.sequence {
+            Some(seq) if rows > 0 => ShardPlan::Sequence {
+                sequence: seq.clone(),
+                key: key.to_string(),
+                rows,
+            },
+            _ => reject(format!(
+                "INSERT into sharded table {table} must name its shard key column {key} with a value (or the table needs a sequence in the shard map and a column list)"
+            )),
+        };
     };
     if let Some(sqlparser::ast::OnInsert::DuplicateKeyUpdate(assignments)) = &ins.on {
-        if assignments
-            .iter()
-            .any(|a| a.target.to_string().eq_ignore_ascii_case(key))
-        {
+        if assignments.iter().any(|a| {
+            a.target
+                .to_string()
+                .trim_matches('`')
+                .eq_ignore_ascii_case(key)
+        }) {
             return reject(format!(
                 "ON DUPLICATE KEY UPDATE may not change shard key column {key}"
             ));
@@ -726,6 +747,52 @@ fn byte_offset(sql: &str, at: sqlparser::tokenizer::Location) -> Option<usize> {
         None if rest.chars().count() == col => Some(line_start + rest.len()),
         None => None,
     }
+}
+
+/// The INSERT `sql` with column `key` and one generated id per row added: first in the
+/// column list and first in each row. `None` if its text cannot be taken apart.
+pub fn with_generated_keys(sql: &str, key: &str, ids: &[i64]) -> Option<String> {
+    let parts = values_rows(sql)?;
+    if parts.rows.len() != ids.len() {
+        return None;
+    }
+    let head = &sql[..parts.head_end];
+    let open = first_paren(head)?;
+    let mut out = String::with_capacity(sql.len() + ids.len() * 12);
+    out.push_str(&head[..=open]);
+    out.push_str(&format!("`{}`, ", key.replace('`', "``")));
+    out.push_str(&head[open + 1..]);
+    let mut at = parts.head_end;
+    for (row, id) in parts.rows.iter().zip(ids) {
+        out.push_str(&sql[at..=row.start]);
+        out.push_str(&format!("{id}, "));
+        at = row.start + 1;
+    }
+    out.push_str(&sql[at..]);
+    Some(out)
+}
+
+/// The first `(` outside quotes and comments.
+fn first_paren(text: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            q @ (b'\'' | b'"' | b'`') => {
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    i += if b[i] == b'\\' && q != b'`' { 2 } else { 1 };
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i = text[i + 2..].find("*/").map(|e| i + 2 + e + 1)?;
+            }
+            b'(' => return Some(i),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Where the rows of an INSERT's VALUES list are in its text.
@@ -1384,6 +1451,15 @@ mod tests {
         refused(
             "INSERT INTO users (name) VALUES ('a')",
             "must name its shard key column id",
+        );
+        assert_eq!(
+            with_generated_keys(
+                "INSERT INTO `t` (name, n) VALUES ('a(', 1), ('b', 2) ON DUPLICATE KEY UPDATE n = 3",
+                "id",
+                &[10, 11]
+            )
+            .as_deref(),
+            Some("INSERT INTO `t` (`id`, name, n) VALUES (10, 'a(', 1), (11, 'b', 2) ON DUPLICATE KEY UPDATE n = 3")
         );
         assert_eq!(
             run("INSERT INTO users (name, id) VALUES (?, ?)"),

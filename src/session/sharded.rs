@@ -11,10 +11,14 @@ use super::{identity, Session, SessionError};
 use crate::backend::prepared::{param_value, ParamValue};
 use crate::executor::{self, ExecError};
 use crate::planner::classify::{Class, Hint, Kind};
+use crate::planner::shard::with_generated_keys;
 use crate::planner::{Route, ShardPlan};
-use crate::protocol::consts::{com, errcode, status};
+use crate::protocol::consts::{cap, com, errcode, status};
 use crate::protocol::packet::{put_ok, Frame, OkInfo};
 use crate::shardmap::ring::KeyValue;
+
+/// Ids reserved from a sequence table at a time (more when one INSERT needs more).
+const SEQUENCE_BLOCK: i64 = 1000;
 
 /// A transaction on a sharded keyspace.
 pub struct ShardTxn {
@@ -113,6 +117,15 @@ impl Session {
                     .merge_sorted(&targets, &spec, &class, hint, &frame)
                     .await;
             }
+            ShardPlan::Sequence {
+                sequence,
+                key,
+                rows,
+            } => {
+                return self
+                    .insert_with_sequence(&sql, &sequence, &key, rows, &routes, reply_seq)
+                    .await;
+            }
             ShardPlan::SplitInsert(parts) => {
                 if self.shard_txn.is_some() {
                     let msg = "shardgate: an INSERT with rows for several shards inside a transaction is refused (multi_shard_transactions = \"refuse\")";
@@ -123,7 +136,7 @@ impl Session {
                     .into_iter()
                     .filter_map(|(i, sql)| Some((routes.get(i)?.clone(), sql.into_bytes())))
                     .collect();
-                return self.write_each(parts, reply_seq).await;
+                return self.write_each(parts, None, reply_seq).await;
             }
             ShardPlan::ScatterWrite(shards) => {
                 if self.shard_txn.is_some() {
@@ -136,7 +149,7 @@ impl Session {
                     .iter()
                     .filter_map(|&i| Some((routes.get(i)?.clone(), sql.clone())))
                     .collect();
-                return self.write_each(parts, reply_seq).await;
+                return self.write_each(parts, None, reply_seq).await;
             }
             ShardPlan::One(i) => routes[i].clone(),
             // Anywhere: the transaction's shard if it has one. (A `?` in query text is the
@@ -234,6 +247,7 @@ impl Session {
     async fn write_each(
         &mut self,
         parts: Vec<(Route, Vec<u8>)>,
+        insert_id: Option<i64>,
         reply_seq: u8,
     ) -> Result<(), SessionError> {
         let mut total = OkInfo {
@@ -253,10 +267,172 @@ impl Session {
                 Err(e) => return self.report(e, reply_seq).await,
             }
         }
+        if let Some(id) = insert_id.and_then(|id| u64::try_from(id).ok()) {
+            total.last_insert_id = id;
+            // LAST_INSERT_ID() on whichever connection serves the session next.
+            let var = crate::backend::vars::Var::System("last_insert_id".into());
+            self.vars = self.vars.with([(var, Some(id.to_string()))]);
+        }
         let mut out = BytesMut::new();
         put_ok(&mut out, reply_seq, self.caps, total);
         let _ = self.io.write_all(&out).await;
         Ok(())
+    }
+
+    /// An INSERT whose rows need shard-key values from a sequence: takes the ids, writes them
+    /// into the statement, and runs it on the shard(s) they belong to. The client's OK carries
+    /// the first id as its insert id, and `LAST_INSERT_ID()` returns it.
+    async fn insert_with_sequence(
+        &mut self,
+        sql: &str,
+        sequence: &str,
+        key: &str,
+        rows: usize,
+        routes: &[Route],
+        reply_seq: u8,
+    ) -> Result<(), SessionError> {
+        let Some(ids) = self.take_ids(sequence, rows, reply_seq).await? else {
+            return Ok(());
+        };
+        let Some(text) = with_generated_keys(sql, key, &ids) else {
+            let msg = "shardgate: could not add the generated keys to this INSERT's text";
+            self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
+            return Ok(());
+        };
+        let ctx = self.plan_ctx();
+        let planned = self.shared.planner.plan_shards(&text, &ctx).map(|(p, _)| p);
+        let parts: Vec<(Route, Vec<u8>)> = match planned {
+            Some(ShardPlan::One(i)) => routes
+                .get(i)
+                .map(|r| (r.clone(), text.clone().into_bytes()))
+                .into_iter()
+                .collect(),
+            Some(ShardPlan::SplitInsert(parts)) => parts
+                .into_iter()
+                .filter_map(|(i, sql)| Some((routes.get(i)?.clone(), sql.into_bytes())))
+                .collect(),
+            Some(ShardPlan::Reject(msg)) => {
+                self.send_err(errcode::UNKNOWN, &msg, reply_seq).await;
+                return Ok(());
+            }
+            _ => Vec::new(),
+        };
+        if parts.is_empty() {
+            let msg = "shardgate: the INSERT with generated keys could not be routed";
+            self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
+            return Ok(());
+        }
+        if self.shard_txn.is_some() {
+            if parts.len() > 1 {
+                let msg = "shardgate: an INSERT with rows for several shards inside a transaction is refused (multi_shard_transactions = \"refuse\")";
+                self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
+                return Ok(());
+            }
+            if !self.bind_txn(&parts[0].0, reply_seq).await? {
+                return Ok(());
+            }
+        }
+        self.write_each(parts, ids.first().copied(), reply_seq)
+            .await
+    }
+
+    /// `n` ids from `sequence`, from the proxy's reserved block or a new block taken from the
+    /// sequence table (one row `id = 0` whose `next_id` is the next id to hand out) in the
+    /// keyspace's `sequence_keyspace`. `None` after answering the client with an error.
+    async fn take_ids(
+        &mut self,
+        sequence: &str,
+        n: usize,
+        reply_seq: u8,
+    ) -> Result<Option<Vec<i64>>, SessionError> {
+        let Ok(want) = i64::try_from(n) else {
+            return Ok(None);
+        };
+        let take = |shared: &crate::proxy::Shared| -> Option<Vec<i64>> {
+            let mut seqs = shared.sequences.lock().unwrap_or_else(|e| e.into_inner());
+            let block = seqs.get_mut(sequence)?;
+            if block.1 - block.0 < want {
+                return None;
+            }
+            let ids = (block.0..block.0 + want).collect();
+            block.0 += want;
+            Some(ids)
+        };
+        if let Some(ids) = take(&self.shared) {
+            return Ok(Some(ids));
+        }
+        let ctx = self.plan_ctx();
+        let Some((keyspace, route)) = self.shared.planner.sequence_keyspace(&ctx) else {
+            let msg = format!(
+                "shardgate: sequence {sequence} needs `sequence_keyspace` in this keyspace's shard map"
+            );
+            self.send_err(errcode::UNKNOWN, &msg, reply_seq).await;
+            return Ok(None);
+        };
+        let size = want.max(SEQUENCE_BLOCK);
+        let sql = format!(
+            "UPDATE `{}`.`{}` SET next_id = LAST_INSERT_ID(next_id + {size}) WHERE id = 0",
+            keyspace.replace('`', "``"),
+            sequence.replace('`', "``")
+        );
+        // A connection of its own, never the session's: the block must not be part of (or
+        // rolled back with) the client's transaction.
+        let key = crate::backend::ConnKey {
+            framing: self.caps & cap::FRAMING,
+            charset: self.charset,
+        };
+        let user = (self.user.name.clone(), self.user.password.clone());
+        let r = async {
+            let mut conn = self
+                .shared
+                .pools
+                .get(&route.addr, &user.0, &user.1, key, Some(&keyspace), 0)
+                .await?;
+            if let Err(e) = conn.ensure_db(Some(&keyspace)).await? {
+                return Ok(Err(e));
+            }
+            conn.simple_command(com::QUERY, sql.as_bytes()).await
+        }
+        .await;
+        let ok = match r {
+            Ok(Ok(ok)) => ok,
+            Ok(Err(e)) => {
+                self.report(ExecError::Database(e), reply_seq).await?;
+                return Ok(None);
+            }
+            Err(e) => {
+                self.report(ExecError::Connect(e), reply_seq).await?;
+                return Ok(None);
+            }
+        };
+        let end = i64::try_from(ok.last_insert_id).unwrap_or(0);
+        if ok.affected_rows == 0 || end < size {
+            let msg = format!(
+                "shardgate: sequence table {keyspace}.{sequence} has no row with id = 0 (create it with next_id = 1)"
+            );
+            self.send_err(errcode::UNKNOWN, &msg, reply_seq).await;
+            return Ok(None);
+        }
+        {
+            let mut seqs = self
+                .shared
+                .sequences
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let block = seqs.entry(sequence.to_string()).or_insert((0, 0));
+            if block.1 - block.0 < want {
+                *block = (end - size, end);
+            }
+        }
+        match take(&self.shared) {
+            Some(ids) => Ok(Some(ids)),
+            None => {
+                let msg =
+                    "shardgate: the sequence block was used up by other sessions meanwhile; retry";
+                self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
+                Ok(None)
+            }
+        }
     }
 
     /// Runs `sql` (answered by one OK or ERR) on the session's connection to `addr` for the
@@ -305,8 +481,9 @@ impl Session {
             ShardPlan::Scatter(_)
             | ShardPlan::ScatterWrite(_)
             | ShardPlan::SplitInsert(_)
-            | ShardPlan::MergeSorted(_) => {
-                let msg = "shardgate: prepared statements that run on several shards are not supported yet";
+            | ShardPlan::MergeSorted(_)
+            | ShardPlan::Sequence { .. } => {
+                let msg = "shardgate: prepared statements that run on several shards or take sequence ids are not supported yet";
                 self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
                 None
             }
