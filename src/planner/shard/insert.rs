@@ -1,0 +1,260 @@
+//! INSERTs on sharded tables: which shard each row goes to, splitting a multi-row INSERT by
+//! row, and adding generated keys from a sequence. The VALUES rows are cut out of the
+//! client's own text (never re-printed from the parse tree, which re-escapes strings).
+
+use std::collections::BTreeSet;
+
+use sqlparser::ast::{Insert, SetExpr, TableObject};
+
+use super::{key_value, reject, table_name, Key, ShardContext, ShardPlan};
+
+pub(super) fn plan_insert(ins: &Insert, sql: &str, cx: &ShardContext<'_>) -> ShardPlan {
+    let TableObject::TableName(name) = &ins.table else {
+        return reject("INSERT into a table function is not supported");
+    };
+    let table = table_name(name);
+    let Some(rule) = (cx.rule)(&table) else {
+        return reject(format!(
+            "table {table} is not in the shard map: say in the map whether it is sharded (shard_key) or a reference table"
+        ));
+    };
+    if rule.reference {
+        return ShardPlan::All;
+    }
+    let Some(key) = rule.shard_key.as_deref() else {
+        return reject(format!("table {table} has no shard key in the shard map"));
+    };
+    let Some(pos) = ins
+        .columns
+        .iter()
+        .position(|c| c.to_string().trim_matches('`').eq_ignore_ascii_case(key))
+    else {
+        let rows = match ins.source.as_ref().map(|q| q.body.as_ref()) {
+            Some(SetExpr::Values(v)) if !ins.columns.is_empty() => v.rows.len(),
+            _ => 0,
+        };
+        return match &rule.sequence {
+            Some(seq) if rows > 0 => ShardPlan::Sequence {
+                sequence: seq.clone(),
+                key: key.to_string(),
+                rows,
+            },
+            _ => reject(format!(
+                "INSERT into sharded table {table} must name its shard key column {key} with a value (or the table needs a sequence in the shard map and a column list)"
+            )),
+        };
+    };
+    if let Some(sqlparser::ast::OnInsert::DuplicateKeyUpdate(assignments)) = &ins.on {
+        if assignments.iter().any(|a| {
+            a.target
+                .to_string()
+                .trim_matches('`')
+                .eq_ignore_ascii_case(key)
+        }) {
+            return reject(format!(
+                "ON DUPLICATE KEY UPDATE may not change shard key column {key}"
+            ));
+        }
+    }
+    let Some(source) = &ins.source else {
+        return reject("INSERT ... SET is not supported on a sharded table yet");
+    };
+    let SetExpr::Values(values) = source.body.as_ref() else {
+        return reject("INSERT ... SELECT is not supported on a sharded table");
+    };
+    let mut shards = BTreeSet::new();
+    let mut row_shards = Vec::with_capacity(values.rows.len());
+    for row in &values.rows {
+        let Some(v) = row.get(pos) else {
+            return reject("an INSERT row has fewer values than columns");
+        };
+        match key_value(v) {
+            Some(Key::Value(k)) => {
+                let shard = (cx.shard_of)(&k.as_key());
+                shards.insert(shard);
+                row_shards.push(shard);
+            }
+            Some(Key::Param(i)) if values.rows.len() == 1 => return ShardPlan::Param(i),
+            Some(Key::Param(_)) => {
+                return reject(format!(
+                    "a prepared multi-row INSERT into sharded table {table} is not supported yet"
+                ))
+            }
+            Some(Key::Null) | None => {
+                return reject(format!(
+                    "INSERT into sharded table {table}: the shard key {key} must be a literal value or a parameter (not NULL or an expression)"
+                ))
+            }
+        }
+    }
+    if shards.len() == 1 {
+        return ShardPlan::One(shards.into_iter().next().unwrap_or(0));
+    }
+    let Some(parts) = values_rows(sql) else {
+        return reject(format!(
+            "this multi-row INSERT into {table} has rows for {} shards and its VALUES list could not be split",
+            shards.len()
+        ));
+    };
+    if parts.rows.len() != row_shards.len() {
+        return reject("the VALUES rows of this INSERT could not be matched to its parsed rows");
+    }
+    let statements = shards
+        .into_iter()
+        .map(|shard| {
+            let rows: Vec<&str> = parts
+                .rows
+                .iter()
+                .zip(&row_shards)
+                .filter(|(_, s)| **s == shard)
+                .map(|(r, _)| &sql[r.clone()])
+                .collect();
+            let text = format!(
+                "{}{}{}",
+                &sql[..parts.head_end],
+                rows.join(", "),
+                &sql[parts.tail_start..]
+            );
+            (shard, text)
+        })
+        .collect();
+    ShardPlan::SplitInsert(statements)
+}
+
+/// The INSERT `sql` with column `key` and one generated id per row added: first in the
+/// column list and first in each row. `None` if its text cannot be taken apart.
+pub fn with_generated_keys(sql: &str, key: &str, ids: &[i64]) -> Option<String> {
+    let parts = values_rows(sql)?;
+    if parts.rows.len() != ids.len() {
+        return None;
+    }
+    let head = &sql[..parts.head_end];
+    let open = first_paren(head)?;
+    let mut out = String::with_capacity(sql.len() + ids.len() * 12);
+    out.push_str(&head[..=open]);
+    out.push_str(&format!("`{}`, ", key.replace('`', "``")));
+    out.push_str(&head[open + 1..]);
+    let mut at = parts.head_end;
+    for (row, id) in parts.rows.iter().zip(ids) {
+        out.push_str(&sql[at..=row.start]);
+        out.push_str(&format!("{id}, "));
+        at = row.start + 1;
+    }
+    out.push_str(&sql[at..]);
+    Some(out)
+}
+
+/// The first `(` outside quotes and comments.
+fn first_paren(text: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            q @ (b'\'' | b'"' | b'`') => {
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    i += if b[i] == b'\\' && q != b'`' { 2 } else { 1 };
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i = text[i + 2..].find("*/").map(|e| i + 2 + e + 1)?;
+            }
+            b'(' => return Some(i),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Where the rows of an INSERT's VALUES list are in its text.
+struct ValuesRows {
+    /// The text before the first row (`INSERT ... VALUES `).
+    head_end: usize,
+    /// Each row, parentheses included.
+    rows: Vec<std::ops::Range<usize>>,
+    /// Where the text after the last row starts (` ON DUPLICATE KEY UPDATE ...` or nothing).
+    tail_start: usize,
+}
+
+/// Finds the rows of the VALUES (or VALUE) list by scanning bytes: quotes (`'`, `"`, with
+/// backslash and doubled-quote escapes), backquoted names and comments are skipped, so a
+/// parenthesis or comma inside them does not count.
+fn values_rows(sql: &str) -> Option<ValuesRows> {
+    let b = sql.as_bytes();
+    let mut i = 0;
+    let mut depth = 0usize;
+    let mut head_end = None;
+    let mut rows = Vec::new();
+    let mut row_start = 0;
+    let mut tail_start = None;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'\'' | b'"' | b'`' => {
+                i += 1;
+                while i < b.len() {
+                    if b[i] == b'\\' && c != b'`' {
+                        i += 2;
+                        continue;
+                    }
+                    if b[i] == c {
+                        if b.get(i + 1) == Some(&c) {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i = sql[i + 2..].find("*/").map(|e| i + 2 + e + 1)?;
+            }
+            b'#' => i = sql[i..].find('\n').map(|e| i + e)?,
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                i = sql[i..].find('\n').map(|e| i + e).unwrap_or(b.len());
+            }
+            b'(' => {
+                if depth == 0 && head_end.is_some() && tail_start.is_none() {
+                    row_start = i;
+                }
+                depth += 1;
+            }
+            b')' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 && head_end.is_some() && tail_start.is_none() {
+                    rows.push(row_start..i + 1);
+                }
+            }
+            _ if depth == 0 && head_end.is_none() && c.is_ascii_alphabetic() => {
+                let end = b[i..]
+                    .iter()
+                    .position(|x| !x.is_ascii_alphanumeric() && *x != b'_')
+                    .map_or(b.len(), |e| i + e);
+                let word = &sql[i..end];
+                if word.eq_ignore_ascii_case("values") || word.eq_ignore_ascii_case("value") {
+                    head_end = Some(end);
+                }
+                i = end;
+                continue;
+            }
+            _ if depth == 0
+                && head_end.is_some()
+                && tail_start.is_none()
+                && !rows.is_empty()
+                && c.is_ascii_alphabetic() =>
+            {
+                tail_start = Some(i);
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    head_end?;
+    Some(ValuesRows {
+        head_end: rows.first()?.start,
+        tail_start: rows.last()?.end,
+        rows,
+    })
+}

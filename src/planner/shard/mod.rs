@@ -1,0 +1,545 @@
+//! Which shards of a sharded keyspace a statement touches, read from its parsed form.
+//!
+//! Pure: the caller gives the statement, the keyspace's table rules and a function from a
+//! key value to its shard. Statements whose shard key equalities put every sharded table on
+//! one shard run there unchanged; DDL and reference-table writes run on every shard; reads
+//! of reference tables alone run on any one; reads needing several shards are scattered and
+//! merged (`merge`), multi-row INSERTs split by row and keys taken from sequences (`insert`),
+//! writes on several shards run on each. What cannot be done correctly is refused with a
+//! message that says what and why. `scope` binds tables to key values; `tokens` reads what
+//! the parse tree does not keep.
+
+use sqlparser::ast::{Expr, FromTable, ObjectName, SetExpr, Statement, UnaryOperator, Value};
+use sqlparser::dialect::MySqlDialect;
+use sqlparser::parser::Parser;
+
+use crate::shardmap::ring::KeyValue;
+
+mod insert;
+mod merge;
+mod scope;
+mod tokens;
+
+use crate::shardmap::TableRule;
+use insert::plan_insert;
+pub use insert::with_generated_keys;
+use merge::{group_spec, merge_spec};
+pub use merge::{ColumnRef, Combine, GroupSpec, MergeSpec, OrderKey};
+use scope::Scope;
+use tokens::{placeholder_number, scan, PLACEHOLDERS};
+
+/// Where a statement on a sharded keyspace runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardPlan {
+    /// This shard (index in the keyspace's shard list).
+    One(usize),
+    /// Every shard's primary, the same statement (DDL, reference-table writes).
+    All,
+    /// Any one shard: only reference tables, or no table at all.
+    Any,
+    /// A prepared statement whose shard is the one of its parameter (0-based) at execute.
+    Param(usize),
+    /// A read on these shards (indexes, ascending) whose results are the concatenation of
+    /// theirs: no ORDER BY, LIMIT, grouping, DISTINCT or aggregate to merge.
+    Scatter(Vec<usize>),
+    /// An UPDATE or DELETE on these shards' primaries, each changing its own rows; the
+    /// client gets one OK with the affected rows summed.
+    ScatterWrite(Vec<usize>),
+    /// A multi-row INSERT split by row: per shard, the statement with only that shard's
+    /// rows; the client gets one OK with the affected rows summed.
+    SplitInsert(Vec<(usize, String)>),
+    /// A read on several shards whose rows are merged in order and trimmed to a LIMIT.
+    MergeSorted(MergeSpec),
+    /// An INSERT without its shard key into a table whose key comes from a sequence: the
+    /// caller takes `rows` ids from `sequence`, adds them with [`with_generated_keys`] and
+    /// plans the result.
+    Sequence {
+        sequence: String,
+        key: String,
+        rows: usize,
+    },
+    /// Not supported (yet): the client gets ERR 1105 with this text.
+    Reject(String),
+}
+
+/// What the planner knows about the keyspace.
+pub struct ShardContext<'a> {
+    pub rule: &'a dyn Fn(&str) -> Option<&'a TableRule>,
+    pub shard_of: &'a dyn Fn(&KeyValue<'_>) -> usize,
+    pub allow_scatter_writes: bool,
+    /// Shards in the keyspace (a read with no key visits them all).
+    pub shard_count: usize,
+}
+
+fn reject(msg: impl Into<String>) -> ShardPlan {
+    ShardPlan::Reject(format!("shardgate: {}", msg.into()))
+}
+
+/// Plans one statement (`sql` must hold exactly one).
+pub fn plan(sql: &str, cx: &ShardContext<'_>) -> ShardPlan {
+    let statements = match Parser::parse_sql(&MySqlDialect {}, sql) {
+        Ok(s) => s,
+        Err(e) => {
+            return reject(format!(
+                "cannot route this statement on a sharded keyspace (not understood: {e})"
+            ))
+        }
+    };
+    let [statement] = statements.as_slice() else {
+        return reject("several statements in one query are not supported on a sharded keyspace");
+    };
+    let own_select = usize::from(matches!(statement, Statement::Query(_)));
+    let Some(tokens) = scan(sql) else {
+        return reject("cannot route this statement on a sharded keyspace (not understood)");
+    };
+    if tokens.selects > own_select {
+        return reject("subqueries, UNION and WITH are not supported on a sharded keyspace yet");
+    }
+    PLACEHOLDERS.with(|p| *p.borrow_mut() = tokens.placeholders);
+    match statement {
+        Statement::Query(q) => match q.body.as_ref() {
+            SetExpr::Select(s) => {
+                let mut scope = Scope::default();
+                for twj in &s.from {
+                    if let Err(e) = scope.add_from(twj, cx) {
+                        return reject(e);
+                    }
+                }
+                if let Some(w) = &s.selection {
+                    scope.add_condition(w);
+                }
+                let plan = scope.decide_read(cx, None, cx.shard_count);
+                let ShardPlan::Scatter(shards) = plan else {
+                    return plan;
+                };
+                // Several shards: what their results need to become one.
+                let grouping = match group_spec(q, s, tokens.aggregates) {
+                    Ok(g) => g,
+                    Err(e) => {
+                        return reject(format!(
+                            "this SELECT needs rows from {} shards and {e}",
+                            shards.len()
+                        ))
+                    }
+                };
+                if grouping.is_none() && q.order_by.is_none() && q.limit_clause.is_none() {
+                    return ShardPlan::Scatter(shards);
+                }
+                match merge_spec(q, sql, shards, grouping) {
+                    Ok(spec) => ShardPlan::MergeSorted(spec),
+                    Err(e) => reject(e),
+                }
+            }
+            _ => reject(
+                "UNION and other compound queries are not supported on a sharded keyspace yet",
+            ),
+        },
+        Statement::Insert(ins) => plan_insert(ins, sql, cx),
+        Statement::Update(u) => {
+            let mut scope = Scope::default();
+            if let Err(e) = scope.add_from(&u.table, cx) {
+                return reject(e);
+            }
+            if u.from.is_some() {
+                return reject("UPDATE ... FROM is not supported on a sharded keyspace");
+            }
+            for a in &u.assignments {
+                let target = a.target.to_string();
+                let column = target.rsplit('.').next().unwrap_or(&target);
+                if scope.is_shard_key_column(column) {
+                    return reject(format!(
+                        "UPDATE may not change shard key column {column}: the row would belong to another shard (delete and insert it instead)"
+                    ));
+                }
+            }
+            if let Some(w) = &u.selection {
+                scope.add_condition(w);
+            }
+            scope.decide_write(cx, "UPDATE")
+        }
+        Statement::Delete(d) => {
+            let mut scope = Scope::default();
+            let from = match &d.from {
+                FromTable::WithFromKeyword(f) | FromTable::WithoutKeyword(f) => f,
+            };
+            for twj in from {
+                if let Err(e) = scope.add_from(twj, cx) {
+                    return reject(e);
+                }
+            }
+            if d.using.is_some() || !d.tables.is_empty() {
+                return reject("multi-table DELETE is not supported on a sharded keyspace");
+            }
+            if let Some(w) = &d.selection {
+                scope.add_condition(w);
+            }
+            scope.decide_write(cx, "DELETE")
+        }
+        Statement::CreateTable(_)
+        | Statement::AlterTable(_)
+        | Statement::CreateIndex(_)
+        | Statement::Drop { .. }
+        | Statement::Truncate(_)
+        | Statement::CreateView(_) => ShardPlan::All,
+        // Session and server statements that read no sharded rows: any shard answers.
+        Statement::Set(_)
+        | Statement::Use(_)
+        | Statement::ShowVariable { .. }
+        | Statement::ShowVariables { .. }
+        | Statement::ShowStatus { .. }
+        | Statement::ShowCreate { .. }
+        | Statement::ShowColumns { .. }
+        | Statement::ShowDatabases { .. }
+        | Statement::ShowSchemas { .. }
+        | Statement::ShowTables { .. }
+        | Statement::ShowViews { .. }
+        | Statement::ShowCollation { .. }
+        | Statement::ShowCharset(_)
+        | Statement::ShowFunctions { .. }
+        | Statement::ShowProcessList { .. }
+        | Statement::ExplainTable { .. }
+        | Statement::Explain { .. }
+        | Statement::Kill { .. }
+        | Statement::Flush { .. }
+        | Statement::Savepoint { .. }
+        | Statement::ReleaseSavepoint { .. }
+        | Statement::Commit { .. }
+        | Statement::Rollback { .. }
+        | Statement::StartTransaction { .. } => ShardPlan::Any,
+        other => reject(format!(
+            "{} statements are not supported on a sharded keyspace yet",
+            statement_name(other)
+        )),
+    }
+}
+
+/// The statement's leading keyword(s), for messages.
+fn statement_name(s: &Statement) -> String {
+    let text = s.to_string();
+    text.split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_ascii_uppercase()
+}
+
+/// An owned key literal.
+enum OwnedKey {
+    Number(String),
+    Text(String),
+}
+
+impl OwnedKey {
+    fn as_key(&self) -> KeyValue<'_> {
+        match self {
+            OwnedKey::Number(n) => KeyValue::from_number_text(n.as_bytes()),
+            OwnedKey::Text(s) => KeyValue::from_string_content(s.as_bytes()),
+        }
+    }
+}
+
+enum Key {
+    Value(OwnedKey),
+    /// A prepared statement's parameter, by number.
+    Param(usize),
+    /// `= NULL` matches no row.
+    Null,
+}
+
+fn key_value(e: &Expr) -> Option<Key> {
+    match e {
+        Expr::Value(v) => match &v.value {
+            Value::Number(n, _) => Some(Key::Value(OwnedKey::Number(n.clone()))),
+            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => {
+                Some(Key::Value(OwnedKey::Text(s.clone())))
+            }
+            Value::Null => Some(Key::Null),
+            Value::Placeholder(_) => placeholder_number(&v.span).map(Key::Param),
+            _ => None,
+        },
+        Expr::UnaryOp {
+            op: UnaryOperator::Minus,
+            expr,
+        } => match expr.as_ref() {
+            Expr::Value(v) => match &v.value {
+                Value::Number(n, _) => Some(Key::Value(OwnedKey::Number(format!("-{n}")))),
+                _ => None,
+            },
+            _ => None,
+        },
+        Expr::Nested(inner) => key_value(inner),
+        _ => None,
+    }
+}
+
+fn table_name(name: &ObjectName) -> String {
+    let s = name.to_string();
+    let last = s.rsplit('.').next().unwrap_or(&s);
+    last.trim_matches('`').to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shardmap::ring::key_hash;
+
+    fn rules() -> std::collections::BTreeMap<String, TableRule> {
+        let mut m = std::collections::BTreeMap::new();
+        let sharded = |k: &str| TableRule {
+            shard_key: Some(k.into()),
+            ..TableRule::default()
+        };
+        m.insert("users".to_string(), sharded("id"));
+        m.insert("orders".to_string(), sharded("user_id"));
+        m.insert(
+            "countries".to_string(),
+            TableRule {
+                reference: true,
+                ..TableRule::default()
+            },
+        );
+        m
+    }
+
+    fn run(sql: &str) -> ShardPlan {
+        let r = rules();
+        let rule = |t: &str| r.get(t);
+        // Two shards by the hash's low bit: enough to tell shards apart in tests.
+        let shard_of = |k: &KeyValue<'_>| (key_hash(k) & 1) as usize;
+        let cx = ShardContext {
+            rule: &rule,
+            shard_of: &shard_of,
+            allow_scatter_writes: false,
+            shard_count: 2,
+        };
+        plan(sql, &cx)
+    }
+
+    fn shard(k: &str) -> usize {
+        (key_hash(&KeyValue::from_number_text(k.as_bytes())) & 1) as usize
+    }
+
+    #[test]
+    fn point_statements_go_to_their_keys_shard() {
+        let s = ShardPlan::One(shard("42"));
+        assert_eq!(run("SELECT * FROM users WHERE id = 42"), s);
+        assert_eq!(run("SELECT * FROM users WHERE id = '42'"), s);
+        assert_eq!(
+            run("SELECT * FROM users u WHERE 42 = u.id AND name = 'x'"),
+            s
+        );
+        assert_eq!(run("UPDATE users SET name = 'y' WHERE id = 42"), s);
+        assert_eq!(run("DELETE FROM users WHERE id = 42"), s);
+        assert_eq!(run("INSERT INTO users (id, name) VALUES (42, 'a')"), s);
+        assert_eq!(
+            run("INSERT INTO users (id, name) VALUES (42, 'a') ON DUPLICATE KEY UPDATE name = 'b'"),
+            s
+        );
+        assert_eq!(run("REPLACE INTO users (id, name) VALUES (42, 'a')"), s);
+        assert_eq!(
+            run("SELECT * FROM users u JOIN orders o ON o.user_id = u.id WHERE u.id = 42"),
+            s
+        );
+        assert_eq!(
+            run("SELECT * FROM users u JOIN countries c ON c.code = u.cc WHERE u.id = 42"),
+            s
+        );
+    }
+
+    #[test]
+    fn reference_tables_and_ddl() {
+        assert_eq!(run("SELECT * FROM countries"), ShardPlan::Any);
+        assert_eq!(run("SELECT 1"), ShardPlan::Any);
+        assert_eq!(
+            run("INSERT INTO countries (code) VALUES ('FR')"),
+            ShardPlan::All
+        );
+        assert_eq!(run("UPDATE countries SET name = 'x'"), ShardPlan::All);
+        assert_eq!(
+            run("CREATE TABLE users (id INT PRIMARY KEY)"),
+            ShardPlan::All
+        );
+        assert_eq!(run("ALTER TABLE users ADD COLUMN x INT"), ShardPlan::All);
+        assert_eq!(run("DROP TABLE users"), ShardPlan::All);
+        assert_eq!(run("SELECT * FROM users WHERE id = NULL"), ShardPlan::Any);
+    }
+
+    #[test]
+    fn what_is_not_supported_is_refused_with_the_reason() {
+        let refused = |sql: &str, needle: &str| match run(sql) {
+            ShardPlan::Reject(m) => assert!(m.contains(needle), "{sql}: {m}"),
+            other => panic!("{sql}: {other:?}"),
+        };
+        assert_eq!(run("SELECT * FROM users"), ShardPlan::Scatter(vec![0, 1]));
+        assert_eq!(
+            run("SELECT name FROM users WHERE id = 1 OR id = 2"),
+            ShardPlan::Scatter(vec![0, 1])
+        );
+        assert_eq!(
+            run("SELECT id, name AS n FROM users ORDER BY n DESC, 1 LIMIT 5, 10"),
+            ShardPlan::MergeSorted(MergeSpec {
+                shards: vec![0, 1],
+                sql: "SELECT id, name AS n FROM users ORDER BY n DESC, 1 LIMIT 15".into(),
+                order: vec![
+                    OrderKey {
+                        column: ColumnRef::Name("n".into()),
+                        desc: true
+                    },
+                    OrderKey {
+                        column: ColumnRef::Position(0),
+                        desc: false
+                    }
+                ],
+                offset: 5,
+                limit: Some(10),
+                group: None,
+            })
+        );
+        match run("SELECT name, COUNT(*) AS c, SUM(id), MAX(id) FROM users GROUP BY name ORDER BY c DESC LIMIT 2") {
+            ShardPlan::MergeSorted(spec) => {
+                assert_eq!(
+                    spec.sql,
+                    "SELECT name, COUNT(*) AS c, SUM(id), MAX(id) FROM users GROUP BY name ORDER BY c DESC "
+                );
+                let g = spec.group.expect("grouped");
+                assert_eq!(
+                    g.columns,
+                    vec![Combine::First, Combine::Count, Combine::Sum, Combine::Max]
+                );
+                assert_eq!((g.keys, g.sorted_by_key), (vec![0], true));
+            }
+            other => panic!("{other:?}"),
+        }
+        match run("SELECT DISTINCT name FROM users LIMIT 3") {
+            ShardPlan::MergeSorted(spec) => {
+                assert_eq!(spec.sql, "SELECT DISTINCT name FROM users LIMIT 3");
+                assert_eq!(spec.group.map(|g| g.keys), Some(vec![0]));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            run("SELECT MIN(id) FROM users"),
+            ShardPlan::MergeSorted(_)
+        ));
+        // One shard runs anything itself.
+        assert_eq!(
+            run("SELECT AVG(id) FROM users WHERE id = 42 GROUP BY name HAVING COUNT(*) > 1"),
+            ShardPlan::One(shard("42"))
+        );
+        refused("SELECT AVG(id) FROM users", "AVG");
+        refused("SELECT COUNT(DISTINCT name) FROM users", "DISTINCT");
+        refused(
+            "SELECT name, COUNT(*) FROM users GROUP BY name HAVING COUNT(*) > 1",
+            "HAVING",
+        );
+        refused("SELECT COUNT(*) + 1 FROM users", "inside an expression");
+        refused(
+            "SELECT id, COUNT(*) FROM users GROUP BY name",
+            "not a selected column",
+        );
+
+        match run("SELECT id FROM users WHERE name = 'é'\nLIMIT 2 OFFSET 3") {
+            ShardPlan::MergeSorted(spec) => {
+                assert_eq!(spec.sql, "SELECT id FROM users WHERE name = 'é'\nLIMIT 5");
+                assert_eq!((spec.offset, spec.limit, spec.order.len()), (3, Some(2), 0));
+            }
+            other => panic!("{other:?}"),
+        }
+        refused(
+            "SELECT * FROM users ORDER BY id + 1",
+            "select it with an alias",
+        );
+        refused(
+            "UPDATE users SET name = 'x' WHERE name = 'y'",
+            "needs its shard key id",
+        );
+        refused(
+            "UPDATE users SET id = 7 WHERE id = 42",
+            "may not change shard key",
+        );
+        refused(
+            "INSERT INTO users (name) VALUES ('a')",
+            "must name its shard key column id",
+        );
+        assert_eq!(
+            with_generated_keys(
+                "INSERT INTO `t` (name, n) VALUES ('a(', 1), ('b', 2) ON DUPLICATE KEY UPDATE n = 3",
+                "id",
+                &[10, 11]
+            )
+            .as_deref(),
+            Some("INSERT INTO `t` (`id`, name, n) VALUES (10, 'a(', 1), (11, 'b', 2) ON DUPLICATE KEY UPDATE n = 3")
+        );
+        assert_eq!(
+            run("INSERT INTO users (name, id) VALUES (?, ?)"),
+            ShardPlan::Param(1)
+        );
+        assert_eq!(run("SELECT c FROM users WHERE id = ?"), ShardPlan::Param(0));
+        assert_eq!(
+            run("SELECT * FROM users u JOIN orders o ON o.user_id = u.id WHERE u.name = ? AND u.id = ?"),
+            ShardPlan::Param(1)
+        );
+        assert_eq!(
+            run("UPDATE users SET name = ? WHERE id = ?"),
+            ShardPlan::Param(1)
+        );
+        refused(
+            "SELECT * FROM users u JOIN orders o ON 1 = 1 WHERE u.id = ? AND o.user_id = 5",
+            "several parameters",
+        );
+        assert_eq!(
+            run("SELECT * FROM users WHERE id IN (?, ?)"),
+            ShardPlan::Scatter(vec![0, 1])
+        );
+        refused(
+            "INSERT INTO users (id) VALUES (NULL)",
+            "literal value or a parameter",
+        );
+        refused("SELECT * FROM nowhere WHERE id = 1", "not in the shard map");
+        refused("SELECT * FROM (SELECT 1) x", "subqueries");
+        refused("SELECT (SELECT COUNT(*) FROM users)", "subqueries");
+        refused(
+            "DELETE FROM users WHERE id IN (SELECT id FROM orders)",
+            "subqueries",
+        );
+        refused("CALL p()", "CALL");
+        assert_eq!(run("SELECT 'select' FROM countries"), ShardPlan::Any);
+        refused("INSERT INTO users (id) SELECT 1", "not supported");
+        // Two keys that land on different shards.
+        let (a, b) = (1..100)
+            .map(|i| i.to_string())
+            .fold((None, None), |(a, b), k| match shard(&k) {
+                0 if a.is_none() => (Some(k), b),
+                1 if b.is_none() => (a, Some(k)),
+                _ => (a, b),
+            });
+        let (a, b) = (a.expect("a key on 0"), b.expect("a key on 1"));
+        assert_eq!(
+            run(&format!("SELECT * FROM users WHERE id IN ({a}, {b})")),
+            ShardPlan::Scatter(vec![0, 1])
+        );
+        assert_eq!(
+            run(&format!(
+                "INSERT INTO users (id, name) VALUES ({a}, 'x,(y)'), ({b}, 'it''s'), ({a}, \"q\") ON DUPLICATE KEY UPDATE name = 'z'"
+            )),
+            ShardPlan::SplitInsert(vec![
+                (
+                    0,
+                    format!("INSERT INTO users (id, name) VALUES ({a}, 'x,(y)'), ({a}, \"q\") ON DUPLICATE KEY UPDATE name = 'z'")
+                ),
+                (
+                    1,
+                    format!("INSERT INTO users (id, name) VALUES ({b}, 'it''s') ON DUPLICATE KEY UPDATE name = 'z'")
+                ),
+            ])
+        );
+        assert_eq!(
+            run(&format!("DELETE FROM users WHERE id IN ({a}, {b})")),
+            ShardPlan::ScatterWrite(vec![0, 1])
+        );
+        assert_eq!(
+            run(&format!("SELECT * FROM users WHERE id IN ({a}, {a})")),
+            ShardPlan::One(0)
+        );
+    }
+}
