@@ -13,6 +13,7 @@ use crate::backend::health::{Health, ServerHealth};
 use crate::protocol::consts::errcode;
 use crate::shardmap::ring::{key_hash, KeyValue, Ring};
 use crate::shardmap::{ShardMap, Sharding, TableRule};
+use shard::shape::{self, Shape};
 use shard::ShardContext;
 pub use shard::ShardPlan;
 
@@ -134,6 +135,12 @@ impl Planner {
                 let sharded =
                     (ks.sharding == Sharding::ConsistentHash).then(|| Ring::new(&names, ks.vnodes));
                 let plans = KeyspacePlan {
+                    cache_id: {
+                        use std::hash::{Hash, Hasher};
+                        let mut h = std::collections::hash_map::DefaultHasher::new();
+                        name.hash(&mut h);
+                        h.finish()
+                    },
                     routes,
                     ring: sharded,
                     tables: ks.tables.clone(),
@@ -207,7 +214,7 @@ impl Planner {
     pub fn plan_shards(&self, sql: &str, ctx: &PlanContext<'_>) -> Option<(ShardPlan, &[Route])> {
         let ks = self.keyspace_plan(ctx)?;
         ks.ring.as_ref()?;
-        Some((ks.shard_plan(sql), &ks.routes))
+        Some((ks.cached_or_planned(sql), &ks.routes))
     }
 
     /// The route of the shard that owns `key` in the session's (sharded) keyspace.
@@ -215,6 +222,14 @@ impl Planner {
         let ks = self.keyspace_plan(ctx)?;
         let ring = ks.ring.as_ref()?;
         ks.routes.get(ring.shard_for(key_hash(key))).cloned()
+    }
+
+    /// [`Planner::plan_shards`] without the shape cache: a full parse every time (for
+    /// measuring what the cache saves).
+    pub fn plan_shards_uncached(&self, sql: &str, ctx: &PlanContext<'_>) -> Option<ShardPlan> {
+        let ks = self.keyspace_plan(ctx)?;
+        ks.ring.as_ref()?;
+        Some(ks.shard_plan(sql))
     }
 
     /// The keyspace holding the session's keyspace's sequence tables, and its route.
@@ -255,6 +270,8 @@ fn no_keyspace() -> Plan {
 
 /// What the planner keeps per keyspace.
 struct KeyspacePlan {
+    /// Tells this keyspace's shapes apart in the per-thread plan cache.
+    cache_id: u64,
     /// One per shard, in map order (ring indexes point here).
     routes: Vec<Route>,
     /// Sharded keyspaces only.
@@ -264,6 +281,28 @@ struct KeyspacePlan {
 }
 
 impl KeyspacePlan {
+    /// The plan from the shape cache when the statement's shape has a value-independent plan;
+    /// else planned in full (and the shape's plan remembered when it can be).
+    fn cached_or_planned(&self, sql: &str) -> ShardPlan {
+        let (Some(ring), Some(shape)) = (&self.ring, Shape::of(sql)) else {
+            return self.shard_plan(sql);
+        };
+        let shard_of = |k: &KeyValue<'_>| ring.shard_for(key_hash(k));
+        if let Some(cached) = shape::get(self.cache_id, shape.hash) {
+            if let Some(plan) = shape.bind(&cached, shard_of) {
+                return plan;
+            }
+            return self.shard_plan(sql);
+        }
+        if let Some(cached) = shape::cacheable(&self.shard_plan(&shape.text)) {
+            shape::put(self.cache_id, shape.hash, cached.clone());
+            if let Some(plan) = shape.bind(&cached, shard_of) {
+                return plan;
+            }
+        }
+        self.shard_plan(sql)
+    }
+
     fn shard_plan(&self, sql: &str) -> ShardPlan {
         let Some(ring) = &self.ring else {
             return ShardPlan::One(0);

@@ -18,6 +18,7 @@ use crate::shardmap::ring::KeyValue;
 mod insert;
 mod merge;
 mod scope;
+pub mod shape;
 mod tokens;
 
 use crate::shardmap::TableRule;
