@@ -54,7 +54,7 @@ impl<'a> Shape<'a> {
         let mut text = String::with_capacity(sql.len());
         let mut literals = Vec::new();
         let mut copied = 0;
-        while let Some(t) = lx.next() {
+        for t in lx.by_ref() {
             let raw = t.text(src);
             match t.kind {
                 TokKind::Placeholder => return None,
