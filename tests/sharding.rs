@@ -790,3 +790,82 @@ async fn inserts_without_a_key_take_ids_from_a_sequence() {
         .expect("sequence row");
     assert_eq!(next, Some(start + 1000), "one block of 1000 reserved");
 }
+
+/// PyMySQL and other drivers turn autocommit off at login: every statement is then in a
+/// transaction, bound to the first shard a statement names, until COMMIT or ROLLBACK.
+#[tokio::test]
+async fn autocommit_off_binds_an_implicit_transaction_to_one_shard() {
+    let mut c = proxy().await;
+    c.query_drop("CREATE TABLE IF NOT EXISTS users (id INT PRIMARY KEY, name VARCHAR(40))")
+        .await
+        .expect("users");
+    let base = 10_000_000 + (std::process::id() as i64 % 1000) * 100;
+    let mut by_server: BTreeMap<u32, i64> = BTreeMap::new();
+    for id in base..base + 40 {
+        c.query_drop(format!(
+            "REPLACE INTO users (id, name) VALUES ({id}, 'before')"
+        ))
+        .await
+        .expect("insert");
+        let sid: Option<u32> = c
+            .query_first(format!(
+                "/* shardgate:primary */ SELECT @@server_id FROM users WHERE id = {id}"
+            ))
+            .await
+            .expect("where");
+        if let Some(sid) = sid {
+            by_server.entry(sid).or_insert(id);
+        }
+    }
+    let ids: Vec<i64> = by_server.values().copied().collect();
+    let (a, b) = (ids[0], ids[1]);
+    c.query_drop("SET autocommit = 0")
+        .await
+        .expect("autocommit off");
+    // A statement touching no sharded table does not bind the transaction, nor does a read
+    // of several shards while nothing is bound (each shard's read is its own snapshot).
+    let one: Option<i64> = c.query_first("SELECT 1").await.expect("select 1");
+    assert_eq!(one, Some(1));
+    let both: Vec<i64> = c
+        .query(format!(
+            "SELECT id FROM users WHERE id IN ({a}, {b}) ORDER BY id"
+        ))
+        .await
+        .expect("multi-shard read with autocommit off");
+    assert_eq!(both.len(), 2);
+    c.query_drop(format!("UPDATE users SET name = 'pending' WHERE id = {a}"))
+        .await
+        .expect("binds the shard");
+    let (code, msg) = error_of(
+        c.query_drop(format!("UPDATE users SET name = 'x' WHERE id = {b}"))
+            .await,
+    );
+    assert_eq!(code, 1105);
+    assert!(
+        msg.contains("transactions across shards are refused"),
+        "{msg}"
+    );
+    c.query_drop("ROLLBACK").await.expect("rollback");
+    let name: Option<String> = c
+        .query_first(format!("SELECT name FROM users WHERE id = {a}"))
+        .await
+        .expect("after rollback");
+    assert_eq!(name.as_deref(), Some("before"), "rolled back");
+    // That read began the next transaction (on a's shard); after it ends, another may pick
+    // another shard, and COMMIT keeps its write.
+    c.query_drop("COMMIT").await.expect("end the read");
+    c.query_drop(format!("UPDATE users SET name = 'kept' WHERE id = {b}"))
+        .await
+        .expect("next transaction");
+    c.query_drop("COMMIT").await.expect("commit");
+    c.query_drop("SET autocommit = 1")
+        .await
+        .expect("autocommit on");
+    let kept: Option<String> = c
+        .query_first(format!(
+            "/* shardgate:primary */ SELECT name FROM users WHERE id = {b}"
+        ))
+        .await
+        .expect("read");
+    assert_eq!(kept.as_deref(), Some("kept"));
+}

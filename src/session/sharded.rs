@@ -37,11 +37,7 @@ impl Session {
     ) -> Result<(), SessionError> {
         let reply_seq = frame.last_seq.wrapping_add(1);
         let sql = String::from_utf8_lossy(&frame.payload()[1..]).into_owned();
-        if !self.vars.autocommit() {
-            let msg = "shardgate: autocommit=0 is not supported on a sharded keyspace yet; use BEGIN ... COMMIT";
-            self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
-            return Ok(());
-        }
+        self.implicit_txn();
         match class.kind {
             Kind::Begin { .. } if self.shard_txn.as_ref().is_none_or(|t| t.shard.is_none()) => {
                 self.shard_txn = Some(ShardTxn {
@@ -64,7 +60,12 @@ impl Session {
                     }
                     None => {
                         // Nothing ran: nothing to commit or roll back.
-                        self.send_status_ok(reply_seq, status::AUTOCOMMIT).await;
+                        let st = if self.vars.autocommit() {
+                            status::AUTOCOMMIT
+                        } else {
+                            0
+                        };
+                        self.send_status_ok(reply_seq, st).await;
                         return Ok(());
                     }
                 }
@@ -77,6 +78,7 @@ impl Session {
         };
         let routes: Vec<Route> = routes.to_vec();
         let in_txn_shard = self.shard_txn.as_ref().and_then(|t| t.shard.clone());
+        let plan_copy = plan.clone();
         let route = match plan {
             ShardPlan::Reject(msg) => {
                 self.send_err(errcode::UNKNOWN, &msg, reply_seq).await;
@@ -90,32 +92,32 @@ impl Session {
                 }
                 return self.broadcast(&routes, &class, &frame).await;
             }
-            ShardPlan::Scatter(shards) => {
-                if self.shard_txn.is_some() {
+            ShardPlan::Scatter(_) | ShardPlan::MergeSorted(_) => {
+                if !self.multi_shard_read_allowed() {
                     let msg = "shardgate: reads from several shards inside a transaction are not supported (a transaction runs on one shard)";
                     self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
                     return Ok(());
                 }
-                let targets: Vec<Route> = shards
-                    .iter()
-                    .filter_map(|&i| routes.get(i).cloned())
-                    .collect();
-                return self.scatter(&targets, &class, hint, &frame).await;
-            }
-            ShardPlan::MergeSorted(spec) => {
-                if self.shard_txn.is_some() {
-                    let msg = "shardgate: reads from several shards inside a transaction are not supported (a transaction runs on one shard)";
-                    self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
-                    return Ok(());
+                let pick = |shards: &[usize]| -> Vec<Route> {
+                    shards
+                        .iter()
+                        .filter_map(|&i| routes.get(i).cloned())
+                        .collect()
+                };
+                match &plan_copy {
+                    ShardPlan::MergeSorted(spec) => {
+                        let targets = pick(&spec.shards);
+                        self.merge_sorted(&targets, spec, &class, hint, &frame)
+                            .await?;
+                    }
+                    ShardPlan::Scatter(shards) => {
+                        let targets = pick(shards);
+                        self.scatter(&targets, &class, hint, &frame).await?;
+                    }
+                    _ => {}
                 }
-                let targets: Vec<Route> = spec
-                    .shards
-                    .iter()
-                    .filter_map(|&i| routes.get(i).cloned())
-                    .collect();
-                return self
-                    .merge_sorted(&targets, &spec, &class, hint, &frame)
-                    .await;
+                self.end_read_snapshots().await;
+                return Ok(());
             }
             ShardPlan::Sequence {
                 sequence,
@@ -154,14 +156,18 @@ impl Session {
             ShardPlan::One(i) => routes[i].clone(),
             // Anywhere: the transaction's shard if it has one. (A `?` in query text is the
             // server's syntax error to report.)
-            ShardPlan::Any | ShardPlan::Param(_) => match &in_txn_shard {
-                Some(s) => routes
-                    .iter()
-                    .find(|r| &r.shard == s)
-                    .cloned()
-                    .unwrap_or_else(|| routes[0].clone()),
-                None => routes[0].clone(),
-            },
+            ShardPlan::Any | ShardPlan::Param(_) => {
+                // Touches no sharded table: the transaction's shard if it has one, else any
+                // shard without binding the transaction to it.
+                let on_txn_shard = in_txn_shard
+                    .as_ref()
+                    .and_then(|s| routes.iter().find(|r| &r.shard == s).cloned());
+                let route = on_txn_shard.unwrap_or_else(|| routes[0].clone());
+                self.run_statement(&route, &class, hint, Work::Query(&frame))
+                    .await?;
+                self.end_implicit_txn();
+                return Ok(());
+            }
         };
         if !self.bind_txn(&route, reply_seq).await? {
             return Ok(());
@@ -200,6 +206,14 @@ impl Session {
         let Some(begin) = self.shard_txn.as_ref().map(|t| t.begin.clone()) else {
             return Ok(true);
         };
+        if begin.is_empty() {
+            // Autocommit off: the statement itself opens the transaction on the shard.
+            self.hold.txn = true;
+            if let Some(t) = &mut self.shard_txn {
+                t.shard = Some(route.shard.clone());
+            }
+            return Ok(true);
+        }
         match self.run_quietly(&route.addr, &begin).await {
             Ok(_) => {
                 if let Some(conn) = self.pinned.find(&route.addr) {
@@ -537,12 +551,61 @@ impl Session {
                 }
             }
         };
-        if self.shared.planner.is_sharded(&self.plan_ctx())
-            && !self.bind_txn(&route, reply_seq).await?
-        {
+        let sharded = self.shared.planner.is_sharded(&self.plan_ctx());
+        if sharded {
+            self.implicit_txn();
+        }
+        if sharded && !self.bind_txn(&route, reply_seq).await? {
             return Ok(None);
         }
         Ok(Some(route))
+    }
+
+    /// A read may visit several shards outside transactions, and with autocommit off while no
+    /// statement has bound the implicit transaction to a shard yet (each shard's read is then
+    /// its own snapshot, ended at once: see `end_read_snapshots`).
+    fn multi_shard_read_allowed(&self) -> bool {
+        match &self.shard_txn {
+            None => true,
+            Some(t) => t.begin.is_empty() && t.shard.is_none(),
+        }
+    }
+
+    /// With autocommit off, a multi-shard read opened a transaction on each shard's
+    /// connection: commit them (they only read), so the connections go back to the pool clean
+    /// and the session's transaction stays unbound.
+    async fn end_read_snapshots(&mut self) {
+        if self.vars.autocommit() {
+            return;
+        }
+        for conn in self.pinned.iter_mut() {
+            if conn.in_flight {
+                continue;
+            }
+            match conn.simple_command(com::QUERY, b"COMMIT").await {
+                Ok(Ok(_)) => conn.in_txn = false,
+                _ => conn.broken = true,
+            }
+        }
+    }
+
+    /// With autocommit off every statement is in a transaction: the first that names a shard
+    /// binds it, as after a BEGIN (nothing to send: the server opens it itself).
+    fn implicit_txn(&mut self) {
+        if !self.vars.autocommit() && self.shard_txn.is_none() {
+            self.shard_txn = Some(ShardTxn {
+                begin: Vec::new(),
+                shard: None,
+            });
+        }
+    }
+
+    /// `SET autocommit = 1` commits what autocommit 0 had open: the session's implicit
+    /// transaction is over.
+    fn end_implicit_txn(&mut self) {
+        if self.vars.autocommit() && self.shard_txn.as_ref().is_some_and(|t| t.begin.is_empty()) {
+            self.shard_txn = None;
+        }
     }
 
     async fn send_status_ok(&mut self, seq: u8, status: u16) {
