@@ -869,3 +869,47 @@ async fn autocommit_off_binds_an_implicit_transaction_to_one_shard() {
         .expect("read");
     assert_eq!(kept.as_deref(), Some("kept"));
 }
+
+#[tokio::test]
+async fn best_effort_transactions_span_shards() {
+    let (_proxy, port) = sandbox().proxy(
+        "[monitor]\ninterval_ms = 200\n[keyspace.app]\nmulti_shard_transactions = \"best_effort\"\n",
+    );
+    let mut c = common::connect(&common::app_url(port, "app")).await;
+    c.query_drop("CREATE TABLE IF NOT EXISTS users (id INT PRIMARY KEY, name VARCHAR(40))")
+        .await
+        .expect("users");
+    let base = 11_000_000 + (std::process::id() as i64 % 1000) * 100;
+    let mut by_server: BTreeMap<u32, i64> = BTreeMap::new();
+    for id in base..base + 40 {
+        c.query_drop(format!(
+            "REPLACE INTO users (id, name) VALUES ({id}, 'before')"
+        ))
+        .await
+        .expect("insert");
+        let sid: Option<u32> = c
+            .query_first(format!(
+                "/* shardgate:primary */ SELECT @@server_id FROM users WHERE id = {id}"
+            ))
+            .await
+            .expect("where");
+        if let Some(sid) = sid {
+            by_server.entry(sid).or_insert(id);
+        }
+    }
+    let ids: Vec<i64> = by_server.values().copied().collect();
+    let (a, b) = (ids[0], ids[1]);
+    let names_sql =
+        format!("/* shardgate:primary */ SELECT name FROM users WHERE id IN ({a}, {b})");
+    for (end, want) in [("ROLLBACK", "before"), ("COMMIT", "both")] {
+        c.query_drop("BEGIN").await.expect("begin");
+        for id in [a, b] {
+            c.query_drop(format!("UPDATE users SET name = 'both' WHERE id = {id}"))
+                .await
+                .expect("a write on each shard");
+        }
+        c.query_drop(end).await.expect("end");
+        let names: Vec<String> = c.query(&names_sql).await.expect("names");
+        assert_eq!(names, vec![want.to_string(), want.to_string()], "{end}");
+    }
+}

@@ -232,6 +232,16 @@ impl Planner {
         Some(ks.shard_plan(sql))
     }
 
+    /// Whether the session's keyspace lets a transaction span shards
+    /// (`multi_shard_transactions = "best_effort"`).
+    pub fn multi_shard_best_effort(&self, ctx: &PlanContext<'_>) -> bool {
+        self.keyspace_for(ctx)
+            .and_then(|ks| self.map.keyspace.get(ks))
+            .is_some_and(|k| {
+                k.multi_shard_transactions == crate::shardmap::MultiShardTransactions::BestEffort
+            })
+    }
+
     /// The keyspace holding the session's keyspace's sequence tables, and its route.
     pub fn sequence_keyspace(&self, ctx: &PlanContext<'_>) -> Option<(String, Route)> {
         let ks = self.keyspace_for(ctx)?;

@@ -26,6 +26,8 @@ pub struct ShardTxn {
     begin: Vec<u8>,
     /// The shard it runs on, once a statement chose one.
     shard: Option<Arc<str>>,
+    /// Further shards it opened on, in order (`multi_shard_transactions = "best_effort"`).
+    others: Vec<Arc<str>>,
 }
 
 impl Session {
@@ -43,13 +45,30 @@ impl Session {
                 self.shard_txn = Some(ShardTxn {
                     begin: frame.payload()[1..].to_vec(),
                     shard: None,
+                    others: Vec::new(),
                 });
                 self.send_status_ok(reply_seq, status::IN_TRANS | status::AUTOCOMMIT)
                     .await;
                 return Ok(());
             }
             Kind::EndTransaction => {
-                let shard = self.shard_txn.take().and_then(|t| t.shard);
+                let txn = self.shard_txn.take();
+                let shard = txn.as_ref().and_then(|t| t.shard.clone());
+                let others = txn.map(|t| t.others).unwrap_or_default();
+                // Best effort: the shards joined later end first, the first one answers.
+                let sql = frame.payload()[1..].to_vec();
+                for s in others.iter().rev() {
+                    let ctx = self.plan_ctx();
+                    let Some(r) = self.shared.planner.shard_route(&ctx, s) else {
+                        continue;
+                    };
+                    if let Err(e) = self.run_quietly(&r.addr, &sql).await {
+                        return self.report(e, reply_seq).await;
+                    }
+                    if let Some(conn) = self.pinned.find(&r.addr) {
+                        conn.in_txn = false;
+                    }
+                }
                 let route =
                     shard.and_then(|s| self.shared.planner.shard_route(&self.plan_ctx(), &s));
                 match route {
@@ -187,6 +206,24 @@ impl Session {
             return Ok(true);
         };
         match txn.shard.clone() {
+            Some(s)
+                if s != route.shard
+                    && (txn.others.contains(&route.shard)
+                        || self
+                            .shared
+                            .planner
+                            .multi_shard_best_effort(&self.plan_ctx())) =>
+            {
+                if self
+                    .shard_txn
+                    .as_ref()
+                    .is_some_and(|t| t.others.contains(&route.shard))
+                {
+                    return Ok(true);
+                }
+                // Best effort: the transaction opens on this shard too.
+                self.begin_also_on(route, reply_seq).await
+            }
             Some(s) if s != route.shard => {
                 let msg = format!(
                     "shardgate: this transaction runs on shard {s}; this statement needs shard {}: transactions across shards are refused (multi_shard_transactions = \"refuse\")",
@@ -198,6 +235,30 @@ impl Session {
             Some(_) => Ok(true),
             None => self.begin_on(route, reply_seq).await,
         }
+    }
+
+    /// Opens the transaction on one more shard (best effort mode); `false` after answering
+    /// the client with an error.
+    async fn begin_also_on(&mut self, route: &Route, reply_seq: u8) -> Result<bool, SessionError> {
+        let begin = self
+            .shard_txn
+            .as_ref()
+            .map(|t| t.begin.clone())
+            .unwrap_or_default();
+        if !begin.is_empty() {
+            if let Err(e) = self.run_quietly(&route.addr, &begin).await {
+                self.report(e, reply_seq).await?;
+                return Ok(false);
+            }
+            if let Some(conn) = self.pinned.find(&route.addr) {
+                conn.in_txn = true;
+            }
+        }
+        self.hold.txn = true;
+        if let Some(t) = &mut self.shard_txn {
+            t.others.push(route.shard.clone());
+        }
+        Ok(true)
     }
 
     /// Starts the held-back transaction on `route`'s primary; `false` when the client was
@@ -596,6 +657,7 @@ impl Session {
             self.shard_txn = Some(ShardTxn {
                 begin: Vec::new(),
                 shard: None,
+                others: Vec::new(),
             });
         }
     }
