@@ -263,26 +263,7 @@ async fn a_transaction_runs_on_its_first_statements_shard_and_may_not_leave_it()
         .expect("users");
     // Two keys on different shards, found from where the rows of the first test live.
     let base = 2_000_000 + (std::process::id() as i64 % 1000) * 100;
-    let mut by_shard: BTreeMap<u32, i64> = BTreeMap::new();
-    for id in base..base + 40 {
-        c.query_drop(format!(
-            "REPLACE INTO users (id, name) VALUES ({id}, 'before')"
-        ))
-        .await
-        .expect("insert");
-        let sid: Option<u32> = c
-            .query_first(format!(
-                "/* shardgate:primary */ SELECT @@server_id FROM users WHERE id = {id}"
-            ))
-            .await
-            .expect("where");
-        if let Some(sid) = sid {
-            by_shard.entry(sid).or_insert(id);
-        }
-    }
-    assert_eq!(by_shard.len(), 2, "keys on both shards: {by_shard:?}");
-    let ids: Vec<i64> = by_shard.values().copied().collect();
-    let (a, b) = (ids[0], ids[1]);
+    let (a, b) = keys_on_both_shards(&mut c, base).await;
 
     c.query_drop("BEGIN").await.expect("begin");
     c.query_drop(format!("UPDATE users SET name = 'inside' WHERE id = {a}"))
@@ -800,25 +781,7 @@ async fn autocommit_off_binds_an_implicit_transaction_to_one_shard() {
         .await
         .expect("users");
     let base = 10_000_000 + (std::process::id() as i64 % 1000) * 100;
-    let mut by_server: BTreeMap<u32, i64> = BTreeMap::new();
-    for id in base..base + 40 {
-        c.query_drop(format!(
-            "REPLACE INTO users (id, name) VALUES ({id}, 'before')"
-        ))
-        .await
-        .expect("insert");
-        let sid: Option<u32> = c
-            .query_first(format!(
-                "/* shardgate:primary */ SELECT @@server_id FROM users WHERE id = {id}"
-            ))
-            .await
-            .expect("where");
-        if let Some(sid) = sid {
-            by_server.entry(sid).or_insert(id);
-        }
-    }
-    let ids: Vec<i64> = by_server.values().copied().collect();
-    let (a, b) = (ids[0], ids[1]);
+    let (a, b) = keys_on_both_shards(&mut c, base).await;
     c.query_drop("SET autocommit = 0")
         .await
         .expect("autocommit off");
@@ -880,6 +843,25 @@ async fn best_effort_transactions_span_shards() {
         .await
         .expect("users");
     let base = 11_000_000 + (std::process::id() as i64 % 1000) * 100;
+    let (a, b) = keys_on_both_shards(&mut c, base).await;
+    let names_sql =
+        format!("/* shardgate:primary */ SELECT name FROM users WHERE id IN ({a}, {b})");
+    for (end, want) in [("ROLLBACK", "before"), ("COMMIT", "both")] {
+        c.query_drop("BEGIN").await.expect("begin");
+        for id in [a, b] {
+            c.query_drop(format!("UPDATE users SET name = 'both' WHERE id = {id}"))
+                .await
+                .expect("a write on each shard");
+        }
+        c.query_drop(end).await.expect("end");
+        let names: Vec<String> = c.query(&names_sql).await.expect("names");
+        assert_eq!(names, vec![want.to_string(), want.to_string()], "{end}");
+    }
+}
+
+/// Two keys from `base` whose rows live on different shards (rows written as 'before'),
+/// found by the server id of the primary that answers for each.
+async fn keys_on_both_shards(c: &mut Conn, base: i64) -> (i64, i64) {
     let mut by_server: BTreeMap<u32, i64> = BTreeMap::new();
     for id in base..base + 40 {
         c.query_drop(format!(
@@ -897,19 +879,7 @@ async fn best_effort_transactions_span_shards() {
             by_server.entry(sid).or_insert(id);
         }
     }
+    assert_eq!(by_server.len(), 2, "keys on both shards: {by_server:?}");
     let ids: Vec<i64> = by_server.values().copied().collect();
-    let (a, b) = (ids[0], ids[1]);
-    let names_sql =
-        format!("/* shardgate:primary */ SELECT name FROM users WHERE id IN ({a}, {b})");
-    for (end, want) in [("ROLLBACK", "before"), ("COMMIT", "both")] {
-        c.query_drop("BEGIN").await.expect("begin");
-        for id in [a, b] {
-            c.query_drop(format!("UPDATE users SET name = 'both' WHERE id = {id}"))
-                .await
-                .expect("a write on each shard");
-        }
-        c.query_drop(end).await.expect("end");
-        let names: Vec<String> = c.query(&names_sql).await.expect("names");
-        assert_eq!(names, vec![want.to_string(), want.to_string()], "{end}");
-    }
+    (ids[0], ids[1])
 }
