@@ -124,34 +124,12 @@ impl Session {
         let frame = work.frame();
         let reply_seq = frame.last_seq.wrapping_add(1);
         let shared = self.shared.clone();
-        let who = identity(
-            &self.user,
-            self.caps,
-            self.charset,
-            self.db.as_deref(),
-            &self.vars,
-        );
-        let mut got = executor::take(&shared.pools, &mut self.pinned, addr, &who).await;
-        if got.is_ok() && on_replica {
-            // Before the database and variables are set: the replica may not have them yet.
-            let statement = matches!(work, Work::Query(_) | Work::Execute(..));
-            if statement && !self.replica_caught_up(addr).await {
-                self.pinned.release(addr);
-                return Ok(Attempt::Behind);
-            }
-        }
-        if got.is_ok() {
-            let who = identity(
-                &self.user,
-                self.caps,
-                self.charset,
-                self.db.as_deref(),
-                &self.vars,
-            );
-            got = executor::fit(&mut self.pinned, addr, &who)
-                .await
-                .map(|_| ());
-        }
+        let statement = matches!(work, Work::Query(_) | Work::Execute(..));
+        let got = match self.ready_connection(addr, on_replica && statement).await {
+            Ok(true) => Ok(()),
+            Ok(false) => return Ok(Attempt::Behind),
+            Err(e) => Err(e),
+        };
         match got {
             Ok(()) => {}
             Err(ExecError::Connect(BackendError::PoolTimeout { .. })) if on_replica && retry_ok => {
@@ -248,6 +226,39 @@ impl Session {
             }
             Err(e) => self.report(e, reply_seq).await.map(|()| Attempt::Answered),
         }
+    }
+
+    /// Takes the session's connection to `addr` and fits it (database, variables). With
+    /// `check_writes` (a replica about to run a statement), first makes sure it has applied the
+    /// session's last write, before fitting: a lagging replica may not have the database yet.
+    /// `Ok(false)`: it has not (the connection is given back).
+    pub(super) async fn ready_connection(
+        &mut self,
+        addr: &Arc<str>,
+        check_writes: bool,
+    ) -> Result<bool, ExecError> {
+        let shared = self.shared.clone();
+        let who = identity(
+            &self.user,
+            self.caps,
+            self.charset,
+            self.db.as_deref(),
+            &self.vars,
+        );
+        executor::take(&shared.pools, &mut self.pinned, addr, &who).await?;
+        if check_writes && !self.replica_caught_up(addr).await {
+            self.pinned.release(addr);
+            return Ok(false);
+        }
+        let who = identity(
+            &self.user,
+            self.caps,
+            self.charset,
+            self.db.as_deref(),
+            &self.vars,
+        );
+        executor::fit(&mut self.pinned, addr, &who).await?;
+        Ok(true)
     }
 
     /// The client's execute (or long data) made ready for the connection to `addr`, preparing

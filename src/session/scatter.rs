@@ -7,11 +7,11 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use super::route::Choice;
-use super::{identity, Session, SessionError};
+use super::{Session, SessionError};
 use std::collections::HashMap;
 
 use crate::executor::merge::{compare_rows, fold, row_values, ColumnMeta, Fold, ValueKind};
-use crate::executor::{self, ExecError};
+use crate::executor::ExecError;
 use crate::planner::classify::{Class, Hint};
 use crate::planner::shard::{ColumnRef, Combine, GroupSpec, MergeSpec};
 use crate::planner::Route;
@@ -101,44 +101,27 @@ impl Session {
         Ok(())
     }
 
-    /// Takes the connection to `addr` (the primary of `route` if a replica cannot be had).
+    /// Takes the connection to `addr` (the primary of `route` if a replica cannot be had,
+    /// lacks the session's database or has not applied its last write).
     async fn connect_for_scatter(
         &mut self,
         addr: &Arc<str>,
         route: &Route,
     ) -> Result<Arc<str>, ExecError> {
-        let shared = self.shared.clone();
-        let who = identity(
-            &self.user,
-            self.caps,
-            self.charset,
-            self.db.as_deref(),
-            &self.vars,
-        );
         let on_replica = *addr != route.addr;
-        match executor::connection(&shared.pools, &mut self.pinned, addr, &who).await {
-            Ok(_) if !on_replica => return Ok(addr.clone()),
-            Ok(_) => {
-                if self.replica_caught_up(addr).await {
-                    return Ok(addr.clone());
-                }
-                self.pinned.release(addr);
-            }
+        match self.ready_connection(addr, on_replica).await {
+            Ok(true) => return Ok(addr.clone()),
+            Ok(false) => {}
+            // Not replicated there yet: the replica is fine, the primary answers.
+            Err(ExecError::Database(_)) if on_replica => self.pinned.release(addr),
             Err(_) if on_replica => {
-                if let Some(h) = shared.health.get(addr) {
+                if let Some(h) = self.shared.health.get(addr) {
                     h.mark_down();
                 }
             }
             Err(e) => return Err(e),
         }
-        let who = identity(
-            &self.user,
-            self.caps,
-            self.charset,
-            self.db.as_deref(),
-            &self.vars,
-        );
-        executor::connection(&shared.pools, &mut self.pinned, &route.addr, &who).await?;
+        self.ready_connection(&route.addr, false).await?;
         Ok(route.addr.clone())
     }
 
