@@ -70,9 +70,7 @@ fn error_of(r: Result<(), mysql_async::Error>) -> (u16, String) {
 #[tokio::test]
 async fn rows_land_on_the_shard_of_their_key_and_are_found_there() {
     let mut c = proxy().await;
-    c.query_drop("CREATE TABLE IF NOT EXISTS users (id INT PRIMARY KEY, name VARCHAR(40))")
-        .await
-        .expect("create users through the proxy");
+    users_table(&mut c).await;
     for id in 1..=200 {
         c.query_drop(format!(
             "INSERT INTO users (id, name) VALUES ({id}, 'user {id}') ON DUPLICATE KEY UPDATE name = VALUES(name)"
@@ -182,9 +180,7 @@ async fn ddl_and_reference_tables_reach_every_shard() {
 #[tokio::test]
 async fn co_located_join_stays_on_one_shard() {
     let mut c = proxy().await;
-    c.query_drop("CREATE TABLE IF NOT EXISTS users (id INT PRIMARY KEY, name VARCHAR(40))")
-        .await
-        .expect("users");
+    users_table(&mut c).await;
     c.query_drop(
         "CREATE TABLE IF NOT EXISTS orders (user_id INT, n INT, PRIMARY KEY (user_id, n))",
     )
@@ -225,9 +221,7 @@ async fn what_is_not_supported_is_refused_with_the_reason() {
     );
     assert_eq!(code, 1105);
     assert!(msg.contains("not in the shard map"), "{msg}");
-    c.query_drop("CREATE TABLE IF NOT EXISTS users (id INT PRIMARY KEY, name VARCHAR(40))")
-        .await
-        .expect("users");
+    users_table(&mut c).await;
     for (sql, needle) in [
         ("SELECT AVG(id) FROM users", "uses AVG"),
         (
@@ -258,9 +252,7 @@ async fn what_is_not_supported_is_refused_with_the_reason() {
 #[tokio::test]
 async fn a_transaction_runs_on_its_first_statements_shard_and_may_not_leave_it() {
     let mut c = proxy().await;
-    c.query_drop("CREATE TABLE IF NOT EXISTS users (id INT PRIMARY KEY, name VARCHAR(40))")
-        .await
-        .expect("users");
+    users_table(&mut c).await;
     // Two keys on different shards, found from where the rows of the first test live.
     let base = 2_000_000 + (std::process::id() as i64 % 1000) * 100;
     let (a, b) = keys_on_both_shards(&mut c, base).await;
@@ -313,9 +305,7 @@ async fn a_transaction_runs_on_its_first_statements_shard_and_may_not_leave_it()
 #[tokio::test]
 async fn prepared_statements_go_to_the_shard_of_their_key_parameter() {
     let mut c = proxy().await;
-    c.query_drop("CREATE TABLE IF NOT EXISTS users (id INT PRIMARY KEY, name VARCHAR(40))")
-        .await
-        .expect("users");
+    users_table(&mut c).await;
     let base = 3_000_000 + (std::process::id() as i64 % 1000) * 100;
     for id in base..base + 50 {
         c.exec_drop(
@@ -370,9 +360,7 @@ async fn prepared_statements_go_to_the_shard_of_their_key_parameter() {
 #[tokio::test]
 async fn reads_without_a_single_key_concatenate_every_shards_rows() {
     let mut c = proxy().await;
-    c.query_drop("CREATE TABLE IF NOT EXISTS users (id INT PRIMARY KEY, name VARCHAR(40))")
-        .await
-        .expect("users");
+    users_table(&mut c).await;
     let base = 4_000_000 + (std::process::id() as i64 % 1000) * 100;
     let tag = format!("scatter{base}");
     for id in base..base + 30 {
@@ -429,9 +417,7 @@ async fn reads_without_a_single_key_concatenate_every_shards_rows() {
 #[tokio::test]
 async fn writes_on_several_shards_sum_their_affected_rows() {
     let mut c = proxy().await;
-    c.query_drop("CREATE TABLE IF NOT EXISTS users (id INT PRIMARY KEY, name VARCHAR(40))")
-        .await
-        .expect("users");
+    users_table(&mut c).await;
     let base = 5_000_000 + (std::process::id() as i64 % 1000) * 100;
     let tag = format!("sw{base}");
     for id in base..base + 20 {
@@ -480,9 +466,7 @@ async fn writes_on_several_shards_sum_their_affected_rows() {
 #[tokio::test]
 async fn a_multi_row_insert_is_split_by_row() {
     let mut c = proxy().await;
-    c.query_drop("CREATE TABLE IF NOT EXISTS users (id INT PRIMARY KEY, name VARCHAR(40))")
-        .await
-        .expect("users");
+    users_table(&mut c).await;
     let base = 6_000_000 + (std::process::id() as i64 % 1000) * 100;
     // Values with the characters a naive split would trip on.
     let rows: Vec<String> = (base..base + 20)
@@ -530,9 +514,7 @@ async fn order_by_and_limit_merge_the_shards_rows() {
     let t = common::unique("ord");
     // The generated map shards users, orders and countries only: this test's rows are told
     // apart by a tag in their names.
-    c.query_drop("CREATE TABLE IF NOT EXISTS users (id INT PRIMARY KEY, name VARCHAR(40))")
-        .await
-        .expect("users");
+    users_table(&mut c).await;
     let base = 7_000_000 + (std::process::id() as i64 % 1000) * 100;
     let names = [
         "delta", "Alpha", "charlie", "bravo", "Echo", "alpha2", "foxtrot", "golf",
@@ -644,9 +626,7 @@ async fn rows_as_text(c: &mut Conn, sql: &str) -> Vec<Vec<Option<String>>> {
 async fn groups_aggregates_and_distinct_merge_like_one_server() {
     let mut c = proxy().await;
     let t = common::unique("grp");
-    c.query_drop("CREATE TABLE IF NOT EXISTS users (id INT PRIMARY KEY, name VARCHAR(40))")
-        .await
-        .expect("users");
+    users_table(&mut c).await;
     let base = 8_000_000 + (std::process::id() as i64 % 1000) * 100;
     let groups = ["Kilo", "lima", "kilo", "Mike", "november", "LIMA"];
     let mut all = Vec::new();
@@ -736,9 +716,7 @@ async fn inserts_without_a_key_take_ids_from_a_sequence() {
     );
     let (_proxy, port) = sb.proxy(&extra);
     let mut c = common::connect(&common::app_url(port, "app")).await;
-    c.query_drop("CREATE TABLE IF NOT EXISTS users (id INT PRIMARY KEY, name VARCHAR(40))")
-        .await
-        .expect("users");
+    users_table(&mut c).await;
     c.query_drop("INSERT INTO users (name) VALUES ('seq-a'), ('seq-b'), ('seq-c')")
         .await
         .expect("insert without keys");
@@ -777,9 +755,7 @@ async fn inserts_without_a_key_take_ids_from_a_sequence() {
 #[tokio::test]
 async fn autocommit_off_binds_an_implicit_transaction_to_one_shard() {
     let mut c = proxy().await;
-    c.query_drop("CREATE TABLE IF NOT EXISTS users (id INT PRIMARY KEY, name VARCHAR(40))")
-        .await
-        .expect("users");
+    users_table(&mut c).await;
     let base = 10_000_000 + (std::process::id() as i64 % 1000) * 100;
     let (a, b) = keys_on_both_shards(&mut c, base).await;
     c.query_drop("SET autocommit = 0")
@@ -839,9 +815,7 @@ async fn best_effort_transactions_span_shards() {
         "[monitor]\ninterval_ms = 200\n[keyspace.app]\nmulti_shard_transactions = \"best_effort\"\n",
     );
     let mut c = common::connect(&common::app_url(port, "app")).await;
-    c.query_drop("CREATE TABLE IF NOT EXISTS users (id INT PRIMARY KEY, name VARCHAR(40))")
-        .await
-        .expect("users");
+    users_table(&mut c).await;
     let base = 11_000_000 + (std::process::id() as i64 % 1000) * 100;
     let (a, b) = keys_on_both_shards(&mut c, base).await;
     let names_sql =
@@ -882,4 +856,12 @@ async fn keys_on_both_shards(c: &mut Conn, base: i64) -> (i64, i64) {
     assert_eq!(by_server.len(), 2, "keys on both shards: {by_server:?}");
     let ids: Vec<i64> = by_server.values().copied().collect();
     (ids[0], ids[1])
+}
+
+/// The sharded `users` table of the generated map, created through the proxy (on every
+/// shard) if a test before did not.
+async fn users_table(c: &mut Conn) {
+    c.query_drop("CREATE TABLE IF NOT EXISTS users (id INT PRIMARY KEY, name VARCHAR(40))")
+        .await
+        .expect("users");
 }

@@ -62,18 +62,7 @@ fn start() -> Env {
     unsafe {
         libc::atexit(cleanup);
     }
-    let out = Command::new(bin())
-        .args(["sandbox", "up", "--shards", "1", "--replicas", "1", "--dir"])
-        .arg(&dir)
-        .output()
-        .expect("run shardgate sandbox up");
-    assert!(
-        out.status.success(),
-        "sandbox up failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let cluster = Cluster::load(&dir).expect("cluster.json");
+    let cluster = sandbox_up(&dir, &["--shards", "1", "--replicas", "1"]);
     let cfg_path = dir.join("shardgate.toml");
     let cfg = std::fs::read_to_string(&cfg_path).expect("config");
     let cfg = cfg
@@ -96,6 +85,24 @@ fn start() -> Env {
         proxy_port: port,
         proxy_pid: pid,
     }
+}
+
+/// `shardgate sandbox up ARGS --dir DIR`, as a user runs it; the cluster it wrote.
+fn sandbox_up(dir: &Path, args: &[&str]) -> Cluster {
+    let out = Command::new(bin())
+        .args(["sandbox", "up"])
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .output()
+        .expect("run shardgate sandbox up");
+    assert!(
+        out.status.success(),
+        "sandbox up failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Cluster::load(dir).expect("cluster.json")
 }
 
 /// A proxy process a test started for itself; stopped when dropped, even if the test fails.
@@ -283,20 +290,7 @@ pub fn start_cluster_with(args: &[&str]) -> Sandbox {
     let dir = std::env::temp_dir().join(unique("shardgate-rw"));
     let _ = std::fs::remove_dir_all(&dir);
     EXTRA_SANDBOXES.lock().expect("lock").push(dir.clone());
-    let out = Command::new(bin())
-        .args(["sandbox", "up"])
-        .args(args)
-        .arg("--dir")
-        .arg(&dir)
-        .output()
-        .expect("run shardgate sandbox up");
-    assert!(
-        out.status.success(),
-        "sandbox up failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let cluster = Cluster::load(&dir).expect("cluster.json");
+    let cluster = sandbox_up(&dir, args);
     Sandbox { dir, cluster }
 }
 
