@@ -97,7 +97,6 @@ impl Session {
         };
         let routes: Vec<Route> = routes.to_vec();
         let in_txn_shard = self.shard_txn.as_ref().and_then(|t| t.shard.clone());
-        let plan_copy = plan.clone();
         let route = match plan {
             ShardPlan::Reject(msg) => {
                 self.send_err(errcode::UNKNOWN, &msg, reply_seq).await;
@@ -111,32 +110,10 @@ impl Session {
                 }
                 return self.broadcast(&routes, &class, &frame).await;
             }
-            ShardPlan::Scatter(_) | ShardPlan::MergeSorted(_) => {
-                if !self.multi_shard_read_allowed() {
-                    let msg = "shardgate: reads from several shards inside a transaction are not supported (a transaction runs on one shard)";
-                    self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
-                    return Ok(());
-                }
-                let pick = |shards: &[usize]| -> Vec<Route> {
-                    shards
-                        .iter()
-                        .filter_map(|&i| routes.get(i).cloned())
-                        .collect()
-                };
-                match &plan_copy {
-                    ShardPlan::MergeSorted(spec) => {
-                        let targets = pick(&spec.shards);
-                        self.merge_sorted(&targets, spec, &class, hint, &frame)
-                            .await?;
-                    }
-                    ShardPlan::Scatter(shards) => {
-                        let targets = pick(shards);
-                        self.scatter(&targets, &class, hint, &frame).await?;
-                    }
-                    _ => {}
-                }
-                self.end_read_snapshots().await;
-                return Ok(());
+            read @ (ShardPlan::Scatter(_) | ShardPlan::MergeSorted(_)) => {
+                return self
+                    .multi_shard_read(read, &routes, &class, hint, &frame)
+                    .await;
             }
             ShardPlan::Sequence {
                 sequence,
@@ -620,6 +597,44 @@ impl Session {
             return Ok(None);
         }
         Ok(Some(route))
+    }
+
+    /// A read on several shards (concatenated or merged), where the session's transaction
+    /// state allows one.
+    async fn multi_shard_read(
+        &mut self,
+        read: ShardPlan,
+        routes: &[Route],
+        class: &Arc<Class>,
+        hint: Option<Hint>,
+        frame: &Frame,
+    ) -> Result<(), SessionError> {
+        if !self.multi_shard_read_allowed() {
+            let msg = "shardgate: reads from several shards inside a transaction are not supported (a transaction runs on one shard)";
+            let reply_seq = frame.last_seq.wrapping_add(1);
+            self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
+            return Ok(());
+        }
+        let pick = |shards: &[usize]| -> Vec<Route> {
+            shards
+                .iter()
+                .filter_map(|&i| routes.get(i).cloned())
+                .collect()
+        };
+        match &read {
+            ShardPlan::MergeSorted(spec) => {
+                let targets = pick(&spec.shards);
+                self.merge_sorted(&targets, spec, class, hint, frame)
+                    .await?;
+            }
+            ShardPlan::Scatter(shards) => {
+                let targets = pick(shards);
+                self.scatter(&targets, class, hint, frame).await?;
+            }
+            _ => {}
+        }
+        self.end_read_snapshots().await;
+        Ok(())
     }
 
     /// A read may visit several shards outside transactions, and with autocommit off while no
