@@ -25,6 +25,8 @@ fn sandbox() -> &'static Sandbox {
             "users:id",
             "--sharded-table",
             "orders:user_id",
+            "--sharded-table",
+            "typed:id",
             "--reference-table",
             "countries",
         ])
@@ -280,12 +282,7 @@ async fn a_transaction_runs_on_its_first_statements_shard_and_may_not_leave_it()
         "{msg}"
     );
     c.query_drop("ROLLBACK").await.expect("rollback");
-    let after: Option<String> = c
-        .query_first(format!(
-            "/* shardgate:primary */ SELECT name FROM users WHERE id = {a}"
-        ))
-        .await
-        .expect("after");
+    let after = name_on_primary(&mut c, a).await;
     assert_eq!(after.as_deref(), Some("before"), "rolled back on its shard");
     // A transaction that commits keeps its write.
     c.query_drop("START TRANSACTION").await.expect("begin");
@@ -293,12 +290,7 @@ async fn a_transaction_runs_on_its_first_statements_shard_and_may_not_leave_it()
         .await
         .expect("update");
     c.query_drop("COMMIT").await.expect("commit");
-    let kept: Option<String> = c
-        .query_first(format!(
-            "/* shardgate:primary */ SELECT name FROM users WHERE id = {b}"
-        ))
-        .await
-        .expect("read");
+    let kept = name_on_primary(&mut c, b).await;
     assert_eq!(kept.as_deref(), Some("kept"));
 }
 
@@ -800,12 +792,7 @@ async fn autocommit_off_binds_an_implicit_transaction_to_one_shard() {
     c.query_drop("SET autocommit = 1")
         .await
         .expect("autocommit on");
-    let kept: Option<String> = c
-        .query_first(format!(
-            "/* shardgate:primary */ SELECT name FROM users WHERE id = {b}"
-        ))
-        .await
-        .expect("read");
+    let kept = name_on_primary(&mut c, b).await;
     assert_eq!(kept.as_deref(), Some("kept"));
 }
 
@@ -864,4 +851,315 @@ async fn users_table(c: &mut Conn) {
     c.query_drop("CREATE TABLE IF NOT EXISTS users (id INT PRIMARY KEY, name VARCHAR(40))")
         .await
         .expect("users");
+}
+
+/// A column of every kind the binary protocol encodes differently, with NULLs.
+const TYPED_DDL: &str = "(id INT PRIMARY KEY, g VARCHAR(8), k BIGINT UNSIGNED, n SMALLINT, \
+    d DECIMAL(10,2), f DOUBLE, r FLOAT, dt DATETIME(6), day DATE, t TIME, s VARCHAR(20), \
+    b VARBINARY(8), y YEAR)";
+
+fn typed_row(id: i64) -> String {
+    let null_or = |every: i64, v: String| {
+        if id % every == 0 {
+            "NULL".to_string()
+        } else {
+            v
+        }
+    };
+    format!(
+        "({id}, '{}', {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
+        ["a", "B", "c", "b"][(id % 4) as usize],
+        null_or(7, format!("{}", u64::MAX - (id as u64 % 5) * 1_000_000_007)),
+        null_or(5, format!("{}", (id % 11) * 997 - 5000)),
+        null_or(6, format!("{}.{:02}", id % 13 - 6, id % 100)),
+        null_or(8, format!("{}e-1", id * 31 % 17 - 8)),
+        null_or(9, format!("{}.5", id % 7)),
+        null_or(
+            4,
+            format!(
+                "'2024-0{}-1{} 0{}:{:02}:{:02}.{:06}'",
+                id % 9 + 1,
+                id % 10,
+                id % 10,
+                id % 60,
+                id * 7 % 60,
+                id * 12345 % 1_000_000
+            )
+        ),
+        null_or(10, format!("'19{:02}-12-3{}'", id % 100, id % 2)),
+        null_or(
+            3,
+            format!(
+                "'{}{}:{:02}:{:02}'",
+                if id % 2 == 0 { "-" } else { "" },
+                id * 3 % 200,
+                id % 60,
+                id * 13 % 60
+            )
+        ),
+        null_or(
+            11,
+            format!("'str {} {}'", ["x", "Y", "z"][(id % 3) as usize], id % 5)
+        ),
+        null_or(12, format!("0x{:04x}", id * 2654435761 % 65536)),
+        null_or(13, format!("{}", 1990 + id % 20)),
+    )
+}
+
+/// Prepared statements that read several shards: the shards answer in the binary protocol
+/// and the proxy merges, folds and re-encodes those rows; every value must come back as one
+/// server holding all rows would send it.
+#[tokio::test]
+async fn prepared_reads_of_several_shards_merge_binary_rows_like_one_server() {
+    let mut c = proxy().await;
+    let t = common::unique("typed");
+    c.query_drop(format!("CREATE TABLE IF NOT EXISTS typed {TYPED_DDL}"))
+        .await
+        .expect("typed table");
+    let base = 12_000_000 + (std::process::id() as i64 % 1000) * 100;
+    let rows: Vec<String> = (base..base + 80).map(typed_row).collect();
+    let columns = "(id, g, k, n, d, f, r, dt, day, t, s, b, y)";
+    c.query_drop(format!(
+        "INSERT INTO typed {columns} VALUES {}",
+        rows.join(", ")
+    ))
+    .await
+    .expect("typed rows");
+    let mut one = primary_of("s0").await;
+    one.query_drop(format!("CREATE TABLE app.{t} {TYPED_DDL}"))
+        .await
+        .expect("reference table");
+    one.query_drop(format!("INSERT INTO app.{t} VALUES {}", rows.join(", ")))
+        .await
+        .expect("reference rows");
+    let range = "id BETWEEN ? AND ?";
+    let statements = [
+        format!("SELECT * FROM TBL WHERE {range} ORDER BY s DESC, dt, id"),
+        format!("SELECT id, k, f, t FROM TBL WHERE {range} ORDER BY k, t DESC, id LIMIT 3, 7"),
+        format!("SELECT id, day, y, b, n FROM TBL WHERE {range} ORDER BY b, day DESC, y, n, id LIMIT 10"),
+        format!("SELECT COUNT(*), SUM(d), SUM(f), SUM(k), MIN(dt), MAX(t), MIN(day), MAX(s), MIN(b), MAX(y), MIN(n), SUM(r) FROM TBL WHERE {range}"),
+        format!("SELECT g, COUNT(*) AS c, SUM(n), MAX(dt), MIN(t), SUM(d) FROM TBL WHERE {range} GROUP BY g ORDER BY c DESC, g"),
+        format!("SELECT DISTINCT g FROM TBL WHERE {range} ORDER BY g"),
+        format!("SELECT COUNT(*), SUM(d) FROM TBL WHERE {range} AND id < 0"),
+    ];
+    let params = (base, base + 79);
+    for sql in &statements {
+        let via_proxy: Vec<mysql_async::Row> = c
+            .exec(
+                format!("/* shardgate:primary */ {}", sql.replace("TBL", "typed")),
+                params,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let direct: Vec<mysql_async::Row> = one
+            .exec(sql.replace("TBL", &format!("app.{t}")), params)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let values = |rows: Vec<mysql_async::Row>| -> Vec<Vec<mysql_async::Value>> {
+            rows.into_iter().map(|r| r.unwrap()).collect()
+        };
+        let (p, d) = (values(via_proxy), values(direct));
+        assert!(!d.is_empty(), "{sql}: rows to compare");
+        // Which spelling of a case-insensitive group a server shows is unspecified.
+        let fold = |rows: Vec<Vec<mysql_async::Value>>| -> Vec<Vec<mysql_async::Value>> {
+            rows.into_iter()
+                .map(|r| {
+                    r.into_iter()
+                        .map(|v| match v {
+                            mysql_async::Value::Bytes(b) => {
+                                mysql_async::Value::Bytes(b.to_ascii_lowercase())
+                            }
+                            // A sum of doubles depends on the order it adds in (the shards'
+                            // partial sums, or the server's plan): 12 digits must agree.
+                            mysql_async::Value::Double(x) => {
+                                mysql_async::Value::Bytes(format!("{x:.11e}").into_bytes())
+                            }
+                            other => other,
+                        })
+                        .collect()
+                })
+                .collect()
+        };
+        assert_eq!(fold(p), fold(d), "{sql}");
+    }
+    // Without ORDER BY the shards' rows are concatenated: the same multiset.
+    let sql = "SELECT id, dt, t, f FROM TBL WHERE id BETWEEN ? AND ?";
+    let as_keyed = |rows: Vec<mysql_async::Row>| -> Vec<(i64, String)> {
+        rows.into_iter()
+            .map(|r| {
+                let values = r.unwrap();
+                let id = match values.first() {
+                    Some(mysql_async::Value::Int(i)) => *i,
+                    other => panic!("id: {other:?}"),
+                };
+                (id, format!("{values:?}"))
+            })
+            .collect()
+    };
+    let mut p = as_keyed(
+        c.exec(sql.replace("TBL", "typed"), params)
+            .await
+            .expect("scatter"),
+    );
+    let mut d = as_keyed(
+        one.exec(sql.replace("TBL", &format!("app.{t}")), params)
+            .await
+            .expect("direct"),
+    );
+    p.sort();
+    d.sort();
+    assert_eq!(p.len(), 80);
+    assert_eq!(p, d);
+    one.query_drop(format!("DROP TABLE app.{t}"))
+        .await
+        .expect("drop");
+}
+
+/// Inside a transaction that is refused across shards, a read of several shards still
+/// works: the transaction's shard answers from the transaction (its own uncommitted write),
+/// the other from its primary; a locking read of several shards is refused.
+#[tokio::test]
+async fn a_single_shard_transaction_may_read_several_shards() {
+    let mut c = proxy().await;
+    users_table(&mut c).await;
+    let base = 13_000_000 + (std::process::id() as i64 % 1000) * 100;
+    let (a, b) = keys_on_both_shards(&mut c, base).await;
+    c.query_drop("BEGIN").await.expect("begin");
+    c.query_drop(format!("UPDATE users SET name = 'mine' WHERE id = {a}"))
+        .await
+        .expect("binds shard of a");
+    let names: Vec<(i64, String)> = c
+        .exec(
+            "SELECT id, name FROM users WHERE id IN (?, ?) ORDER BY id",
+            (a, b),
+        )
+        .await
+        .expect("prepared read of both shards in the transaction");
+    let mut want = vec![(a, "mine".to_string()), (b, "before".to_string())];
+    want.sort();
+    assert_eq!(names, want);
+    let (code, msg) = error_of(
+        c.query_drop(format!(
+            "SELECT id FROM users WHERE id IN ({a}, {b}) FOR UPDATE"
+        ))
+        .await,
+    );
+    assert_eq!(code, 1105);
+    assert!(msg.contains("locking read of several shards"), "{msg}");
+    c.query_drop("ROLLBACK").await.expect("rollback");
+    let after = name_on_primary(&mut c, a).await;
+    assert_eq!(after.as_deref(), Some("before"));
+}
+
+/// With best_effort every shard a read touches joins the transaction: the read sees the
+/// transaction's uncommitted writes on both shards, and prepared writes without a shard key
+/// run on every shard inside it.
+#[tokio::test]
+async fn best_effort_transactions_read_and_write_every_shard_from_within() {
+    let (_proxy, port) = sandbox().proxy(
+        "[monitor]\ninterval_ms = 200\n[keyspace.app]\nmulti_shard_transactions = \"best_effort\"\nallow_scatter_writes = true\n",
+    );
+    let mut c = common::connect(&common::app_url(port, "app")).await;
+    users_table(&mut c).await;
+    let base = 14_000_000 + (std::process::id() as i64 % 1000) * 100;
+    let (a, b) = keys_on_both_shards(&mut c, base).await;
+    let tag = format!("be{base}");
+    c.query_drop("BEGIN").await.expect("begin");
+    let rows: Vec<(i64, String)> = c
+        .exec(
+            "SELECT id, name FROM users WHERE id IN (?, ?) ORDER BY name, id",
+            (a, b),
+        )
+        .await
+        .expect("first statement reads both shards");
+    assert_eq!(rows.len(), 2);
+    c.exec_drop("UPDATE users SET name = ? WHERE id IN (?, ?)", (&tag, a, b))
+        .await
+        .expect("prepared write on both shards in the transaction");
+    let inside: Vec<i64> = c
+        .exec(
+            "SELECT id FROM users WHERE name = ? ORDER BY id DESC",
+            (&tag,),
+        )
+        .await
+        .expect("sees its writes on both shards");
+    let mut want = vec![a, b];
+    want.sort();
+    want.reverse();
+    assert_eq!(inside, want);
+    let locked: Vec<i64> = c
+        .query(format!(
+            "SELECT id FROM users WHERE id IN ({a}, {b}) FOR UPDATE"
+        ))
+        .await
+        .expect("locking read joins both shards");
+    assert_eq!(locked.len(), 2);
+    c.query_drop("COMMIT").await.expect("commit");
+    let after: Vec<i64> = c
+        .exec(
+            "/* shardgate:primary */ SELECT id FROM users WHERE name = ?",
+            (&tag,),
+        )
+        .await
+        .expect("after commit");
+    assert_eq!(after.len(), 2);
+}
+
+/// Read-your-writes is per shard: after many writes on one shard, a read of the other shard
+/// is served by that shard's replica at once (the first shard's GTID is not its business).
+#[tokio::test]
+async fn read_your_writes_waits_only_for_the_shard_written() {
+    let (_proxy, port) = sandbox().proxy(
+        "[monitor]\ninterval_ms = 200\n[routing]\nconsistency = \"read_your_writes\"\ngtid_wait_timeout_ms = 300\n",
+    );
+    let mut c = common::connect(&common::app_url(port, "app")).await;
+    users_table(&mut c).await;
+    let base = 15_000_000 + (std::process::id() as i64 % 1000) * 100;
+    let (a, b) = keys_on_both_shards(&mut c, base).await;
+    let shard_of_b = {
+        let sid: Option<u32> = c
+            .query_first(format!(
+                "/* shardgate:primary */ SELECT @@server_id FROM users WHERE id = {b}"
+            ))
+            .await
+            .expect("where is b");
+        if sid == Some(server_id_of("s0")) {
+            "s0"
+        } else {
+            "s1"
+        }
+    };
+    let replica_of_b = sandbox().cluster.replicas(shard_of_b)[0].server_id;
+    // Push a's shard's GTID sequence well past b's shard's.
+    for i in 0..60 {
+        c.query_drop(format!("UPDATE users SET name = 'w{i}' WHERE id = {a}"))
+            .await
+            .expect("write a");
+    }
+    let mut on_replica = 0;
+    for _ in 0..10 {
+        c.query_drop(format!("UPDATE users SET name = 'again' WHERE id = {a}"))
+            .await
+            .expect("write a");
+        let sid: Option<u32> = c
+            .query_first(format!("SELECT @@server_id FROM users WHERE id = {b}"))
+            .await
+            .expect("read b");
+        if sid == Some(replica_of_b) {
+            on_replica += 1;
+        }
+    }
+    assert_eq!(
+        on_replica, 10,
+        "reads of the other shard stayed on its replica"
+    );
+}
+
+/// The name of user `id`, read from its shard's primary (no replication lag).
+async fn name_on_primary(c: &mut Conn, id: i64) -> Option<String> {
+    c.query_first(format!(
+        "/* shardgate:primary */ SELECT name FROM users WHERE id = {id}"
+    ))
+    .await
+    .expect("name by id")
 }

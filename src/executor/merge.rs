@@ -16,6 +16,12 @@ pub struct ColumnMeta {
     pub name: String,
     pub org_name: String,
     pub kind: ValueKind,
+    /// The protocol's column type byte (`MYSQL_TYPE_*`): how binary-protocol rows carry it.
+    pub ty: u8,
+    /// UNSIGNED flag: binary-protocol integers carry no sign of their own.
+    pub unsigned: bool,
+    /// Fraction digits; 0x1f (31) when not fixed. Decides how temporal and float values print.
+    pub decimals: u8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,8 +30,10 @@ pub enum ValueKind {
     Exact,
     /// FLOAT, DOUBLE: compared as f64.
     Float,
-    /// Binary strings, dates and times: compared by bytes.
+    /// Binary strings, dates and datetimes: compared by bytes.
     Bytes,
+    /// TIME: signed and past 99 hours, so compared by value (`-1:00:00` < `100:00:00`).
+    Time,
     /// Character strings in a non-binary collation.
     Text,
 }
@@ -36,6 +44,7 @@ const BINARY_CHARSET: u16 = 63;
 impl ColumnMeta {
     /// From a column definition packet (protocol 4.1).
     pub fn parse(def: &[u8]) -> Option<ColumnMeta> {
+        const UNSIGNED_FLAG: u16 = 0x0020;
         let mut r = Reader::new(def);
         for _ in 0..4 {
             r.lenenc_bytes().ok()?; // catalog, schema, table, org_table
@@ -47,10 +56,13 @@ impl ColumnMeta {
         r.u32().ok()?; // column length
         let ty = r.u8().ok()?;
         let flags = r.u16().ok()?;
+        // Tolerated missing, as before this field was read; "not fixed" loses no digits.
+        let decimals = r.u8().unwrap_or(super::binary_row::NOT_FIXED_DEC);
         let kind = match ty {
             0x00 | 0x01 | 0x02 | 0x03 | 0x08 | 0x09 | 0x0d | 0xf6 => ValueKind::Exact,
             0x04 | 0x05 => ValueKind::Float,
-            0x07 | 0x0a | 0x0b | 0x0c | 0x0e | 0x10 | 0x11 | 0x12 | 0x13 => ValueKind::Bytes,
+            0x0b | 0x13 => ValueKind::Time,
+            0x07 | 0x0a | 0x0c | 0x0e | 0x10 | 0x11 | 0x12 => ValueKind::Bytes,
             _ if flags & BINARY_FLAG != 0 || charset == BINARY_CHARSET => ValueKind::Bytes,
             _ => ValueKind::Text,
         };
@@ -58,6 +70,9 @@ impl ColumnMeta {
             name,
             org_name,
             kind,
+            ty,
+            unsigned: flags & UNSIGNED_FLAG != 0,
+            decimals,
         })
     }
 }
@@ -78,15 +93,16 @@ pub fn row_values(row: &[u8], n: usize) -> Option<Vec<Option<&[u8]>>> {
 }
 
 /// Compares two rows on `keys` (column index, descending).
-pub fn compare_rows(
-    a: &[Option<&[u8]>],
-    b: &[Option<&[u8]>],
+pub fn compare_rows<A: AsRef<[u8]>, B: AsRef<[u8]>>(
+    a: &[Option<A>],
+    b: &[Option<B>],
     keys: &[(usize, bool)],
     metas: &[ColumnMeta],
 ) -> Ordering {
     for &(col, desc) in keys {
         let kind = metas.get(col).map_or(ValueKind::Bytes, |m| m.kind);
-        let (x, y) = (a.get(col).copied().flatten(), b.get(col).copied().flatten());
+        let x = a.get(col).and_then(|v| v.as_ref()).map(AsRef::as_ref);
+        let y = b.get(col).and_then(|v| v.as_ref()).map(AsRef::as_ref);
         let o = match (x, y) {
             (None, None) => Ordering::Equal,
             (None, Some(_)) => Ordering::Less,
@@ -112,6 +128,10 @@ pub fn compare_values(x: &[u8], y: &[u8], kind: ValueKind) -> Ordering {
             }
         }
         ValueKind::Bytes => x.cmp(y),
+        ValueKind::Time => match (time_micros(x), time_micros(y)) {
+            (Some(a), Some(b)) => a.cmp(&b),
+            _ => x.cmp(y),
+        },
         ValueKind::Text => {
             let norm = |v: &[u8]| {
                 String::from_utf8_lossy(v)
@@ -169,7 +189,7 @@ pub fn add_numbers(a: &[u8], b: &[u8], kind: ValueKind) -> Option<Vec<u8>> {
         }
     }
     let f = |v: &[u8]| std::str::from_utf8(v).ok()?.parse::<f64>().ok();
-    Some(format!("{}", f(a)? + f(b)?).into_bytes())
+    Some(double_text(f(a)? + f(b)?).into_bytes())
 }
 
 /// Decimal text as (mantissa, scale): `-12.50` is (-1250, 2).
@@ -283,11 +303,17 @@ mod tests {
                 name: "a".into(),
                 org_name: "a".into(),
                 kind: ValueKind::Exact,
+                ty: 0x03,
+                unsigned: false,
+                decimals: 0,
             },
             ColumnMeta {
                 name: "b".into(),
                 org_name: "b".into(),
                 kind: ValueKind::Text,
+                ty: 0xfd,
+                unsigned: false,
+                decimals: 0,
             },
         ];
         let r1: Vec<Option<&[u8]>> = vec![None, Some(b"x")];
@@ -360,5 +386,84 @@ mod tests {
             (m.name.as_str(), m.org_name.as_str(), m.kind),
             ("n", "name", ValueKind::Text)
         );
+    }
+}
+
+/// A DOUBLE as MariaDB's text protocol prints it: at most 15 significant digits (DBL_DIG),
+/// the exponent form outside 1e-5..1e15. Partial sums from several shards add up in another
+/// order than one server's, which changes the last bits: 15 digits hide that, as they hide
+/// it in the server's own text output.
+pub fn double_text(x: f64) -> String {
+    if x == 0.0 || !x.is_finite() {
+        return "0".into();
+    }
+    let rounded: f64 = format!("{x:.14e}").parse().unwrap_or(x);
+    let abs = rounded.abs();
+    if (1e-5..1e15).contains(&abs) {
+        return format!("{rounded}");
+    }
+    format!("{rounded:e}")
+}
+
+/// A TIME's text form (`[-]H+:MM:SS[.ffffff]`) as signed microseconds.
+fn time_micros(v: &[u8]) -> Option<i128> {
+    let text = std::str::from_utf8(v).ok()?;
+    let (neg, text) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (clock, frac) = text.split_once('.').unwrap_or((text, ""));
+    let mut parts = clock.split(':');
+    let h: i128 = parts.next()?.parse().ok()?;
+    let m: i128 = parts.next()?.parse().ok()?;
+    let s: i128 = parts.next()?.parse().ok()?;
+    let digits = frac.get(..frac.len().min(6))?;
+    let micros: i128 = if digits.is_empty() {
+        0
+    } else {
+        digits.parse::<i128>().ok()? * 10i128.pow(6 - digits.len() as u32)
+    };
+    let total = ((h * 60 + m) * 60 + s) * 1_000_000 + micros;
+    Some(if neg { -total } else { total })
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::*;
+
+    #[test]
+    fn doubles_print_with_fifteen_digits() {
+        assert_eq!(double_text(0.9000000000000008), "0.900000000000001");
+        assert_eq!(double_text(0.9000000000000002), "0.9");
+        assert_eq!(double_text(0.1 + 0.2), "0.3");
+        assert_eq!(double_text(241.5), "241.5");
+        assert_eq!(double_text(-3.0), "-3");
+        assert_eq!(double_text(1e20), "1e20");
+        assert_eq!(double_text(1.5e-7), "1.5e-7");
+        assert_eq!(double_text(0.0), "0");
+    }
+
+    #[test]
+    fn times_compare_by_value() {
+        let order = [
+            "-838:59:59",
+            "-100:00:00",
+            "-01:00:00.5",
+            "-01:00:00",
+            "00:00:00",
+            "00:00:00.000001",
+            "09:59:59",
+            "10:00:00",
+            "100:00:00",
+        ];
+        for w in order.windows(2) {
+            assert_eq!(
+                compare_values(w[0].as_bytes(), w[1].as_bytes(), ValueKind::Time),
+                Ordering::Less,
+                "{} < {}",
+                w[0],
+                w[1]
+            );
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! pool unless the session holds one), makes it carry the session's database and variables,
 //! and streams the response.
 
+pub mod binary_row;
 pub mod merge;
 
 use std::sync::Arc;

@@ -286,3 +286,10 @@ mod kill_tests {
         assert_eq!(k(b"SELECT 'KILL 5'"), None);
     }
 }
+
+/// How many `?` parameters a statement's text takes.
+pub fn placeholders(sql: &[u8]) -> usize {
+    crate::planner::digest::Lexer::new(sql)
+        .filter(|t| t.kind == crate::planner::digest::TokKind::Placeholder)
+        .count()
+}

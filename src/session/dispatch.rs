@@ -94,7 +94,11 @@ impl Session {
             // the server may have run it.
             let retry = !self.hold.sticky()
                 && (replica.is_some() || (tries < 3 && matches!(class.kind, Kind::Read)));
-            match self.attempt(&addr, replica.is_some(), retry, &work).await? {
+            let on_replica = replica.is_some();
+            match self
+                .attempt(&addr, &route.addr, on_replica, retry, &work)
+                .await?
+            {
                 Attempt::Done(sc) => {
                     self.after_statement(route, &addr, class, hint, &work, &sc)
                         .await;
@@ -117,6 +121,7 @@ impl Session {
     async fn attempt(
         &mut self,
         addr: &Arc<str>,
+        primary: &Arc<str>,
         on_replica: bool,
         retry_ok: bool,
         work: &Work<'_>,
@@ -125,7 +130,8 @@ impl Session {
         let reply_seq = frame.last_seq.wrapping_add(1);
         let shared = self.shared.clone();
         let statement = matches!(work, Work::Query(_) | Work::Execute(..));
-        let got = match self.ready_connection(addr, on_replica && statement).await {
+        let check = (on_replica && statement).then_some(primary);
+        let got = match self.ready_connection(addr, check).await {
             Ok(true) => Ok(()),
             Ok(false) => return Ok(Attempt::Behind),
             Err(e) => Err(e),
@@ -197,7 +203,7 @@ impl Session {
             }
             Work::Execute(f, id) | Work::LongData(f, id) => {
                 let long_data = matches!(work, Work::LongData(..));
-                let rewritten = match self.statement_on_conn(addr, f, *id).await {
+                let rewritten = match self.statement_on_conn(addr, f, *id, None).await {
                     Ok(Ok(frame)) => frame,
                     Ok(Err((code, state, msg))) => {
                         if !long_data {
@@ -229,13 +235,13 @@ impl Session {
     }
 
     /// Takes the session's connection to `addr` and fits it (database, variables). With
-    /// `check_writes` (a replica about to run a statement), first makes sure it has applied the
-    /// session's last write, before fitting: a lagging replica may not have the database yet.
-    /// `Ok(false)`: it has not (the connection is given back).
+    /// `check_writes` (a replica about to run a statement: its shard's primary), first makes
+    /// sure it has applied the session's last write there, before fitting: a lagging replica
+    /// may not have the database yet. `Ok(false)`: it has not (the connection is given back).
     pub(super) async fn ready_connection(
         &mut self,
         addr: &Arc<str>,
-        check_writes: bool,
+        check_writes: Option<&Arc<str>>,
     ) -> Result<bool, ExecError> {
         let shared = self.shared.clone();
         let who = identity(
@@ -246,7 +252,11 @@ impl Session {
             &self.vars,
         );
         executor::take(&shared.pools, &mut self.pinned, addr, &who).await?;
-        if check_writes && !self.replica_caught_up(addr).await {
+        let caught_up = match check_writes {
+            Some(primary) => self.replica_caught_up(addr, primary).await,
+            None => true,
+        };
+        if !caught_up {
             self.pinned.release(addr);
             return Ok(false);
         }
@@ -262,12 +272,15 @@ impl Session {
     }
 
     /// The client's execute (or long data) made ready for the connection to `addr`, preparing
-    /// the statement there first if it is new to it. `Ok(Err(..))`: a MySQL error for the client.
-    async fn statement_on_conn(
+    /// the statement there first if it is new to it; `sql` replaces the statement's text (a
+    /// multi-shard read's rewrite, with the same parameters). `Ok(Err(..))`: a MySQL error for
+    /// the client.
+    pub(super) async fn statement_on_conn(
         &mut self,
         addr: &Arc<str>,
         frame: &Frame,
         client_id: u32,
+        sql: Option<&Arc<[u8]>>,
     ) -> Result<Result<Frame, (u16, String, String)>, ExecError> {
         let unknown = |id| {
             let (code, state) = errcode::UNKNOWN_STMT_HANDLER;
@@ -283,13 +296,14 @@ impl Session {
         let Some(conn) = self.pinned.find(addr) else {
             return unknown(client_id);
         };
-        if conn.stmts.get_mut(&info.sql).is_none() {
-            match prepare_silently(conn, &info.sql).await? {
+        let sql = sql.unwrap_or(&info.sql);
+        if conn.stmts.get_mut(sql).is_none() {
+            match prepare_silently(conn, sql).await? {
                 Ok(_) => {}
                 Err(e) => return Ok(Err((e.code, e.state, e.message))),
             }
         }
-        let Some(stmt) = conn.stmts.get_mut(&info.sql) else {
+        let Some(stmt) = conn.stmts.get_mut(sql) else {
             return unknown(client_id);
         };
         let malformed = || {
@@ -342,7 +356,7 @@ impl Session {
                 route: route.clone(),
                 types: None,
                 params,
-                key_param: None,
+                shards: Default::default(),
             };
             self.stmts.insert(*id, info);
         }

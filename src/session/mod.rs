@@ -40,7 +40,7 @@ pub use handshake::HandshakeError;
 use hold::Hold;
 use registry::Registration;
 pub use registry::{Registry, FIRST_ID};
-use statements::Statements;
+use statements::{Statements, StmtShards};
 
 /// Why a session ended abnormally (a clean COM_QUIT or close is not an error).
 #[derive(Debug, thiserror::Error)]
@@ -262,14 +262,14 @@ impl Session {
             }
             com::STMT_PREPARE => {
                 let Classified { class, hint } = classify(&frame.payload()[1..]);
-                let Some((route, key_param)) = self.prepare_route(&frame).await else {
+                let Some((route, shards)) = self.prepare_route(&frame).await else {
                     return Ok(());
                 };
                 let id = self.stmts.next_id();
                 self.run_statement(&route, &class, hint, Work::Prepare(&frame, id))
                     .await?;
                 if let Some(info) = self.stmts.get_mut(id) {
-                    info.key_param = key_param;
+                    info.shards = shards;
                 }
             }
             com::STMT_EXECUTE
@@ -340,13 +340,17 @@ impl Session {
             }
             return Ok(());
         };
-        let (route, class, hint, sql) = (
+        let (route, class, hint, sql, shards) = (
             info.route.clone(),
             info.class.clone(),
             info.hint,
             info.sql.clone(),
+            info.shards,
         );
         match cmd {
+            com::STMT_EXECUTE if shards == StmtShards::Multi => {
+                self.execute_on_shards(&frame, client_id, class, hint).await
+            }
             com::STMT_EXECUTE => {
                 let Some(route) = self.execute_route(route, &frame, client_id).await? else {
                     return Ok(());

@@ -10,6 +10,7 @@ use super::route::Choice;
 use super::{Session, SessionError};
 use std::collections::HashMap;
 
+use crate::executor::binary_row;
 use crate::executor::merge::{compare_rows, fold, row_values, ColumnMeta, Fold, ValueKind};
 use crate::executor::ExecError;
 use crate::planner::classify::{Class, Hint};
@@ -22,17 +23,57 @@ use crate::protocol::wire::Reader;
 /// Flush to the client past this much buffered output.
 const FLUSH_AT: usize = 64 * 1024;
 
+/// What every shard of a multi-shard read runs.
+pub(super) enum Request<'a> {
+    /// A COM_QUERY of this text (the client's, or the planner's rewrite of it).
+    Query(&'a [u8]),
+    /// The client's COM_STMT_EXECUTE of its statement `id`; `sql` replaces the statement's
+    /// text on the shards (the planner's rewrite, with the same parameters).
+    Execute {
+        frame: &'a Frame,
+        id: u32,
+        sql: Option<Arc<[u8]>>,
+    },
+}
+
+impl Request<'_> {
+    /// Rows come in the binary protocol (an execute) rather than as text.
+    fn binary(&self) -> bool {
+        matches!(self, Request::Execute { .. })
+    }
+}
+
+/// A shard's row as values in their text forms (the binary protocol's decoded).
+fn row_owned(row: &[u8], metas: &[ColumnMeta], binary: bool) -> Option<Vec<Option<Vec<u8>>>> {
+    if binary {
+        return binary_row::decode_row(row, metas);
+    }
+    let values = row_values(row, metas.len())?;
+    Some(values.into_iter().map(|v| v.map(<[u8]>::to_vec)).collect())
+}
+
+/// A merged row for the client, in the protocol its shards answered in.
+fn row_packet(values: &[Option<Vec<u8>>], metas: &[ColumnMeta], binary: bool) -> Option<Vec<u8>> {
+    if binary {
+        binary_row::encode_row(values, metas)
+    } else {
+        Some(encode_row(values))
+    }
+}
+
 impl Session {
+    /// Every shard's rows one shard after the other (no order asked for, nothing to fold).
     pub(super) async fn scatter(
         &mut self,
         targets: &[Route],
         class: &Arc<Class>,
         hint: Option<Hint>,
-        frame: &Frame,
+        request: &Request<'_>,
+        in_txn: bool,
+        reply_seq: u8,
     ) -> Result<(), SessionError> {
-        let reply_seq = frame.last_seq.wrapping_add(1);
         let Some(addrs) = self
-            .open_shards(targets, class, hint, &frame.raw, reply_seq)
+            .open_shards(targets, class, hint, request, in_txn, reply_seq)
             .await?
         else {
             return Ok(());
@@ -109,7 +150,10 @@ impl Session {
         route: &Route,
     ) -> Result<Arc<str>, ExecError> {
         let on_replica = *addr != route.addr;
-        match self.ready_connection(addr, on_replica).await {
+        match self
+            .ready_connection(addr, on_replica.then_some(&route.addr))
+            .await
+        {
             Ok(true) => return Ok(addr.clone()),
             Ok(false) => {}
             // Not replicated there yet: the replica is fine, the primary answers.
@@ -121,7 +165,7 @@ impl Session {
             }
             Err(e) => return Err(e),
         }
-        self.ready_connection(&route.addr, false).await?;
+        self.ready_connection(&route.addr, None).await?;
         Ok(route.addr.clone())
     }
 
@@ -156,6 +200,16 @@ impl Session {
     fn discard_all(&mut self, addrs: &[Arc<str>]) {
         for a in addrs {
             self.pinned.discard(a);
+        }
+    }
+
+    /// Before a request went out to some shards: those it reached must not be reused, the
+    /// others are fine.
+    fn discard_unsent(&mut self, addrs: &[Arc<str>]) {
+        for a in addrs {
+            if self.pinned.find(a).is_some_and(|c| c.in_flight) {
+                self.pinned.discard(a);
+            }
         }
     }
 }
@@ -217,9 +271,9 @@ impl Session {
         group: &GroupSpec,
         keys: &[(usize, bool)],
         metas: &[ColumnMeta],
-        deprecate_eof: bool,
+        binary: bool,
     ) -> Result<Folded, (Arc<str>, String)> {
-        let n = metas.len();
+        let deprecate_eof = self.caps & cap::DEPRECATE_EOF != 0;
         let folds: Vec<Fold> = group
             .columns
             .iter()
@@ -262,7 +316,7 @@ impl Session {
                 if failure.is_some() || too_big {
                     continue; // read to the end, so the connection stays usable
                 }
-                let Some(values) = row_values(&row, n) else {
+                let Some(values) = row_owned(&row, metas, binary) else {
                     return Err((addr.clone(), "sent a row that could not be read".into()));
                 };
                 let key: Vec<Option<Vec<u8>>> = group
@@ -271,15 +325,14 @@ impl Session {
                     .map(|&c| {
                         values
                             .get(c)
-                            .copied()
-                            .flatten()
+                            .and_then(|v| v.as_deref())
                             .map(|v| group_key(v, kind(c)))
                     })
                     .collect();
                 match index.get(&key) {
                     Some(&i) => {
                         for (c, how) in folds.iter().enumerate() {
-                            let v = values.get(c).copied().flatten();
+                            let v = values.get(c).and_then(|v| v.as_deref());
                             fold(&mut rows[i][c], v, *how, kind(c));
                         }
                     }
@@ -290,7 +343,7 @@ impl Session {
                             continue;
                         }
                         index.insert(key, rows.len());
-                        rows.push(values.iter().map(|v| v.map(<[u8]>::to_vec)).collect());
+                        rows.push(values);
                     }
                 }
             }
@@ -309,7 +362,7 @@ impl Session {
             Vec::new()
         };
         if !order.is_empty() {
-            rows.sort_by(|a, b| compare_rows(&view(a), &view(b), &order, metas));
+            rows.sort_by(|a, b| compare_rows(a, b, &order, metas));
         }
         Ok(Folded::Rows {
             rows,
@@ -317,11 +370,6 @@ impl Session {
             warnings: warnings_out,
         })
     }
-}
-
-/// Borrowed values of an owned row.
-fn view(r: &[Option<Vec<u8>>]) -> Values<'_> {
-    r.iter().map(|v| v.as_deref()).collect()
 }
 
 /// A value as a group key: strings of case-insensitive collations compare as the server
@@ -335,9 +383,6 @@ fn group_key(v: &[u8], kind: ValueKind) -> Vec<u8> {
         _ => v.to_vec(),
     }
 }
-
-/// A text-protocol row's values (`None`: NULL).
-type Values<'a> = Vec<Option<&'a [u8]>>;
 
 /// The next packet of a shard's rows.
 enum Next {
@@ -353,18 +398,20 @@ enum Next {
 impl Session {
     /// A read on several shards merged in ORDER BY order (k-way: each shard returns its rows
     /// sorted, at most one row per shard is held) and trimmed to OFFSET/LIMIT.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn merge_sorted(
         &mut self,
         targets: &[Route],
         spec: &MergeSpec,
         class: &Arc<Class>,
         hint: Option<Hint>,
-        frame: &Frame,
+        request: &Request<'_>,
+        in_txn: bool,
+        reply_seq: u8,
     ) -> Result<(), SessionError> {
-        let reply_seq = frame.last_seq.wrapping_add(1);
-        let command = super::query_frame(spec.sql.as_bytes(), frame.last_seq);
+        let binary = request.binary();
         let Some(addrs) = self
-            .open_shards(targets, class, hint, &command.raw, reply_seq)
+            .open_shards(targets, class, hint, request, in_txn, reply_seq)
             .await?
         else {
             return Ok(());
@@ -430,7 +477,7 @@ impl Session {
         }
         if let Some(group) = &spec.group {
             let merged = self
-                .fold_groups(&addrs, &mut open, group, &keys, &metas, deprecate_eof)
+                .fold_groups(&addrs, &mut open, group, &keys, &metas, binary)
                 .await;
             return match merged {
                 Ok(Folded::Rows {
@@ -446,7 +493,20 @@ impl Session {
                                 .map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX)),
                         )
                     {
-                        seq = put_packet(&mut out, seq, &encode_row(row));
+                        match row_packet(row, &metas, binary) {
+                            Some(p) => seq = put_packet(&mut out, seq, &p),
+                            None => {
+                                let msg = "shardgate: a merged value could not be encoded for the binary protocol";
+                                crate::protocol::packet::put_err(
+                                    &mut out,
+                                    seq,
+                                    crate::protocol::consts::errcode::UNKNOWN,
+                                    msg,
+                                );
+                                let _ = self.io.write_all(&out).await;
+                                return Ok(());
+                            }
+                        }
                     }
                     end_packet(&mut out, seq, deprecate_eof, status, warnings);
                     let _ = self.io.write_all(&out).await;
@@ -469,8 +529,9 @@ impl Session {
                 Err((addr, msg)) => Err(self.end_lost(&out, &addr, msg, &addrs).await),
             };
         }
-        let n = metas.len();
-        let mut heads: Vec<Option<Vec<u8>>> = vec![None; addrs.len()];
+        // Each shard's next row, with its values once read (`None`: it could not be read).
+        type Head = (Vec<u8>, Option<Vec<Option<Vec<u8>>>>);
+        let mut heads: Vec<Option<Head>> = vec![None; addrs.len()];
         let mut total_warnings: u16 = 0;
         let mut last_status = status::AUTOCOMMIT;
         let mut skipped = 0u64;
@@ -483,7 +544,10 @@ impl Session {
                     continue;
                 }
                 match self.next_row(&addrs[k], deprecate_eof).await {
-                    Ok(Next::Row(r)) => heads[k] = Some(r),
+                    Ok(Next::Row(r)) => {
+                        let values = row_owned(&r, &metas, binary);
+                        heads[k] = Some((r, values));
+                    }
                     Ok(Next::End { status, warnings }) => {
                         open[k] = false;
                         total_warnings = total_warnings.saturating_add(warnings);
@@ -502,23 +566,18 @@ impl Session {
                 }
             }
             let best = {
-                // Per shard: no head, a head that cannot be read, or its values.
-                let parsed: Vec<Option<Option<Values<'_>>>> = heads
-                    .iter()
-                    .map(|h| h.as_deref().map(|r| row_values(r, n)))
-                    .collect();
                 let mut best: Option<usize> = None;
-                for (k, p) in parsed.iter().enumerate() {
-                    match p {
+                for (k, head) in heads.iter().enumerate() {
+                    match head {
                         None => {}
                         // A row that cannot be read is passed on as it came, first.
-                        Some(None) => {
+                        Some((_, None)) => {
                             best = Some(k);
                             break;
                         }
-                        Some(Some(v)) => {
-                            let better = match best.and_then(|b| parsed[b].as_ref()) {
-                                Some(Some(cur)) => {
+                        Some((_, Some(v))) => {
+                            let better = match best.and_then(|b| heads[b].as_ref()) {
+                                Some((_, Some(cur))) => {
                                     compare_rows(v, cur, &keys, &metas) == std::cmp::Ordering::Less
                                 }
                                 _ => true,
@@ -532,13 +591,15 @@ impl Session {
                 best
             };
             let Some(k) = best else { break };
-            let Some(row) = heads[k].take() else { break };
+            let Some((row, values)) = heads[k].take() else {
+                break;
+            };
             if skipped < spec.offset {
                 skipped += 1;
                 continue;
             }
             if spec.limit.is_some_and(|l| sent >= l) {
-                heads[k] = Some(row);
+                heads[k] = Some((row, values));
                 break;
             }
             seq = put_packet(&mut out, seq, &row);
@@ -582,19 +643,20 @@ impl Session {
         Ok(())
     }
 
-    /// Connects to each target's chosen server and sends `command` to all of them; `None`
-    /// after telling the client why it could not.
+    /// Connects to each target's chosen server (its primary inside a transaction) and sends
+    /// `request` to all of them; `None` after telling the client why it could not.
     async fn open_shards(
         &mut self,
         targets: &[Route],
         class: &Arc<Class>,
         hint: Option<Hint>,
-        command: &[u8],
+        request: &Request<'_>,
+        in_txn: bool,
         reply_seq: u8,
     ) -> Result<Option<Vec<Arc<str>>>, SessionError> {
         let mut addrs: Vec<Arc<str>> = Vec::with_capacity(targets.len());
         for route in targets {
-            let addr = match self.choose(route, class, hint, &[], false) {
+            let addr = match self.choose(route, class, hint, &[], in_txn) {
                 Choice::Replica(r) => r.addr().clone(),
                 Choice::Held(a) => a,
                 Choice::Primary => route.addr.clone(),
@@ -607,12 +669,35 @@ impl Session {
                 }
             }
         }
+        let query = match request {
+            Request::Query(sql) => Some(super::query_frame(sql, reply_seq.wrapping_sub(1))),
+            Request::Execute { .. } => None,
+        };
         for addr in &addrs {
+            let command = match (&query, request) {
+                (Some(q), _) => q.clone(),
+                (None, Request::Execute { frame, id, sql }) => {
+                    match self.statement_on_conn(addr, frame, *id, sql.as_ref()).await {
+                        Ok(Ok(f)) => f,
+                        Ok(Err((code, state, msg))) => {
+                            self.discard_unsent(&addrs);
+                            self.send_err((code, &state), &msg, reply_seq).await;
+                            return Ok(None);
+                        }
+                        Err(e) => {
+                            self.discard_all(&addrs);
+                            self.report(e, reply_seq).await?;
+                            return Ok(None);
+                        }
+                    }
+                }
+                (None, Request::Query(_)) => continue,
+            };
             let Some(conn) = self.pinned.find(addr) else {
                 continue;
             };
             conn.in_flight = true;
-            if let Err(e) = conn.io.write_all(command).await {
+            if let Err(e) = conn.io.write_all(&command.raw).await {
                 let msg = format!("shardgate: lost connection to backend {addr}: {e}");
                 self.discard_all(&addrs);
                 self.send_err(crate::protocol::consts::errcode::UNKNOWN, &msg, reply_seq)
@@ -676,6 +761,7 @@ impl Session {
                 conn.in_flight = false;
                 conn.io.maybe_shrink();
                 let (status, warnings) = terminator(&p, deprecate_eof);
+                conn.in_txn = status & status::IN_TRANS != 0;
                 Ok(Next::End { status, warnings })
             }
             _ => Ok(Next::Row(p)),

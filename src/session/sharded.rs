@@ -7,12 +7,14 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use super::dispatch::Work;
+use super::scatter::Request;
+use super::statements::StmtShards;
 use super::{identity, Session, SessionError};
 use crate::backend::prepared::{param_value, ParamValue};
 use crate::executor::{self, ExecError};
 use crate::planner::classify::{Class, Hint, Kind};
 use crate::planner::shard::with_generated_keys;
-use crate::planner::{Route, ShardPlan};
+use crate::planner::{lex, Route, ShardPlan};
 use crate::protocol::consts::{cap, com, errcode, status};
 use crate::protocol::packet::{put_ok, Frame, OkInfo};
 use crate::shardmap::ring::KeyValue;
@@ -111,8 +113,13 @@ impl Session {
                 return self.broadcast(&routes, &class, &frame).await;
             }
             read @ (ShardPlan::Scatter(_) | ShardPlan::MergeSorted(_)) => {
+                let text = match &read {
+                    ShardPlan::MergeSorted(spec) => spec.sql.as_bytes(),
+                    _ => sql.as_bytes(),
+                };
+                let request = Request::Query(text);
                 return self
-                    .multi_shard_read(read, &routes, &class, hint, &frame)
+                    .multi_shard_read(&read, &routes, &class, hint, &request, reply_seq)
                     .await;
             }
             ShardPlan::Sequence {
@@ -125,28 +132,24 @@ impl Session {
                     .await;
             }
             ShardPlan::SplitInsert(parts) => {
-                if self.shard_txn.is_some() {
-                    let msg = "shardgate: an INSERT with rows for several shards inside a transaction is refused (multi_shard_transactions = \"refuse\")";
-                    self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
-                    return Ok(());
-                }
                 let parts: Vec<(Route, Vec<u8>)> = parts
                     .into_iter()
                     .filter_map(|(i, sql)| Some((routes.get(i)?.clone(), sql.into_bytes())))
                     .collect();
+                if !self.join_txn_on(&parts, reply_seq).await? {
+                    return Ok(());
+                }
                 return self.write_each(parts, None, reply_seq).await;
             }
             ShardPlan::ScatterWrite(shards) => {
-                if self.shard_txn.is_some() {
-                    let msg = "shardgate: writes to several shards inside a transaction are refused (multi_shard_transactions = \"refuse\")";
-                    self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
-                    return Ok(());
-                }
                 let sql = frame.payload()[1..].to_vec();
                 let parts: Vec<(Route, Vec<u8>)> = shards
                     .iter()
                     .filter_map(|&i| Some((routes.get(i)?.clone(), sql.clone())))
                     .collect();
+                if !self.join_txn_on(&parts, reply_seq).await? {
+                    return Ok(());
+                }
                 return self.write_each(parts, None, reply_seq).await;
             }
             ShardPlan::One(i) => routes[i].clone(),
@@ -170,6 +173,41 @@ impl Session {
         }
         self.run_statement(&route, &class, hint, Work::Query(&frame))
             .await
+    }
+
+    /// A write on several shards inside a transaction: the transaction opens on each (best
+    /// effort) or, when it would span shards, the write is refused. `false` after answering
+    /// the client with an error.
+    async fn join_txn_on(
+        &mut self,
+        parts: &[(Route, Vec<u8>)],
+        reply_seq: u8,
+    ) -> Result<bool, SessionError> {
+        if self.shard_txn.is_none() {
+            return Ok(true);
+        }
+        let mut shards: Vec<&Route> = Vec::new();
+        for (r, _) in parts {
+            if !shards.iter().any(|s| s.shard == r.shard) {
+                shards.push(r);
+            }
+        }
+        if shards.len() > 1
+            && !self
+                .shared
+                .planner
+                .multi_shard_best_effort(&self.plan_ctx())
+        {
+            let msg = "shardgate: a write to several shards inside a transaction is refused (multi_shard_transactions = \"refuse\")";
+            self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
+            return Ok(false);
+        }
+        for r in shards {
+            if !self.bind_txn(r, reply_seq).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// A statement inside a sharded transaction must run on the transaction's shard; the
@@ -307,7 +345,11 @@ impl Session {
             ..OkInfo::default()
         };
         for (route, sql) in &parts {
-            match self.run_quietly(&route.addr, sql).await {
+            let r = self.run_quietly(&route.addr, sql).await;
+            if r.is_ok() {
+                self.note_write(&route.addr, true).await;
+            }
+            match r {
                 Ok(ok) => {
                     total.affected_rows += ok.affected_rows;
                     total.warnings = total.warnings.saturating_add(ok.warnings);
@@ -374,15 +416,8 @@ impl Session {
             self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
             return Ok(());
         }
-        if self.shard_txn.is_some() {
-            if parts.len() > 1 {
-                let msg = "shardgate: an INSERT with rows for several shards inside a transaction is refused (multi_shard_transactions = \"refuse\")";
-                self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
-                return Ok(());
-            }
-            if !self.bind_txn(&parts[0].0, reply_seq).await? {
-                return Ok(());
-            }
+        if !self.join_txn_on(&parts, reply_seq).await? {
+            return Ok(());
         }
         self.write_each(parts, ids.first().copied(), reply_seq)
             .await
@@ -509,9 +544,9 @@ impl Session {
         }
     }
 
-    /// Where a COM_STMT_PREPARE runs, and on a sharded keyspace which parameter picks the
-    /// shard at execute; `None` after answering the client with an error.
-    pub(super) async fn prepare_route(&mut self, frame: &Frame) -> Option<(Route, Option<usize>)> {
+    /// Where a COM_STMT_PREPARE runs, and on a sharded keyspace where its executes run;
+    /// `None` after answering the client with an error.
+    pub(super) async fn prepare_route(&mut self, frame: &Frame) -> Option<(Route, StmtShards)> {
         let reply_seq = frame.last_seq.wrapping_add(1);
         let sql = String::from_utf8_lossy(&frame.payload()[1..]).into_owned();
         let ctx = self.plan_ctx();
@@ -521,21 +556,26 @@ impl Session {
             .plan_shards(&sql, &ctx)
             .map(|(plan, routes)| (plan, routes.to_vec()));
         let Some((plan, routes)) = planned else {
-            return self.route(reply_seq).await.map(|r| (r, None));
+            return self.route(reply_seq).await.map(|r| (r, StmtShards::Fixed));
         };
         let first = routes.first()?.clone();
         match plan {
-            ShardPlan::One(i) => Some((routes.get(i).cloned().unwrap_or(first), None)),
-            ShardPlan::Any => Some((first, None)),
+            ShardPlan::One(i) => Some((routes.get(i).cloned().unwrap_or(first), StmtShards::Fixed)),
+            ShardPlan::Any => Some((first, StmtShards::Fixed)),
             // Prepared anywhere (every shard has the same tables); executed on the shard of
-            // the parameter's value.
-            ShardPlan::Param(p) => Some((first, Some(p))),
-            ShardPlan::Scatter(_)
-            | ShardPlan::ScatterWrite(_)
-            | ShardPlan::SplitInsert(_)
-            | ShardPlan::MergeSorted(_)
-            | ShardPlan::Sequence { .. } => {
-                let msg = "shardgate: prepared statements that run on several shards or take sequence ids are not supported yet";
+            // the parameter's value, or on several shards.
+            ShardPlan::Param(p) => Some((first, StmtShards::Key(p))),
+            ShardPlan::Scatter(_) | ShardPlan::ScatterWrite(_) => Some((first, StmtShards::Multi)),
+            ShardPlan::MergeSorted(spec) => {
+                if lex::placeholders(spec.sql.as_bytes()) != lex::placeholders(sql.as_bytes()) {
+                    let msg = "shardgate: this prepared read of several shards would need its parameters rewritten (a parameter in its LIMIT or inside AVG); use literals there";
+                    self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
+                    return None;
+                }
+                Some((first, StmtShards::Multi))
+            }
+            ShardPlan::SplitInsert(_) | ShardPlan::Sequence { .. } => {
+                let msg = "shardgate: a prepared INSERT with rows for several shards or taking sequence ids is not supported yet; send it as a query";
                 self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
                 None
             }
@@ -564,9 +604,9 @@ impl Session {
         let Some(info) = self.stmts.get(client_id) else {
             return Ok(Some(route));
         };
-        let route = match info.key_param {
-            None => route,
-            Some(p) => {
+        let route = match info.shards {
+            StmtShards::Fixed | StmtShards::Multi => route,
+            StmtShards::Key(p) => {
                 let payload = frame.payload();
                 let value = param_value(&payload, info.params, info.types.as_deref(), p);
                 let key = match value {
@@ -599,70 +639,213 @@ impl Session {
         Ok(Some(route))
     }
 
-    /// A read on several shards (concatenated or merged), where the session's transaction
-    /// state allows one.
-    async fn multi_shard_read(
+    /// A read on several shards, concatenated or merged. Inside a transaction, with
+    /// `multi_shard_transactions = "best_effort"` every shard it reads joins the transaction;
+    /// otherwise the transaction's own shard answers from within it and the other shards from
+    /// their primaries outside it (where a locking read would take locks no COMMIT releases:
+    /// refused).
+    pub(super) async fn multi_shard_read(
         &mut self,
-        read: ShardPlan,
+        read: &ShardPlan,
         routes: &[Route],
         class: &Arc<Class>,
         hint: Option<Hint>,
-        frame: &Frame,
+        request: &Request<'_>,
+        reply_seq: u8,
     ) -> Result<(), SessionError> {
-        if !self.multi_shard_read_allowed() {
-            let msg = "shardgate: reads from several shards inside a transaction are not supported (a transaction runs on one shard)";
-            let reply_seq = frame.last_seq.wrapping_add(1);
-            self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
-            return Ok(());
-        }
         let pick = |shards: &[usize]| -> Vec<Route> {
             shards
                 .iter()
                 .filter_map(|&i| routes.get(i).cloned())
                 .collect()
         };
-        match &read {
+        let targets = match read {
+            ShardPlan::MergeSorted(spec) => pick(&spec.shards),
+            ShardPlan::Scatter(shards) => pick(shards),
+            _ => return Ok(()),
+        };
+        let in_txn = self.shard_txn.is_some();
+        if in_txn
+            && self
+                .shared
+                .planner
+                .multi_shard_best_effort(&self.plan_ctx())
+        {
+            for r in &targets {
+                if !self.bind_txn(r, reply_seq).await? {
+                    return Ok(());
+                }
+            }
+        } else if in_txn && class.kind == Kind::LockingRead {
+            let msg = "shardgate: a locking read of several shards inside a transaction needs multi_shard_transactions = \"best_effort\" (each shard must join the transaction)";
+            self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
+            return Ok(());
+        }
+        match read {
             ShardPlan::MergeSorted(spec) => {
-                let targets = pick(&spec.shards);
-                self.merge_sorted(&targets, spec, class, hint, frame)
+                self.merge_sorted(&targets, spec, class, hint, request, in_txn, reply_seq)
                     .await?;
             }
-            ShardPlan::Scatter(shards) => {
-                let targets = pick(shards);
-                self.scatter(&targets, class, hint, frame).await?;
+            _ => {
+                self.scatter(&targets, class, hint, request, in_txn, reply_seq)
+                    .await?;
             }
-            _ => {}
         }
-        self.end_read_snapshots().await;
+        self.end_outside_reads().await;
         Ok(())
     }
 
-    /// A read may visit several shards outside transactions, and with autocommit off while no
-    /// statement has bound the implicit transaction to a shard yet (each shard's read is then
-    /// its own snapshot, ended at once: see `end_read_snapshots`).
-    fn multi_shard_read_allowed(&self) -> bool {
-        match &self.shard_txn {
-            None => true,
-            Some(t) => t.begin.is_empty() && t.shard.is_none(),
+    /// The shards the session's transaction has opened on.
+    fn txn_primaries(&self) -> Vec<Arc<str>> {
+        let Some(t) = &self.shard_txn else {
+            return Vec::new();
+        };
+        let ctx = self.plan_ctx();
+        t.shard
+            .iter()
+            .chain(&t.others)
+            .filter_map(|s| self.shared.planner.shard_route(&ctx, s))
+            .map(|r| r.addr)
+            .collect()
+    }
+
+    /// Connections a multi-shard read used outside the session's transaction go back to the
+    /// pool; with autocommit off the server opened a transaction on each: commit it first
+    /// (it only read), so they go back clean and the session's transaction stays where it is.
+    async fn end_outside_reads(&mut self) {
+        if self.hold.life.is_some() {
+            return;
+        }
+        let keep = self.txn_primaries();
+        let mut done = Vec::new();
+        for conn in self.pinned.iter_mut() {
+            if conn.in_flight || keep.contains(&conn.addr) {
+                continue;
+            }
+            if conn.in_txn {
+                match conn.simple_command(com::QUERY, b"COMMIT").await {
+                    Ok(Ok(_)) => conn.in_txn = false,
+                    _ => conn.broken = true,
+                }
+            }
+            done.push(conn.addr.clone());
+        }
+        for addr in done {
+            self.pinned.release(&addr);
         }
     }
 
-    /// With autocommit off, a multi-shard read opened a transaction on each shard's
-    /// connection: commit them (they only read), so the connections go back to the pool clean
-    /// and the session's transaction stays unbound.
-    async fn end_read_snapshots(&mut self) {
-        if self.vars.autocommit() {
-            return;
+    /// A COM_STMT_EXECUTE of a statement that runs on several shards: planned again (from the
+    /// plan cache), its binary rows merged like a query's text rows, its writes run on each
+    /// shard's primary.
+    pub(super) async fn execute_on_shards(
+        &mut self,
+        frame: &Frame,
+        client_id: u32,
+        class: Arc<Class>,
+        hint: Option<Hint>,
+    ) -> Result<(), SessionError> {
+        let reply_seq = frame.last_seq.wrapping_add(1);
+        let Some(info) = self.stmts.get(client_id) else {
+            return Ok(());
+        };
+        let sql = String::from_utf8_lossy(&info.sql).into_owned();
+        let ctx = self.plan_ctx();
+        let Some((plan, routes)) = self.shared.planner.plan_shards(&sql, &ctx) else {
+            return Ok(());
+        };
+        let routes = routes.to_vec();
+        self.implicit_txn();
+        match plan {
+            read @ (ShardPlan::Scatter(_) | ShardPlan::MergeSorted(_)) => {
+                let rewrite = match &read {
+                    ShardPlan::MergeSorted(spec) if spec.sql != sql => {
+                        Some(Arc::<[u8]>::from(spec.sql.as_bytes()))
+                    }
+                    _ => None,
+                };
+                let request = Request::Execute {
+                    frame,
+                    id: client_id,
+                    sql: rewrite,
+                };
+                self.multi_shard_read(&read, &routes, &class, hint, &request, reply_seq)
+                    .await
+            }
+            ShardPlan::ScatterWrite(shards) => {
+                let targets: Vec<(Route, Vec<u8>)> = shards
+                    .iter()
+                    .filter_map(|&i| Some((routes.get(i)?.clone(), Vec::new())))
+                    .collect();
+                if !self.join_txn_on(&targets, reply_seq).await? {
+                    return Ok(());
+                }
+                self.execute_each(&targets, frame, client_id, reply_seq)
+                    .await
+            }
+            ShardPlan::Reject(msg) => {
+                self.send_err(errcode::UNKNOWN, &msg, reply_seq).await;
+                Ok(())
+            }
+            _ => {
+                let msg = "shardgate: the shard map changed since this statement was prepared: prepare it again";
+                self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
+                Ok(())
+            }
         }
-        for conn in self.pinned.iter_mut() {
-            if conn.in_flight {
+    }
+
+    /// A prepared write on several shards' primaries; one OK with the affected rows summed.
+    /// Not atomic: the first error stops it and reaches the client.
+    async fn execute_each(
+        &mut self,
+        targets: &[(Route, Vec<u8>)],
+        frame: &Frame,
+        client_id: u32,
+        reply_seq: u8,
+    ) -> Result<(), SessionError> {
+        let mut total = OkInfo {
+            status: status::AUTOCOMMIT,
+            ..OkInfo::default()
+        };
+        for (route, _) in targets {
+            let addr = &route.addr;
+            if let Err(e) = self.ready_connection(addr, None).await {
+                return self.report(e, reply_seq).await;
+            }
+            let command = match self.statement_on_conn(addr, frame, client_id, None).await {
+                Ok(Ok(f)) => f,
+                Ok(Err((code, state, msg))) => {
+                    self.send_err((code, &state), &msg, reply_seq).await;
+                    return Ok(());
+                }
+                Err(e) => return self.report(e, reply_seq).await,
+            };
+            let Some(conn) = self.pinned.find(addr) else {
                 continue;
-            }
-            match conn.simple_command(com::QUERY, b"COMMIT").await {
-                Ok(Ok(_)) => conn.in_txn = false,
-                _ => conn.broken = true,
+            };
+            let r = conn
+                .simple_command(com::STMT_EXECUTE, &command.payload()[1..])
+                .await;
+            match r {
+                Ok(Ok(ok)) => {
+                    conn.in_txn = ok.status & status::IN_TRANS != 0;
+                    total.affected_rows += ok.affected_rows;
+                    total.warnings = total.warnings.saturating_add(ok.warnings);
+                    total.status = ok.status & !status::MORE_RESULTS_EXISTS;
+                    self.note_write(addr, true).await;
+                }
+                Ok(Err(e)) => return self.report(ExecError::Database(e), reply_seq).await,
+                Err(e) => {
+                    self.pinned.discard(addr);
+                    return self.report(ExecError::Connect(e), reply_seq).await;
+                }
             }
         }
+        let mut out = BytesMut::new();
+        put_ok(&mut out, reply_seq, self.caps, total);
+        let _ = self.io.write_all(&out).await;
+        Ok(())
     }
 
     /// With autocommit off every statement is in a transaction: the first that names a shard

@@ -21,8 +21,20 @@ pub struct StmtInfo {
     pub types: Option<Bytes>,
     /// Parameters the statement takes.
     pub params: u16,
-    /// On a sharded keyspace: the parameter whose value picks the shard at execute.
-    pub key_param: Option<usize>,
+    /// Where executes run on a sharded keyspace.
+    pub shards: StmtShards,
+}
+
+/// Where a prepared statement's executes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StmtShards {
+    /// On the statement's route (one shard, or an unsharded keyspace).
+    #[default]
+    Fixed,
+    /// On the shard of this parameter's value.
+    Key(usize),
+    /// On several shards: planned again at each execute (from the plan cache).
+    Multi,
 }
 
 #[derive(Default)]
