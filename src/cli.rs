@@ -54,6 +54,55 @@ enum Command {
         #[command(flatten)]
         shape: Shape,
     },
+    /// Inspect or flush a running proxy's result cache through its admin API.
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheAction {
+    /// Size, entries, hits, misses, evictions and invalidations of the result cache.
+    Stats {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Drop every cached result, or those that read one table.
+    Flush {
+        /// Only results that read this table.
+        #[arg(long, value_name = "DB.TABLE")]
+        table: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// How an admin command finds the proxy: its config file, or an address and a token.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The proxy's config: the admin API is at its proxy.admin_listen, with proxy.admin_token.
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The admin API's address (overrides the config's).
+    #[arg(long, value_name = "HOST:PORT")]
+    admin: Option<String>,
+    /// The admin token (overrides the config's).
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
+    /// Print the API's JSON answer as it came.
+    #[arg(long)]
+    json: bool,
+}
+
+impl AdminArgs {
+    fn target(&self) -> anyhow::Result<crate::admin::commands::Target> {
+        crate::admin::commands::Target::resolve(
+            self.config.as_deref(),
+            self.admin.as_deref(),
+            self.token.as_deref(),
+        )
+    }
 }
 
 #[derive(clap::Args)]
@@ -82,6 +131,35 @@ struct Shape {
         requires = "sharded_tables"
     )]
     reference_tables: Vec<String>,
+    /// Cache every read through the proxy for TTL (`500ms`, `30s`, `5m`; a bare number is
+    /// seconds): writes through the proxy invalidate what they change.
+    #[arg(long = "cache-all", value_name = "TTL", value_parser = parse_ttl)]
+    cache_all: Option<u64>,
+}
+
+/// A TTL as milliseconds: `500ms`, `30s`, `5m`, `1h`, or a bare number of seconds.
+fn parse_ttl(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration like 500ms, 30s or 5m"))?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => None,
+    };
+    match ms {
+        Some(ms) if ms > 0 => Ok(ms),
+        _ => Err(format!(
+            "'{s}' is not a positive duration like 500ms, 30s or 5m"
+        )),
+    }
 }
 
 impl Shape {
@@ -100,6 +178,7 @@ impl Shape {
             sharded: self.sharded_tables.clone(),
             reference: self.reference_tables.clone(),
         };
+        o.cache_all_ms = self.cache_all;
         match o.tables.validate() {
             Ok(()) => Ok(o),
             Err(msg) => Err(usage_error(command, msg)),
@@ -217,6 +296,31 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo { shape } => demo(shape).await,
+        Command::Cache {
+            action: CacheAction::Stats { admin },
+        } => {
+            let out = crate::admin::commands::cache_stats(&admin.target()?, admin.json).await?;
+            print_output(&out);
+            Ok(())
+        }
+        Command::Cache {
+            action: CacheAction::Flush { table, admin },
+        } => {
+            let target = admin.target()?;
+            let out =
+                crate::admin::commands::cache_flush(&target, table.as_deref(), admin.json).await?;
+            print_output(&out);
+            Ok(())
+        }
+    }
+}
+
+/// Prints `out`, ending it with a newline if it has none (raw JSON answers do not).
+fn print_output(out: &str) {
+    if out.ends_with('\n') {
+        print!("{out}");
+    } else {
+        println!("{out}");
     }
 }
 
@@ -306,4 +410,21 @@ async fn demo_proxy(cluster: &sandbox::Cluster) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || proxy.shutdown()).await?;
     r?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_ttl;
+
+    #[test]
+    fn ttls_take_units() {
+        assert_eq!(parse_ttl("500ms"), Ok(500));
+        assert_eq!(parse_ttl("30s"), Ok(30_000));
+        assert_eq!(parse_ttl("30"), Ok(30_000));
+        assert_eq!(parse_ttl("5m"), Ok(300_000));
+        assert_eq!(parse_ttl("1h"), Ok(3_600_000));
+        assert!(parse_ttl("0s").is_err());
+        assert!(parse_ttl("5 parsecs").is_err());
+        assert!(parse_ttl("").is_err());
+    }
 }

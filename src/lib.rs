@@ -2,7 +2,9 @@
 //!
 //! Data flows one way: `session` -> `planner` -> `executor` -> `backend` (see DESIGN.md).
 
+pub mod admin;
 pub mod backend;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod executor;

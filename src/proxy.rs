@@ -33,6 +33,8 @@ pub struct Shared {
     pub health: Arc<Health>,
     /// Ids taken from sequence tables and not yet handed out: sequence -> [next, end).
     pub sequences: std::sync::Mutex<std::collections::HashMap<String, (i64, i64)>>,
+    /// The result cache, when a rule in `[cache]` turns it on.
+    pub cache: Option<Arc<crate::cache::ResultCache>>,
     clients: AtomicUsize,
 }
 
@@ -43,6 +45,7 @@ impl Shared {
         let health = Health::new(&map);
         let split = config.routing.read_write_split;
         let planner = Planner::new(map, &health, split, |ks| config.max_replica_lag(ks));
+        let cache = crate::cache::ResultCache::new(&config.cache).map(Arc::new);
         Shared {
             planner,
             pools: Pools::new(config.pool.clone(), workers),
@@ -50,6 +53,7 @@ impl Shared {
             sessions: Arc::new(Registry::default()),
             health,
             sequences: Default::default(),
+            cache,
             clients: AtomicUsize::new(0),
         }
     }
@@ -196,18 +200,48 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-/// Runs the proxy for `config` until Ctrl-C.
+/// Runs the proxy for `config` until Ctrl-C: the MySQL workers and, on this runtime, the
+/// admin HTTP API (`crate::admin`).
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    // Before anything records a metric: what is recorded without a recorder is lost.
+    let _ = crate::admin::metrics::handle();
+    // Bound before the workers start, so a taken admin port fails the start, not later.
+    let admin_listener = crate::admin::bind(&config.proxy.admin_listen).await?;
+    let admin_addr = admin_listener.local_addr()?;
     let listen = config.proxy.listen.clone();
     let proxy =
         Proxy::start(config).map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let admin_state = crate::admin::AdminState::new(proxy.shared.clone());
+    if admin_state.token.is_none() {
+        warn!(
+            admin = %admin_addr,
+            "proxy.admin_token is not set: the admin API answers 401 to all but /healthz"
+        );
+    }
+    if proxy.shared.cache.is_some() {
+        crate::admin::metrics::register_cache_series();
+    }
+    let upkeep = admin_state
+        .metrics
+        .clone()
+        .map(|h| tokio::spawn(crate::admin::metrics::upkeep(h)));
+    let admin = tokio::spawn(async move {
+        if let Err(e) = crate::admin::serve(admin_listener, admin_state).await {
+            warn!(error = %e, "the admin API stopped");
+        }
+    });
     info!(
         listen = %proxy.local_addr(),
+        admin = %admin_addr,
         workers = worker_count(&proxy.shared.config),
         "shardgate is accepting MySQL clients"
     );
     let r = tokio::signal::ctrl_c().await;
     info!("shutting down");
+    admin.abort();
+    if let Some(u) = upkeep {
+        u.abort();
+    }
     tokio::task::spawn_blocking(move || proxy.shutdown()).await?;
     r?;
     Ok(())

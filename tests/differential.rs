@@ -1,6 +1,7 @@
 //! Differential test: a seeded generator writes statements of the shapes sharded keyspaces
 //! support (point reads, IN lists, ranges, ORDER BY/LIMIT, aggregates, GROUP BY, DISTINCT,
-//! joins of co-located tables, NULLs, strings in a case-insensitive collation), and each runs
+//! AVG and HAVING (see [`MERGE_AVG_HAVING`]), joins of co-located tables, NULLs, strings in a
+//! case-insensitive collation), and each runs
 //! against one unsharded MariaDB database and through the proxy on the same data sharded over
 //! 2 and over 3 shards. Results must be equal: exactly where the statement orders its rows, as
 //! multisets where it does not; letter case is folded where the server may show any spelling of
@@ -17,6 +18,10 @@ use common::Sandbox;
 
 const STATEMENTS: usize = 320;
 const USERS: i64 = 120;
+/// Generate AVG (over INT, DECIMAL and DOUBLE columns and a DECIMAL expression) and HAVING
+/// statements, and ORDER BY on aggregates: these need the session to finish merged groups
+/// (`executor::group`). Changes which statements a seed generates.
+const MERGE_AVG_HAVING: bool = true;
 
 fn sandbox() -> &'static Sandbox {
     static SB: OnceLock<Sandbox> = OnceLock::new();
@@ -53,7 +58,13 @@ fn generate(g: &mut Gen) -> Case {
     let key = |g: &mut Gen| 1 + g.below(USERS as u64 + 10) as i64; // some keys miss
     let score = |g: &mut Gen| g.below(12) as i64;
     let case = |sql: String, ordered: bool| Case { sql, ordered };
-    match g.below(14) {
+    let shapes = if MERGE_AVG_HAVING {
+        14 + AVG_HAVING_SHAPES
+    } else {
+        14
+    };
+    match g.below(shapes) {
+        n @ 14.. => avg_having(g, n - 14),
         0 => case(
             format!("SELECT id, name, score, amount FROM users WHERE id = {}", key(g)),
             false,
@@ -158,8 +169,88 @@ fn generate(g: &mut Gen) -> Case {
     }
 }
 
-/// The rows: user `i` has a name from a small set in mixed case (or NULL), a score (or NULL)
-/// and an amount; orders of some users.
+/// How many shapes [`avg_having`] has.
+const AVG_HAVING_SHAPES: u64 = 8;
+
+/// Statements with AVG, HAVING and ORDER BY on aggregates: shape `n` of [`AVG_HAVING_SHAPES`].
+/// Every one orders its rows completely (GROUP BY sorts by the group; ORDER BY ends on it).
+fn avg_having(g: &mut Gen, n: u64) -> Case {
+    let key = |g: &mut Gen| 1 + g.below(USERS as u64 + 10) as i64;
+    let score = |g: &mut Gen| g.below(12) as i64;
+    // Around the amounts' (0..100) and ratios' (-2..2) averages, with a fraction.
+    let amount = |g: &mut Gen| format!("{}.{}", 30 + g.below(40), g.below(10));
+    let ratio = |g: &mut Gen| format!("{}{}.{}", g.pick(&["", "-"]), g.below(2), g.below(10));
+    let sql = match n {
+        0 => format!(
+            "SELECT AVG(score), AVG(amount), AVG(ratio), AVG(amount * 1.000), COUNT(*) FROM users WHERE score {} {}",
+            g.pick(&["<", ">", "<=", "=", ">="]),
+            score(g)
+        ),
+        1 => format!(
+            "SELECT score, AVG(amount) AS a, AVG(ratio), AVG(id), COUNT(score) FROM users WHERE id <= {} GROUP BY score",
+            key(g)
+        ),
+        2 => {
+            let having = match g.below(9) {
+                0 => format!("COUNT(*) > {}", g.below(14)),
+                1 => format!("c >= {} AND MAX(id) > {}", g.below(14), key(g)),
+                2 => format!("AVG(amount) > {} OR score IS NULL", amount(g)),
+                3 => "MIN(name) = 'ALPHA'".to_string(),
+                4 => format!("score BETWEEN {} AND {}", score(g), score(g) + 4),
+                5 => "score IN (1, 3, 5, NULL) OR score NOT IN (2, 4)".to_string(),
+                6 => format!("SUM(amount) > {}", 200 + g.below(400)),
+                7 => format!("NOT (AVG(ratio) < {})", ratio(g)),
+                _ => format!(
+                    "MAX(name) IS NOT NULL AND AVG(score) >= {}.5",
+                    score(g)
+                ),
+            };
+            format!(
+                "SELECT score, COUNT(*) AS c, SUM(amount), AVG(ratio) FROM users GROUP BY score HAVING {having}"
+            )
+        }
+        3 => format!(
+            "SELECT score, COUNT(*) FROM users GROUP BY score ORDER BY COUNT(*) DESC, score LIMIT {}",
+            1 + g.below(8)
+        ),
+        4 => format!(
+            "SELECT name, SUM(amount), MIN(score) FROM users WHERE id > {} GROUP BY name ORDER BY AVG(ratio) {}, name",
+            key(g) / 2,
+            g.pick(&["ASC", "DESC"])
+        ),
+        5 => format!(
+            "SELECT score, AVG(amount) AS a FROM users GROUP BY score HAVING COUNT(*) > {} ORDER BY a DESC, score LIMIT {}, {}",
+            g.below(12),
+            g.below(3),
+            1 + g.below(5)
+        ),
+        6 => format!(
+            "SELECT o.user_id, COUNT(*) AS c, AVG(o.total) AS a FROM orders o WHERE o.n < {} GROUP BY o.user_id HAVING COUNT(*) > 1 AND a > {} ORDER BY a DESC, o.user_id LIMIT 5",
+            2 + g.below(2),
+            amount(g)
+        ),
+        _ => {
+            if g.below(2) == 0 {
+                format!(
+                    "SELECT COUNT(*), AVG(score), MAX(amount) FROM users WHERE id < {} HAVING COUNT(*) > {}",
+                    key(g),
+                    g.below(60)
+                )
+            } else {
+                format!(
+                    "SELECT name FROM users GROUP BY name HAVING AVG(amount) > {} AND COUNT(score) >= {}",
+                    amount(g),
+                    g.below(20)
+                )
+            }
+        }
+    };
+    Case { sql, ordered: true }
+}
+
+/// The rows: user `i` has a name from a small set in mixed case (or NULL), a score (or NULL),
+/// an amount and a ratio (or NULL; quarters, so sums in any order are exact); orders of some
+/// users.
 fn data() -> (Vec<String>, Vec<String>) {
     let names = [
         "alpha", "Alpha", "ALPHA", "bravo", "Charlie", "delta ", "echo", "mike",
@@ -176,8 +267,13 @@ fn data() -> (Vec<String>, Vec<String>) {
             } else {
                 ((i * 5) % 12).to_string()
             };
+            let ratio = if i % 7 == 0 {
+                "NULL".to_string()
+            } else {
+                format!("{}", ((i * 3) % 17 - 8) as f64 * 0.25)
+            };
             format!(
-                "({i}, {name}, {score}, {}.{:02})",
+                "({i}, {name}, {score}, {}.{:02}, {ratio})",
                 (i * 37) % 100,
                 (i * 13) % 100
             )
@@ -197,7 +293,7 @@ fn data() -> (Vec<String>, Vec<String>) {
 }
 
 const SCHEMA: [&str; 2] = [
-    "CREATE TABLE users (id INT PRIMARY KEY, name VARCHAR(20), score INT, amount DECIMAL(10,2))",
+    "CREATE TABLE users (id INT PRIMARY KEY, name VARCHAR(20), score INT, amount DECIMAL(10,2), ratio DOUBLE)",
     "CREATE TABLE orders (user_id INT, n INT, total DECIMAL(10,2), PRIMARY KEY (user_id, n))",
 ];
 
@@ -209,7 +305,7 @@ async fn load(conn: &mut Conn) {
     let (users, orders) = data();
     for chunk in users.chunks(25) {
         conn.query_drop(format!(
-            "INSERT INTO users (id, name, score, amount) VALUES {}",
+            "INSERT INTO users (id, name, score, amount, ratio) VALUES {}",
             chunk.join(", ")
         ))
         .await

@@ -411,7 +411,7 @@ async fn five_hundred_concurrent_clients() {
         task.await.expect("client task");
     }
     let n: Option<i64> = setup
-        .query_first(format!("SELECT COUNT(*) FROM {t}"))
+        .query_first(format!("/* shardgate:primary */ SELECT COUNT(*) FROM {t}"))
         .await
         .expect("count");
     assert_eq!(n, Some(2500));

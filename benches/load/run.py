@@ -164,6 +164,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--replicas", type=int, default=0,
                    help="replicas of the sandbox primary (shardgate sandbox up --replicas N); 'direct' and 'haproxy' "
                         "still go to the primary alone, shardgate gets the replicas (read/write split)")
+    p.add_argument("--cache-ttl-ms", type=int,
+                   help="turn the result cache on for every read ([[cache.rules]] ttl_ms = N) and report its hit "
+                        "ratio (admin API) and the proxy's memory after each shardgate run")
+    p.add_argument("--cache-max-mib", type=int, default=64, help="[cache] max_bytes with --cache-ttl-ms, in MiB")
     p.add_argument("--consistency", default="eventual", choices=["eventual", "read_your_writes"],
                    help="[routing] consistency in the shardgate config the bench writes")
     p.add_argument("--pool-max", type=int,
@@ -638,6 +642,21 @@ primary = "{host}:{port}"
         backends = ", ".join(f"{s['host']}:{s['port']}" for s in self.servers)
         log(f"shardgate: {host}:{port} -> {backends} (pid {self.shardgate.pid})")
 
+    def cache_stats(self) -> dict | None:
+        """The result cache's counters from the admin API (`GET /api/v1/cache`), if it is on."""
+        if not self.args.cache_ttl_ms or tomllib is None or not getattr(self, "proxy_config", None):
+            return None
+        import urllib.request
+        doc = tomllib.loads(Path(self.proxy_config).read_text()).get("proxy", {})
+        req = urllib.request.Request(f"http://{doc.get('admin_listen')}/api/v1/cache",
+                                     headers={"Authorization": f"Bearer {doc.get('admin_token', '')}"})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return json.loads(resp.read())
+        except OSError as e:
+            log(f"  (cache stats unavailable: {e})")
+            return None
+
     def pid_of(self, target: str) -> int | None:
         if target == "haproxy" and self.haproxy:
             return self.haproxy.pid
@@ -688,6 +707,9 @@ primary = "{host}:{port}"
         # The sandbox lets root in from 127.0.0.1 without a password (its config says so already).
         text = toml_set(text, "monitor", "user", json.dumps(a.root_user), only_if_missing=True)
         text = toml_set(text, "monitor", "password", json.dumps(a.root_password), only_if_missing=True)
+        if a.cache_ttl_ms:
+            text = toml_set(text, "cache", "max_bytes", str(a.cache_max_mib << 20))
+            text += f"\n[[cache.rules]]\nttl_ms = {a.cache_ttl_ms}\n"
         out = self.dir / "bench-shardgate.toml"
         out.write_text(f"# {base_cfg.name} as rewritten by benches/load/run.py ([pool], [routing], [monitor])\n" + text)
         if tomllib is not None:
@@ -827,6 +849,7 @@ def run_sysbench(env: Env, spec: TestSpec, target: str, threads: int, duration: 
     if waited > 0.5:
         log(f"  (waited {waited:.1f}s for the replicas to apply the previous run's writes)")
     ppid = env.pid_of(target)
+    cache0 = env.cache_stats() if target == "shardgate" else None
     sel0 = env.com_select() if record else {}
     cpu0, db0 = proc_cpu_seconds(ppid), [proc_cpu_seconds(p) for p in env.db_pids()]
     t0 = time.monotonic()
@@ -837,6 +860,7 @@ def run_sysbench(env: Env, spec: TestSpec, target: str, threads: int, duration: 
     wall = time.monotonic() - t0
     cpu1, db1 = proc_cpu_seconds(ppid), [proc_cpu_seconds(p) for p in env.db_pids()]
     sel1 = env.com_select() if record else {}
+    cache1 = env.cache_stats() if target == "shardgate" else None
     env.check_children()
     if res.returncode != 0:
         out = (res.stdout + res.stderr).strip().splitlines()
@@ -858,6 +882,11 @@ def run_sysbench(env: Env, spec: TestSpec, target: str, threads: int, duration: 
     if sel0:
         r["com_select"] = {k: (sel1.get(k) - v if v is not None and sel1.get(k) is not None else None)
                            for k, v in sel0.items()}
+    if cache0 and cache1:
+        hits, misses = cache1["hits"] - cache0["hits"], cache1["misses"] - cache0["misses"]
+        r["cache_hit_ratio"] = round(hits / (hits + misses), 4) if hits + misses else None
+        r["cache_mib"] = round(cache1["bytes"] / (1 << 20), 2)
+        r["proxy_rss_mib"] = round(proc_mem_kib(ppid).get("VmRSS", 0) / 1024, 1) if ppid else None
     return r
 
 
@@ -956,7 +985,9 @@ def summarize(args, runs: list[dict]) -> list[dict]:
                            "tps": m("tps"), "qps": m("qps"), "p95_ms": m("p95_ms"),
                            "spread_pct": (max(tps) - min(tps)) / statistics.median(tps) * 100 if len(rs) > 1 else None,
                            "proxy_cpu_us_per_q": m("proxy_cpu_us_per_q"), "db_cpu_us_per_q": m("db_cpu_us_per_q"),
-                           "restarts_per_s": m("restarts_per_s"), "tps_runs": tps}
+                           "restarts_per_s": m("restarts_per_s"), "tps_runs": tps,
+                           "cache_hit_ratio": m("cache_hit_ratio"), "cache_mib": m("cache_mib"),
+                           "proxy_rss_mib": m("proxy_rss_mib")}
                 # Where the SELECTs ran: Com_select deltas summed over the rounds, per server.
                 sel: dict[str, int] = {}
                 for r in rs:
@@ -990,6 +1021,8 @@ def ratios(rows: list[dict]) -> list[dict]:
         total = sum(sel.values())
         prim = next(iter(sel.values()), None)  # servers are listed primary first
         out.append({"test": sg["test"], "threads": sg["threads"], "direct_tps": d["tps"], "shardgate_tps": sg["tps"],
+                    "cache_hit_ratio": sg.get("cache_hit_ratio"), "cache_mib": sg.get("cache_mib"),
+                    "proxy_rss_mib": sg.get("proxy_rss_mib"),
                     "tps_ratio": sg["tps"] / d["tps"],
                     "qps_ratio": sg["qps"] / d["qps"] if d["qps"] else None,
                     "p95_ratio": sg["p95_ms"] / d["p95_ms"] if d["p95_ms"] else None,
@@ -1031,12 +1064,17 @@ def print_ratios(args, rows: list[dict], rat: list[dict]) -> None:
     log("\nshardgate / direct (medians; direct = the primary alone"
         + (f", shardgate = read/write split over the primary and {args.replicas} replica(s)" if args.replicas else "")
         + f", consistency {args.consistency}):")
-    table = [["test", "thr", "direct tps", "shardgate tps", "tps ratio", "qps ratio", "p95 ratio", "SELECTs on replicas"]]
+    cache = args.cache_ttl_ms is not None
+    table = [["test", "thr", "direct tps", "shardgate tps", "tps ratio", "qps ratio", "p95 ratio", "SELECTs on replicas"]
+             + (["cache hits", "cache MiB", "proxy RSS MiB"] if cache else [])]
     for r in rat:
         share = r["replica_select_share"]
+        hit = r.get("cache_hit_ratio")
         table.append([r["test"], str(r["threads"]), fmt(r["direct_tps"], ".1f"), fmt(r["shardgate_tps"], ".1f"),
                       fmt(r["tps_ratio"], ".3f"), fmt(r["qps_ratio"], ".3f"), fmt(r["p95_ratio"], ".3f"),
-                      "-" if share is None else f"{share * 100:.0f}%"])
+                      "-" if share is None else f"{share * 100:.0f}%"]
+                     + ([("-" if hit is None else f"{hit * 100:.1f}%"), fmt(r.get("cache_mib"), ".1f"),
+                         fmt(r.get("proxy_rss_mib"), ".1f")] if cache else []))
     print_grid(table, left={0})
 
 

@@ -35,6 +35,9 @@ pub struct Forward<'a> {
     pub deprecate_eof: bool,
     pub client_stmt_id: u32,
     pub max_packet: usize,
+    /// Runs once the whole response has arrived, before its end reaches the client (the
+    /// result cache invalidates what a write changed there).
+    pub before_end: Option<&'a (dyn Fn(&Scanner) + Send + Sync)>,
 }
 
 /// Runs one command on `backend`, writing the response to `client` as it streams in.
@@ -61,6 +64,9 @@ pub async fn forward(
     let mut sent = false;
     loop {
         let (n, progress) = sc.scan(&mut backend.io.rbuf);
+        if let (Progress::Done, Some(hook)) = (&progress, f.before_end) {
+            hook(&sc);
+        }
         if n > 0 {
             client
                 .write_all(&backend.io.rbuf[..n])

@@ -64,9 +64,13 @@ fn default_max_client_connections() -> usize {
 pub struct ProxySection {
     #[serde(default = "default_listen")]
     pub listen: String,
-    /// Admin HTTP address (the admin API itself arrives with issue 7).
+    /// Admin HTTP address: the admin API, `/metrics` and `/healthz`.
     #[serde(default = "default_admin")]
     pub admin_listen: String,
+    /// Bearer token every admin route but `/healthz` requires. Unset (the default) or empty:
+    /// those routes answer 401, so an admin port nobody configured is never open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
     #[serde(default = "default_server_version")]
     pub server_version: String,
     /// A client that has not finished authenticating by then is disconnected.
@@ -87,6 +91,7 @@ impl Default for ProxySection {
         ProxySection {
             listen: default_listen(),
             admin_listen: default_admin(),
+            admin_token: None,
             server_version: default_server_version(),
             handshake_timeout_ms: default_handshake_timeout_ms(),
             max_allowed_packet: default_max_allowed_packet(),
@@ -263,6 +268,64 @@ pub struct User {
     pub default_keyspace: Option<String>,
 }
 
+fn default_cache_max_bytes() -> u64 {
+    64 << 20
+}
+fn default_cache_max_entry_bytes() -> usize {
+    1 << 20
+}
+fn default_fill_from_primary_ms() -> u64 {
+    10_000
+}
+
+/// The result cache (`[cache]`): off unless a rule matches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    /// Bytes of cached results (packets plus keys) kept at most, all entries together.
+    #[serde(default = "default_cache_max_bytes")]
+    pub max_bytes: u64,
+    /// A result larger than this is never cached.
+    #[serde(default = "default_cache_max_entry_bytes")]
+    pub max_entry_bytes: usize,
+    /// After a write through the proxy to a table, misses on that table are read from the
+    /// primary for this long, so a replica that has not applied the write yet cannot fill the
+    /// cache with the old rows.
+    #[serde(default = "default_fill_from_primary_ms")]
+    pub fill_from_primary_ms: u64,
+    /// Which reads are cached, first match wins.
+    #[serde(default)]
+    pub rules: Vec<CacheRule>,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        CacheSection {
+            max_bytes: default_cache_max_bytes(),
+            max_entry_bytes: default_cache_max_entry_bytes(),
+            fill_from_primary_ms: default_fill_from_primary_ms(),
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// One cache rule: reads that match every field given are cached for `ttl_ms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheRule {
+    /// Only reads of this keyspace (database).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyspace: Option<String>,
+    /// Only reads of at least one of these tables (`table` or `db.table`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<String>,
+    /// Only statements of this shape: the statement with `?` for its literals, as
+    /// `shardgate explain` and the query digests print it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    pub ttl_ms: u64,
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -275,6 +338,8 @@ pub struct Config {
     pub routing: RoutingSection,
     #[serde(default)]
     pub monitor: MonitorSection,
+    #[serde(default)]
+    pub cache: CacheSection,
     #[serde(default)]
     pub users: Vec<User>,
     /// A shard map file, relative to this file; alternative to inline `[keyspace.*]` tables.
@@ -324,6 +389,23 @@ impl Config {
             .listen
             .parse::<std::net::SocketAddr>()
             .map_err(|e| invalid("proxy.listen", format!("'{}': {e}", self.proxy.listen)))?;
+        for (i, rule) in self.cache.rules.iter().enumerate() {
+            if rule.ttl_ms == 0 {
+                return Err(invalid(
+                    &format!("cache.rules[{i}].ttl_ms"),
+                    "must be at least 1".into(),
+                ));
+            }
+        }
+        if self.cache.max_entry_bytes as u64 > self.cache.max_bytes {
+            return Err(invalid(
+                "cache.max_entry_bytes",
+                format!(
+                    "{} is more than cache.max_bytes ({})",
+                    self.cache.max_entry_bytes, self.cache.max_bytes
+                ),
+            ));
+        }
         self.proxy
             .admin_listen
             .parse::<std::net::SocketAddr>()

@@ -189,7 +189,7 @@ pub fn add_numbers(a: &[u8], b: &[u8], kind: ValueKind) -> Option<Vec<u8>> {
         }
     }
     let f = |v: &[u8]| std::str::from_utf8(v).ok()?.parse::<f64>().ok();
-    Some(double_text(f(a)? + f(b)?).into_bytes())
+    Some(super::group::format_double(f(a)? + f(b)?).into_bytes())
 }
 
 /// Decimal text as (mantissa, scale): `-12.50` is (-1250, 2).
@@ -389,22 +389,6 @@ mod tests {
     }
 }
 
-/// A DOUBLE as MariaDB's text protocol prints it: at most 15 significant digits (DBL_DIG),
-/// the exponent form outside 1e-5..1e15. Partial sums from several shards add up in another
-/// order than one server's, which changes the last bits: 15 digits hide that, as they hide
-/// it in the server's own text output.
-pub fn double_text(x: f64) -> String {
-    if x == 0.0 || !x.is_finite() {
-        return "0".into();
-    }
-    let rounded: f64 = format!("{x:.14e}").parse().unwrap_or(x);
-    let abs = rounded.abs();
-    if (1e-5..1e15).contains(&abs) {
-        return format!("{rounded}");
-    }
-    format!("{rounded:e}")
-}
-
 /// A TIME's text form (`[-]H+:MM:SS[.ffffff]`) as signed microseconds.
 fn time_micros(v: &[u8]) -> Option<i128> {
     let text = std::str::from_utf8(v).ok()?;
@@ -430,18 +414,6 @@ fn time_micros(v: &[u8]) -> Option<i128> {
 #[cfg(test)]
 mod time_tests {
     use super::*;
-
-    #[test]
-    fn doubles_print_with_fifteen_digits() {
-        assert_eq!(double_text(0.9000000000000008), "0.900000000000001");
-        assert_eq!(double_text(0.9000000000000002), "0.9");
-        assert_eq!(double_text(0.1 + 0.2), "0.3");
-        assert_eq!(double_text(241.5), "241.5");
-        assert_eq!(double_text(-3.0), "-3");
-        assert_eq!(double_text(1e20), "1e20");
-        assert_eq!(double_text(1.5e-7), "1.5e-7");
-        assert_eq!(double_text(0.0), "0");
-    }
 
     #[test]
     fn times_compare_by_value() {

@@ -3,6 +3,7 @@
 //! and streams the response.
 
 pub mod binary_row;
+pub mod group;
 pub mod merge;
 
 use std::sync::Arc;

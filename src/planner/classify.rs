@@ -12,9 +12,11 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
+use std::ops::ControlFlow;
+
 use sqlparser::ast::{
-    ObjectName, ObjectType, Set, SetExpr, Statement, TableFactor, TableObject, TableWithJoins,
-    TransactionAccessMode, TransactionMode,
+    Expr, Ident, ObjectName, ObjectType, Query, Set, SetExpr, Statement, TableFactor, TableObject,
+    TableWithJoins, TransactionAccessMode, TransactionMode, Visit, Visitor,
 };
 use sqlparser::dialect::MySqlDialect;
 use sqlparser::parser::Parser;
@@ -114,6 +116,25 @@ pub struct Class {
     /// Tables written (DML targets, DDL objects), lower-cased, `db.table` when qualified
     /// else `table`. For cache invalidation; best effort; empty for single Other statements.
     pub writes: Vec<String>,
+    /// Tables read, same format as `writes`, sorted and de-duplicated: every table in a FROM,
+    /// JOIN, derived table, CTE body or subquery in any clause (CTE names themselves are not
+    /// tables; views are just names; `DUAL` is nothing). Also for writes where the AST shows
+    /// them (INSERT ... SELECT's source, UPDATE/DELETE's tables, CREATE ... AS SELECT). Empty
+    /// for statements sqlparser cannot read, SETs and statement types read by keyword only.
+    /// Unqualified names are relative to the session's current database.
+    pub reads: Vec<String>,
+    /// The statement names nothing whose value changes between two runs over the same data in
+    /// the same session: no deny-listed function (`VOLATILE_FNS`, bare `NILADIC` words),
+    /// no schema-qualified (likely stored) function call, no `@v` / `@@x`, no `INTO @v` /
+    /// `OUTFILE` / `DUMPFILE`, no SQL_CALC_FOUND_ROWS, no table of `information_schema`,
+    /// `performance_schema`, `mysql` or `sys` (they change without writes through the proxy).
+    /// Unqualified stored functions and views over volatile expressions cannot be seen from
+    /// the text. Meaningful for [`Kind::Read`] only; always false for statements sqlparser
+    /// cannot read, SETs and statement types read by keyword only.
+    pub deterministic: bool,
+    /// The statement says SQL_NO_CACHE (also inside an executable comment): a hint, not a
+    /// source of change, so it leaves `deterministic` alone.
+    pub no_cache_hint: bool,
     /// Number of statements in the text (COM_QUERY may carry several separated by ';').
     pub statements: usize,
 }
@@ -211,6 +232,9 @@ struct Part {
     uses_previous: bool,
     keeps_for_next: bool,
     writes: Vec<String>,
+    reads: Vec<String>,
+    deterministic: bool,
+    no_cache_hint: bool,
     is_use: bool,
     /// False when the class depends on something the digest treats as a literal (a
     /// double-quoted table name that sqlparser read as an identifier).
@@ -225,6 +249,9 @@ impl Part {
             uses_previous: false,
             keeps_for_next: false,
             writes: Vec::new(),
+            reads: Vec::new(),
+            deterministic: false,
+            no_cache_hint: false,
             is_use: false,
             cacheable: true,
         }
@@ -360,6 +387,9 @@ fn combine(mut parts: Vec<Part>) -> (Class, bool) {
                 uses_previous: p.uses_previous,
                 keeps_for_next: p.keeps_for_next,
                 writes: p.writes,
+                reads: p.reads,
+                deterministic: p.deterministic,
+                no_cache_hint: p.no_cache_hint,
                 statements,
             },
             cacheable,
@@ -384,6 +414,9 @@ fn combine(mut parts: Vec<Part>) -> (Class, bool) {
             writes.push(w.clone());
         }
     }
+    let mut reads: Vec<String> = parts.iter().flat_map(|p| p.reads.clone()).collect();
+    reads.sort_unstable();
+    reads.dedup();
     (
         Class {
             kind,
@@ -391,6 +424,9 @@ fn combine(mut parts: Vec<Part>) -> (Class, bool) {
             uses_previous: parts.iter().any(|p| p.uses_previous),
             keeps_for_next: parts.iter().any(|p| p.keeps_for_next),
             writes,
+            reads,
+            deterministic: parts.iter().all(|p| p.deterministic),
+            no_cache_hint: parts.iter().any(|p| p.no_cache_hint),
             statements,
         },
         parts.iter().all(|p| p.cacheable),
@@ -451,7 +487,70 @@ struct Scan {
     assigns_var: bool,
     uses_previous: bool,
     calc_found_rows: bool,
+    /// Something whose value differs between runs: a [`VOLATILE_FNS`] call, a bare
+    /// [`NILADIC`] word, `@v`, `@@x`, NEXT/PREVIOUS VALUE FOR, `INTO @v` / OUTFILE / DUMPFILE,
+    /// SQL_CALC_FOUND_ROWS. Tokens, so `'NOW()'` (a string) is not a call.
+    volatile: bool,
+    /// SQL_NO_CACHE.
+    no_cache: bool,
 }
+
+/// Functions whose result may differ between two runs over the same data in one session
+/// (time, randomness, the connection, the previous statement), or that act (locks, sleeps,
+/// waits, sequences, files). Matched by name followed by `(`, ASCII case-insensitively.
+/// Anything else is taken as deterministic, built-in or not: an unqualified stored function
+/// looks like a built-in here (qualified calls are caught on the AST).
+const VOLATILE_FNS: &[&str] = &[
+    // time
+    "now",
+    "current_timestamp",
+    "current_date",
+    "current_time",
+    "curdate",
+    "curtime",
+    "sysdate",
+    "localtime",
+    "localtimestamp",
+    "utc_date",
+    "utc_time",
+    "utc_timestamp",
+    "unix_timestamp",
+    // randomness and identities
+    "rand",
+    "random_bytes",
+    "uuid",
+    "uuid_short",
+    "uuid_v4",
+    "uuid_v7",
+    "sys_guid",
+    // the connection and the previous statement
+    "connection_id",
+    "last_insert_id",
+    "found_rows",
+    "row_count",
+    "user",
+    "current_user",
+    "session_user",
+    "system_user",
+    "current_role",
+    "ps_current_thread_id",
+    "ps_thread_id",
+    // side effects and waits
+    "sleep",
+    "benchmark",
+    "get_lock",
+    "release_lock",
+    "is_free_lock",
+    "is_used_lock",
+    "release_all_locks",
+    "master_gtid_wait",
+    "master_pos_wait",
+    "source_pos_wait",
+    "nextval",
+    "lastval",
+    "setval",
+    "load_file",
+];
 
 impl Scan {
     fn of(toks: &[Tok], src: &[u8]) -> Scan {
@@ -509,6 +608,7 @@ impl Scan {
                         && ["nextval", "currval", "lastval"].iter().any(|k| is(k))
                     {
                         s.sequence = true;
+                        s.volatile = true;
                     }
                     if is("into") {
                         if toks.get(i + 1).is_some_and(|n| n.kind == TokKind::UserVar) {
@@ -519,10 +619,48 @@ impl Scan {
                     }
                     if is("sql_calc_found_rows") {
                         s.calc_found_rows = true;
+                        s.volatile = true;
+                    }
+                    if is("sql_no_cache") {
+                        s.no_cache = true;
+                    }
+                    // After a `.` a word is a column or table name, whatever it spells.
+                    let qualified = i > 0 && punct(i - 1, ".");
+                    if !qualified
+                        && ((punct(i + 1, "(") && VOLATILE_FNS.iter().any(|k| is(k)))
+                            || NILADIC.iter().any(|k| is(k)))
+                    {
+                        s.volatile = true;
+                    }
+                    if (is("next") || is("previous")) && kw(i + 1, "value") && kw(i + 2, "for") {
+                        s.volatile = true;
+                    }
+                    if is("into")
+                        && (toks.get(i + 1).is_some_and(|n| n.kind == TokKind::UserVar)
+                            || kw(i + 1, "outfile")
+                            || kw(i + 1, "dumpfile"))
+                    {
+                        s.volatile = true;
                     }
                 }
-                TokKind::UserVar if punct(i + 1, ":=") => s.assigns_var = true,
+                // `` `now`() `` may still be the built-in.
+                TokKind::QuotedIdent if punct(i + 1, "(") => {
+                    let name = t.name(src);
+                    if VOLATILE_FNS
+                        .iter()
+                        .any(|k| name.eq_ignore_ascii_case(k.as_bytes()))
+                    {
+                        s.volatile = true;
+                    }
+                }
+                TokKind::UserVar => {
+                    s.volatile = true;
+                    if punct(i + 1, ":=") {
+                        s.assigns_var = true;
+                    }
+                }
                 TokKind::SysVar => {
+                    s.volatile = true;
                     let counter = |j: usize| {
                         toks.get(j).is_some_and(|n| {
                             let n = n.name(src);
@@ -564,6 +702,7 @@ impl Part {
         }
         self.uses_previous |= s.uses_previous;
         self.keeps_for_next |= s.calc_found_rows;
+        self.no_cache_hint |= s.no_cache;
     }
 }
 
@@ -591,13 +730,8 @@ impl Writes {
     }
 
     fn object(&mut self, n: &ObjectName) {
-        let idents: Vec<_> = n.0.iter().filter_map(|p| p.as_ident()).collect();
-        let tail = &idents[idents.len().saturating_sub(2)..];
-        // sqlparser accepts "t" / 't' as table names; the digest hashes those as literals, so
-        // a class naming them must not be shared by digest.
-        if tail.iter().any(|i| i.quote_style.is_some_and(|q| q != '`')) {
-            self.cacheable = false;
-        }
+        let tail = name_tail(n);
+        self.cacheable &= digest_sees(&tail);
         let name: Vec<String> = tail.iter().map(|i| i.value.to_lowercase()).collect();
         self.push(name.join("."));
     }
@@ -642,6 +776,186 @@ impl Writes {
     }
 }
 
+/// The `db` and `table` parts of a name (a third, leading part is dropped).
+fn name_tail(n: &ObjectName) -> Vec<&Ident> {
+    let idents: Vec<&Ident> = n.0.iter().filter_map(|p| p.as_ident()).collect();
+    idents[idents.len().saturating_sub(2)..].to_vec()
+}
+
+/// Whether the digest hashes these name parts as written: sqlparser accepts "t" / 't' as
+/// table names, which the digest folds as literals, so a class naming them must not be
+/// shared by digest.
+fn digest_sees(parts: &[&Ident]) -> bool {
+    !parts
+        .iter()
+        .any(|i| i.quote_style.is_some_and(|q| q != '`'))
+}
+
+/// Schemas whose tables change without writes through the proxy.
+const SYSTEM_SCHEMAS: [&str; 4] = ["information_schema", "performance_schema", "mysql", "sys"];
+
+/// What a parsed statement reads, from a walk of its whole AST (sqlparser's visitor reaches
+/// every query and table factor, wherever it sits).
+struct Reads {
+    /// Sorted and de-duplicated once the walk is done.
+    names: Vec<String>,
+    /// False when a name is one the digest folds as a literal.
+    cacheable: bool,
+    /// A schema-qualified function call or a system schema's table.
+    volatile: bool,
+    /// The WITH clauses around the walk's position, innermost last.
+    scopes: Vec<CteScope>,
+}
+
+/// One WITH clause: its CTE names hide tables of the same name where they are visible.
+struct CteScope {
+    /// The query that carries the WITH (compared by address only).
+    owner: *const Query,
+    names: Vec<String>,
+    /// Each CTE's body (compared by address only), to tell when the walk enters one.
+    bodies: Vec<*const Query>,
+    /// How many of `names` the walk's position sees: a CTE's body sees the CTEs before it
+    /// (and itself under RECURSIVE); the main query sees them all. Seeing too few only adds
+    /// a table that is not read, which is safe for invalidation; seeing too many is not.
+    visible: usize,
+    recursive: bool,
+}
+
+impl Reads {
+    fn of(stmt: &Statement) -> Reads {
+        let mut r = Reads {
+            names: Vec::new(),
+            cacheable: true,
+            volatile: false,
+            scopes: Vec::new(),
+        };
+        // The visitor never breaks.
+        let _ = stmt.visit(&mut r);
+        r.names.sort_unstable();
+        r.names.dedup();
+        r
+    }
+
+    fn is_cte(&self, name: &str) -> bool {
+        self.scopes
+            .iter()
+            .any(|s| s.names.iter().take(s.visible).any(|n| n == name))
+    }
+
+    /// Records `[db.]table` (lower-cased) unless it is a CTE in scope or DUAL.
+    fn add(&mut self, db: Option<String>, table: String, quoted: bool) {
+        if db.is_none() && (self.is_cte(&table) || (!quoted && table == "dual")) {
+            return;
+        }
+        if db.as_deref().is_some_and(|d| SYSTEM_SCHEMAS.contains(&d)) {
+            self.volatile = true;
+        }
+        let name = match db {
+            Some(db) => format!("{db}.{table}"),
+            None => table,
+        };
+        if !name.is_empty() {
+            self.names.push(name);
+        }
+    }
+
+    /// `TABLE t` bodies (`SELECT ... UNION TABLE t`), which are not table factors.
+    fn set_tables(&mut self, e: &SetExpr) {
+        match e {
+            SetExpr::Table(t) => {
+                if let Some(table) = &t.table_name {
+                    let db = t.schema_name.as_deref().map(str::to_lowercase);
+                    // sqlparser keeps no quote style here: whether the digest saw a literal
+                    // is unknown, so such a class is never shared.
+                    self.cacheable = false;
+                    self.add(db, table.to_lowercase(), false);
+                }
+            }
+            SetExpr::SetOperation { left, right, .. } => {
+                self.set_tables(left);
+                self.set_tables(right);
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Visitor for Reads {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+        let at: *const Query = q;
+        if let Some(s) = self.scopes.last_mut() {
+            if let Some(i) = s.bodies.iter().position(|b| std::ptr::eq(*b, at)) {
+                s.visible = i + usize::from(s.recursive);
+            }
+        }
+        if let Some(with) = &q.with {
+            self.scopes.push(CteScope {
+                owner: at,
+                names: with
+                    .cte_tables
+                    .iter()
+                    .map(|c| c.alias.name.value.to_lowercase())
+                    .collect(),
+                bodies: with
+                    .cte_tables
+                    .iter()
+                    .map(|c| -> *const Query { &*c.query })
+                    .collect(),
+                visible: 0,
+                recursive: with.recursive,
+            });
+        }
+        self.set_tables(&q.body);
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+        let at: *const Query = q;
+        if self
+            .scopes
+            .last()
+            .is_some_and(|s| std::ptr::eq(s.owner, at))
+        {
+            self.scopes.pop();
+        }
+        if let Some(s) = self.scopes.last_mut() {
+            if s.bodies.iter().any(|b| std::ptr::eq(*b, at)) {
+                s.visible = s.names.len();
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, f: &TableFactor) -> ControlFlow<()> {
+        // With `args` it is a table-valued function, not a table.
+        if let TableFactor::Table {
+            name, args: None, ..
+        } = f
+        {
+            let tail = name_tail(name);
+            self.cacheable &= digest_sees(&tail);
+            match tail.as_slice() {
+                [db, t] => self.add(Some(db.value.to_lowercase()), t.value.to_lowercase(), true),
+                [t] => self.add(None, t.value.to_lowercase(), t.quote_style.is_some()),
+                _ => {}
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+        // `db.f(...)`: most likely a stored function, whose body cannot be known from here.
+        if let Expr::Function(f) = e {
+            if f.name.0.len() > 1 {
+                self.volatile = true;
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
 /// Whether a query body only reads (sqlparser also accepts `WITH ... DELETE`).
 fn only_reads(e: &SetExpr) -> bool {
     match e {
@@ -667,8 +981,20 @@ fn dml_in(e: &SetExpr, w: &mut Writes) {
 }
 
 fn from_ast(ctx: &Ctx<'_>, toks: &[Tok], stmt: &Statement, scan: &Scan) -> Part {
+    let Some(mut p) = by_type(stmt) else {
+        return fallback(ctx, toks, scan);
+    };
+    let r = Reads::of(stmt);
+    p.deterministic = !scan.volatile && !r.volatile;
+    p.reads = r.names;
+    p.cacheable &= r.cacheable;
+    p
+}
+
+/// The part for a statement type the AST decides; `None` for the keyword fallback.
+fn by_type(stmt: &Statement) -> Option<Part> {
     let mut w = Writes::new();
-    match stmt {
+    Some(match stmt {
         Statement::Query(q) => {
             if only_reads(&q.body) {
                 let mut p = Part::new(Kind::Read);
@@ -810,8 +1136,8 @@ fn from_ast(ctx: &Ctx<'_>, toks: &[Tok], stmt: &Statement, scan: &Scan) -> Part 
             Part::new(Kind::Other).pin("SQL prepared statement")
         }
         // The rest by leading keyword: CREATE FUNCTION, GRANT, SHOW ..., EXPLAIN, KILL ...
-        _ => fallback(ctx, toks, scan),
-    }
+        _ => return None,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1032,6 +1358,8 @@ fn fallback(ctx: &Ctx<'_>, toks: &[Tok], scan: &Scan) -> Part {
                 if p.kind == Kind::Read {
                     p.kind = Kind::Other;
                 }
+                // Its output reports the run's timings.
+                p.deterministic = false;
                 p
             } else {
                 let i = skip_words(
@@ -1361,7 +1689,10 @@ fn set_statement(ctx: &Ctx<'_>, toks: &[Tok], mut scan: Scan) -> Part {
             } else if t.is_punct(src, ")") {
                 depth = depth.saturating_sub(1);
             } else if depth == 0 && t.is_kw(src, "for") && i + 1 < toks.len() {
-                return statement(ctx, &toks[i + 1..]);
+                let mut p = statement(ctx, &toks[i + 1..]);
+                // `SET STATEMENT time_zone = @tz FOR ...` depends on the value of `@tz`.
+                p.deterministic &= !Scan::of(&toks[..i], src).volatile;
+                return p;
             }
         }
         return Part::new(Kind::Other).pin("unparsed SET");
@@ -1635,6 +1966,163 @@ mod tests {
         );
     }
 
+    /// (statement, reads, deterministic)
+    type ReadCase = (&'static str, &'static [&'static str], bool);
+
+    #[rustfmt::skip]
+    const READS: &[ReadCase] = &[
+        // no tables
+        ("SELECT 1", &[], true),
+        ("SELECT 1 FROM DUAL", &[], true),
+        ("SELECT VERSION()", &[], true),
+        // plain, joins, qualified and backquoted names
+        ("SELECT c FROM sbtest1 WHERE id=4242", &["sbtest1"], true),
+        ("SELECT * FROM t WHERE a IN (1, 2, 3) AND b = ?", &["t"], true),
+        ("SELECT a FROM t1 JOIN t2 ON t1.id = t2.id LEFT JOIN db.t3 USING (id)", &["db.t3", "t1", "t2"], true),
+        ("SELECT * FROM t1, t2 WHERE t1.a = t2.a", &["t1", "t2"], true),
+        ("SELECT * FROM t1 NATURAL JOIN t2 CROSS JOIN t3", &["t1", "t2", "t3"], true),
+        ("SELECT * FROM `My Db`.`Orders` o", &["my db.orders"], true),
+        ("SELECT * FROM `t` AS a JOIN T AS b ON a.id = b.id", &["t"], true),
+        ("SELECT * FROM `dual`", &["dual"], true),
+        ("SELECT * FROM a.b.c", &["b.c"], true),
+        // subqueries in any clause, derived tables
+        ("SELECT * FROM t WHERE a IN (SELECT b FROM u)", &["t", "u"], true),
+        ("SELECT * FROM t WHERE EXISTS (SELECT 1 FROM u WHERE u.a = t.a)", &["t", "u"], true),
+        ("SELECT a, (SELECT MAX(b) FROM u) AS m FROM t", &["t", "u"], true),
+        ("SELECT a FROM t GROUP BY a HAVING COUNT(*) > (SELECT COUNT(*) FROM u)", &["t", "u"], true),
+        ("SELECT * FROM t1 WHERE a = (SELECT a FROM t2 WHERE b = (SELECT b FROM db.t3))", &["db.t3", "t1", "t2"], true),
+        ("SELECT d.a FROM (SELECT a FROM t) AS d", &["t"], true),
+        ("SELECT * FROM (SELECT * FROM (SELECT a FROM deep) x) y JOIN t USING (a)", &["deep", "t"], true),
+        // CTEs: their names are not tables where they are visible
+        ("WITH x AS (SELECT a FROM t) SELECT * FROM x", &["t"], true),
+        ("WITH x AS (SELECT a FROM t), y AS (SELECT a FROM x JOIN u USING (a)) SELECT * FROM y", &["t", "u"], true),
+        ("WITH t AS (SELECT a FROM t) SELECT * FROM t", &["t"], true),
+        ("WITH y AS (SELECT a FROM x), x AS (SELECT 1 AS a) SELECT * FROM y", &["x"], true),
+        ("WITH RECURSIVE r AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM r WHERE n < 5) SELECT * FROM r", &[], true),
+        ("WITH x AS (SELECT 1 AS a) SELECT * FROM db.x", &["db.x"], true),
+        ("SELECT * FROM (WITH x AS (SELECT a FROM t) SELECT * FROM x) d JOIN x USING (a)", &["t", "x"], true),
+        ("WITH a AS (SELECT 1) SELECT * FROM a", &[], true),
+        // set operations
+        ("SELECT a FROM t1 UNION SELECT a FROM t2", &["t1", "t2"], true),
+        ("(SELECT a FROM t1) UNION ALL (SELECT a FROM t2 ORDER BY a LIMIT 1)", &["t1", "t2"], true),
+        ("SELECT a FROM t1 UNION TABLE db.t2", &["db.t2", "t1"], true),
+        // deterministic built-ins; strings are literals; names that only look like functions
+        ("SELECT COUNT(*), SUM(k), CONCAT(LOWER(c), 'x'), COALESCE(a, 0), IF(a, 1, 2), DATE_FORMAT(d, '%Y') FROM t", &["t"], true),
+        ("SELECT 'NOW()', \"RAND()\", 'it''s @v' FROM t", &["t"], true),
+        ("SELECT user, t.now FROM t", &["t"], true),
+        ("SELECT c AS `now` FROM t", &["t"], true),
+        ("SELECT f(a) FROM t", &["t"], true),
+        // non-deterministic functions, any case, with or without parentheses
+        ("SELECT NOW()", &[], false),
+        ("SELECT * FROM t WHERE d > now() - INTERVAL 1 DAY", &["t"], false),
+        ("SELECT CURRENT_TIMESTAMP", &[], false),
+        ("SELECT * FROM t WHERE d = CURRENT_DATE", &["t"], false),
+        ("SELECT UTC_DATE, CURDATE(), SysDate()", &[], false),
+        ("SELECT * FROM t ORDER BY RAND() LIMIT 1", &["t"], false),
+        ("SELECT UUID(), UUID_SHORT()", &[], false),
+        ("SELECT UNIX_TIMESTAMP('2024-01-01')", &[], false),
+        ("SELECT `now`()", &[], false),
+        ("SELECT CONNECTION_ID(), USER(), CURRENT_USER", &[], false),
+        ("SELECT LAST_INSERT_ID()", &[], false),
+        ("SELECT a FROM t WHERE b = SLEEP(1)", &["t"], false),
+        ("SELECT LOAD_FILE('/etc/hosts')", &[], false),
+        ("SELECT db.f(a) FROM t", &["t"], false),
+        ("SELECT SQL_CALC_FOUND_ROWS a FROM t LIMIT 1", &["t"], false),
+        // variables
+        ("SELECT * FROM t WHERE a = @v", &["t"], false),
+        ("SELECT @@sql_mode", &[], false),
+        ("SELECT a FROM t WHERE b = @@session.time_zone", &["t"], false),
+        // system schemas
+        ("SELECT * FROM information_schema.tables", &["information_schema.tables"], false),
+        ("SELECT * FROM INFORMATION_SCHEMA.TABLES t JOIN app.x ON t.table_name = x.n", &["app.x", "information_schema.tables"], false),
+        ("SELECT * FROM t WHERE a IN (SELECT user FROM mysql.user)", &["mysql.user", "t"], false),
+        ("SELECT * FROM performance_schema.threads", &["performance_schema.threads"], false),
+        // hints, locking reads, INTO
+        ("SELECT SQL_NO_CACHE a FROM t", &["t"], true),
+        ("SELECT /*!40001 SQL_NO_CACHE */ * FROM t", &["t"], true),
+        ("SELECT c FROM t WHERE id = 1 FOR UPDATE", &["t"], true),
+        ("SELECT c INTO @x FROM t WHERE id = 1", &["t"], false),
+        // other statements, best effort
+        ("INSERT INTO db.t SELECT * FROM u", &["u"], true),
+        ("INSERT INTO t (a) VALUES (NOW())", &[], false),
+        ("UPDATE t SET a = (SELECT MAX(b) FROM u)", &["t", "u"], true),
+        ("DELETE FROM t WHERE id IN (SELECT id FROM u)", &["t", "u"], true),
+        ("CREATE TABLE c AS SELECT * FROM t", &["t"], true),
+        ("SET STATEMENT max_statement_time = 1 FOR SELECT c FROM t", &["t"], true),
+        ("SET STATEMENT time_zone = @tz FOR SELECT c FROM t", &["t"], false),
+        ("SET @a = 1", &[], false),
+        // multi-statement: the union, deterministic only if all are
+        ("SELECT 1; SELECT a FROM t", &["t"], true),
+        ("SELECT a FROM t; SELECT b FROM u WHERE c = NOW()", &["t", "u"], false),
+        // what sqlparser cannot read, or the keyword fallback decides
+        ("SELECT a INTO OUTFILE '/tmp/x' FROM t", &[], false),
+        ("SELECT * FROM t LOCK IN SHARE MODE", &[], false),
+        ("SELECT NEXT VALUE FOR s", &[], false),
+        ("gibberish here", &[], false),
+        ("SHOW TABLES", &[], false),
+        ("EXPLAIN SELECT * FROM t", &[], false),
+        ("ANALYZE SELECT * FROM t", &["t"], false),
+        ("", &[], false),
+    ];
+
+    #[test]
+    fn reads_and_determinism() {
+        let mut failures = Vec::new();
+        for (sql, reads, deterministic) in READS {
+            let got = c(sql);
+            if got.reads != *reads || got.deterministic != *deterministic {
+                failures.push(format!(
+                    "{sql:?}\n    got reads {:?}, deterministic {}",
+                    got.reads, got.deterministic
+                ));
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} of {} wrong:\n{}",
+            failures.len(),
+            READS.len(),
+            failures.join("\n")
+        );
+    }
+
+    #[test]
+    fn no_cache_hint() {
+        assert!(c("SELECT SQL_NO_CACHE a FROM t").no_cache_hint);
+        assert!(c("select sql_no_cache a from t").no_cache_hint);
+        assert!(c("SELECT /*!40001 SQL_NO_CACHE */ * FROM t").no_cache_hint);
+        assert!(c("SELECT 1; SELECT SQL_NO_CACHE a FROM t").no_cache_hint);
+        assert!(!c("SELECT a FROM t").no_cache_hint);
+        assert!(!c("SELECT 'SQL_NO_CACHE' FROM t").no_cache_hint);
+        assert!(!c("SELECT /* SQL_NO_CACHE */ a FROM t").no_cache_hint);
+    }
+
+    #[test]
+    fn read_names_the_digest_folds_are_not_shared() {
+        // sqlparser reads 'a' / "a" as table names; the digest sees literals.
+        std::thread::spawn(|| {
+            let a = classify(b"SELECT * FROM 'a'");
+            let b = classify(b"SELECT * FROM 'b'");
+            assert_eq!(a.class.reads, vec!["a".to_string()]);
+            assert_eq!(b.class.reads, vec!["b".to_string()]);
+            let a = classify(b"SELECT * FROM \"a\" JOIN t USING (x)");
+            let b = classify(b"SELECT * FROM \"b\" JOIN t USING (x)");
+            assert_eq!(b.class.reads, vec!["b".to_string(), "t".to_string()]);
+            assert!(!Arc::ptr_eq(&a.class, &b.class));
+            // Backquoted names are hashed as written: shared as usual.
+            let a = classify(b"SELECT * FROM `a` WHERE id = 1");
+            let b = classify(b"SELECT * FROM `a` WHERE id = 2");
+            assert!(Arc::ptr_eq(&a.class, &b.class));
+            // A literal's value never changes the answer.
+            let x = classify(b"SELECT 'NOW()' FROM t");
+            let y = classify(b"SELECT 'abc' FROM t");
+            assert!(Arc::ptr_eq(&x.class, &y.class));
+            assert!(y.class.deterministic);
+        })
+        .join()
+        .expect("thread");
+    }
+
     fn lit(s: &str) -> Value {
         Value::Literal(s.into())
     }
@@ -1826,7 +2314,8 @@ mod tests {
     #[test]
     fn cached_and_uncached_agree() {
         std::thread::spawn(|| {
-            for (sql, ..) in CASES {
+            let sqls = CASES.iter().map(|c| c.0).chain(READS.iter().map(|c| c.0));
+            for sql in sqls {
                 let first = classify(sql.as_bytes());
                 let again = classify(sql.as_bytes());
                 let plain = classify_uncached(sql.as_bytes());

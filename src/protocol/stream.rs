@@ -15,6 +15,15 @@ const SHRINK_ABOVE: usize = 256 * 1024;
 pub struct PacketStream {
     pub stream: TcpStream,
     pub rbuf: BytesMut,
+    /// A copy of what is written, for the result cache.
+    capture: Option<Capture>,
+}
+
+/// Bytes written while capturing, up to a limit (past it the copy is given up).
+struct Capture {
+    bytes: Vec<u8>,
+    limit: usize,
+    overflow: bool,
 }
 
 impl PacketStream {
@@ -23,6 +32,7 @@ impl PacketStream {
         PacketStream {
             stream,
             rbuf: BytesMut::new(),
+            capture: None,
         }
     }
 
@@ -45,7 +55,32 @@ impl PacketStream {
     }
 
     pub async fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
+        if let Some(c) = &mut self.capture {
+            if !c.overflow {
+                if c.bytes.len() + b.len() > c.limit {
+                    c.overflow = true;
+                    c.bytes = Vec::new();
+                } else {
+                    c.bytes.extend_from_slice(b);
+                }
+            }
+        }
         self.stream.write_all(b).await
+    }
+
+    /// Keeps a copy of everything written from now on, up to `limit` bytes.
+    pub fn start_capture(&mut self, limit: usize) {
+        self.capture = Some(Capture {
+            bytes: Vec::new(),
+            limit,
+            overflow: false,
+        });
+    }
+
+    /// What was written since `start_capture`; `None` past its limit.
+    pub fn take_capture(&mut self) -> Option<Vec<u8>> {
+        let c = self.capture.take()?;
+        (!c.overflow).then_some(c.bytes)
     }
 
     pub fn maybe_shrink(&mut self) {

@@ -74,6 +74,9 @@ pub struct Cluster {
     /// Sharded and reference tables of keyspace `app`; absent (older files too): unsharded.
     #[serde(default, skip_serializing_if = "TableLayout::is_empty")]
     pub tables: TableLayout,
+    /// `--cache-all`: the generated config caches every read this many milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_all_ms: Option<u64>,
 }
 
 pub(crate) fn cluster_json(dir: &Path) -> PathBuf {
@@ -204,6 +207,19 @@ impl Cluster {
         };
         cfg.proxy.listen = listen;
         cfg.proxy.admin_listen = admin_listen;
+        // A fresh random token per sandbox (32 hex digits from rand's OS-seeded CSPRNG): its
+        // admin API works at once and is never open.
+        let mut token = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut token);
+        cfg.proxy.admin_token = Some(token.iter().map(|b| format!("{b:02x}")).collect());
+        if let Some(ttl_ms) = self.cache_all_ms {
+            cfg.cache.rules.push(crate::config::CacheRule {
+                keyspace: None,
+                tables: Vec::new(),
+                digest: None,
+                ttl_ms,
+            });
+        }
         cfg
     }
 
@@ -317,6 +333,7 @@ fn default_config() -> Config {
         pool: Default::default(),
         routing: Default::default(),
         monitor: Default::default(),
+        cache: Default::default(),
         users: Vec::new(),
         shard_map: None,
         keyspace: Default::default(),
@@ -375,6 +392,7 @@ mod tests {
             password: "p@ss:w/rd".into(),
             servers,
             tables: TableLayout::default(),
+            cache_all_ms: None,
         }
     }
 

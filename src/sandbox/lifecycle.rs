@@ -163,6 +163,7 @@ fn plan(dir: &Path, opts: &SandboxOptions) -> Result<Cluster, SandboxError> {
         password: opts.password.clone(),
         servers,
         tables: opts.tables.clone(),
+        cache_all_ms: opts.cache_all_ms,
     })
 }
 

@@ -45,6 +45,8 @@ pub struct SandboxOptions {
     pub password: String,
     /// Sharded and reference tables of keyspace `app`; empty: unsharded on s0.
     pub tables: TableLayout,
+    /// Cache every read for this many milliseconds (`--cache-all`).
+    pub cache_all_ms: Option<u64>,
 }
 
 impl Default for SandboxOptions {
@@ -56,6 +58,7 @@ impl Default for SandboxOptions {
             user: "app".into(),
             password: "app".into(),
             tables: TableLayout::default(),
+            cache_all_ms: None,
         }
     }
 }

@@ -78,6 +78,29 @@ impl Session {
             }
             self.hold.life.get_or_insert(why);
         }
+        let statement = matches!(work, Work::Query(_) | Work::Execute(..));
+        let before_end = if statement {
+            self.cache_before_end(class)
+        } else {
+            None
+        };
+        let r = self
+            .run_with_retries(route, class, hint, work, before_end.as_deref())
+            .await;
+        if statement {
+            self.cache_after_statement();
+        }
+        r
+    }
+
+    async fn run_with_retries(
+        &mut self,
+        route: &Route,
+        class: &Arc<Class>,
+        hint: Option<Hint>,
+        work: Work<'_>,
+        before_end: Option<&(dyn Fn(&Scanner) + Send + Sync)>,
+    ) -> Result<(), SessionError> {
         let mut exclude: Vec<Arc<str>> = Vec::new();
         let mut force_primary = false;
         let mut tries = 0;
@@ -96,7 +119,7 @@ impl Session {
                 && (replica.is_some() || (tries < 3 && matches!(class.kind, Kind::Read)));
             let on_replica = replica.is_some();
             match self
-                .attempt(&addr, &route.addr, on_replica, retry, &work)
+                .attempt(&addr, &route.addr, on_replica, retry, &work, before_end)
                 .await?
             {
                 Attempt::Done(sc) => {
@@ -125,6 +148,7 @@ impl Session {
         on_replica: bool,
         retry_ok: bool,
         work: &Work<'_>,
+        before_end: Option<&(dyn Fn(&Scanner) + Send + Sync)>,
     ) -> Result<Attempt, SessionError> {
         let frame = work.frame();
         let reply_seq = frame.last_seq.wrapping_add(1);
@@ -164,13 +188,14 @@ impl Session {
         };
         let deprecate_eof = self.caps & cap::DEPRECATE_EOF != 0;
         let max_packet = shared.config.proxy.max_allowed_packet;
-        fn fwd(
-            command: &[u8],
+        type Hook<'h> = Option<&'h (dyn Fn(&Scanner) + Send + Sync)>;
+        fn fwd<'f>(
+            command: &'f [u8],
             last_seq: u8,
             expect: Option<Expect>,
             client_stmt_id: u32,
-            (deprecate_eof, max_packet): (bool, usize),
-        ) -> Forward<'_> {
+            (deprecate_eof, max_packet, before_end): (bool, usize, Hook<'f>),
+        ) -> Forward<'f> {
             Forward {
                 command,
                 last_seq,
@@ -178,9 +203,10 @@ impl Session {
                 deprecate_eof,
                 client_stmt_id,
                 max_packet,
+                before_end,
             }
         }
-        let opts = (deprecate_eof, max_packet);
+        let opts = (deprecate_eof, max_packet, before_end);
         let last_seq = frame.last_seq;
         let r = match work {
             Work::Query(f) => {

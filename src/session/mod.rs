@@ -1,6 +1,7 @@
 //! One client connection: authentication, the state the proxy tracks for it, and the
 //! command loop that hands each command to the planner and executor.
 
+mod cached;
 mod change_user;
 mod consistency;
 mod database;
@@ -27,7 +28,7 @@ use crate::backend::ConnKey;
 use crate::config::User;
 use crate::executor::{self, ExecError, Identity, Pinned};
 use crate::planner::classify::{classify, Classified};
-use crate::planner::{lex, Plan, PlanContext, Route};
+use crate::planner::{self, lex, Plan, PlanContext, Route};
 use crate::protocol::consts::{cap, com, errcode, status};
 use crate::protocol::packet::{put_err, put_ok, put_packet, Frame, OkInfo, PacketError};
 use crate::protocol::response::{Expect, Scanner};
@@ -80,6 +81,8 @@ pub struct Session {
     peer_ip: String,
     /// The server connection last recorded in the registry (for KILL from other sessions).
     recorded_backend: Option<(Arc<str>, u32)>,
+    /// Tables the open transaction wrote: the result cache drops them again at its end.
+    cache_pending: Vec<String>,
 }
 
 /// Serves one client from handshake to close.
@@ -128,6 +131,7 @@ pub async fn run(
         nonce: auth.nonce,
         peer_ip,
         recorded_backend: None,
+        cache_pending: Vec::new(),
     };
     if !s.check_login_database(auth.ok_seq).await {
         return Ok(());
@@ -245,16 +249,18 @@ impl Session {
                 let Classified { class, hint } = classify(sql);
                 let rewritten =
                     lex::hide_socket_variable(sql).map(|sql| query_frame(&sql, frame.last_seq));
+                let reply_seq = frame.last_seq.wrapping_add(1);
+                let cacheable = self.cacheable(&class, hint, sql, None);
                 drop(payload);
                 let frame = rewritten.unwrap_or(frame);
-                if self.shared.planner.is_sharded(&self.plan_ctx()) {
-                    return self.sharded_statement(class, hint, frame).await;
-                }
-                let Some(route) = self.route(frame.last_seq.wrapping_add(1)).await else {
+                let Some((hint, lead)) = self.serve_cached(cacheable, hint, reply_seq).await else {
                     return Ok(());
                 };
-                self.run_statement(&route, &class, hint, Work::Query(&frame))
-                    .await?;
+                let r = self.query(class, hint, frame).await;
+                if let Some((flight, c)) = lead {
+                    self.cache_fill(flight, c, reply_seq).await;
+                }
+                r?;
             }
             com::INIT_DB => {
                 let db = String::from_utf8_lossy(&frame.payload()[1..]).into_owned();
@@ -318,6 +324,23 @@ impl Session {
         Ok(())
     }
 
+    /// A COM_QUERY on the session's keyspace.
+    async fn query(
+        &mut self,
+        class: Arc<planner::classify::Class>,
+        hint: Option<planner::classify::Hint>,
+        frame: Frame,
+    ) -> Result<(), SessionError> {
+        if self.shared.planner.is_sharded(&self.plan_ctx()) {
+            return self.sharded_statement(class, hint, frame).await;
+        }
+        let Some(route) = self.route(frame.last_seq.wrapping_add(1)).await else {
+            return Ok(());
+        };
+        self.run_statement(&route, &class, hint, Work::Query(&frame))
+            .await
+    }
+
     /// COM_STMT_* on a prepared statement. Execute and long data run wherever the statement's
     /// class sends them (preparing it there if needed); reset and fetch go to the connection
     /// that holds the statement's server-side state, if any.
@@ -348,15 +371,49 @@ impl Session {
             info.shards,
         );
         match cmd {
-            com::STMT_EXECUTE if shards == StmtShards::Multi => {
-                self.execute_on_shards(&frame, client_id, class, hint).await
-            }
             com::STMT_EXECUTE => {
-                let Some(route) = self.execute_route(route, &frame, client_id).await? else {
+                // Cached by the statement and its bound types and values (no cursor).
+                let payload = frame.payload();
+                let cacheable = match payload.get(5) {
+                    Some(0) => {
+                        // Types travel with the values, or were bound by an earlier execute.
+                        let bitmap = usize::from(info.params).div_ceil(8);
+                        let sent_types = payload.get(10 + bitmap) == Some(&1);
+                        let mut bound = Vec::new();
+                        if !sent_types {
+                            bound.extend_from_slice(info.types.as_deref().unwrap_or_default());
+                            bound.push(0);
+                        }
+                        bound.extend_from_slice(payload.get(10..).unwrap_or_default());
+                        self.cacheable(&class, hint, &sql, Some(&bound))
+                    }
+                    _ => None,
+                };
+                drop(payload);
+                let Some((hint, lead)) = self.serve_cached(cacheable, hint, reply_seq).await else {
                     return Ok(());
                 };
-                self.run_statement(&route, &class, hint, Work::Execute(&frame, client_id))
-                    .await
+                let r = if shards == StmtShards::Multi {
+                    self.execute_on_shards(&frame, client_id, class, hint).await
+                } else {
+                    match self.execute_route(route, &frame, client_id).await {
+                        Ok(Some(route)) => {
+                            self.run_statement(
+                                &route,
+                                &class,
+                                hint,
+                                Work::Execute(&frame, client_id),
+                            )
+                            .await
+                        }
+                        Ok(None) => Ok(()),
+                        Err(e) => Err(e),
+                    }
+                };
+                if let Some((flight, c)) = lead {
+                    self.cache_fill(flight, c, reply_seq).await;
+                }
+                r
             }
             com::STMT_SEND_LONG_DATA => {
                 self.run_statement(&route, &class, hint, Work::LongData(&frame, client_id))
@@ -450,6 +507,7 @@ impl Session {
             deprecate_eof: self.caps & cap::DEPRECATE_EOF != 0,
             client_stmt_id: stmt_id,
             max_packet: shared.config.proxy.max_allowed_packet,
+            before_end: None,
         };
         let r = match executor::connection(&shared.pools, &mut self.pinned, &route.addr, &who).await
         {

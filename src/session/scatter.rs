@@ -10,9 +10,9 @@ use super::route::Choice;
 use super::{Session, SessionError};
 use std::collections::HashMap;
 
-use crate::executor::binary_row;
 use crate::executor::merge::{compare_rows, fold, row_values, ColumnMeta, Fold, ValueKind};
 use crate::executor::ExecError;
+use crate::executor::{binary_row, group};
 use crate::planner::classify::{Class, Hint};
 use crate::planner::shard::{ColumnRef, Combine, GroupSpec, MergeSpec};
 use crate::planner::Route;
@@ -270,7 +270,7 @@ impl Session {
         open: &mut [bool],
         group: &GroupSpec,
         keys: &[(usize, bool)],
-        metas: &[ColumnMeta],
+        (metas, defs): (&[ColumnMeta], &[Vec<u8>]),
         binary: bool,
     ) -> Result<Folded, (Arc<str>, String)> {
         let deprecate_eof = self.caps & cap::DEPRECATE_EOF != 0;
@@ -354,6 +354,8 @@ impl Session {
         if too_big {
             return Ok(Folded::TooBig);
         }
+        // AVG from its hidden SUM and COUNT, then HAVING: before ordering, which may use them.
+        let mut rows = group::finish_groups(rows, group, metas, defs);
         let order: Vec<(usize, bool)> = if !keys.is_empty() {
             keys.to_vec()
         } else if group.sorted_by_key {
@@ -421,19 +423,37 @@ impl Session {
         let mut seq = reply_seq;
         // Headers: the first shard's goes to the client; its definitions give names and types.
         let mut metas: Vec<ColumnMeta> = Vec::new();
+        let mut defs: Vec<Vec<u8>> = Vec::new();
         let mut open = vec![true; addrs.len()];
         for (k, addr) in addrs.iter().enumerate() {
             match self.read_header(addr, deprecate_eof).await {
                 Ok(Header::Columns(packets)) => {
                     if metas.is_empty() {
-                        for p in &packets {
-                            seq = put_packet(&mut out, seq, p);
+                        let n = packets
+                            .len()
+                            .saturating_sub(1 + usize::from(!deprecate_eof));
+                        defs = packets.iter().skip(1).take(n).cloned().collect();
+                        match &spec.group {
+                            // Columns the merge needs but the client did not ask for stay
+                            // out of the client's header.
+                            Some(g) => {
+                                seq = put_packet(&mut out, seq, &group::column_count(g));
+                                for d in group::client_columns(&defs, g) {
+                                    seq = put_packet(&mut out, seq, &d);
+                                }
+                                if !deprecate_eof {
+                                    if let Some(eof) = packets.last() {
+                                        seq = put_packet(&mut out, seq, eof);
+                                    }
+                                }
+                            }
+                            None => {
+                                for p in &packets {
+                                    seq = put_packet(&mut out, seq, p);
+                                }
+                            }
                         }
-                        metas = packets[1..]
-                            .iter()
-                            .take(packets.len().saturating_sub(1))
-                            .filter_map(|d| ColumnMeta::parse(d))
-                            .collect();
+                        metas = defs.iter().filter_map(|d| ColumnMeta::parse(d)).collect();
                     }
                 }
                 Ok(Header::NoRows) => open[k] = false,
@@ -477,7 +497,7 @@ impl Session {
         }
         if let Some(group) = &spec.group {
             let merged = self
-                .fold_groups(&addrs, &mut open, group, &keys, &metas, binary)
+                .fold_groups(&addrs, &mut open, group, &keys, (&metas, &defs), binary)
                 .await;
             return match merged {
                 Ok(Folded::Rows {
@@ -493,7 +513,10 @@ impl Session {
                                 .map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX)),
                         )
                     {
-                        match row_packet(row, &metas, binary) {
+                        let mut row = row.clone();
+                        group::visible(&mut row, group);
+                        let shown = &metas[..group.visible.min(metas.len())];
+                        match row_packet(&row, shown, binary) {
                             Some(p) => seq = put_packet(&mut out, seq, &p),
                             None => {
                                 let msg = "shardgate: a merged value could not be encoded for the binary protocol";

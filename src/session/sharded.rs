@@ -128,7 +128,7 @@ impl Session {
                 rows,
             } => {
                 return self
-                    .insert_with_sequence(&sql, &sequence, &key, rows, &routes, reply_seq)
+                    .insert_with_sequence(&class, &sql, &sequence, &key, rows, &routes, reply_seq)
                     .await;
             }
             ShardPlan::SplitInsert(parts) => {
@@ -139,7 +139,7 @@ impl Session {
                 if !self.join_txn_on(&parts, reply_seq).await? {
                     return Ok(());
                 }
-                return self.write_each(parts, None, reply_seq).await;
+                return self.write_each(&class, parts, None, reply_seq).await;
             }
             ShardPlan::ScatterWrite(shards) => {
                 let sql = frame.payload()[1..].to_vec();
@@ -150,7 +150,7 @@ impl Session {
                 if !self.join_txn_on(&parts, reply_seq).await? {
                     return Ok(());
                 }
-                return self.write_each(parts, None, reply_seq).await;
+                return self.write_each(&class, parts, None, reply_seq).await;
             }
             ShardPlan::One(i) => routes[i].clone(),
             // Anywhere: the transaction's shard if it has one. (A `?` in query text is the
@@ -336,6 +336,7 @@ impl Session {
     /// and the first insert id. Not atomic: the first error stops it and reaches the client.
     async fn write_each(
         &mut self,
+        class: &Class,
         parts: Vec<(Route, Vec<u8>)>,
         insert_id: Option<i64>,
         reply_seq: u8,
@@ -358,7 +359,11 @@ impl Session {
                         total.last_insert_id = ok.last_insert_id;
                     }
                 }
-                Err(e) => return self.report(e, reply_seq).await,
+                Err(e) => {
+                    // The shards before it kept their part.
+                    self.cache_invalidate_now(class);
+                    return self.report(e, reply_seq).await;
+                }
             }
         }
         if let Some(id) = insert_id.and_then(|id| u64::try_from(id).ok()) {
@@ -367,6 +372,7 @@ impl Session {
             let var = crate::backend::vars::Var::System("last_insert_id".into());
             self.vars = self.vars.with([(var, Some(id.to_string()))]);
         }
+        self.cache_invalidate_now(class);
         let mut out = BytesMut::new();
         put_ok(&mut out, reply_seq, self.caps, total);
         let _ = self.io.write_all(&out).await;
@@ -376,8 +382,10 @@ impl Session {
     /// An INSERT whose rows need shard-key values from a sequence: takes the ids, writes them
     /// into the statement, and runs it on the shard(s) they belong to. The client's OK carries
     /// the first id as its insert id, and `LAST_INSERT_ID()` returns it.
+    #[allow(clippy::too_many_arguments)]
     async fn insert_with_sequence(
         &mut self,
+        class: &Class,
         sql: &str,
         sequence: &str,
         key: &str,
@@ -419,7 +427,7 @@ impl Session {
         if !self.join_txn_on(&parts, reply_seq).await? {
             return Ok(());
         }
-        self.write_each(parts, ids.first().copied(), reply_seq)
+        self.write_each(class, parts, ids.first().copied(), reply_seq)
             .await
     }
 
@@ -780,7 +788,7 @@ impl Session {
                 if !self.join_txn_on(&targets, reply_seq).await? {
                     return Ok(());
                 }
-                self.execute_each(&targets, frame, client_id, reply_seq)
+                self.execute_each(&class, &targets, frame, client_id, reply_seq)
                     .await
             }
             ShardPlan::Reject(msg) => {
@@ -799,6 +807,7 @@ impl Session {
     /// Not atomic: the first error stops it and reaches the client.
     async fn execute_each(
         &mut self,
+        class: &Class,
         targets: &[(Route, Vec<u8>)],
         frame: &Frame,
         client_id: u32,
@@ -811,15 +820,20 @@ impl Session {
         for (route, _) in targets {
             let addr = &route.addr;
             if let Err(e) = self.ready_connection(addr, None).await {
+                self.cache_invalidate_now(class);
                 return self.report(e, reply_seq).await;
             }
             let command = match self.statement_on_conn(addr, frame, client_id, None).await {
                 Ok(Ok(f)) => f,
                 Ok(Err((code, state, msg))) => {
+                    self.cache_invalidate_now(class);
                     self.send_err((code, &state), &msg, reply_seq).await;
                     return Ok(());
                 }
-                Err(e) => return self.report(e, reply_seq).await,
+                Err(e) => {
+                    self.cache_invalidate_now(class);
+                    return self.report(e, reply_seq).await;
+                }
             };
             let Some(conn) = self.pinned.find(addr) else {
                 continue;
@@ -835,13 +849,18 @@ impl Session {
                     total.status = ok.status & !status::MORE_RESULTS_EXISTS;
                     self.note_write(addr, true).await;
                 }
-                Ok(Err(e)) => return self.report(ExecError::Database(e), reply_seq).await,
+                Ok(Err(e)) => {
+                    self.cache_invalidate_now(class);
+                    return self.report(ExecError::Database(e), reply_seq).await;
+                }
                 Err(e) => {
                     self.pinned.discard(addr);
+                    self.cache_invalidate_now(class);
                     return self.report(ExecError::Connect(e), reply_seq).await;
                 }
             }
         }
+        self.cache_invalidate_now(class);
         let mut out = BytesMut::new();
         put_ok(&mut out, reply_seq, self.caps, total);
         let _ = self.io.write_all(&out).await;

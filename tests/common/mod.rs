@@ -377,6 +377,15 @@ impl Sandbox {
         (ProxyProcess(child), port)
     }
 
+    /// A proxy over this sandbox with `extra` config, as `proxy`, and how to reach its admin
+    /// API: (guard, MySQL port, admin `host:port`, admin token).
+    pub fn proxy_with_admin(&self, extra: &str) -> (ProxyProcess, u16, String, String) {
+        let config = self.proxy_config(extra);
+        let (admin, token) = admin_of(&config);
+        let (child, port) = spawn_proxy_checked(&config);
+        (ProxyProcess(child), port, admin, token)
+    }
+
     /// A proxy over this sandbox with `extra` config that lives until the process exits (for
     /// proxies shared by a binary's tests through a `OnceLock`). Returns its port.
     pub fn keep_proxy(&self, extra: &str) -> u16 {
@@ -400,6 +409,29 @@ impl Sandbox {
             .iter()
             .position(|s| s.server_id == server_id)
             .expect("server id in cluster")
+    }
+}
+
+/// The admin address (`proxy.admin_listen`) and token (`proxy.admin_token`, empty if unset)
+/// of the proxy config at `config`.
+pub fn admin_of(config: &Path) -> (String, String) {
+    let text = std::fs::read_to_string(config).expect("config");
+    let cfg: toml::Table = toml::from_str(&text).expect("config parses");
+    let proxy = cfg.get("proxy").and_then(|p| p.as_table());
+    let key = |k: &str| {
+        proxy
+            .and_then(|p| p.get(k))
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    (key("admin_listen"), key("admin_token"))
+}
+
+impl Env {
+    /// The shared proxy's admin address and token.
+    pub fn admin(&self) -> (String, String) {
+        admin_of(&self.dir.join("test-proxy.toml"))
     }
 }
 

@@ -25,7 +25,9 @@ use crate::shardmap::TableRule;
 use insert::plan_insert;
 pub use insert::with_generated_keys;
 use merge::{group_spec, merge_spec};
-pub use merge::{ColumnRef, Combine, GroupSpec, MergeSpec, OrderKey};
+pub use merge::{
+    AvgColumn, ColumnRef, Combine, CompareOp, GroupSpec, MergeSpec, Operand, OrderKey, Predicate,
+};
 use scope::Scope;
 use tokens::{placeholder_number, scan, PLACEHOLDERS};
 
@@ -114,7 +116,7 @@ pub fn plan(sql: &str, cx: &ShardContext<'_>) -> ShardPlan {
                     return plan;
                 };
                 // Several shards: what their results need to become one.
-                let grouping = match group_spec(q, s, tokens.aggregates) {
+                let grouping = match group_spec(q, s, sql, tokens.aggregates) {
                     Ok(g) => g,
                     Err(e) => {
                         return reject(format!(
@@ -427,12 +429,13 @@ mod tests {
             run("SELECT AVG(id) FROM users WHERE id = 42 GROUP BY name HAVING COUNT(*) > 1"),
             ShardPlan::One(shard("42"))
         );
-        refused("SELECT AVG(id) FROM users", "AVG");
-        refused("SELECT COUNT(DISTINCT name) FROM users", "DISTINCT");
         refused(
-            "SELECT name, COUNT(*) FROM users GROUP BY name HAVING COUNT(*) > 1",
-            "HAVING",
+            "SELECT COUNT(DISTINCT name) FROM users",
+            "COUNT(DISTINCT ...)",
         );
+        refused("SELECT SUM(DISTINCT id) FROM users", "SUM(DISTINCT ...)");
+        refused("SELECT GROUP_CONCAT(name) FROM users", "GROUP_CONCAT");
+        refused("SELECT COUNT(*) OVER () FROM users", "window functions");
         refused("SELECT COUNT(*) + 1 FROM users", "inside an expression");
         refused(
             "SELECT id, COUNT(*) FROM users GROUP BY name",
@@ -541,6 +544,235 @@ mod tests {
         assert_eq!(
             run(&format!("SELECT * FROM users WHERE id IN ({a}, {a})")),
             ShardPlan::One(0)
+        );
+    }
+
+    fn merged(sql: &str) -> MergeSpec {
+        match run(sql) {
+            ShardPlan::MergeSorted(spec) => spec,
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn avg_is_folded_from_sum_and_count_in_hidden_columns() {
+        let spec = merged("SELECT AVG(amount) FROM users");
+        assert_eq!(
+            spec.sql,
+            "SELECT AVG(amount), SUM(amount), COUNT(amount) FROM users"
+        );
+        let g = spec.group.expect("grouped");
+        assert_eq!(
+            g.columns,
+            vec![Combine::First, Combine::Sum, Combine::Count]
+        );
+        assert_eq!((g.visible, g.keys.len()), (1, 0));
+        assert_eq!(
+            g.avg,
+            vec![AvgColumn {
+                at: 0,
+                sum: 1,
+                count: 2
+            }]
+        );
+        // Selected SUM and COUNT of the same argument are reused; COUNT(*) is not COUNT(x).
+        let spec = merged(
+            "SELECT name, sum(score), AVG(score) AS a, COUNT(*), count(SCORE) FROM users GROUP BY name",
+        );
+        assert_eq!(
+            spec.sql,
+            "SELECT name, sum(score), AVG(score) AS a, COUNT(*), count(SCORE) FROM users GROUP BY name"
+        );
+        let g = spec.group.expect("grouped");
+        assert_eq!(g.visible, 5);
+        assert_eq!(
+            g.avg,
+            vec![AvgColumn {
+                at: 2,
+                sum: 1,
+                count: 4
+            }]
+        );
+        assert_eq!(g.having, None);
+        // Two AVGs of one argument share their hidden SUM and COUNT.
+        let g = merged("SELECT AVG(id), AVG(id) AS b FROM users")
+            .group
+            .expect("grouped");
+        assert_eq!(g.columns.len(), 4);
+        assert_eq!(g.avg[0].sum, g.avg[1].sum);
+        assert!(matches!(
+            run("SELECT COUNT(ALL id) FROM users"),
+            ShardPlan::MergeSorted(_)
+        ));
+    }
+
+    #[test]
+    fn having_is_evaluated_after_merging() {
+        let spec = merged(
+            "SELECT name, AVG(score) AS a, COUNT(*) FROM users GROUP BY name HAVING COUNT(*) > 1 AND a >= -2.5 ORDER BY a DESC LIMIT 3",
+        );
+        assert_eq!(
+            spec.sql,
+            "SELECT name, AVG(score) AS a, COUNT(*), SUM(score), COUNT(score) FROM users GROUP BY name ORDER BY a DESC "
+        );
+        assert_eq!((spec.offset, spec.limit), (0, Some(3)));
+        let g = spec.group.expect("grouped");
+        assert_eq!(
+            g.having,
+            Some(Box::new(Predicate::And(
+                Box::new(Predicate::Compare(
+                    Operand::Column(2),
+                    CompareOp::Gt,
+                    Operand::Number("1".into())
+                )),
+                Box::new(Predicate::Compare(
+                    Operand::Column(1),
+                    CompareOp::GtEq,
+                    Operand::Number("-2.5".into())
+                )),
+            )))
+        );
+        // Aggregates only HAVING uses become hidden columns; names resolve to GROUP BY terms,
+        // aliases and selected columns.
+        let spec = merged(
+            "SELECT name AS n, score FROM users GROUP BY n, score HAVING (MAX(id) > 10 OR avg(id) IS NULL) AND NOT name IN ('a', \"b\", NULL) AND score BETWEEN 1 AND 5 AND n <=> 'x' AND COUNT(*)",
+        );
+        assert_eq!(
+            spec.sql,
+            "SELECT name AS n, score, MAX(id), AVG(id), SUM(id), COUNT(id), COUNT(*) FROM users GROUP BY n, score "
+        );
+        let g = spec.group.expect("grouped");
+        assert_eq!(g.visible, 2);
+        assert_eq!(
+            g.columns,
+            vec![
+                Combine::First,
+                Combine::First,
+                Combine::Max,
+                Combine::First,
+                Combine::Sum,
+                Combine::Count,
+                Combine::Count
+            ]
+        );
+        assert_eq!(
+            g.avg,
+            vec![AvgColumn {
+                at: 3,
+                sum: 4,
+                count: 5
+            }]
+        );
+        let text = format!("{:?}", g.having);
+        for part in [
+            "Compare(Column(2), Gt, Number(\"10\"))",
+            "IsNull { value: Column(3), negated: false }",
+            "Not(In { value: Column(0), list: [Text(\"a\"), Text(\"b\"), Null], negated: false })",
+            "Between { value: Column(1), low: Number(\"1\"), high: Number(\"5\"), negated: false }",
+            "Compare(Column(0), NullSafeEq, Text(\"x\"))",
+            "Value(Column(6))",
+        ] {
+            assert!(text.contains(part), "{part} in {text}");
+        }
+        // ORDER BY an aggregate: its column, hidden if not selected.
+        let spec = merged(
+            "SELECT name, COUNT(*) FROM users GROUP BY name ORDER BY count(*) DESC, SUM(id), name",
+        );
+        assert_eq!(
+            spec.sql,
+            "SELECT name, COUNT(*), SUM(id) FROM users GROUP BY name ORDER BY count(*) DESC, SUM(id), name"
+        );
+        let columns: Vec<ColumnRef> = spec.order.into_iter().map(|k| k.column).collect();
+        assert_eq!(
+            columns,
+            vec![
+                ColumnRef::Position(1),
+                ColumnRef::Position(2),
+                ColumnRef::Name("name".into())
+            ]
+        );
+        // Aggregates without GROUP BY: one group, filtered.
+        let spec = merged("SELECT COUNT(*) FROM users HAVING COUNT(*) > 5 LIMIT 1;");
+        assert_eq!(spec.sql, "SELECT COUNT(*) FROM users ;");
+        assert!(spec.group.expect("grouped").having.is_some());
+        // Without groups or aggregates HAVING filters rows: the shards apply it themselves.
+        assert_eq!(
+            run("SELECT id FROM users HAVING id > 3"),
+            ShardPlan::Scatter(vec![0, 1])
+        );
+        let spec = merged("SELECT DISTINCT name FROM users HAVING name > 'b'");
+        assert_eq!(
+            spec.sql,
+            "SELECT DISTINCT name FROM users HAVING name > 'b'"
+        );
+        assert_eq!(spec.group.expect("distinct").having, None);
+    }
+
+    #[test]
+    fn having_that_cannot_be_merged_is_refused() {
+        let refused = |sql: &str, needle: &str| match run(sql) {
+            ShardPlan::Reject(m) => assert!(m.contains(needle), "{sql}: {m}"),
+            other => panic!("{sql}: {other:?}"),
+        };
+        let grouped = "SELECT name, COUNT(*) AS c FROM users GROUP BY name HAVING";
+        refused(
+            &format!("{grouped} COUNT(DISTINCT id) > 1"),
+            "COUNT(DISTINCT ...)",
+        );
+        refused(
+            &format!("{grouped} AVG(DISTINCT id) > 1"),
+            "AVG(DISTINCT ...)",
+        );
+        refused(&format!("{grouped} GROUP_CONCAT(id) = '1'"), "GROUP_CONCAT");
+        refused(
+            &format!("{grouped} score > 1"),
+            "score, which is not a selected",
+        );
+        refused(&format!("{grouped} c + 1 > 2"), "HAVING with c + 1");
+        refused(
+            &format!("{grouped} name LIKE 'a%'"),
+            "HAVING with name LIKE",
+        );
+        refused(&format!("{grouped} c > 1 && c < 5"), "&&");
+        refused(&format!("{grouped} c > 1 XOR c < 5"), "HAVING with XOR");
+        refused(
+            &format!("{grouped} UPPER(name) = 'A'"),
+            "HAVING with UPPER(name)",
+        );
+        refused(
+            "SELECT name AS x, id AS x, COUNT(*) FROM users GROUP BY 1, 2 HAVING x > 1",
+            "several selected columns",
+        );
+        refused(
+            "SELECT DISTINCT name FROM users GROUP BY name HAVING COUNT(*) > 1",
+            "DISTINCT",
+        );
+        refused(
+            "SELECT name, COUNT(*) FROM users GROUP BY name ORDER BY 3",
+            "not a column position",
+        );
+        refused("SELECT AVG(id) * 2 FROM users", "inside an expression");
+        refused("SELECT AVG(id / 7) FROM users", "AVG over a division");
+        refused(
+            &format!("{grouped} AVG(score / 2) > 1"),
+            "AVG over a division",
+        );
+        assert!(matches!(
+            run("SELECT AVG(id DIV 7), AVG(name = 'a/b') FROM users"),
+            ShardPlan::MergeSorted(_)
+        ));
+        // A column grouped by its own name while selected under an alias is still selected.
+        let g = merged("SELECT name AS n, COUNT(*) FROM users GROUP BY name HAVING name > 'b'")
+            .group
+            .expect("grouped");
+        assert_eq!(g.keys, vec![0]);
+        assert_eq!(
+            g.having,
+            Some(Box::new(Predicate::Compare(
+                Operand::Column(0),
+                CompareOp::Gt,
+                Operand::Text("b".into())
+            )))
         );
     }
 }

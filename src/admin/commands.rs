@@ -1,0 +1,173 @@
+//! What the CLI's admin commands do (`shardgate cache stats|flush`): find the admin API,
+//! call it, and turn its JSON into a few readable lines (or pass the JSON through).
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::Context;
+
+use super::cache::{CacheStats, Flushed};
+use super::client::Client;
+use crate::config::Config;
+
+/// Where the admin API listens and the token to show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub addr: String,
+    pub token: Option<String>,
+}
+
+impl Target {
+    /// From a proxy config (`proxy.admin_listen`, `proxy.admin_token`), with `admin` and
+    /// `token` overriding either; one of `config` and `admin` is needed.
+    pub fn resolve(
+        config: Option<&Path>,
+        admin: Option<&str>,
+        token: Option<&str>,
+    ) -> anyhow::Result<Target> {
+        let from_config = match config {
+            Some(path) => {
+                let cfg = Config::load(path)?;
+                Some((cfg.proxy.admin_listen, cfg.proxy.admin_token))
+            }
+            None => None,
+        };
+        let (listen, config_token) = match (admin, from_config) {
+            (Some(a), c) => (a.to_string(), c.and_then(|(_, t)| t)),
+            (None, Some((l, t))) => (l, t),
+            (None, None) => anyhow::bail!(
+                "give --config FILE (the proxy's config: its proxy.admin_listen and \
+                 proxy.admin_token) or --admin HOST:PORT --token TOKEN"
+            ),
+        };
+        Ok(Target {
+            addr: reachable(&listen),
+            token: token.map(str::to_string).or(config_token),
+        })
+    }
+
+    fn client(&self) -> Client {
+        Client::new(self.addr.clone(), self.token.clone())
+    }
+}
+
+/// A listen address as a client dials it: a wildcard (0.0.0.0, ::) means this host.
+fn reachable(listen: &str) -> String {
+    match listen.parse::<SocketAddr>() {
+        Ok(mut a) if a.ip().is_unspecified() => {
+            let local = match a {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            };
+            a.set_ip(local);
+            a.to_string()
+        }
+        _ => listen.to_string(),
+    }
+}
+
+/// `shardgate cache stats`: the text to print.
+pub async fn cache_stats(target: &Target, json: bool) -> anyhow::Result<String> {
+    let r = target.client().call("GET", "/api/v1/cache", None).await?;
+    if json {
+        return Ok(r.text());
+    }
+    let s: CacheStats = serde_json::from_slice(&r.body)
+        .with_context(|| format!("unexpected answer from {}: {}", target.addr, r.text()))?;
+    Ok(stats_table(&s))
+}
+
+/// `shardgate cache flush [--table DB.TABLE]`: the text to print.
+pub async fn cache_flush(
+    target: &Target,
+    table: Option<&str>,
+    json: bool,
+) -> anyhow::Result<String> {
+    let body = table.map(|t| serde_json::json!({ "table": t }).to_string());
+    let r = target
+        .client()
+        .call(
+            "POST",
+            "/api/v1/cache/flush",
+            body.as_deref().map(str::as_bytes),
+        )
+        .await?;
+    if json {
+        return Ok(r.text());
+    }
+    let f: Flushed = serde_json::from_slice(&r.body)
+        .with_context(|| format!("unexpected answer from {}: {}", target.addr, r.text()))?;
+    Ok(match f.flushed.as_str() {
+        "all" => "flushed every cached result\n".to_string(),
+        t => format!("flushed the cached results that read {t}\n"),
+    })
+}
+
+/// Two aligned columns, one counter a line.
+fn stats_table(s: &CacheStats) -> String {
+    if !s.enabled {
+        return "result cache  off (no [[cache.rules]] in the proxy's config)\n".into();
+    }
+    let lookups = s.hits + s.misses;
+    let ratio = if lookups == 0 {
+        "-".to_string()
+    } else {
+        format!("{:.1}%", s.hits as f64 * 100.0 / lookups as f64)
+    };
+    let rows = [
+        ("result cache", "on".to_string()),
+        ("entries", s.entries.to_string()),
+        ("bytes", format!("{} of {} max", s.bytes, s.max_bytes)),
+        ("hits", s.hits.to_string()),
+        ("misses", s.misses.to_string()),
+        ("hit ratio", ratio),
+        ("evictions", s.evictions.to_string()),
+        ("invalidations", s.invalidations.to_string()),
+    ];
+    rows.iter().map(|(k, v)| format!("{k:<14}{v}\n")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_listen_addresses_are_dialled_on_loopback() {
+        assert_eq!(reachable("0.0.0.0:6080"), "127.0.0.1:6080");
+        assert_eq!(reachable("[::]:6080"), "[::1]:6080");
+        assert_eq!(reachable("10.1.2.3:6080"), "10.1.2.3:6080");
+        assert_eq!(reachable("admin.local:6080"), "admin.local:6080");
+    }
+
+    #[test]
+    fn a_target_needs_an_address() {
+        let err = Target::resolve(None, None, Some("t"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--config"), "{err}");
+        let t = Target::resolve(None, Some("127.0.0.1:1"), Some("t")).expect("target");
+        assert_eq!(t.token.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn stats_print_as_a_table() {
+        let s = CacheStats {
+            enabled: true,
+            bytes: 10,
+            entries: 1,
+            max_bytes: 100,
+            hits: 3,
+            misses: 1,
+            evictions: 0,
+            invalidations: 2,
+        };
+        let t = stats_table(&s);
+        assert!(t.contains("entries       1\n"), "{t}");
+        assert!(t.contains("hit ratio     75.0%\n"), "{t}");
+        let off = stats_table(&CacheStats {
+            enabled: false,
+            ..s
+        });
+        assert!(off.contains("off"), "{off}");
+    }
+}

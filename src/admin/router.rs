@@ -1,0 +1,138 @@
+//! The admin API's routes, in one place. A new endpoint group adds its routes here.
+
+use axum::extract::Request;
+use axum::middleware;
+use axum::routing::{get, post};
+use axum::Router;
+
+use super::{auth, cache, health, metrics, AdminState, ApiError};
+
+/// Every route; all but `/healthz` behind the bearer token (see `auth`).
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/metrics", get(metrics::render))
+        .route("/api/v1/cache", get(cache::stats))
+        .route("/api/v1/cache/flush", post(cache::flush))
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+        // On the whole router, fallbacks included: without the token nothing, not even
+        // which paths exist, is visible.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .with_state(state)
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::NotFound {
+        method: req.method().to_string(),
+        path: req.uri().path().to_string(),
+    }
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: req.method().to_string(),
+        path: req.uri().path().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::super::client::Client;
+    use super::super::{bind, serve, AdminState};
+    use crate::config::Config;
+    use crate::proxy::Shared;
+
+    const CONFIG: &str = r#"
+        [proxy]
+        admin_token = "t0ken"
+        [[users]]
+        name = "app"
+        password = "secret"
+        [keyspace.app]
+        sharding = "unsharded"
+        [[keyspace.app.shards]]
+        name = "s0"
+        primary = "127.0.0.1:1"
+    "#;
+
+    /// An admin server over a proxy that never connects anywhere; its address.
+    async fn start(extra: &str) -> String {
+        let cfg =
+            Config::from_toml(&format!("{extra}\n{CONFIG}"), Path::new("t.toml")).expect("config");
+        let listener = bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let state = AdminState::new(Arc::new(Shared::new(cfg)));
+        tokio::spawn(serve(listener, state));
+        addr
+    }
+
+    async fn status_and_error(c: &Client, method: &str, path: &str) -> (u16, String) {
+        let r = c.send(method, path, None).await.expect("request");
+        (r.status, r.error_message())
+    }
+
+    #[tokio::test]
+    async fn statuses_and_json_errors() {
+        let addr = start("").await;
+        let good = Client::new(addr.clone(), Some("t0ken".into()));
+        let none = Client::new(addr.clone(), None);
+        assert_eq!(
+            status_and_error(&none, "GET", "/healthz").await,
+            (200, "ok".into())
+        );
+        assert_eq!(status_and_error(&none, "GET", "/api/v1/cache").await.0, 401);
+        assert_eq!(status_and_error(&none, "GET", "/elsewhere").await.0, 401);
+        assert_eq!(
+            status_and_error(&good, "GET", "/elsewhere").await,
+            (404, "no such endpoint: GET /elsewhere".into())
+        );
+        assert_eq!(
+            status_and_error(&good, "DELETE", "/api/v1/cache").await,
+            (405, "DELETE is not allowed on /api/v1/cache".into())
+        );
+        assert_eq!(
+            status_and_error(&good, "POST", "/api/v1/cache/flush").await,
+            (409, "the result cache is off (no [[cache.rules]])".into())
+        );
+        let r = good
+            .send("POST", "/api/v1/cache/flush", Some(b"{\"table\":\"x\"}"))
+            .await
+            .expect("request");
+        assert_eq!(r.status, 400, "{}", r.text());
+        let r = good
+            .call("GET", "/api/v1/cache", None)
+            .await
+            .expect("stats");
+        let stats: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+        assert_eq!(stats["enabled"], false);
+        assert_eq!(stats["max_bytes"], 64 << 20);
+    }
+
+    #[tokio::test]
+    async fn flushes_with_the_cache_on() {
+        let addr = start("[[cache.rules]]\nttl_ms = 1000").await;
+        let c = Client::new(addr, Some("t0ken".into()));
+        let r = c
+            .call("POST", "/api/v1/cache/flush", None)
+            .await
+            .expect("flush");
+        assert_eq!(r.text(), r#"{"flushed":"all"}"#);
+        let r = c
+            .call("POST", "/api/v1/cache/flush?table=App.T", None)
+            .await
+            .expect("flush");
+        assert_eq!(r.text(), r#"{"flushed":"app.t"}"#);
+        let r = c.call("GET", "/api/v1/cache", None).await.expect("stats");
+        let stats: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+        assert_eq!(stats["enabled"], true);
+        assert_eq!(stats["invalidations"], 1);
+        assert_eq!(stats["entries"], 0);
+    }
+}
