@@ -387,7 +387,9 @@ async fn demo(shape: Shape) -> anyhow::Result<()> {
 
 async fn demo_proxy(cluster: &sandbox::Cluster) -> anyhow::Result<()> {
     let cfg = Config::load(&cluster.dir.join("shardgate.toml"))?;
-    let proxy = crate::proxy::Proxy::start(cfg)?;
+    let token = cfg.proxy.admin_token.clone().unwrap_or_default();
+    let cache = !cfg.cache.rules.is_empty();
+    let proxy = crate::proxy::start(cfg).await?;
     let addr = proxy.local_addr();
     println!();
     println!("shardgate is listening on {addr}");
@@ -405,9 +407,19 @@ async fn demo_proxy(cluster: &sandbox::Cluster) -> anyhow::Result<()> {
         cluster.user,
         cluster.password
     );
+    println!(
+        "  admin:   curl -H 'Authorization: Bearer {token}' http://{}/metrics",
+        proxy.admin_addr
+    );
+    if cache {
+        println!(
+            "  cache:   shardgate cache stats --config {}",
+            cluster.dir.join("shardgate.toml").display()
+        );
+    }
     println!("Press Ctrl-C to stop the proxy and the sandbox.");
     let r = tokio::signal::ctrl_c().await;
-    tokio::task::spawn_blocking(move || proxy.shutdown()).await?;
+    proxy.stop().await?;
     r?;
     Ok(())
 }

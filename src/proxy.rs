@@ -200,9 +200,34 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-/// Runs the proxy for `config` until Ctrl-C: the MySQL workers and, on this runtime, the
-/// admin HTTP API (`crate::admin`).
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+/// The proxy and its admin HTTP API, running.
+pub struct Running {
+    proxy: Proxy,
+    admin: tokio::task::JoinHandle<()>,
+    upkeep: Option<tokio::task::JoinHandle<()>>,
+    pub admin_addr: std::net::SocketAddr,
+}
+
+impl Running {
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.proxy.local_addr()
+    }
+
+    /// Stops the admin API and the workers.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.admin.abort();
+        if let Some(u) = self.upkeep {
+            u.abort();
+        }
+        let proxy = self.proxy;
+        tokio::task::spawn_blocking(move || proxy.shutdown()).await?;
+        Ok(())
+    }
+}
+
+/// Starts the MySQL workers for `config` and, on this runtime, the admin HTTP API
+/// (`crate::admin`).
+pub async fn start(config: Config) -> anyhow::Result<Running> {
     // Before anything records a metric: what is recorded without a recorder is lost.
     let _ = crate::admin::metrics::handle();
     // Bound before the workers start, so a taken admin port fails the start, not later.
@@ -236,13 +261,20 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         workers = worker_count(&proxy.shared.config),
         "shardgate is accepting MySQL clients"
     );
+    Ok(Running {
+        proxy,
+        admin,
+        upkeep,
+        admin_addr,
+    })
+}
+
+/// Runs the proxy for `config` until Ctrl-C.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let running = start(config).await?;
     let r = tokio::signal::ctrl_c().await;
     info!("shutting down");
-    admin.abort();
-    if let Some(u) = upkeep {
-        u.abort();
-    }
-    tokio::task::spawn_blocking(move || proxy.shutdown()).await?;
+    running.stop().await?;
     r?;
     Ok(())
 }

@@ -27,7 +27,7 @@ fn sandbox() -> &'static Sandbox {
 
 /// A proxy with `extra` config: its guard, MySQL port, config file, admin address and token.
 struct Proxy {
-    _guard: ProxyProcess,
+    guard: ProxyProcess,
     port: u16,
     config: PathBuf,
     admin: String,
@@ -40,7 +40,7 @@ impl Proxy {
         let (admin, token) = common::admin_of(&config);
         let (child, port) = common::spawn_proxy_checked(&config);
         Proxy {
-            _guard: ProxyProcess(child),
+            guard: ProxyProcess(child),
             port,
             config,
             admin,
@@ -504,4 +504,65 @@ async fn sandbox_proxies_come_with_a_random_admin_token() {
         .await
         .expect("stats");
     assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// 100 MiB of distinct results through a cache capped at 10 MiB: entries are evicted and the
+/// cache never holds more than the cap (the proxy's memory stays near it too).
+#[tokio::test]
+async fn a_hundred_mib_of_results_stay_under_a_ten_mib_cap() {
+    let proxy = Proxy::start(
+        "[cache]\nmax_bytes = 10485760\nmax_entry_bytes = 1048576\n[[cache.rules]]\nttl_ms = 600000\n",
+    );
+    let t = table(&proxy).await;
+    let mut c = proxy.conn().await;
+    let mut sent = 0usize;
+    let mut highest = 0u64;
+    for i in 0..1000 {
+        // ~100 KiB each, every one distinct.
+        let row: Option<(String, i64)> = c
+            .query_first(format!(
+                "SELECT REPEAT(v, 35000), {i} FROM {t} WHERE id = 2"
+            ))
+            .await
+            .expect("big read");
+        let (pad, k) = row.expect("a row");
+        assert_eq!(k, i);
+        sent += pad.len();
+        if i % 100 == 99 {
+            let bytes = proxy.stats().await["bytes"].as_u64().expect("bytes");
+            highest = highest.max(bytes);
+        }
+    }
+    let stats = proxy.stats().await;
+    let bytes = stats["bytes"].as_u64().expect("bytes");
+    let entries = stats["entries"].as_u64().expect("entries");
+    let evictions = stats["evictions"].as_u64().expect("evictions");
+    println!(
+        "{} MiB of results: cache {bytes} bytes in {entries} entries (highest seen {highest}), {evictions} evictions",
+        sent >> 20
+    );
+    assert!(sent >= 100 << 20, "sent {sent} bytes");
+    assert!(
+        highest.max(bytes) <= 10 << 20,
+        "cache over its cap: {highest} / {bytes}"
+    );
+    assert!(entries > 50, "the cache kept what fits: {entries}");
+    assert!(
+        evictions > 500,
+        "evicted to stay under the cap: {evictions}"
+    );
+    let rss = proxy_rss_kib(&proxy);
+    println!("proxy VmRSS {} MiB", rss >> 10);
+}
+
+/// The proxy process's resident memory, from the process listening on its MySQL port.
+fn proxy_rss_kib(proxy: &Proxy) -> u64 {
+    let pid = proxy.guard.0.id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }

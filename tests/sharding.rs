@@ -1173,3 +1173,55 @@ async fn name_on_primary(c: &mut Conn, id: i64) -> Option<String> {
     .await
     .expect("name by id")
 }
+
+/// The result cache over a sharded keyspace: a merged read of both shards is cached, and a
+/// write on either shard (by key, or split over both) invalidates it before its OK arrives.
+#[tokio::test]
+async fn cached_multi_shard_reads_are_invalidated_by_writes_on_any_shard() {
+    let (_proxy, port, admin, token) = sandbox().proxy_with_admin(
+        "[monitor]\ninterval_ms = 200\n[[cache.rules]]\nkeyspace = \"app\"\ntables = [\"users\"]\nttl_ms = 60000\n",
+    );
+    let mut c = common::connect(&common::app_url(port, "app")).await;
+    users_table(&mut c).await;
+    let base = 16_000_000 + (std::process::id() as i64 % 1000) * 100;
+    let (a, b) = keys_on_both_shards(&mut c, base).await;
+    let read = format!("SELECT id, name FROM users WHERE id IN ({a}, {b}) ORDER BY id");
+    let stats = || async {
+        let client = shardgate::admin::client::Client::new(admin.clone(), Some(token.clone()));
+        let r = client
+            .send("GET", "/api/v1/cache", None)
+            .await
+            .expect("cache stats");
+        let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+        (
+            v["hits"].as_u64().unwrap_or(0),
+            v["misses"].as_u64().unwrap_or(0),
+        )
+    };
+    let names = |rows: Vec<(i64, String)>| rows.into_iter().map(|(_, n)| n).collect::<Vec<_>>();
+    for (round, write) in [
+        format!("UPDATE users SET name = 'r1' WHERE id = {a}"),
+        format!("UPDATE users SET name = 'r2' WHERE id = {b}"),
+        format!("UPDATE users SET name = 'r3' WHERE id IN ({a}, {b})"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let first: Vec<(i64, String)> = c.query(&read).await.expect("fill");
+        let (h0, _) = stats().await;
+        let again: Vec<(i64, String)> = c.query(&read).await.expect("hit");
+        assert_eq!(first, again);
+        assert_eq!(
+            stats().await.0,
+            h0 + 1,
+            "round {round}: served from the cache"
+        );
+        c.query_drop(write).await.expect("write");
+        let after = names(c.query(&read).await.expect("after the write"));
+        let want = format!("r{}", round + 1);
+        assert!(
+            after.contains(&want),
+            "round {round}: {after:?} misses {want}"
+        );
+    }
+}
