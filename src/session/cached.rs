@@ -159,9 +159,10 @@ impl Session {
     /// within `max_entry_bytes`) and no write to its tables came meanwhile.
     pub(super) async fn cache_fill(&mut self, flight: Flight, c: Cacheable, reply_seq: u8) {
         let captured = self.io.take_capture();
+        let deprecate_eof = self.caps & cap::DEPRECATE_EOF != 0;
         let unchanged = c.cache.generations.current(&c.tables) == c.key.generations;
         let entry = captured
-            .filter(|bytes| unchanged && whole_result(bytes))
+            .filter(|bytes| unchanged && whole_result(bytes, deprecate_eof))
             .map(|bytes| Arc::new(Entry::new(Bytes::from(bytes), reply_seq, c.ttl)));
         c.cache.complete(flight, entry).await;
     }
@@ -253,11 +254,12 @@ impl Session {
     }
 }
 
-/// Whether captured packets are one whole answer without an error: the first packet is a
-/// result-set header or OK, and no packet is an ERR.
-fn whole_result(bytes: &[u8]) -> bool {
+/// Whether captured packets are one whole answer without an error or warnings: no packet is
+/// an ERR, and the last one (the result's end) counts no warnings, which a later SHOW WARNINGS
+/// could not find on any server connection.
+fn whole_result(bytes: &[u8], deprecate_eof: bool) -> bool {
     let mut at = 0;
-    let mut packets = 0;
+    let mut last = None;
     while at + 4 <= bytes.len() {
         let len = usize::from(bytes[at])
             | usize::from(bytes[at + 1]) << 8
@@ -265,8 +267,53 @@ fn whole_result(bytes: &[u8]) -> bool {
         if bytes.get(at + 4) == Some(&0xFF) && len < 0xFF_FFFF {
             return false;
         }
+        last = bytes.get(at + 4..at + 4 + len);
         at += 4 + len;
-        packets += 1;
     }
-    packets > 0 && at == bytes.len()
+    at == bytes.len() && last.is_some_and(|end| end_warnings(end, deprecate_eof) == Some(0))
+}
+
+/// The warning count of a result's end: an EOF (`FE warnings status`), or an OK (`00`, or `FE`
+/// under DEPRECATE_EOF: affected rows, insert id, status, warnings).
+fn end_warnings(end: &[u8], deprecate_eof: bool) -> Option<u16> {
+    let u16_at = |i: usize| Some(u16::from_le_bytes([*end.get(i)?, *end.get(i + 1)?]));
+    match end.first()? {
+        0xFE if !deprecate_eof => u16_at(1),
+        0x00 | 0xFE => {
+            let mut r = crate::protocol::wire::Reader::new(end.get(1..)?);
+            r.lenenc().ok()?;
+            r.lenenc().ok()?;
+            r.u16().ok()?;
+            r.u16().ok()
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(seq: u8, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![payload.len() as u8, 0, 0, seq];
+        p.extend_from_slice(payload);
+        p
+    }
+
+    #[test]
+    fn only_whole_answers_without_errors_or_warnings_are_kept() {
+        let header = packet(1, &[1]);
+        let row = packet(2, &[1, b'x']);
+        let eof = |w: u8| packet(3, &[0xFE, w, 0, 2, 0]);
+        let ok_end = |w: u8| packet(3, &[0xFE, 0, 0, 2, 0, w, 0]);
+        let whole = |parts: &[&[u8]]| whole_result(&parts.concat(), false);
+        let whole_ok = |parts: &[&[u8]]| whole_result(&parts.concat(), true);
+        assert!(whole(&[&header, &row, &eof(0)]));
+        assert!(whole_ok(&[&header, &row, &ok_end(0)]));
+        assert!(!whole(&[&header, &row, &eof(1)]), "warnings");
+        assert!(!whole_ok(&[&header, &row, &ok_end(2)]), "warnings");
+        assert!(!whole(&[&header, &packet(2, &[0xFF, 0x10, 0x04])]), "error");
+        assert!(!whole(&[&header, &row[..3]]), "cut short");
+        assert!(!whole(&[]), "nothing");
+    }
 }
