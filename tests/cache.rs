@@ -254,3 +254,64 @@ async fn reads_inside_a_transaction_never_come_from_the_cache() {
         assert_eq!(selects.now().await, before + 1, "{sql} ran again");
     }
 }
+
+/// libmysqlclient (sysbench) sends parameter types with the first execute only: when that
+/// execute is a hit, the proxy must still remember them for the misses that follow.
+#[tokio::test]
+async fn sysbench_point_selects_through_the_cache_run_without_errors() {
+    let _turn = SERIAL.lock().await;
+    let sysbench = |command: &str, extra: &[&str]| -> String {
+        let mut cmd = std::process::Command::new("sysbench");
+        cmd.arg("oltp_point_select")
+            .arg("--db-driver=mysql")
+            .arg("--mysql-host=127.0.0.1")
+            .arg(format!("--mysql-port={}", proxy_port()))
+            .arg(format!("--mysql-user={}", common::USER))
+            .arg(format!("--mysql-password={}", common::PASSWORD))
+            .arg("--mysql-db=app")
+            .arg("--tables=1")
+            .arg("--table-size=2000")
+            .args(extra)
+            .arg(command);
+        let (out, killed) = common::run_child(&mut cmd, Vec::new(), Duration::from_secs(120));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !killed && out.status.success(),
+            "sysbench {command}:\n{text}"
+        );
+        text
+    };
+    sysbench("cleanup", &[]);
+    sysbench("prepare", &[]);
+    common::wait_replicated(sandbox()).await;
+    let mut selects = Selects::open().await;
+    let before = selects.now().await;
+    let report = sysbench(
+        "run",
+        &[
+            "--threads=4",
+            "--time=5",
+            "--rand-type=pareto",
+            "--report-interval=0",
+        ],
+    );
+    let ran = selects.now().await - before;
+    let queries: u64 = report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("queries:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("queries in the report");
+    println!("{queries} point selects, {ran} reached a server");
+    assert!(
+        report.contains("ignored errors:                      0"),
+        "{report}"
+    );
+    assert!(queries > 100, "{report}");
+    assert!(ran * 2 < queries, "most were hits: {ran} of {queries} ran");
+    sysbench("cleanup", &[]);
+}

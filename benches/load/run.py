@@ -709,6 +709,8 @@ primary = "{host}:{port}"
         text = toml_set(text, "monitor", "password", json.dumps(a.root_password), only_if_missing=True)
         if a.cache_ttl_ms:
             text = toml_set(text, "cache", "max_bytes", str(a.cache_max_mib << 20))
+            # The generated config lists no rules inline (`rules = []`): the table form replaces it.
+            text = re.sub(r"(?m)^rules = \[\]\s*\n", "", text)
             text += f"\n[[cache.rules]]\nttl_ms = {a.cache_ttl_ms}\n"
         out = self.dir / "bench-shardgate.toml"
         out.write_text(f"# {base_cfg.name} as rewritten by benches/load/run.py ([pool], [routing], [monitor])\n" + text)

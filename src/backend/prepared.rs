@@ -184,6 +184,19 @@ impl ExecuteLayout {
     }
 }
 
+/// The parameter types a COM_STMT_EXECUTE `payload` carries (new-params-bound set), if any.
+/// The session keeps them even when no server sees this execute (a cache hit): the client
+/// will not send them again.
+pub fn sent_types(payload: &[u8], params: u16) -> Option<Bytes> {
+    let layout = ExecuteLayout::new(params);
+    let bound_at = layout.bound_at?;
+    if *payload.get(bound_at)? != 1 {
+        return None;
+    }
+    let types = payload.get(bound_at + 1..bound_at + 1 + 2 * layout.params)?;
+    Some(Bytes::copy_from_slice(types))
+}
+
 /// The client's COM_STMT_EXECUTE made ready for server statement `stmt`: the id replaced and,
 /// when the client did not send types because it sent them before (on whichever connection),
 /// the types it last sent (`client_types`) put in. Records types the client sends. `None`:

@@ -23,6 +23,7 @@ use tokio::io::AsyncReadExt;
 use tracing::debug;
 
 use crate::backend::forward::{Forward, ForwardError};
+use crate::backend::prepared::sent_types;
 use crate::backend::vars::VarSet;
 use crate::backend::ConnKey;
 use crate::config::User;
@@ -374,14 +375,18 @@ impl Session {
             com::STMT_EXECUTE => {
                 // Cached by the statement and its bound types and values (no cursor).
                 let payload = frame.payload();
+                // Types travel with the values, or were bound by an earlier execute.
+                let sent = sent_types(&payload, info.params);
+                let sent_now = sent.is_some();
+                if let (Some(t), Some(info)) = (sent, self.stmts.get_mut(client_id)) {
+                    info.types = Some(t);
+                }
                 let cacheable = match payload.get(5) {
                     Some(0) => {
-                        // Types travel with the values, or were bound by an earlier execute.
-                        let bitmap = usize::from(info.params).div_ceil(8);
-                        let sent_types = payload.get(10 + bitmap) == Some(&1);
                         let mut bound = Vec::new();
-                        if !sent_types {
-                            bound.extend_from_slice(info.types.as_deref().unwrap_or_default());
+                        if !sent_now {
+                            let types = self.stmts.get(client_id).and_then(|i| i.types.clone());
+                            bound.extend_from_slice(types.as_deref().unwrap_or_default());
                             bound.push(0);
                         }
                         bound.extend_from_slice(payload.get(10..).unwrap_or_default());
