@@ -59,6 +59,39 @@ enum Command {
         #[command(subcommand)]
         action: CacheAction,
     },
+    /// Change a shard's primary: a planned switchover when the primary answers (statements
+    /// wait, none fail), else a failover to the most advanced replica.
+    Failover {
+        /// `keyspace/shard`, or a shard name.
+        #[arg(long)]
+        shard: String,
+        /// The replica to promote (planned switchover); default: the most advanced one.
+        #[arg(long, value_name = "HOST:PORT")]
+        to: Option<String>,
+        /// Fail over even though a replica still replicates from the unreachable primary.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Make a fenced former primary a replica of the primary that replaced it.
+    Rejoin {
+        /// The former primary, `host:port` as in the shard map.
+        server: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Failure handling's events (detections, decisions, steps) and what runs now.
+    Events {
+        /// Only events after this id.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Keep printing new events until Ctrl-C.
+        #[arg(long, short)]
+        follow: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -312,6 +345,34 @@ async fn run(command: Command) -> anyhow::Result<()> {
             print_output(&out);
             Ok(())
         }
+        Command::Failover {
+            shard,
+            to,
+            force,
+            admin,
+        } => {
+            let target = admin.target()?;
+            let out =
+                crate::admin::commands::failover(&target, &shard, to.as_deref(), force, admin.json)
+                    .await?;
+            print_output(&out);
+            Ok(())
+        }
+        Command::Rejoin { server, admin } => {
+            let out = crate::admin::commands::rejoin(&admin.target()?, &server, admin.json).await?;
+            print_output(&out);
+            Ok(())
+        }
+        Command::Events {
+            after,
+            follow,
+            admin,
+        } => {
+            let target = admin.target()?;
+            let out = crate::admin::commands::events(&target, after, follow, admin.json).await?;
+            print_output(&out);
+            Ok(())
+        }
     }
 }
 
@@ -415,6 +476,17 @@ async fn demo_proxy(cluster: &sandbox::Cluster) -> anyhow::Result<()> {
         println!(
             "  cache:   shardgate cache stats --config {}",
             cluster.dir.join("shardgate.toml").display()
+        );
+    }
+    if let Some(shard) = cluster
+        .shard_names()
+        .into_iter()
+        .find(|s| !cluster.replicas(s).is_empty())
+    {
+        let config = cluster.dir.join("shardgate.toml");
+        println!(
+            "  failover: shardgate failover --shard {shard} --config {} (and `shardgate events --follow --config ...` to watch)",
+            config.display()
         );
     }
     println!("Press Ctrl-C to stop the proxy and the sandbox.");

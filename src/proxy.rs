@@ -18,15 +18,20 @@ use tracing::{debug, info, warn};
 use crate::backend::health::{spawn_monitor, Health, MonitorHandle};
 use crate::backend::{pool, Pools};
 use crate::config::Config;
+use crate::ha::{Ha, HaHandle};
 use crate::planner::Planner;
 use crate::protocol::consts::errcode;
 use crate::protocol::packet::put_err;
 use crate::session::{self, Registry};
+use crate::topology::{Topology, TopologyError};
 
 /// State every session reads.
 pub struct Shared {
     pub config: Config,
-    pub planner: Planner,
+    /// The live shard map and its planner; failover publishes new versions.
+    pub topology: Arc<Topology>,
+    /// Failure handling: its gate holds statements while a primary changes.
+    pub ha: Arc<Ha>,
     pub pools: Pools,
     pub sessions: Arc<Registry>,
     /// Live state of every server, kept by the monitor.
@@ -39,15 +44,33 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: Config) -> Self {
+    pub fn new(config: Config) -> Result<Self, TopologyError> {
         let workers = worker_count(&config);
-        let map = config.shard_map();
-        let health = Health::new(&map);
-        let split = config.routing.read_write_split;
-        let planner = Planner::new(map, &health, split, |ks| config.max_replica_lag(ks));
+        // Every server a shard map version may name must have a health entry: the config's
+        // map and the saved one a restart loads (see `Topology::new`).
+        let mut all = config.shard_map();
+        if let Some(f) = &config.ha.state_file {
+            if let Ok(text) = std::fs::read_to_string(f) {
+                if let Ok(versions) =
+                    serde_json::from_str::<Vec<crate::topology::MapVersion>>(&text)
+                {
+                    for v in versions {
+                        for (name, ks) in v.map.keyspace {
+                            all.keyspace
+                                .entry(format!("{name}#{}", v.version))
+                                .or_insert(ks);
+                        }
+                    }
+                }
+            }
+        }
+        let health = Health::new(&all);
+        let topology = Arc::new(Topology::new(&config, health.clone())?);
+        let ha = Arc::new(Ha::new(&config, topology.clone()));
         let cache = crate::cache::ResultCache::new(&config.cache).map(Arc::new);
-        Shared {
-            planner,
+        Ok(Shared {
+            topology,
+            ha,
             pools: Pools::new(config.pool.clone(), workers),
             config,
             sessions: Arc::new(Registry::default()),
@@ -55,7 +78,12 @@ impl Shared {
             sequences: Default::default(),
             cache,
             clients: AtomicUsize::new(0),
-        }
+        })
+    }
+
+    /// The planner of the current shard map version.
+    pub fn planner(&self) -> Arc<Planner> {
+        self.topology.planner()
     }
 }
 
@@ -74,12 +102,16 @@ pub struct Proxy {
     stop: watch::Sender<bool>,
     workers: Vec<std::thread::JoinHandle<()>>,
     monitor: MonitorHandle,
+    ha: Option<HaHandle>,
 }
 
 impl Proxy {
     /// Binds the listening sockets (errors surface here) and starts the workers.
     pub fn start(config: Config) -> std::io::Result<Self> {
-        let shared = Arc::new(Shared::new(config));
+        let shared = Arc::new(
+            Shared::new(config)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
+        );
         let wanted: SocketAddr = shared
             .config
             .proxy
@@ -105,12 +137,20 @@ impl Proxy {
             workers.push(handle);
         }
         let monitor = spawn_monitor(shared.health.clone(), shared.config.monitor.clone());
+        let ha = match crate::ha::spawn(shared.ha.clone()) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                warn!(error = %e, "cannot start the failure detector: no automatic failover");
+                None
+            }
+        };
         Ok(Proxy {
             addr,
             shared,
             stop,
             workers,
             monitor,
+            ha,
         })
     }
 
@@ -120,6 +160,7 @@ impl Proxy {
 
     /// Stops accepting, ends every worker (and the sessions on it) and waits for them.
     pub fn shutdown(self) {
+        drop(self.ha);
         drop(self.monitor);
         let _ = self.stop.send(true);
         for w in self.workers {

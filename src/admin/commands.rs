@@ -103,6 +103,171 @@ pub async fn cache_flush(
     })
 }
 
+/// One event as a line: time (UTC), kind, shard, message.
+fn event_line(e: &crate::ha::events::Event) -> String {
+    let time = e.at.get(11..23).unwrap_or(&e.at);
+    format!(
+        "{time}  {:<7} {:<10} {}\n",
+        e.kind,
+        e.shard.as_deref().unwrap_or("-"),
+        e.message
+    )
+}
+
+async fn events_after(client: &Client, after: u64) -> anyhow::Result<super::ha::EventList> {
+    let r = client
+        .call("GET", &format!("/api/v1/events?after={after}"), None)
+        .await?;
+    serde_json::from_slice(&r.body)
+        .with_context(|| format!("unexpected answer from {}: {}", client.addr(), r.text()))
+}
+
+/// `shardgate failover --shard S [--to SERVER] [--force]`: runs it, printing each step as it
+/// happens (from the event list), then the outcome.
+pub async fn failover(
+    target: &Target,
+    shard: &str,
+    to: Option<&str>,
+    force: bool,
+    json: bool,
+) -> anyhow::Result<String> {
+    let req = super::ha::FailoverRequest {
+        shard: shard.to_string(),
+        to: to.map(str::to_string),
+        force,
+    };
+    let body = serde_json::to_vec(&req)?;
+    watch_operation(target, "/api/v1/failover", body, json).await
+}
+
+/// `shardgate rejoin SERVER`.
+pub async fn rejoin(target: &Target, server: &str, json: bool) -> anyhow::Result<String> {
+    let body = serde_json::to_vec(&super::ha::RejoinRequest {
+        server: server.to_string(),
+    })?;
+    watch_operation(target, "/api/v1/rejoin", body, json).await
+}
+
+/// Posts an operation and, unless `json`, prints the events it produces while it runs.
+async fn watch_operation(
+    target: &Target,
+    path: &str,
+    body: Vec<u8>,
+    json: bool,
+) -> anyhow::Result<String> {
+    // An operation may wait for a replica to catch up: minutes, not the default seconds.
+    let client = target
+        .client()
+        .with_timeout(std::time::Duration::from_secs(900));
+    let mut seen = if json {
+        0
+    } else {
+        events_after(&client, u64::MAX - 1).await?.last_id
+    };
+    let post = {
+        let client = client.clone();
+        let path = path.to_string();
+        tokio::spawn(async move { client.call("POST", &path, Some(&body)).await })
+    };
+    tokio::pin!(post);
+    let result = loop {
+        tokio::select! {
+            r = &mut post => break r,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(200)), if !json => {
+                if let Ok(list) = events_after(&client, seen).await {
+                    for e in &list.events {
+                        print!("{}", event_line(e));
+                        seen = e.id;
+                    }
+                }
+            }
+        }
+    };
+    let r = result.map_err(|e| anyhow::anyhow!("the request task failed: {e}"))??;
+    if json {
+        return Ok(r.text());
+    }
+    if let Ok(list) = events_after(&client, seen).await {
+        for e in &list.events {
+            print!("{}", event_line(e));
+        }
+    }
+    let rep: crate::ha::Report = serde_json::from_slice(&r.body)
+        .with_context(|| format!("unexpected answer from {}: {}", target.addr, r.text()))?;
+    Ok(format!(
+        "{} of {} done in {} ms: primary {} (was {}), statements held {} ms, shard map version {}\n",
+        rep.operation,
+        rep.shard,
+        rep.took_ms,
+        rep.new_primary,
+        rep.old_primary,
+        rep.held_ms,
+        rep.version
+    ))
+}
+
+/// `shardgate events [--follow]`: failure handling's events, and what runs now.
+pub async fn events(
+    target: &Target,
+    after: u64,
+    follow: bool,
+    json: bool,
+) -> anyhow::Result<String> {
+    let client = target.client();
+    if json {
+        let r = client
+            .call("GET", &format!("/api/v1/events?after={after}"), None)
+            .await?;
+        return Ok(r.text());
+    }
+    let status = client.call("GET", "/api/v1/ha", None).await?;
+    let st: crate::ha::Status = serde_json::from_slice(&status.body)
+        .with_context(|| format!("unexpected answer from {}: {}", target.addr, status.text()))?;
+    let mut out = format!(
+        "automatic failover {}, shard map version {}\n",
+        if st.auto_failover { "on" } else { "off" },
+        st.shard_map_version
+    );
+    if let Some(p) = &st.running {
+        out.push_str(&format!(
+            "running: {} of {} since {}: {}\n",
+            p.operation, p.shard, p.started, p.step
+        ));
+    }
+    for f in &st.fenced {
+        out.push_str(&format!(
+            "fenced: {} (was primary of {}, replaced by {} at {}){}\n",
+            f.server,
+            f.shard,
+            f.replaced_by,
+            f.since,
+            if f.read_only_set {
+                ", read_only set"
+            } else {
+                ", not reachable yet"
+            }
+        ));
+    }
+    let mut seen = after;
+    let list = events_after(&client, seen).await?;
+    for e in &list.events {
+        out.push_str(&event_line(e));
+        seen = e.id;
+    }
+    if !follow {
+        return Ok(out);
+    }
+    print!("{out}");
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let list = events_after(&client, seen).await?;
+        for e in &list.events {
+            print!("{}", event_line(e));
+            seen = e.id;
+        }
+    }
+}
+
 /// Two aligned columns, one counter a line.
 fn stats_table(s: &CacheStats) -> String {
     if !s.enabled {

@@ -23,6 +23,13 @@ pub enum ApiError {
     MethodNotAllowed { method: String, path: String },
     #[error("metrics are unavailable: {0}")]
     MetricsUnavailable(String),
+    /// The request cannot be carried out in the current state (another operation runs, the
+    /// server named is not fenced...).
+    #[error("{0}")]
+    Conflict(String),
+    /// A database server failed while the request ran.
+    #[error("{0}")]
+    Backend(String),
 }
 
 impl ApiError {
@@ -36,6 +43,8 @@ impl ApiError {
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::MetricsUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Backend(_) => StatusCode::BAD_GATEWAY,
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod cache;
 pub mod client;
 pub mod commands;
 mod error;
+pub mod ha;
 mod health;
 pub mod metrics;
 mod router;

@@ -5,7 +5,7 @@ use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
 
-use super::{auth, cache, health, metrics, AdminState, ApiError};
+use super::{auth, cache, ha, health, metrics, AdminState, ApiError};
 
 /// Every route; all but `/healthz` behind the bearer token (see `auth`).
 pub fn router(state: AdminState) -> Router {
@@ -14,6 +14,11 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics::render))
         .route("/api/v1/cache", get(cache::stats))
         .route("/api/v1/cache/flush", post(cache::flush))
+        .route("/api/v1/ha", get(ha::status))
+        .route("/api/v1/events", get(ha::events))
+        .route("/api/v1/failover", post(ha::failover))
+        .route("/api/v1/rejoin", post(ha::rejoin))
+        .route("/api/v1/shardmap", get(ha::shardmap))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         // On the whole router, fallbacks included: without the token nothing, not even
@@ -68,7 +73,7 @@ mod tests {
             Config::from_toml(&format!("{extra}\n{CONFIG}"), Path::new("t.toml")).expect("config");
         let listener = bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
-        let state = AdminState::new(Arc::new(Shared::new(cfg)));
+        let state = AdminState::new(Arc::new(Shared::new(cfg).expect("shared")));
         tokio::spawn(serve(listener, state));
         addr
     }

@@ -28,7 +28,8 @@ const LAG_UNKNOWN: u64 = u64::MAX;
 #[derive(Debug)]
 pub struct ServerHealth {
     addr: Arc<str>,
-    is_replica: bool,
+    /// Changes when failover promotes it or a former primary rejoins.
+    is_replica: AtomicBool,
     weight: u32,
     up: AtomicBool,
     replicating: AtomicBool,
@@ -45,7 +46,7 @@ impl ServerHealth {
     pub(crate) fn new(addr: &str, is_replica: bool, weight: u32) -> Self {
         ServerHealth {
             addr: Arc::from(addr),
-            is_replica,
+            is_replica: AtomicBool::new(is_replica),
             weight: weight.max(1),
             up: AtomicBool::new(!is_replica),
             replicating: AtomicBool::new(false),
@@ -61,7 +62,15 @@ impl ServerHealth {
     }
 
     pub fn is_replica(&self) -> bool {
-        self.is_replica
+        self.is_replica.load(Ordering::Relaxed)
+    }
+
+    /// Checks it as a replica (`SHOW SLAVE STATUS`) or as a primary (`SELECT 1`) from the next
+    /// check on; a promoted replica is up at once, so writes need not wait for a check.
+    pub fn set_replica(&self, replica: bool) {
+        if self.is_replica.swap(replica, Ordering::Relaxed) != replica && !replica {
+            self.up.store(true, Ordering::Relaxed);
+        }
     }
 
     /// The replica's relative share of reads (1 for primaries).
@@ -146,7 +155,7 @@ impl ServerHealth {
 
     /// A replica reads may go to (ignoring lag limits, which are per keyspace).
     fn usable(&self) -> bool {
-        self.is_up() && (!self.is_replica || (self.replicating() && self.lag().is_some()))
+        self.is_up() && (!self.is_replica() || (self.replicating() && self.lag().is_some()))
     }
 }
 
@@ -431,7 +440,7 @@ async fn check(server: &ServerHealth, conn: &mut Option<Conn>, cfg: &MonitorSect
         },
     };
     let query = async {
-        if server.is_replica {
+        if server.is_replica() {
             let rows: Vec<Row> = c.query("SHOW SLAVE STATUS").await?;
             let get = |name: &str| match rows.first()?.get_opt::<Option<String>, _>(name) {
                 Some(Ok(v)) => v,
@@ -460,15 +469,8 @@ async fn check(server: &ServerHealth, conn: &mut Option<Conn>, cfg: &MonitorSect
 }
 
 async fn connect(addr: &str, cfg: &MonitorSection) -> Result<Conn, String> {
-    let (host, port) = addr
-        .rsplit_once(':')
-        .and_then(|(h, p)| {
-            Some((
-                h.trim_start_matches('[').trim_end_matches(']'),
-                p.parse().ok()?,
-            ))
-        })
-        .ok_or_else(|| format!("'{addr}' is not host:port"))?;
+    let (host, port) =
+        crate::shardmap::host_port(addr).ok_or_else(|| format!("'{addr}' is not host:port"))?;
     let opts = OptsBuilder::default()
         .ip_or_hostname(host)
         .tcp_port(port)
@@ -516,7 +518,7 @@ fn log_change(
             st.problem.as_deref().unwrap_or("not replicating")
         ),
         _ if said.is_none() => tracing::debug!(server = %addr, "server up"),
-        _ if server.is_replica => tracing::info!(
+        _ if server.is_replica() => tracing::info!(
             server = %addr,
             lag_s = server.lag().map_or(0, |l| l.as_secs()),
             "replica usable again"
@@ -533,7 +535,7 @@ fn publish_metrics(server: &ServerHealth) {
     } else {
         0.0
     });
-    if server.is_replica {
+    if server.is_replica() {
         // NaN is Prometheus' "no value": the lag is unknown, not zero.
         let lag = server.lag().map_or(f64::NAN, |l| l.as_secs_f64());
         metrics::gauge!("shardgate_replica_lag_seconds", "server" => addr).set(lag);

@@ -278,6 +278,85 @@ fn default_fill_from_primary_ms() -> u64 {
     10_000
 }
 
+/// Failure handling (`[ha]`): detection, promotion, switchover. Server checks and changes use
+/// the `[monitor]` account, which then needs SUPER (or the REPLICATION SLAVE ADMIN,
+/// READ_ONLY ADMIN and CONNECTION ADMIN privileges) besides SLAVE MONITOR.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaSection {
+    /// Promote a replica when a primary is dead (unreachable for `failover_after_ms` and its
+    /// replicas lost it too). Off: only `shardgate failover` changes primaries.
+    #[serde(default = "default_true")]
+    pub auto_failover: bool,
+    /// How often each primary is checked.
+    #[serde(default = "default_ha_check_interval_ms")]
+    pub check_interval_ms: u64,
+    /// How long a primary must stay unreachable before its replicas are asked whether they
+    /// lost it too.
+    #[serde(default = "default_failover_after_ms")]
+    pub failover_after_ms: u64,
+    /// How long a statement waits for a primary change (planned or not) before it fails.
+    #[serde(default = "default_failover_buffer_timeout_ms")]
+    pub failover_buffer_timeout_ms: u64,
+    /// Switchover: how long running statements and transactions on the old primary may take
+    /// to finish before their connections are killed.
+    #[serde(default = "default_switchover_drain_ms")]
+    pub switchover_drain_ms: u64,
+    /// How long a promoted replica may take to apply what it received.
+    #[serde(default = "default_catchup_timeout_ms")]
+    pub catchup_timeout_ms: u64,
+    /// The account replicas log in to their primary with (`CHANGE MASTER TO MASTER_USER`).
+    #[serde(default = "default_replication_user")]
+    pub replication_user: String,
+    #[serde(default)]
+    pub replication_password: String,
+    /// Where published shard map versions are kept, so a restarted proxy routes to the
+    /// current primaries. Unset: memory only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_file: Option<PathBuf>,
+}
+
+fn default_ha_check_interval_ms() -> u64 {
+    500
+}
+fn default_failover_after_ms() -> u64 {
+    3000
+}
+fn default_failover_buffer_timeout_ms() -> u64 {
+    10_000
+}
+fn default_switchover_drain_ms() -> u64 {
+    2000
+}
+fn default_catchup_timeout_ms() -> u64 {
+    30_000
+}
+fn default_replication_user() -> String {
+    "repl".into()
+}
+
+impl Default for HaSection {
+    fn default() -> Self {
+        HaSection {
+            auto_failover: true,
+            check_interval_ms: default_ha_check_interval_ms(),
+            failover_after_ms: default_failover_after_ms(),
+            failover_buffer_timeout_ms: default_failover_buffer_timeout_ms(),
+            switchover_drain_ms: default_switchover_drain_ms(),
+            catchup_timeout_ms: default_catchup_timeout_ms(),
+            replication_user: default_replication_user(),
+            replication_password: String::new(),
+            state_file: None,
+        }
+    }
+}
+
+impl HaSection {
+    pub fn buffer_timeout(&self) -> Duration {
+        Duration::from_millis(self.failover_buffer_timeout_ms)
+    }
+}
+
 /// The result cache (`[cache]`): off unless a rule matches.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -341,6 +420,8 @@ pub struct Config {
     #[serde(default)]
     pub cache: CacheSection,
     #[serde(default)]
+    pub ha: HaSection,
+    #[serde(default)]
     pub users: Vec<User>,
     /// A shard map file, relative to this file; alternative to inline `[keyspace.*]` tables.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -374,6 +455,9 @@ impl Config {
             let full = path.parent().unwrap_or(Path::new(".")).join(rel);
             cfg.keyspace = ShardMap::load(&full)?.keyspace;
             cfg.shard_map = Some(full);
+        }
+        if let Some(rel) = cfg.ha.state_file.clone() {
+            cfg.ha.state_file = Some(path.parent().unwrap_or(Path::new(".")).join(rel));
         }
         cfg.validate(&file)?;
         Ok(cfg)
@@ -441,6 +525,15 @@ impl Config {
                 "monitor.connect_timeout_ms",
                 "must be at least 1 millisecond".into(),
             ));
+        }
+        for (key, v) in [
+            ("ha.check_interval_ms", self.ha.check_interval_ms),
+            ("ha.failover_after_ms", self.ha.failover_after_ms),
+            ("ha.catchup_timeout_ms", self.ha.catchup_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1 millisecond".into()));
+            }
         }
         if self.users.is_empty() {
             return Err(invalid(

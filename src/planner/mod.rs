@@ -256,6 +256,17 @@ impl Planner {
         ks.routes.iter().find(|r| &*r.shard == shard).cloned()
     }
 
+    /// `route` as this planner's shard map has it (a new primary after a failover); None if
+    /// its keyspace or shard is gone.
+    pub fn refresh(&self, route: &Route) -> Option<Route> {
+        self.keyspaces
+            .get(&*route.keyspace)?
+            .routes
+            .iter()
+            .find(|r| r.shard == route.shard)
+            .cloned()
+    }
+
     /// Plans a command that is not a statement but needs the session's server (ping, ...):
     /// the keyspace's first shard.
     pub fn plan_session(&self, ctx: &PlanContext<'_>) -> Plan {

@@ -207,6 +207,12 @@ impl Cluster {
         };
         cfg.proxy.listen = listen;
         cfg.proxy.admin_listen = admin_listen;
+        // Failover repoints replicas with the sandbox's replication account; the shard map
+        // versions it publishes outlive a proxy restart.
+        cfg.ha.replication_user = "repl".into();
+        cfg.ha.replication_password = "repl".into();
+        cfg.ha.failover_after_ms = 2000;
+        cfg.ha.state_file = Some(self.dir.join(STATE_FILE));
         // A fresh random token per sandbox (32 hex digits from rand's OS-seeded CSPRNG): its
         // admin API works at once and is never open.
         let mut token = [0u8; 16];
@@ -327,6 +333,9 @@ impl Cluster {
     }
 }
 
+/// Shard map versions published by failovers (`[ha] state_file`), in the sandbox dir.
+pub const STATE_FILE: &str = "topology-state.json";
+
 fn default_config() -> Config {
     Config {
         proxy: Default::default(),
@@ -334,6 +343,7 @@ fn default_config() -> Config {
         routing: Default::default(),
         monitor: Default::default(),
         cache: Default::default(),
+        ha: Default::default(),
         users: Vec::new(),
         shard_map: None,
         keyspace: Default::default(),

@@ -124,6 +124,8 @@ fn clear_previous(dir: &Path) -> Result<(), SandboxError> {
         Err(e) => tracing::warn!(error = %e, "ignoring an unreadable cluster.json"),
     }
     remove(&cluster_json(dir))?;
+    // Shard map versions of the old cluster's failovers name servers that are gone.
+    remove(&dir.join(super::cluster::STATE_FILE))?;
     remove(&config_toml(dir))
 }
 

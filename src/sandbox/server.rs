@@ -41,6 +41,10 @@ pub(crate) fn instance_args(info: &ServerInfo) -> Vec<String> {
         "--rpl-semi-sync-master-enabled=1".into(),
         "--rpl-semi-sync-slave-enabled=1".into(),
         "--rpl-semi-sync-master-timeout=1000".into(),
+        // Lossless: a transaction is acknowledged by a replica before it commits here, so a
+        // crashed primary holds nothing the replicas lack but unacknowledged transactions,
+        // which it truncates on restart (semi-sync slave role on at startup), letting it rejoin.
+        "--rpl-semi-sync-master-wait-point=AFTER_SYNC".into(),
         "--report-host=127.0.0.1".into(),
         format!("--report-port={}", info.port),
         "--skip-name-resolve".into(),

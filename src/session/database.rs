@@ -15,7 +15,7 @@ impl Session {
         db: String,
         frame: &Frame,
     ) -> Result<(), SessionError> {
-        let plan = self.shared.planner.plan_session(&PlanContext {
+        let plan = self.shared.planner().plan_session(&PlanContext {
             db: Some(&db),
             default_keyspace: self.user.default_keyspace.as_deref(),
         });
@@ -45,10 +45,10 @@ impl Session {
         let Some(db) = self.db.clone() else {
             return true;
         };
-        if self.shared.planner.is_keyspace(&db) {
+        if self.shared.planner().is_keyspace(&db) {
             return true;
         }
-        let Plan::Route(route) = self.shared.planner.plan_session(&self.plan_ctx()) else {
+        let Plan::Route(route) = self.shared.planner().plan_session(&self.plan_ctx()) else {
             return true; // the first statement reports why the keyspace cannot be served
         };
         let shared = self.shared.clone();

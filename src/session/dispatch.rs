@@ -3,6 +3,7 @@
 //! unless something holds it.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tracing::debug;
 
@@ -51,6 +52,8 @@ enum Attempt {
     Busy,
     /// The replica has not applied the session's last write in time: use the primary.
     Behind,
+    /// The primary could not be reached; the statement was not sent.
+    PrimaryDown(BackendError),
 }
 
 impl Session {
@@ -104,7 +107,12 @@ impl Session {
         let mut exclude: Vec<Arc<str>> = Vec::new();
         let mut force_primary = false;
         let mut tries = 0;
+        let mut seen_version = self.shared.topology.version();
+        // The route again from a newer shard map, after a primary change.
+        let mut fresh: Option<Route> = None;
+        let mut down_until: Option<Instant> = None;
         loop {
+            let route = fresh.as_ref().unwrap_or(route);
             tries += 1;
             let choice = self.choose(route, class, hint, &exclude, force_primary);
             let (addr, replica) = match choice {
@@ -136,6 +144,31 @@ impl Session {
                 }
                 Attempt::Busy => exclude.push(addr),
                 Attempt::Behind => force_primary = true,
+                Attempt::PrimaryDown(e) => {
+                    // Nothing was sent: wait (bounded) until a failover publishes a new primary
+                    // or this one answers again, then run, as the client would have had it come
+                    // a moment later.
+                    let ha = &self.shared.config.ha;
+                    let deadline =
+                        *down_until.get_or_insert_with(|| Instant::now() + ha.buffer_timeout());
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if !ha.auto_failover || left.is_zero() {
+                        let reply_seq = work.frame().last_seq.wrapping_add(1);
+                        return self.report(ExecError::Connect(e), reply_seq).await;
+                    }
+                    let topology = self.shared.topology.clone();
+                    let poll = left.min(Duration::from_millis(100));
+                    if topology.wait_newer(seen_version, poll).await {
+                        seen_version = topology.version();
+                        match self.shared.planner().refresh(route) {
+                            Some(r) => fresh = Some(r),
+                            None => {
+                                let reply_seq = work.frame().last_seq.wrapping_add(1);
+                                return self.report(ExecError::Connect(e), reply_seq).await;
+                            }
+                        }
+                    }
+                }
             }
         }
     }
@@ -172,6 +205,12 @@ impl Session {
             Err(ExecError::Connect(_) | ExecError::Forward(_)) if retry_ok => {
                 return Ok(Attempt::Failed)
             }
+            Err(ExecError::Connect(
+                e @ (BackendError::Connect { .. }
+                | BackendError::ConnectTimeout { .. }
+                | BackendError::Closed { .. }
+                | BackendError::Packet { .. }),
+            )) if !on_replica && !self.hold.sticky() => return Ok(Attempt::PrimaryDown(e)),
             // A replica that lacks the session's database (not replicated yet): the primary
             // has the authoritative answer.
             Err(ExecError::Database(_)) if on_replica && !self.hold.sticky() => {

@@ -18,7 +18,7 @@ impl Session {
         frame: &Frame,
     ) -> Result<(), SessionError> {
         let reply_seq = frame.last_seq.wrapping_add(1);
-        let plan = self.shared.planner.plan_session(&self.plan_ctx());
+        let plan = self.shared.planner().plan_session(&self.plan_ctx());
         let Ok(id) = u32::try_from(kill.id) else {
             self.execute(plan, frame, Some(Expect::Result), 0).await?;
             return Ok(());

@@ -187,7 +187,26 @@ impl Session {
                     self.send_err(errcode::UNKNOWN_COM, "Unknown command", seq)
                         .await;
                 }
-                Some(cmd) => self.command(cmd, frame).await?,
+                Some(cmd) => {
+                    // While a primary changes, commands wait here (a transaction's go on: it
+                    // must be able to end where it began).
+                    let gate = &self.shared.ha.gate;
+                    let in_txn = self.hold.any() || self.shard_txn.is_some();
+                    let wait = self.shared.config.ha.buffer_timeout();
+                    if gate.enter(in_txn, wait).await.is_err() {
+                        let msg = format!(
+                            "shardgate: a primary change is still running after {} ms \
+                             (failover_buffer_timeout_ms); try again",
+                            wait.as_millis()
+                        );
+                        let seq = frame.last_seq.wrapping_add(1);
+                        self.send_err(errcode::UNKNOWN, &msg, seq).await;
+                        continue;
+                    }
+                    let r = self.command(cmd, frame).await;
+                    self.shared.ha.gate.leave();
+                    r?
+                }
             }
             self.after_command();
         }
@@ -223,7 +242,7 @@ impl Session {
 
     /// The route of the session's keyspace, or `None` after telling the client why not.
     async fn route(&mut self, reply_seq: u8) -> Option<Route> {
-        match self.shared.planner.plan_session(&self.plan_ctx()) {
+        match self.shared.planner().plan_session(&self.plan_ctx()) {
             Plan::Route(r) => Some(r),
             // A session command runs on one server: the first shard's.
             Plan::Broadcast(rs) => rs.into_iter().next(),
@@ -305,15 +324,15 @@ impl Session {
                 self.kill(kill, &frame).await?;
             }
             com::PING | com::STATISTICS | com::SET_OPTION | com::REFRESH | com::DEBUG => {
-                let plan = self.shared.planner.plan_session(&self.plan_ctx());
+                let plan = self.shared.planner().plan_session(&self.plan_ctx());
                 self.execute(plan, &frame, Some(Expect::Single), 0).await?;
             }
             com::FIELD_LIST => {
-                let plan = self.shared.planner.plan_session(&self.plan_ctx());
+                let plan = self.shared.planner().plan_session(&self.plan_ctx());
                 self.execute(plan, &frame, Some(Expect::Rows), 0).await?;
             }
             com::PROCESS_INFO => {
-                let plan = self.shared.planner.plan_session(&self.plan_ctx());
+                let plan = self.shared.planner().plan_session(&self.plan_ctx());
                 self.execute(plan, &frame, Some(Expect::Result), 0).await?;
             }
             other => {
@@ -332,7 +351,7 @@ impl Session {
         hint: Option<planner::classify::Hint>,
         frame: Frame,
     ) -> Result<(), SessionError> {
-        if self.shared.planner.is_sharded(&self.plan_ctx()) {
+        if self.shared.planner().is_sharded(&self.plan_ctx()) {
             return self.sharded_statement(class, hint, frame).await;
         }
         let Some(route) = self.route(frame.last_seq.wrapping_add(1)).await else {
@@ -365,7 +384,11 @@ impl Session {
             return Ok(());
         };
         let (route, class, hint, sql, shards) = (
-            info.route.clone(),
+            // Prepared before a failover: the shard's primary now.
+            self.shared
+                .planner()
+                .refresh(&info.route)
+                .unwrap_or_else(|| info.route.clone()),
             info.class.clone(),
             info.hint,
             info.sql.clone(),

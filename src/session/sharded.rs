@@ -61,7 +61,7 @@ impl Session {
                 let sql = frame.payload()[1..].to_vec();
                 for s in others.iter().rev() {
                     let ctx = self.plan_ctx();
-                    let Some(r) = self.shared.planner.shard_route(&ctx, s) else {
+                    let Some(r) = self.shared.planner().shard_route(&ctx, s) else {
                         continue;
                     };
                     if let Err(e) = self.run_quietly(&r.addr, &sql).await {
@@ -72,7 +72,7 @@ impl Session {
                     }
                 }
                 let route =
-                    shard.and_then(|s| self.shared.planner.shard_route(&self.plan_ctx(), &s));
+                    shard.and_then(|s| self.shared.planner().shard_route(&self.plan_ctx(), &s));
                 match route {
                     Some(r) => {
                         return self
@@ -94,7 +94,8 @@ impl Session {
             _ => {}
         }
         let ctx = self.plan_ctx();
-        let Some((plan, routes)) = self.shared.planner.plan_shards(&sql, &ctx) else {
+        let planner = self.shared.planner();
+        let Some((plan, routes)) = planner.plan_shards(&sql, &ctx) else {
             return Ok(());
         };
         let routes: Vec<Route> = routes.to_vec();
@@ -195,7 +196,7 @@ impl Session {
         if shards.len() > 1
             && !self
                 .shared
-                .planner
+                .planner()
                 .multi_shard_best_effort(&self.plan_ctx())
         {
             let msg = "shardgate: a write to several shards inside a transaction is refused (multi_shard_transactions = \"refuse\")";
@@ -226,7 +227,7 @@ impl Session {
                     && (txn.others.contains(&route.shard)
                         || self
                             .shared
-                            .planner
+                            .planner()
                             .multi_shard_best_effort(&self.plan_ctx())) =>
             {
                 if self
@@ -402,7 +403,11 @@ impl Session {
             return Ok(());
         };
         let ctx = self.plan_ctx();
-        let planned = self.shared.planner.plan_shards(&text, &ctx).map(|(p, _)| p);
+        let planned = self
+            .shared
+            .planner()
+            .plan_shards(&text, &ctx)
+            .map(|(p, _)| p);
         let parts: Vec<(Route, Vec<u8>)> = match planned {
             Some(ShardPlan::One(i)) => routes
                 .get(i)
@@ -457,7 +462,7 @@ impl Session {
             return Ok(Some(ids));
         }
         let ctx = self.plan_ctx();
-        let Some((keyspace, route)) = self.shared.planner.sequence_keyspace(&ctx) else {
+        let Some((keyspace, route)) = self.shared.planner().sequence_keyspace(&ctx) else {
             let msg = format!(
                 "shardgate: sequence {sequence} needs `sequence_keyspace` in this keyspace's shard map"
             );
@@ -560,7 +565,7 @@ impl Session {
         let ctx = self.plan_ctx();
         let planned = self
             .shared
-            .planner
+            .planner()
             .plan_shards(&sql, &ctx)
             .map(|(plan, routes)| (plan, routes.to_vec()));
         let Some((plan, routes)) = planned else {
@@ -623,7 +628,7 @@ impl Session {
                     _ => None,
                 };
                 let ctx = self.plan_ctx();
-                match key.and_then(|k| self.shared.planner.route_for_key(&ctx, &k)) {
+                match key.and_then(|k| self.shared.planner().route_for_key(&ctx, &k)) {
                     Some(r) => r,
                     None => {
                         drop(payload);
@@ -637,7 +642,7 @@ impl Session {
                 }
             }
         };
-        let sharded = self.shared.planner.is_sharded(&self.plan_ctx());
+        let sharded = self.shared.planner().is_sharded(&self.plan_ctx());
         if sharded {
             self.implicit_txn();
         }
@@ -676,7 +681,7 @@ impl Session {
         if in_txn
             && self
                 .shared
-                .planner
+                .planner()
                 .multi_shard_best_effort(&self.plan_ctx())
         {
             for r in &targets {
@@ -712,7 +717,7 @@ impl Session {
         t.shard
             .iter()
             .chain(&t.others)
-            .filter_map(|s| self.shared.planner.shard_route(&ctx, s))
+            .filter_map(|s| self.shared.planner().shard_route(&ctx, s))
             .map(|r| r.addr)
             .collect()
     }
@@ -759,7 +764,8 @@ impl Session {
         };
         let sql = String::from_utf8_lossy(&info.sql).into_owned();
         let ctx = self.plan_ctx();
-        let Some((plan, routes)) = self.shared.planner.plan_shards(&sql, &ctx) else {
+        let planner = self.shared.planner();
+        let Some((plan, routes)) = planner.plan_shards(&sql, &ctx) else {
             return Ok(());
         };
         let routes = routes.to_vec();

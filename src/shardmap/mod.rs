@@ -50,6 +50,15 @@ impl Shard {
     }
 }
 
+/// `host:port` split into its parts (brackets of an IPv6 host removed); None if malformed.
+pub fn host_port(addr: &str) -> Option<(String, u16)> {
+    let (h, p) = addr.rsplit_once(':')?;
+    Some((
+        h.trim_start_matches('[').trim_end_matches(']').to_string(),
+        p.parse().ok()?,
+    ))
+}
+
 /// Largest replica weight: keeps `outstanding * weight` products far from overflow and a
 /// typo like 10000 from starving the other replicas.
 pub const MAX_REPLICA_WEIGHT: u32 = 1000;

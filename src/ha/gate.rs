@@ -1,0 +1,144 @@
+//! Holds statements while a shard's primary changes, so they wait and then run on the new
+//! primary instead of failing.
+//!
+//! Every client command passes `enter` and `leave`. While a hold is on, commands wait at
+//! `enter` (bounded by `failover_buffer_timeout_ms`), except those of sessions inside a
+//! transaction: their transaction lives on the old primary and must be able to finish there.
+//! The holder drains: it waits until no command is between `enter` and `leave`.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+#[derive(Debug)]
+pub struct Gate {
+    holding: AtomicBool,
+    in_flight: AtomicUsize,
+    /// Bumped on every release; waiters watch it.
+    released: watch::Sender<u64>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate {
+            holding: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            released: watch::channel(0).0,
+        }
+    }
+}
+
+/// The hold lasted longer than the caller may wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StillHeld;
+
+impl Gate {
+    /// Lets a command in, first waiting out a hold unless `in_transaction`.
+    pub async fn enter(&self, in_transaction: bool, wait: Duration) -> Result<(), StillHeld> {
+        let deadline = Instant::now() + wait;
+        loop {
+            // SeqCst on both sides (here and in `drain`): either the holder sees this command
+            // counted, or this command sees the hold.
+            if in_transaction || !self.holding.load(Ordering::SeqCst) {
+                self.in_flight.fetch_add(1, Ordering::SeqCst);
+                if in_transaction || !self.holding.load(Ordering::SeqCst) {
+                    return Ok(());
+                }
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            }
+            let mut rx = self.released.subscribe();
+            if !self.holding.load(Ordering::SeqCst) {
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, rx.changed()).await.is_err() {
+                return Err(StillHeld);
+            }
+        }
+    }
+
+    /// The command that `enter`ed has ended.
+    pub fn leave(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Whether a hold is on (cheap: one load).
+    pub fn is_holding(&self) -> bool {
+        self.holding.load(Ordering::Relaxed)
+    }
+
+    /// Starts holding new commands until the guard drops.
+    pub fn hold(&self) -> HoldGuard<'_> {
+        self.holding.store(true, Ordering::SeqCst);
+        HoldGuard { gate: self }
+    }
+
+    /// Commands between `enter` and `leave` now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+}
+
+/// A hold in force; dropping it lets the waiting commands go.
+pub struct HoldGuard<'a> {
+    gate: &'a Gate,
+}
+
+impl HoldGuard<'_> {
+    /// Waits until no command is running (transactions' commands may still come), at most
+    /// `limit`; true if it got there.
+    pub async fn drain(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while self.gate.in_flight() > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        true
+    }
+}
+
+impl Drop for HoldGuard<'_> {
+    fn drop(&mut self) {
+        self.gate.holding.store(false, Ordering::SeqCst);
+        self.gate.released.send_modify(|n| *n += 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn commands_wait_for_the_release_and_transactions_pass() {
+        let gate = Arc::new(Gate::default());
+        let hold = gate.hold();
+        assert!(hold.drain(Duration::from_millis(10)).await);
+        // A transaction's command passes the hold.
+        gate.enter(true, Duration::ZERO)
+            .await
+            .expect("in transaction");
+        assert!(
+            !hold.drain(Duration::from_millis(20)).await,
+            "one in flight"
+        );
+        gate.leave();
+        // Others wait; one with no time to wait is refused.
+        assert_eq!(
+            gate.enter(false, Duration::from_millis(20)).await,
+            Err(StillHeld)
+        );
+        let g = gate.clone();
+        let waiter = tokio::spawn(async move { g.enter(false, Duration::from_secs(5)).await });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(!waiter.is_finished(), "waits while held");
+        drop(hold);
+        waiter.await.expect("task").expect("let in after release");
+        assert_eq!(gate.in_flight(), 1);
+        gate.leave();
+        assert_eq!(gate.in_flight(), 0);
+    }
+}

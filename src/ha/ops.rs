@@ -1,0 +1,761 @@
+//! The operations: unplanned failover, planned switchover, rejoin of a former primary.
+//!
+//! A "group" is one primary and its replicas. A server may serve several keyspaces (the same
+//! primary named by shards of two keyspaces), so a change rewrites every shard that names the
+//! group's primary.
+
+use std::time::Instant;
+
+use super::events::rfc3339;
+use super::gtid::GtidPos;
+use super::server::{Server, SlaveStatus};
+use super::{lock, Fenced, Ha, HaError, Progress, Report};
+use crate::shardmap::{Replica, ShardMap};
+
+/// A replication group as the current shard map has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    /// `keyspace/shard` of the first shard naming this primary.
+    pub name: String,
+    pub primary: String,
+    pub replicas: Vec<String>,
+}
+
+/// Every group of `map`, in map order, each primary once.
+pub fn groups(map: &ShardMap) -> Vec<Group> {
+    let mut out: Vec<Group> = Vec::new();
+    for (ks, k) in &map.keyspace {
+        for s in &k.shards {
+            if out.iter().any(|g| g.primary == s.primary) {
+                continue;
+            }
+            out.push(Group {
+                name: format!("{ks}/{}", s.name),
+                primary: s.primary.clone(),
+                replicas: s.replicas.iter().map(|r| r.addr.clone()).collect(),
+            });
+        }
+    }
+    out
+}
+
+/// The group `spec` names: `keyspace/shard`, or a shard name (the first keyspace having it).
+pub fn find_group(map: &ShardMap, spec: &str) -> Result<Group, HaError> {
+    let (ks, shard) = match spec.split_once('/') {
+        Some((k, s)) => (Some(k), s),
+        None => (None, spec),
+    };
+    for (name, k) in &map.keyspace {
+        if ks.is_some_and(|want| want != name) {
+            continue;
+        }
+        if let Some(s) = k.shards.iter().find(|s| s.name == shard) {
+            let primary = s.primary.clone();
+            return groups(map)
+                .into_iter()
+                .find(|g| g.primary == primary)
+                .ok_or_else(|| HaError::UnknownShard(spec.to_string()));
+        }
+    }
+    Err(HaError::UnknownShard(spec.to_string()))
+}
+
+/// `map` with every shard whose primary is `old` now led by `primary` with `replicas`
+/// (weights kept for servers that were replicas before).
+pub fn with_primary(map: &ShardMap, old: &str, primary: &str, replicas: &[String]) -> ShardMap {
+    let mut map = map.clone();
+    for k in map.keyspace.values_mut() {
+        for s in k.shards.iter_mut().filter(|s| s.primary == old) {
+            let weight = |a: &str| {
+                s.replicas
+                    .iter()
+                    .find(|r| r.addr == a)
+                    .map_or(1, |r| r.weight)
+            };
+            let list: Vec<Replica> = replicas
+                .iter()
+                .map(|a| Replica {
+                    addr: a.clone(),
+                    weight: weight(a),
+                })
+                .collect();
+            s.primary = primary.to_string();
+            s.replicas = list;
+        }
+    }
+    map
+}
+
+/// Steps of one operation: each an event, the current one shown by `status`.
+struct Steps<'a> {
+    ha: &'a Ha,
+    shard: String,
+    done: Vec<String>,
+}
+
+impl Steps<'_> {
+    fn step(&mut self, server: Option<&str>, msg: String) {
+        self.ha
+            .events
+            .add("step", Some(&self.shard), server, msg.clone());
+        if let Some(p) = lock(&self.ha.progress).as_mut() {
+            p.step = msg.clone();
+            p.steps_done += 1;
+        }
+        self.done.push(msg);
+    }
+
+    fn warn(&mut self, server: Option<&str>, msg: String) {
+        self.ha
+            .events
+            .add("failed", Some(&self.shard), server, msg.clone());
+        self.done.push(msg);
+    }
+}
+
+impl Drop for Steps<'_> {
+    fn drop(&mut self) {
+        *lock(&self.ha.progress) = None;
+    }
+}
+
+fn ms(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Ha {
+    fn start<'a>(&'a self, operation: &'static str, shard: &str) -> Steps<'a> {
+        *lock(&self.progress) = Some(Progress {
+            operation: operation.to_string(),
+            shard: shard.to_string(),
+            started: rfc3339(now_ms()),
+            step: "starting".into(),
+            steps_done: 0,
+        });
+        Steps {
+            ha: self,
+            shard: shard.to_string(),
+            done: Vec::new(),
+        }
+    }
+
+    fn busy(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, HaError> {
+        self.op.try_lock().map_err(|_| {
+            let what = lock(&self.progress)
+                .as_ref()
+                .map(|p| format!("{} of {}: {}", p.operation, p.shard, p.step))
+                .unwrap_or_else(|| "starting".into());
+            HaError::Busy(what)
+        })
+    }
+
+    /// `shardgate failover --shard S [--to SERVER]`: a planned switchover when the primary
+    /// answers, else a failover (which needs the replicas to have lost the primary too, unless
+    /// `force`).
+    pub async fn failover_command(
+        &self,
+        spec: &str,
+        to: Option<&str>,
+        force: bool,
+    ) -> Result<Report, HaError> {
+        let group = find_group(&self.topology.map(), spec)?;
+        match Server::connect(&group.primary, &self.creds).await {
+            Ok(s) => {
+                s.close().await;
+                self.switchover(&group, to).await
+            }
+            Err(e) => {
+                if !force && !self.replicas_lost_primary(&group).await {
+                    return Err(HaError::Refused(format!(
+                        "the proxy cannot reach primary {} ({e}) but a replica still replicates \
+                         from it; not failing over (add force to do it anyway)",
+                        group.primary
+                    )));
+                }
+                if to.is_some() {
+                    return Err(HaError::Refused(
+                        "--to is for a planned switchover; with the primary down the most \
+                         advanced replica is promoted"
+                            .into(),
+                    ));
+                }
+                self.failover(&group, &format!("requested; primary unreachable: {e}"))
+                    .await
+            }
+        }
+    }
+
+    /// Whether every reachable replica of `group` reports its IO thread disconnected (and at
+    /// least one was reachable).
+    pub(crate) async fn replicas_lost_primary(&self, group: &Group) -> bool {
+        let mut reached = 0;
+        for r in &group.replicas {
+            let Ok(mut s) = Server::connect(r, &self.creds).await else {
+                continue;
+            };
+            let st = s.slave_status().await;
+            s.close().await;
+            match st {
+                Ok(Some(st)) if st.connected() => return false,
+                Ok(_) => reached += 1,
+                Err(_) => {}
+            }
+        }
+        reached > 0
+    }
+
+    /// Promotes the replica of `group` that received the most, after it applied all of it;
+    /// repoints the others; fences the old primary. Statements wait meanwhile.
+    pub async fn failover(&self, group: &Group, reason: &str) -> Result<Report, HaError> {
+        let _op = self.busy()?;
+        let started = Instant::now();
+        let mut steps = self.start("failover", &group.name);
+        self.events.add(
+            "decide",
+            Some(&group.name),
+            Some(&group.primary),
+            format!("failing over from {}: {reason}", group.primary),
+        );
+        let hold = self.gate.hold();
+        let held_at = Instant::now();
+        let r = self.promote_best(group, &mut steps).await;
+        let (new_primary, chosen, others, version) = match r {
+            Ok(x) => x,
+            Err(e) => {
+                drop(hold);
+                self.events.add(
+                    "failed",
+                    Some(&group.name),
+                    Some(&group.primary),
+                    format!("failover failed: {e}"),
+                );
+                metrics::counter!("shardgate_failovers_total", "kind" => "failover", "result" => "failed").increment(1);
+                return Err(e);
+            }
+        };
+        drop(hold);
+        let held_ms = ms(held_at);
+        steps.step(
+            Some(&new_primary),
+            format!("statements released after {held_ms} ms"),
+        );
+        for (mut s, addr) in others {
+            match s
+                .replicate_from(
+                    &new_primary,
+                    &self.cfg.replication_user,
+                    &self.cfg.replication_password,
+                    "slave_pos",
+                )
+                .await
+            {
+                Ok(()) => steps.step(Some(&addr), format!("{addr} replicates from {new_primary}")),
+                Err(e) => steps.warn(Some(&addr), format!("repointing {addr}: {e}")),
+            }
+            s.close().await;
+        }
+        chosen.close().await;
+        lock(&self.fenced).insert(
+            group.primary.clone(),
+            Fenced {
+                server: group.primary.clone(),
+                shard: group.name.clone(),
+                replaced_by: new_primary.clone(),
+                since: rfc3339(now_ms()),
+                read_only_set: false,
+            },
+        );
+        steps.step(
+            Some(&group.primary),
+            format!(
+                "{} fenced: no statements routed to it; it is set read_only when it is back; \
+                 `shardgate rejoin {}` makes it a replica of {new_primary}",
+                group.primary, group.primary
+            ),
+        );
+        let took = ms(started);
+        self.events.add(
+            "done",
+            Some(&group.name),
+            Some(&new_primary),
+            format!(
+                "failover done in {took} ms: {new_primary} is the primary (shard map version {version})"
+            ),
+        );
+        metrics::counter!("shardgate_failovers_total", "kind" => "failover", "result" => "done")
+            .increment(1);
+        metrics::histogram!("shardgate_failover_seconds", "kind" => "failover")
+            .record(took as f64 / 1000.0);
+        Ok(Report {
+            operation: "failover".into(),
+            shard: group.name.clone(),
+            old_primary: group.primary.clone(),
+            new_primary,
+            version,
+            took_ms: took,
+            held_ms,
+            steps: std::mem::take(&mut steps.done),
+        })
+    }
+
+    /// The failover's steps up to publishing the new map: the promoted server, its
+    /// connection, the other replicas' connections and the version published.
+    #[allow(clippy::type_complexity)]
+    async fn promote_best(
+        &self,
+        group: &Group,
+        steps: &mut Steps<'_>,
+    ) -> Result<(String, Server, Vec<(Server, String)>, u64), HaError> {
+        let mut cands: Vec<(Server, SlaveStatus, usize)> = Vec::new();
+        for (i, r) in group.replicas.iter().enumerate() {
+            match Server::connect(r, &self.creds).await {
+                Ok(mut s) => {
+                    // Nothing more arrives from a dead primary; stopping the IO thread keeps
+                    // a returning one from sending more while we compare.
+                    if let Err(e) = s.exec("STOP SLAVE IO_THREAD").await {
+                        steps.warn(Some(r), format!("{r}: {e}"));
+                    }
+                    match s.slave_status().await {
+                        Ok(Some(st)) => cands.push((s, st, i)),
+                        Ok(None) => steps.warn(Some(r), format!("{r} is not a replica")),
+                        Err(e) => steps.warn(Some(r), format!("{r}: {e}")),
+                    }
+                }
+                Err(e) => steps.warn(Some(r), format!("replica {r} unreachable: {e}")),
+            }
+        }
+        let best = cands
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, (_, st, i))| (st.gtid_io_pos.total(), std::cmp::Reverse(*i)))
+            .map(|(k, _)| k)
+            .ok_or_else(|| {
+                HaError::Refused(format!(
+                    "no replica of {} is reachable: nothing to promote",
+                    group.name
+                ))
+            })?;
+        let (mut chosen, st, _) = cands.swap_remove(best);
+        let addr = chosen.addr.clone();
+        let others_pos: Vec<String> = cands
+            .iter()
+            .map(|(s, st, _)| format!("{} at {}", s.addr, st.gtid_io_pos))
+            .collect();
+        steps.step(
+            Some(&addr),
+            format!(
+                "chose {addr}: received up to {} (others: {})",
+                st.gtid_io_pos,
+                if others_pos.is_empty() {
+                    "none".to_string()
+                } else {
+                    others_pos.join(", ")
+                }
+            ),
+        );
+        let limit = std::time::Duration::from_millis(self.cfg.catchup_timeout_ms);
+        chosen.wait_applied(&st.gtid_io_pos, limit).await?;
+        steps.step(
+            Some(&addr),
+            format!("{addr} applied its relay log up to {}", st.gtid_io_pos),
+        );
+        chosen.become_primary().await?;
+        steps.step(
+            Some(&addr),
+            format!("{addr} stopped replicating and is writable"),
+        );
+        let others: Vec<(Server, String)> = cands
+            .into_iter()
+            .map(|(s, _, _)| {
+                let a = s.addr.clone();
+                (s, a)
+            })
+            .collect();
+        let replicas: Vec<String> = group
+            .replicas
+            .iter()
+            .filter(|r| **r != addr)
+            .cloned()
+            .collect();
+        let map = with_primary(&self.topology.map(), &group.primary, &addr, &replicas);
+        let version = self.topology.publish(
+            map,
+            &format!("failover of {}: {} -> {addr}", group.name, group.primary),
+        )?;
+        steps.step(
+            Some(&addr),
+            format!("shard map version {version} published: {addr} takes the writes"),
+        );
+        Ok((addr, chosen, others, version))
+    }
+
+    /// Planned switchover to `to` (or the most advanced replica): holds statements, fences the
+    /// old primary, waits for the target to apply everything, flips, releases. No statement
+    /// fails; the ones that arrive meanwhile wait.
+    pub async fn switchover(&self, group: &Group, to: Option<&str>) -> Result<Report, HaError> {
+        let _op = self.busy()?;
+        let started = Instant::now();
+        let mut steps = self.start("switchover", &group.name);
+        let target = match to {
+            Some(t) if group.replicas.iter().any(|r| r == t) => t.to_string(),
+            Some(t) => {
+                return Err(HaError::Refused(format!(
+                    "{t} is not a replica of {} (replicas: {})",
+                    group.name,
+                    group.replicas.join(", ")
+                )))
+            }
+            None => self.most_advanced(group).await?,
+        };
+        let mut new = Server::connect(&target, &self.creds).await?;
+        match new.slave_status().await? {
+            Some(st) if st.connected() && st.sql_running == "Yes" => {}
+            Some(st) => {
+                return Err(HaError::Refused(format!(
+                    "{target} is not replicating (IO {}, SQL {}{}); fix it or choose another",
+                    st.io_running,
+                    st.sql_running,
+                    if st.last_io_error.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", st.last_io_error)
+                    }
+                )))
+            }
+            None => return Err(HaError::Refused(format!("{target} is not a replica"))),
+        }
+        let mut old = Server::connect(&group.primary, &self.creds).await?;
+        self.events.add(
+            "decide",
+            Some(&group.name),
+            Some(&group.primary),
+            format!("switchover from {} to {target}", group.primary),
+        );
+        // Most of the catching up happens before statements are held, to keep the hold short.
+        let limit = std::time::Duration::from_millis(self.cfg.catchup_timeout_ms);
+        let pos = old.gtid("gtid_binlog_pos").await?;
+        new.wait_applied(&pos, limit).await?;
+        steps.step(Some(&target), format!("{target} caught up to {pos}"));
+
+        let hold = self.gate.hold();
+        let held_at = Instant::now();
+        let drain = std::time::Duration::from_millis(self.cfg.switchover_drain_ms);
+        if hold.drain(drain).await {
+            steps.step(
+                None,
+                format!("statements held; none running after {} ms", ms(held_at)),
+            );
+        } else {
+            steps.step(
+                None,
+                format!(
+                    "statements held; {} still running after {} ms: their connections to the \
+                     old primary are ended",
+                    self.gate.in_flight(),
+                    drain.as_millis()
+                ),
+            );
+        }
+        let flip = async {
+            old.set_read_only(true).await?;
+            let killed = old.kill_clients().await?;
+            let pos = old.gtid("gtid_binlog_pos").await?;
+            steps.step(
+                Some(&group.primary),
+                format!(
+                    "{} is read_only; {killed} client connections ended; final position {pos}",
+                    group.primary
+                ),
+            );
+            new.wait_applied(&pos, limit).await?;
+            steps.step(Some(&target), format!("{target} applied up to {pos}"));
+            new.become_primary().await?;
+            let mut replicas: Vec<String> = group
+                .replicas
+                .iter()
+                .filter(|r| **r != target)
+                .cloned()
+                .collect();
+            replicas.push(group.primary.clone());
+            let map = with_primary(&self.topology.map(), &group.primary, &target, &replicas);
+            let version = self.topology.publish(
+                map,
+                &format!(
+                    "switchover of {}: {} -> {target}",
+                    group.name, group.primary
+                ),
+            )?;
+            steps.step(
+                Some(&target),
+                format!("shard map version {version} published: {target} takes the writes"),
+            );
+            Ok::<u64, HaError>(version)
+        };
+        let version = match flip.await {
+            Ok(v) => v,
+            Err(e) => {
+                // Nothing was published: the old primary takes writes again.
+                let undo = old.set_read_only(false).await;
+                drop(hold);
+                self.events.add(
+                    "failed",
+                    Some(&group.name),
+                    Some(&group.primary),
+                    format!(
+                        "switchover failed, {} stays the primary{}: {e}",
+                        group.primary,
+                        match undo {
+                            Ok(()) => String::new(),
+                            Err(u) => format!(" (and clearing read_only failed: {u})"),
+                        }
+                    ),
+                );
+                metrics::counter!("shardgate_failovers_total", "kind" => "switchover", "result" => "failed").increment(1);
+                return Err(e);
+            }
+        };
+        drop(hold);
+        let held_ms = ms(held_at);
+        steps.step(None, format!("statements released after {held_ms} ms"));
+        let (user, pass) = (&self.cfg.replication_user, &self.cfg.replication_password);
+        match old.replicate_from(&target, user, pass, "current_pos").await {
+            Ok(()) => steps.step(
+                Some(&group.primary),
+                format!("{} replicates from {target}", group.primary),
+            ),
+            Err(e) => steps.warn(
+                Some(&group.primary),
+                format!("repointing the old primary: {e}"),
+            ),
+        }
+        old.close().await;
+        for r in group.replicas.iter().filter(|r| **r != target) {
+            let done = async {
+                let mut s = Server::connect(r, &self.creds).await?;
+                s.replicate_from(&target, user, pass, "slave_pos").await?;
+                s.close().await;
+                Ok::<(), HaError>(())
+            };
+            match done.await {
+                Ok(()) => steps.step(Some(r), format!("{r} replicates from {target}")),
+                Err(e) => steps.warn(Some(r), format!("repointing {r}: {e}")),
+            }
+        }
+        new.close().await;
+        let took = ms(started);
+        self.events.add(
+            "done",
+            Some(&group.name),
+            Some(&target),
+            format!("switchover done in {took} ms (statements held {held_ms} ms): {target} is the primary"),
+        );
+        metrics::counter!("shardgate_failovers_total", "kind" => "switchover", "result" => "done")
+            .increment(1);
+        metrics::histogram!("shardgate_failover_seconds", "kind" => "switchover")
+            .record(took as f64 / 1000.0);
+        metrics::histogram!("shardgate_switchover_hold_seconds").record(held_ms as f64 / 1000.0);
+        Ok(Report {
+            operation: "switchover".into(),
+            shard: group.name.clone(),
+            old_primary: group.primary.clone(),
+            new_primary: target,
+            version,
+            took_ms: took,
+            held_ms,
+            steps: std::mem::take(&mut steps.done),
+        })
+    }
+
+    /// The replicating replica that applied the most.
+    async fn most_advanced(&self, group: &Group) -> Result<String, HaError> {
+        let mut best: Option<(u128, String)> = None;
+        for r in &group.replicas {
+            let Ok(mut s) = Server::connect(r, &self.creds).await else {
+                continue;
+            };
+            let ok = matches!(s.slave_status().await, Ok(Some(st)) if st.connected() && st.sql_running == "Yes");
+            let pos = s.gtid("gtid_slave_pos").await.unwrap_or_default();
+            s.close().await;
+            if ok && best.as_ref().is_none_or(|(t, _)| pos.total() > *t) {
+                best = Some((pos.total(), r.clone()));
+            }
+        }
+        best.map(|(_, r)| r).ok_or_else(|| {
+            HaError::Refused(format!(
+                "no replica of {} is replicating: nothing to switch over to",
+                group.name
+            ))
+        })
+    }
+
+    /// Makes a fenced former primary a replica of the primary that replaced it (with GTID:
+    /// `current_pos`), and lists it among that shard's replicas again.
+    pub async fn rejoin(&self, server: &str) -> Result<Report, HaError> {
+        let _op = self.busy()?;
+        let started = Instant::now();
+        let Some(fenced) = lock(&self.fenced).get(server).cloned() else {
+            return Err(HaError::Refused(format!(
+                "{server} is not a fenced former primary (fenced: {})",
+                lock(&self.fenced)
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        };
+        let map = self.topology.map();
+        let group = find_group(&map, &fenced.shard)?;
+        let mut steps = self.start("rejoin", &group.name);
+        let mut s = Server::connect(server, &self.creds).await?;
+        let (user, pass) = (&self.cfg.replication_user, &self.cfg.replication_password);
+        s.replicate_from(&group.primary, user, pass, "current_pos")
+            .await?;
+        steps.step(
+            Some(server),
+            format!(
+                "{server} is read_only and replicates from {}",
+                group.primary
+            ),
+        );
+        // Diverged history (transactions the new primary never got) shows as an IO error.
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let st = s.slave_status().await?.unwrap_or_default();
+            if st.connected() && st.sql_running == "Yes" {
+                break;
+            }
+            if !st.last_io_error.is_empty() || Instant::now() >= deadline {
+                let _ = s.exec("STOP SLAVE").await;
+                s.close().await;
+                let msg = format!(
+                    "{server} cannot replicate from {}: {}; its binlog may hold transactions \
+                     the new primary never received (they were not acknowledged to clients): \
+                     rebuild it from a replica's backup",
+                    group.primary,
+                    if st.last_io_error.is_empty() {
+                        format!("IO {}, SQL {}", st.io_running, st.sql_running)
+                    } else {
+                        st.last_io_error.clone()
+                    }
+                );
+                self.events
+                    .add("failed", Some(&group.name), Some(server), msg.clone());
+                return Err(HaError::Refused(msg));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let target: GtidPos = {
+            let mut p = Server::connect(&group.primary, &self.creds).await?;
+            let pos = p.gtid("gtid_binlog_pos").await?;
+            p.close().await;
+            pos
+        };
+        let limit = std::time::Duration::from_millis(self.cfg.catchup_timeout_ms);
+        match s.wait_applied(&target, limit).await {
+            Ok(()) => steps.step(Some(server), format!("{server} caught up to {target}")),
+            Err(e) => steps.warn(Some(server), format!("still catching up: {e}")),
+        }
+        s.close().await;
+        let mut replicas = group.replicas.clone();
+        if !replicas.iter().any(|r| r == server) {
+            replicas.push(server.to_string());
+        }
+        let new_map = with_primary(&map, &group.primary, &group.primary, &replicas);
+        let version = self
+            .topology
+            .publish(new_map, &format!("rejoin of {server} to {}", group.name))?;
+        lock(&self.fenced).remove(server);
+        steps.step(
+            Some(server),
+            format!("shard map version {version} published: {server} serves reads again"),
+        );
+        let took = ms(started);
+        self.events.add(
+            "rejoin",
+            Some(&group.name),
+            Some(server),
+            format!(
+                "{server} rejoined as a replica of {} in {took} ms",
+                group.primary
+            ),
+        );
+        Ok(Report {
+            operation: "rejoin".into(),
+            shard: group.name.clone(),
+            old_primary: server.to_string(),
+            new_primary: group.primary.clone(),
+            version,
+            took_ms: took,
+            held_ms: 0,
+            steps: std::mem::take(&mut steps.done),
+        })
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map() -> ShardMap {
+        toml::from_str(
+            r#"
+[keyspace.app]
+sharding = "consistent_hash"
+[keyspace.app.tables.t]
+shard_key = "id"
+[[keyspace.app.shards]]
+name = "s0"
+primary = "h:1"
+replicas = ["h:2", { addr = "h:3", weight = 3 }]
+[[keyspace.app.shards]]
+name = "s1"
+primary = "h:4"
+replicas = ["h:5"]
+[keyspace.meta]
+sharding = "unsharded"
+[[keyspace.meta.shards]]
+name = "m0"
+primary = "h:1"
+replicas = ["h:2", { addr = "h:3", weight = 3 }]
+"#,
+        )
+        .expect("map")
+    }
+
+    #[test]
+    fn groups_name_each_primary_once() {
+        let g = groups(&map());
+        assert_eq!(g.len(), 2);
+        assert_eq!(g[0].name, "app/s0");
+        assert_eq!(g[0].replicas, vec!["h:2", "h:3"]);
+        assert_eq!(find_group(&map(), "s1").expect("s1").primary, "h:4");
+        assert_eq!(find_group(&map(), "meta/m0").expect("m0").primary, "h:1");
+        assert!(matches!(
+            find_group(&map(), "app/m0"),
+            Err(HaError::UnknownShard(_))
+        ));
+    }
+
+    #[test]
+    fn a_new_primary_rewrites_every_shard_naming_the_old_one() {
+        let m = with_primary(&map(), "h:1", "h:3", &["h:2".into(), "h:1".into()]);
+        for ks in ["app", "meta"] {
+            let s = &m.keyspace[ks].shards[0];
+            assert_eq!(s.primary, "h:3");
+            let r: Vec<_> = s
+                .replicas
+                .iter()
+                .map(|r| (r.addr.as_str(), r.weight))
+                .collect();
+            assert_eq!(r, vec![("h:2", 1), ("h:1", 1)]);
+        }
+        assert_eq!(m.keyspace["app"].shards[1], map().keyspace["app"].shards[1]);
+        m.validate("test").expect("still valid");
+    }
+}

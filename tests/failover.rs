@@ -1,0 +1,810 @@
+//! Failover, planned switchover, fencing and rejoin against real MariaDB: each test has a
+//! sandbox of its own (1 shard: a primary and 2 semi-sync replicas) and a proxy checking
+//! primaries every 200 ms. Load is 8 writers inserting increasing ids through the proxy and
+//! recording every acknowledged insert, plus readers. Tests run one at a time (`SERIAL`):
+//! the timings they report mean little with another test's servers competing for the CPU.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::*;
+use mysql_async::Conn;
+use serde_json::Value;
+use shardgate::admin::client::Client;
+
+use common::{ProxyProcess, Sandbox};
+
+const CONFIG: &str = r#"
+[proxy]
+workers = 2
+
+[routing]
+read_write_split = true
+consistency = "eventual"
+max_replica_lag = 30.0
+
+[monitor]
+user = "root"
+password = ""
+interval_ms = 200
+connect_timeout_ms = 500
+
+[ha]
+check_interval_ms = 200
+failover_after_ms = 1000
+failover_buffer_timeout_ms = 8000
+"#;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const WRITERS: u64 = 8;
+
+struct Proxy {
+    _guard: ProxyProcess,
+    port: u16,
+    config: PathBuf,
+    admin: String,
+    token: String,
+}
+
+impl Proxy {
+    fn start(sb: &Sandbox, extra: &str) -> Proxy {
+        let config = sb.proxy_config(&format!("{CONFIG}\n{extra}"));
+        let (admin, token) = common::admin_of(&config);
+        let (child, port) = common::spawn_proxy_checked(&config);
+        Proxy {
+            _guard: ProxyProcess(child),
+            port,
+            config,
+            admin,
+            token,
+        }
+    }
+
+    fn url(&self) -> String {
+        common::app_url(self.port, "app")
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let r = Client::new(self.admin.clone(), Some(self.token.clone()))
+            .call("GET", path, None)
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        serde_json::from_slice(&r.body).expect("JSON")
+    }
+
+    /// The current primary and replicas of `app/s0` from the admin API.
+    async fn topology(&self) -> (String, Vec<String>) {
+        let m = self.get("/api/v1/shardmap").await;
+        let s = &m["current"]["keyspace"]["app"]["shards"][0];
+        let primary = s["primary"].as_str().expect("primary").to_string();
+        let replicas = s["replicas"]
+            .as_array()
+            .expect("replicas")
+            .iter()
+            .map(|r| r.as_str().expect("replica addr").to_string())
+            .collect();
+        (primary, replicas)
+    }
+
+    async fn event_kinds(&self) -> Vec<String> {
+        let e = self.get("/api/v1/events").await;
+        e["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// `shardgate ARGS --config <this proxy's config>`.
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(common::bin())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .expect("run shardgate")
+    }
+}
+
+/// What the writers saw.
+#[derive(Default)]
+struct Log {
+    /// Acknowledged ids.
+    acked: BTreeSet<u64>,
+    /// (sent, acknowledged) of every acknowledged insert.
+    times: Vec<(Instant, Instant)>,
+    errors: Vec<String>,
+    /// (when, server id) of every read answered.
+    reads: Vec<(Instant, u32)>,
+    read_errors: Vec<String>,
+}
+
+struct Load {
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Log>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// 8 writers inserting `writer * 1e9 + n` into `app.acked`, reconnecting after errors, and 2
+/// readers asking `@@server_id`.
+async fn start_load(url: &str) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let log = Arc::new(Mutex::new(Log::default()));
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let (stop, log, url) = (stop.clone(), log.clone(), url.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut conn: Option<Conn> = None;
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                if conn.is_none() {
+                    match Conn::new(mysql_async::Opts::from_url(&url).expect("url")).await {
+                        Ok(c) => conn = Some(c),
+                        Err(e) => {
+                            log.lock()
+                                .expect("log")
+                                .errors
+                                .push(format!("connect: {e}"));
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    }
+                }
+                let Some(c) = conn.as_mut() else { continue };
+                let id = w * 1_000_000_000 + n;
+                let sent = Instant::now();
+                match c
+                    .exec_drop("INSERT INTO acked (id, writer) VALUES (?, ?)", (id, w))
+                    .await
+                {
+                    Ok(()) => {
+                        let mut l = log.lock().expect("log");
+                        l.acked.insert(id);
+                        l.times.push((sent, Instant::now()));
+                        n += 1;
+                    }
+                    Err(e) => {
+                        log.lock()
+                            .expect("log")
+                            .errors
+                            .push(format!("insert {id}: {e}"));
+                        conn = None;
+                        // The id may or may not have been written: never reuse it.
+                        n += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        }));
+    }
+    for _ in 0..2 {
+        let (stop, log, url) = (stop.clone(), log.clone(), url.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut conn: Option<Conn> = None;
+            while !stop.load(Ordering::Relaxed) {
+                if conn.is_none() {
+                    conn = Conn::new(mysql_async::Opts::from_url(&url).expect("url"))
+                        .await
+                        .ok();
+                }
+                let Some(c) = conn.as_mut() else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                match c.query_first::<u32, _>("SELECT @@server_id").await {
+                    Ok(Some(id)) => log.lock().expect("log").reads.push((Instant::now(), id)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        log.lock().expect("log").read_errors.push(e.to_string());
+                        conn = None;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    Load { stop, log, tasks }
+}
+
+impl Load {
+    async fn stop(self) -> Log {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.expect("load task");
+        }
+        Arc::try_unwrap(self.log)
+            .ok()
+            .expect("only owner")
+            .into_inner()
+            .expect("log")
+    }
+
+    fn acked(&self) -> usize {
+        self.log.lock().expect("log").acked.len()
+    }
+}
+
+async fn root(port: u16) -> Conn {
+    common::connect(&common::root_url(port)).await
+}
+
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .expect("host:port")
+}
+
+/// The ids in `app.acked` on the server at `port`, once it has applied `pos` (for replicas).
+async fn ids_on(port: u16, pos: Option<&str>) -> BTreeSet<u64> {
+    let mut c = root(port).await;
+    if let Some(pos) = pos {
+        let r: Option<i64> = c
+            .exec_first("SELECT MASTER_GTID_WAIT(?, 30)", (pos,))
+            .await
+            .expect("wait")
+            .expect("row");
+        assert_eq!(r, Some(0), "server on {port} did not reach {pos}");
+    }
+    c.query::<u64, _>("SELECT id FROM app.acked")
+        .await
+        .expect("ids")
+        .into_iter()
+        .collect()
+}
+
+async fn gtid_binlog_pos(port: u16) -> String {
+    root(port)
+        .await
+        .query_first("SELECT @@gtid_binlog_pos")
+        .await
+        .expect("pos")
+        .expect("row")
+}
+
+async fn server_id(port: u16) -> u32 {
+    root(port)
+        .await
+        .query_first("SELECT @@server_id")
+        .await
+        .expect("server id")
+        .expect("row")
+}
+
+/// A sandbox with `app.acked`, replicated everywhere, and a proxy over it.
+async fn setup(extra: &str) -> (Sandbox, Proxy) {
+    let sb = common::start_cluster(2);
+    let proxy = Proxy::start(&sb, extra);
+    let mut c = common::connect(&proxy.url()).await;
+    c.query_drop("CREATE TABLE acked (id BIGINT PRIMARY KEY, writer INT)")
+        .await
+        .expect("create");
+    common::wait_replicated(&sb).await;
+    // Until the monitor saw both replicas, reads would go to the primary.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let primary_id = sb.primary().server_id;
+    loop {
+        let id: u32 = c
+            .query_first("SELECT @@server_id")
+            .await
+            .expect("read")
+            .expect("row");
+        if id != primary_id {
+            break;
+        }
+        assert!(Instant::now() < deadline, "reads never reached a replica");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (sb, proxy)
+}
+
+fn longest_wait(times: &[(Instant, Instant)], after: Instant) -> Duration {
+    times
+        .iter()
+        .filter(|(_, acked)| *acked >= after)
+        .map(|(sent, acked)| acked.duration_since(*sent))
+        .max()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_primary_is_replaced_without_losing_acknowledged_writes_then_fenced_and_rejoined()
+{
+    let _serial = SERIAL.lock().await;
+    let (mut sb, proxy) = setup("").await;
+    let old = sb.primary().clone();
+    let old_addr = old.addr();
+    let load = start_load(&proxy.url()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(load.acked() > 0, "no insert went through before the kill");
+
+    let killed_at = Instant::now();
+    assert!(
+        sb.cluster
+            .kill_server(sb.index_of(old.server_id))
+            .expect("kill"),
+        "the primary was running"
+    );
+    // Load goes on until writes succeed again, then 2 s more.
+    let deadline = killed_at + Duration::from_secs(30);
+    let recovered = loop {
+        let first = {
+            let l = load.log.lock().expect("log");
+            l.times
+                .iter()
+                .filter(|(sent, _)| *sent > killed_at)
+                .map(|(_, acked)| *acked)
+                .min()
+        };
+        if let Some(t) = first {
+            break t.duration_since(killed_at);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no write succeeded within 30 s of the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = load.stop().await;
+    println!(
+        "writes succeeded again {} ms after kill -9 of the primary; {} inserts acknowledged, \
+         {} failed (in flight at the kill or refused)",
+        recovered.as_millis(),
+        log.acked.len(),
+        log.errors.len()
+    );
+    assert!(
+        recovered < Duration::from_secs(5),
+        "writes failed for {recovered:?} after the kill (bar: 5 s)"
+    );
+
+    // The new primary is one of the replicas; every acknowledged row is on it and on the
+    // other replica.
+    let (primary, replicas) = proxy.topology().await;
+    assert_ne!(primary, old_addr);
+    let others: Vec<String> = sb
+        .replicas()
+        .iter()
+        .map(|r| r.addr())
+        .filter(|a| *a != primary)
+        .collect();
+    assert_eq!(replicas, others, "the other replica serves reads");
+    let pos = gtid_binlog_pos(port_of(&primary)).await;
+    let on_primary = ids_on(port_of(&primary), None).await;
+    let missing: Vec<_> = log.acked.difference(&on_primary).take(10).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged ids missing on the new primary: {missing:?}"
+    );
+    let on_replica = ids_on(port_of(&others[0]), Some(&pos)).await;
+    let missing: Vec<_> = log.acked.difference(&on_replica).take(10).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged ids missing on the replica: {missing:?}"
+    );
+
+    // Reads went on meanwhile, from replicas: between the kill and the recovery some were
+    // answered, none by the dead primary.
+    let during: Vec<u32> = log
+        .reads
+        .iter()
+        .filter(|(t, _)| *t > killed_at && *t < killed_at + recovered)
+        .map(|(_, id)| *id)
+        .collect();
+    assert!(
+        !during.is_empty(),
+        "no read was answered during the failover"
+    );
+    assert!(
+        during.iter().all(|id| *id != old.server_id),
+        "a read was answered by the killed primary"
+    );
+    println!(
+        "{} reads answered between the kill and the recovery ({} read errors in all)",
+        during.len(),
+        log.read_errors.len()
+    );
+    let kinds = proxy.event_kinds().await;
+    for k in ["detect", "decide", "step", "done"] {
+        assert!(kinds.iter().any(|x| x == k), "no '{k}' event in {kinds:?}");
+    }
+
+    // The old primary comes back: it is set read_only and gets no writes.
+    let idx = sb.index_of(old.server_id);
+    sb.cluster.start_server(idx).await.expect("restart");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ro: Option<u8> = root(old.port)
+            .await
+            .query_first("SELECT @@read_only")
+            .await
+            .expect("read_only");
+        if ro == Some(1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the old primary was not fenced");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = ids_on(old.port, None).await;
+    let mut c = common::connect(&proxy.url()).await;
+    for i in 0..50u64 {
+        c.exec_drop(
+            "INSERT INTO acked (id, writer) VALUES (?, 99)",
+            (99_000_000_000 + i,),
+        )
+        .await
+        .expect("insert after the failover");
+    }
+    assert_eq!(
+        ids_on(old.port, None).await,
+        before,
+        "a write reached the fenced old primary"
+    );
+    let ha = proxy.get("/api/v1/ha").await;
+    assert_eq!(ha["fenced"][0]["server"], old_addr.as_str(), "{ha}");
+    assert_eq!(ha["fenced"][0]["read_only_set"], true, "{ha}");
+
+    // A proxy started now (a restart) takes the published map from the state file: writes
+    // go to the new primary, and the old one stays fenced.
+    let second = Proxy::start(&sb, "");
+    assert_eq!(
+        second.topology().await.0,
+        primary,
+        "a restarted proxy uses the new primary"
+    );
+    let ha2 = second.get("/api/v1/ha").await;
+    assert_eq!(ha2["fenced"][0]["server"], old_addr.as_str(), "{ha2}");
+    let mut c2 = common::connect(&second.url()).await;
+    c2.exec_drop(
+        "INSERT INTO acked (id, writer) VALUES (?, 98)",
+        (98_000_000_000u64,),
+    )
+    .await
+    .expect("insert through the restarted proxy");
+    assert!(ids_on(port_of(&primary), None)
+        .await
+        .contains(&98_000_000_000));
+    drop(c2);
+    drop(second);
+
+    // `shardgate rejoin` makes it a replica of the new primary; it gets the new rows.
+    let out = proxy.cli(&["rejoin", &old_addr]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "rejoin failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("rejoin of app/s0 done"), "{text}");
+    let pos = gtid_binlog_pos(port_of(&primary)).await;
+    let rows = ids_on(old.port, Some(&pos)).await;
+    assert!(
+        rows.contains(&99_000_000_049),
+        "the rejoined server lacks new rows"
+    );
+    let mut r = root(old.port).await;
+    let ro: Option<u8> = r
+        .query_first("SELECT @@read_only")
+        .await
+        .expect("read_only");
+    assert_eq!(ro, Some(1), "the rejoined server is read_only");
+    let status: Vec<mysql_async::Row> = r.query("SHOW SLAVE STATUS").await.expect("status");
+    let port: Option<u16> = status[0].get("Master_Port");
+    assert_eq!(
+        port,
+        Some(port_of(&primary)),
+        "replicates from the new primary"
+    );
+    let (_, replicas) = proxy.topology().await;
+    assert!(
+        replicas.contains(&old_addr),
+        "rejoined server serves reads: {replicas:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_planned_switchover_under_load_fails_no_statement() {
+    let _serial = SERIAL.lock().await;
+    let (sb, proxy) = setup("").await;
+    let old = sb.primary().clone();
+    let target = sb.replicas()[1].addr();
+    let load = start_load(&proxy.url()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = Instant::now();
+    let out = proxy.cli(&["failover", "--shard", "app/s0", "--to", &target]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "failover failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = load.stop().await;
+    print!("{text}");
+    assert!(text.contains("switchover of app/s0 done"), "{text}");
+    assert!(
+        log.errors.is_empty(),
+        "client errors: {:?}",
+        &log.errors[..log.errors.len().min(5)]
+    );
+    assert!(
+        log.read_errors.is_empty(),
+        "read errors: {:?}",
+        log.read_errors
+    );
+    let stall = longest_wait(&log.times, started);
+    println!(
+        "switchover under load: {} inserts acknowledged, 0 errors, longest insert {} ms",
+        log.acked.len(),
+        stall.as_millis()
+    );
+
+    let (primary, replicas) = proxy.topology().await;
+    assert_eq!(primary, target);
+    assert!(replicas.contains(&old.addr()), "{replicas:?}");
+    let pos = gtid_binlog_pos(port_of(&primary)).await;
+    let after: Vec<u64> = log
+        .times
+        .iter()
+        .zip(0..)
+        .filter(|((_, acked), _)| *acked > started)
+        .map(|(_, i)| i)
+        .collect();
+    assert!(
+        !after.is_empty(),
+        "no write acknowledged after the switchover started"
+    );
+    for port in [port_of(&primary), old.port, sb.replicas()[0].port] {
+        let ids = ids_on(port, (port != port_of(&primary)).then_some(pos.as_str())).await;
+        let missing: Vec<_> = log.acked.difference(&ids).take(10).collect();
+        assert!(
+            missing.is_empty(),
+            "acknowledged ids missing on {port}: {missing:?}"
+        );
+    }
+    assert_eq!(
+        server_id(port_of(&primary)).await,
+        sb.replicas()[1].server_id
+    );
+    let ro: Option<u8> = root(old.port)
+        .await
+        .query_first("SELECT @@read_only")
+        .await
+        .expect("read_only");
+    assert_eq!(ro, Some(1), "the old primary is a read_only replica");
+}
+
+/// A TCP relay to a server that the test can cut: the proxy reaches the primary through it,
+/// the replicas do not.
+struct Relay {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start(upstream: u16) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind relay");
+        let port = listener.local_addr().expect("addr").port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (c2, k2) = (cut.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if c2.load(Ordering::SeqCst) {
+                    continue; // dropped: the proxy sees the connection close at once
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                k2.lock().expect("conns").push(task);
+            }
+        });
+        Relay { port, cut, conns }
+    }
+
+    /// Drops every relayed connection and refuses new ones for `d`.
+    async fn cut_for(&self, d: Duration) {
+        self.cut.store(true, Ordering::SeqCst);
+        for t in self.conns.lock().expect("conns").drain(..) {
+            t.abort();
+        }
+        tokio::time::sleep(d).await;
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_replica_moves_reads_and_a_proxy_side_cut_fails_nothing_over() {
+    let _serial = SERIAL.lock().await;
+    let sb = common::start_cluster(2);
+    let primary = sb.primary().clone();
+    let replicas: Vec<_> = sb.replicas().into_iter().cloned().collect();
+    let relay = Relay::start(primary.port).await;
+    // The proxy knows the primary only through the relay.
+    let map = format!(
+        "[[keyspace.app.shards]]\nname = \"s0\"\nprimary = \"127.0.0.1:{}\"\nreplicas = [\"{}\", \"{}\"]\n",
+        relay.port,
+        replicas[0].addr(),
+        replicas[1].addr()
+    );
+    let proxy = Proxy::start(&sb, &map);
+    let mut c = common::connect(&proxy.url()).await;
+    c.query_drop("CREATE TABLE acked (id BIGINT PRIMARY KEY, writer INT)")
+        .await
+        .expect("create");
+    common::wait_replicated(&sb).await;
+
+    // A proxy-side cut shorter than failover_after_ms, then one longer: the replicas still
+    // see the primary both times, so nothing is failed over, and writes wait instead of
+    // failing.
+    let load = start_load(&proxy.url()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let version = proxy.get("/api/v1/ha").await["shard_map_version"].clone();
+    for cut in [Duration::from_millis(600), Duration::from_millis(2500)] {
+        relay.cut_for(cut).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let log = load.stop().await;
+    let ha = proxy.get("/api/v1/ha").await;
+    assert_eq!(ha["shard_map_version"], version, "no new shard map: {ha}");
+    let kinds = proxy.event_kinds().await;
+    assert!(
+        !kinds.iter().any(|k| k == "decide"),
+        "a failover was decided: {kinds:?}"
+    );
+    assert!(
+        kinds.iter().any(|k| k == "blip"),
+        "the cut was not noticed: {kinds:?}"
+    );
+    println!(
+        "proxy-side cuts of 0.6 s and 2.5 s: {} inserts acknowledged, {} errors, longest insert {} ms",
+        log.acked.len(),
+        log.errors.len(),
+        longest_wait(&log.times, Instant::now() - Duration::from_secs(60)).as_millis()
+    );
+    let mut kinds_of_errors: BTreeMap<String, usize> = BTreeMap::new();
+    for e in &log.errors {
+        let kind: String = e
+            .split_once(": ")
+            .map_or(e.as_str(), |(_, m)| m)
+            .chars()
+            .take(90)
+            .collect();
+        *kinds_of_errors.entry(kind).or_default() += 1;
+    }
+    println!("errors by message: {kinds_of_errors:#?}");
+    let ids = ids_on(primary.port, None).await;
+    assert!(
+        log.acked.is_subset(&ids),
+        "acknowledged ids missing on the primary"
+    );
+
+    // A replica killed: reads move to the other one without errors.
+    let mut sb = sb;
+    let mut by_server: BTreeMap<u32, u32> = BTreeMap::new();
+    let idx = sb.index_of(replicas[0].server_id);
+    assert!(sb.cluster.kill_server(idx).expect("kill"));
+    let mut reader = common::connect(&proxy.url()).await;
+    for _ in 0..300 {
+        let id: u32 = reader
+            .query_first("SELECT @@server_id")
+            .await
+            .expect("read after a replica died")
+            .expect("row");
+        *by_server.entry(id).or_default() += 1;
+    }
+    assert_eq!(
+        by_server.keys().copied().collect::<Vec<_>>(),
+        vec![replicas[1].server_id],
+        "reads by server: {by_server:?}"
+    );
+    sb.cluster.start_server(idx).await.expect("restart replica");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_and_cli_refuse_what_cannot_be_done_with_the_reason() {
+    let _serial = SERIAL.lock().await;
+    let sb = common::start_cluster(1);
+    let proxy = Proxy::start(&sb, "");
+    let client = Client::new(proxy.admin.clone(), Some(proxy.token.clone()));
+    let anonymous = Client::new(proxy.admin.clone(), None);
+    let r = anonymous
+        .send("GET", "/api/v1/ha", None)
+        .await
+        .expect("GET");
+    assert_eq!(r.status, 401);
+    let r = anonymous
+        .send("POST", "/api/v1/failover", Some(br#"{"shard":"app/s0"}"#))
+        .await
+        .expect("POST");
+    assert_eq!(r.status, 401, "no failover without the token");
+    let cases: [(&str, &str, &[u8], u16, &str); 5] = [
+        (
+            "POST",
+            "/api/v1/failover",
+            br#"{"shard":"nope"}"#,
+            400,
+            "no shard named 'nope'",
+        ),
+        (
+            "POST",
+            "/api/v1/failover",
+            br#"{"shard":"app/s0","to":"127.0.0.1:1"}"#,
+            409,
+            "is not a replica of app/s0",
+        ),
+        (
+            "POST",
+            "/api/v1/failover",
+            b"{not json",
+            400,
+            "bad JSON body",
+        ),
+        (
+            "POST",
+            "/api/v1/rejoin",
+            br#"{"server":"127.0.0.1:1"}"#,
+            409,
+            "is not a fenced former primary",
+        ),
+        (
+            "POST",
+            "/api/v1/rejoin",
+            br#"{"server":"a","extra":1}"#,
+            400,
+            "unknown field",
+        ),
+    ];
+    for (method, path, body, status, msg) in cases {
+        let r = client
+            .send(method, path, Some(body))
+            .await
+            .expect("request");
+        assert_eq!(
+            r.status,
+            status,
+            "{path} {}: {}",
+            String::from_utf8_lossy(body),
+            r.text()
+        );
+        assert!(r.error_message().contains(msg), "{path}: {}", r.text());
+    }
+    // Nothing changed.
+    let ha = proxy.get("/api/v1/ha").await;
+    assert_eq!(ha["shard_map_version"], 1, "{ha}");
+    assert_eq!(ha["auto_failover"], true, "{ha}");
+
+    let out = proxy.cli(&["failover", "--shard", "nope"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no shard named 'nope'"), "{err}");
+    let out = proxy.cli(&["events"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("automatic failover on, shard map version 1"),
+        "{text}"
+    );
+    let out = proxy.cli(&["events", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("events JSON");
+    assert!(v["events"].is_array(), "{v}");
+}
