@@ -49,7 +49,7 @@ pub async fn stats(State(state): State<AdminState>) -> Json<CacheStats> {
         bytes,
         entries,
         max_bytes,
-        hits: s.hits.load(Ordering::Relaxed),
+        hits: s.hits.get(),
         misses: s.misses.load(Ordering::Relaxed),
         evictions: s.evictions.load(Ordering::Relaxed),
         invalidations: s.invalidations.load(Ordering::Relaxed),

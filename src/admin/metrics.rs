@@ -98,9 +98,11 @@ pub async fn render(State(state): State<AdminState>) -> Result<impl IntoResponse
         ApiError::MetricsUnavailable("another metrics recorder was installed first".into())
     })?;
     // The cache's own gauge is set on inserts, when moka has not yet counted them; measured
-    // here it is exact at every scrape.
+    // here it is exact at every scrape. Its counters are kept by the cache (a hit does not
+    // go through the recorder) and copied here.
     if let Some(cache) = &state.shared.cache {
         let (bytes, entries) = cache.size().await;
+        cache.export_metrics();
         metrics::gauge!("shardgate_cache_bytes").set(bytes as f64);
         metrics::gauge!("shardgate_cache_entries").set(entries as f64);
     }

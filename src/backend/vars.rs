@@ -23,6 +23,8 @@ pub enum Var {
 pub struct VarSet {
     vars: BTreeMap<Var, String>,
     sig: u64,
+    /// Read on every statement (cache, routing): worked out once, not looked up each time.
+    autocommit_off: bool,
 }
 
 /// `SET last_insert_id = DEFAULT` is refused by MariaDB; 0 is what a fresh connection has.
@@ -74,18 +76,24 @@ impl VarSet {
             vars.hash(&mut h);
             h.finish() | 1
         };
-        Arc::new(VarSet { vars, sig })
+        let autocommit_off = vars
+            .get(&Var::System("autocommit".into()))
+            .is_some_and(|v| {
+                matches!(
+                    v.trim_matches('\'').to_ascii_lowercase().as_str(),
+                    "0" | "off" | "false"
+                )
+            });
+        Arc::new(VarSet {
+            vars,
+            sig,
+            autocommit_off,
+        })
     }
 
     /// Autocommit as this session has it (on unless set off).
     pub fn autocommit(&self) -> bool {
-        match self.get(&Var::System("autocommit".into())) {
-            Some(v) => !matches!(
-                v.trim_matches('\'').to_ascii_lowercase().as_str(),
-                "0" | "off" | "false"
-            ),
-            None => true,
-        }
+        !self.autocommit_off
     }
 
     /// What turns a connection carrying `from` (`None`: fresh or reset) into one carrying `self`.

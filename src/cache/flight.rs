@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::{watch, Mutex};
 
-use super::{CacheKey, Entry};
+use super::{CacheKey, Entry, KeyHash};
 
 /// What a finished flight hands its waiters: the entry, or `None` (not cacheable: they run
 /// the read themselves).
@@ -51,7 +51,7 @@ impl Flights {
     /// lock, so a flight that finished since the caller's miss is not run twice.
     pub(super) async fn join(
         &self,
-        entries: &moka::future::Cache<Arc<CacheKey>, Arc<Entry>>,
+        entries: &moka::future::Cache<Arc<CacheKey>, Arc<Entry>, KeyHash>,
         key: Arc<CacheKey>,
     ) -> Lookup {
         let mut running = self.running.lock().await;

@@ -20,6 +20,9 @@ struct Generation {
 #[derive(Debug)]
 pub struct Generations {
     by_name: RwLock<HashMap<String, Arc<Generation>>>,
+    /// Bumped before a new name's counter can change: a `Watch` made before holds no counter
+    /// for that name and must look it up again.
+    names: AtomicU64,
     epoch: Instant,
 }
 
@@ -27,9 +30,22 @@ impl Default for Generations {
     fn default() -> Self {
         Generations {
             by_name: RwLock::new(HashMap::new()),
+            names: AtomicU64::new(0),
             epoch: Instant::now(),
         }
     }
+}
+
+/// The counters a read of some tables depends on, looked up once: reading them again is a
+/// few atomic loads, where `current` builds names and searches the map for each.
+#[derive(Debug)]
+pub struct Watch {
+    /// Each table's name then its database's (`db.`), as `current` orders them.
+    names: Vec<String>,
+    /// `None`: no write made a counter for that name yet (it reads as 0).
+    counters: Vec<Option<Arc<Generation>>>,
+    /// `Generations::names` when the counters were looked up.
+    names_seen: u64,
 }
 
 /// `db.table` for a table as a statement names it (`t` or `db.t`) in database `db`.
@@ -61,7 +77,51 @@ impl Generations {
             return g;
         }
         let mut map = self.by_name.write().unwrap_or_else(|e| e.into_inner());
-        map.entry(name.to_string()).or_default().clone()
+        map.entry(name.to_string())
+            .or_insert_with(|| {
+                self.names.fetch_add(1, Ordering::AcqRel);
+                Arc::default()
+            })
+            .clone()
+    }
+
+    /// Looks up the counters of a read of `tables` (`db.table` names) for `read`.
+    pub fn watch(&self, tables: &[String]) -> Watch {
+        // Read first: a name added while looking up makes the watch stale, never wrong.
+        let names_seen = self.names.load(Ordering::Acquire);
+        let names: Vec<String> = tables
+            .iter()
+            .flat_map(|t| [t.clone(), format!("{}.", database_of(t))])
+            .collect();
+        let counters = names.iter().map(|n| self.get(n)).collect();
+        Watch {
+            names,
+            counters,
+            names_seen,
+        }
+    }
+
+    /// Whether `w` still holds every counter its names have.
+    pub fn is_fresh(&self, w: &Watch) -> bool {
+        self.names.load(Ordering::Acquire) == w.names_seen
+    }
+
+    /// What `current` gives for the tables `w` watches, into `out`.
+    pub fn read(&self, w: &Watch, out: &mut Vec<u64>) {
+        out.clear();
+        if self.is_fresh(w) {
+            out.extend(
+                w.counters
+                    .iter()
+                    .map(|c| c.as_ref().map_or(0, |g| g.value.load(Ordering::Acquire))),
+            );
+        } else {
+            out.extend(
+                w.names
+                    .iter()
+                    .map(|n| self.get(n).map_or(0, |g| g.value.load(Ordering::Acquire))),
+            );
+        }
     }
 
     /// The counters a read of `tables` (`db.table` names) depends on: each table's and each
@@ -133,5 +193,29 @@ mod tests {
         g.bump("app.");
         assert_ne!(g.current(&orders), before.1);
         assert_eq!(qualified(Some("App"), "other.T"), "other.t");
+    }
+
+    #[test]
+    fn a_watch_reads_what_current_reads_even_for_names_written_after_it() {
+        let g = Generations::default();
+        let tables = vec!["app.users".to_string(), "other.t".to_string()];
+        g.bump("app.users");
+        let w = g.watch(&tables);
+        let mut out = Vec::new();
+        g.read(&w, &mut out);
+        assert_eq!(out, g.current(&tables));
+        // Names with no counter when the watch was made.
+        g.bump("other.t");
+        g.bump("app.");
+        g.bump("app.users");
+        assert!(!g.is_fresh(&w));
+        g.read(&w, &mut out);
+        assert_eq!(out, g.current(&tables));
+        assert_eq!(out, vec![2, 1, 1, 0]);
+        let w = g.watch(&tables);
+        assert!(g.is_fresh(&w));
+        g.bump("app.users");
+        g.read(&w, &mut out);
+        assert_eq!(out, g.current(&tables));
     }
 }

@@ -9,12 +9,15 @@ mod flight;
 pub mod generations;
 pub mod rules;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use moka::notification::RemovalCause;
+use moka::Equivalent;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::config::CacheSection;
 pub use flight::{wait, Flight, Lookup};
@@ -22,7 +25,8 @@ use generations::Generations;
 use rules::Rule;
 
 /// What a cached result is for: every part that can change the bytes a server sends back.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Made from a `KeyRef` by `ResultCache::lookup` on a miss; hashed once, when made.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheKey {
     pub user: Arc<str>,
     pub db: Option<Arc<str>>,
@@ -32,7 +36,105 @@ pub struct CacheKey {
     /// parameter types and values.
     pub request: Box<[u8]>,
     /// Generations of the tables read, when the key was made.
-    pub generations: Vec<u64>,
+    pub generations: Box<[u64]>,
+    hash: u64,
+}
+
+impl Hash for CacheKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// A key as a session has it, borrowed: a hit allocates and copies nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyRef<'a> {
+    pub user: &'a str,
+    pub db: Option<&'a str>,
+    pub context: u64,
+    pub request: &'a [u8],
+    pub generations: &'a [u64],
+}
+
+/// A `KeyRef` with its hash, as moka looks it up.
+struct Probe<'a> {
+    key: KeyRef<'a>,
+    hash: u64,
+}
+
+impl Hash for Probe<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl Equivalent<Arc<CacheKey>> for Probe<'_> {
+    fn equivalent(&self, k: &Arc<CacheKey>) -> bool {
+        let p = &self.key;
+        k.hash == self.hash
+            && k.context == p.context
+            && *k.request == *p.request
+            && *k.generations == *p.generations
+            && *k.user == *p.user
+            && k.db.as_deref() == p.db
+    }
+}
+
+impl Probe<'_> {
+    fn owned(&self) -> CacheKey {
+        let p = &self.key;
+        CacheKey {
+            user: Arc::from(p.user),
+            db: p.db.map(Arc::from),
+            context: p.context,
+            request: p.request.into(),
+            generations: p.generations.into(),
+            hash: self.hash,
+        }
+    }
+}
+
+/// Keys carry their hash already (`CacheKey::hash`): moka and the flights use it as it is
+/// instead of hashing it again.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = xxh3_64_with_seed(bytes, self.0);
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 ^= v;
+    }
+}
+
+type KeyHash = BuildHasherDefault<KeyHasher>;
+
+/// The finalizer of splitmix64: spreads every input bit over the output.
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// A key's hash. Seeded per process: clients choose the request bytes, and must not be able
+/// to pile their keys onto one bucket.
+fn key_hash(k: &KeyRef, seed: u64) -> u64 {
+    let mut h = xxh3_64_with_seed(k.request, seed);
+    h = mix(h ^ xxh3_64_with_seed(k.user.as_bytes(), seed));
+    h = mix(h ^ k.db.map_or(0, |d| xxh3_64_with_seed(d.as_bytes(), !seed)));
+    h = mix(h ^ k.context);
+    for g in k.generations {
+        h = mix(h ^ g);
+    }
+    h
 }
 
 /// A cached response: the packets as the server sent them (sequence ids from `first_seq`).
@@ -56,10 +158,41 @@ impl Entry {
 /// Counters for metrics and the admin API.
 #[derive(Debug, Default)]
 pub struct Stats {
-    pub hits: AtomicU64,
+    pub hits: Striped,
     pub misses: AtomicU64,
     pub evictions: AtomicU64,
     pub invalidations: AtomicU64,
+}
+
+/// A counter every worker bumps on every hit: one cache line per stripe, so workers on
+/// different cores do not pass one line back and forth on each hit.
+#[derive(Debug, Default)]
+pub struct Striped {
+    stripes: [Padded; STRIPES],
+}
+
+const STRIPES: usize = 8;
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded(AtomicU64);
+
+impl Striped {
+    pub fn add(&self, n: u64) {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+        }
+        let i = STRIPE.with(|s| *s);
+        self.stripes[i].0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.stripes
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
+    }
 }
 
 /// Each entry lives for its rule's TTL.
@@ -77,13 +210,14 @@ impl moka::Expiry<Arc<CacheKey>, Arc<Entry>> for RuleTtl {
 }
 
 pub struct ResultCache {
-    entries: moka::future::Cache<Arc<CacheKey>, Arc<Entry>>,
+    entries: moka::future::Cache<Arc<CacheKey>, Arc<Entry>, KeyHash>,
     flights: flight::Flights,
     pub generations: Generations,
     rules: Vec<Rule>,
     pub max_entry_bytes: usize,
     pub fill_from_primary_ms: u64,
     pub stats: Arc<Stats>,
+    hash_seed: u64,
 }
 
 /// Bytes an entry is charged: its packets and its key.
@@ -112,10 +246,9 @@ impl ResultCache {
             .eviction_listener(move |_k, _v, cause| {
                 if cause == RemovalCause::Size {
                     evicted.evictions.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("shardgate_cache_evictions_total").increment(1);
                 }
             })
-            .build();
+            .build_with_hasher(KeyHash::default());
         Some(ResultCache {
             entries,
             flights: flight::Flights::default(),
@@ -124,6 +257,7 @@ impl ResultCache {
             max_entry_bytes: cfg.max_entry_bytes,
             fill_from_primary_ms: cfg.fill_from_primary_ms,
             stats,
+            hash_seed: rand::random(),
         })
     }
 
@@ -134,26 +268,40 @@ impl ResultCache {
 
     /// A hit, the lead of a new flight (run the read and `complete` it), or a wait for another
     /// session's identical read to finish.
-    pub async fn lookup(&self, key: Arc<CacheKey>) -> Lookup {
-        if let Some(e) = self.entries.get(&key).await {
-            self.hit();
+    pub async fn lookup(&self, key: KeyRef<'_>) -> Lookup {
+        let probe = Probe {
+            hash: key_hash(&key, self.hash_seed),
+            key,
+        };
+        if let Some(e) = self.entries.get(&probe).await {
+            self.stats.hits.add(1);
             return Lookup::Hit(e);
         }
-        let lookup = self.flights.join(&self.entries, key).await;
+        let lookup = self
+            .flights
+            .join(&self.entries, Arc::new(probe.owned()))
+            .await;
         match &lookup {
-            Lookup::Hit(_) => self.hit(),
+            Lookup::Hit(_) => self.stats.hits.add(1),
             Lookup::Lead(_) => {
                 self.stats.misses.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("shardgate_cache_misses_total").increment(1);
             }
             Lookup::Wait(_) => {}
         }
         lookup
     }
 
-    fn hit(&self) {
-        self.stats.hits.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("shardgate_cache_hits_total").increment(1);
+    /// Sets the Prometheus counters from `stats`: counted there, not through the recorder on
+    /// every hit (a registry look-up each time).
+    pub fn export_metrics(&self) {
+        let s = &self.stats;
+        metrics::counter!("shardgate_cache_hits_total").absolute(s.hits.get());
+        metrics::counter!("shardgate_cache_misses_total")
+            .absolute(s.misses.load(Ordering::Relaxed));
+        metrics::counter!("shardgate_cache_evictions_total")
+            .absolute(s.evictions.load(Ordering::Relaxed));
+        metrics::counter!("shardgate_cache_invalidations_total")
+            .absolute(s.invalidations.load(Ordering::Relaxed));
     }
 
     /// Ends a flight: stores `entry` (if the read could be cached) and hands it to the
@@ -174,7 +322,6 @@ impl ResultCache {
         self.stats
             .invalidations
             .fetch_add(tables.len() as u64, Ordering::Relaxed);
-        metrics::counter!("shardgate_cache_invalidations_total").increment(tables.len() as u64);
     }
 
     /// Drops every entry.
@@ -189,5 +336,50 @@ impl ResultCache {
     pub async fn size(&self) -> (u64, u64) {
         self.entries.run_pending_tasks().await;
         (self.entries.weighted_size(), self.entries.entry_count())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hash::BuildHasher;
+
+    #[test]
+    fn a_borrowed_key_finds_its_owned_key_and_only_it() {
+        let gens = [3, 0];
+        let key = KeyRef {
+            user: "app",
+            db: Some("app"),
+            context: 7,
+            request: b"SELECT c FROM t WHERE id=?\0\x08\0\x01",
+            generations: &gens,
+        };
+        fn probe(k: KeyRef<'_>) -> Probe<'_> {
+            Probe {
+                hash: key_hash(&k, 42),
+                key: k,
+            }
+        }
+        let owned = Arc::new(probe(key).owned());
+        let hasher = KeyHash::default();
+        assert_eq!(hasher.hash_one(probe(key)), hasher.hash_one(&owned));
+        assert!(probe(key).equivalent(&owned));
+        let other_gens = [4, 0];
+        for other in [
+            KeyRef { user: "bob", ..key },
+            KeyRef { db: None, ..key },
+            KeyRef { context: 8, ..key },
+            KeyRef {
+                request: b"SELECT c FROM t WHERE id=?\0\x08\0\x02",
+                ..key
+            },
+            KeyRef {
+                generations: &other_gens,
+                ..key
+            },
+        ] {
+            assert!(!probe(other).equivalent(&owned), "{other:?}");
+            assert_ne!(probe(other).hash, owned.hash, "{other:?}");
+        }
     }
 }

@@ -10,47 +10,48 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::Session;
-use crate::cache::generations::qualified;
-use crate::cache::{self, CacheKey, Entry, Flight, Lookup, ResultCache};
+use crate::cache::generations::{qualified, Watch};
+use crate::cache::{self, Entry, Flight, KeyRef, Lookup};
 use crate::planner::classify::{Class, Hint, Kind};
 use crate::protocol::consts::{cap, status};
 use crate::protocol::response::Scanner;
+use crate::protocol::stream::PacketStream;
 
-/// A read the cache may serve.
-pub(super) struct Cacheable {
-    cache: Arc<ResultCache>,
-    key: Arc<CacheKey>,
-    ttl: Duration,
+/// What a read's cache entries share whatever its literals or bound values: the tables it
+/// reads, their generation counters, its rule's TTL. Kept with a prepared statement, so a hit
+/// on an execute builds no table names and runs no rule.
+pub(super) struct Shape {
+    /// The session's database when it was worked out (table names are qualified with it).
+    db: Option<Arc<str>>,
+    /// `None`: no rule caches the read.
+    ttl: Option<Duration>,
     tables: Vec<String>,
+    watch: Watch,
 }
 
-/// What to do with a cacheable read.
-enum Step {
-    /// Answered from the cache.
-    Served,
-    /// Run it; the session's output is captured. Then `fill`.
-    Run {
-        flight: Flight,
-        hint: Option<Hint>,
-        cacheable: Cacheable,
-    },
-    /// Run it without the cache (another session's read of it could not be cached).
-    Bypass,
+/// A read the cache lacks, run by this session: what `cache_fill` needs after it ran.
+pub(super) struct Cacheable {
+    shape: Arc<Shape>,
+    ttl: Duration,
 }
+
+/// A request buffer grown past this by a long statement is given back after the lookup.
+const KEEP_REQUEST_BUF: usize = 64 * 1024;
 
 /// What invalidates the cache once a statement's response is complete.
 pub(super) type BeforeEnd = Box<dyn Fn(&Scanner) + Send + Sync>;
 
 impl Session {
-    /// The cache entry this read would use, if the cache may serve it. `request` is the
-    /// statement text, `bound` an execute's parameter types and values.
-    pub(super) fn cacheable(
+    /// The shape of a read the cache may serve, if it may serve it now; its `ttl` is `None` when
+    /// no rule caches it. `known`: the shape worked out for the statement before, reused if the
+    /// session is still in the same database.
+    pub(super) fn cache_shape(
         &self,
         class: &Class,
         hint: Option<Hint>,
         sql: &[u8],
-        bound: Option<&[u8]>,
-    ) -> Option<Cacheable> {
+        known: Option<&Arc<Shape>>,
+    ) -> Option<Arc<Shape>> {
         let cache = self.shared.cache.as_ref()?;
         let plain_read = class.kind == Kind::Read
             && class.deterministic
@@ -71,14 +72,52 @@ impl Session {
             return None;
         }
         let db = self.db.as_deref();
-        let tables: Vec<String> = class.reads.iter().map(|t| qualified(db, t)).collect();
-        let ttl = cache.ttl_for(db, &tables, sql)?;
-        let mut request = Vec::with_capacity(sql.len() + bound.map_or(0, <[u8]>::len) + 1);
-        request.extend_from_slice(sql);
-        if let Some(b) = bound {
-            request.push(0);
-            request.extend_from_slice(b);
+        if let Some(k) = known {
+            if k.db.as_deref() == db && cache.generations.is_fresh(&k.watch) {
+                return Some(k.clone());
+            }
         }
+        let tables: Vec<String> = class.reads.iter().map(|t| qualified(db, t)).collect();
+        Some(Arc::new(Shape {
+            db: db.map(Arc::from),
+            ttl: cache.ttl_for(db, &tables, sql),
+            watch: cache.generations.watch(&tables),
+            tables,
+        }))
+    }
+
+    /// The shape of an execute of prepared statement `client_id` (see `cache_shape`), kept
+    /// with the statement; `None` when the cache may not serve it.
+    pub(super) fn execute_shape(&mut self, client_id: u32) -> Option<Arc<Shape>> {
+        let info = self.stmts.get(client_id)?;
+        let shape =
+            self.cache_shape(&info.class, info.hint, &info.sql, info.cache_shape.as_ref())?;
+        let info = self.stmts.get_mut(client_id)?;
+        if !info
+            .cache_shape
+            .as_ref()
+            .is_some_and(|k| Arc::ptr_eq(k, &shape))
+        {
+            info.cache_shape = Some(shape.clone());
+        }
+        Some(shape)
+    }
+
+    /// Serves a read from the cache (`None`), or says how to run it: with which hint, and
+    /// the flight to `cache_fill` after it ran. The request part of the key (statement text,
+    /// then an execute's bound types and values) is in `cache_request`.
+    pub(super) async fn serve_cached(
+        &mut self,
+        shape: Option<Arc<Shape>>,
+        hint: Option<Hint>,
+        reply_seq: u8,
+    ) -> Option<(Option<Hint>, Option<(Flight, Cacheable)>)> {
+        let (Some(shape), Some(cache)) = (shape, self.shared.cache.as_deref()) else {
+            return Some((hint, None));
+        };
+        let Some(ttl) = shape.ttl else {
+            return Some((hint, None));
+        };
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (
             self.caps & cap::DEPRECATE_EOF,
@@ -86,71 +125,39 @@ impl Session {
             self.vars.sig(),
         )
             .hash(&mut h);
-        let key = CacheKey {
-            user: Arc::from(self.user.name.as_str()),
-            db: db.map(Arc::from),
+        cache.generations.read(&shape.watch, &mut self.cache_gens);
+        let key = KeyRef {
+            user: &self.cache_user,
+            db: shape.db.as_deref(),
             context: h.finish(),
-            request: request.into_boxed_slice(),
-            generations: cache.generations.current(&tables),
+            request: &self.cache_request,
+            generations: &self.cache_gens,
         };
-        Some(Cacheable {
-            cache: cache.clone(),
-            key: Arc::new(key),
-            ttl,
-            tables,
-        })
-    }
-
-    /// Serves a read from the cache (`None`), or says how to run it: with which hint, and
-    /// the flight to `cache_fill` after it ran.
-    pub(super) async fn serve_cached(
-        &mut self,
-        cacheable: Option<Cacheable>,
-        hint: Option<Hint>,
-        reply_seq: u8,
-    ) -> Option<(Option<Hint>, Option<(Flight, Cacheable)>)> {
-        let Some(c) = cacheable else {
-            return Some((hint, None));
-        };
-        match self.cache_step(c, hint, reply_seq).await {
-            Step::Served => None,
-            Step::Bypass => Some((hint, None)),
-            Step::Run {
-                flight,
-                hint,
-                cacheable,
-            } => Some((hint, Some((flight, cacheable)))),
+        let lookup = cache.lookup(key).await;
+        if self.cache_request.capacity() > KEEP_REQUEST_BUF {
+            self.cache_request = Vec::new();
         }
-    }
-
-    /// Serves the read from the cache, or says how to run it.
-    async fn cache_step(&mut self, c: Cacheable, hint: Option<Hint>, reply_seq: u8) -> Step {
-        match c.cache.lookup(c.key.clone()).await {
+        match lookup {
             Lookup::Hit(e) => {
-                self.send_entry(&e, reply_seq).await;
-                Step::Served
+                send_entry(&mut self.io, &e, reply_seq).await;
+                None
             }
             Lookup::Wait(rx) => match cache::wait(rx).await {
                 Some(e) => {
-                    self.send_entry(&e, reply_seq).await;
-                    Step::Served
+                    send_entry(&mut self.io, &e, reply_seq).await;
+                    None
                 }
-                None => Step::Bypass,
+                None => Some((hint, None)),
             },
             Lookup::Lead(flight) => {
                 // A replica may not have applied a recent write through the proxy yet: its old
                 // rows must not fill the cache.
-                let recent = c
-                    .cache
+                let recent = cache
                     .generations
-                    .written_within(&c.tables, c.cache.fill_from_primary_ms);
+                    .written_within(&shape.tables, cache.fill_from_primary_ms);
                 let hint = if recent { Some(Hint::Primary) } else { hint };
-                self.io.start_capture(c.cache.max_entry_bytes);
-                Step::Run {
-                    flight,
-                    hint,
-                    cacheable: c,
-                }
+                self.io.start_capture(cache.max_entry_bytes);
+                Some((hint, Some((flight, Cacheable { shape, ttl }))))
             }
         }
     }
@@ -159,32 +166,16 @@ impl Session {
     /// within `max_entry_bytes`) and no write to its tables came meanwhile.
     pub(super) async fn cache_fill(&mut self, flight: Flight, c: Cacheable, reply_seq: u8) {
         let captured = self.io.take_capture();
+        let Some(cache) = self.shared.cache.clone() else {
+            return;
+        };
         let deprecate_eof = self.caps & cap::DEPRECATE_EOF != 0;
-        let unchanged = c.cache.generations.current(&c.tables) == c.key.generations;
+        cache.generations.read(&c.shape.watch, &mut self.cache_gens);
+        let unchanged = *self.cache_gens == *flight.key().generations;
         let entry = captured
             .filter(|bytes| unchanged && whole_result(bytes, deprecate_eof))
             .map(|bytes| Arc::new(Entry::new(Bytes::from(bytes), reply_seq, c.ttl)));
-        c.cache.complete(flight, entry).await;
-    }
-
-    /// Writes a cached response, its sequence ids renumbered if this command's differ.
-    async fn send_entry(&mut self, e: &Entry, reply_seq: u8) {
-        if e.first_seq == reply_seq {
-            let _ = self.io.write_all(&e.packets).await;
-            return;
-        }
-        let mut out = e.packets.to_vec();
-        let mut at = 0;
-        let mut seq = reply_seq;
-        while at + 4 <= out.len() {
-            let len = usize::from(out[at])
-                | usize::from(out[at + 1]) << 8
-                | usize::from(out[at + 2]) << 16;
-            out[at + 3] = seq;
-            seq = seq.wrapping_add(1);
-            at += 4 + len;
-        }
-        let _ = self.io.write_all(&out).await;
+        cache.complete(flight, entry).await;
     }
 
     /// What a statement invalidates once its response is complete, before the client sees
@@ -252,6 +243,25 @@ impl Session {
         }
         class.writes.iter().map(|t| qualified(db, t)).collect()
     }
+}
+
+/// Writes a cached response, its sequence ids renumbered if this command's differ.
+async fn send_entry(io: &mut PacketStream, e: &Entry, reply_seq: u8) {
+    if e.first_seq == reply_seq {
+        let _ = io.write_all(&e.packets).await;
+        return;
+    }
+    let mut out = e.packets.to_vec();
+    let mut at = 0;
+    let mut seq = reply_seq;
+    while at + 4 <= out.len() {
+        let len =
+            usize::from(out[at]) | usize::from(out[at + 1]) << 8 | usize::from(out[at + 2]) << 16;
+        out[at + 3] = seq;
+        seq = seq.wrapping_add(1);
+        at += 4 + len;
+    }
+    let _ = io.write_all(&out).await;
 }
 
 /// Whether captured packets are one whole answer without an error or warnings: no packet is

@@ -67,6 +67,7 @@ impl Session {
         self.forget_state();
         self.recorded_backend = None;
         self.registration.info.set_user(&user.name);
+        self.cache_user = std::sync::Arc::from(user.name.as_str());
         self.user = user;
         self.db = req.db;
         if let Some(cs) = req.charset {

@@ -422,6 +422,7 @@ impl Session {
                 types: None,
                 params,
                 shards: Default::default(),
+                cache_shape: None,
             };
             self.stmts.insert(*id, info);
         }

@@ -84,6 +84,13 @@ pub struct Session {
     recorded_backend: Option<(Arc<str>, u32)>,
     /// Tables the open transaction wrote: the result cache drops them again at its end.
     cache_pending: Vec<String>,
+    /// The user's name as result cache keys hold it (made once, not on every lookup).
+    cache_user: Arc<str>,
+    /// The request part of the next lookup's key; kept between commands so that a hit
+    /// allocates nothing.
+    cache_request: Vec<u8>,
+    /// The generations part of the next lookup's key (same reason).
+    cache_gens: Vec<u64>,
 }
 
 /// Serves one client from handshake to close.
@@ -117,6 +124,9 @@ pub async fn run(
     let mut s = Session {
         io,
         shared,
+        cache_user: Arc::from(auth.user.name.as_str()),
+        cache_request: Vec::new(),
+        cache_gens: Vec::new(),
         user: auth.user,
         caps: auth.caps,
         charset: auth.charset,
@@ -270,10 +280,14 @@ impl Session {
                 let rewritten =
                     lex::hide_socket_variable(sql).map(|sql| query_frame(&sql, frame.last_seq));
                 let reply_seq = frame.last_seq.wrapping_add(1);
-                let cacheable = self.cacheable(&class, hint, sql, None);
+                let shape = self.cache_shape(&class, hint, sql, None);
+                if shape.is_some() {
+                    self.cache_request.clear();
+                    self.cache_request.extend_from_slice(sql);
+                }
                 drop(payload);
                 let frame = rewritten.unwrap_or(frame);
-                let Some((hint, lead)) = self.serve_cached(cacheable, hint, reply_seq).await else {
+                let Some((hint, lead)) = self.serve_cached(shape, hint, reply_seq).await else {
                     return Ok(());
                 };
                 let r = self.query(class, hint, frame).await;
@@ -383,7 +397,10 @@ impl Session {
             }
             return Ok(());
         };
-        let (route, class, hint, sql, shards) = (
+        if cmd == com::STMT_EXECUTE {
+            return self.execute_statement(client_id, frame).await;
+        }
+        let (route, class, hint, sql) = (
             // Prepared before a failover: the shard's primary now.
             self.shared
                 .planner()
@@ -392,57 +409,8 @@ impl Session {
             info.class.clone(),
             info.hint,
             info.sql.clone(),
-            info.shards,
         );
         match cmd {
-            com::STMT_EXECUTE => {
-                // Cached by the statement and its bound types and values (no cursor).
-                let payload = frame.payload();
-                // Types travel with the values, or were bound by an earlier execute.
-                let sent = sent_types(&payload, info.params);
-                let sent_now = sent.is_some();
-                if let (Some(t), Some(info)) = (sent, self.stmts.get_mut(client_id)) {
-                    info.types = Some(t);
-                }
-                let cacheable = match payload.get(5) {
-                    Some(0) => {
-                        let mut bound = Vec::new();
-                        if !sent_now {
-                            let types = self.stmts.get(client_id).and_then(|i| i.types.clone());
-                            bound.extend_from_slice(types.as_deref().unwrap_or_default());
-                            bound.push(0);
-                        }
-                        bound.extend_from_slice(payload.get(10..).unwrap_or_default());
-                        self.cacheable(&class, hint, &sql, Some(&bound))
-                    }
-                    _ => None,
-                };
-                drop(payload);
-                let Some((hint, lead)) = self.serve_cached(cacheable, hint, reply_seq).await else {
-                    return Ok(());
-                };
-                let r = if shards == StmtShards::Multi {
-                    self.execute_on_shards(&frame, client_id, class, hint).await
-                } else {
-                    match self.execute_route(route, &frame, client_id).await {
-                        Ok(Some(route)) => {
-                            self.run_statement(
-                                &route,
-                                &class,
-                                hint,
-                                Work::Execute(&frame, client_id),
-                            )
-                            .await
-                        }
-                        Ok(None) => Ok(()),
-                        Err(e) => Err(e),
-                    }
-                };
-                if let Some((flight, c)) = lead {
-                    self.cache_fill(flight, c, reply_seq).await;
-                }
-                r
-            }
             com::STMT_SEND_LONG_DATA => {
                 self.run_statement(&route, &class, hint, Work::LongData(&frame, client_id))
                     .await
@@ -483,6 +451,72 @@ impl Session {
                 Ok(())
             }
         }
+    }
+
+    /// COM_STMT_EXECUTE of a statement the session prepared: from the result cache when it
+    /// has the result (keyed by the statement and its bound types and values; not with a
+    /// cursor), otherwise run where the statement's class sends it.
+    async fn execute_statement(
+        &mut self,
+        client_id: u32,
+        frame: Frame,
+    ) -> Result<(), SessionError> {
+        let reply_seq = frame.last_seq.wrapping_add(1);
+        let payload = frame.payload();
+        let Some(info) = self.stmts.get_mut(client_id) else {
+            return Ok(());
+        };
+        // Types travel with the values, or were bound by an earlier execute.
+        let sent = sent_types(&payload, info.params);
+        let sent_now = sent.is_some();
+        if sent.is_some() {
+            info.types = sent;
+        }
+        let hint = info.hint;
+        let shape = match payload.get(5) {
+            Some(0) => self.execute_shape(client_id),
+            _ => None,
+        };
+        if let (Some(_), Some(info)) = (&shape, self.stmts.get(client_id)) {
+            let request = &mut self.cache_request;
+            request.clear();
+            request.extend_from_slice(&info.sql);
+            request.push(0);
+            if !sent_now {
+                request.extend_from_slice(info.types.as_deref().unwrap_or_default());
+                request.push(0);
+            }
+            request.extend_from_slice(payload.get(10..).unwrap_or_default());
+        }
+        drop(payload);
+        let Some((hint, lead)) = self.serve_cached(shape, hint, reply_seq).await else {
+            return Ok(());
+        };
+        let Some(info) = self.stmts.get(client_id) else {
+            return Ok(());
+        };
+        let route = self
+            .shared
+            .planner()
+            .refresh(&info.route)
+            .unwrap_or_else(|| info.route.clone());
+        let (class, shards) = (info.class.clone(), info.shards);
+        let r = if shards == StmtShards::Multi {
+            self.execute_on_shards(&frame, client_id, class, hint).await
+        } else {
+            match self.execute_route(route, &frame, client_id).await {
+                Ok(Some(route)) => {
+                    self.run_statement(&route, &class, hint, Work::Execute(&frame, client_id))
+                        .await
+                }
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            }
+        };
+        if let Some((flight, c)) = lead {
+            self.cache_fill(flight, c, reply_seq).await;
+        }
+        r
     }
 
     fn plan_ctx(&self) -> PlanContext<'_> {

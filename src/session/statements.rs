@@ -23,6 +23,8 @@ pub struct StmtInfo {
     pub params: u16,
     /// Where executes run on a sharded keyspace.
     pub shards: StmtShards,
+    /// What the result cache worked out for its executes (set by the first).
+    pub cache_shape: Option<Arc<super::cached::Shape>>,
 }
 
 /// Where a prepared statement's executes run.
