@@ -81,6 +81,25 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// The top statement shapes: count, errors, rows, total/avg/p99 time, shards, cache hits.
+    Queries {
+        /// `total` (time), `count`, `errors`, `p99` or `rows`.
+        #[arg(long, default_value = "total")]
+        sort: String,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Make the running proxy read its config file again (shard map, users, routing limits)
+    /// without dropping clients.
+    Reload {
+        /// Apply even when the file moves a shard's primary away from the live one.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Failure handling's events (detections, decisions, steps) and what runs now.
     Events {
         /// Only events after this id.
@@ -355,6 +374,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let out =
                 crate::admin::commands::failover(&target, &shard, to.as_deref(), force, admin.json)
                     .await?;
+            print_output(&out);
+            Ok(())
+        }
+        Command::Queries { sort, limit, admin } => {
+            let target = admin.target()?;
+            let out = crate::admin::commands::queries(&target, &sort, limit, admin.json).await?;
+            print_output(&out);
+            Ok(())
+        }
+        Command::Reload { force, admin } => {
+            let target = admin.target()?;
+            let out = crate::admin::commands::reload(&target, force, admin.json).await?;
             print_output(&out);
             Ok(())
         }

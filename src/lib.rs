@@ -7,6 +7,7 @@ pub mod backend;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod digests;
 pub mod executor;
 pub mod ha;
 pub mod planner;

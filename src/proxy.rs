@@ -38,6 +38,8 @@ pub struct Shared {
     pub health: Arc<Health>,
     /// Ids taken from sequence tables and not yet handed out: sequence -> [next, end).
     pub sequences: std::sync::Mutex<std::collections::HashMap<String, (i64, i64)>>,
+    /// Per statement shape statistics (`/api/v1/queries`).
+    pub digests: crate::digests::Digests,
     /// The result cache, when a rule in `[cache]` turns it on.
     pub cache: Option<Arc<crate::cache::ResultCache>>,
     clients: AtomicUsize,
@@ -46,25 +48,7 @@ pub struct Shared {
 impl Shared {
     pub fn new(config: Config) -> Result<Self, TopologyError> {
         let workers = worker_count(&config);
-        // Every server a shard map version may name must have a health entry: the config's
-        // map and the saved one a restart loads (see `Topology::new`).
-        let mut all = config.shard_map();
-        if let Some(f) = &config.ha.state_file {
-            if let Ok(text) = std::fs::read_to_string(f) {
-                if let Ok(versions) =
-                    serde_json::from_str::<Vec<crate::topology::MapVersion>>(&text)
-                {
-                    for v in versions {
-                        for (name, ks) in v.map.keyspace {
-                            all.keyspace
-                                .entry(format!("{name}#{}", v.version))
-                                .or_insert(ks);
-                        }
-                    }
-                }
-            }
-        }
-        let health = Health::new(&all);
+        let health = Health::new(&config.shard_map());
         let topology = Arc::new(Topology::new(&config, health.clone())?);
         let ha = Arc::new(Ha::new(&config, topology.clone()));
         let cache = crate::cache::ResultCache::new(&config.cache).map(Arc::new);
@@ -76,6 +60,7 @@ impl Shared {
             sessions: Arc::new(Registry::default()),
             health,
             sequences: Default::default(),
+            digests: Default::default(),
             cache,
             clients: AtomicUsize::new(0),
         })

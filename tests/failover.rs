@@ -20,21 +20,9 @@ use shardgate::admin::client::Client;
 
 use common::{ProxyProcess, Sandbox};
 
-const CONFIG: &str = r#"
-[proxy]
-workers = 2
-
-[routing]
-read_write_split = true
-consistency = "eventual"
-max_replica_lag = 30.0
-
-[monitor]
-user = "root"
-password = ""
-interval_ms = 200
-connect_timeout_ms = 500
-
+/// Failure handling as fast as a test can bear: primaries checked every 200 ms, declared dead
+/// after 1 s.
+const HA: &str = r#"
 [ha]
 check_interval_ms = 200
 failover_after_ms = 1000
@@ -55,7 +43,7 @@ struct Proxy {
 
 impl Proxy {
     fn start(sb: &Sandbox, extra: &str) -> Proxy {
-        let config = sb.proxy_config(&format!("{CONFIG}\n{extra}"));
+        let config = sb.proxy_config(&format!("{}\n{HA}\n{extra}", common::FAST_SPLIT));
         let (admin, token) = common::admin_of(&config);
         let (child, port) = common::spawn_proxy_checked(&config);
         Proxy {

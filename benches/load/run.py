@@ -182,6 +182,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ps-mode", default="auto", choices=["auto", "disable"], help="sysbench --db-ps-mode (auto = server-side prepared statements)")
     p.add_argument("--haproxy-threads", type=int, default=os.cpu_count() or 1,
                    help="HAProxy nbthread; default = CPUs, like shardgate's multi-threaded runtime")
+    p.add_argument("--pin-client", type=int, metavar="CPU",
+                   help="run sysbench on this CPU only and the servers, proxies and this script on the "
+                        "others: a client host of its own, as in a real deployment (default: all share all CPUs)")
     p.add_argument("--json", type=Path, help="also write all results (raw runs, medians, memory, commands) here")
     p.add_argument("--quick", action="store_true", help="smoke test: --duration 5 --rounds 1 --threads 8 --idle-conns 200 --warmup 2 "
                    "(explicit options still win)")
@@ -797,7 +800,8 @@ def proxy_listen(cfg: Path) -> tuple[str, int]:
 def sysbench_cmd(args, test: str | TestSpec, host: str, port: int, command: str, threads: int = 1,
                  duration: int = 0) -> list[str]:
     spec = test if isinstance(test, TestSpec) else TestSpec(test)
-    cmd = ["sysbench", spec.test, "--db-driver=mysql",
+    pin = ["taskset", "-c", str(args.pin_client)] if args.pin_client is not None else []
+    cmd = pin + ["sysbench", spec.test, "--db-driver=mysql",
            f"--mysql-host={host}", f"--mysql-port={port}",
            f"--mysql-user={args.user}", f"--mysql-password={args.password}", f"--mysql-db={args.db}",
            f"--tables={args.tables}", f"--table-size={args.table_size}"]
@@ -1163,6 +1167,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     # Raise the fd limit before any child starts, so a proxy we spawn inherits it too.
     raise_nofile(max(args.idle_conns, 1024) + 1024)
+    if args.pin_client is not None:
+        others = set(range(os.cpu_count() or 1)) - {args.pin_client}
+        if not others or args.pin_client not in range(os.cpu_count() or 1):
+            log(f"error: --pin-client {args.pin_client} needs another CPU for the servers")
+            return 1
+        # Children (sandbox servers, proxies) inherit this affinity; sysbench runs under taskset.
+        os.sched_setaffinity(0, others)
+        log(f"sysbench pinned to CPU {args.pin_client}; servers and proxies on CPUs {sorted(others)}")
 
     info = host_info()
     n_runs = len(args.tests) * len(args.threads) * args.rounds * len(args.targets)

@@ -268,6 +268,86 @@ pub async fn events(
     }
 }
 
+/// `shardgate queries [--sort S] [--limit N]`: the top statement shapes as a table.
+pub async fn queries(
+    target: &Target,
+    sort: &str,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<String> {
+    let r = target
+        .client()
+        .call(
+            "GET",
+            &format!("/api/v1/queries?sort={sort}&limit={limit}"),
+            None,
+        )
+        .await?;
+    if json {
+        return Ok(r.text());
+    }
+    let list: super::queries::QueryList = serde_json::from_slice(&r.body)
+        .with_context(|| format!("unexpected answer from {}: {}", target.addr, r.text()))?;
+    Ok(queries_table(&list.queries))
+}
+
+fn queries_table(rows: &[crate::digests::DigestRow]) -> String {
+    let mut out = format!(
+        "{:>9} {:>6} {:>9} {:>10} {:>8} {:>8} {:>6} {:>8}  {}\n",
+        "count", "errors", "rows", "total ms", "avg ms", "p99 ms", "shards", "cached", "statement"
+    );
+    for r in rows {
+        let text: String = r.text.chars().take(100).collect();
+        out.push_str(&format!(
+            "{:>9} {:>6} {:>9} {:>10.1} {:>8.3} {:>8.3} {:>6.2} {:>8}  {}\n",
+            r.count,
+            r.errors,
+            r.rows,
+            r.total_ms,
+            r.avg_ms,
+            r.p99_ms,
+            r.shards_avg,
+            r.cache_hits,
+            text
+        ));
+    }
+    out
+}
+
+/// `shardgate reload [--force]`: the proxy reads its config file again.
+pub async fn reload(target: &Target, force: bool, json: bool) -> anyhow::Result<String> {
+    let path = if force {
+        "/api/v1/config/reload?force=true"
+    } else {
+        "/api/v1/config/reload"
+    };
+    let r = target.client().call("POST", path, None).await?;
+    if json {
+        return Ok(r.text());
+    }
+    let rep: crate::topology::ReloadReport = serde_json::from_slice(&r.body)
+        .with_context(|| format!("unexpected answer from {}: {}", target.addr, r.text()))?;
+    let mut out = format!(
+        "reloaded: shard map version {}{}\n",
+        rep.version,
+        if rep.map_changed {
+            " (changed)"
+        } else {
+            " (unchanged)"
+        }
+    );
+    if !rep.added_servers.is_empty() {
+        out.push_str(&format!("new servers: {}\n", rep.added_servers.join(", ")));
+    }
+    if !rep.restart_needed.is_empty() {
+        out.push_str(&format!(
+            "changed but applied only by a restart: {}\n",
+            rep.restart_needed.join(", ")
+        ));
+    }
+    Ok(out)
+}
+
 /// Two aligned columns, one counter a line.
 fn stats_table(s: &CacheStats) -> String {
     if !s.enabled {

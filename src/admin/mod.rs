@@ -13,6 +13,8 @@ mod error;
 pub mod ha;
 mod health;
 pub mod metrics;
+pub mod queries;
+pub mod reload;
 mod router;
 
 use std::net::SocketAddr;

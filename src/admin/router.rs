@@ -5,7 +5,7 @@ use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
 
-use super::{auth, cache, ha, health, metrics, AdminState, ApiError};
+use super::{auth, cache, ha, health, metrics, queries, reload, AdminState, ApiError};
 
 /// Every route; all but `/healthz` behind the bearer token (see `auth`).
 pub fn router(state: AdminState) -> Router {
@@ -19,6 +19,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/failover", post(ha::failover))
         .route("/api/v1/rejoin", post(ha::rejoin))
         .route("/api/v1/shardmap", get(ha::shardmap))
+        .route("/api/v1/queries", get(queries::top))
+        .route("/api/v1/queries/reset", post(queries::reset))
+        .route("/api/v1/config/reload", post(reload::reload))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         // On the whole router, fallbacks included: without the token nothing, not even

@@ -171,67 +171,70 @@ impl Drop for Outstanding {
     }
 }
 
-/// Every server of a shard map, by address, plus each shard's replicas in map order.
+/// Every server of a shard map, by address. Servers can be added later (a config reload
+/// naming a new replica); the monitor starts checking them at once.
 #[derive(Debug)]
 pub struct Health {
-    servers: Vec<Arc<ServerHealth>>,
+    inner: arc_swap::ArcSwap<Servers>,
+    /// Serialises `add`s (readers never wait).
+    adding: std::sync::Mutex<()>,
+    /// Wakes the monitor to start checking added servers.
+    added: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Servers {
+    list: Vec<Arc<ServerHealth>>,
     by_addr: HashMap<Arc<str>, Arc<ServerHealth>>,
-    /// keyspace -> shard name -> replicas, ready to pass to `choose_replica`.
-    replicas: HashMap<String, HashMap<String, Vec<Arc<ServerHealth>>>>,
 }
 
 impl Health {
     /// One entry per distinct address among all primaries and replicas of `map`. A server shared
     /// by several keyspaces has one entry (validation guarantees it has one role and weight).
     pub fn new(map: &ShardMap) -> Arc<Health> {
-        let mut health = Health {
-            servers: Vec::new(),
-            by_addr: HashMap::new(),
-            replicas: HashMap::new(),
+        let health = Health {
+            inner: arc_swap::ArcSwap::from_pointee(Servers::default()),
+            adding: std::sync::Mutex::new(()),
+            added: tokio::sync::Notify::new(),
         };
-        for (ks_name, ks) in &map.keyspace {
-            for shard in &ks.shards {
-                health.entry(&shard.primary, false, 1);
-                let list: Vec<_> = shard
-                    .replicas
-                    .iter()
-                    .map(|r| health.entry(&r.addr, true, r.weight))
-                    .collect();
-                health
-                    .replicas
-                    .entry(ks_name.clone())
-                    .or_default()
-                    .insert(shard.name.clone(), list);
-            }
-        }
+        health.add_map(map);
         Arc::new(health)
     }
 
-    fn entry(&mut self, addr: &str, is_replica: bool, weight: u32) -> Arc<ServerHealth> {
-        if let Some(s) = self.by_addr.get(addr) {
-            return Arc::clone(s);
+    /// Adds the servers of `map` not known yet; returns their addresses.
+    pub fn add_map(&self, map: &ShardMap) -> Vec<String> {
+        let _g = self.adding.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = Servers::clone(&self.inner.load());
+        let mut added = Vec::new();
+        for ks in map.keyspace.values() {
+            for shard in &ks.shards {
+                let servers = std::iter::once((&shard.primary, false, 1))
+                    .chain(shard.replicas.iter().map(|r| (&r.addr, true, r.weight)));
+                for (addr, is_replica, weight) in servers {
+                    if next.by_addr.contains_key(addr.as_str()) {
+                        continue;
+                    }
+                    let s = Arc::new(ServerHealth::new(addr, is_replica, weight));
+                    next.by_addr.insert(Arc::clone(&s.addr), Arc::clone(&s));
+                    next.list.push(s);
+                    added.push(addr.clone());
+                }
+            }
         }
-        let s = Arc::new(ServerHealth::new(addr, is_replica, weight));
-        self.by_addr.insert(Arc::clone(&s.addr), Arc::clone(&s));
-        self.servers.push(Arc::clone(&s));
-        s
+        if !added.is_empty() {
+            self.inner.store(Arc::new(next));
+            self.added.notify_one();
+        }
+        added
     }
 
     pub fn get(&self, addr: &str) -> Option<Arc<ServerHealth>> {
-        self.by_addr.get(addr).cloned()
+        self.inner.load().by_addr.get(addr).cloned()
     }
 
-    /// Every server, primaries and replicas, in shard map order.
-    pub fn servers(&self) -> impl Iterator<Item = &Arc<ServerHealth>> {
-        self.servers.iter()
-    }
-
-    /// A shard's replicas in map order (empty for an unknown keyspace or shard).
-    pub fn replicas(&self, keyspace: &str, shard: &str) -> &[Arc<ServerHealth>] {
-        self.replicas
-            .get(keyspace)
-            .and_then(|shards| shards.get(shard))
-            .map_or(&[], Vec::as_slice)
+    /// Every server, primaries and replicas, in the order they became known.
+    pub fn servers(&self) -> Vec<Arc<ServerHealth>> {
+        self.inner.load().list.clone()
     }
 }
 
@@ -309,12 +312,23 @@ pub fn try_spawn_monitor(
 
 async fn run(health: Arc<Health>, cfg: Arc<MonitorSection>, stop: watch::Receiver<()>) {
     let mut tasks = JoinSet::new();
-    for server in health.servers() {
-        tasks.spawn(watch_server(
-            Arc::clone(server),
-            Arc::clone(&cfg),
-            stop.clone(),
-        ));
+    let mut watched: std::collections::HashSet<Arc<str>> = Default::default();
+    let mut stopped = stop.clone();
+    loop {
+        for server in health.servers() {
+            if watched.insert(Arc::clone(server.addr())) {
+                tasks.spawn(watch_server(server, Arc::clone(&cfg), stop.clone()));
+            }
+        }
+        tokio::select! {
+            _ = health.added.notified() => {}
+            _ = stopped.changed() => break,
+            Some(done) = tasks.join_next() => {
+                if let Err(e) = done {
+                    tracing::error!("a server check task failed: {e}");
+                }
+            }
+        }
     }
     while let Some(done) = tasks.join_next().await {
         if let Err(e) = done {
@@ -576,22 +590,28 @@ mod tests {
     }
 
     #[test]
-    fn health_has_one_entry_per_server_and_lists_replicas_per_shard() {
+    fn health_has_one_entry_per_server_and_learns_new_ones() {
         let h = Health::new(&map());
-        assert_eq!(h.servers().count(), 3);
+        assert_eq!(h.servers().len(), 3);
         let r3 = h.get("127.0.0.1:3").expect("known");
         assert!(r3.is_replica());
         assert_eq!(r3.weight(), 3);
         assert!(h.get("127.0.0.1:9").is_none());
-        assert_eq!(h.replicas("a", "s0").len(), 2);
-        assert_eq!(&**h.replicas("b", "s0")[0].addr(), "127.0.0.1:2");
-        // Shared between keyspaces: the same state, not a copy.
+        // A map naming a known server and a new one: only the new one is added, and the
+        // known one keeps its state (the same entry, not a copy).
+        let mut bigger = map();
+        if let Some(ks) = bigger.keyspace.values_mut().next() {
+            ks.shards[0]
+                .replicas
+                .push(crate::shardmap::Replica::new("127.0.0.1:9"));
+        }
+        assert_eq!(h.add_map(&bigger), vec!["127.0.0.1:9".to_string()]);
         assert!(Arc::ptr_eq(
-            &h.replicas("a", "s0")[0],
-            &h.replicas("b", "s0")[0]
+            &r3,
+            &h.get("127.0.0.1:3").expect("still known")
         ));
-        assert!(h.replicas("a", "nope").is_empty());
-        assert!(h.replicas("nope", "s0").is_empty());
+        assert_eq!(h.servers().len(), 4);
+        assert!(h.add_map(&bigger).is_empty());
     }
 
     #[test]
@@ -751,6 +771,7 @@ mod tests {
         let all_known = || {
             health
                 .servers()
+                .into_iter()
                 .all(|s| s.is_up() && (!s.is_replica() || (s.replicating() && s.lag().is_some())))
         };
         let started = std::time::Instant::now();
@@ -762,8 +783,8 @@ mod tests {
 
         let replica = health
             .servers()
+            .into_iter()
             .find(|s| s.is_replica())
-            .cloned()
             .expect("the sandbox has a replica");
         let port: u16 = replica
             .addr()

@@ -27,7 +27,8 @@ pub fn set_worker(index: usize) {
     WORKER.with(|w| w.set(index));
 }
 
-fn current_worker() -> usize {
+/// The proxy worker index of this thread (0 off the workers).
+pub(crate) fn current_worker() -> usize {
     WORKER.with(|w| w.get())
 }
 

@@ -71,6 +71,10 @@ pub struct ProxySection {
     /// those routes answer 401, so an admin port nobody configured is never open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<String>,
+    /// Statements taking at least this long are logged (target `shardgate::slow_query`, with
+    /// their shape, not their literals); 0 turns the log off.
+    #[serde(default = "default_slow_query_ms")]
+    pub slow_query_ms: u64,
     #[serde(default = "default_server_version")]
     pub server_version: String,
     /// A client that has not finished authenticating by then is disconnected.
@@ -92,6 +96,7 @@ impl Default for ProxySection {
             listen: default_listen(),
             admin_listen: default_admin(),
             admin_token: None,
+            slow_query_ms: default_slow_query_ms(),
             server_version: default_server_version(),
             handshake_timeout_ms: default_handshake_timeout_ms(),
             max_allowed_packet: default_max_allowed_packet(),
@@ -316,6 +321,9 @@ pub struct HaSection {
     pub state_file: Option<PathBuf>,
 }
 
+fn default_slow_query_ms() -> u64 {
+    1000
+}
 fn default_ha_check_interval_ms() -> u64 {
     500
 }
@@ -423,6 +431,9 @@ pub struct Config {
     pub ha: HaSection,
     #[serde(default)]
     pub users: Vec<User>,
+    /// The file this config was loaded from: what a reload reads again.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
     /// A shard map file, relative to this file; alternative to inline `[keyspace.*]` tables.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard_map: Option<PathBuf>,
@@ -437,7 +448,9 @@ impl Config {
             file: path.display().to_string(),
             source: e,
         })?;
-        Self::from_toml(&text, path)
+        let mut cfg = Self::from_toml(&text, path)?;
+        cfg.source = Some(path.to_path_buf());
+        Ok(cfg)
     }
 
     /// Parses config text; `path` names it in errors and anchors a relative `shard_map`.

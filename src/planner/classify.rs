@@ -144,6 +144,8 @@ pub struct Class {
 pub struct Classified {
     pub class: Arc<Class>,
     pub hint: Option<Hint>,
+    /// The statement's shape (literals folded), for per-shape statistics.
+    pub digest: u64,
 }
 
 /// Entries past which the per-thread cache is cleared (a crude bound that costs nothing on
@@ -185,6 +187,7 @@ pub fn classify(sql: &[u8]) -> Classified {
         return Classified {
             class: Arc::new(classify_uncached(sql)),
             hint: d.hint,
+            digest: d.hash,
         };
     }
     // try_with: a thread being torn down has no cache, and must still get an answer.
@@ -196,6 +199,7 @@ pub fn classify(sql: &[u8]) -> Classified {
         return Classified {
             class,
             hint: d.hint,
+            digest: d.hash,
         };
     }
     let (class, cacheable) = classify_inner(sql);
@@ -213,6 +217,7 @@ pub fn classify(sql: &[u8]) -> Classified {
     Classified {
         class,
         hint: d.hint,
+        digest: d.hash,
     }
 }
 

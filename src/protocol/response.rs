@@ -61,6 +61,8 @@ pub struct Scanner {
     /// The last OK or terminator seen (status flags, affected rows, insert id).
     pub last_ok: OkInfo,
     pub error: bool,
+    /// Rows of the result sets seen (statistics only).
+    pub rows: u64,
     /// The error's SQLSTATE is a connection exception (class 08): the server closes the
     /// connection after sending it.
     pub fatal: bool,
@@ -88,6 +90,7 @@ impl Scanner {
             continuation: false,
             last_ok: OkInfo::default(),
             error: false,
+            rows: 0,
             fatal: false,
             prepare: expect == Expect::Prepare,
             prepared: None,
@@ -196,6 +199,10 @@ impl Scanner {
             State::PrepParams(p, c) => State::PrepParams(p - 1, c),
             State::PrepColumns(1) => self.after_prep_columns(),
             State::PrepColumns(n) => State::PrepColumns(n - 1),
+            State::Rows => {
+                self.rows += 1;
+                State::Rows
+            }
             s => s,
         };
     }

@@ -346,6 +346,7 @@ fn default_config() -> Config {
         ha: Default::default(),
         users: Vec::new(),
         shard_map: None,
+        source: None,
         keyspace: Default::default(),
     }
 }
@@ -515,7 +516,12 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line:?} missing from:\n{text}");
         }
-        let loaded = Config::load(&config_toml(dir.path())).expect("config validates");
+        let mut loaded = Config::load(&config_toml(dir.path())).expect("config validates");
+        assert_eq!(
+            loaded.source.as_deref(),
+            Some(config_toml(dir.path()).as_path())
+        );
+        loaded.source = None;
         assert_eq!(loaded, cfg);
         assert_eq!(loaded.keyspace["app"].shards.len(), 2);
         let back = Cluster::load(dir.path()).expect("load");
@@ -545,7 +551,12 @@ mod tests {
 
         let text = std::fs::read_to_string(config_toml(dir.path())).expect("toml");
         assert!(text.starts_with("# shardgate proxy config"));
-        let loaded = Config::load(&config_toml(dir.path())).expect("config validates");
+        let mut loaded = Config::load(&config_toml(dir.path())).expect("config validates");
+        assert_eq!(
+            loaded.source.as_deref(),
+            Some(config_toml(dir.path()).as_path())
+        );
+        loaded.source = None;
         assert_eq!(loaded, cfg);
         assert_eq!(loaded.proxy.listen, "127.0.0.1:7001");
         assert_eq!(

@@ -103,6 +103,12 @@ impl Session {
         Some(shape)
     }
 
+    fn sample_cache_hit(&mut self) {
+        if let Some(s) = self.sample.as_mut() {
+            s.cache_hit = true;
+        }
+    }
+
     /// Serves a read from the cache (`None`), or says how to run it: with which hint, and
     /// the flight to `cache_fill` after it ran. The request part of the key (statement text,
     /// then an execute's bound types and values) is in `cache_request`.
@@ -140,11 +146,13 @@ impl Session {
         match lookup {
             Lookup::Hit(e) => {
                 send_entry(&mut self.io, &e, reply_seq).await;
+                self.sample_cache_hit();
                 None
             }
             Lookup::Wait(rx) => match cache::wait(rx).await {
                 Some(e) => {
                     send_entry(&mut self.io, &e, reply_seq).await;
+                    self.sample_cache_hit();
                     None
                 }
                 None => Some((hint, None)),

@@ -317,6 +317,9 @@ impl Session {
             &self.vars,
         );
         executor::take(&shared.pools, &mut self.pinned, addr, &who).await?;
+        if let Some(s) = self.sample.as_mut() {
+            s.shards += 1;
+        }
         let caught_up = match check_writes {
             Some(primary) => self.replica_caught_up(addr, primary).await,
             None => true,
@@ -423,10 +426,30 @@ impl Session {
                 params,
                 shards: Default::default(),
                 cache_shape: None,
+                digest: 0,
             };
             self.stmts.insert(*id, info);
         }
         let statement = matches!(work, Work::Query(_) | Work::Execute(..));
+        if statement {
+            if let Some(s) = self.sample.as_mut() {
+                s.error |= sc.error;
+                s.rows += sc.rows;
+            }
+            let role = if Arc::ptr_eq(addr, &route.addr) || **addr == *route.addr {
+                "primary"
+            } else {
+                "replica"
+            };
+            metrics::counter!(
+                "shardgate_queries_total",
+                "keyspace" => route.keyspace.clone(),
+                "shard" => route.shard.clone(),
+                "role" => role,
+                "kind" => kind_label(&class.kind)
+            )
+            .increment(1);
+        }
         if statement && sc.error {
             // SHOW WARNINGS / SHOW ERRORS may follow to explain it.
             self.hold.next = true;
@@ -471,5 +494,16 @@ impl Session {
                 );
             self.note_write(addr, wrote).await;
         }
+    }
+}
+
+/// The `kind` label of `shardgate_queries_total`.
+fn kind_label(kind: &Kind) -> &'static str {
+    match kind {
+        Kind::Read => "read",
+        Kind::LockingRead => "locking_read",
+        Kind::Write => "write",
+        Kind::Ddl => "ddl",
+        _ => "other",
     }
 }

@@ -147,7 +147,7 @@ pub async fn authenticate(
         response = f.payload().to_vec();
         plugin = auth::NATIVE.into();
     }
-    let user = shared.config.user(c.user).cloned();
+    let user = shared.topology.config().user(c.user).cloned();
     let ok = user
         .as_ref()
         .is_some_and(|u| auth::verify(&plugin, nonce, &u.password, &response));

@@ -91,6 +91,11 @@ pub struct Session {
     cache_request: Vec<u8>,
     /// The generations part of the next lookup's key (same reason).
     cache_gens: Vec<u64>,
+    /// This worker's per-shape statistics, and the statement being measured (with its
+    /// text, kept in a reused buffer for a new shape's text and the slow-query log).
+    digests: crate::digests::Table,
+    sample: Option<crate::digests::Sample>,
+    sample_sql: Vec<u8>,
 }
 
 /// Serves one client from handshake to close.
@@ -121,12 +126,16 @@ pub async fn run(
         }
     };
     let registration = shared.sessions.register(connection_id, &auth.user.name);
+    let digests = shared.digests.table(crate::backend::pool::current_worker());
     let mut s = Session {
         io,
         shared,
         cache_user: Arc::from(auth.user.name.as_str()),
         cache_request: Vec::new(),
         cache_gens: Vec::new(),
+        digests,
+        sample: None,
+        sample_sql: Vec::new(),
         user: auth.user,
         caps: auth.caps,
         charset: auth.charset,
@@ -213,8 +222,10 @@ impl Session {
                         self.send_err(errcode::UNKNOWN, &msg, seq).await;
                         continue;
                     }
+                    let started = std::time::Instant::now();
                     let r = self.command(cmd, frame).await;
                     self.shared.ha.gate.leave();
+                    self.end_sample(started.elapsed());
                     r?
                 }
             }
@@ -276,7 +287,12 @@ impl Session {
                     drop(payload);
                     return self.kill(kill, &frame).await;
                 }
-                let Classified { class, hint } = classify(sql);
+                let Classified {
+                    class,
+                    hint,
+                    digest,
+                } = classify(sql);
+                self.begin_sample(digest, sql);
                 let rewritten =
                     lex::hide_socket_variable(sql).map(|sql| query_frame(&sql, frame.last_seq));
                 let reply_seq = frame.last_seq.wrapping_add(1);
@@ -301,7 +317,7 @@ impl Session {
                 self.change_db(db, &frame).await?;
             }
             com::STMT_PREPARE => {
-                let Classified { class, hint } = classify(&frame.payload()[1..]);
+                let Classified { class, hint, .. } = classify(&frame.payload()[1..]);
                 let Some((route, shards)) = self.prepare_route(&frame).await else {
                     return Ok(());
                 };
@@ -463,6 +479,14 @@ impl Session {
     ) -> Result<(), SessionError> {
         let reply_seq = frame.last_seq.wrapping_add(1);
         let payload = frame.payload();
+        let Some(info) = self.stmts.get_mut(client_id) else {
+            return Ok(());
+        };
+        if info.digest == 0 {
+            info.digest = crate::planner::digest::digest(&info.sql).hash;
+        }
+        let (digest, sql) = (info.digest, info.sql.clone());
+        self.begin_sample(digest, &sql);
         let Some(info) = self.stmts.get_mut(client_id) else {
             return Ok(());
         };
@@ -652,6 +676,9 @@ impl Session {
     }
 
     async fn send_err(&mut self, code: (u16, &str), msg: &str, seq: u8) {
+        if let Some(s) = self.sample.as_mut() {
+            s.error = true;
+        }
         self.out.clear();
         put_err(&mut self.out, seq, code, msg);
         let _ = self.io.write_all(&self.out).await;
@@ -718,5 +745,47 @@ fn com_name(cmd: u8) -> &'static str {
         com::STMT_FETCH => "mysqld_stmt_fetch",
         com::STMT_RESET => "mysqld_stmt_reset",
         _ => "mysqld_stmt_command",
+    }
+}
+
+impl Session {
+    /// Starts measuring a statement of shape `digest`.
+    fn begin_sample(&mut self, digest: u64, sql: &[u8]) {
+        self.sample_sql.clear();
+        self.sample_sql.extend_from_slice(sql);
+        self.sample = Some(crate::digests::Sample {
+            digest,
+            ..Default::default()
+        });
+    }
+
+    /// Adds the measured statement to the worker's statistics; logs it when slow.
+    fn end_sample(&mut self, elapsed: std::time::Duration) {
+        let Some(s) = self.sample.take() else {
+            return;
+        };
+        let sql = &self.sample_sql;
+        crate::digests::Digests::record(&self.digests, &s, elapsed, || {
+            crate::planner::digest::normalized(sql)
+        });
+        metrics::histogram!("shardgate_query_duration_seconds").record(elapsed.as_secs_f64());
+        let slow = self.shared.config.proxy.slow_query_ms;
+        if slow > 0 && elapsed.as_millis() >= u128::from(slow) {
+            let text: String = crate::planner::digest::normalized(sql)
+                .chars()
+                .take(2000)
+                .collect();
+            tracing::warn!(
+                target: "shardgate::slow_query",
+                ms = elapsed.as_millis() as u64,
+                user = %self.user.name,
+                db = self.db.as_deref().unwrap_or(""),
+                digest = %format!("{:016x}", s.digest),
+                error = s.error,
+                rows = s.rows,
+                shards = s.shards,
+                "slow query: {text}"
+            );
+        }
     }
 }

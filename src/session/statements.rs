@@ -25,6 +25,8 @@ pub struct StmtInfo {
     pub shards: StmtShards,
     /// What the result cache worked out for its executes (set by the first).
     pub cache_shape: Option<Arc<super::cached::Shape>>,
+    /// The statement's shape for statistics; 0 until its first execute works it out.
+    pub digest: u64,
 }
 
 /// Where a prepared statement's executes run.

@@ -37,13 +37,16 @@ pub enum TopologyError {
     Read { file: String, msg: String },
     #[error("writing the topology state file {file}: {msg}")]
     Write { file: String, msg: String },
+    #[error("{0}")]
+    Refused(String),
 }
 
 pub struct Topology {
     planner: ArcSwap<Planner>,
     health: Arc<Health>,
-    /// The config the proxy started with (routing defaults for new planners).
-    config: Config,
+    /// The config in force: the one the proxy started with, or the last reloaded (users,
+    /// routing defaults for new planners).
+    config: ArcSwap<Config>,
     history: Mutex<Vec<MapVersion>>,
     changed: watch::Sender<u64>,
     state_file: Option<PathBuf>,
@@ -71,6 +74,10 @@ impl Topology {
             }
             None => config.shard_map(),
         };
+        // Every server a kept version names gets a health entry (a restart after a failover).
+        for v in &saved {
+            health.add_map(&v.map);
+        }
         let planner = build_planner(config, &health, &first);
         let mut history = saved;
         if history.is_empty() {
@@ -86,7 +93,7 @@ impl Topology {
         Ok(Topology {
             planner: ArcSwap::from_pointee(planner),
             health,
-            config: config.clone(),
+            config: ArcSwap::from_pointee(config.clone()),
             history: Mutex::new(history),
             changed: watch::channel(version).0,
             state_file,
@@ -143,11 +150,64 @@ impl Topology {
         }
         drop(h);
         set_roles(&self.health, &map);
-        self.planner
-            .store(Arc::new(build_planner(&self.config, &self.health, &map)));
+        self.planner.store(Arc::new(build_planner(
+            &self.config.load(),
+            &self.health,
+            &map,
+        )));
         self.changed.send_replace(version);
         metrics::gauge!("shardgate_shard_map_version").set(version as f64);
         Ok(version)
+    }
+
+    /// The config in force (users, keyspaces, routing): changes with `reload`.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Applies a re-read config without dropping a client: its shard map (new replicas are
+    /// checked and used as soon as the monitor finds them healthy; removed servers get no new
+    /// statements), users and routing limits. Refused, changing nothing, when it would move a
+    /// shard's primary away from the live one (after a failover the config is out of date:
+    /// `force` overrides). Sections that only a restart applies are listed in the report.
+    pub fn reload(&self, new: Config, force: bool) -> Result<ReloadReport, TopologyError> {
+        let live = self.map();
+        let map = new.shard_map();
+        if !force {
+            for (ks, k) in &map.keyspace {
+                for s in &k.shards {
+                    let now = live
+                        .keyspace
+                        .get(ks)
+                        .and_then(|lk| lk.shards.iter().find(|x| x.name == s.name));
+                    if let Some(now) = now.filter(|now| now.primary != s.primary) {
+                        return Err(TopologyError::Refused(format!(
+                            "the config names {} as primary of {ks}/{} but the live primary is {} \
+                             (a failover or switchover changed it): update the config's shard map, \
+                             or reload with force to move the primary back",
+                            s.primary, s.name, now.primary
+                        )));
+                    }
+                }
+            }
+        }
+        let old = self.config.load_full();
+        let restart_needed = restart_needed(&old, &new);
+        let added = self.health.add_map(&map);
+        let same_map = map == live;
+        let same_routing = old.routing == new.routing;
+        self.config.store(Arc::new(new));
+        let version = if same_map && same_routing {
+            self.version()
+        } else {
+            self.publish(map, "config reload")?
+        };
+        Ok(ReloadReport {
+            version,
+            map_changed: !same_map,
+            added_servers: added,
+            restart_needed,
+        })
     }
 
     /// Waits until a version newer than `seen` is published, at most `limit`; true if it was.
@@ -157,6 +217,47 @@ impl Topology {
             .await
             .is_ok_and(|r| r.is_ok())
     }
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// The shard map version in force after it.
+    pub version: u64,
+    pub map_changed: bool,
+    /// Servers new to the proxy (checked from now on).
+    pub added_servers: Vec<String>,
+    /// Settings that changed in the file but take effect only when the proxy restarts.
+    pub restart_needed: Vec<String>,
+}
+
+/// Config sections whose change a running proxy does not apply.
+fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
+    fn val<T: Serialize>(t: &T) -> Option<toml::Value> {
+        toml::Value::try_from(t).ok()
+    }
+    let routing = |c: &Config| {
+        let mut r = c.routing.clone();
+        r.max_replica_lag = 0.0;
+        r.read_write_split = false;
+        val(&r)
+    };
+    [
+        ("proxy", val(&old.proxy), val(&new.proxy)),
+        ("pool", val(&old.pool), val(&new.pool)),
+        ("monitor", val(&old.monitor), val(&new.monitor)),
+        ("cache", val(&old.cache), val(&new.cache)),
+        ("ha", val(&old.ha), val(&new.ha)),
+        (
+            "routing (but max_replica_lag and read_write_split)",
+            routing(old),
+            routing(new),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, a, b)| a != b)
+    .map(|(name, _, _)| name.to_string())
+    .collect()
 }
 
 fn build_planner(config: &Config, health: &Health, map: &ShardMap) -> Planner {

@@ -12,6 +12,23 @@ use std::time::{Duration, Instant};
 use shardgate::sandbox::Cluster;
 
 pub const USER: &str = "app";
+/// A proxy config fragment for sandboxes of a test's own: 2 workers, the split on with
+/// eventual consistency, servers checked every 200 ms as root.
+pub const FAST_SPLIT: &str = r#"
+[proxy]
+workers = 2
+
+[routing]
+read_write_split = true
+consistency = "eventual"
+max_replica_lag = 30.0
+
+[monitor]
+user = "root"
+password = ""
+interval_ms = 200
+connect_timeout_ms = 500
+"#;
 pub const PASSWORD: &str = "app";
 /// The proxy's max_allowed_packet in tests: room for the 20 MiB BLOB round trip.
 pub const MAX_PACKET: usize = 48 << 20;
