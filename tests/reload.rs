@@ -231,3 +231,36 @@ async fn a_reload_adds_a_replica_under_load_and_a_bad_one_changes_nothing() {
         .expect("value");
     assert!(n > 0.0, "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_statements_are_logged_by_shape_without_their_literals() {
+    let sb = common::start_cluster(1);
+    let config =
+        sb.proxy_config(&CONFIG.replace("workers = 2", "workers = 2\nslow_query_ms = 150"));
+    let (child, port) = common::spawn_proxy_checked(&config);
+    let _proxy = common::ProxyProcess(child);
+    let mut c = common::connect(&common::app_url(port, "app")).await;
+    let _: Option<i64> = c
+        .query_first("SELECT SLEEP(0.3) + 4242")
+        .await
+        .expect("slow statement");
+    let _: Option<i64> = c.query_first("SELECT 1717").await.expect("fast statement");
+    let log_path = config.with_extension("log");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if let Some(l) = log.lines().find(|l| l.contains("slow query")) {
+            break l.to_string();
+        }
+        assert!(Instant::now() < deadline, "no slow-query line in:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(line.contains("select sleep(?) + ?"), "{line}");
+    assert!(!line.contains("4242"), "literals reached the log: {line}");
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert_eq!(
+        log.matches("slow query").count(),
+        1,
+        "only the slow one:\n{log}"
+    );
+}
