@@ -313,6 +313,14 @@ async fn a_killed_primary_is_replaced_without_losing_acknowledged_writes_then_fe
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(load.acked() > 0, "no insert went through before the kill");
 
+    // Semi-sync must have held all along (never fallen back to asynchronous replication),
+    // or acknowledged writes could be missing from every replica.
+    let off: Option<(String, u64)> = root(old.port)
+        .await
+        .query_first("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_no_times'")
+        .await
+        .expect("semi-sync status");
+    assert_eq!(off.map(|(_, n)| n), Some(0), "semi-sync fell back to async");
     let killed_at = Instant::now();
     assert!(
         sb.cluster

@@ -377,10 +377,9 @@ impl Ha {
             .filter(|r| **r != addr)
             .cloned()
             .collect();
-        let map = with_primary(&self.topology.map(), &group.primary, &addr, &replicas);
-        let version = self.topology.publish(
-            map,
+        let version = self.topology.update(
             &format!("failover of {}: {} -> {addr}", group.name, group.primary),
+            |m| Ok(with_primary(m, &group.primary, &addr, &replicas)),
         )?;
         steps.step(
             Some(&addr),
@@ -477,13 +476,12 @@ impl Ha {
                 .cloned()
                 .collect();
             replicas.push(group.primary.clone());
-            let map = with_primary(&self.topology.map(), &group.primary, &target, &replicas);
-            let version = self.topology.publish(
-                map,
+            let version = self.topology.update(
                 &format!(
                     "switchover of {}: {} -> {target}",
                     group.name, group.primary
                 ),
+                |m| Ok(with_primary(m, &group.primary, &target, &replicas)),
             )?;
             steps.step(
                 Some(&target),
@@ -617,14 +615,25 @@ impl Ha {
                 group.primary
             ),
         );
-        // Diverged history (transactions the new primary never got) shows as an IO error.
-        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        let target: GtidPos = {
+            let mut p = Server::connect(&group.primary, &self.creds).await?;
+            let pos = p.gtid("gtid_binlog_pos").await?;
+            p.close().await;
+            pos
+        };
+        // Diverged history (transactions the new primary never got) shows as an IO error,
+        // possibly only after the IO thread first connected: watch until it has caught up.
+        let deadline = Instant::now() + std::time::Duration::from_millis(self.cfg.catchup_timeout_ms);
+        let step = std::time::Duration::from_millis(200);
         loop {
             let st = s.slave_status().await?.unwrap_or_default();
-            if st.connected() && st.sql_running == "Yes" {
+            let failed = !st.last_io_error.is_empty() || st.sql_running == "No";
+            if !failed && st.connected() && s.wait_applied(&target, step).await.is_ok() {
+                steps.step(Some(server), format!("{server} caught up to {target}"));
                 break;
             }
-            if !st.last_io_error.is_empty() || Instant::now() >= deadline {
+            if failed || Instant::now() >= deadline {
+                let st = s.slave_status().await?.unwrap_or_default();
                 let _ = s.exec("STOP SLAVE").await;
                 s.close().await;
                 let msg = format!(
@@ -633,7 +642,7 @@ impl Ha {
                      rebuild it from a replica's backup",
                     group.primary,
                     if st.last_io_error.is_empty() {
-                        format!("IO {}, SQL {}", st.io_running, st.sql_running)
+                        format!("IO {}, SQL {}, not at {target} after {} ms", st.io_running, st.sql_running, self.cfg.catchup_timeout_ms)
                     } else {
                         st.last_io_error.clone()
                     }
@@ -642,28 +651,21 @@ impl Ha {
                     .add("failed", Some(&group.name), Some(server), msg.clone());
                 return Err(HaError::Refused(msg));
             }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        let target: GtidPos = {
-            let mut p = Server::connect(&group.primary, &self.creds).await?;
-            let pos = p.gtid("gtid_binlog_pos").await?;
-            p.close().await;
-            pos
-        };
-        let limit = std::time::Duration::from_millis(self.cfg.catchup_timeout_ms);
-        match s.wait_applied(&target, limit).await {
-            Ok(()) => steps.step(Some(server), format!("{server} caught up to {target}")),
-            Err(e) => steps.warn(Some(server), format!("still catching up: {e}")),
         }
         s.close().await;
-        let mut replicas = group.replicas.clone();
-        if !replicas.iter().any(|r| r == server) {
-            replicas.push(server.to_string());
-        }
-        let new_map = with_primary(&map, &group.primary, &group.primary, &replicas);
-        let version = self
-            .topology
-            .publish(new_map, &format!("rejoin of {server} to {}", group.name))?;
+        let shard = fenced.shard.clone();
+        let version =
+            self.topology
+                .update(&format!("rejoin of {server} to {}", group.name), |m| {
+                    // The map as it is now, not as it was when the rejoin started.
+                    let g = find_group(m, &shard)
+                        .map_err(|e| crate::topology::TopologyError::Refused(e.to_string()))?;
+                    let mut replicas = g.replicas.clone();
+                    if !replicas.iter().any(|r| r == server) {
+                        replicas.push(server.to_string());
+                    }
+                    Ok(with_primary(m, &g.primary, &g.primary, &replicas))
+                })?;
         lock(&self.fenced).remove(server);
         steps.step(
             Some(server),

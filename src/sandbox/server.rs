@@ -40,7 +40,9 @@ pub(crate) fn instance_args(info: &ServerInfo) -> Vec<String> {
         // Both sides on every server, so a promoted replica is a semi-sync primary at once.
         "--rpl-semi-sync-master-enabled=1".into(),
         "--rpl-semi-sync-slave-enabled=1".into(),
-        "--rpl-semi-sync-master-timeout=1000".into(),
+        // Ten seconds without a replica's ack before falling back to asynchronous replication
+        // (where a failover can lose acknowledged writes): a busy machine must not get there.
+        "--rpl-semi-sync-master-timeout=10000".into(),
         // Lossless: a transaction is acknowledged by a replica before it commits here, so a
         // crashed primary holds nothing the replicas lack but unacknowledged transactions,
         // which it truncates on restart (semi-sync slave role on at startup), letting it rejoin.

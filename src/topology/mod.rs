@@ -48,6 +48,9 @@ pub struct Topology {
     /// routing defaults for new planners).
     config: ArcSwap<Config>,
     history: Mutex<Vec<MapVersion>>,
+    /// Held across read-modify-write of the map (failover, rejoin, reload), so one change
+    /// never publishes over another it did not see.
+    writer: Mutex<()>,
     changed: watch::Sender<u64>,
     state_file: Option<PathBuf>,
 }
@@ -95,6 +98,7 @@ impl Topology {
             health,
             config: ArcSwap::from_pointee(config.clone()),
             history: Mutex::new(history),
+            writer: Mutex::new(()),
             changed: watch::channel(version).0,
             state_file,
         })
@@ -171,6 +175,7 @@ impl Topology {
     /// shard's primary away from the live one (after a failover the config is out of date:
     /// `force` overrides). Sections that only a restart applies are listed in the report.
     pub fn reload(&self, new: Config, force: bool) -> Result<ReloadReport, TopologyError> {
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let live = self.map();
         let map = new.shard_map();
         if !force {
@@ -208,6 +213,17 @@ impl Topology {
             added_servers: added,
             restart_needed,
         })
+    }
+
+    /// Publishes `change` applied to the current map, with no other change in between.
+    pub fn update(
+        &self,
+        reason: &str,
+        change: impl FnOnce(&ShardMap) -> Result<ShardMap, TopologyError>,
+    ) -> Result<u64, TopologyError> {
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let map = change(&self.map())?;
+        self.publish(map, reason)
     }
 
     /// Waits until a version newer than `seen` is published, at most `limit`; true if it was.
