@@ -249,7 +249,7 @@ async fn schemathesis_finds_no_server_error() {
             "not_a_server_error,status_code_conformance,content_type_conformance,\
              response_schema_conformance,unsupported_method,ignored_auth",
         ])
-        .args(["--max-examples", "20", "--seed", "7", "--workers", "2"])
+        .args(["--max-examples", "50", "--seed", "7", "--workers", "2"])
         .args(["--request-timeout", "10"])
         .env("NO_COLOR", "1");
     let (out, killed) = common::run_child(&mut cmd, Vec::new(), Duration::from_secs(180));
