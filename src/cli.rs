@@ -59,6 +59,11 @@ enum Command {
         #[command(subcommand)]
         action: CacheAction,
     },
+    /// Every keyspace, shard and server of a running proxy: role, health, lag, load, pool use.
+    Topology {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Change a shard's primary: a planned switchover when the primary answers (statements
     /// wait, none fail), else a failover to the most advanced replica.
     Failover {
@@ -361,6 +366,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let target = admin.target()?;
             let out =
                 crate::admin::commands::cache_flush(&target, table.as_deref(), admin.json).await?;
+            print_output(&out);
+            Ok(())
+        }
+        Command::Topology { admin } => {
+            let out = crate::admin::commands::topology(&admin.target()?, admin.json).await?;
             print_output(&out);
             Ok(())
         }

@@ -7,7 +7,7 @@
 //! difference was threads waking each other (see the closing note of issue 2).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -43,6 +43,8 @@ pub struct Shared {
     /// The result cache, when a rule in `[cache]` turns it on.
     pub cache: Option<Arc<crate::cache::ResultCache>>,
     clients: AtomicUsize,
+    /// Set while the workers run: `/readyz` is not ready before the listeners exist.
+    accepting: AtomicBool,
 }
 
 impl Shared {
@@ -63,7 +65,13 @@ impl Shared {
             digests: Default::default(),
             cache,
             clients: AtomicUsize::new(0),
+            accepting: AtomicBool::new(false),
         })
+    }
+
+    /// Whether the proxy's workers are accepting MySQL clients.
+    pub fn accepting(&self) -> bool {
+        self.accepting.load(Ordering::Relaxed)
     }
 
     /// The planner of the current shard map version.
@@ -121,6 +129,7 @@ impl Proxy {
                 .spawn(move || worker(i, listener, shared, stopped))?;
             workers.push(handle);
         }
+        shared.accepting.store(true, Ordering::Relaxed);
         let monitor = spawn_monitor(shared.health.clone(), shared.config.monitor.clone());
         let ha = match crate::ha::spawn(shared.ha.clone()) {
             Ok(h) => Some(h),
@@ -145,6 +154,7 @@ impl Proxy {
 
     /// Stops accepting, ends every worker (and the sessions on it) and waits for them.
     pub fn shutdown(self) {
+        self.shared.accepting.store(false, Ordering::Relaxed);
         drop(self.ha);
         drop(self.monitor);
         let _ = self.stop.send(true);

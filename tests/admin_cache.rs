@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -15,7 +14,7 @@ use mysql_async::prelude::*;
 use serde_json::Value;
 use shardgate::admin::client::{Client, Response};
 
-use common::{ProxyProcess, Sandbox};
+use common::Sandbox;
 
 /// Caches every read for a minute.
 const CACHE_ON: &str = "[[cache.rules]]\nttl_ms = 60000\n";
@@ -25,31 +24,12 @@ fn sandbox() -> &'static Sandbox {
     SB.get_or_init(|| common::start_cluster(1))
 }
 
-/// A proxy with `extra` config: its guard, MySQL port, config file, admin address and token.
-struct Proxy {
-    guard: ProxyProcess,
-    port: u16,
-    config: PathBuf,
-    admin: String,
-    token: String,
-}
+/// A proxy of the test's own, with `extra` config.
+type Proxy = common::AdminProxy;
 
 impl Proxy {
     fn start(extra: &str) -> Proxy {
-        let config = sandbox().proxy_config(extra);
-        let (admin, token) = common::admin_of(&config);
-        let (child, port) = common::spawn_proxy_checked(&config);
-        Proxy {
-            guard: ProxyProcess(child),
-            port,
-            config,
-            admin,
-            token,
-        }
-    }
-
-    fn client(&self) -> Client {
-        Client::new(self.admin.clone(), Some(self.token.clone()))
+        sandbox().admin_proxy(extra)
     }
 
     async fn get(&self, path: &str) -> Response {
@@ -74,16 +54,6 @@ impl Proxy {
 
     async fn conn(&self) -> mysql_async::Conn {
         common::connect(&common::app_url(self.port, "app")).await
-    }
-
-    /// `shardgate ARGS --config <this proxy's config>`.
-    fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(common::bin())
-            .args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .output()
-            .expect("run shardgate")
     }
 }
 

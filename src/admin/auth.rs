@@ -1,4 +1,4 @@
-//! Bearer-token guard for every admin route but `/healthz`.
+//! Bearer-token guard for every admin route but the open ones (`OPEN_PATHS`).
 //!
 //! Without `proxy.admin_token` the guarded routes answer 401: an admin port someone forgot to
 //! configure is closed, never open. Tokens are compared as SHA-256 digests in constant time,
@@ -12,8 +12,9 @@ use sha2::{Digest, Sha256};
 
 use super::{AdminState, ApiError};
 
-/// Paths anyone may call: a load balancer's liveness probe has no token.
-const OPEN_PATHS: &[&str] = &["/healthz"];
+/// Paths anyone may call: load balancers probe liveness and readiness without a token, and
+/// the API's description tells nothing the open source does not.
+pub const OPEN_PATHS: &[&str] = &["/healthz", "/readyz", "/api/v1/openapi.json"];
 
 /// The configured admin token, kept only as its digest.
 #[derive(Clone)]

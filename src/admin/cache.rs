@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use axum::body::Bytes;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -73,8 +73,9 @@ pub struct Flushed {
 pub async fn flush(
     State(state): State<AdminState>,
     query: Result<Query<FlushRequest>, QueryRejection>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Flushed>, ApiError> {
+    let body = body?;
     let Query(from_query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let from_body = parse_body(&body)?;
     let table = match (from_query.table, from_body.table) {

@@ -1,4 +1,5 @@
-//! What the CLI's admin commands do (`shardgate cache stats|flush`): find the admin API,
+//! What the CLI's admin commands do (`shardgate cache stats|flush`, `topology`, `failover`,
+//! `rejoin`, `events`): find the admin API,
 //! call it, and turn its JSON into a few readable lines (or pass the JSON through).
 
 use std::net::SocketAddr;
@@ -8,6 +9,7 @@ use anyhow::Context;
 
 use super::cache::{CacheStats, Flushed};
 use super::client::Client;
+use super::topology::{Role, TopologyView};
 use crate::config::Config;
 
 /// Where the admin API listens and the token to show it.
@@ -348,6 +350,74 @@ pub async fn reload(target: &Target, force: bool, json: bool) -> anyhow::Result<
     Ok(out)
 }
 
+/// `shardgate topology`: the text to print.
+pub async fn topology(target: &Target, json: bool) -> anyhow::Result<String> {
+    let r = target
+        .client()
+        .call("GET", "/api/v1/topology", None)
+        .await?;
+    if json {
+        return Ok(r.text());
+    }
+    let t: TopologyView = serde_json::from_slice(&r.body)
+        .with_context(|| format!("unexpected answer from {}: {}", target.addr, r.text()))?;
+    Ok(topology_table(&t))
+}
+
+/// One server a line under a header, columns sized to their widest cell.
+fn topology_table(t: &TopologyView) -> String {
+    let mut rows =
+        vec![["SHARD", "ROLE", "SERVER", "UP", "LAG", "RUNNING", "POOL"].map(str::to_string)];
+    for ks in &t.keyspaces {
+        for shard in &ks.shards {
+            for s in &shard.servers {
+                let up = match (s.up, s.role) {
+                    (false, _) => "down",
+                    (true, Role::Replica) if !s.replicating => "up, not replicating",
+                    (true, _) => "up",
+                };
+                let lag = match (s.role, s.lag_seconds) {
+                    (Role::Primary, _) => "-".to_string(),
+                    (Role::Replica, None) => "unknown".to_string(),
+                    (Role::Replica, Some(l)) => format!("{l:.1}s"),
+                };
+                rows.push([
+                    format!("{}/{}", ks.name, shard.name),
+                    match s.role {
+                        Role::Primary => "primary".to_string(),
+                        Role::Replica => "replica".to_string(),
+                    },
+                    s.addr.clone(),
+                    up.to_string(),
+                    lag,
+                    s.outstanding.to_string(),
+                    format!(
+                        "{} open, {} idle of {}",
+                        s.pool.open, s.pool.idle, s.pool.max
+                    ),
+                ]);
+            }
+        }
+    }
+    let mut widths = [0usize; 7];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = format!("shard map version {}\n", t.version);
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 /// Two aligned columns, one counter a line.
 fn stats_table(s: &CacheStats) -> String {
     if !s.enabled {
@@ -392,6 +462,54 @@ mod tests {
         assert!(err.contains("--config"), "{err}");
         let t = Target::resolve(None, Some("127.0.0.1:1"), Some("t")).expect("target");
         assert_eq!(t.token.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn topology_prints_one_server_a_line() {
+        use super::super::topology::{KeyspaceView, ServerView, ShardView};
+        let server = |addr: &str, role, lag| ServerView {
+            addr: addr.into(),
+            role,
+            up: true,
+            replicating: role == Role::Replica,
+            lag_seconds: lag,
+            weight: 1,
+            outstanding: 2,
+            pool: crate::backend::pool::PoolUsage {
+                open: 3,
+                idle: 1,
+                max: 64,
+            },
+        };
+        let t = TopologyView {
+            version: 4,
+            keyspaces: vec![KeyspaceView {
+                name: "app".into(),
+                sharding: crate::shardmap::Sharding::Unsharded,
+                shards: vec![ShardView {
+                    name: "s0".into(),
+                    servers: vec![
+                        server("127.0.0.1:1", Role::Primary, None),
+                        server("127.0.0.1:2", Role::Replica, Some(1.5)),
+                        server("127.0.0.1:3", Role::Replica, None),
+                    ],
+                }],
+            }],
+        };
+        let text = topology_table(&t);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        assert_eq!(lines[0], "shard map version 4");
+        assert!(lines[1].starts_with("SHARD   ROLE     SERVER"), "{text}");
+        assert_eq!(
+            lines[2],
+            "app/s0  primary  127.0.0.1:1  up  -        2        3 open, 1 idle of 64"
+        );
+        assert!(
+            lines[3].contains("replica  127.0.0.1:2  up  1.5s"),
+            "{text}"
+        );
+        assert!(lines[4].contains("unknown"), "{text}");
     }
 
     #[test]

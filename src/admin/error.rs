@@ -30,6 +30,9 @@ pub enum ApiError {
     /// A database server failed while the request ran.
     #[error("{0}")]
     Backend(String),
+    /// An extractor refused the request (body too large, unreadable); its status is kept.
+    #[error("{message}")]
+    Rejected { status: StatusCode, message: String },
 }
 
 impl ApiError {
@@ -45,6 +48,16 @@ impl ApiError {
             ApiError::MetricsUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Backend(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Rejected { status, .. } => *status,
+        }
+    }
+}
+
+impl From<axum::extract::rejection::BytesRejection> for ApiError {
+    fn from(e: axum::extract::rejection::BytesRejection) -> Self {
+        ApiError::Rejected {
+            status: e.status(),
+            message: e.body_text(),
         }
     }
 }

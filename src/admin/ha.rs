@@ -3,6 +3,7 @@
 //! a dead primary), `POST /api/v1/rejoin`, `GET /api/v1/shardmap` (versions).
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Query, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -82,8 +83,9 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError
 /// `POST /api/v1/failover`: returns when the operation ended, with its steps.
 pub async fn failover(
     State(state): State<AdminState>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Report>, ApiError> {
+    let body = body?;
     let req: FailoverRequest = json_body(&body)?;
     let ha = state.shared.ha.clone();
     // On its own task: a client that hangs up must not cancel a flip half-way.
@@ -107,8 +109,9 @@ pub struct RejoinRequest {
 /// `POST /api/v1/rejoin`.
 pub async fn rejoin(
     State(state): State<AdminState>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Report>, ApiError> {
+    let body = body?;
     let req: RejoinRequest = json_body(&body)?;
     let ha = state.shared.ha.clone();
     let r = tokio::spawn(async move { ha.rejoin(&req.server).await })

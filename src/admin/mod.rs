@@ -2,7 +2,8 @@
 //! the client the `shardgate` CLI uses to talk to it.
 //!
 //! One file per job: `router` lays out the routes, `auth` guards them, `error` turns failures
-//! into JSON, and each group of endpoints (`health`, `metrics`, `cache`) has its own handlers.
+//! into JSON, and each group of endpoints (`health`, `metrics`, `cache`, `ha`, `topology`)
+//! has its own handlers; `openapi.json` describes them all.
 //! A new group of endpoints is a new file plus a few lines in `router`.
 
 mod auth;
@@ -13,9 +14,11 @@ mod error;
 pub mod ha;
 mod health;
 pub mod metrics;
+mod openapi;
 pub mod queries;
 pub mod reload;
 mod router;
+pub mod topology;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

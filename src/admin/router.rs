@@ -5,12 +5,16 @@ use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
 
-use super::{auth, cache, ha, health, metrics, queries, reload, AdminState, ApiError};
+use super::{
+    auth, cache, ha, health, metrics, openapi, queries, reload, topology, AdminState, ApiError,
+};
 
-/// Every route; all but `/healthz` behind the bearer token (see `auth`).
+/// Every route; all but `auth::OPEN_PATHS` behind the bearer token. Each one is described in
+/// `openapi.json` (a test there compares the paths with this function's source).
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
+        .route("/readyz", get(topology::readyz))
         .route("/metrics", get(metrics::render))
         .route("/api/v1/cache", get(cache::stats))
         .route("/api/v1/cache/flush", post(cache::flush))
@@ -22,6 +26,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/queries", get(queries::top))
         .route("/api/v1/queries/reset", post(queries::reset))
         .route("/api/v1/config/reload", post(reload::reload))
+        .route("/api/v1/topology", get(topology::topology))
+        .route("/api/v1/openapi.json", get(openapi::document))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         // On the whole router, fallbacks included: without the token nothing, not even
@@ -121,6 +127,45 @@ mod tests {
         let stats: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
         assert_eq!(stats["enabled"], false);
         assert_eq!(stats["max_bytes"], 64 << 20);
+    }
+
+    #[tokio::test]
+    async fn readiness_topology_and_the_document() {
+        let addr = start("").await;
+        let none = Client::new(addr.clone(), None);
+        let good = Client::new(addr, Some("t0ken".into()));
+        // A `Shared` without workers: nothing accepts MySQL clients.
+        let r = none.send("GET", "/readyz", None).await.expect("readyz");
+        assert_eq!(r.status, 503, "{}", r.text());
+        let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+        assert_eq!(v["ready"], false);
+        assert!(v["error"].as_str().is_some_and(|e| e.contains("accepting")));
+        let r = none
+            .send("GET", "/api/v1/openapi.json", None)
+            .await
+            .expect("document");
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            status_and_error(&none, "GET", "/api/v1/topology").await.0,
+            401
+        );
+        let r = good
+            .call("GET", "/api/v1/topology", None)
+            .await
+            .expect("topology");
+        let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+        assert_eq!(v["version"], 1);
+        let server = &v["keyspaces"][0]["shards"][0]["servers"][0];
+        assert_eq!(server["addr"], "127.0.0.1:1");
+        assert_eq!(server["role"], "primary");
+        assert_eq!(server["pool"]["open"], 0);
+        let big = vec![b' '; (2 << 20) + 1024];
+        let r = good
+            .send("POST", "/api/v1/cache/flush", Some(&big))
+            .await
+            .expect("request");
+        assert_eq!(r.status, 413, "{}", r.text());
+        assert!(r.error_message().contains("length limit"), "{}", r.text());
     }
 
     #[tokio::test]

@@ -216,6 +216,25 @@ impl ServerPool {
         })
     }
 
+    /// Open connections (busy, idle, being opened or reset) and the idle ones, read from the
+    /// semaphore and the idle lists: nothing extra is counted on the data path.
+    pub fn usage(&self) -> PoolUsage {
+        let open = self
+            .settings
+            .max_connections
+            .saturating_sub(self.permits.available_permits());
+        let idle = self
+            .idle
+            .iter()
+            .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum();
+        PoolUsage {
+            open,
+            idle,
+            max: self.settings.max_connections,
+        }
+    }
+
     fn timeout(&self) -> BackendError {
         BackendError::PoolTimeout {
             addr: self.addr.to_string(),
@@ -223,6 +242,15 @@ impl ServerPool {
             ms: self.settings.wait_timeout_ms,
         }
     }
+}
+
+/// How much of one server's pool is in use, for the admin API.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PoolUsage {
+    pub open: usize,
+    pub idle: usize,
+    /// `pool.max_connections`.
+    pub max: usize,
 }
 
 /// All server pools of the proxy, created on first use.
@@ -247,6 +275,23 @@ impl Pools {
             .entry(addr.to_string())
             .or_insert_with(|| Arc::new(ServerPool::new(addr, &self.settings, self.workers)))
             .clone()
+    }
+
+    /// `addr`'s pool use; all 0 (but `max`) when nothing opened one yet, without creating it.
+    pub fn usage(&self, addr: &str) -> PoolUsage {
+        let pool = self
+            .servers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(addr)
+            .cloned();
+        pool.map_or(
+            PoolUsage {
+                max: self.settings.max_connections,
+                ..PoolUsage::default()
+            },
+            |p| p.usage(),
+        )
     }
 
     /// A connection to `addr` for `user`, with the client's framing and charset, preferably

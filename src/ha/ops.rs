@@ -623,7 +623,8 @@ impl Ha {
         };
         // Diverged history (transactions the new primary never got) shows as an IO error,
         // possibly only after the IO thread first connected: watch until it has caught up.
-        let deadline = Instant::now() + std::time::Duration::from_millis(self.cfg.catchup_timeout_ms);
+        let deadline =
+            Instant::now() + std::time::Duration::from_millis(self.cfg.catchup_timeout_ms);
         let step = std::time::Duration::from_millis(200);
         loop {
             let st = s.slave_status().await?.unwrap_or_default();
@@ -642,7 +643,10 @@ impl Ha {
                      rebuild it from a replica's backup",
                     group.primary,
                     if st.last_io_error.is_empty() {
-                        format!("IO {}, SQL {}, not at {target} after {} ms", st.io_running, st.sql_running, self.cfg.catchup_timeout_ms)
+                        format!(
+                            "IO {}, SQL {}, not at {target} after {} ms",
+                            st.io_running, st.sql_running, self.cfg.catchup_timeout_ms
+                        )
                     } else {
                         st.last_io_error.clone()
                     }

@@ -429,6 +429,49 @@ impl Sandbox {
     }
 }
 
+/// A proxy over a test's sandbox with its admin API (`Sandbox::admin_proxy`): its guard,
+/// MySQL port, config file, admin address and token.
+pub struct AdminProxy {
+    pub guard: ProxyProcess,
+    pub port: u16,
+    pub config: PathBuf,
+    pub admin: String,
+    pub token: String,
+}
+
+impl Sandbox {
+    /// A proxy over this sandbox with `extra` config, stopped when dropped.
+    pub fn admin_proxy(&self, extra: &str) -> AdminProxy {
+        let config = self.proxy_config(extra);
+        let (admin, token) = admin_of(&config);
+        let (child, port) = spawn_proxy_checked(&config);
+        AdminProxy {
+            guard: ProxyProcess(child),
+            port,
+            config,
+            admin,
+            token,
+        }
+    }
+}
+
+impl AdminProxy {
+    /// An admin client with the proxy's token.
+    pub fn client(&self) -> shardgate::admin::client::Client {
+        shardgate::admin::client::Client::new(self.admin.clone(), Some(self.token.clone()))
+    }
+
+    /// `shardgate ARGS --config <this proxy's config>`, as a user runs it.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .expect("run shardgate")
+    }
+}
+
 /// The admin address (`proxy.admin_listen`) and token (`proxy.admin_token`, empty if unset)
 /// of the proxy config at `config`.
 pub fn admin_of(config: &Path) -> (String, String) {
