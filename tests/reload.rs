@@ -230,6 +230,17 @@ async fn a_reload_adds_a_replica_under_load_and_a_bad_one_changes_nothing() {
         .and_then(|v| v.parse().ok())
         .expect("value");
     assert!(n > 0.0, "{line}");
+    // Pool gauges: the replicas the readers used hold connections.
+    let idle_or_busy = metrics
+        .lines()
+        .filter(|l| l.starts_with("shardgate_pool_connections{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>();
+    assert!(idle_or_busy > 0.0, "no pool gauge above 0 in:\n{metrics}");
+    assert!(
+        metrics.contains("shardgate_pool_max_connections{"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

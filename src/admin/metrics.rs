@@ -106,5 +106,20 @@ pub async fn render(State(state): State<AdminState>) -> Result<impl IntoResponse
         metrics::gauge!("shardgate_cache_bytes").set(bytes as f64);
         metrics::gauge!("shardgate_cache_entries").set(entries as f64);
     }
+    // Pool use is read where it is kept (semaphore, idle lists) at each scrape, so the data
+    // path never touches a gauge.
+    for server in state.shared.health.servers() {
+        let addr = std::sync::Arc::clone(server.addr());
+        let u = state.shared.pools.usage(&addr);
+        let busy = u.open.saturating_sub(u.idle);
+        metrics::gauge!("shardgate_pool_connections", "server" => addr.clone(), "state" => "idle")
+            .set(u.idle as f64);
+        metrics::gauge!("shardgate_pool_connections", "server" => addr.clone(), "state" => "busy")
+            .set(busy as f64);
+        metrics::gauge!("shardgate_pool_max_connections", "server" => addr.clone())
+            .set(u.max as f64);
+        metrics::gauge!("shardgate_server_outstanding", "server" => addr)
+            .set(f64::from(server.outstanding()));
+    }
     Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], handle.render()))
 }

@@ -160,12 +160,15 @@ impl Session {
                     let poll = left.min(Duration::from_millis(100));
                     if topology.wait_newer(seen_version, poll).await {
                         seen_version = topology.version();
-                        match self.shared.planner().refresh(route) {
-                            Some(r) => fresh = Some(r),
-                            None => {
-                                let reply_seq = work.frame().last_seq.wrapping_add(1);
-                                return self.report(ExecError::Connect(e), reply_seq).await;
-                            }
+                    }
+                    // Always the shard's primary as the map has it now: a new map may have
+                    // come before `seen_version` was read, and the old primary, restarted,
+                    // must never get this statement.
+                    match self.shared.planner().refresh(route) {
+                        Some(r) => fresh = Some(r),
+                        None => {
+                            let reply_seq = work.frame().last_seq.wrapping_add(1);
+                            return self.report(ExecError::Connect(e), reply_seq).await;
                         }
                     }
                 }
