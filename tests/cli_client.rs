@@ -350,6 +350,8 @@ fn use_switches_database() {
         "CREATE DATABASE {db}; CREATE TABLE {db}.marker (v VARCHAR(10)); \
          INSERT INTO {db}.marker VALUES ('there')"
     ));
+    // The next statements come from another client and may read a replica.
+    common::wait_env_replicated();
     let out = proxy(&format!(
         "SELECT DATABASE(); USE {db}; SELECT DATABASE(); SELECT v FROM marker"
     ));

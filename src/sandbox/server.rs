@@ -43,6 +43,10 @@ pub(crate) fn instance_args(info: &ServerInfo) -> Vec<String> {
         // Ten seconds without a replica's ack before falling back to asynchronous replication
         // (where a failover can lose acknowledged writes): a busy machine must not get there.
         "--rpl-semi-sync-master-timeout=10000".into(),
+        // A server with no semi-sync replica connected (every replica, whose own semi-sync
+        // master side is on for promotion) commits without waiting: otherwise a replica's
+        // applier would stall a full timeout before semi-sync switched itself off.
+        "--rpl-semi-sync-master-wait-no-slave=OFF".into(),
         // Lossless: a transaction is acknowledged by a replica before it commits here, so a
         // crashed primary holds nothing the replicas lack but unacknowledged transactions,
         // which it truncates on restart (semi-sync slave role on at startup), letting it rejoin.
