@@ -596,6 +596,38 @@ async fn a_planned_switchover_under_load_fails_no_statement() {
         .await
         .expect("read_only");
     assert_eq!(ro, Some(1), "the old primary is a read_only replica");
+    // Counted in the metrics, and nothing is running any more.
+    let r = Client::new(proxy.admin.clone(), Some(proxy.token.clone()))
+        .call("GET", "/metrics", None)
+        .await
+        .expect("metrics");
+    let metrics = r.text();
+    let value = |prefix: &str, labels: &[&str]| -> Option<f64> {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix) && labels.iter().all(|x| l.contains(x)))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    assert_eq!(
+        value(
+            "shardgate_failovers_total{",
+            &["kind=\"switchover\"", "result=\"done\""]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        value(
+            "shardgate_ha_operation_running{",
+            &["operation=\"switchover\""]
+        ),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert!(
+        value("shardgate_ha_events_total{", &["kind=\"step\""]).unwrap_or(0.0) >= 5.0,
+        "{metrics}"
+    );
 }
 
 /// A TCP relay to a server that the test can cut: the proxy reaches the primary through it,

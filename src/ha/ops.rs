@@ -101,6 +101,7 @@ impl Steps<'_> {
         if let Some(p) = lock(&self.ha.progress).as_mut() {
             p.step = msg.clone();
             p.steps_done += 1;
+            metrics::gauge!("shardgate_ha_operation_steps_done").set(p.steps_done as f64);
         }
         self.done.push(msg);
     }
@@ -115,7 +116,10 @@ impl Steps<'_> {
 
 impl Drop for Steps<'_> {
     fn drop(&mut self) {
-        *lock(&self.ha.progress) = None;
+        if let Some(p) = lock(&self.ha.progress).take() {
+            metrics::gauge!("shardgate_ha_operation_running", "operation" => p.operation).set(0.0);
+        }
+        metrics::gauge!("shardgate_ha_operation_steps_done").set(0.0);
     }
 }
 
@@ -125,6 +129,7 @@ fn ms(since: Instant) -> u64 {
 
 impl Ha {
     fn start<'a>(&'a self, operation: &'static str, shard: &str) -> Steps<'a> {
+        metrics::gauge!("shardgate_ha_operation_running", "operation" => operation).set(1.0);
         *lock(&self.progress) = Some(Progress {
             operation: operation.to_string(),
             shard: shard.to_string(),
