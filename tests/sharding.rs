@@ -1225,3 +1225,103 @@ async fn cached_multi_shard_reads_are_invalidated_by_writes_on_any_shard() {
         );
     }
 }
+
+/// As on one MariaDB: a BEGIN inside a multi-shard transaction commits it on every shard, and
+/// a deadlock on one shard rolls the whole transaction back, the other shards' parts too (so a
+/// client restarting it, as sysbench does, cannot commit half of it).
+#[tokio::test]
+async fn begin_commits_and_a_deadlock_rolls_back_every_shard_of_a_transaction() {
+    let (_proxy, port) = sandbox().proxy(
+        "[monitor]\ninterval_ms = 200\n[keyspace.app]\nmulti_shard_transactions = \"best_effort\"\n",
+    );
+    let url = common::app_url(port, "app");
+    let mut c = common::connect(&url).await;
+    users_table(&mut c).await;
+    let base = 17_000_000 + (std::process::id() as i64 % 1000) * 100;
+    let (a, b) = keys_on_both_shards(&mut c, base).await;
+    let names_sql = format!(
+        "/* shardgate:primary */ SELECT name FROM users WHERE id IN ({a}, {b}) ORDER BY name"
+    );
+
+    // BEGIN, a write on each shard, BEGIN again, ROLLBACK: the first transaction stays.
+    c.query_drop("BEGIN").await.expect("begin");
+    for id in [a, b] {
+        c.query_drop(format!("UPDATE users SET name = 'kept' WHERE id = {id}"))
+            .await
+            .expect("write");
+    }
+    c.query_drop("BEGIN").await.expect("begin again");
+    c.query_drop("ROLLBACK").await.expect("rollback");
+    let names: Vec<String> = c.query(&names_sql).await.expect("names");
+    assert_eq!(names, vec!["kept".to_string(), "kept".to_string()]);
+
+    // Deadlock on a's shard: c writes b (other shard) then a2 then a; d holds a and more rows
+    // there, then waits for a2, so c (fewer rows locked) is the victim.
+    let (a2, a3) = {
+        let mut same = Vec::new();
+        for id in base + 40..base + 200 {
+            c.query_drop(format!("REPLACE INTO users (id, name) VALUES ({id}, 'x')"))
+                .await
+                .expect("insert");
+            let here: Option<u32> = c
+                .query_first(format!(
+                    "/* shardgate:primary */ SELECT @@server_id FROM users WHERE id = {id}"
+                ))
+                .await
+                .expect("where");
+            let a_here: Option<u32> = c
+                .query_first(format!(
+                    "/* shardgate:primary */ SELECT @@server_id FROM users WHERE id = {a}"
+                ))
+                .await
+                .expect("where");
+            if here == a_here {
+                same.push(id);
+            }
+            if same.len() == 2 {
+                break;
+            }
+        }
+        assert_eq!(same.len(), 2, "two more keys on a's shard");
+        (same[0], same[1])
+    };
+    let mut d = common::connect(&url).await;
+    c.query_drop("BEGIN").await.expect("begin");
+    c.query_drop(format!("UPDATE users SET name = 'lost' WHERE id = {b}"))
+        .await
+        .expect("write b");
+    c.query_drop(format!("UPDATE users SET name = 'lost' WHERE id = {a2}"))
+        .await
+        .expect("write a2");
+    d.query_drop("BEGIN").await.expect("begin d");
+    for id in [a, a3] {
+        d.query_drop(format!("UPDATE users SET name = 'd' WHERE id = {id}"))
+            .await
+            .expect("d writes");
+    }
+    let waiter = tokio::spawn(async move {
+        let r = d
+            .query_drop(format!("UPDATE users SET name = 'd' WHERE id = {a2}"))
+            .await;
+        let _ = d.query_drop("ROLLBACK").await;
+        r
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let r = c
+        .query_drop(format!("UPDATE users SET name = 'lost' WHERE id = {a}"))
+        .await;
+    let (code, msg) = error_of(r);
+    assert_eq!(code, 1213, "the deadlock victim: {msg}");
+    waiter
+        .await
+        .expect("d")
+        .expect("d went on after the victim rolled back");
+    // The client restarts its transaction: nothing of the first attempt may get committed.
+    c.query_drop("BEGIN").await.expect("restart");
+    c.query_drop("COMMIT").await.expect("commit");
+    let names: Vec<String> = c.query(&names_sql).await.expect("names");
+    assert!(
+        !names.iter().any(|n| n == "lost"),
+        "a deadlocked transaction's write on the other shard survived: {names:?}"
+    );
+}

@@ -63,6 +63,8 @@ pub struct Scanner {
     pub error: bool,
     /// Rows of the result sets seen (statistics only).
     pub rows: u64,
+    /// The error code of an ERR packet read whole (0: none).
+    pub error_code: u16,
     /// The error's SQLSTATE is a connection exception (class 08): the server closes the
     /// connection after sending it.
     pub fatal: bool,
@@ -91,6 +93,7 @@ impl Scanner {
             last_ok: OkInfo::default(),
             error: false,
             rows: 0,
+            error_code: 0,
             fatal: false,
             prepare: expect == Expect::Prepare,
             prepared: None,
@@ -236,6 +239,7 @@ impl Scanner {
         let first = p.first().copied().unwrap_or(0);
         if first == 0xFF {
             self.error = true;
+            self.error_code = p.get(1..3).map_or(0, |b| u16::from_le_bytes([b[0], b[1]]));
             self.fatal = p.get(3) == Some(&b'#') && p.get(4..6) == Some(b"08".as_slice());
             self.state = State::Done;
             return Progress::More;

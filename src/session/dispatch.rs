@@ -434,6 +434,10 @@ impl Session {
             self.stmts.insert(*id, info);
         }
         let statement = matches!(work, Work::Query(_) | Work::Execute(..));
+        // ER_LOCK_DEADLOCK: the server rolled its transaction back.
+        if sc.error_code == 1213 && self.shard_txn.is_some() {
+            self.abort_shard_txn().await;
+        }
         if statement {
             if let Some(s) = self.sample.as_mut() {
                 s.error |= sc.error;

@@ -43,7 +43,22 @@ impl Session {
         let sql = String::from_utf8_lossy(&frame.payload()[1..]).into_owned();
         self.implicit_txn();
         match class.kind {
-            Kind::Begin { .. } if self.shard_txn.as_ref().is_none_or(|t| t.shard.is_none()) => {
+            Kind::Begin { .. } if self.shard_txn.as_ref().is_some_and(|t| t.shard.is_some()) => {
+                // As in MariaDB, a BEGIN inside a transaction commits it first: on every
+                // shard it opened (the later ones first, as COMMIT does).
+                if let Err(e) = self.end_shard_txn(b"COMMIT").await {
+                    return self.report(e, reply_seq).await;
+                }
+                self.shard_txn = Some(ShardTxn {
+                    begin: frame.payload()[1..].to_vec(),
+                    shard: None,
+                    others: Vec::new(),
+                });
+                self.send_status_ok(reply_seq, status::IN_TRANS | status::AUTOCOMMIT)
+                    .await;
+                return Ok(());
+            }
+            Kind::Begin { .. } => {
                 self.shard_txn = Some(ShardTxn {
                     begin: frame.payload()[1..].to_vec(),
                     shard: None,
@@ -532,6 +547,47 @@ impl Session {
                 self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
                 Ok(None)
             }
+        }
+    }
+
+    /// Ends the session's sharded transaction with `sql` (COMMIT or ROLLBACK) on every shard
+    /// it opened, the later ones first; the client is not answered.
+    async fn end_shard_txn(&mut self, sql: &[u8]) -> Result<(), ExecError> {
+        let Some(t) = self.shard_txn.take() else {
+            return Ok(());
+        };
+        let shards: Vec<Arc<str>> = t
+            .others
+            .iter()
+            .rev()
+            .chain(t.shard.iter())
+            .cloned()
+            .collect();
+        let mut first_err = None;
+        for s in shards {
+            let Some(r) = self.shared.planner().shard_route(&self.plan_ctx(), &s) else {
+                continue;
+            };
+            if !self.pinned.find(&r.addr).is_some_and(|c| c.in_txn) {
+                continue;
+            }
+            if let Err(e) = self.run_quietly(&r.addr, sql).await {
+                first_err.get_or_insert(e);
+            }
+            if let Some(conn) = self.pinned.find(&r.addr) {
+                conn.in_txn = false;
+            }
+        }
+        self.hold.txn = self.pinned.in_txn();
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// A deadlock rolled back the statement's shard's part of a multi-shard transaction, as
+    /// MariaDB rolls back a whole transaction: the other shards' parts are rolled back too, so
+    /// that nothing of it can be committed later.
+    pub(super) async fn abort_shard_txn(&mut self) {
+        if let Err(e) = self.end_shard_txn(b"ROLLBACK").await {
+            tracing::debug!(error = %e, "rolling back a deadlocked transaction's other shards failed");
         }
     }
 
