@@ -43,22 +43,14 @@ impl Session {
         let sql = String::from_utf8_lossy(&frame.payload()[1..]).into_owned();
         self.implicit_txn();
         match class.kind {
-            Kind::Begin { .. } if self.shard_txn.as_ref().is_some_and(|t| t.shard.is_some()) => {
+            Kind::Begin { .. } => {
                 // As in MariaDB, a BEGIN inside a transaction commits it first: on every
                 // shard it opened (the later ones first, as COMMIT does).
-                if let Err(e) = self.end_shard_txn(b"COMMIT").await {
-                    return self.report(e, reply_seq).await;
+                if self.shard_txn.as_ref().is_some_and(|t| t.shard.is_some()) {
+                    if let Err(e) = self.end_shard_txn(b"COMMIT").await {
+                        return self.report(e, reply_seq).await;
+                    }
                 }
-                self.shard_txn = Some(ShardTxn {
-                    begin: frame.payload()[1..].to_vec(),
-                    shard: None,
-                    others: Vec::new(),
-                });
-                self.send_status_ok(reply_seq, status::IN_TRANS | status::AUTOCOMMIT)
-                    .await;
-                return Ok(());
-            }
-            Kind::Begin { .. } => {
                 self.shard_txn = Some(ShardTxn {
                     begin: frame.payload()[1..].to_vec(),
                     shard: None,
