@@ -56,9 +56,9 @@ impl Session {
                     .await?;
             }
             None => {
-                // Ended before the client hears OK, so its next command already finds it gone.
                 if !kill.query_only {
                     target.killed.notify_one();
+                    self.wait_gone(id).await;
                 }
                 self.send_ok(reply_seq).await;
                 return Ok(());
@@ -66,7 +66,21 @@ impl Session {
         }
         if !kill.query_only {
             target.killed.notify_one();
+            self.wait_gone(id).await;
         }
         Ok(())
+    }
+
+    /// Waits (at most a second) until session `id` has ended, so that a client told the
+    /// KILL succeeded finds the victim's connection closed on its next command. The victim
+    /// runs on its own worker and may not have seen the notification yet.
+    async fn wait_gone(&self, id: u32) {
+        if id == self.registration.id {
+            return; // itself: it ends after this answer
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while self.shared.sessions.get(id).is_some() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
     }
 }
