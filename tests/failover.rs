@@ -7,8 +7,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,7 +16,7 @@ use mysql_async::Conn;
 use serde_json::Value;
 use shardgate::admin::client::Client;
 
-use common::{ProxyProcess, Sandbox};
+use common::Sandbox;
 
 /// Failure handling as fast as a test can bear: primaries checked every 200 ms, declared dead
 /// after 1 s.
@@ -33,26 +31,12 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const WRITERS: u64 = 8;
 
-struct Proxy {
-    _guard: ProxyProcess,
-    port: u16,
-    config: PathBuf,
-    admin: String,
-    token: String,
-}
+/// A proxy of the test's own, with its admin API.
+type Proxy = common::AdminProxy;
 
 impl Proxy {
     fn start(sb: &Sandbox, extra: &str) -> Proxy {
-        let config = sb.proxy_config(&format!("{}\n{HA}\n{extra}", common::FAST_SPLIT));
-        let (admin, token) = common::admin_of(&config);
-        let (child, port) = common::spawn_proxy_checked(&config);
-        Proxy {
-            _guard: ProxyProcess(child),
-            port,
-            config,
-            admin,
-            token,
-        }
+        sb.admin_proxy(&format!("{}\n{HA}\n{extra}", common::FAST_SPLIT))
     }
 
     fn url(&self) -> String {
@@ -60,7 +44,8 @@ impl Proxy {
     }
 
     async fn get(&self, path: &str) -> Value {
-        let r = Client::new(self.admin.clone(), Some(self.token.clone()))
+        let r = self
+            .client()
             .call("GET", path, None)
             .await
             .unwrap_or_else(|e| panic!("GET {path}: {e}"));
@@ -89,16 +74,6 @@ impl Proxy {
             .iter()
             .map(|e| e["kind"].as_str().unwrap_or_default().to_string())
             .collect()
-    }
-
-    /// `shardgate ARGS --config <this proxy's config>`.
-    fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(common::bin())
-            .args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .output()
-            .expect("run shardgate")
     }
 }
 
@@ -597,7 +572,8 @@ async fn a_planned_switchover_under_load_fails_no_statement() {
         .expect("read_only");
     assert_eq!(ro, Some(1), "the old primary is a read_only replica");
     // Counted in the metrics, and nothing is running any more.
-    let r = Client::new(proxy.admin.clone(), Some(proxy.token.clone()))
+    let r = proxy
+        .client()
         .call("GET", "/metrics", None)
         .await
         .expect("metrics");
@@ -769,7 +745,7 @@ async fn the_api_and_cli_refuse_what_cannot_be_done_with_the_reason() {
     let _serial = SERIAL.lock().await;
     let sb = common::start_cluster(1);
     let proxy = Proxy::start(&sb, "");
-    let client = Client::new(proxy.admin.clone(), Some(proxy.token.clone()));
+    let client = proxy.client();
     let anonymous = Client::new(proxy.admin.clone(), None);
     let r = anonymous
         .send("GET", "/api/v1/ha", None)

@@ -5,14 +5,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::*;
 use serde_json::Value;
-use shardgate::admin::client::Client;
 
 use common::FAST_SPLIT as CONFIG;
 
@@ -40,27 +38,16 @@ fn write_shards(config: &Path, primary: &str, replicas: &[String]) {
     std::fs::write(config, toml::to_string(&cfg).expect("toml")).expect("write");
 }
 
-fn cli(config: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(common::bin())
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .expect("run shardgate")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reload_adds_a_replica_under_load_and_a_bad_one_changes_nothing() {
     let sb = common::start_cluster(2);
     let primary = sb.primary().addr();
     let replicas: Vec<String> = sb.replicas().iter().map(|r| r.addr()).collect();
     let new_id = sb.replicas()[1].server_id;
-    let config = sb.proxy_config(&format!("{CONFIG}\n{}", shards(&primary, &replicas[..1])));
-    let (admin, token) = common::admin_of(&config);
-    let (child, port) = common::spawn_proxy_checked(&config);
-    let _proxy = common::ProxyProcess(child);
-    let url = common::app_url(port, "app");
-    let client = Client::new(admin, Some(token));
+    let proxy = sb.admin_proxy(&format!("{CONFIG}\n{}", shards(&primary, &replicas[..1])));
+    let config = proxy.config.clone();
+    let url = common::app_url(proxy.port, "app");
+    let client = proxy.client();
 
     // 50 clients read all along; every answer's server id is counted, every error kept.
     let stop = Arc::new(AtomicBool::new(false));
@@ -99,7 +86,7 @@ async fn a_reload_adds_a_replica_under_load_and_a_bad_one_changes_nothing() {
 
     // The file gains the second replica; `shardgate reload` applies it.
     write_shards(&config, &primary, &replicas);
-    let out = cli(&config, &["reload"]);
+    let out = proxy.cli(&["reload"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -206,7 +193,7 @@ async fn a_reload_adds_a_replica_under_load_and_a_bad_one_changes_nothing() {
         .await
         .expect("queries");
     assert_eq!(r.status, 400);
-    let out = cli(&config, &["queries", "--sort", "count", "--limit", "3"]);
+    let out = proxy.cli(&["queries", "--sort", "count", "--limit", "3"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -246,10 +233,9 @@ async fn a_reload_adds_a_replica_under_load_and_a_bad_one_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_statements_are_logged_by_shape_without_their_literals() {
     let sb = common::start_cluster(1);
-    let config =
-        sb.proxy_config(&CONFIG.replace("workers = 2", "workers = 2\nslow_query_ms = 150"));
-    let (child, port) = common::spawn_proxy_checked(&config);
-    let _proxy = common::ProxyProcess(child);
+    let proxy = sb.admin_proxy(&CONFIG.replace("workers = 2", "workers = 2\nslow_query_ms = 150"));
+    let config = proxy.config.clone();
+    let port = proxy.port;
     let mut c = common::connect(&common::app_url(port, "app")).await;
     let _: Option<i64> = c
         .query_first("SELECT SLEEP(0.3) + 4242")

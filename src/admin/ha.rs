@@ -80,6 +80,17 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError
     serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("bad JSON body: {e}")))
 }
 
+/// Runs an operation on its own task, so that a client hanging up cannot cancel a flip
+/// half-way; answers with its report.
+async fn detached(
+    op: impl std::future::Future<Output = Result<Report, HaError>> + Send + 'static,
+) -> Result<Json<Report>, ApiError> {
+    let r = tokio::spawn(op)
+        .await
+        .map_err(|e| ApiError::Backend(format!("the operation's task failed: {e}")))?;
+    Ok(Json(r?))
+}
+
 /// `POST /api/v1/failover`: returns when the operation ended, with its steps.
 pub async fn failover(
     State(state): State<AdminState>,
@@ -88,14 +99,11 @@ pub async fn failover(
     let body = body?;
     let req: FailoverRequest = json_body(&body)?;
     let ha = state.shared.ha.clone();
-    // On its own task: a client that hangs up must not cancel a flip half-way.
-    let r = tokio::spawn(async move {
+    detached(async move {
         ha.failover_command(&req.shard, req.to.as_deref(), req.force)
             .await
     })
     .await
-    .map_err(|e| ApiError::Backend(format!("the operation's task failed: {e}")))?;
-    Ok(Json(r?))
 }
 
 /// `POST /api/v1/rejoin` body.
@@ -114,10 +122,7 @@ pub async fn rejoin(
     let body = body?;
     let req: RejoinRequest = json_body(&body)?;
     let ha = state.shared.ha.clone();
-    let r = tokio::spawn(async move { ha.rejoin(&req.server).await })
-        .await
-        .map_err(|e| ApiError::Backend(format!("the operation's task failed: {e}")))?;
-    Ok(Json(r?))
+    detached(async move { ha.rejoin(&req.server).await }).await
 }
 
 #[derive(Debug, Serialize, Deserialize)]

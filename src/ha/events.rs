@@ -44,10 +44,7 @@ impl Events {
         message: impl Into<String>,
     ) -> u64 {
         let message = message.into();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let ms = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
+        let ms = now_ms();
         match kind {
             "failed" | "detect" | "blip" => tracing::warn!(
                 kind,
@@ -95,6 +92,18 @@ impl Events {
     pub fn last_id(&self) -> u64 {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).0
     }
+}
+
+/// Wall-clock milliseconds since the epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Now, as [`rfc3339`] writes it.
+pub fn now_rfc3339() -> String {
+    rfc3339(now_ms())
 }
 
 /// `2026-12-06T23:59:01.123Z` from milliseconds since the epoch (civil date from days, as in

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use super::events::rfc3339;
+use super::events::now_rfc3339;
 use super::gtid::GtidPos;
 use super::server::{Server, SlaveStatus};
 use super::{lock, Fenced, Ha, HaError, Progress, Report};
@@ -133,7 +133,7 @@ impl Ha {
         *lock(&self.progress) = Some(Progress {
             operation: operation.to_string(),
             shard: shard.to_string(),
-            started: rfc3339(now_ms()),
+            started: now_rfc3339(),
             step: "starting".into(),
             steps_done: 0,
         });
@@ -266,7 +266,7 @@ impl Ha {
                 server: group.primary.clone(),
                 shard: group.name.clone(),
                 replaced_by: new_primary.clone(),
-                since: rfc3339(now_ms()),
+                since: now_rfc3339(),
                 read_only_set: false,
             },
         );
@@ -701,12 +701,6 @@ impl Ha {
             steps: std::mem::take(&mut steps.done),
         })
     }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

@@ -107,7 +107,8 @@ impl Session {
         let mut exclude: Vec<Arc<str>> = Vec::new();
         let mut force_primary = false;
         let mut tries = 0;
-        let mut seen_version = self.shared.topology.version();
+        // Read only once the primary is found unreachable: nothing on the usual path.
+        let mut seen_version: Option<u64> = None;
         // The route again from a newer shard map, after a primary change.
         let mut fresh: Option<Route> = None;
         let mut down_until: Option<Instant> = None;
@@ -158,11 +159,12 @@ impl Session {
                     }
                     let topology = self.shared.topology.clone();
                     let poll = left.min(Duration::from_millis(100));
-                    if topology.wait_newer(seen_version, poll).await {
-                        seen_version = topology.version();
+                    let seen = *seen_version.get_or_insert_with(|| topology.version());
+                    if topology.wait_newer(seen, poll).await {
+                        seen_version = Some(topology.version());
                     }
                     // Always the shard's primary as the map has it now: a new map may have
-                    // come before `seen_version` was read, and the old primary, restarted,
+                    // come before the version was first read, and the old primary, restarted,
                     // must never get this statement.
                     match self.shared.planner().refresh(route) {
                         Some(r) => fresh = Some(r),

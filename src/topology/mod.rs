@@ -86,7 +86,7 @@ impl Topology {
         if history.is_empty() {
             history.push(MapVersion {
                 version: 1,
-                at: crate::ha::events::rfc3339(now_ms()),
+                at: crate::ha::events::now_rfc3339(),
                 reason: "config".into(),
                 map: first,
             });
@@ -138,7 +138,7 @@ impl Topology {
         let version = h.last().map_or(1, |v| v.version) + 1;
         h.push(MapVersion {
             version,
-            at: crate::ha::events::rfc3339(now_ms()),
+            at: crate::ha::events::now_rfc3339(),
             reason: reason.to_string(),
             map: map.clone(),
         });
@@ -299,12 +299,6 @@ fn set_roles(health: &Health, map: &ShardMap) {
             }
         }
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn load(file: &Path) -> Result<Vec<MapVersion>, TopologyError> {
