@@ -820,6 +820,42 @@ async fn best_effort_transactions_span_shards() {
     }
 }
 
+/// sysbench prepares BEGIN and COMMIT: prepared, they open and end the transaction on every
+/// shard it writes, as their text does (they had run on one shard only, the other shard's
+/// writes in autocommit).
+#[tokio::test]
+async fn prepared_begin_commit_and_rollback_span_shards_like_their_text() {
+    let (_proxy, port) = sandbox().proxy(
+        "[monitor]\ninterval_ms = 200\n[keyspace.app]\nmulti_shard_transactions = \"best_effort\"\n",
+    );
+    let url = common::app_url(port, "app");
+    let mut c = common::connect(&url).await;
+    let mut other = common::connect(&url).await;
+    users_table(&mut c).await;
+    let base = 19_000_000 + (std::process::id() as i64 % 1000) * 100;
+    let (a, b) = keys_on_both_shards(&mut c, base).await;
+    let names_sql =
+        format!("/* shardgate:primary */ SELECT name FROM users WHERE id IN ({a}, {b})");
+    for (end, want) in [("ROLLBACK", "before"), ("COMMIT", "both")] {
+        c.exec_drop("BEGIN", ()).await.expect("prepared begin");
+        for id in [a, b] {
+            c.exec_drop("UPDATE users SET name = ? WHERE id = ?", ("both", id))
+                .await
+                .expect("a prepared write on each shard");
+        }
+        // Not committed yet on either shard.
+        let seen: Vec<String> = other.query(&names_sql).await.expect("names meanwhile");
+        assert_eq!(
+            seen,
+            vec!["before".to_string(), "before".to_string()],
+            "{end}"
+        );
+        c.exec_drop(end, ()).await.expect("prepared end");
+        let names: Vec<String> = other.query(&names_sql).await.expect("names");
+        assert_eq!(names, vec![want.to_string(), want.to_string()], "{end}");
+    }
+}
+
 /// Two keys from `base` whose rows live on different shards (rows written as 'before'),
 /// found by the server id of the primary that answers for each.
 async fn keys_on_both_shards(c: &mut Conn, base: i64) -> (i64, i64) {

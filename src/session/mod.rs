@@ -28,7 +28,7 @@ use crate::backend::vars::VarSet;
 use crate::backend::ConnKey;
 use crate::config::User;
 use crate::executor::{self, ExecError, Identity, Pinned};
-use crate::planner::classify::{classify, Classified};
+use crate::planner::classify::{classify, Classified, Kind};
 use crate::planner::{self, lex, Plan, PlanContext, Route};
 use crate::protocol::consts::{cap, com, errcode, status};
 use crate::protocol::packet::{put_err, put_ok, put_packet, Frame, OkInfo, PacketError};
@@ -525,7 +525,14 @@ impl Session {
             .refresh(&info.route)
             .unwrap_or_else(|| info.route.clone());
         let (class, shards) = (info.class.clone(), info.shards);
-        let r = if shards == StmtShards::Multi {
+        // A prepared BEGIN / COMMIT / ROLLBACK (sysbench prepares them) must start and end the
+        // transaction on every shard it spans, as its text does; it has no parameters and
+        // its answer is the same OK.
+        let txn_control = matches!(class.kind, Kind::Begin { .. } | Kind::EndTransaction);
+        let r = if txn_control && self.shared.planner().is_sharded(&self.plan_ctx()) {
+            let query = query_frame(&info.sql, frame.last_seq);
+            self.sharded_statement(class, hint, query).await
+        } else if shards == StmtShards::Multi {
             self.execute_on_shards(&frame, client_id, class, hint).await
         } else {
             match self.execute_route(route, &frame, client_id).await {
