@@ -2,7 +2,8 @@
 //! keyspace (`sbtest*` sharded on `id`, ids from sequences): DDL reaches both shards, the
 //! prepare's bulk inserts take ids from the sequences and split by shard, and the run's
 //! transactions (prepared point reads and writes by id, range reads merged from both shards,
-//! writes on either shard: `multi_shard_transactions = "best_effort"`) finish with zero errors.
+//! writes on either shard: `multi_shard_transactions = "best_effort"`) finish with zero errors,
+//! each one a transaction on both shards.
 
 mod common;
 
@@ -37,6 +38,21 @@ fn sysbench(port: u16, command: &str, extra: &[&str]) -> String {
     assert!(!killed, "sysbench {command} did not finish:\n{text}");
     assert!(out.status.success(), "sysbench {command} failed:\n{text}");
     text
+}
+
+/// `Com_begin` of each shard's primary (s0, s1).
+async fn begins_on_primaries(sb: &common::Sandbox) -> Vec<u64> {
+    let mut out = Vec::new();
+    for shard in ["s0", "s1"] {
+        let p = sb.cluster.primary(shard).expect("primary").port;
+        let mut direct = common::connect(&common::root_url(p)).await;
+        let row: Option<(String, u64)> = direct
+            .query_first("SHOW GLOBAL STATUS LIKE 'Com_begin'")
+            .await
+            .expect("Com_begin");
+        out.push(row.map_or(0, |(_, n)| n));
+    }
+    out
 }
 
 /// The number after `label` in sysbench's report (`ignored errors:  0  (0.00 per sec.)`).
@@ -114,6 +130,7 @@ async fn sysbench_oltp_read_write_prepares_and_runs_on_two_shards_with_zero_erro
         }
     }
 
+    let begins_before = begins_on_primaries(&sb).await;
     let report = sysbench(
         port,
         "run",
@@ -127,6 +144,20 @@ async fn sysbench_oltp_read_write_prepares_and_runs_on_two_shards_with_zero_erro
         "too few transactions ran: {transactions}"
     );
     assert_eq!(errors, 0, "sysbench saw errors:\n{report}");
+    // Its transactions really were transactions on both shards (its point reads and range
+    // reads reach both): each primary saw about one BEGIN per transaction. (Prepared BEGINs
+    // once opened the transaction on one shard only; the other ran in autocommit.)
+    let begins_after = begins_on_primaries(&sb).await;
+    for (shard, (before, after)) in ["s0", "s1"]
+        .iter()
+        .zip(begins_before.iter().zip(&begins_after))
+    {
+        assert!(
+            after - before > transactions / 2,
+            "{shard}'s primary saw {} BEGINs for {transactions} transactions",
+            after - before
+        );
+    }
     // The run's deletes and re-inserts keep every id once.
     for i in 1..=TABLES {
         let n: Option<u64> = c
