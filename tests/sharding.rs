@@ -856,6 +856,42 @@ async fn prepared_begin_commit_and_rollback_span_shards_like_their_text() {
     }
 }
 
+/// With autocommit off in best-effort mode the implicit transaction spans shards; `SET
+/// autocommit = 1` commits it, as on MariaDB: on every shard, not only where the SET ran.
+/// Prepared or not.
+#[tokio::test]
+async fn autocommit_on_commits_an_implicit_transaction_on_every_shard() {
+    let (_proxy, port) = sandbox().proxy(
+        "[monitor]\ninterval_ms = 200\n[keyspace.app]\nmulti_shard_transactions = \"best_effort\"\n",
+    );
+    let url = common::app_url(port, "app");
+    let mut c = common::connect(&url).await;
+    let mut other = common::connect(&url).await;
+    users_table(&mut c).await;
+    let base = 20_000_000 + (std::process::id() as i64 % 1000) * 100;
+    let (a, b) = keys_on_both_shards(&mut c, base).await;
+    let names_sql =
+        format!("/* shardgate:primary */ SELECT name FROM users WHERE id IN ({a}, {b})");
+    for prepared in [false, true] {
+        let value = if prepared { "prepared" } else { "text" };
+        c.query_drop("SET autocommit = 0").await.expect("off");
+        for id in [a, b] {
+            c.query_drop(format!("UPDATE users SET name = '{value}' WHERE id = {id}"))
+                .await
+                .expect("a write on each shard");
+        }
+        let seen: Vec<String> = other.query(&names_sql).await.expect("names meanwhile");
+        assert!(!seen.iter().any(|n| n == value), "{value}: {seen:?}");
+        if prepared {
+            c.exec_drop("SET autocommit = 1", ()).await.expect("on");
+        } else {
+            c.query_drop("SET autocommit = 1").await.expect("on");
+        }
+        let names: Vec<String> = other.query(&names_sql).await.expect("names");
+        assert_eq!(names, vec![value.to_string(), value.to_string()]);
+    }
+}
+
 /// Two keys from `base` whose rows live on different shards (rows written as 'before'),
 /// found by the server id of the primary that answers for each.
 async fn keys_on_both_shards(c: &mut Conn, base: i64) -> (i64, i64) {

@@ -525,10 +525,14 @@ impl Session {
             .refresh(&info.route)
             .unwrap_or_else(|| info.route.clone());
         let (class, shards) = (info.class.clone(), info.shards);
-        // A prepared BEGIN / COMMIT / ROLLBACK (sysbench prepares them) must start and end the
-        // transaction on every shard it spans, as its text does; it has no parameters and
-        // its answer is the same OK.
-        let txn_control = matches!(class.kind, Kind::Begin { .. } | Kind::EndTransaction);
+        // A prepared BEGIN / COMMIT / ROLLBACK (sysbench prepares them) or SET must start and
+        // end the transaction on every shard it spans, as its text does; without parameters
+        // it is its text, and its answer the same OK.
+        let txn_control = match class.kind {
+            Kind::Begin { .. } | Kind::EndTransaction => true,
+            Kind::Set(_) => info.params == 0,
+            _ => false,
+        };
         let r = if txn_control && self.shared.planner().is_sharded(&self.plan_ctx()) {
             let query = query_frame(&info.sql, frame.last_seq);
             self.sharded_statement(class, hint, query).await

@@ -12,7 +12,7 @@ use super::statements::StmtShards;
 use super::{identity, Session, SessionError};
 use crate::backend::prepared::{param_value, ParamValue};
 use crate::executor::{self, ExecError};
-use crate::planner::classify::{Class, Hint, Kind};
+use crate::planner::classify::{Class, Hint, Kind, Value, VarName};
 use crate::planner::shard::with_generated_keys;
 use crate::planner::{lex, Route, ShardPlan};
 use crate::protocol::consts::{cap, com, errcode, status};
@@ -170,9 +170,18 @@ impl Session {
                     .as_ref()
                     .and_then(|s| routes.iter().find(|r| &r.shard == s).cloned());
                 let route = on_txn_shard.unwrap_or_else(|| routes[0].clone());
+                // `SET autocommit = 1` commits an implicit transaction: on every shard first, so
+                // that a failed commit is this statement's error, as on MariaDB.
+                if sets_autocommit_on(&class)
+                    && self.shard_txn.as_ref().is_some_and(|t| t.begin.is_empty())
+                {
+                    if let Err(e) = self.end_shard_txn(b"COMMIT").await {
+                        return self.report(e, reply_seq).await;
+                    }
+                }
                 self.run_statement(&route, &class, hint, Work::Query(&frame))
                     .await?;
-                self.end_implicit_txn();
+                self.end_implicit_txn().await;
                 return Ok(());
             }
         };
@@ -933,11 +942,13 @@ impl Session {
         }
     }
 
-    /// `SET autocommit = 1` commits what autocommit 0 had open: the session's implicit
-    /// transaction is over.
-    fn end_implicit_txn(&mut self) {
+    /// `SET autocommit = 1` commits what autocommit 0 had open; a value only the server knew
+    /// (an expression) did so where the SET ran: the other shards' parts commit now.
+    async fn end_implicit_txn(&mut self) {
         if self.vars.autocommit() && self.shard_txn.as_ref().is_some_and(|t| t.begin.is_empty()) {
-            self.shard_txn = None;
+            if let Err(e) = self.end_shard_txn(b"COMMIT").await {
+                tracing::warn!(error = %e, "committing a transaction's other shards at SET autocommit = 1 failed");
+            }
         }
     }
 
@@ -950,4 +961,22 @@ impl Session {
         put_ok(&mut out, seq, self.caps, ok);
         let _ = self.io.write_all(&out).await;
     }
+}
+
+/// A SET that turns autocommit on by a literal or DEFAULT.
+fn sets_autocommit_on(class: &Class) -> bool {
+    let Kind::Set(assignments) = &class.kind else {
+        return false;
+    };
+    assignments.iter().any(|a| {
+        a.name == VarName::System("autocommit".into())
+            && match &a.value {
+                Value::Literal(v) => !matches!(
+                    v.trim_matches('\'').to_ascii_lowercase().as_str(),
+                    "0" | "off" | "false"
+                ),
+                Value::Default => true,
+                Value::Expr => false,
+            }
+    })
 }
