@@ -798,15 +798,14 @@ async fn autocommit_off_binds_an_implicit_transaction_to_one_shard() {
 
 #[tokio::test]
 async fn best_effort_transactions_span_shards() {
-    let (_proxy, port) = sandbox().proxy(
-        "[monitor]\ninterval_ms = 200\n[keyspace.app]\nmulti_shard_transactions = \"best_effort\"\n",
-    );
-    let mut c = common::connect(&common::app_url(port, "app")).await;
-    users_table(&mut c).await;
-    let base = 11_000_000 + (std::process::id() as i64 % 1000) * 100;
-    let (a, b) = keys_on_both_shards(&mut c, base).await;
-    let names_sql =
-        format!("/* shardgate:primary */ SELECT name FROM users WHERE id IN ({a}, {b})");
+    let BestEffort {
+        _proxy,
+        mut c,
+        a,
+        b,
+        names_sql,
+        ..
+    } = best_effort(11_000_000).await;
     for (end, want) in [("ROLLBACK", "before"), ("COMMIT", "both")] {
         c.query_drop("BEGIN").await.expect("begin");
         for id in [a, b] {
@@ -825,17 +824,14 @@ async fn best_effort_transactions_span_shards() {
 /// writes in autocommit).
 #[tokio::test]
 async fn prepared_begin_commit_and_rollback_span_shards_like_their_text() {
-    let (_proxy, port) = sandbox().proxy(
-        "[monitor]\ninterval_ms = 200\n[keyspace.app]\nmulti_shard_transactions = \"best_effort\"\n",
-    );
-    let url = common::app_url(port, "app");
-    let mut c = common::connect(&url).await;
-    let mut other = common::connect(&url).await;
-    users_table(&mut c).await;
-    let base = 19_000_000 + (std::process::id() as i64 % 1000) * 100;
-    let (a, b) = keys_on_both_shards(&mut c, base).await;
-    let names_sql =
-        format!("/* shardgate:primary */ SELECT name FROM users WHERE id IN ({a}, {b})");
+    let BestEffort {
+        _proxy,
+        mut c,
+        mut other,
+        a,
+        b,
+        names_sql,
+    } = best_effort(19_000_000).await;
     for (end, want) in [("ROLLBACK", "before"), ("COMMIT", "both")] {
         c.exec_drop("BEGIN", ()).await.expect("prepared begin");
         for id in [a, b] {
@@ -861,17 +857,14 @@ async fn prepared_begin_commit_and_rollback_span_shards_like_their_text() {
 /// Prepared or not.
 #[tokio::test]
 async fn autocommit_on_commits_an_implicit_transaction_on_every_shard() {
-    let (_proxy, port) = sandbox().proxy(
-        "[monitor]\ninterval_ms = 200\n[keyspace.app]\nmulti_shard_transactions = \"best_effort\"\n",
-    );
-    let url = common::app_url(port, "app");
-    let mut c = common::connect(&url).await;
-    let mut other = common::connect(&url).await;
-    users_table(&mut c).await;
-    let base = 20_000_000 + (std::process::id() as i64 % 1000) * 100;
-    let (a, b) = keys_on_both_shards(&mut c, base).await;
-    let names_sql =
-        format!("/* shardgate:primary */ SELECT name FROM users WHERE id IN ({a}, {b})");
+    let BestEffort {
+        _proxy,
+        mut c,
+        mut other,
+        a,
+        b,
+        names_sql,
+    } = best_effort(20_000_000).await;
     for prepared in [false, true] {
         let value = if prepared { "prepared" } else { "text" };
         c.query_drop("SET autocommit = 0").await.expect("off");
@@ -889,6 +882,39 @@ async fn autocommit_on_commits_an_implicit_transaction_on_every_shard() {
         }
         let names: Vec<String> = other.query(&names_sql).await.expect("names");
         assert_eq!(names, vec![value.to_string(), value.to_string()]);
+    }
+}
+
+/// A proxy in best-effort mode, two sessions on it, keys `a` and `b` (from `base`) on
+/// different shards, and the read of both rows' names from the primaries.
+struct BestEffort {
+    _proxy: common::ProxyProcess,
+    c: Conn,
+    other: Conn,
+    a: i64,
+    b: i64,
+    names_sql: String,
+}
+
+async fn best_effort(base: i64) -> BestEffort {
+    let (_proxy, port) = sandbox().proxy(
+        "[monitor]\ninterval_ms = 200\n[keyspace.app]\nmulti_shard_transactions = \"best_effort\"\n",
+    );
+    let url = common::app_url(port, "app");
+    let mut c = common::connect(&url).await;
+    let other = common::connect(&url).await;
+    users_table(&mut c).await;
+    let base = base + (std::process::id() as i64 % 1000) * 100;
+    let (a, b) = keys_on_both_shards(&mut c, base).await;
+    let names_sql =
+        format!("/* shardgate:primary */ SELECT name FROM users WHERE id IN ({a}, {b})");
+    BestEffort {
+        _proxy,
+        c,
+        other,
+        a,
+        b,
+        names_sql,
     }
 }
 
