@@ -194,6 +194,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="use this running MariaDB instead of a sandbox (needs user app/app and database app)")
     p.add_argument("--external-proxy", type=host_port, metavar="HOST:PORT",
                    help="use this running shardgate instead of starting one (no CPU/memory numbers)")
+    p.add_argument("--proxy-workers", type=int, default=None,
+                   help="[proxy] workers of the generated proxy config (0: one per CPU)")
     p.add_argument("--proxy-config", type=Path,
                    help="shardgate config to serve as it is (default: bench-shardgate.toml, the sandbox's config, or one "
                         "generated for --external-primary, with [pool], [routing] and [monitor] set from the options)")
@@ -710,6 +712,8 @@ primary = "{host}:{port}"
         # The sandbox lets root in from 127.0.0.1 without a password (its config says so already).
         text = toml_set(text, "monitor", "user", json.dumps(a.root_user), only_if_missing=True)
         text = toml_set(text, "monitor", "password", json.dumps(a.root_password), only_if_missing=True)
+        if a.proxy_workers is not None:
+            text = toml_set(text, "proxy", "workers", str(a.proxy_workers))
         if a.cache_ttl_ms:
             text = toml_set(text, "cache", "max_bytes", str(a.cache_max_mib << 20))
             # The generated config lists no rules inline (`rules = []`): the table form replaces it.
