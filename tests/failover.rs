@@ -296,13 +296,15 @@ async fn a_killed_primary_is_replaced_without_losing_acknowledged_writes_then_fe
         .await
         .expect("semi-sync status");
     assert_eq!(off.map(|(_, n)| n), Some(0), "semi-sync fell back to async");
-    let killed_at = Instant::now();
     assert!(
         sb.cluster
             .kill_server(sb.index_of(old.server_id))
             .expect("kill"),
         "the primary was running"
     );
+    // Once the process is gone (kill_server waits for it): a write sent before could still
+    // have been answered by it (a CI run saw one 3 ms after a timestamp taken before).
+    let killed_at = Instant::now();
     // Load goes on until writes succeed again, then 2 s more.
     let deadline = killed_at + Duration::from_secs(30);
     let recovered = loop {
