@@ -27,25 +27,19 @@ impl Proxy {
         sandbox().admin_proxy(extra)
     }
 
-    async fn get(&self, path: &str, token: bool) -> Response {
-        Client::new(self.admin.clone(), token.then(|| self.token.clone()))
+    /// `GET path` without a token.
+    async fn get_anonymous(&self, path: &str) -> Response {
+        Client::new(self.admin.clone(), None)
             .send("GET", path, None)
             .await
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))
-    }
-
-    async fn post(&self, path: &str, body: &str) -> Response {
-        self.client()
-            .send("POST", path, Some(body.as_bytes()))
-            .await
-            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
     }
 
     /// Polls `path` until `done` holds for its answer, at most 20 s; the last answer.
     async fn wait_for(&self, path: &str, done: impl Fn(&Response) -> bool) -> Response {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let r = self.get(path, true).await;
+            let r = self.get(path).await;
             if done(&r) || Instant::now() > deadline {
                 return r;
             }
@@ -76,9 +70,9 @@ async fn readyz_is_open_and_ready_with_the_cluster_up() {
     let r = p.wait_for("/readyz", |r| r.status == 200).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.text(), r#"{"ready":true}"#);
-    let open = p.get("/readyz", false).await;
+    let open = p.get_anonymous("/readyz").await;
     assert_eq!(open.status, 200, "no token needed: {}", open.text());
-    let doc = p.get("/api/v1/openapi.json", false).await;
+    let doc = p.get_anonymous("/api/v1/openapi.json").await;
     assert_eq!(doc.status, 200, "no token needed: {}", doc.text());
     assert_eq!(json(&doc)["openapi"], "3.0.3");
 }
@@ -105,7 +99,7 @@ async fn readyz_names_a_shard_whose_primary_is_down() {
 #[tokio::test]
 async fn topology_lists_the_primary_and_the_replica_with_their_roles() {
     let p = Proxy::start("");
-    assert_eq!(p.get("/api/v1/topology", false).await.status, 401);
+    assert_eq!(p.get_anonymous("/api/v1/topology").await.status, 401);
     let v = settled_topology(&p).await;
     assert!(v["version"].as_u64().is_some_and(|n| n >= 1), "{v}");
     let ks = &v["keyspaces"][0];
@@ -199,7 +193,7 @@ async fn failover_and_rejoin_refuse_bad_requests_without_touching_the_cluster() 
         ("/api/v1/rejoin", r#"{"server":"127.0.0.1:1"}"#, 409),
     ];
     for (path, body, status) in cases {
-        let r = p.post(path, body).await;
+        let r = p.post(path, Some(body)).await;
         assert_eq!(r.status, status, "POST {path} {body}: {}", r.text());
         assert!(json(&r)["error"].is_string(), "{}", r.text());
     }

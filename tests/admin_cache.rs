@@ -32,20 +32,6 @@ impl Proxy {
         sandbox().admin_proxy(extra)
     }
 
-    async fn get(&self, path: &str) -> Response {
-        self.client()
-            .send("GET", path, None)
-            .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
-    }
-
-    async fn post(&self, path: &str, body: Option<&str>) -> Response {
-        self.client()
-            .send("POST", path, body.map(str::as_bytes))
-            .await
-            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
-    }
-
     async fn stats(&self) -> Value {
         let r = self.get("/api/v1/cache").await;
         assert_eq!(r.status, 200, "{}", r.text());

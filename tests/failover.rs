@@ -43,7 +43,7 @@ impl Proxy {
         common::app_url(self.port, "app")
     }
 
-    async fn get(&self, path: &str) -> Value {
+    async fn get_json(&self, path: &str) -> Value {
         let r = self
             .client()
             .call("GET", path, None)
@@ -54,7 +54,7 @@ impl Proxy {
 
     /// The current primary and replicas of `app/s0` from the admin API.
     async fn topology(&self) -> (String, Vec<String>) {
-        let m = self.get("/api/v1/shardmap").await;
+        let m = self.get_json("/api/v1/shardmap").await;
         let s = &m["current"]["keyspace"]["app"]["shards"][0];
         let primary = s["primary"].as_str().expect("primary").to_string();
         let replicas = s["replicas"]
@@ -67,7 +67,7 @@ impl Proxy {
     }
 
     async fn event_kinds(&self) -> Vec<String> {
-        let e = self.get("/api/v1/events").await;
+        let e = self.get_json("/api/v1/events").await;
         e["events"]
             .as_array()
             .expect("events")
@@ -421,7 +421,7 @@ async fn a_killed_primary_is_replaced_without_losing_acknowledged_writes_then_fe
         before,
         "a write reached the fenced old primary"
     );
-    let ha = proxy.get("/api/v1/ha").await;
+    let ha = proxy.get_json("/api/v1/ha").await;
     assert_eq!(ha["fenced"][0]["server"], old_addr.as_str(), "{ha}");
     assert_eq!(ha["fenced"][0]["read_only_set"], true, "{ha}");
 
@@ -433,7 +433,7 @@ async fn a_killed_primary_is_replaced_without_losing_acknowledged_writes_then_fe
         primary,
         "a restarted proxy uses the new primary"
     );
-    let ha2 = second.get("/api/v1/ha").await;
+    let ha2 = second.get_json("/api/v1/ha").await;
     assert_eq!(ha2["fenced"][0]["server"], old_addr.as_str(), "{ha2}");
     let mut c2 = common::connect(&second.url()).await;
     c2.exec_drop(
@@ -680,13 +680,13 @@ async fn a_killed_replica_moves_reads_and_a_proxy_side_cut_fails_nothing_over() 
     // failing.
     let load = start_load(&proxy.url()).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let version = proxy.get("/api/v1/ha").await["shard_map_version"].clone();
+    let version = proxy.get_json("/api/v1/ha").await["shard_map_version"].clone();
     for cut in [Duration::from_millis(600), Duration::from_millis(2500)] {
         relay.cut_for(cut).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let log = load.stop().await;
-    let ha = proxy.get("/api/v1/ha").await;
+    let ha = proxy.get_json("/api/v1/ha").await;
     assert_eq!(ha["shard_map_version"], version, "no new shard map: {ha}");
     let kinds = proxy.event_kinds().await;
     assert!(
@@ -811,7 +811,7 @@ async fn the_api_and_cli_refuse_what_cannot_be_done_with_the_reason() {
         assert!(r.error_message().contains(msg), "{path}: {}", r.text());
     }
     // Nothing changed.
-    let ha = proxy.get("/api/v1/ha").await;
+    let ha = proxy.get_json("/api/v1/ha").await;
     assert_eq!(ha["shard_map_version"], 1, "{ha}");
     assert_eq!(ha["auto_failover"], true, "{ha}");
 

@@ -461,6 +461,22 @@ impl AdminProxy {
         shardgate::admin::client::Client::new(self.admin.clone(), Some(self.token.clone()))
     }
 
+    /// `GET path` with the token; panics naming the call if no answer came.
+    pub async fn get(&self, path: &str) -> shardgate::admin::client::Response {
+        self.client()
+            .send("GET", path, None)
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// `POST path` with the token and `body`; panics naming the call if no answer came.
+    pub async fn post(&self, path: &str, body: Option<&str>) -> shardgate::admin::client::Response {
+        self.client()
+            .send("POST", path, body.map(str::as_bytes))
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+
     /// `shardgate ARGS --config <this proxy's config>`, as a user runs it.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(bin())
