@@ -78,12 +78,7 @@ impl VarSet {
         };
         let autocommit_off = vars
             .get(&Var::System("autocommit".into()))
-            .is_some_and(|v| {
-                matches!(
-                    v.trim_matches('\'').to_ascii_lowercase().as_str(),
-                    "0" | "off" | "false"
-                )
-            });
+            .is_some_and(|v| is_off(v));
         Arc::new(VarSet {
             vars,
             sig,
@@ -157,6 +152,14 @@ pub fn literal(value: Option<&str>) -> String {
         }
         Some(v) => format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''")),
     }
+}
+
+/// A boolean variable's literal value (`0`, `OFF`, `'off'`, `FALSE`) that turns it off.
+pub fn is_off(literal: &str) -> bool {
+    matches!(
+        literal.trim_matches('\'').to_ascii_lowercase().as_str(),
+        "0" | "off" | "false"
+    )
 }
 
 #[cfg(test)]

@@ -971,10 +971,7 @@ fn sets_autocommit_on(class: &Class) -> bool {
     assignments.iter().any(|a| {
         a.name == VarName::System("autocommit".into())
             && match &a.value {
-                Value::Literal(v) => !matches!(
-                    v.trim_matches('\'').to_ascii_lowercase().as_str(),
-                    "0" | "off" | "false"
-                ),
+                Value::Literal(v) => !crate::backend::vars::is_off(v),
                 Value::Default => true,
                 Value::Expr => false,
             }
