@@ -36,7 +36,8 @@ pub struct StillHeld;
 impl Gate {
     /// Lets a command in, first waiting out a hold unless `in_transaction`.
     pub async fn enter(&self, in_transaction: bool, wait: Duration) -> Result<(), StillHeld> {
-        let deadline = Instant::now() + wait;
+        // Read the clock only once a hold makes the command wait (every command passes here).
+        let mut deadline: Option<Instant> = None;
         loop {
             // SeqCst on both sides (here and in `drain`): either the holder sees this command
             // counted, or this command sees the hold.
@@ -51,6 +52,7 @@ impl Gate {
             if !self.holding.load(Ordering::SeqCst) {
                 continue;
             }
+            let deadline = *deadline.get_or_insert_with(|| Instant::now() + wait);
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || tokio::time::timeout(left, rx.changed()).await.is_err() {
                 return Err(StillHeld);
