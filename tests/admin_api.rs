@@ -275,3 +275,80 @@ async fn schemathesis_finds_no_server_error() {
     assert!(selected.is_some_and(|n| n >= 9), "selected:\n{stdout}");
     assert_eq!(count("Tested:"), selected, "tested:\n{stdout}");
 }
+
+/// Open descriptors of process `pid`.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+#[tokio::test]
+async fn a_flood_on_the_admin_port_leaves_mysql_logins_working() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    common::raise_fd_limit();
+    let p = Proxy::start("");
+    let pid = p.guard.0.id();
+    let before = open_fds(pid);
+    // Slow-loris clients: each sends one byte of a request head and then nothing.
+    let mut held = Vec::new();
+    for _ in 0..1000 {
+        let Ok(mut s) = TcpStream::connect(&p.admin).await else {
+            continue;
+        };
+        let _ = s.write_all(b"G").await;
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let grown = open_fds(pid).saturating_sub(before);
+    let cap = shardgate::admin::server::MAX_CONNECTIONS;
+    assert!(
+        grown <= cap + 16,
+        "the proxy holds {grown} more descriptors with 1000 admin sockets open (cap {cap})"
+    );
+    // MySQL logins do not depend on what the admin port receives.
+    let mut c = common::connect(&common::app_url(p.port, "app")).await;
+    let one: Option<i64> = mysql_async::prelude::Queryable::query_first(&mut c, "SELECT 1")
+        .await
+        .expect("select");
+    assert_eq!(one, Some(1));
+    drop(c);
+
+    // A body announced as 2^62 bytes is refused at once, not waited for. The flood's slots
+    // free up as its sockets close: until then a connection is closed on accept.
+    drop(held);
+    let head = format!(
+        "POST /api/v1/cache/flush HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Length: 4611686018427387904\r\n\r\n",
+        p.token
+    );
+    let mut answer = vec![0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let mut s = TcpStream::connect(&p.admin).await.expect("connect");
+        s.write_all(head.as_bytes()).await.expect("write");
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut answer)).await {
+            Ok(Ok(n @ 1..)) => break String::from_utf8_lossy(&answer[..n]).into_owned(),
+            Err(_) => panic!("no answer to a 2^62-byte body within 5 s"),
+            Ok(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Ok(r) => panic!("the admin port still refuses connections: {r:?}"),
+        }
+    };
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("length limit"), "{text}");
+
+    // A head trickled in is cut off after the header timeout.
+    let mut slow = TcpStream::connect(&p.admin).await.expect("connect");
+    slow.write_all(b"GET /hea").await.expect("write");
+    let limit = shardgate::admin::server::HEADER_TIMEOUT + Duration::from_secs(5);
+    let n = tokio::time::timeout(limit, slow.read(&mut answer))
+        .await
+        .expect("the server closes a connection whose head never completes");
+    // Closed (EOF or reset), or told why before the close: never a served request.
+    if let Ok(k @ 1..) = n {
+        let text = String::from_utf8_lossy(&answer[..k]);
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    }
+}

@@ -136,6 +136,19 @@ async fn a_reload_adds_a_replica_under_load_and_a_bad_one_changes_nothing() {
         "{}",
         r.text()
     );
+    // A broken password line is refused without echoing the password.
+    std::fs::write(
+        &config,
+        format!("{good}\n[[users]]\nname = \"leak\"\npassword = \"pw-not-for-http\" junk\n"),
+    )
+    .expect("write");
+    let r = client
+        .send("POST", "/api/v1/config/reload", None)
+        .await
+        .expect("reload");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(!r.text().contains("pw-not-for-http"), "{}", r.text());
+    assert!(r.error_message().contains("secret key"), "{}", r.text());
     // A file that moves the primary to a replica is refused too.
     std::fs::write(&config, &good).expect("write");
     write_shards(&config, &replicas[0], std::slice::from_ref(&primary));

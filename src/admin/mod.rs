@@ -18,6 +18,7 @@ mod openapi;
 pub mod queries;
 pub mod reload;
 mod router;
+pub mod server;
 pub mod topology;
 
 use std::net::SocketAddr;
@@ -80,7 +81,8 @@ pub async fn bind(addr: &str) -> Result<TcpListener, StartError> {
         })
 }
 
-/// Serves the admin API on `listener` until the task is dropped or aborted.
+/// Serves the admin API on `listener` until the task is dropped or aborted, within the
+/// limits of `server` (connections, header and request time, body size).
 pub async fn serve(listener: TcpListener, state: AdminState) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).await
+    server::serve(listener, router(state)).await
 }

@@ -1,12 +1,13 @@
 //! The admin API's routes, in one place. A new endpoint group adds its routes here.
 
-use axum::extract::Request;
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
 
 use super::{
-    auth, cache, ha, health, metrics, openapi, queries, reload, topology, AdminState, ApiError,
+    auth, cache, ha, health, metrics, openapi, queries, reload, server, topology, AdminState,
+    ApiError,
 };
 
 /// Every route; all but `auth::OPEN_PATHS` behind the bearer token. Each one is described in
@@ -36,6 +37,9 @@ pub fn router(state: AdminState) -> Router {
             state.clone(),
             auth::require_token,
         ))
+        .layer(DefaultBodyLimit::max(server::MAX_BODY))
+        .layer(middleware::from_fn(server::announced_body_limit))
+        .layer(middleware::from_fn(server::time_limit))
         .with_state(state)
 }
 

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::shardmap::{Keyspace, ShardMap};
 
+mod secret;
+
 /// Why a configuration or shard map could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -30,10 +32,26 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    pub(crate) fn parse(path: &Path, e: &toml::de::Error) -> Self {
+    /// toml's error text, which quotes the offending line, with every secret value (password,
+    /// token) left out: `config/reload` answers it over HTTP and logs it. An error on a secret
+    /// key's own line says only where it is.
+    pub(crate) fn parse(path: &Path, text: &str, e: &toml::de::Error) -> Self {
+        let place = e.span().map(|s| secret::line_col(text, s.start));
+        let msg = match place {
+            Some((line, col)) if secret::line_has_secret(text, line) => {
+                format!("line {line}, column {col}: invalid value of a secret key (not shown)")
+            }
+            _ => {
+                let mut msg = e.to_string().trim_end().to_string();
+                for value in secret::values(text) {
+                    msg = msg.replace(value.as_str(), "<secret>");
+                }
+                msg
+            }
+        };
         ConfigError::Parse {
             file: path.display().to_string(),
-            msg: e.to_string().trim_end().to_string(),
+            msg,
         }
     }
 }
@@ -455,7 +473,8 @@ impl Config {
 
     /// Parses config text; `path` names it in errors and anchors a relative `shard_map`.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::parse(path, &e))?;
+        let mut cfg: Config =
+            toml::from_str(text).map_err(|e| ConfigError::parse(path, text, &e))?;
         let file = path.display().to_string();
         if let Some(rel) = cfg.shard_map.clone() {
             if !cfg.keyspace.is_empty() {
@@ -625,6 +644,41 @@ mod tests {
         assert_eq!(cfg.proxy.listen, "127.0.0.1:6033");
         assert_eq!(cfg.pool.max_connections, 1000);
         assert_eq!(cfg.user("app").map(|u| u.password.as_str()), Some("secret"));
+    }
+
+    #[test]
+    fn parse_errors_never_show_secret_values() {
+        // toml's own message quotes the offending line: a broken password line, or a type
+        // error on another key of the same inline table, must not echo the password.
+        for (text, line) in [
+            (MINIMAL.replace("\"secret\"", "\"hunter2-pw\" x"), 4),
+            (
+                format!("[proxy]\nadmin_token = 12.5.hunter2-pw\n{MINIMAL}"),
+                2,
+            ),
+            (
+                "users = [{ name = 5, password = \"hunter2-pw\" }]\n".to_string(),
+                1,
+            ),
+        ] {
+            let err = Config::from_toml(&text, Path::new("x.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(!err.contains("hunter2"), "{err}");
+            assert!(err.contains(&format!("line {line}, column")), "{err}");
+        }
+        // Elsewhere in the file, the message stays as useful as toml's.
+        let err = Config::from_toml(
+            &format!("[proxy]\nlisten = 5\n{MINIMAL}"),
+            Path::new("x.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("line 2, column") && err.contains("string"),
+            "{err}"
+        );
+        assert!(!err.contains("secret"), "{err}");
     }
 
     #[test]

@@ -229,7 +229,8 @@ impl ShardMap {
             file: path.display().to_string(),
             source: e,
         })?;
-        let map: ShardMap = toml::from_str(&text).map_err(|e| ConfigError::parse(path, &e))?;
+        let map: ShardMap =
+            toml::from_str(&text).map_err(|e| ConfigError::parse(path, &text, &e))?;
         map.validate(&path.display().to_string())?;
         Ok(map)
     }
@@ -444,8 +445,8 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<ShardMap, ConfigError> {
-        let map: ShardMap =
-            toml::from_str(text).map_err(|e| ConfigError::parse(std::path::Path::new("t"), &e))?;
+        let map: ShardMap = toml::from_str(text)
+            .map_err(|e| ConfigError::parse(std::path::Path::new("t"), text, &e))?;
         map.validate("t")?;
         Ok(map)
     }
