@@ -754,3 +754,47 @@ async fn another_auth_plugin_is_switched_to_native_password() {
     c.assert_select_1().await;
     assert_proxy_healthy().await;
 }
+
+#[tokio::test]
+async fn a_client_reset_mid_statement_releases_its_locks() {
+    let mut setup = Conn::new(proxy_opts()).await.expect("connect");
+    setup
+        .query_drop(
+            "CREATE TABLE IF NOT EXISTS gone_locks (id INT PRIMARY KEY, v INT);\
+             REPLACE INTO gone_locks VALUES (1, 0)",
+        )
+        .await
+        .expect("setup");
+    // A client locks the row, starts a long statement and vanishes with a TCP reset.
+    let mut c = RawClient::logged_in().await;
+    c.query(b"BEGIN").await.expect("begin");
+    c.query(b"UPDATE gone_locks SET v = v + 1 WHERE id = 1")
+        .await
+        .expect("update");
+    let mut payload = vec![COM_QUERY];
+    payload.extend_from_slice(b"SELECT SLEEP(120)");
+    c.send(0, &payload).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    socket2::SockRef::from(&c.stream)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger");
+    drop(c);
+
+    // Another client gets the row well before the sleep would have ended; the vanished
+    // client's update is rolled back with its killed connection.
+    let mut other = Conn::new(proxy_opts()).await.expect("connect");
+    other
+        .query_drop("SET SESSION innodb_lock_wait_timeout = 20")
+        .await
+        .expect("set");
+    other
+        .query_drop("UPDATE gone_locks SET v = v + 10 WHERE id = 1")
+        .await
+        .expect("the row is free once the client that locked it is gone");
+    let v: Option<i64> = other
+        .query_first("SELECT v FROM gone_locks WHERE id = 1 FOR UPDATE")
+        .await
+        .expect("select");
+    assert_eq!(v, Some(10), "the vanished client's update was rolled back");
+    assert_proxy_healthy().await;
+}

@@ -23,6 +23,13 @@ pub enum ForwardError {
     /// The client went away or sent something it must not; the backend connection is mid-way.
     #[error("client: {0}")]
     Client(String),
+    /// The client closed its connection while server connection `connection_id` on `addr`
+    /// was still running its statement: that statement holds its locks until it is killed.
+    #[error("client: closed while its statement ran on {addr} (connection {connection_id})")]
+    ClientGone {
+        addr: std::sync::Arc<str>,
+        connection_id: u32,
+    },
 }
 
 /// How a command's response is forwarded.
@@ -62,6 +69,8 @@ pub async fn forward(
     let mut sc = Scanner::new(expect, f.deprecate_eof, f.last_seq.wrapping_add(1));
     sc.client_stmt_id = f.client_stmt_id;
     let mut sent = false;
+    // Bytes the client sent already are its next command, not a close.
+    let mut watch_client = client.rbuf.is_empty();
     loop {
         let (n, progress) = sc.scan(&mut backend.io.rbuf);
         if let (Progress::Done, Some(hook)) = (&progress, f.before_end) {
@@ -78,11 +87,35 @@ pub async fn forward(
         match progress {
             Progress::Done => break,
             Progress::LocalInfile => relay_infile(backend, client, &mut sc, f.max_packet).await?,
-            Progress::More => match backend.io.fill().await {
-                Ok(0) => return Err(berr(backend, "closed the connection".into(), sent)),
-                Ok(_) => {}
-                Err(e) => return Err(berr(backend, e.to_string(), sent)),
-            },
+            Progress::More => {
+                let filled = if watch_client {
+                    // A client that goes away while its statement runs would leave it running
+                    // (and holding its locks) to the end: notice, so the caller can kill it.
+                    tokio::select! {
+                        biased;
+                        r = backend.io.fill() => r,
+                        gone = closed(client) => {
+                            if gone {
+                                backend.broken = true;
+                                return Err(ForwardError::ClientGone {
+                                    addr: backend.addr.clone(),
+                                    connection_id: backend.connection_id,
+                                });
+                            }
+                            // It sent its next command early: that is read after this one.
+                            watch_client = false;
+                            continue;
+                        }
+                    }
+                } else {
+                    backend.io.fill().await
+                };
+                match filled {
+                    Ok(0) => return Err(berr(backend, "closed the connection".into(), sent)),
+                    Ok(_) => {}
+                    Err(e) => return Err(berr(backend, e.to_string(), sent)),
+                }
+            }
         }
     }
     backend.in_flight = false;
@@ -92,6 +125,13 @@ pub async fn forward(
     }
     backend.io.maybe_shrink();
     Ok(sc)
+}
+
+/// Waits until the client's socket is readable: `true` when it was closed (EOF or reset),
+/// `false` when it sent data (left unread for the command loop).
+async fn closed(client: &PacketStream) -> bool {
+    let mut probe = [0u8; 1];
+    !matches!(client.stream.peek(&mut probe).await, Ok(1..))
 }
 
 /// Copies the client's LOCAL INFILE packets to the server up to the empty closing packet.

@@ -193,7 +193,10 @@ pub async fn forward_on(
     match forward(conn, client, f).await {
         Ok(sc) => Ok(sc),
         Err(e) => {
-            if matches!(e, ForwardError::Backend { .. }) {
+            if matches!(
+                e,
+                ForwardError::Backend { .. } | ForwardError::ClientGone { .. }
+            ) {
                 pinned.discard(&addr);
             }
             Err(e.into())

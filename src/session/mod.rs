@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::backend::forward::{Forward, ForwardError};
 use crate::backend::prepared::sent_types;
@@ -650,10 +650,50 @@ impl Session {
                     let text = format!("shardgate: lost connection to backend {addr}: {msg}");
                     self.send_err(errcode::UNKNOWN, &text, reply_seq).await;
                 }
+                if let ForwardError::ClientGone {
+                    addr,
+                    connection_id,
+                } = &e
+                {
+                    self.kill_orphaned(addr.clone(), *connection_id);
+                }
                 debug!(error = %e, "session ends");
                 Err(e.into())
             }
         }
+    }
+
+    /// Kills server connection `id` on `addr`, whose client went away mid-statement: closing
+    /// the socket alone leaves the statement running, holding its locks, until the server
+    /// next looks at the socket (a lock wait never does). The session's own account may kill
+    /// its own connections; off the session's task, which is ending.
+    fn kill_orphaned(&self, addr: Arc<str>, id: u32) {
+        let shared = self.shared.clone();
+        let (user, password) = (self.user.name.clone(), self.user.password.clone());
+        let key = ConnKey {
+            framing: self.caps & cap::FRAMING,
+            charset: self.charset,
+        };
+        tokio::spawn(async move {
+            let sql = format!("KILL CONNECTION {id}");
+            let done = match shared
+                .pools
+                .get(&addr, &user, &password, key, None, 0)
+                .await
+            {
+                Ok(mut c) => c.simple_command(com::QUERY, sql.as_bytes()).await,
+                Err(e) => Err(e),
+            };
+            match done {
+                Ok(Ok(_)) => debug!(%addr, id, "killed the statement of a client that left"),
+                // 1094: it ended on its own meanwhile.
+                Ok(Err(e)) if e.code == 1094 => {}
+                Ok(Err(e)) => {
+                    warn!(%addr, id, error = %e.message, "cannot kill an orphaned statement")
+                }
+                Err(e) => warn!(%addr, id, error = %e, "cannot kill an orphaned statement"),
+            }
+        });
     }
 
     /// Reads and drops what the client is still sending (the rest of an oversized packet), so
