@@ -24,6 +24,8 @@ const CLIENTS: [&str; 4] = ["node", "java", "php", "go"];
 const FIRST_ID: i64 = 1000;
 /// A client run that takes longer is hung (a Java run compiles its source: about 2 s).
 const RUN_DEADLINE: Duration = Duration::from_secs(120);
+/// Differing values shown per step (a missing row shifts every later one).
+const MAX_LEAVES: usize = 12;
 /// The scenario's steps that end in an error: the same on every target.
 const ERROR_STEPS: [&str; 3] = ["duplicate_key", "duplicate_key_prepared", "syntax_error"];
 
@@ -56,7 +58,7 @@ impl Target {
 
 fn sandbox() -> &'static Sandbox {
     static SB: OnceLock<Sandbox> = OnceLock::new();
-    SB.get_or_init(|| common::start_cluster_with(&["--shards", "2", "--replicas", "0"]))
+    SB.get_or_init(|| common::start_cluster_with(&["--shards", "2", "--replicas", "1"]))
 }
 
 /// The proxy's config over the sandbox: keyspace `app` as generated, plus `shk` sharding each
@@ -77,9 +79,16 @@ fn proxy_port() -> u16 {
             ));
         }
         for s in ["s0", "s1"] {
+            let replicas: Vec<String> = sb
+                .cluster
+                .replicas(s)
+                .iter()
+                .map(|r| format!("\"127.0.0.1:{}\"", r.port))
+                .collect();
             extra.push_str(&format!(
-                "[[keyspace.shk.shards]]\nname = \"{s}\"\nprimary = \"127.0.0.1:{}\"\n",
-                port(s)
+                "[[keyspace.shk.shards]]\nname = \"{s}\"\nprimary = \"127.0.0.1:{}\"\nreplicas = [{}]\n",
+                port(s),
+                replicas.join(", ")
             ));
         }
         extra.push_str(&format!(
@@ -325,6 +334,11 @@ async fn compare(client: &str, target: Target) {
         let (a, b) = (direct.get(i), proxied.get(i));
         let mut d = Vec::new();
         differences("", a, b, &mut d);
+        if d.len() > MAX_LEAVES {
+            let more = d.len() - MAX_LEAVES;
+            d.truncate(MAX_LEAVES);
+            d.push(format!("  ... and {more} more values"));
+        }
         if !d.is_empty() {
             let name = a.or(b).map(step_name).unwrap_or("?");
             diffs.push(format!("step `{name}`:\n{}", d.join("\n")));

@@ -169,6 +169,7 @@ func main() {
 	step("row_count", q("SELECT ROW_COUNT()"))
 	step("insert_with_warning", w("INSERT INTO "+t+" (id, name, price) VALUES (9, 'warn', 1.005)"))
 	step("show_warnings", q("SHOW WARNINGS"))
+	step("warning_count", q("SELECT @@warning_count"))
 	step("duplicate_key", w("INSERT INTO "+t+" (id, name) VALUES (1, 'dup')"))
 	step("duplicate_key_prepared", w("INSERT INTO "+t+" (id, name) VALUES (?, ?)", int64(1), "dup"))
 	step("syntax_error", q("SELEC id FROM "+t))

@@ -198,6 +198,7 @@ public class Scenario {
         step("row_count", () -> text(c, "SELECT ROW_COUNT()"));
         step("insert_with_warning", () -> text(c, "INSERT INTO " + t + " (id, name, price) VALUES (9, 'warn', 1.005)"));
         step("show_warnings", () -> text(c, "SHOW WARNINGS"));
+        step("warning_count", () -> text(c, "SELECT @@warning_count"));
         step("duplicate_key", () -> text(c, "INSERT INTO " + t + " (id, name) VALUES (1, 'dup')"));
         step("duplicate_key_prepared", () -> prepared(c, "INSERT INTO " + t + " (id, name) VALUES (?, 'dup')", 1L));
         step("syntax_error", () -> text(c, "SELEC id FROM " + t));

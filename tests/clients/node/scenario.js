@@ -92,6 +92,7 @@ async function main() {
   await step('row_count', () => q('SELECT ROW_COUNT()'));
   await step('insert_with_warning', () => q(`INSERT INTO ${T} (id, name, price) VALUES (9, 'warn', 1.005)`));
   await step('show_warnings', () => q('SHOW WARNINGS'));
+  await step('warning_count', () => q('SELECT @@warning_count'));
   await step('duplicate_key', () => q(`INSERT INTO ${T} (id, name) VALUES (1, 'dup')`));
   await step('duplicate_key_prepared', () => x(`INSERT INTO ${T} (id, name) VALUES (?, ?)`, [1, 'dup']));
   await step('syntax_error', () => q(`SELEC id FROM ${T}`));

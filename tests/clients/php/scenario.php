@@ -106,6 +106,7 @@ step('update_one', fn() => $x("UPDATE $t SET name = ? WHERE id = ?", [['bravo2',
 step('row_count', fn() => $q('SELECT ROW_COUNT()'));
 step('insert_with_warning', fn() => $w("INSERT INTO $t (id, name, price) VALUES (9, 'warn', 1.005)"));
 step('show_warnings', fn() => $q('SHOW WARNINGS'));
+step('warning_count', fn() => $q('SELECT @@warning_count'));
 step('duplicate_key', fn() => $w("INSERT INTO $t (id, name) VALUES (1, 'dup')"));
 step('duplicate_key_prepared', fn() => $x("INSERT INTO $t (id, name) VALUES (?, ?)", [[1, PDO::PARAM_INT], ['dup', PDO::PARAM_STR]]));
 step('syntax_error', fn() => $q("SELEC id FROM $t"));
