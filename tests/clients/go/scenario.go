@@ -196,6 +196,17 @@ func main() {
 		}
 		return out{"update": upd, "after": after}, nil
 	})
+	// DDL with autocommit off (PyMySQL's default; SQLAlchemy's create_all()).
+	step("ddl_autocommit_off", func() (out, error) {
+		if _, err := conn.ExecContext(ctx, "SET autocommit = 0"); err != nil {
+			return nil, err
+		}
+		o, err := w("ALTER TABLE " + t + " ADD COLUMN note INT")()
+		if _, err2 := conn.ExecContext(ctx, "SET autocommit = 1"); err == nil && err2 != nil {
+			return nil, err2
+		}
+		return o, err
+	})
 	step("final_text", q("SELECT "+cols+" FROM "+t+" ORDER BY id"))
 	step("final_prepared", func() (out, error) {
 		st, err := conn.PrepareContext(ctx, "SELECT "+cols+" FROM "+t+" ORDER BY id")

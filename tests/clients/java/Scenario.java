@@ -225,6 +225,15 @@ public class Scenario {
             }
             return map("update", upd, "after", text(c, "SELECT name FROM " + t + " WHERE id = 3"));
         });
+        // DDL with autocommit off (PyMySQL's default; SQLAlchemy's create_all()).
+        step("ddl_autocommit_off", () -> {
+            c.setAutoCommit(false);
+            try {
+                return text(c, "ALTER TABLE " + t + " ADD COLUMN note INT");
+            } finally {
+                c.setAutoCommit(true);
+            }
+        });
         step("final_text", () -> text(c, "SELECT " + COLS + " FROM " + t + " ORDER BY id"));
         step("final_prepared", () -> prepared(c, "SELECT " + COLS + " FROM " + t + " ORDER BY id"));
         c.close();

@@ -103,6 +103,15 @@ async function main() {
     const after = await q(`SELECT name FROM ${T} WHERE id = 3`);
     return { update: upd, after };
   });
+  // DDL with autocommit off (PyMySQL's default; SQLAlchemy's create_all()).
+  await step('ddl_autocommit_off', async () => {
+    await conn.query('SET autocommit = 0');
+    try {
+      return await q(`ALTER TABLE ${T} ADD COLUMN note INT`);
+    } finally {
+      await conn.query('SET autocommit = 1');
+    }
+  });
   await step('final_text', () => q(`SELECT ${COLS} FROM ${T} ORDER BY id`));
   await step('final_prepared', () => x(`SELECT ${COLS} FROM ${T} ORDER BY id`, []));
   await conn.end();

@@ -116,5 +116,14 @@ step('rollback', function () use ($pdo, $t, $x, $q) {
     $pdo->rollBack();
     return ['update' => $upd, 'after' => $q("SELECT name FROM $t WHERE id = 3")];
 });
+// DDL with autocommit off (PyMySQL's default; SQLAlchemy's create_all()).
+step('ddl_autocommit_off', function () use ($pdo, $t, $w) {
+    $pdo->exec('SET autocommit = 0');
+    try {
+        return $w("ALTER TABLE $t ADD COLUMN note INT");
+    } finally {
+        $pdo->exec('SET autocommit = 1');
+    }
+});
 step('final_text', fn() => $q("SELECT $cols FROM $t ORDER BY id"));
 step('final_prepared', fn() => $x("SELECT $cols FROM $t ORDER BY id", []));
