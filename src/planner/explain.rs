@@ -192,8 +192,10 @@ pub fn explain(planner: &Planner, sql: &str, ctx: &PlanContext<'_>) -> String {
         }
         ShardPlan::SplitInsert(parts) => {
             let _ = writeln!(out, "runs on: split by row, one INSERT per shard:");
-            for (i, sql) in parts {
-                let _ = writeln!(out, "  {}: {sql}", servers(&routes[i]));
+            for (i, part) in parts {
+                let text = part.render(sql.as_bytes()).unwrap_or_default();
+                let text = String::from_utf8_lossy(&text);
+                let _ = writeln!(out, "  {}: {text}", servers(&routes[i]));
             }
             let _ = writeln!(
                 out,

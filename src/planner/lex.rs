@@ -161,7 +161,8 @@ fn quoted_end(sql: &[u8], start: usize) -> usize {
     sql.len()
 }
 
-fn find(hay: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
+/// Where `needle` first occurs in `hay` at or after `from`.
+pub(crate) fn find(hay: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
     hay.get(from..)?
         .windows(needle.len())
         .position(|w| w == needle)

@@ -13,14 +13,17 @@ use super::{identity, Session, SessionError};
 use crate::backend::prepared::{param_value, ParamValue};
 use crate::executor::{self, ExecError};
 use crate::planner::classify::{Class, Hint, Kind, Value, VarName};
-use crate::planner::shard::with_generated_keys;
-use crate::planner::{lex, Route, ShardPlan};
+use crate::planner::shard::{with_generated_keys, Spliced};
+use crate::planner::{lex, text, Route, ShardPlan};
 use crate::protocol::consts::{cap, com, errcode, status};
 use crate::protocol::packet::{put_ok, Frame, OkInfo};
 use crate::shardmap::ring::KeyValue;
 
 /// Ids reserved from a sequence table at a time (more when one INSERT needs more).
 const SEQUENCE_BLOCK: i64 = 1000;
+
+/// A multi-shard read rewritten on both sides of bytes that are not UTF-8.
+const UNPLACEABLE: &str = "shardgate: this multi-shard read needs a rewrite around bytes that are not valid UTF-8; use a hex literal (X'...') for them";
 
 /// A transaction on a sharded keyspace.
 pub struct ShardTxn {
@@ -40,7 +43,9 @@ impl Session {
         frame: Frame,
     ) -> Result<(), SessionError> {
         let reply_seq = frame.last_seq.wrapping_add(1);
-        let sql = String::from_utf8_lossy(&frame.payload()[1..]).into_owned();
+        let payload = frame.payload();
+        let raw = payload.get(1..).unwrap_or_default();
+        let sql = text::parse_copy(raw);
         self.implicit_txn();
         match class.kind {
             Kind::Begin { .. } => {
@@ -121,11 +126,16 @@ impl Session {
                 return self.broadcast(&routes, &class, &frame).await;
             }
             read @ (ShardPlan::Scatter(_) | ShardPlan::MergeSorted(_)) => {
-                let text = match &read {
-                    ShardPlan::MergeSorted(spec) => spec.sql.as_bytes(),
-                    _ => sql.as_bytes(),
+                let rewritten = match &read {
+                    ShardPlan::MergeSorted(spec) => text::restore(raw, &sql, &spec.sql),
+                    _ => Some(raw.to_vec()),
                 };
-                let request = Request::Query(text);
+                let Some(rewritten) = rewritten else {
+                    self.send_err(errcode::UNKNOWN, UNPLACEABLE, reply_seq)
+                        .await;
+                    return Ok(());
+                };
+                let request = Request::Query(&rewritten);
                 return self
                     .multi_shard_read(&read, &routes, &class, hint, &request, reply_seq)
                     .await;
@@ -136,14 +146,11 @@ impl Session {
                 rows,
             } => {
                 return self
-                    .insert_with_sequence(&class, &sql, &sequence, &key, rows, &routes, reply_seq)
+                    .insert_with_sequence(&class, raw, &sequence, &key, rows, &routes, reply_seq)
                     .await;
             }
             ShardPlan::SplitInsert(parts) => {
-                let parts: Vec<(Route, Vec<u8>)> = parts
-                    .into_iter()
-                    .filter_map(|(i, sql)| Some((routes.get(i)?.clone(), sql.into_bytes())))
-                    .collect();
+                let parts = split_parts(&parts, &routes, raw);
                 if !self.join_txn_on(&parts, reply_seq).await? {
                     return Ok(());
                 }
@@ -403,7 +410,7 @@ impl Session {
     async fn insert_with_sequence(
         &mut self,
         class: &Class,
-        sql: &str,
+        sql: &[u8],
         sequence: &str,
         key: &str,
         rows: usize,
@@ -422,18 +429,15 @@ impl Session {
         let planned = self
             .shared
             .planner()
-            .plan_shards(&text, &ctx)
+            .plan_shards(&text::parse_copy(&text), &ctx)
             .map(|(p, _)| p);
         let parts: Vec<(Route, Vec<u8>)> = match planned {
             Some(ShardPlan::One(i)) => routes
                 .get(i)
-                .map(|r| (r.clone(), text.clone().into_bytes()))
+                .map(|r| (r.clone(), text.clone()))
                 .into_iter()
                 .collect(),
-            Some(ShardPlan::SplitInsert(parts)) => parts
-                .into_iter()
-                .filter_map(|(i, sql)| Some((routes.get(i)?.clone(), sql.into_bytes())))
-                .collect(),
+            Some(ShardPlan::SplitInsert(parts)) => split_parts(&parts, routes, &text),
             Some(ShardPlan::Reject(msg)) => {
                 self.send_err(errcode::UNKNOWN, &msg, reply_seq).await;
                 return Ok(());
@@ -618,7 +622,8 @@ impl Session {
     /// `None` after answering the client with an error.
     pub(super) async fn prepare_route(&mut self, frame: &Frame) -> Option<(Route, StmtShards)> {
         let reply_seq = frame.last_seq.wrapping_add(1);
-        let sql = String::from_utf8_lossy(&frame.payload()[1..]).into_owned();
+        let payload = frame.payload();
+        let sql = text::parse_copy(payload.get(1..).unwrap_or_default());
         let ctx = self.plan_ctx();
         let planned = self
             .shared
@@ -819,7 +824,8 @@ impl Session {
         let Some(info) = self.stmts.get(client_id) else {
             return Ok(());
         };
-        let sql = String::from_utf8_lossy(&info.sql).into_owned();
+        let raw = info.sql.clone();
+        let sql = text::parse_copy(&raw);
         let ctx = self.plan_ctx();
         let planner = self.shared.planner();
         let Some((plan, routes)) = planner.plan_shards(&sql, &ctx) else {
@@ -831,7 +837,14 @@ impl Session {
             read @ (ShardPlan::Scatter(_) | ShardPlan::MergeSorted(_)) => {
                 let rewrite = match &read {
                     ShardPlan::MergeSorted(spec) if spec.sql != sql => {
-                        Some(Arc::<[u8]>::from(spec.sql.as_bytes()))
+                        match text::restore(&raw, &sql, &spec.sql) {
+                            Some(b) => Some(Arc::<[u8]>::from(b)),
+                            None => {
+                                self.send_err(errcode::UNKNOWN, UNPLACEABLE, reply_seq)
+                                    .await;
+                                return Ok(());
+                            }
+                        }
                     }
                     _ => None,
                 };
@@ -961,6 +974,18 @@ impl Session {
         put_ok(&mut out, seq, self.caps, ok);
         let _ = self.io.write_all(&out).await;
     }
+}
+
+/// Each shard's part of a split INSERT, cut from `client` (the statement that was planned).
+fn split_parts(
+    parts: &[(usize, Spliced)],
+    routes: &[Route],
+    client: &[u8],
+) -> Vec<(Route, Vec<u8>)> {
+    parts
+        .iter()
+        .filter_map(|(i, s)| Some((routes.get(*i)?.clone(), s.render(client)?)))
+        .collect()
 }
 
 /// A SET that turns autocommit on by a literal or DEFAULT.
