@@ -29,7 +29,7 @@ fn sandbox() -> &'static Sandbox {
 }
 
 /// A proxy whose `blobs` table takes ids from a sequence in the unsharded keyspace `meta`
-/// (on shard s0's server), created here.
+/// (on shard s0's server), created here, and which runs writes without a key on every shard.
 async fn proxy() -> Conn {
     static PORT: OnceLock<u16> = OnceLock::new();
     let sb = sandbox();
@@ -50,7 +50,7 @@ async fn proxy() -> Conn {
     }
     let port = *PORT.get_or_init(|| {
         sb.keep_proxy(&format!(
-            "[keyspace.app]\nsequence_keyspace = \"meta\"\n\
+            "[keyspace.app]\nsequence_keyspace = \"meta\"\nallow_scatter_writes = true\n\
              [keyspace.app.tables.blobs]\nsequence = \"blobs_seq\"\n\
              [keyspace.meta]\nsharding = \"unsharded\"\n\
              [[keyspace.meta.shards]]\nname = \"m0\"\nprimary = \"127.0.0.1:{s0}\"\n"
@@ -284,4 +284,229 @@ async fn blob_bytes_are_stored_as_sent_through_every_insert_rewrite() {
         assert!(!want.is_empty(), "{what}: the reference finds rows");
         assert_eq!(got, want, "{what} read of rows by their bytes");
     }
+}
+
+/// What a client sees of a write's OK packet.
+fn ok_of(c: &Conn) -> (u64, String, u16) {
+    (c.affected_rows(), c.info().into_owned(), c.get_warnings())
+}
+
+fn server_error<T: std::fmt::Debug>(r: mysql_async::Result<T>) -> (u16, String, String) {
+    match r {
+        Err(mysql_async::Error::Server(e)) => (e.code, e.state, e.message),
+        other => panic!("expected a server error, got {other:?}"),
+    }
+}
+
+/// `users` rows `ids` (name 'k') on the reference server too.
+async fn reference_users(r: &mut Conn, ids: &[i64]) {
+    r.query_drop("CREATE TABLE IF NOT EXISTS users (id INT PRIMARY KEY, name VARCHAR(40))")
+        .await
+        .expect("users");
+    for id in ids {
+        r.query_drop(format!("REPLACE INTO users (id, name) VALUES ({id}, 'k')"))
+            .await
+            .expect("reference row");
+    }
+}
+
+/// Node mysql2 binds every JS number as DOUBLE: an integral one is the integer key; one with a
+/// fraction names no single key and is refused with the reason.
+#[tokio::test]
+async fn a_double_shard_key_parameter_routes_as_its_integer() {
+    use mysql_async::Value;
+    let mut c = proxy().await;
+    let (on0, on1) = common::ids_by_shard(&mut c, 5000, 40, "k").await;
+    for id in [on0[0], on1[0]] {
+        let name: Option<String> = c
+            .exec_first(
+                "SELECT name FROM users WHERE id = ?",
+                (Value::Double(id as f64),),
+            )
+            .await
+            .expect("read by a DOUBLE key");
+        assert_eq!(name.as_deref(), Some("k"), "row {id} by {}.0", id);
+    }
+    for id in [on0[1], on1[1]] {
+        c.exec_drop(
+            "REPLACE INTO users (id, name) VALUES (?, ?)",
+            (Value::Double(id as f64), "dbl"),
+        )
+        .await
+        .expect("write by a DOUBLE key");
+        let name: Option<String> = c
+            .query_first(format!(
+                "/* shardgate:primary */ SELECT name FROM users WHERE id = {id}"
+            ))
+            .await
+            .expect("read back by the integer");
+        assert_eq!(name.as_deref(), Some("dbl"), "row {id} on its key's shard");
+    }
+    let r = c
+        .exec_first::<String, _, _>(
+            "SELECT name FROM users WHERE id = ?",
+            (Value::Double(on0[0] as f64 + 0.5),),
+        )
+        .await;
+    let (code, _, message) = server_error(r);
+    assert_eq!(code, 1105);
+    assert!(message.contains("fraction"), "{message}");
+}
+
+/// Writes on several shards answer with the OK packet one server would send: affected rows,
+/// warnings and the info text drivers read ("Rows matched: 3  Changed: 3  Warnings: 0").
+#[tokio::test]
+async fn a_write_on_several_shards_answers_like_one_server() {
+    let mut c = proxy().await;
+    let mut r = reference().await;
+    let (on0, on1) = common::ids_by_shard(&mut c, 6000, 40, "k").await;
+    let (a, b) = (&on0[..4], &on1[..4]);
+    reference_users(&mut r, &[a, b].concat()).await;
+    for conn in [&mut c, &mut r] {
+        conn.query_drop("SET SESSION sql_mode = ''")
+            .await
+            .expect("not strict");
+        // Ids 2 and 3 of each shard are inserted below.
+        conn.query_drop(format!(
+            "DELETE FROM users WHERE id IN ({}, {}, {}, {})",
+            a[2], a[3], b[2], b[3]
+        ))
+        .await
+        .expect("clear");
+    }
+    let statements = [
+        format!(
+            "UPDATE users SET name = 'u1' WHERE id IN ({}, {}, {})",
+            a[0], a[1], b[0]
+        ),
+        // Matched, none changed.
+        format!(
+            "UPDATE users SET name = 'u1' WHERE id IN ({}, {}, {})",
+            a[0], a[1], b[0]
+        ),
+        // A warning per row (data truncated: not strict, below).
+        format!(
+            "UPDATE users SET name = REPEAT('w', 50) WHERE id IN ({}, {})",
+            a[1], b[1]
+        ),
+        format!(
+            "INSERT INTO users (id, name) VALUES ({}, 'x'), ({}, 'y'), ({}, 'z')",
+            a[2], b[2], a[3]
+        ),
+        format!(
+            "INSERT INTO users (id, name) VALUES ({}, 'x'), ({}, 'yy') ON DUPLICATE KEY UPDATE name = VALUES(name)",
+            a[2], b[2]
+        ),
+        format!(
+            "REPLACE INTO users (id, name) VALUES ({}, 'r'), ({}, 'r'), ({}, 'r')",
+            a[2], b[2], b[3]
+        ),
+        format!("DELETE FROM users WHERE id IN ({}, {})", a[0], b[0]),
+    ];
+    for sql in &statements {
+        c.query_drop(sql).await.expect(sql);
+        let got = ok_of(&c);
+        r.query_drop(sql).await.expect(sql);
+        assert_eq!(got, ok_of(&r), "OK of {sql}");
+    }
+    // Prepared: the same, run on each shard's connection.
+    let sql = "UPDATE users SET name = ? WHERE id IN (?, ?, ?)";
+    for name in ["p1", "p1"] {
+        let params = (name, a[2], b[2], a[3]);
+        c.exec_drop(sql, params).await.expect("prepared update");
+        let got = ok_of(&c);
+        r.exec_drop(sql, params).await.expect("prepared update");
+        assert_eq!(got, ok_of(&r), "OK of prepared {sql} with {name}");
+    }
+}
+
+/// PyMySQL turns autocommit off at login and SQLAlchemy's `create_all()` then runs DDL: as
+/// MariaDB does, the DDL commits the open transaction (on every shard it opened) and runs.
+#[tokio::test]
+async fn ddl_commits_the_open_transaction_as_mariadb_does() {
+    let mut c = proxy().await;
+    let mut other = proxy().await;
+    let (on0, on1) = common::ids_by_shard(&mut c, 7000, 40, "k").await;
+    let name_of =
+        |id: i64| format!("/* shardgate:primary */ SELECT name FROM users WHERE id = {id}");
+    for (i, set) in ["SET autocommit = 0", "SET @@session.autocommit = OFF"]
+        .iter()
+        .enumerate()
+    {
+        c.query_drop(*set).await.expect("autocommit off");
+        c.query_drop(format!(
+            "CREATE TABLE IF NOT EXISTS ddl_ac{i} (id INT PRIMARY KEY)"
+        ))
+        .await
+        .expect("DDL with autocommit off");
+        // A write opens the transaction on its shard; DDL commits it.
+        let id = on0[i];
+        c.query_drop(format!("UPDATE users SET name = 'ac{i}' WHERE id = {id}"))
+            .await
+            .expect("write");
+        c.query_drop(format!("ALTER TABLE ddl_ac{i} ADD COLUMN v INT"))
+            .await
+            .expect("DDL in the implicit transaction");
+        let seen: Option<String> = other.query_first(name_of(id)).await.expect("read");
+        assert_eq!(seen, Some(format!("ac{i}")), "committed by the DDL");
+        // Still autocommit off: the next write is in a new transaction, which rolls back.
+        c.query_drop(format!(
+            "UPDATE users SET name = 'gone' WHERE id = {}",
+            on1[i]
+        ))
+        .await
+        .expect("write");
+        c.query_drop("ROLLBACK").await.expect("rollback");
+        let seen: Option<String> = other.query_first(name_of(on1[i])).await.expect("read");
+        assert_eq!(seen.as_deref(), Some("k"), "rolled back");
+        c.query_drop("SET autocommit = 1")
+            .await
+            .expect("autocommit on");
+    }
+    // An explicit transaction: committed by the DDL too.
+    c.query_drop("BEGIN").await.expect("begin");
+    c.query_drop(format!(
+        "UPDATE users SET name = 'tx' WHERE id = {}",
+        on1[3]
+    ))
+    .await
+    .expect("write");
+    c.query_drop("DROP TABLE ddl_ac0")
+        .await
+        .expect("DDL in a transaction");
+    let seen: Option<String> = other.query_first(name_of(on1[3])).await.expect("read");
+    assert_eq!(seen.as_deref(), Some("tx"), "committed by the DDL");
+}
+
+/// A statement nobody can parse gets the server's syntax error (1064, 42000, "near ..."), as
+/// on one MariaDB; one only the planner cannot read is still refused, and runs nowhere.
+#[tokio::test]
+async fn syntax_errors_get_the_servers_error() {
+    let mut c = proxy().await;
+    let mut r = reference().await;
+    reference_users(&mut r, &[]).await;
+    common::ids_by_shard(&mut c, 8000, 2, "k").await;
+    for sql in [
+        "SELEC 1",
+        "SELECT * FROM users WHERE",
+        "INSERT INTO users (id name) VALUES (1, 'a')",
+        "UPDATE users SET WHERE id = 1",
+        "SELECT * FROM users WHERE id = 1 ORDER",
+    ] {
+        let got = server_error(c.query_drop(sql).await);
+        let want = server_error(r.query_drop(sql).await);
+        assert_eq!(got, want, "{sql}");
+        assert_eq!((got.0, got.1.as_str()), (1064, "42000"), "{sql}");
+        let got = server_error(c.prep(sql).await);
+        assert_eq!(got, want, "prepared {sql}");
+    }
+    // MariaDB reads it, the planner does not: refused, and the row is not deleted anywhere.
+    let sql = "DELETE LOW_PRIORITY QUICK IGNORE FROM users WHERE id = 8000";
+    let (code, _, message) = server_error(c.query_drop(sql).await);
+    assert_eq!(code, 1105, "{message}");
+    let n: Option<i64> = c
+        .query_first("/* shardgate:primary */ SELECT COUNT(*) FROM users WHERE id = 8000")
+        .await
+        .expect("count");
+    assert_eq!(n, Some(1), "not run");
 }

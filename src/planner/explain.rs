@@ -205,6 +205,12 @@ pub fn explain(planner: &Planner, sql: &str, ctx: &PlanContext<'_>) -> String {
         ShardPlan::Reject(msg) => {
             let _ = writeln!(out, "refused: ERR 1105 (HY000) {msg}");
         }
+        ShardPlan::NotUnderstood(msg) => {
+            let _ = writeln!(
+                out,
+                "not understood: a shard's server prepares it (runs nothing); its syntax error is the answer, else ERR 1105 (HY000) {msg}"
+            );
+        }
     }
     out
 }

@@ -197,7 +197,7 @@ impl Planner {
                 message: "shardgate: a multi-shard statement is run by the session (plan_shards)"
                     .into(),
             },
-            ShardPlan::Reject(message) => Plan::Reject {
+            ShardPlan::Reject(message) | ShardPlan::NotUnderstood(message) => Plan::Reject {
                 code: errcode::UNKNOWN,
                 message,
             },

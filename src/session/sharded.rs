@@ -10,17 +10,25 @@ use super::dispatch::Work;
 use super::scatter::Request;
 use super::statements::StmtShards;
 use super::{identity, Session, SessionError};
-use crate::backend::prepared::{param_value, ParamValue};
+use crate::backend::prepared::{param_value, prepare_silently, ParamValue};
+use crate::executor::ok_sum::OkSum;
 use crate::executor::{self, ExecError};
 use crate::planner::classify::{Class, Hint, Kind, Value, VarName};
 use crate::planner::shard::{with_generated_keys, Spliced};
 use crate::planner::{lex, text, Route, ShardPlan};
 use crate::protocol::consts::{cap, com, errcode, status};
-use crate::protocol::packet::{put_ok, Frame, OkInfo};
+use crate::protocol::packet::{put_ok, put_ok_info, Frame, OkInfo};
 use crate::shardmap::ring::KeyValue;
 
 /// Ids reserved from a sequence table at a time (more when one INSERT needs more).
 const SEQUENCE_BLOCK: i64 = 1000;
+
+/// What a write on several shards inserted: rows of one multi-row INSERT (its OK reports
+/// "Records: ..."), and the first id a sequence gave them.
+struct Inserted {
+    multi_row: bool,
+    first_id: Option<i64>,
+}
 
 /// A multi-shard read rewritten on both sides of bytes that are not UTF-8.
 const UNPLACEABLE: &str = "shardgate: this multi-shard read needs a rewrite around bytes that are not valid UTF-8; use a hex literal (X'...') for them";
@@ -117,9 +125,27 @@ impl Session {
                 self.send_err(errcode::UNKNOWN, &msg, reply_seq).await;
                 return Ok(());
             }
+            ShardPlan::NotUnderstood(msg) => {
+                let route = in_txn_shard
+                    .as_ref()
+                    .and_then(|s| routes.iter().find(|r| &r.shard == s))
+                    .unwrap_or(&routes[0]);
+                return self.server_judges(route, raw, &msg, reply_seq).await;
+            }
             ShardPlan::All => {
-                if self.shard_txn.is_some() {
-                    let msg = "shardgate: DDL and reference-table writes inside a transaction are not supported on a sharded keyspace";
+                // As MariaDB does, DDL first commits the open transaction (explicit, or
+                // implicit with autocommit off): on every shard it opened.
+                if class.kind == Kind::Ddl && self.shard_txn.is_some() {
+                    if let Err(e) = self.end_shard_txn(b"COMMIT").await {
+                        return self.report(e, reply_seq).await;
+                    }
+                }
+                if self
+                    .shard_txn
+                    .as_ref()
+                    .is_some_and(|t| !t.begin.is_empty() || t.shard.is_some())
+                {
+                    let msg = "shardgate: reference-table writes inside a transaction are not supported on a sharded keyspace";
                     self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
                     return Ok(());
                 }
@@ -154,7 +180,11 @@ impl Session {
                 if !self.join_txn_on(&parts, reply_seq).await? {
                     return Ok(());
                 }
-                return self.write_each(&class, parts, None, reply_seq).await;
+                let insert = Inserted {
+                    multi_row: true,
+                    first_id: None,
+                };
+                return self.write_each(&class, parts, insert, reply_seq).await;
             }
             ShardPlan::ScatterWrite(shards) => {
                 let sql = frame.payload()[1..].to_vec();
@@ -165,7 +195,11 @@ impl Session {
                 if !self.join_txn_on(&parts, reply_seq).await? {
                     return Ok(());
                 }
-                return self.write_each(&class, parts, None, reply_seq).await;
+                let insert = Inserted {
+                    multi_row: false,
+                    first_id: None,
+                };
+                return self.write_each(&class, parts, insert, reply_seq).await;
             }
             ShardPlan::One(i) => routes[i].clone(),
             // Anywhere: the transaction's shard if it has one. (A `?` in query text is the
@@ -362,27 +396,17 @@ impl Session {
         &mut self,
         class: &Class,
         parts: Vec<(Route, Vec<u8>)>,
-        insert_id: Option<i64>,
+        insert: Inserted,
         reply_seq: u8,
     ) -> Result<(), SessionError> {
-        let mut total = OkInfo {
-            status: status::AUTOCOMMIT,
-            ..OkInfo::default()
-        };
+        let mut total = OkSum::new(insert.multi_row);
         for (route, sql) in &parts {
-            let r = self.run_quietly(&route.addr, sql).await;
+            let r = self.run_for_ok(&route.addr, sql).await;
             if r.is_ok() {
                 self.note_write(&route.addr, true).await;
             }
             match r {
-                Ok(ok) => {
-                    total.affected_rows += ok.affected_rows;
-                    total.warnings = total.warnings.saturating_add(ok.warnings);
-                    total.status = ok.status & !status::MORE_RESULTS_EXISTS;
-                    if total.last_insert_id == 0 {
-                        total.last_insert_id = ok.last_insert_id;
-                    }
-                }
+                Ok((ok, info)) => total.add(&ok, &info),
                 Err(e) => {
                     // The shards before it kept their part.
                     self.cache_invalidate_now(class);
@@ -390,15 +414,15 @@ impl Session {
                 }
             }
         }
-        if let Some(id) = insert_id.and_then(|id| u64::try_from(id).ok()) {
-            total.last_insert_id = id;
+        if let Some(id) = insert.first_id.and_then(|id| u64::try_from(id).ok()) {
+            total.ok.last_insert_id = id;
             // LAST_INSERT_ID() on whichever connection serves the session next.
             let var = crate::backend::vars::Var::System("last_insert_id".into());
             self.vars = self.vars.with([(var, Some(id.to_string()))]);
         }
         self.cache_invalidate_now(class);
         let mut out = BytesMut::new();
-        put_ok(&mut out, reply_seq, self.caps, total);
+        put_ok_info(&mut out, reply_seq, self.caps, total.ok, &total.info());
         let _ = self.io.write_all(&out).await;
         Ok(())
     }
@@ -452,8 +476,11 @@ impl Session {
         if !self.join_txn_on(&parts, reply_seq).await? {
             return Ok(());
         }
-        self.write_each(class, parts, ids.first().copied(), reply_seq)
-            .await
+        let insert = Inserted {
+            multi_row: rows > 1,
+            first_id: ids.first().copied(),
+        };
+        self.write_each(class, parts, insert, reply_seq).await
     }
 
     /// `n` ids from `sequence`, from the proxy's reserved block or a new block taken from the
@@ -587,6 +614,52 @@ impl Session {
         first_err.map_or(Ok(()), Err)
     }
 
+    /// A statement the planner cannot read: a shard's server prepares it (which parses it and
+    /// runs nothing), so a syntax error gets the server's own ERR (1064, 42000, "near ...");
+    /// one the server can read is refused with the planner's reason, never run on a shard it
+    /// may not belong to.
+    async fn server_judges(
+        &mut self,
+        route: &Route,
+        sql: &[u8],
+        refusal: &str,
+        reply_seq: u8,
+    ) -> Result<(), SessionError> {
+        let shared = self.shared.clone();
+        let who = identity(
+            &self.user,
+            self.caps,
+            self.charset,
+            self.db.as_deref(),
+            &self.vars,
+        );
+        let held = self.pinned.find(&route.addr).is_some();
+        let r = match executor::connection(&shared.pools, &mut self.pinned, &route.addr, &who).await
+        {
+            Ok(conn) => prepare_silently(conn, &Arc::from(sql))
+                .await
+                .map_err(ExecError::from),
+            Err(e) => Err(e),
+        };
+        if r.is_err() {
+            self.pinned.discard(&route.addr);
+        } else if !held {
+            self.pinned.release(&route.addr);
+        }
+        match r {
+            Ok(Err(e)) if e.code != errcode::UNSUPPORTED_PS.0 => {
+                self.send_err((e.code, &e.state), &e.message, reply_seq)
+                    .await;
+                Ok(())
+            }
+            Ok(_) => {
+                self.send_err(errcode::UNKNOWN, refusal, reply_seq).await;
+                Ok(())
+            }
+            Err(e) => self.report(e, reply_seq).await,
+        }
+    }
+
     /// A deadlock rolled back the statement's shard's part of a multi-shard transaction, as
     /// MariaDB rolls back a whole transaction: the other shards' parts are rolled back too, so
     /// that nothing of it can be committed later.
@@ -599,6 +672,15 @@ impl Session {
     /// Runs `sql` (answered by one OK or ERR) on the session's connection to `addr` for the
     /// proxy's own purposes: the client does not see the answer.
     async fn run_quietly(&mut self, addr: &Arc<str>, sql: &[u8]) -> Result<OkInfo, ExecError> {
+        Ok(self.run_for_ok(addr, sql).await?.0)
+    }
+
+    /// [`Session::run_quietly`], with the OK's info text.
+    async fn run_for_ok(
+        &mut self,
+        addr: &Arc<str>,
+        sql: &[u8],
+    ) -> Result<(OkInfo, Vec<u8>), ExecError> {
         let shared = self.shared.clone();
         let who = identity(
             &self.user,
@@ -608,7 +690,7 @@ impl Session {
             &self.vars,
         );
         let conn = executor::connection(&shared.pools, &mut self.pinned, addr, &who).await?;
-        match conn.simple_command(com::QUERY, sql).await {
+        match conn.command_ok(com::QUERY, sql).await {
             Ok(Ok(ok)) => Ok(ok),
             Ok(Err(e)) => Err(ExecError::Database(e)),
             Err(e) => {
@@ -663,6 +745,14 @@ impl Session {
                 self.send_err(errcode::UNKNOWN, &msg, reply_seq).await;
                 None
             }
+            ShardPlan::NotUnderstood(msg) => {
+                let raw = frame.payload();
+                let sql = raw.get(1..).unwrap_or_default();
+                if let Err(e) = self.server_judges(&first, sql, &msg, reply_seq).await {
+                    tracing::debug!(error = %e, "answering a statement the planner cannot read");
+                }
+                None
+            }
         }
     }
 
@@ -687,6 +777,8 @@ impl Session {
                 let key = match value {
                     Some(ParamValue::Int(v)) => Some(KeyValue::Int(v)),
                     Some(ParamValue::Bytes(b)) => Some(KeyValue::from_string_content(b)),
+                    Some(ParamValue::Decimal(d)) => Some(KeyValue::from_number_text(d)),
+                    Some(ParamValue::Float(f)) => KeyValue::from_double(f),
                     _ => None,
                 };
                 let ctx = self.plan_ctx();
@@ -889,10 +981,7 @@ impl Session {
         client_id: u32,
         reply_seq: u8,
     ) -> Result<(), SessionError> {
-        let mut total = OkInfo {
-            status: status::AUTOCOMMIT,
-            ..OkInfo::default()
-        };
+        let mut total = OkSum::new(false);
         for (route, _) in targets {
             let addr = &route.addr;
             if let Err(e) = self.ready_connection(addr, None).await {
@@ -915,14 +1004,12 @@ impl Session {
                 continue;
             };
             let r = conn
-                .simple_command(com::STMT_EXECUTE, &command.payload()[1..])
+                .command_ok(com::STMT_EXECUTE, &command.payload()[1..])
                 .await;
             match r {
-                Ok(Ok(ok)) => {
+                Ok(Ok((ok, info))) => {
                     conn.in_txn = ok.status & status::IN_TRANS != 0;
-                    total.affected_rows += ok.affected_rows;
-                    total.warnings = total.warnings.saturating_add(ok.warnings);
-                    total.status = ok.status & !status::MORE_RESULTS_EXISTS;
+                    total.add(&ok, &info);
                     self.note_write(addr, true).await;
                 }
                 Ok(Err(e)) => {
@@ -938,7 +1025,7 @@ impl Session {
         }
         self.cache_invalidate_now(class);
         let mut out = BytesMut::new();
-        put_ok(&mut out, reply_seq, self.caps, total);
+        put_ok_info(&mut out, reply_seq, self.caps, total.ok, &total.info());
         let _ = self.io.write_all(&out).await;
         Ok(())
     }

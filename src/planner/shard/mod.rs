@@ -64,6 +64,9 @@ pub enum ShardPlan {
     },
     /// Not supported (yet): the client gets ERR 1105 with this text.
     Reject(String),
+    /// The parser cannot read it: a syntax error (the server's to report), or a statement
+    /// the planner does not know (refused with this text).
+    NotUnderstood(String),
 }
 
 /// What the planner knows about the keyspace.
@@ -84,8 +87,8 @@ pub fn plan(sql: &str, cx: &ShardContext<'_>) -> ShardPlan {
     let statements = match Parser::parse_sql(&MySqlDialect {}, sql) {
         Ok(s) => s,
         Err(e) => {
-            return reject(format!(
-                "cannot route this statement on a sharded keyspace (not understood: {e})"
+            return ShardPlan::NotUnderstood(format!(
+                "shardgate: cannot route this statement on a sharded keyspace (not understood: {e})"
             ))
         }
     };
@@ -94,7 +97,9 @@ pub fn plan(sql: &str, cx: &ShardContext<'_>) -> ShardPlan {
     };
     let own_select = usize::from(matches!(statement, Statement::Query(_)));
     let Some(tokens) = scan(sql) else {
-        return reject("cannot route this statement on a sharded keyspace (not understood)");
+        return ShardPlan::NotUnderstood(
+            "shardgate: cannot route this statement on a sharded keyspace (not understood)".into(),
+        );
     };
     if tokens.selects > own_select {
         return reject("subqueries, UNION and WITH are not supported on a sharded keyspace yet");
