@@ -49,11 +49,13 @@ impl OkSum {
         if self.ok.last_insert_id == 0 {
             self.ok.last_insert_id = ok.last_insert_id;
         }
-        // A one-row part: one record, a duplicate if it replaced or updated a row.
-        let one_row = (
-            Kind::Insert,
-            [1, ok.affected_rows.saturating_sub(1), ok.warnings.into()],
-        );
+        // A one-row part: one record; a duplicate if it replaced or updated a row (2 affected),
+        // or if INSERT IGNORE skipped it (none affected, the duplicate's warning).
+        let dup = match ok.affected_rows {
+            0 => u64::from(ok.warnings > 0),
+            n => n - 1,
+        };
+        let one_row = (Kind::Insert, [1, dup, ok.warnings.into()]);
         let parsed = match parse(info) {
             None if info.is_empty() && self.rows => Some(one_row),
             p => p,
@@ -145,6 +147,11 @@ mod tests {
         two.add(&ok(1, 0), b"");
         two.add(&ok(1, 0), b"");
         assert_eq!(two.info(), b"Records: 2  Duplicates: 0  Warnings: 0");
+        // INSERT IGNORE of a duplicate: nothing affected, its warning; ODKU changing nothing.
+        let mut ignored = OkSum::new(true);
+        ignored.add(&ok(0, 1), b"");
+        ignored.add(&ok(0, 0), b"");
+        assert_eq!(ignored.info(), b"Records: 2  Duplicates: 1  Warnings: 1");
     }
 
     #[test]
