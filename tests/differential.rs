@@ -369,17 +369,19 @@ async fn run(conn: &mut Conn, sql: &str) -> Result<Rows, String> {
         .collect())
 }
 
-#[tokio::test]
-async fn sharded_results_equal_one_servers() {
-    let sb = sandbox();
-    let seed: u64 = std::env::var("SHARDGATE_DIFF_SEED")
+/// `SHARDGATE_DIFF_SEED` if set, else `default`.
+fn seed(default: u64) -> u64 {
+    std::env::var("SHARDGATE_DIFF_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_2026_1123);
-    // The unsharded reference: a database of its own on one server, loaded directly.
-    let primary = sb.cluster.primary("s0").expect("primary").port;
-    let mut root = common::connect(&common::root_url(primary)).await;
-    for db in ["dref", "d2", "d3"] {
+        .unwrap_or(default)
+}
+
+/// A connection to shard s0's server in database `reference` (the unsharded one), with the
+/// databases `reference`, `d2` and `d3` on every server.
+async fn reference(reference: &str) -> Conn {
+    let sb = sandbox();
+    for db in [reference, "d2", "d3"] {
         for s in 0..3 {
             let p = sb.cluster.primary(&format!("s{s}")).expect("primary").port;
             let mut c = common::connect(&common::root_url(p)).await;
@@ -389,7 +391,19 @@ async fn sharded_results_equal_one_servers() {
                 .expect("database");
         }
     }
-    root.query_drop("USE dref").await.expect("use");
+    let primary = sb.cluster.primary("s0").expect("primary").port;
+    let mut root = common::connect(&common::root_url(primary)).await;
+    root.query_drop(format!("USE {reference}"))
+        .await
+        .expect("use");
+    root
+}
+
+#[tokio::test]
+async fn sharded_results_equal_one_servers() {
+    let seed = seed(0x5eed_2026_1123);
+    // The unsharded reference: a database of its own on one server, loaded directly.
+    let mut root = reference("dref").await;
     load(&mut root).await;
     let port = proxy_port();
     let mut sharded = Vec::new();
@@ -486,28 +500,10 @@ fn generate_write(g: &mut Gen, fresh: &mut i64) -> String {
 /// the info text ("Rows matched: ...", "Records: ..."), and leave the same rows.
 #[tokio::test]
 async fn sharded_writes_answer_like_one_server() {
-    let sb = sandbox();
-    let seed: u64 = std::env::var("SHARDGATE_DIFF_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_2026_1207);
-    let primary = sb.cluster.primary("s0").expect("primary").port;
+    let seed = seed(0x5eed_2026_1207);
     let ddl = "CREATE TABLE IF NOT EXISTS wusers (id INT PRIMARY KEY, name VARCHAR(8), score INT)";
-    let mut root = common::connect(&common::root_url(primary)).await;
-    root.query_drop("CREATE DATABASE IF NOT EXISTS wref")
-        .await
-        .expect("database");
-    root.query_drop("USE wref").await.expect("use");
+    let mut root = reference("wref").await;
     root.query_drop(ddl).await.expect("reference table");
-    for db in ["d2", "d3"] {
-        for s in 0..3 {
-            let p = sb.cluster.primary(&format!("s{s}")).expect("primary").port;
-            let mut c = common::connect(&common::root_url(p)).await;
-            c.query_drop(format!("CREATE DATABASE IF NOT EXISTS {db}"))
-                .await
-                .expect("database");
-        }
-    }
     let port = proxy_port();
     let mut sharded = Vec::new();
     for ks in ["d2", "d3"] {
