@@ -476,6 +476,20 @@ async fn ddl_commits_the_open_transaction_as_mariadb_does() {
         .expect("DDL in a transaction");
     let seen: Option<String> = other.query_first(name_of(on1[3])).await.expect("read");
     assert_eq!(seen.as_deref(), Some("tx"), "committed by the DDL");
+    // A temporary table commits nothing on MariaDB: still refused inside a transaction, and
+    // the transaction stays open.
+    c.query_drop("BEGIN").await.expect("begin");
+    c.query_drop(format!(
+        "UPDATE users SET name = 'tmp' WHERE id = {}",
+        on1[3]
+    ))
+    .await
+    .expect("write");
+    let r = c.query_drop("CREATE TEMPORARY TABLE tmp_x (id INT)").await;
+    assert_eq!(server_error(r).0, 1105);
+    c.query_drop("ROLLBACK").await.expect("rollback");
+    let seen: Option<String> = other.query_first(name_of(on1[3])).await.expect("read");
+    assert_eq!(seen.as_deref(), Some("tx"), "rolled back, not committed");
 }
 
 /// A statement nobody can parse gets the server's syntax error (1064, 42000, "near ..."), as

@@ -135,7 +135,7 @@ impl Session {
             ShardPlan::All => {
                 // As MariaDB does, DDL first commits the open transaction (explicit, or
                 // implicit with autocommit off): on every shard it opened.
-                if class.kind == Kind::Ddl && self.shard_txn.is_some() {
+                if class.kind == Kind::Ddl && self.shard_txn.is_some() && !lex::temporary_ddl(raw) {
                     if let Err(e) = self.end_shard_txn(b"COMMIT").await {
                         return self.report(e, reply_seq).await;
                     }
@@ -145,7 +145,7 @@ impl Session {
                     .as_ref()
                     .is_some_and(|t| !t.begin.is_empty() || t.shard.is_some())
                 {
-                    let msg = "shardgate: reference-table writes inside a transaction are not supported on a sharded keyspace";
+                    let msg = "shardgate: reference-table writes and temporary tables inside a transaction are not supported on a sharded keyspace";
                     self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
                     return Ok(());
                 }
