@@ -2,6 +2,7 @@
 //! reference-table writes on every shard, and a transaction on the shard of its first
 //! statement (BEGIN is held back until then, as the shard is not known before).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -29,6 +30,9 @@ struct Inserted {
     multi_row: bool,
     first_id: Option<i64>,
 }
+
+/// A split INSERT whose parts do not fit the statement (never expected: refused, not cut short).
+const UNSPLIT: &str = "shardgate: the rows of this INSERT could not be cut out for their shards";
 
 /// A multi-shard read rewritten on both sides of bytes that are not UTF-8.
 const UNPLACEABLE: &str = "shardgate: this multi-shard read needs a rewrite around bytes that are not valid UTF-8; use a hex literal (X'...') for them";
@@ -153,8 +157,10 @@ impl Session {
             }
             read @ (ShardPlan::Scatter(_) | ShardPlan::MergeSorted(_)) => {
                 let rewritten = match &read {
-                    ShardPlan::MergeSorted(spec) => text::restore(raw, &sql, &spec.sql),
-                    _ => Some(raw.to_vec()),
+                    ShardPlan::MergeSorted(spec) => {
+                        text::restore(raw, &sql, &spec.sql).map(Cow::Owned)
+                    }
+                    _ => Some(Cow::Borrowed(raw)),
                 };
                 let Some(rewritten) = rewritten else {
                     self.send_err(errcode::UNKNOWN, UNPLACEABLE, reply_seq)
@@ -176,7 +182,10 @@ impl Session {
                     .await;
             }
             ShardPlan::SplitInsert(parts) => {
-                let parts = split_parts(&parts, &routes, raw);
+                let Some(parts) = split_parts(&parts, &routes, raw) else {
+                    self.send_err(errcode::UNKNOWN, UNSPLIT, reply_seq).await;
+                    return Ok(());
+                };
                 if !self.join_txn_on(&parts, reply_seq).await? {
                     return Ok(());
                 }
@@ -461,7 +470,9 @@ impl Session {
                 .map(|r| (r.clone(), text.clone()))
                 .into_iter()
                 .collect(),
-            Some(ShardPlan::SplitInsert(parts)) => split_parts(&parts, routes, &text),
+            Some(ShardPlan::SplitInsert(parts)) => {
+                split_parts(&parts, routes, &text).unwrap_or_default()
+            }
             Some(ShardPlan::Reject(msg)) => {
                 self.send_err(errcode::UNKNOWN, &msg, reply_seq).await;
                 return Ok(());
@@ -787,7 +798,7 @@ impl Session {
                     None => {
                         drop(payload);
                         let msg = format!(
-                            "shardgate: parameter {} is the shard key: it must be an integer or a string, not NULL, a number with a fraction or a date",
+                            "shardgate: parameter {} is the shard key: it must be an integer, a string or a number without a fraction, not NULL, a number with a fraction or a date",
                             p + 1
                         );
                         self.send_err(errcode::UNKNOWN, &msg, reply_seq).await;
@@ -1063,15 +1074,16 @@ impl Session {
     }
 }
 
-/// Each shard's part of a split INSERT, cut from `client` (the statement that was planned).
+/// Each shard's part of a split INSERT, cut from `client` (the statement that was planned);
+/// `None` if one cannot be (no row may be left out).
 fn split_parts(
     parts: &[(usize, Spliced)],
     routes: &[Route],
     client: &[u8],
-) -> Vec<(Route, Vec<u8>)> {
+) -> Option<Vec<(Route, Vec<u8>)>> {
     parts
         .iter()
-        .filter_map(|(i, s)| Some((routes.get(*i)?.clone(), s.render(client)?)))
+        .map(|(i, s)| Some((routes.get(*i)?.clone(), s.render(client)?)))
         .collect()
 }
 
