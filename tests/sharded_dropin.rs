@@ -28,10 +28,17 @@ fn sandbox() -> &'static Sandbox {
     })
 }
 
-/// A proxy whose `blobs` table takes ids from a sequence in the unsharded keyspace `meta`
-/// (on shard s0's server), created here, and which runs writes without a key on every shard.
+/// A client of the binary's proxy ([`proxy_port`]).
 async fn proxy() -> Conn {
-    static PORT: OnceLock<u16> = OnceLock::new();
+    common::connect(&common::app_url(proxy_port().await, "app")).await
+}
+
+static PORT: OnceLock<u16> = OnceLock::new();
+
+/// The binary's proxy, started once: its `blobs` table takes ids from a sequence in the
+/// unsharded keyspace `meta` (on shard s0's server), created here, and it runs writes without
+/// a key on every shard.
+async fn proxy_port() -> u16 {
     let sb = sandbox();
     let s0 = sb.cluster.primary("s0").expect("primary").port;
     if PORT.get().is_none() {
@@ -56,7 +63,7 @@ async fn proxy() -> Conn {
              [[keyspace.meta.shards]]\nname = \"m0\"\nprimary = \"127.0.0.1:{s0}\"\n"
         ))
     });
-    common::connect(&common::app_url(port, "app")).await
+    port
 }
 
 /// A direct connection to shard s0's server, in a database of its own (`refdb`): the reference
@@ -268,21 +275,58 @@ async fn blob_bytes_are_stored_as_sent_through_every_insert_rewrite() {
     }
 
     // Reads that match the bytes: one scattered to every shard, one merged with its LIMIT
-    // rewritten for the shards.
+    // rewritten for the shards; as queries, and prepared with the bytes in the statement's
+    // text (COM_STMT_PREPARE of raw bytes, which mysql_async cannot send).
     let ff = literal(&[0x41, 0xFF, 0x80, 0x42], true);
     let mut scatter = b"SELECT tag FROM blobs WHERE vb = ".to_vec();
     scatter.extend_from_slice(&ff);
     let mut merged = scatter.clone();
     merged.extend_from_slice(b" ORDER BY tag LIMIT 1, 3");
-    for (what, sql) in [("scatter", scatter), ("merge", merged)] {
-        let mut got: Vec<String> = c.query(&sql[..]).await.expect(what);
-        let mut want: Vec<String> = r.query(&sql[..]).await.expect(what);
-        if what == "scatter" {
-            got.sort();
-            want.sort();
+    let mut raw = raw_client().await;
+    for prepared in [false, true] {
+        for (what, sql, sorted) in [("scatter", &scatter, false), ("merge", &merged, true)] {
+            let mut got: Vec<String> = if prepared {
+                let rows = raw_prepared(&mut raw, sql, None).await;
+                rows.into_iter()
+                    .map(|t| String::from_utf8(t).expect("tag"))
+                    .collect()
+            } else {
+                c.query(&sql[..]).await.expect(what)
+            };
+            let mut want: Vec<String> = r.query(&sql[..]).await.expect(what);
+            if !sorted {
+                got.sort();
+                want.sort();
+            }
+            assert!(!want.is_empty(), "{what}: the reference finds rows");
+            assert_eq!(got, want, "{what} read (prepared: {prepared}) by the bytes");
         }
-        assert!(!want.is_empty(), "{what}: the reference finds rows");
-        assert_eq!(got, want, "{what} read of rows by their bytes");
+    }
+    // A prepared INSERT whose key is a parameter and whose bytes are in its text.
+    for (name, v) in values() {
+        let id = take().0;
+        let statement = |key: &str| {
+            let mut sql =
+                format!("INSERT INTO blobs (id, tag, b, vb) VALUES ({key}, 'ptext-{name}', ")
+                    .into_bytes();
+            sql.extend(literal(&v, true));
+            sql.extend_from_slice(b", ");
+            sql.extend(literal(&v[..v.len().min(256)], true));
+            sql.push(b')');
+            sql
+        };
+        let affected = raw_prepared(&mut raw, &statement("?"), Some(id)).await;
+        assert_eq!(affected, vec![vec![1]], "prepared insert of {name}");
+        r.query_drop(&statement(&id.to_string())[..])
+            .await
+            .expect("reference insert");
+    }
+    let got = stored(&mut c).await;
+    let want = stored(&mut r).await;
+    for name in ["all", "ff", "big"] {
+        let tag = format!("ptext-{name}");
+        assert!(got.contains_key(&tag), "{tag} stored");
+        assert!(got.get(&tag) == want.get(&tag), "{tag} stored as sent");
     }
 }
 
@@ -523,4 +567,78 @@ async fn syntax_errors_get_the_servers_error() {
         .await
         .expect("count");
     assert_eq!(n, Some(1), "not run");
+}
+
+/// A client that prepares raw statement bytes (mysql_async prepares from `&str` only): the
+/// proxy's own backend connection, pointed at the proxy.
+async fn raw_client() -> shardgate::backend::BackendConn {
+    use shardgate::backend::conn::ConnectParams;
+    use shardgate::protocol::consts::cap;
+    let addr = format!("127.0.0.1:{}", proxy_port().await);
+    shardgate::backend::BackendConn::connect(ConnectParams {
+        addr: &addr,
+        user: common::USER,
+        password: common::PASSWORD,
+        key: shardgate::backend::ConnKey {
+            framing: cap::DEPRECATE_EOF,
+            charset: 45,
+        },
+        db: Some("app"),
+        timeout: std::time::Duration::from_secs(10),
+    })
+    .await
+    .expect("raw connection to the proxy")
+}
+
+/// Prepares `sql` (raw bytes) and executes it with `param` (a BIGINT, if any); the first
+/// column of each row as bytes, or the OK's affected rows as the one row.
+async fn raw_prepared(
+    c: &mut shardgate::backend::BackendConn,
+    sql: &[u8],
+    param: Option<i64>,
+) -> Vec<Vec<u8>> {
+    use bytes::BytesMut;
+    use shardgate::protocol::packet::put_packet;
+    let stmt = shardgate::backend::prepared::prepare_silently(c, &std::sync::Arc::from(sql))
+        .await
+        .expect("prepare sent")
+        .unwrap_or_else(|e| panic!("prepare refused: {e:?}"));
+    let mut body = vec![0x17];
+    body.extend_from_slice(&stmt.id.to_le_bytes());
+    body.push(0);
+    body.extend_from_slice(&1u32.to_le_bytes());
+    if let Some(v) = param {
+        body.extend_from_slice(&[0, 1, 0x08, 0]);
+        body.extend_from_slice(&v.to_le_bytes());
+    }
+    let mut out = BytesMut::new();
+    put_packet(&mut out, 0, &body);
+    c.io.write_all(&out).await.expect("execute sent");
+    let mut read = async || {
+        let f =
+            c.io.read_frame(1 << 24)
+                .await
+                .expect("read")
+                .expect("a packet");
+        f.payload().to_vec()
+    };
+    let first: Vec<u8> = read().await;
+    match first.as_slice().first() {
+        Some(0xFF) => panic!("execute refused: {}", String::from_utf8_lossy(&first)),
+        Some(0x00) => return vec![vec![first[1]]],
+        _ => {}
+    }
+    for _ in 0..first[0] {
+        read().await;
+    }
+    let mut rows = Vec::new();
+    loop {
+        let p: Vec<u8> = read().await;
+        if p[0] == 0xFE && p.len() < 0xFF_FFFF {
+            return rows;
+        }
+        // 0x00, a NULL bitmap of one byte (one column), a length-encoded string (< 251 bytes).
+        let len = p[2] as usize;
+        rows.push(p[3..3 + len].to_vec());
+    }
 }
