@@ -5,7 +5,9 @@
 //! against one unsharded MariaDB database and through the proxy on the same data sharded over
 //! 2 and over 3 shards. Results must be equal: exactly where the statement orders its rows, as
 //! multisets where it does not; letter case is folded where the server may show any spelling of
-//! equal strings. A failure prints the seed and the statement; `SHARDGATE_DIFF_SEED=N` replays.
+//! equal strings. Writes on several shards (IN lists, multi-row INSERT, REPLACE, upserts) are
+//! compared by their OK packets (affected rows, warnings, info text) and the rows they leave.
+//! A failure prints the seed and the statement; `SHARDGATE_DIFF_SEED=N` replays.
 
 mod common;
 
@@ -331,7 +333,8 @@ fn proxy_port() -> u16 {
             extra.push_str(&format!(
                 "[keyspace.{ks}]\nsharding = \"consistent_hash\"\nvnodes = 64\n\
                  [keyspace.{ks}.tables.users]\nshard_key = \"id\"\n\
-                 [keyspace.{ks}.tables.orders]\nshard_key = \"user_id\"\n"
+                 [keyspace.{ks}.tables.orders]\nshard_key = \"user_id\"\n\
+                 [keyspace.{ks}.tables.wusers]\nshard_key = \"id\"\n"
             ));
             for s in 0..shards {
                 let p = sb.cluster.primary(&format!("s{s}")).expect("primary");
@@ -366,17 +369,19 @@ async fn run(conn: &mut Conn, sql: &str) -> Result<Rows, String> {
         .collect())
 }
 
-#[tokio::test]
-async fn sharded_results_equal_one_servers() {
-    let sb = sandbox();
-    let seed: u64 = std::env::var("SHARDGATE_DIFF_SEED")
+/// `SHARDGATE_DIFF_SEED` if set, else `default`.
+fn seed(default: u64) -> u64 {
+    std::env::var("SHARDGATE_DIFF_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_2026_1123);
-    // The unsharded reference: a database of its own on one server, loaded directly.
-    let primary = sb.cluster.primary("s0").expect("primary").port;
-    let mut root = common::connect(&common::root_url(primary)).await;
-    for db in ["dref", "d2", "d3"] {
+        .unwrap_or(default)
+}
+
+/// A connection to shard s0's server in database `reference` (the unsharded one), with the
+/// databases `reference`, `d2` and `d3` on every server.
+async fn reference(reference: &str) -> Conn {
+    let sb = sandbox();
+    for db in [reference, "d2", "d3"] {
         for s in 0..3 {
             let p = sb.cluster.primary(&format!("s{s}")).expect("primary").port;
             let mut c = common::connect(&common::root_url(p)).await;
@@ -386,7 +391,19 @@ async fn sharded_results_equal_one_servers() {
                 .expect("database");
         }
     }
-    root.query_drop("USE dref").await.expect("use");
+    let primary = sb.cluster.primary("s0").expect("primary").port;
+    let mut root = common::connect(&common::root_url(primary)).await;
+    root.query_drop(format!("USE {reference}"))
+        .await
+        .expect("use");
+    root
+}
+
+#[tokio::test]
+async fn sharded_results_equal_one_servers() {
+    let seed = seed(0x5eed_2026_1123);
+    // The unsharded reference: a database of its own on one server, loaded directly.
+    let mut root = reference("dref").await;
     load(&mut root).await;
     let port = proxy_port();
     let mut sharded = Vec::new();
@@ -426,6 +443,105 @@ async fn sharded_results_equal_one_servers() {
         "seed {seed:#x}: {STATEMENTS} statements x 2 shard counts, {} differences",
         failures.len()
     );
+    assert!(
+        failures.is_empty(),
+        "seed {seed:#x} (replay with SHARDGATE_DIFF_SEED={seed}):\n{}",
+        failures.join("\n")
+    );
+}
+
+/// A write of the shapes the proxy runs on several shards (IN lists over shards, multi-row
+/// INSERT, REPLACE, ON DUPLICATE KEY UPDATE, INSERT IGNORE), on keys that may or may not exist;
+/// a plain INSERT takes keys from `fresh` (a duplicate would fail it on one server, while the
+/// shards before the failing one keep their rows: not atomic, as the README says).
+fn generate_write(g: &mut Gen, fresh: &mut i64) -> String {
+    let keys = |g: &mut Gen| -> Vec<i64> {
+        let mut k: Vec<i64> = (0..1 + g.below(5))
+            .map(|_| 1 + g.below(30) as i64)
+            .collect();
+        k.sort();
+        k.dedup();
+        k
+    };
+    let list = |k: &[i64]| {
+        k.iter()
+            .map(|k| k.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let rows = |g: &mut Gen, k: &[i64]| {
+        k.iter()
+            .map(|k| format!("({k}, '{}', {})", g.pick(&["a", "b", "c"]), g.below(4)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let k = keys(g);
+    match g.below(7) {
+        0 => format!("UPDATE wusers SET score = score + {} WHERE id IN ({})", g.below(2), list(&k)),
+        1 => format!("UPDATE wusers SET name = '{}' WHERE id IN ({})", g.pick(&["a", "b"]), list(&k)),
+        2 => {
+            let new: Vec<i64> = k.iter().map(|_| {
+                *fresh += 1;
+                *fresh
+            }).collect();
+            format!("INSERT INTO wusers (id, name, score) VALUES {}", rows(g, &new))
+        }
+        3 => format!(
+            "INSERT INTO wusers (id, name, score) VALUES {} ON DUPLICATE KEY UPDATE score = VALUES(score)",
+            rows(g, &k)
+        ),
+        4 => format!("REPLACE INTO wusers (id, name, score) VALUES {}", rows(g, &k)),
+        5 => format!("INSERT IGNORE INTO wusers (id, name, score) VALUES {}", rows(g, &k)),
+        _ => format!("DELETE FROM wusers WHERE id IN ({})", list(&k)),
+    }
+}
+
+/// Writes on several shards answer with one server's OK packet: affected rows, warnings and
+/// the info text ("Rows matched: ...", "Records: ..."), and leave the same rows.
+#[tokio::test]
+async fn sharded_writes_answer_like_one_server() {
+    let seed = seed(0x5eed_2026_1207);
+    let ddl = "CREATE TABLE IF NOT EXISTS wusers (id INT PRIMARY KEY, name VARCHAR(8), score INT)";
+    let mut root = reference("wref").await;
+    root.query_drop(ddl).await.expect("reference table");
+    let port = proxy_port();
+    let mut sharded = Vec::new();
+    for ks in ["d2", "d3"] {
+        let mut c = common::connect(&common::app_url(port, ks)).await;
+        c.query_drop(ddl).await.expect("sharded table");
+        sharded.push((ks, c));
+    }
+    let ok = |c: &Conn| (c.affected_rows(), c.info().into_owned(), c.get_warnings());
+    let mut g = Gen(seed | 1);
+    let mut failures = Vec::new();
+    let mut fresh = 1000;
+    for i in 0..120 {
+        let sql = generate_write(&mut g, &mut fresh);
+        root.query_drop(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("reference rejected {sql}: {e}"));
+        let want = ok(&root);
+        for (ks, c) in sharded.iter_mut() {
+            match c.query_drop(&sql).await {
+                Ok(()) if ok(c) != want => failures.push(format!(
+                    "#{i} on {ks}: {sql}\n  proxy:  {:?}\n  direct: {want:?}",
+                    ok(c)
+                )),
+                Ok(()) => {}
+                Err(e) => failures.push(format!("#{i} on {ks}: {sql}\n  error: {e}")),
+            }
+        }
+    }
+    let table = "SELECT id, name, score FROM wusers ORDER BY id";
+    let want = run(&mut root, table).await.expect("reference rows");
+    for (ks, c) in sharded.iter_mut() {
+        let got = run(c, table).await.expect("rows");
+        if got != want {
+            failures.push(format!(
+                "rows on {ks}:\n  proxy:  {got:?}\n  direct: {want:?}"
+            ));
+        }
+    }
     assert!(
         failures.is_empty(),
         "seed {seed:#x} (replay with SHARDGATE_DIFF_SEED={seed}):\n{}",

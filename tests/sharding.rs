@@ -921,26 +921,8 @@ async fn best_effort(base: i64) -> BestEffort {
 /// Two keys from `base` whose rows live on different shards (rows written as 'before'),
 /// found by the server id of the primary that answers for each.
 async fn keys_on_both_shards(c: &mut Conn, base: i64) -> (i64, i64) {
-    let mut by_server: BTreeMap<u32, i64> = BTreeMap::new();
-    for id in base..base + 40 {
-        c.query_drop(format!(
-            "REPLACE INTO users (id, name) VALUES ({id}, 'before')"
-        ))
-        .await
-        .expect("insert");
-        let sid: Option<u32> = c
-            .query_first(format!(
-                "/* shardgate:primary */ SELECT @@server_id FROM users WHERE id = {id}"
-            ))
-            .await
-            .expect("where");
-        if let Some(sid) = sid {
-            by_server.entry(sid).or_insert(id);
-        }
-    }
-    assert_eq!(by_server.len(), 2, "keys on both shards: {by_server:?}");
-    let ids: Vec<i64> = by_server.values().copied().collect();
-    (ids[0], ids[1])
+    let (on0, on1) = common::ids_by_shard(c, base, 40, "before").await;
+    (on0[0], on1[0])
 }
 
 /// The sharded `users` table of the generated map, created through the proxy (on every

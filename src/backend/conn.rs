@@ -12,7 +12,9 @@ use super::vars::{Sync, VarSet};
 use crate::protocol::auth;
 use crate::protocol::consts::{cap, com};
 use crate::protocol::handshake::{parse_auth_switch, ClientHello, ServerHello};
-use crate::protocol::packet::{parse_err, parse_ok, put_packet, ErrInfo, OkInfo, PacketError};
+use crate::protocol::packet::{
+    ok_info_text, parse_err, parse_ok, put_packet, ErrInfo, OkInfo, PacketError,
+};
 use crate::protocol::stream::PacketStream;
 
 /// Why a backend connection failed.
@@ -229,6 +231,15 @@ impl BackendConn {
         command: u8,
         arg: &[u8],
     ) -> Result<Result<OkInfo, ErrInfo>, BackendError> {
+        Ok(self.command_ok(command, arg).await?.map(|(ok, _)| ok))
+    }
+
+    /// [`BackendConn::simple_command`], with the OK packet's info text ("Rows matched: ...").
+    pub async fn command_ok(
+        &mut self,
+        command: u8,
+        arg: &[u8],
+    ) -> Result<Result<(OkInfo, Vec<u8>), ErrInfo>, BackendError> {
         let mut out = BytesMut::with_capacity(5 + arg.len());
         let mut body = BytesMut::with_capacity(1 + arg.len());
         body.put_u8(command);
@@ -259,7 +270,10 @@ impl BackendConn {
                 addr,
                 what: "error packet",
             })?),
-            _ => Ok(parse_ok(&payload).unwrap_or_default()),
+            _ => Ok((
+                parse_ok(&payload).unwrap_or_default(),
+                ok_info_text(&payload).to_vec(),
+            )),
         })
     }
 

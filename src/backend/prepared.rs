@@ -246,13 +246,17 @@ pub fn execute_frame(
 }
 
 /// One parameter of a COM_STMT_EXECUTE, as far as routing needs it.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub enum ParamValue<'a> {
     Null,
     Int(i128),
-    /// Strings, decimals, blobs: the bytes as sent.
+    /// Strings and blobs: the bytes as sent.
     Bytes(&'a [u8]),
-    /// Floating point, dates and other types a shard key is not expected to have.
+    /// A DECIMAL's text (`600.0`): a number, as the same literal in query text.
+    Decimal(&'a [u8]),
+    /// FLOAT or DOUBLE (Node mysql2 binds every JS number as DOUBLE).
+    Float(f64),
+    /// Dates, times and other types a shard key is not expected to have.
     Other,
 }
 
@@ -294,8 +298,19 @@ pub fn param_value<'a>(
             0x02 | 0x0d => (2, fixed(2).map(|b| int(b, unsigned))),
             0x03 | 0x09 => (4, fixed(4).map(|b| int(b, unsigned))),
             0x08 => (8, fixed(8).map(|b| int(b, unsigned))),
-            0x04 => (4, Some(ParamValue::Other)),
-            0x05 => (8, Some(ParamValue::Other)),
+            0x04 => (
+                4,
+                fixed(4).and_then(|b| {
+                    Some(ParamValue::Float(
+                        f32::from_le_bytes(b.try_into().ok()?).into(),
+                    ))
+                }),
+            ),
+            0x05 => (
+                8,
+                fixed(8)
+                    .and_then(|b| Some(ParamValue::Float(f64::from_le_bytes(b.try_into().ok()?)))),
+            ),
             0x06 => (0, Some(ParamValue::Null)),
             0x07 | 0x0a | 0x0b | 0x0c => {
                 let n = *payload.get(at)? as usize;
@@ -305,7 +320,12 @@ pub fn param_value<'a>(
                 let mut r = crate::protocol::wire::Reader::new(payload.get(at..)?);
                 let before = r.remaining().len();
                 let bytes = r.lenenc_bytes().ok()?;
-                (before - r.remaining().len(), Some(ParamValue::Bytes(bytes)))
+                let value = match ty {
+                    // DECIMAL, NEWDECIMAL
+                    0x00 | 0xf6 => ParamValue::Decimal(bytes),
+                    _ => ParamValue::Bytes(bytes),
+                };
+                (before - r.remaining().len(), Some(value))
             }
         };
         if i == index {
@@ -414,6 +434,19 @@ mod tests {
             Some(ParamValue::Int(7))
         );
         assert_eq!(param_value(&p, 4, None, 3), None, "types never sent");
+        // DOUBLE 600.0, FLOAT 2.5, NEWDECIMAL '7.0'.
+        let types = [0x05, 0, 0x04, 0, 0xf6, 0];
+        let mut values = 600.0f64.to_le_bytes().to_vec();
+        values.extend_from_slice(&2.5f32.to_le_bytes());
+        values.extend_from_slice(&[3, b'7', b'.', b'0']);
+        let f = execute(1, 3, Some(&types), &values);
+        let p = f.payload();
+        assert_eq!(param_value(&p, 3, None, 0), Some(ParamValue::Float(600.0)));
+        assert_eq!(param_value(&p, 3, None, 1), Some(ParamValue::Float(2.5)));
+        assert_eq!(
+            param_value(&p, 3, None, 2),
+            Some(ParamValue::Decimal(b"7.0"))
+        );
     }
 
     #[test]

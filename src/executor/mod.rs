@@ -5,6 +5,7 @@
 pub mod binary_row;
 pub mod group;
 pub mod merge;
+pub mod ok_sum;
 
 use std::sync::Arc;
 

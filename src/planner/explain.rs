@@ -192,8 +192,10 @@ pub fn explain(planner: &Planner, sql: &str, ctx: &PlanContext<'_>) -> String {
         }
         ShardPlan::SplitInsert(parts) => {
             let _ = writeln!(out, "runs on: split by row, one INSERT per shard:");
-            for (i, sql) in parts {
-                let _ = writeln!(out, "  {}: {sql}", servers(&routes[i]));
+            for (i, part) in parts {
+                let text = part.render(sql.as_bytes()).unwrap_or_default();
+                let text = String::from_utf8_lossy(&text);
+                let _ = writeln!(out, "  {}: {text}", servers(&routes[i]));
             }
             let _ = writeln!(
                 out,
@@ -202,6 +204,12 @@ pub fn explain(planner: &Planner, sql: &str, ctx: &PlanContext<'_>) -> String {
         }
         ShardPlan::Reject(msg) => {
             let _ = writeln!(out, "refused: ERR 1105 (HY000) {msg}");
+        }
+        ShardPlan::NotUnderstood(msg) => {
+            let _ = writeln!(
+                out,
+                "not understood: a shard's server prepares it (runs nothing); its syntax error is the answer, else ERR 1105 (HY000) {msg}"
+            );
         }
     }
     out

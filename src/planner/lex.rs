@@ -57,9 +57,31 @@ pub fn drops_database(sql: &[u8]) -> bool {
         && matches!(words.next(), Some(w) if w.eq_ignore_ascii_case(b"database") || w.eq_ignore_ascii_case(b"schema"))
 }
 
+/// Whether a statement is `CREATE [OR REPLACE] TEMPORARY ...` or `DROP TEMPORARY ...`: DDL
+/// that MariaDB runs without committing the open transaction.
+pub fn temporary_ddl(sql: &[u8]) -> bool {
+    let s = skip_noise(sql);
+    let mut words = s
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|w| !w.is_empty());
+    matches!(words.next(), Some(w) if w.eq_ignore_ascii_case(b"create") || w.eq_ignore_ascii_case(b"drop"))
+        && words.take(3).any(|w| w.eq_ignore_ascii_case(b"temporary"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_temporary_ddl() {
+        assert!(temporary_ddl(b"CREATE TEMPORARY TABLE t (id INT)"));
+        assert!(temporary_ddl(
+            b"create or replace temporary table t (id int)"
+        ));
+        assert!(temporary_ddl(b"/* x */ DROP TEMPORARY TABLE IF EXISTS t"));
+        assert!(!temporary_ddl(b"CREATE TABLE temporary_x (id INT)"));
+        assert!(!temporary_ddl(b"DROP TABLE t"));
+    }
 
     #[test]
     fn finds_database_drops() {
@@ -161,7 +183,8 @@ fn quoted_end(sql: &[u8], start: usize) -> usize {
     sql.len()
 }
 
-fn find(hay: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
+/// Where `needle` first occurs in `hay` at or after `from`.
+pub(crate) fn find(hay: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
     hay.get(from..)?
         .windows(needle.len())
         .position(|w| w == needle)

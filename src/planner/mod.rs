@@ -22,6 +22,7 @@ pub mod digest;
 pub mod explain;
 pub mod lex;
 pub mod shard;
+pub mod text;
 
 /// Where one statement runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,13 +183,7 @@ impl Planner {
         if ks.ring.is_none() {
             return Plan::Route(ks.routes[0].clone());
         }
-        let Ok(text) = std::str::from_utf8(sql) else {
-            return Plan::Reject {
-                code: errcode::UNKNOWN,
-                message: "shardgate: statements on a sharded keyspace must be valid UTF-8".into(),
-            };
-        };
-        match ks.shard_plan(text) {
+        match ks.shard_plan(&text::parse_copy(sql)) {
             ShardPlan::One(i) => Plan::Route(ks.routes[i].clone()),
             // A `?` in COM_QUERY text is the server's syntax error to report.
             ShardPlan::Any | ShardPlan::Param(_) => Plan::Route(ks.routes[0].clone()),
@@ -202,7 +197,7 @@ impl Planner {
                 message: "shardgate: a multi-shard statement is run by the session (plan_shards)"
                     .into(),
             },
-            ShardPlan::Reject(message) => Plan::Reject {
+            ShardPlan::Reject(message) | ShardPlan::NotUnderstood(message) => Plan::Reject {
                 code: errcode::UNKNOWN,
                 message,
             },
@@ -211,6 +206,8 @@ impl Planner {
 
     /// Plans a statement on a sharded keyspace: the decision and the keyspace's shard routes
     /// (`ShardPlan::One(i)` means `routes[i]`). `None` when the keyspace is not sharded.
+    /// `sql` is the client's statement or its [`text::parse_copy`]; a rewrite in the plan is
+    /// sent as cut from the client's bytes.
     pub fn plan_shards(&self, sql: &str, ctx: &PlanContext<'_>) -> Option<(ShardPlan, &[Route])> {
         let ks = self.keyspace_plan(ctx)?;
         ks.ring.as_ref()?;

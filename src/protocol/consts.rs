@@ -105,6 +105,8 @@ pub mod errcode {
     pub const NET_PACKET_TOO_LARGE: (u16, &str) = (1153, "08S01");
     pub const NOT_SUPPORTED: (u16, &str) = (1235, "42000");
     pub const UNKNOWN_STMT_HANDLER: (u16, &str) = (1243, "HY000");
+    /// "This command is not supported in the prepared statement protocol yet".
+    pub const UNSUPPORTED_PS: (u16, &str) = (1295, "HY000");
     pub const MALFORMED_PACKET: (u16, &str) = (1835, "HY000");
 }
 

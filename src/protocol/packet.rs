@@ -191,16 +191,42 @@ pub fn parse_err(payload: &[u8]) -> Result<ErrInfo, Truncated> {
 
 /// Appends an OK packet as the client's capabilities expect it.
 pub fn put_ok(out: &mut BytesMut, seq: u8, caps: u32, ok: OkInfo) -> u8 {
-    let mut p = BytesMut::with_capacity(16);
+    put_ok_info(out, seq, caps, ok, b"")
+}
+
+/// Appends an OK packet carrying a human-readable `info` ("Rows matched: ..."), which some
+/// drivers parse (Node mysql2's `changedRows`).
+pub fn put_ok_info(out: &mut BytesMut, seq: u8, caps: u32, ok: OkInfo, info: &[u8]) -> u8 {
+    let mut p = BytesMut::with_capacity(16 + info.len());
     p.put_u8(0);
     put_lenenc(&mut p, ok.affected_rows);
     put_lenenc(&mut p, ok.last_insert_id);
     p.put_u16_le(ok.status);
     p.put_u16_le(ok.warnings);
-    if caps & cap::SESSION_TRACK != 0 {
-        put_lenenc_bytes(&mut p, b"");
+    // Length-encoded with or without session tracking, as MariaDB writes it.
+    if caps & cap::SESSION_TRACK != 0 || !info.is_empty() {
+        put_lenenc_bytes(&mut p, info);
     }
     put_packet(out, seq, &p)
+}
+
+/// The info text of an OK packet (empty if none). MariaDB writes it length-encoded with or
+/// without session tracking (the protocol documents the rest of the packet for the latter: a
+/// text whose length prefix does not fit is taken that way).
+pub fn ok_info_text(payload: &[u8]) -> &[u8] {
+    let mut r = Reader::new(payload);
+    let fixed = (|| {
+        r.u8()?;
+        r.lenenc()?;
+        r.lenenc()?;
+        r.u16()?;
+        r.u16()
+    })();
+    if fixed.is_err() || r.remaining().is_empty() {
+        return b"";
+    }
+    let rest = r.remaining();
+    r.lenenc_bytes().unwrap_or(rest)
 }
 
 /// Appends an ERR packet with code, SQLSTATE and message.
@@ -226,6 +252,21 @@ pub fn put_eof(out: &mut BytesMut, seq: u8, status: u16) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ok_info_text_round_trips() {
+        let info = b"Rows matched: 3  Changed: 3  Warnings: 0";
+        for caps in [0, cap::SESSION_TRACK] {
+            let mut out = BytesMut::new();
+            put_ok_info(&mut out, 1, caps, OkInfo::default(), info);
+            assert_eq!(ok_info_text(&out[4..]), info);
+        }
+        let mut out = BytesMut::new();
+        put_ok(&mut out, 1, 0, OkInfo::default());
+        assert_eq!(ok_info_text(&out[4..]), b"");
+        // Unprefixed text to the end of the packet.
+        assert_eq!(ok_info_text(b"\0\0\0\x02\0\0\0Records: 2"), b"Records: 2");
+    }
 
     #[tokio::test]
     async fn reads_a_packet_spanning_physical_packets() {

@@ -2,6 +2,7 @@
 //! reference-table writes on every shard, and a transaction on the shard of its first
 //! statement (BEGIN is held back until then, as the shard is not known before).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -10,17 +11,31 @@ use super::dispatch::Work;
 use super::scatter::Request;
 use super::statements::StmtShards;
 use super::{identity, Session, SessionError};
-use crate::backend::prepared::{param_value, ParamValue};
+use crate::backend::prepared::{param_value, prepare_silently, ParamValue};
+use crate::executor::ok_sum::OkSum;
 use crate::executor::{self, ExecError};
 use crate::planner::classify::{Class, Hint, Kind, Value, VarName};
-use crate::planner::shard::with_generated_keys;
-use crate::planner::{lex, Route, ShardPlan};
+use crate::planner::shard::{with_generated_keys, Spliced};
+use crate::planner::{lex, text, Route, ShardPlan};
 use crate::protocol::consts::{cap, com, errcode, status};
-use crate::protocol::packet::{put_ok, Frame, OkInfo};
+use crate::protocol::packet::{put_ok, put_ok_info, Frame, OkInfo};
 use crate::shardmap::ring::KeyValue;
 
 /// Ids reserved from a sequence table at a time (more when one INSERT needs more).
 const SEQUENCE_BLOCK: i64 = 1000;
+
+/// What a write on several shards inserted: rows of one multi-row INSERT (its OK reports
+/// "Records: ..."), and the first id a sequence gave them.
+struct Inserted {
+    multi_row: bool,
+    first_id: Option<i64>,
+}
+
+/// A split INSERT whose parts do not fit the statement (never expected: refused, not cut short).
+const UNSPLIT: &str = "shardgate: the rows of this INSERT could not be cut out for their shards";
+
+/// A multi-shard read rewritten on both sides of bytes that are not UTF-8.
+const UNPLACEABLE: &str = "shardgate: this multi-shard read needs a rewrite around bytes that are not valid UTF-8; use a hex literal (X'...') for them";
 
 /// A transaction on a sharded keyspace.
 pub struct ShardTxn {
@@ -40,7 +55,9 @@ impl Session {
         frame: Frame,
     ) -> Result<(), SessionError> {
         let reply_seq = frame.last_seq.wrapping_add(1);
-        let sql = String::from_utf8_lossy(&frame.payload()[1..]).into_owned();
+        let payload = frame.payload();
+        let raw = payload.get(1..).unwrap_or_default();
+        let sql = text::parse_copy(raw);
         self.implicit_txn();
         match class.kind {
             Kind::Begin { .. } => {
@@ -112,20 +129,45 @@ impl Session {
                 self.send_err(errcode::UNKNOWN, &msg, reply_seq).await;
                 return Ok(());
             }
+            ShardPlan::NotUnderstood(msg) => {
+                let route = in_txn_shard
+                    .as_ref()
+                    .and_then(|s| routes.iter().find(|r| &r.shard == s))
+                    .unwrap_or(&routes[0]);
+                return self.server_judges(route, raw, &msg, reply_seq).await;
+            }
             ShardPlan::All => {
-                if self.shard_txn.is_some() {
-                    let msg = "shardgate: DDL and reference-table writes inside a transaction are not supported on a sharded keyspace";
+                // As MariaDB does, DDL first commits the open transaction (explicit, or
+                // implicit with autocommit off): on every shard it opened.
+                if class.kind == Kind::Ddl && self.shard_txn.is_some() && !lex::temporary_ddl(raw) {
+                    if let Err(e) = self.end_shard_txn(b"COMMIT").await {
+                        return self.report(e, reply_seq).await;
+                    }
+                }
+                if self
+                    .shard_txn
+                    .as_ref()
+                    .is_some_and(|t| !t.begin.is_empty() || t.shard.is_some())
+                {
+                    let msg = "shardgate: reference-table writes and temporary tables inside a transaction are not supported on a sharded keyspace";
                     self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
                     return Ok(());
                 }
                 return self.broadcast(&routes, &class, &frame).await;
             }
             read @ (ShardPlan::Scatter(_) | ShardPlan::MergeSorted(_)) => {
-                let text = match &read {
-                    ShardPlan::MergeSorted(spec) => spec.sql.as_bytes(),
-                    _ => sql.as_bytes(),
+                let rewritten = match &read {
+                    ShardPlan::MergeSorted(spec) => {
+                        text::restore(raw, &sql, &spec.sql).map(Cow::Owned)
+                    }
+                    _ => Some(Cow::Borrowed(raw)),
                 };
-                let request = Request::Query(text);
+                let Some(rewritten) = rewritten else {
+                    self.send_err(errcode::UNKNOWN, UNPLACEABLE, reply_seq)
+                        .await;
+                    return Ok(());
+                };
+                let request = Request::Query(&rewritten);
                 return self
                     .multi_shard_read(&read, &routes, &class, hint, &request, reply_seq)
                     .await;
@@ -136,18 +178,22 @@ impl Session {
                 rows,
             } => {
                 return self
-                    .insert_with_sequence(&class, &sql, &sequence, &key, rows, &routes, reply_seq)
+                    .insert_with_sequence(&class, raw, &sequence, &key, rows, &routes, reply_seq)
                     .await;
             }
             ShardPlan::SplitInsert(parts) => {
-                let parts: Vec<(Route, Vec<u8>)> = parts
-                    .into_iter()
-                    .filter_map(|(i, sql)| Some((routes.get(i)?.clone(), sql.into_bytes())))
-                    .collect();
+                let Some(parts) = split_parts(&parts, &routes, raw) else {
+                    self.send_err(errcode::UNKNOWN, UNSPLIT, reply_seq).await;
+                    return Ok(());
+                };
                 if !self.join_txn_on(&parts, reply_seq).await? {
                     return Ok(());
                 }
-                return self.write_each(&class, parts, None, reply_seq).await;
+                let insert = Inserted {
+                    multi_row: true,
+                    first_id: None,
+                };
+                return self.write_each(&class, parts, insert, reply_seq).await;
             }
             ShardPlan::ScatterWrite(shards) => {
                 let sql = frame.payload()[1..].to_vec();
@@ -158,7 +204,11 @@ impl Session {
                 if !self.join_txn_on(&parts, reply_seq).await? {
                     return Ok(());
                 }
-                return self.write_each(&class, parts, None, reply_seq).await;
+                let insert = Inserted {
+                    multi_row: false,
+                    first_id: None,
+                };
+                return self.write_each(&class, parts, insert, reply_seq).await;
             }
             ShardPlan::One(i) => routes[i].clone(),
             // Anywhere: the transaction's shard if it has one. (A `?` in query text is the
@@ -355,27 +405,17 @@ impl Session {
         &mut self,
         class: &Class,
         parts: Vec<(Route, Vec<u8>)>,
-        insert_id: Option<i64>,
+        insert: Inserted,
         reply_seq: u8,
     ) -> Result<(), SessionError> {
-        let mut total = OkInfo {
-            status: status::AUTOCOMMIT,
-            ..OkInfo::default()
-        };
+        let mut total = OkSum::new(insert.multi_row);
         for (route, sql) in &parts {
-            let r = self.run_quietly(&route.addr, sql).await;
+            let r = self.run_for_ok(&route.addr, sql).await;
             if r.is_ok() {
                 self.note_write(&route.addr, true).await;
             }
             match r {
-                Ok(ok) => {
-                    total.affected_rows += ok.affected_rows;
-                    total.warnings = total.warnings.saturating_add(ok.warnings);
-                    total.status = ok.status & !status::MORE_RESULTS_EXISTS;
-                    if total.last_insert_id == 0 {
-                        total.last_insert_id = ok.last_insert_id;
-                    }
-                }
+                Ok((ok, info)) => total.add(&ok, &info),
                 Err(e) => {
                     // The shards before it kept their part.
                     self.cache_invalidate_now(class);
@@ -383,15 +423,15 @@ impl Session {
                 }
             }
         }
-        if let Some(id) = insert_id.and_then(|id| u64::try_from(id).ok()) {
-            total.last_insert_id = id;
+        if let Some(id) = insert.first_id.and_then(|id| u64::try_from(id).ok()) {
+            total.ok.last_insert_id = id;
             // LAST_INSERT_ID() on whichever connection serves the session next.
             let var = crate::backend::vars::Var::System("last_insert_id".into());
             self.vars = self.vars.with([(var, Some(id.to_string()))]);
         }
         self.cache_invalidate_now(class);
         let mut out = BytesMut::new();
-        put_ok(&mut out, reply_seq, self.caps, total);
+        put_ok_info(&mut out, reply_seq, self.caps, total.ok, &total.info());
         let _ = self.io.write_all(&out).await;
         Ok(())
     }
@@ -403,7 +443,7 @@ impl Session {
     async fn insert_with_sequence(
         &mut self,
         class: &Class,
-        sql: &str,
+        sql: &[u8],
         sequence: &str,
         key: &str,
         rows: usize,
@@ -422,18 +462,17 @@ impl Session {
         let planned = self
             .shared
             .planner()
-            .plan_shards(&text, &ctx)
+            .plan_shards(&text::parse_copy(&text), &ctx)
             .map(|(p, _)| p);
         let parts: Vec<(Route, Vec<u8>)> = match planned {
             Some(ShardPlan::One(i)) => routes
                 .get(i)
-                .map(|r| (r.clone(), text.clone().into_bytes()))
+                .map(|r| (r.clone(), text.clone()))
                 .into_iter()
                 .collect(),
-            Some(ShardPlan::SplitInsert(parts)) => parts
-                .into_iter()
-                .filter_map(|(i, sql)| Some((routes.get(i)?.clone(), sql.into_bytes())))
-                .collect(),
+            Some(ShardPlan::SplitInsert(parts)) => {
+                split_parts(&parts, routes, &text).unwrap_or_default()
+            }
             Some(ShardPlan::Reject(msg)) => {
                 self.send_err(errcode::UNKNOWN, &msg, reply_seq).await;
                 return Ok(());
@@ -448,8 +487,11 @@ impl Session {
         if !self.join_txn_on(&parts, reply_seq).await? {
             return Ok(());
         }
-        self.write_each(class, parts, ids.first().copied(), reply_seq)
-            .await
+        let insert = Inserted {
+            multi_row: rows > 1,
+            first_id: ids.first().copied(),
+        };
+        self.write_each(class, parts, insert, reply_seq).await
     }
 
     /// `n` ids from `sequence`, from the proxy's reserved block or a new block taken from the
@@ -583,6 +625,52 @@ impl Session {
         first_err.map_or(Ok(()), Err)
     }
 
+    /// A statement the planner cannot read: a shard's server prepares it (which parses it and
+    /// runs nothing), so a syntax error gets the server's own ERR (1064, 42000, "near ...");
+    /// one the server can read is refused with the planner's reason, never run on a shard it
+    /// may not belong to.
+    async fn server_judges(
+        &mut self,
+        route: &Route,
+        sql: &[u8],
+        refusal: &str,
+        reply_seq: u8,
+    ) -> Result<(), SessionError> {
+        let shared = self.shared.clone();
+        let who = identity(
+            &self.user,
+            self.caps,
+            self.charset,
+            self.db.as_deref(),
+            &self.vars,
+        );
+        let held = self.pinned.find(&route.addr).is_some();
+        let r = match executor::connection(&shared.pools, &mut self.pinned, &route.addr, &who).await
+        {
+            Ok(conn) => prepare_silently(conn, &Arc::from(sql))
+                .await
+                .map_err(ExecError::from),
+            Err(e) => Err(e),
+        };
+        if r.is_err() {
+            self.pinned.discard(&route.addr);
+        } else if !held {
+            self.pinned.release(&route.addr);
+        }
+        match r {
+            Ok(Err(e)) if e.code != errcode::UNSUPPORTED_PS.0 => {
+                self.send_err((e.code, &e.state), &e.message, reply_seq)
+                    .await;
+                Ok(())
+            }
+            Ok(_) => {
+                self.send_err(errcode::UNKNOWN, refusal, reply_seq).await;
+                Ok(())
+            }
+            Err(e) => self.report(e, reply_seq).await,
+        }
+    }
+
     /// A deadlock rolled back the statement's shard's part of a multi-shard transaction, as
     /// MariaDB rolls back a whole transaction: the other shards' parts are rolled back too, so
     /// that nothing of it can be committed later.
@@ -595,6 +683,15 @@ impl Session {
     /// Runs `sql` (answered by one OK or ERR) on the session's connection to `addr` for the
     /// proxy's own purposes: the client does not see the answer.
     async fn run_quietly(&mut self, addr: &Arc<str>, sql: &[u8]) -> Result<OkInfo, ExecError> {
+        Ok(self.run_for_ok(addr, sql).await?.0)
+    }
+
+    /// [`Session::run_quietly`], with the OK's info text.
+    async fn run_for_ok(
+        &mut self,
+        addr: &Arc<str>,
+        sql: &[u8],
+    ) -> Result<(OkInfo, Vec<u8>), ExecError> {
         let shared = self.shared.clone();
         let who = identity(
             &self.user,
@@ -604,7 +701,7 @@ impl Session {
             &self.vars,
         );
         let conn = executor::connection(&shared.pools, &mut self.pinned, addr, &who).await?;
-        match conn.simple_command(com::QUERY, sql).await {
+        match conn.command_ok(com::QUERY, sql).await {
             Ok(Ok(ok)) => Ok(ok),
             Ok(Err(e)) => Err(ExecError::Database(e)),
             Err(e) => {
@@ -618,7 +715,8 @@ impl Session {
     /// `None` after answering the client with an error.
     pub(super) async fn prepare_route(&mut self, frame: &Frame) -> Option<(Route, StmtShards)> {
         let reply_seq = frame.last_seq.wrapping_add(1);
-        let sql = String::from_utf8_lossy(&frame.payload()[1..]).into_owned();
+        let payload = frame.payload();
+        let sql = text::parse_copy(payload.get(1..).unwrap_or_default());
         let ctx = self.plan_ctx();
         let planned = self
             .shared
@@ -658,6 +756,14 @@ impl Session {
                 self.send_err(errcode::UNKNOWN, &msg, reply_seq).await;
                 None
             }
+            ShardPlan::NotUnderstood(msg) => {
+                let raw = frame.payload();
+                let sql = raw.get(1..).unwrap_or_default();
+                if let Err(e) = self.server_judges(&first, sql, &msg, reply_seq).await {
+                    tracing::debug!(error = %e, "answering a statement the planner cannot read");
+                }
+                None
+            }
         }
     }
 
@@ -682,6 +788,8 @@ impl Session {
                 let key = match value {
                     Some(ParamValue::Int(v)) => Some(KeyValue::Int(v)),
                     Some(ParamValue::Bytes(b)) => Some(KeyValue::from_string_content(b)),
+                    Some(ParamValue::Decimal(d)) => Some(KeyValue::from_number_text(d)),
+                    Some(ParamValue::Float(f)) => KeyValue::from_double(f),
                     _ => None,
                 };
                 let ctx = self.plan_ctx();
@@ -690,7 +798,7 @@ impl Session {
                     None => {
                         drop(payload);
                         let msg = format!(
-                            "shardgate: parameter {} is the shard key: it must be an integer or a string, not NULL, a number with a fraction or a date",
+                            "shardgate: parameter {} is the shard key: it must be an integer, a string or a number without a fraction, not NULL, a number with a fraction or a date",
                             p + 1
                         );
                         self.send_err(errcode::UNKNOWN, &msg, reply_seq).await;
@@ -819,7 +927,8 @@ impl Session {
         let Some(info) = self.stmts.get(client_id) else {
             return Ok(());
         };
-        let sql = String::from_utf8_lossy(&info.sql).into_owned();
+        let raw = info.sql.clone();
+        let sql = text::parse_copy(&raw);
         let ctx = self.plan_ctx();
         let planner = self.shared.planner();
         let Some((plan, routes)) = planner.plan_shards(&sql, &ctx) else {
@@ -831,7 +940,14 @@ impl Session {
             read @ (ShardPlan::Scatter(_) | ShardPlan::MergeSorted(_)) => {
                 let rewrite = match &read {
                     ShardPlan::MergeSorted(spec) if spec.sql != sql => {
-                        Some(Arc::<[u8]>::from(spec.sql.as_bytes()))
+                        match text::restore(&raw, &sql, &spec.sql) {
+                            Some(b) => Some(Arc::<[u8]>::from(b)),
+                            None => {
+                                self.send_err(errcode::UNKNOWN, UNPLACEABLE, reply_seq)
+                                    .await;
+                                return Ok(());
+                            }
+                        }
                     }
                     _ => None,
                 };
@@ -876,10 +992,7 @@ impl Session {
         client_id: u32,
         reply_seq: u8,
     ) -> Result<(), SessionError> {
-        let mut total = OkInfo {
-            status: status::AUTOCOMMIT,
-            ..OkInfo::default()
-        };
+        let mut total = OkSum::new(false);
         for (route, _) in targets {
             let addr = &route.addr;
             if let Err(e) = self.ready_connection(addr, None).await {
@@ -902,14 +1015,12 @@ impl Session {
                 continue;
             };
             let r = conn
-                .simple_command(com::STMT_EXECUTE, &command.payload()[1..])
+                .command_ok(com::STMT_EXECUTE, &command.payload()[1..])
                 .await;
             match r {
-                Ok(Ok(ok)) => {
+                Ok(Ok((ok, info))) => {
                     conn.in_txn = ok.status & status::IN_TRANS != 0;
-                    total.affected_rows += ok.affected_rows;
-                    total.warnings = total.warnings.saturating_add(ok.warnings);
-                    total.status = ok.status & !status::MORE_RESULTS_EXISTS;
+                    total.add(&ok, &info);
                     self.note_write(addr, true).await;
                 }
                 Ok(Err(e)) => {
@@ -925,7 +1036,7 @@ impl Session {
         }
         self.cache_invalidate_now(class);
         let mut out = BytesMut::new();
-        put_ok(&mut out, reply_seq, self.caps, total);
+        put_ok_info(&mut out, reply_seq, self.caps, total.ok, &total.info());
         let _ = self.io.write_all(&out).await;
         Ok(())
     }
@@ -961,6 +1072,19 @@ impl Session {
         put_ok(&mut out, seq, self.caps, ok);
         let _ = self.io.write_all(&out).await;
     }
+}
+
+/// Each shard's part of a split INSERT, cut from `client` (the statement that was planned);
+/// `None` if one cannot be (no row may be left out).
+fn split_parts(
+    parts: &[(usize, Spliced)],
+    routes: &[Route],
+    client: &[u8],
+) -> Option<Vec<(Route, Vec<u8>)>> {
+    parts
+        .iter()
+        .map(|(i, s)| Some((routes.get(*i)?.clone(), s.render(client)?)))
+        .collect()
 }
 
 /// A SET that turns autocommit on by a literal or DEFAULT.

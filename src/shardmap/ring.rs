@@ -51,6 +51,17 @@ impl<'a> KeyValue<'a> {
         }
     }
 
+    /// From a FLOAT or DOUBLE parameter: an integral value routes as that integer (MariaDB
+    /// compares `600.0` equal to the key 600 and stores 600), whatever its column's type.
+    /// `None` for a fraction, NaN, an infinity or a value past `i128`: such a value does not
+    /// name one integer key (an INT column would round it, a DECIMAL or string column keep it).
+    pub fn from_double(v: f64) -> Option<KeyValue<'a>> {
+        // 2^127: the first value past i128's range (exactly representable).
+        const LIMIT: f64 = 170_141_183_460_469_231_731_687_303_715_884_105_728.0;
+        (v.is_finite() && v.fract() == 0.0 && (-LIMIT..LIMIT).contains(&v))
+            .then_some(KeyValue::Int(v as i128))
+    }
+
     /// From the content of a string literal (quotes removed, escapes resolved).
     ///
     /// A canonical decimal integer (an optional `-`, then digits without leading zeros: `0`,
@@ -379,6 +390,27 @@ mod tests {
 
     fn int(n: i128) -> KeyValue<'static> {
         KeyValue::Int(n)
+    }
+
+    #[test]
+    fn integral_doubles_route_as_their_integer() {
+        let int = |v: i128| Some(KeyValue::Int(v));
+        assert_eq!(KeyValue::from_double(600.0), int(600));
+        assert_eq!(KeyValue::from_double(-0.0), int(0));
+        assert_eq!(KeyValue::from_double(-7.0), int(-7));
+        assert_eq!(
+            KeyValue::from_double(1e20),
+            int(100_000_000_000_000_000_000)
+        );
+        assert_eq!(
+            KeyValue::from_double(1e20).map(|k| key_hash(&k)),
+            Some(key_hash(&KeyValue::from_number_text(
+                b"100000000000000000000"
+            )))
+        );
+        for v in [600.5, f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1e39] {
+            assert_eq!(KeyValue::from_double(v), None, "{v}");
+        }
     }
 
     #[test]

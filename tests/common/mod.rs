@@ -626,3 +626,40 @@ pub fn wait_env_replicated() {
         );
     }
 }
+
+/// Ids `base..base + n` of the sharded `users` table (rows written with `name`), by the shard
+/// that stores them (two lists), told apart by the server that answers for each.
+pub async fn ids_by_shard(
+    c: &mut mysql_async::Conn,
+    base: i64,
+    n: i64,
+    name: &str,
+) -> (Vec<i64>, Vec<i64>) {
+    use mysql_async::prelude::Queryable;
+    c.query_drop("CREATE TABLE IF NOT EXISTS users (id INT PRIMARY KEY, name VARCHAR(40))")
+        .await
+        .expect("users");
+    let mut by_server: std::collections::BTreeMap<u32, Vec<i64>> = Default::default();
+    for id in base..base + n {
+        c.query_drop(format!(
+            "REPLACE INTO users (id, name) VALUES ({id}, '{name}')"
+        ))
+        .await
+        .expect("insert");
+        let sid: Option<u32> = c
+            .query_first(format!(
+                "/* shardgate:primary */ SELECT @@server_id FROM users WHERE id = {id}"
+            ))
+            .await
+            .expect("where");
+        by_server
+            .entry(sid.expect("row found"))
+            .or_default()
+            .push(id);
+    }
+    let mut lists = by_server.into_values();
+    match (lists.next(), lists.next()) {
+        (Some(x), Some(y)) => (x, y),
+        other => panic!("ids on both shards: {other:?}"),
+    }
+}

@@ -3,8 +3,11 @@
 //! client's own text (never re-printed from the parse tree, which re-escapes strings).
 
 use std::collections::BTreeSet;
+use std::ops::Range;
 
 use sqlparser::ast::{Insert, SetExpr, TableObject};
+
+use crate::planner::lex::find;
 
 use super::{key_value, reject, table_name, Key, ShardContext, ShardPlan};
 
@@ -90,7 +93,7 @@ pub(super) fn plan_insert(ins: &Insert, sql: &str, cx: &ShardContext<'_>) -> Sha
     if shards.len() == 1 {
         return ShardPlan::One(shards.into_iter().next().unwrap_or(0));
     }
-    let Some(parts) = values_rows(sql) else {
+    let Some(parts) = values_rows(sql.as_bytes()) else {
         return reject(format!(
             "this multi-row INSERT into {table} has rows for {} shards and its VALUES list could not be split",
             shards.len()
@@ -102,51 +105,77 @@ pub(super) fn plan_insert(ins: &Insert, sql: &str, cx: &ShardContext<'_>) -> Sha
     let statements = shards
         .into_iter()
         .map(|shard| {
-            let rows: Vec<&str> = parts
+            let mut pieces = vec![Piece::Client(0..parts.head_end)];
+            let rows = parts
                 .rows
                 .iter()
                 .zip(&row_shards)
-                .filter(|(_, s)| **s == shard)
-                .map(|(r, _)| &sql[r.clone()])
-                .collect();
-            let text = format!(
-                "{}{}{}",
-                &sql[..parts.head_end],
-                rows.join(", "),
-                &sql[parts.tail_start..]
-            );
-            (shard, text)
+                .filter(|(_, s)| **s == shard);
+            for (n, (r, _)) in rows.enumerate() {
+                if n > 0 {
+                    pieces.push(Piece::Own(b", ".to_vec()));
+                }
+                pieces.push(Piece::Client(r.clone()));
+            }
+            pieces.push(Piece::Client(parts.tail_start..sql.len()));
+            (shard, Spliced(pieces))
         })
         .collect();
     ShardPlan::SplitInsert(statements)
 }
 
+/// A statement made of ranges of the client's statement and text of the proxy's own: what a
+/// split INSERT sends each shard. Rendered from the client's bytes, since the planner read a
+/// copy of them (`planner::text`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spliced(Vec<Piece>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Client(Range<usize>),
+    Own(Vec<u8>),
+}
+
+impl Spliced {
+    /// The statement, cut from `client` (the statement the plan was made from); `None` if a
+    /// range does not fit it.
+    pub fn render(&self, client: &[u8]) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(client.len());
+        for p in &self.0 {
+            match p {
+                Piece::Client(r) => out.extend_from_slice(client.get(r.clone())?),
+                Piece::Own(b) => out.extend_from_slice(b),
+            }
+        }
+        Some(out)
+    }
+}
+
 /// The INSERT `sql` with column `key` and one generated id per row added: first in the
 /// column list and first in each row. `None` if its text cannot be taken apart.
-pub fn with_generated_keys(sql: &str, key: &str, ids: &[i64]) -> Option<String> {
+pub fn with_generated_keys(sql: &[u8], key: &str, ids: &[i64]) -> Option<Vec<u8>> {
     let parts = values_rows(sql)?;
     if parts.rows.len() != ids.len() {
         return None;
     }
     let head = &sql[..parts.head_end];
     let open = first_paren(head)?;
-    let mut out = String::with_capacity(sql.len() + ids.len() * 12);
-    out.push_str(&head[..=open]);
-    out.push_str(&format!("`{}`, ", key.replace('`', "``")));
-    out.push_str(&head[open + 1..]);
+    let mut out = Vec::with_capacity(sql.len() + ids.len() * 12);
+    out.extend_from_slice(&head[..=open]);
+    out.extend_from_slice(format!("`{}`, ", key.replace('`', "``")).as_bytes());
+    out.extend_from_slice(&head[open + 1..]);
     let mut at = parts.head_end;
     for (row, id) in parts.rows.iter().zip(ids) {
-        out.push_str(&sql[at..=row.start]);
-        out.push_str(&format!("{id}, "));
+        out.extend_from_slice(&sql[at..=row.start]);
+        out.extend_from_slice(format!("{id}, ").as_bytes());
         at = row.start + 1;
     }
-    out.push_str(&sql[at..]);
+    out.extend_from_slice(&sql[at..]);
     Some(out)
 }
 
 /// The first `(` outside quotes and comments.
-fn first_paren(text: &str) -> Option<usize> {
-    let b = text.as_bytes();
+fn first_paren(b: &[u8]) -> Option<usize> {
     let mut i = 0;
     while i < b.len() {
         match b[i] {
@@ -157,7 +186,7 @@ fn first_paren(text: &str) -> Option<usize> {
                 }
             }
             b'/' if b.get(i + 1) == Some(&b'*') => {
-                i = text[i + 2..].find("*/").map(|e| i + 2 + e + 1)?;
+                i = find(b, i + 2, b"*/")? + 1;
             }
             b'(' => return Some(i),
             _ => {}
@@ -180,8 +209,7 @@ struct ValuesRows {
 /// Finds the rows of the VALUES (or VALUE) list by scanning bytes: quotes (`'`, `"`, with
 /// backslash and doubled-quote escapes), backquoted names and comments are skipped, so a
 /// parenthesis or comma inside them does not count.
-fn values_rows(sql: &str) -> Option<ValuesRows> {
-    let b = sql.as_bytes();
+fn values_rows(b: &[u8]) -> Option<ValuesRows> {
     let mut i = 0;
     let mut depth = 0usize;
     let mut head_end = None;
@@ -209,11 +237,11 @@ fn values_rows(sql: &str) -> Option<ValuesRows> {
                 }
             }
             b'/' if b.get(i + 1) == Some(&b'*') => {
-                i = sql[i + 2..].find("*/").map(|e| i + 2 + e + 1)?;
+                i = find(b, i + 2, b"*/")? + 1;
             }
-            b'#' => i = sql[i..].find('\n').map(|e| i + e)?,
+            b'#' => i = find(b, i, b"\n")?,
             b'-' if b.get(i + 1) == Some(&b'-') => {
-                i = sql[i..].find('\n').map(|e| i + e).unwrap_or(b.len());
+                i = find(b, i, b"\n").unwrap_or(b.len());
             }
             b'(' => {
                 if depth == 0 && head_end.is_some() && tail_start.is_none() {
@@ -232,8 +260,8 @@ fn values_rows(sql: &str) -> Option<ValuesRows> {
                     .iter()
                     .position(|x| !x.is_ascii_alphanumeric() && *x != b'_')
                     .map_or(b.len(), |e| i + e);
-                let word = &sql[i..end];
-                if word.eq_ignore_ascii_case("values") || word.eq_ignore_ascii_case("value") {
+                let word = &b[i..end];
+                if word.eq_ignore_ascii_case(b"values") || word.eq_ignore_ascii_case(b"value") {
                     head_end = Some(end);
                 }
                 i = end;

@@ -13,6 +13,7 @@ use sqlparser::ast::{Expr, FromTable, ObjectName, SetExpr, Statement, UnaryOpera
 use sqlparser::dialect::MySqlDialect;
 use sqlparser::parser::Parser;
 
+use crate::planner::text::STAND_IN;
 use crate::shardmap::ring::KeyValue;
 
 mod insert;
@@ -23,7 +24,7 @@ mod tokens;
 
 use crate::shardmap::TableRule;
 use insert::plan_insert;
-pub use insert::with_generated_keys;
+pub use insert::{with_generated_keys, Spliced};
 use merge::{group_spec, merge_spec};
 pub use merge::{
     AvgColumn, ColumnRef, Combine, CompareOp, GroupSpec, MergeSpec, Operand, OrderKey, Predicate,
@@ -49,8 +50,8 @@ pub enum ShardPlan {
     /// client gets one OK with the affected rows summed.
     ScatterWrite(Vec<usize>),
     /// A multi-row INSERT split by row: per shard, the statement with only that shard's
-    /// rows; the client gets one OK with the affected rows summed.
-    SplitInsert(Vec<(usize, String)>),
+    /// rows (cut from the client's bytes); the client gets one OK with the affected rows summed.
+    SplitInsert(Vec<(usize, Spliced)>),
     /// A read on several shards whose rows are merged in order and trimmed to a LIMIT.
     MergeSorted(MergeSpec),
     /// An INSERT without its shard key into a table whose key comes from a sequence: the
@@ -63,6 +64,9 @@ pub enum ShardPlan {
     },
     /// Not supported (yet): the client gets ERR 1105 with this text.
     Reject(String),
+    /// The parser cannot read it: a syntax error (the server's to report), or a statement
+    /// the planner does not know (refused with this text).
+    NotUnderstood(String),
 }
 
 /// What the planner knows about the keyspace.
@@ -83,8 +87,8 @@ pub fn plan(sql: &str, cx: &ShardContext<'_>) -> ShardPlan {
     let statements = match Parser::parse_sql(&MySqlDialect {}, sql) {
         Ok(s) => s,
         Err(e) => {
-            return reject(format!(
-                "cannot route this statement on a sharded keyspace (not understood: {e})"
+            return ShardPlan::NotUnderstood(format!(
+                "shardgate: cannot route this statement on a sharded keyspace (not understood: {e})"
             ))
         }
     };
@@ -93,7 +97,9 @@ pub fn plan(sql: &str, cx: &ShardContext<'_>) -> ShardPlan {
     };
     let own_select = usize::from(matches!(statement, Statement::Query(_)));
     let Some(tokens) = scan(sql) else {
-        return reject("cannot route this statement on a sharded keyspace (not understood)");
+        return ShardPlan::NotUnderstood(
+            "shardgate: cannot route this statement on a sharded keyspace (not understood)".into(),
+        );
     };
     if tokens.selects > own_select {
         return reject("subqueries, UNION and WITH are not supported on a sharded keyspace yet");
@@ -253,6 +259,12 @@ fn key_value(e: &Expr) -> Option<Key> {
     match e {
         Expr::Value(v) => match &v.value {
             Value::Number(n, _) => Some(Key::Value(OwnedKey::Number(n.clone()))),
+            // A stand-in for bytes that are not UTF-8: the key's real bytes are not known here.
+            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s)
+                if s.as_bytes().contains(&STAND_IN) =>
+            {
+                None
+            }
             Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => {
                 Some(Key::Value(OwnedKey::Text(s.clone())))
             }
@@ -467,12 +479,12 @@ mod tests {
         );
         assert_eq!(
             with_generated_keys(
-                "INSERT INTO `t` (name, n) VALUES ('a(', 1), ('b', 2) ON DUPLICATE KEY UPDATE n = 3",
+                b"INSERT INTO `t` (name, n) VALUES ('a(', 1), (_binary'\xff\x80)', 2) ON DUPLICATE KEY UPDATE n = 3",
                 "id",
                 &[10, 11]
             )
             .as_deref(),
-            Some("INSERT INTO `t` (`id`, name, n) VALUES (10, 'a(', 1), (11, 'b', 2) ON DUPLICATE KEY UPDATE n = 3")
+            Some(&b"INSERT INTO `t` (`id`, name, n) VALUES (10, 'a(', 1), (11, _binary'\xff\x80)', 2) ON DUPLICATE KEY UPDATE n = 3"[..])
         );
         assert_eq!(
             run("INSERT INTO users (name, id) VALUES (?, ?)"),
@@ -522,11 +534,22 @@ mod tests {
             run(&format!("SELECT * FROM users WHERE id IN ({a}, {b})")),
             ShardPlan::Scatter(vec![0, 1])
         );
+        let split = format!(
+            "INSERT INTO users (id, name) VALUES ({a}, 'x,(y)'), ({b}, 'it''s'), ({a}, \"q\") ON DUPLICATE KEY UPDATE name = 'z'"
+        );
+        let ShardPlan::SplitInsert(parts) = run(&split) else {
+            panic!("not split: {split}");
+        };
+        let rendered: Vec<(usize, String)> = parts
+            .iter()
+            .map(|(i, s)| {
+                let text = s.render(split.as_bytes()).expect("fits");
+                (*i, String::from_utf8(text).expect("utf8"))
+            })
+            .collect();
         assert_eq!(
-            run(&format!(
-                "INSERT INTO users (id, name) VALUES ({a}, 'x,(y)'), ({b}, 'it''s'), ({a}, \"q\") ON DUPLICATE KEY UPDATE name = 'z'"
-            )),
-            ShardPlan::SplitInsert(vec![
+            rendered,
+            vec![
                 (
                     0,
                     format!("INSERT INTO users (id, name) VALUES ({a}, 'x,(y)'), ({a}, \"q\") ON DUPLICATE KEY UPDATE name = 'z'")
@@ -535,7 +558,7 @@ mod tests {
                     1,
                     format!("INSERT INTO users (id, name) VALUES ({b}, 'it''s') ON DUPLICATE KEY UPDATE name = 'z'")
                 ),
-            ])
+            ]
         );
         assert_eq!(
             run(&format!("DELETE FROM users WHERE id IN ({a}, {b})")),

@@ -13,6 +13,7 @@ use std::hash::{BuildHasher, Hasher};
 
 use super::ShardPlan;
 use crate::planner::digest::{Lexer, TokKind};
+use crate::planner::text::STAND_IN;
 use crate::shardmap::ring::KeyValue;
 
 /// Shapes kept per thread (each proxy worker has its own): past this the cache starts over.
@@ -29,7 +30,7 @@ pub struct Shape<'a> {
 #[derive(Debug, Clone, Copy)]
 enum Literal<'a> {
     Number(&'a [u8]),
-    /// A plain '…' string's content (no escapes, no introducer).
+    /// A plain '…' string's content (no escapes, no introducer, no stand-in for non-UTF-8).
     Text(&'a [u8]),
     /// Anything the planner reads differently (hex, escapes, introducers): the shape is
     /// planned in full when such a literal is the key.
@@ -124,7 +125,7 @@ fn literal(kind: TokKind, raw: &[u8]) -> Literal<'_> {
                 && raw[raw.len() - 1] == b'\''
                 && !raw[1..raw.len() - 1]
                     .iter()
-                    .any(|b| *b == b'\\' || *b == b'\'');
+                    .any(|b| *b == b'\\' || *b == b'\'' || *b == STAND_IN);
             if plain {
                 Literal::Text(&raw[1..raw.len() - 1])
             } else {
