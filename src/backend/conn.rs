@@ -105,6 +105,56 @@ pub struct BackendConn {
     pub broken: bool,
     /// The server's last status said a transaction is open on this connection.
     pub in_txn: bool,
+    /// The role another session must find on this connection (see [`Roles`]).
+    pub roles: Roles,
+}
+
+/// What the pool must do about this connection's role before another session uses it:
+/// COM_RESET_CONNECTION keeps `CURRENT_ROLE()` (MariaDB 10.11), and a role can be set by
+/// statements the proxy cannot see into (a stored procedure or function, a trigger,
+/// `EXECUTE IMMEDIATE`), so the connection of an account that may change roles is put back
+/// to its login role whenever it goes back to the pool. `SET ROLE` needs the role granted to
+/// the account itself (a DEFINER routine's `SET ROLE` ends with the routine).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Roles {
+    /// No role was granted to the account when the connection opened: nothing to undo.
+    NoneGranted,
+    /// The account has roles; a fresh login has this one (its default role) or none.
+    Login(Option<String>),
+}
+
+/// One query, run once per new connection: NULL when the account has no role, otherwise `+`
+/// followed by the login's role (role names are never empty).
+const ROLES_AT_LOGIN: &str =
+    "SELECT IF(EXISTS(SELECT 1 FROM information_schema.APPLICABLE_ROLES), \
+     CONCAT('+', IFNULL(CURRENT_ROLE(), '')), NULL)";
+
+impl Roles {
+    fn from_login(value: Option<String>) -> Roles {
+        match value.as_deref().and_then(|v| v.strip_prefix('+')) {
+            None => Roles::NoneGranted,
+            Some("") => Roles::Login(None),
+            Some(role) => Roles::Login(Some(role.to_string())),
+        }
+    }
+
+    /// Whether a session may have changed this connection's role.
+    pub fn changeable(&self) -> bool {
+        matches!(self, Roles::Login(_))
+    }
+
+    /// The statement that puts the login's role back, if the account can change roles.
+    /// `after_pin`: the connection served a session held to it (`SET ROLE`, `CALL`,
+    /// `EXECUTE`...): a role granted to the account since the connection opened may have been
+    /// set, so even then no role is left.
+    pub fn restore_sql(&self, after_pin: bool) -> Option<String> {
+        match self {
+            Roles::NoneGranted if after_pin => Some("SET ROLE NONE".into()),
+            Roles::NoneGranted => None,
+            Roles::Login(None) => Some("SET ROLE NONE".into()),
+            Roles::Login(Some(r)) => Some(format!("SET ROLE `{}`", r.replace('`', "``"))),
+        }
+    }
 }
 
 impl BackendConn {
@@ -168,6 +218,7 @@ impl BackendConn {
             database: p.db.map(str::to_string),
             auth_plugin: Some(plugin),
             attrs: Vec::new(),
+            ext_caps: 0,
         }
         .encode(&mut body);
         put_packet(&mut out, hello.last_seq.wrapping_add(1), &body);
@@ -204,7 +255,7 @@ impl BackendConn {
                 }
             }
         }
-        Ok(BackendConn {
+        let mut conn = BackendConn {
             io,
             addr: addr.into(),
             user: p.user.into(),
@@ -220,7 +271,27 @@ impl BackendConn {
             dirty: false,
             broken: false,
             in_txn: false,
-        })
+            // Until known: a failed look-up must not leave a role behind.
+            roles: Roles::Login(None),
+        };
+        if let Ok(value) = conn.query_value(ROLES_AT_LOGIN).await? {
+            conn.roles = Roles::from_login(value);
+        }
+        Ok(conn)
+    }
+
+    /// Puts the login's role back (see [`Roles`] and [`Roles::restore_sql`]).
+    pub async fn restore_role(
+        &mut self,
+        after_pin: bool,
+    ) -> Result<Result<(), ErrInfo>, BackendError> {
+        let Some(sql) = self.roles.restore_sql(after_pin) else {
+            return Ok(Ok(()));
+        };
+        Ok(self
+            .simple_command(com::QUERY, sql.as_bytes())
+            .await?
+            .map(|_| ()))
     }
 
     /// Runs one proxy-issued command that answers with a single OK or ERR.
@@ -434,5 +505,24 @@ fn scramble(
             addr: addr.into(),
             plugin: other.into(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_at_login() {
+        assert_eq!(Roles::from_login(None), Roles::NoneGranted);
+        assert_eq!(Roles::from_login(Some("+".into())), Roles::Login(None));
+        let r = Roles::from_login(Some("+r`x".into()));
+        assert_eq!(r, Roles::Login(Some("r`x".into())));
+        assert_eq!(r.restore_sql(false).as_deref(), Some("SET ROLE `r``x`"));
+        let none = Roles::Login(None);
+        assert_eq!(none.restore_sql(false).as_deref(), Some("SET ROLE NONE"));
+        assert_eq!(Roles::NoneGranted.restore_sql(false), None);
+        let after_pin = Roles::NoneGranted.restore_sql(true);
+        assert_eq!(after_pin.as_deref(), Some("SET ROLE NONE"));
     }
 }

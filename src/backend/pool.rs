@@ -6,6 +6,24 @@
 //! goes straight back to the idle list (the next session makes it carry its own, see
 //! `vars`); one marked dirty (a transaction, temporary tables, locks) is reset first
 //! (COM_RESET_CONNECTION); one returned mid-response is closed.
+//!
+//! Connection state and how none of it reaches another session (MariaDB 10.11; tests in
+//! tests/pool_state.rs and tests/multiplexing.rs):
+//! - session and user variables, `SET NAMES`, autocommit, `LAST_INSERT_ID()`: tracked and
+//!   replayed (`vars`); a reset clears them.
+//! - selected database: kept by a reset; tracked (`BackendConn::db`), matched on take.
+//! - role (`SET ROLE`, also prepared, in `EXECUTE IMMEDIATE`, a versioned comment, a routine
+//!   or trigger): kept by a reset; the login role is put back on every return for accounts
+//!   with roles (`conn::Roles`), and after every pinned session for the others.
+//! - multi-statement option (COM_SET_OPTION): kept by a reset; part of the pool key
+//!   (`ConnKey::framing`), so only a session with the same option gets the connection.
+//! - transaction, `SET TRANSACTION` characteristics, temporary tables, named locks
+//!   (`GET_LOCK`), `LOCK TABLES`, SQL `PREPARE`, HANDLER, cursors, a procedure's variables:
+//!   the session is pinned, and a reset (which clears all of them) follows before reuse.
+//! - protocol prepared statements: shared on purpose (`prepared`), found by their text.
+//! - `SET STATEMENT ... FOR`: one statement only. `SET PASSWORD`, `SET DEFAULT ROLE`, grants:
+//!   the account's, not the connection's (a pooled connection keeps the default role of its
+//!   login). `SET SESSION AUTHORIZATION` does not exist in 10.11.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -86,13 +104,14 @@ impl Drop for Pooled {
         if conn.in_flight || conn.broken {
             return; // mid-response or closed by the server: closing it frees the permit
         }
-        if !conn.dirty && !conn.in_txn {
+        let clean = !conn.dirty && !conn.in_txn;
+        if clean && !conn.roles.changeable() {
             self.pool.put_idle(conn, permit);
             return;
         }
         let pool = self.pool.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move { pool.reset_then_idle(conn, permit).await });
+            rt.spawn(async move { pool.clean_then_idle(conn, permit, clean).await });
         }
     }
 }
@@ -110,8 +129,18 @@ impl ServerPool {
         }
     }
 
-    async fn reset_then_idle(self: Arc<Self>, mut conn: BackendConn, permit: OwnedSemaphorePermit) {
-        if let Ok(Ok(())) = conn.reset().await {
+    /// Resets a connection unless `clean`, and puts its login role back, off the client's
+    /// path; one that fails either is closed.
+    async fn clean_then_idle(
+        self: Arc<Self>,
+        mut conn: BackendConn,
+        permit: OwnedSemaphorePermit,
+        clean: bool,
+    ) {
+        if !clean && !matches!(conn.reset().await, Ok(Ok(()))) {
+            return;
+        }
+        if let Ok(Ok(())) = conn.restore_role(!clean).await {
             self.put_idle(conn, permit);
         }
     }

@@ -87,6 +87,9 @@ pub struct ClientHello {
     pub auth_plugin: Option<String>,
     /// Connection attributes, raw (length-encoded key/value pairs), forwarded to backends.
     pub attrs: Vec<u8>,
+    /// MariaDB's extended capabilities (`ext_cap`), in the last 4 filler bytes; only to a
+    /// server that announced them (no [`cap::LONG_PASSWORD`], MariaDB's "not MySQL" mark).
+    pub ext_caps: u32,
 }
 
 /// A client response the proxy cannot accept (pre-4.1 protocol, or malformed).
@@ -107,7 +110,8 @@ impl ClientHello {
         }
         let max_packet = r.u32()?;
         let charset = r.u8()?;
-        r.take(23)?;
+        r.take(19)?;
+        let ext_caps = r.u32()?;
         let user = String::from_utf8_lossy(r.nul_str()).into_owned();
         let auth_response = if caps & cap::PLUGIN_AUTH_LENENC_CLIENT_DATA != 0 {
             r.lenenc_bytes()?.to_vec()
@@ -141,6 +145,7 @@ impl ClientHello {
             database,
             auth_plugin,
             attrs,
+            ext_caps,
         })
     }
 
@@ -148,7 +153,8 @@ impl ClientHello {
         out.put_u32_le(self.caps);
         out.put_u32_le(self.max_packet);
         out.put_u8(self.charset);
-        out.put_slice(&[0u8; 23]);
+        out.put_slice(&[0u8; 19]);
+        out.put_u32_le(self.ext_caps);
         out.put_slice(self.user.as_bytes());
         out.put_u8(0);
         put_lenenc_bytes(out, &self.auth_response);
@@ -224,6 +230,7 @@ mod tests {
             database: Some("app".into()),
             auth_plugin: Some("mysql_native_password".into()),
             attrs: vec![3, b'a', b'b', b'c', 1, b'x'],
+            ext_caps: 1 << 3,
         };
         let mut b = BytesMut::new();
         hello.encode(&mut b);
@@ -232,6 +239,7 @@ mod tests {
         assert_eq!(back.auth_response, hello.auth_response);
         assert_eq!(back.database.as_deref(), Some("app"));
         assert_eq!(back.attrs, hello.attrs);
+        assert_eq!(back.ext_caps, 1 << 3);
         for cut in 0..40 {
             assert!(ClientHello::parse(&b[..cut]).is_err(), "cut at {cut}");
         }

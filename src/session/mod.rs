@@ -13,6 +13,7 @@ mod registry;
 mod route;
 mod scatter;
 mod set;
+mod set_option;
 mod sharded;
 mod statements;
 
@@ -353,7 +354,8 @@ impl Session {
                 };
                 self.kill(kill, &frame).await?;
             }
-            com::PING | com::STATISTICS | com::SET_OPTION | com::REFRESH | com::DEBUG => {
+            com::SET_OPTION => self.set_option(frame).await?,
+            com::PING | com::STATISTICS | com::REFRESH | com::DEBUG => {
                 let plan = self.shared.planner().plan_session(&self.plan_ctx());
                 self.execute(plan, &frame, Some(Expect::Single), 0).await?;
             }
