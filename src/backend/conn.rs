@@ -42,6 +42,8 @@ pub enum BackendError {
     Plugin { addr: String, plugin: String },
     #[error("pool for {addr} is full ({max} connections) and none freed up within {ms} ms")]
     PoolTimeout { addr: String, max: usize, ms: u64 },
+    #[error("{addr} does not offer MariaDB capabilities {missing:#x} the client negotiated")]
+    Capability { addr: String, missing: u32 },
 }
 
 impl BackendError {
@@ -68,6 +70,10 @@ impl BackendError {
 pub struct ConnKey {
     pub framing: u32,
     pub charset: u8,
+    /// The client's MariaDB extended capabilities (`ext_cap::PASS_THROUGH` at most): a
+    /// connection with extended metadata sends other column definitions, so connections are
+    /// pooled per set rather than re-encoding definitions for clients that did not ask.
+    pub ext: u32,
 }
 
 /// Parameters of a new connection.
@@ -107,6 +113,8 @@ pub struct BackendConn {
     pub in_txn: bool,
     /// The role another session must find on this connection (see [`Roles`]).
     pub roles: Roles,
+    /// The MariaDB extended capabilities the server announced (0 for a "MySQL" server).
+    pub server_ext: u32,
 }
 
 /// What the pool must do about this connection's role before another session uses it:
@@ -205,6 +213,19 @@ impl BackendConn {
             caps |= cap::CONNECT_WITH_DB;
         }
         caps &= server.caps | cap::LONG_PASSWORD;
+        if p.key.ext != 0 {
+            // MariaDB reads a client's extended capabilities only from a "not MySQL" client.
+            caps &= !cap::LONG_PASSWORD;
+        }
+        // A client that negotiated extended metadata would misread a server's definitions
+        // without it: refuse rather than forward them.
+        let missing = p.key.ext & !server.ext_caps;
+        if missing != 0 {
+            return Err(BackendError::Capability {
+                addr: addr.into(),
+                missing,
+            });
+        }
         let plugin = server.auth_plugin.clone();
         let response = scramble(addr, &plugin, &server.nonce, p.password)?;
         let mut out = BytesMut::with_capacity(128);
@@ -218,7 +239,7 @@ impl BackendConn {
             database: p.db.map(str::to_string),
             auth_plugin: Some(plugin),
             attrs: Vec::new(),
-            ext_caps: 0,
+            ext_caps: p.key.ext,
         }
         .encode(&mut body);
         put_packet(&mut out, hello.last_seq.wrapping_add(1), &body);
@@ -273,6 +294,7 @@ impl BackendConn {
             in_txn: false,
             // Until known: a failed look-up must not leave a role behind.
             roles: Roles::Login(None),
+            server_ext: server.ext_caps,
         };
         if let Ok(value) = conn.query_value(ROLES_AT_LOGIN).await? {
             conn.roles = Roles::from_login(value);
@@ -467,6 +489,17 @@ impl BackendConn {
             Err(e) => Ok(Err(e)),
         }
     }
+}
+
+/// The MariaDB extended capabilities `addr` announces in its greeting (read without logging
+/// in), or `None` if it did not greet within `timeout`.
+pub async fn greeting_ext_caps(addr: &str, timeout: Duration) -> Option<u32> {
+    let read = async {
+        let mut io = PacketStream::new(TcpStream::connect(addr).await.ok()?);
+        let hello = io.read_frame(1 << 20).await.ok()??;
+        Some(ServerHello::parse(&hello.payload()).ok()?.ext_caps)
+    };
+    tokio::time::timeout(timeout, read).await.ok()?
 }
 
 /// The first column of a text-protocol row.

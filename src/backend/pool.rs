@@ -26,6 +26,7 @@
 //!   login). `SET SESSION AUTHORIZATION` does not exist in 10.11.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -67,6 +68,8 @@ pub struct ServerPool {
     idle: Vec<Mutex<Vec<Idle>>>,
     /// Woken when a connection becomes idle: a client waiting on a full pool may take it.
     returned: Notify,
+    /// The extended capabilities every server seen so far offers (shared by all pools).
+    ext: Arc<AtomicU32>,
 }
 
 /// A connection checked out of a pool; dropping it gives it back (or closes it).
@@ -117,7 +120,7 @@ impl Drop for Pooled {
 }
 
 impl ServerPool {
-    fn new(addr: &str, settings: &PoolSection, workers: usize) -> Self {
+    fn new(addr: &str, settings: &PoolSection, workers: usize, ext: Arc<AtomicU32>) -> Self {
         ServerPool {
             addr: addr.into(),
             settings: settings.clone(),
@@ -126,6 +129,7 @@ impl ServerPool {
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
             returned: Notify::new(),
+            ext,
         }
     }
 
@@ -237,6 +241,7 @@ impl ServerPool {
             timeout: Duration::from_millis(self.settings.connect_timeout_ms),
         })
         .await?;
+        self.ext.fetch_and(conn.server_ext, Ordering::Relaxed);
         conn.worker = current_worker();
         Ok(Pooled {
             conn: Some(conn),
@@ -287,7 +292,12 @@ pub struct Pools {
     settings: PoolSection,
     workers: usize,
     servers: Mutex<HashMap<String, Arc<ServerPool>>>,
+    /// MariaDB extended capabilities all servers seen offer; `UNKNOWN` before the first.
+    ext: Arc<AtomicU32>,
 }
+
+/// No server seen yet: nothing is offered.
+const UNKNOWN: u32 = u32::MAX;
 
 impl Pools {
     pub fn new(settings: PoolSection, workers: usize) -> Self {
@@ -295,6 +305,21 @@ impl Pools {
             settings,
             workers,
             servers: Mutex::new(HashMap::new()),
+            ext: Arc::new(AtomicU32::new(UNKNOWN)),
+        }
+    }
+
+    /// Records what a server offers (its greeting's extended capabilities): what clients are
+    /// offered is what every server seen offers.
+    pub fn learn_ext(&self, server_ext: u32) {
+        self.ext.fetch_and(server_ext, Ordering::Relaxed);
+    }
+
+    /// The MariaDB extended capabilities every server seen offers (0 before any).
+    pub fn backend_ext(&self) -> u32 {
+        match self.ext.load(Ordering::Relaxed) {
+            UNKNOWN => 0,
+            ext => ext,
         }
     }
 
@@ -302,7 +327,10 @@ impl Pools {
         let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
         servers
             .entry(addr.to_string())
-            .or_insert_with(|| Arc::new(ServerPool::new(addr, &self.settings, self.workers)))
+            .or_insert_with(|| {
+                let ext = self.ext.clone();
+                Arc::new(ServerPool::new(addr, &self.settings, self.workers, ext))
+            })
             .clone()
     }
 

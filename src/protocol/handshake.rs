@@ -16,6 +16,9 @@ pub struct ServerHello {
     pub charset: u8,
     pub status: u16,
     pub auth_plugin: String,
+    /// MariaDB's extended capabilities (`ext_cap`), meaningful without
+    /// [`cap::LONG_PASSWORD`].
+    pub ext_caps: u32,
 }
 
 impl ServerHello {
@@ -31,7 +34,8 @@ impl ServerHello {
         out.put_u16_le(self.status);
         out.put_u16_le((self.caps >> 16) as u16);
         out.put_u8(self.nonce.len() as u8 + 1);
-        out.put_slice(&[0u8; 10]);
+        out.put_slice(&[0u8; 6]);
+        out.put_u32_le(self.ext_caps);
         out.put_slice(&self.nonce[8..]);
         out.put_u8(0);
         out.put_slice(self.auth_plugin.as_bytes());
@@ -50,7 +54,11 @@ impl ServerHello {
         let status = r.u16()?;
         caps |= (r.u16()? as u32) << 16;
         let auth_len = r.u8()? as usize;
-        r.take(10)?;
+        r.take(6)?;
+        let ext_caps = match r.u32()? {
+            ext if caps & cap::LONG_PASSWORD == 0 => ext,
+            _ => 0,
+        };
         if caps & cap::SECURE_CONNECTION != 0 {
             let n = auth_len.saturating_sub(8).max(13);
             let part2 = r.take(n)?;
@@ -71,6 +79,7 @@ impl ServerHello {
             charset,
             status,
             auth_plugin,
+            ext_caps,
         })
     }
 }
@@ -204,8 +213,21 @@ mod tests {
             charset: 45,
             status: 2,
             auth_plugin: "mysql_native_password".into(),
+            ext_caps: 0,
         };
         let mut b = BytesMut::new();
+        hello.encode(&mut b);
+        let back = ServerHello::parse(&b).expect("parse");
+        assert_eq!(back.ext_caps, 0, "a 'MySQL' server has none");
+        let mariadb = ServerHello {
+            caps: cap::SERVER_OFFER & !cap::LONG_PASSWORD,
+            ext_caps: 0b1100,
+            ..hello.clone()
+        };
+        b.clear();
+        mariadb.encode(&mut b);
+        assert_eq!(ServerHello::parse(&b).expect("parse").ext_caps, 0b1100);
+        b.clear();
         hello.encode(&mut b);
         let back = ServerHello::parse(&b).expect("parse");
         assert_eq!(back.nonce, hello.nonce);

@@ -15,7 +15,7 @@ use crate::executor::{self, ExecError};
 use crate::planner::classify::{Class, Hint, Kind, Value, VarName};
 use crate::planner::shard::with_generated_keys;
 use crate::planner::{lex, Route, ShardPlan};
-use crate::protocol::consts::{cap, com, errcode, status};
+use crate::protocol::consts::{com, errcode, status};
 use crate::protocol::packet::{put_ok, Frame, OkInfo};
 use crate::shardmap::ring::KeyValue;
 
@@ -493,10 +493,7 @@ impl Session {
         );
         // A connection of its own, never the session's: the block must not be part of (or
         // rolled back with) the client's transaction.
-        let key = crate::backend::ConnKey {
-            framing: self.caps & cap::FRAMING,
-            charset: self.charset,
-        };
+        let key = self.conn_key();
         let user = (self.user.name.clone(), self.user.password.clone());
         let r = async {
             let mut conn = self
@@ -596,13 +593,7 @@ impl Session {
     /// proxy's own purposes: the client does not see the answer.
     async fn run_quietly(&mut self, addr: &Arc<str>, sql: &[u8]) -> Result<OkInfo, ExecError> {
         let shared = self.shared.clone();
-        let who = identity(
-            &self.user,
-            self.caps,
-            self.charset,
-            self.db.as_deref(),
-            &self.vars,
-        );
+        let who = identity(&self.user, self.conn_key(), self.db.as_deref(), &self.vars);
         let conn = executor::connection(&shared.pools, &mut self.pinned, addr, &who).await?;
         match conn.simple_command(com::QUERY, sql).await {
             Ok(Ok(ok)) => Ok(ok),
