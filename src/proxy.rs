@@ -270,8 +270,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let admin_listener = crate::admin::bind(&config.proxy.admin_listen).await?;
     let admin_addr = admin_listener.local_addr()?;
     let listen = config.proxy.listen.clone();
+    let ext = probe_ext_caps(&config).await;
     let proxy =
         Proxy::start(config).map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    if let Some(ext) = ext {
+        proxy.shared.pools.learn_ext(ext);
+    }
     let admin_state = crate::admin::AdminState::new(proxy.shared.clone());
     if admin_state.token.is_none() {
         warn!(
@@ -303,6 +307,31 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         upkeep,
         admin_addr,
     })
+}
+
+/// The MariaDB extended capabilities all configured servers announce, read from their
+/// greetings (no login) before clients are greeted; `None` if none answered within a second
+/// (then the first server connection tells).
+async fn probe_ext_caps(config: &Config) -> Option<u32> {
+    let map = config.shard_map();
+    let addrs: Vec<String> = map
+        .keyspace
+        .values()
+        .flat_map(|k| &k.shards)
+        .flat_map(|s| std::iter::once(s.primary.clone()).chain(s.replica_addrs().map(String::from)))
+        .collect();
+    let timeout = std::time::Duration::from_secs(1);
+    let mut probes = tokio::task::JoinSet::new();
+    for addr in addrs {
+        probes.spawn(async move { crate::backend::conn::greeting_ext_caps(&addr, timeout).await });
+    }
+    let mut all: Option<u32> = None;
+    while let Some(seen) = probes.join_next().await {
+        if let Ok(Some(ext)) = seen {
+            all = Some(all.map_or(ext, |a| a & ext));
+        }
+    }
+    all
 }
 
 /// Runs the proxy for `config` until Ctrl-C.

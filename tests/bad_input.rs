@@ -216,6 +216,7 @@ impl RawClient {
             database: Some("app".into()),
             auth_plugin: Some(plugin.into()),
             attrs: Vec::new(),
+            ext_caps: 0,
         }
         .encode(&mut out);
         out.to_vec()

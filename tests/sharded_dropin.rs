@@ -582,6 +582,7 @@ async fn raw_client() -> shardgate::backend::BackendConn {
         key: shardgate::backend::ConnKey {
             framing: cap::DEPRECATE_EOF,
             charset: 45,
+            ext: 0,
         },
         db: Some("app"),
         timeout: std::time::Duration::from_secs(10),

@@ -44,6 +44,8 @@ pub enum BackendError {
     Plugin { addr: String, plugin: String },
     #[error("pool for {addr} is full ({max} connections) and none freed up within {ms} ms")]
     PoolTimeout { addr: String, max: usize, ms: u64 },
+    #[error("{addr} does not offer MariaDB capabilities {missing:#x} the client negotiated")]
+    Capability { addr: String, missing: u32 },
 }
 
 impl BackendError {
@@ -70,6 +72,10 @@ impl BackendError {
 pub struct ConnKey {
     pub framing: u32,
     pub charset: u8,
+    /// The client's MariaDB extended capabilities (`ext_cap::PASS_THROUGH` at most): a
+    /// connection with extended metadata sends other column definitions, so connections are
+    /// pooled per set rather than re-encoding definitions for clients that did not ask.
+    pub ext: u32,
 }
 
 /// Parameters of a new connection.
@@ -107,6 +113,58 @@ pub struct BackendConn {
     pub broken: bool,
     /// The server's last status said a transaction is open on this connection.
     pub in_txn: bool,
+    /// The role another session must find on this connection (see [`Roles`]).
+    pub roles: Roles,
+    /// The MariaDB extended capabilities the server announced (0 for a "MySQL" server).
+    pub server_ext: u32,
+}
+
+/// What the pool must do about this connection's role before another session uses it:
+/// COM_RESET_CONNECTION keeps `CURRENT_ROLE()` (MariaDB 10.11), and a role can be set by
+/// statements the proxy cannot see into (a stored procedure or function, a trigger,
+/// `EXECUTE IMMEDIATE`), so the connection of an account that may change roles is put back
+/// to its login role whenever it goes back to the pool. `SET ROLE` needs the role granted to
+/// the account itself (a DEFINER routine's `SET ROLE` ends with the routine).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Roles {
+    /// No role was granted to the account when the connection opened: nothing to undo.
+    NoneGranted,
+    /// The account has roles; a fresh login has this one (its default role) or none.
+    Login(Option<String>),
+}
+
+/// One query, run once per new connection: NULL when the account has no role, otherwise `+`
+/// followed by the login's role (role names are never empty).
+const ROLES_AT_LOGIN: &str =
+    "SELECT IF(EXISTS(SELECT 1 FROM information_schema.APPLICABLE_ROLES), \
+     CONCAT('+', IFNULL(CURRENT_ROLE(), '')), NULL)";
+
+impl Roles {
+    fn from_login(value: Option<String>) -> Roles {
+        match value.as_deref().and_then(|v| v.strip_prefix('+')) {
+            None => Roles::NoneGranted,
+            Some("") => Roles::Login(None),
+            Some(role) => Roles::Login(Some(role.to_string())),
+        }
+    }
+
+    /// Whether a session may have changed this connection's role.
+    pub fn changeable(&self) -> bool {
+        matches!(self, Roles::Login(_))
+    }
+
+    /// The statement that puts the login's role back, if the account can change roles.
+    /// `after_pin`: the connection served a session held to it (`SET ROLE`, `CALL`,
+    /// `EXECUTE`...): a role granted to the account since the connection opened may have been
+    /// set, so even then no role is left.
+    pub fn restore_sql(&self, after_pin: bool) -> Option<String> {
+        match self {
+            Roles::NoneGranted if after_pin => Some("SET ROLE NONE".into()),
+            Roles::NoneGranted => None,
+            Roles::Login(None) => Some("SET ROLE NONE".into()),
+            Roles::Login(Some(r)) => Some(format!("SET ROLE `{}`", r.replace('`', "``"))),
+        }
+    }
 }
 
 impl BackendConn {
@@ -157,6 +215,19 @@ impl BackendConn {
             caps |= cap::CONNECT_WITH_DB;
         }
         caps &= server.caps | cap::LONG_PASSWORD;
+        if p.key.ext != 0 {
+            // MariaDB reads a client's extended capabilities only from a "not MySQL" client.
+            caps &= !cap::LONG_PASSWORD;
+        }
+        // A client that negotiated extended metadata would misread a server's definitions
+        // without it: refuse rather than forward them.
+        let missing = p.key.ext & !server.ext_caps;
+        if missing != 0 {
+            return Err(BackendError::Capability {
+                addr: addr.into(),
+                missing,
+            });
+        }
         let plugin = server.auth_plugin.clone();
         let response = scramble(addr, &plugin, &server.nonce, p.password)?;
         let mut out = BytesMut::with_capacity(128);
@@ -170,6 +241,7 @@ impl BackendConn {
             database: p.db.map(str::to_string),
             auth_plugin: Some(plugin),
             attrs: Vec::new(),
+            ext_caps: p.key.ext,
         }
         .encode(&mut body);
         put_packet(&mut out, hello.last_seq.wrapping_add(1), &body);
@@ -206,7 +278,7 @@ impl BackendConn {
                 }
             }
         }
-        Ok(BackendConn {
+        let mut conn = BackendConn {
             io,
             addr: addr.into(),
             user: p.user.into(),
@@ -222,7 +294,28 @@ impl BackendConn {
             dirty: false,
             broken: false,
             in_txn: false,
-        })
+            // Until known: a failed look-up must not leave a role behind.
+            roles: Roles::Login(None),
+            server_ext: server.ext_caps,
+        };
+        if let Ok(value) = conn.query_value(ROLES_AT_LOGIN).await? {
+            conn.roles = Roles::from_login(value);
+        }
+        Ok(conn)
+    }
+
+    /// Puts the login's role back (see [`Roles`] and [`Roles::restore_sql`]).
+    pub async fn restore_role(
+        &mut self,
+        after_pin: bool,
+    ) -> Result<Result<(), ErrInfo>, BackendError> {
+        let Some(sql) = self.roles.restore_sql(after_pin) else {
+            return Ok(Ok(()));
+        };
+        Ok(self
+            .simple_command(com::QUERY, sql.as_bytes())
+            .await?
+            .map(|_| ()))
     }
 
     /// Runs one proxy-issued command that answers with a single OK or ERR.
@@ -412,6 +505,17 @@ impl BackendConn {
     }
 }
 
+/// The MariaDB extended capabilities `addr` announces in its greeting (read without logging
+/// in), or `None` if it did not greet within `timeout`.
+pub async fn greeting_ext_caps(addr: &str, timeout: Duration) -> Option<u32> {
+    let read = async {
+        let mut io = PacketStream::new(TcpStream::connect(addr).await.ok()?);
+        let hello = io.read_frame(1 << 20).await.ok()??;
+        Some(ServerHello::parse(&hello.payload()).ok()?.ext_caps)
+    };
+    tokio::time::timeout(timeout, read).await.ok()?
+}
+
 /// The first column of a text-protocol row.
 fn first_value(row: &[u8]) -> Option<String> {
     if row.first() == Some(&0xFB) {
@@ -448,5 +552,24 @@ fn scramble(
             addr: addr.into(),
             plugin: other.into(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_at_login() {
+        assert_eq!(Roles::from_login(None), Roles::NoneGranted);
+        assert_eq!(Roles::from_login(Some("+".into())), Roles::Login(None));
+        let r = Roles::from_login(Some("+r`x".into()));
+        assert_eq!(r, Roles::Login(Some("r`x".into())));
+        assert_eq!(r.restore_sql(false).as_deref(), Some("SET ROLE `r``x`"));
+        let none = Roles::Login(None);
+        assert_eq!(none.restore_sql(false).as_deref(), Some("SET ROLE NONE"));
+        assert_eq!(Roles::NoneGranted.restore_sql(false), None);
+        let after_pin = Roles::NoneGranted.restore_sql(true);
+        assert_eq!(after_pin.as_deref(), Some("SET ROLE NONE"));
     }
 }

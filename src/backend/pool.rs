@@ -6,8 +6,27 @@
 //! goes straight back to the idle list (the next session makes it carry its own, see
 //! `vars`); one marked dirty (a transaction, temporary tables, locks) is reset first
 //! (COM_RESET_CONNECTION); one returned mid-response is closed.
+//!
+//! Connection state and how none of it reaches another session (MariaDB 10.11; tests in
+//! tests/pool_state.rs and tests/multiplexing.rs):
+//! - session and user variables, `SET NAMES`, autocommit, `LAST_INSERT_ID()`: tracked and
+//!   replayed (`vars`); a reset clears them.
+//! - selected database: kept by a reset; tracked (`BackendConn::db`), matched on take.
+//! - role (`SET ROLE`, also prepared, in `EXECUTE IMMEDIATE`, a versioned comment, a routine
+//!   or trigger): kept by a reset; the login role is put back on every return for accounts
+//!   with roles (`conn::Roles`), and after every pinned session for the others.
+//! - multi-statement option (COM_SET_OPTION): kept by a reset; part of the pool key
+//!   (`ConnKey::framing`), so only a session with the same option gets the connection.
+//! - transaction, `SET TRANSACTION` characteristics, temporary tables, named locks
+//!   (`GET_LOCK`), `LOCK TABLES`, SQL `PREPARE`, HANDLER, cursors, a procedure's variables:
+//!   the session is pinned, and a reset (which clears all of them) follows before reuse.
+//! - protocol prepared statements: shared on purpose (`prepared`), found by their text.
+//! - `SET STATEMENT ... FOR`: one statement only. `SET PASSWORD`, `SET DEFAULT ROLE`, grants:
+//!   the account's, not the connection's (a pooled connection keeps the default role of its
+//!   login). `SET SESSION AUTHORIZATION` does not exist in 10.11.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,6 +68,8 @@ pub struct ServerPool {
     idle: Vec<Mutex<Vec<Idle>>>,
     /// Woken when a connection becomes idle: a client waiting on a full pool may take it.
     returned: Notify,
+    /// The extended capabilities every server seen so far offers (shared by all pools).
+    ext: Arc<AtomicU32>,
 }
 
 /// A connection checked out of a pool; dropping it gives it back (or closes it).
@@ -86,19 +107,20 @@ impl Drop for Pooled {
         if conn.in_flight || conn.broken {
             return; // mid-response or closed by the server: closing it frees the permit
         }
-        if !conn.dirty && !conn.in_txn {
+        let clean = !conn.dirty && !conn.in_txn;
+        if clean && !conn.roles.changeable() {
             self.pool.put_idle(conn, permit);
             return;
         }
         let pool = self.pool.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move { pool.reset_then_idle(conn, permit).await });
+            rt.spawn(async move { pool.clean_then_idle(conn, permit, clean).await });
         }
     }
 }
 
 impl ServerPool {
-    fn new(addr: &str, settings: &PoolSection, workers: usize) -> Self {
+    fn new(addr: &str, settings: &PoolSection, workers: usize, ext: Arc<AtomicU32>) -> Self {
         ServerPool {
             addr: addr.into(),
             settings: settings.clone(),
@@ -107,11 +129,22 @@ impl ServerPool {
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
             returned: Notify::new(),
+            ext,
         }
     }
 
-    async fn reset_then_idle(self: Arc<Self>, mut conn: BackendConn, permit: OwnedSemaphorePermit) {
-        if let Ok(Ok(())) = conn.reset().await {
+    /// Resets a connection unless `clean`, and puts its login role back, off the client's
+    /// path; one that fails either is closed.
+    async fn clean_then_idle(
+        self: Arc<Self>,
+        mut conn: BackendConn,
+        permit: OwnedSemaphorePermit,
+        clean: bool,
+    ) {
+        if !clean && !matches!(conn.reset().await, Ok(Ok(()))) {
+            return;
+        }
+        if let Ok(Ok(())) = conn.restore_role(!clean).await {
             self.put_idle(conn, permit);
         }
     }
@@ -208,6 +241,7 @@ impl ServerPool {
             timeout: Duration::from_millis(self.settings.connect_timeout_ms),
         })
         .await?;
+        self.ext.fetch_and(conn.server_ext, Ordering::Relaxed);
         conn.worker = current_worker();
         Ok(Pooled {
             conn: Some(conn),
@@ -258,7 +292,12 @@ pub struct Pools {
     settings: PoolSection,
     workers: usize,
     servers: Mutex<HashMap<String, Arc<ServerPool>>>,
+    /// MariaDB extended capabilities all servers seen offer; `UNKNOWN` before the first.
+    ext: Arc<AtomicU32>,
 }
+
+/// No server seen yet: nothing is offered.
+const UNKNOWN: u32 = u32::MAX;
 
 impl Pools {
     pub fn new(settings: PoolSection, workers: usize) -> Self {
@@ -266,6 +305,21 @@ impl Pools {
             settings,
             workers,
             servers: Mutex::new(HashMap::new()),
+            ext: Arc::new(AtomicU32::new(UNKNOWN)),
+        }
+    }
+
+    /// Records what a server offers (its greeting's extended capabilities): what clients are
+    /// offered is what every server seen offers.
+    pub fn learn_ext(&self, server_ext: u32) {
+        self.ext.fetch_and(server_ext, Ordering::Relaxed);
+    }
+
+    /// The MariaDB extended capabilities every server seen offers (0 before any).
+    pub fn backend_ext(&self) -> u32 {
+        match self.ext.load(Ordering::Relaxed) {
+            UNKNOWN => 0,
+            ext => ext,
         }
     }
 
@@ -273,7 +327,10 @@ impl Pools {
         let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
         servers
             .entry(addr.to_string())
-            .or_insert_with(|| Arc::new(ServerPool::new(addr, &self.settings, self.workers)))
+            .or_insert_with(|| {
+                let ext = self.ext.clone();
+                Arc::new(ServerPool::new(addr, &self.settings, self.workers, ext))
+            })
             .clone()
     }
 

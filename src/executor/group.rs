@@ -106,6 +106,7 @@ fn type_and_decimals(def: &[u8]) -> Option<(u8, u8)> {
     for _ in 0..6 {
         r.lenenc_bytes().ok()?; // catalog, schema, table, org_table, name, org_name
     }
+    crate::protocol::column::skip_extended_metadata(&mut r).ok()?;
     r.lenenc().ok()?; // length of the fixed fields
     r.u16().ok()?; // charset
     r.u32().ok()?; // column length

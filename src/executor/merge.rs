@@ -51,6 +51,7 @@ impl ColumnMeta {
         }
         let name = String::from_utf8_lossy(r.lenenc_bytes().ok()?).into_owned();
         let org_name = String::from_utf8_lossy(r.lenenc_bytes().ok()?).into_owned();
+        crate::protocol::column::skip_extended_metadata(&mut r).ok()?;
         r.lenenc().ok()?; // length of the fixed fields
         let charset = r.u16().ok()?;
         r.u32().ok()?; // column length

@@ -1019,7 +1019,9 @@ fn by_type(stmt: &Statement) -> Option<Part> {
             w.dml(stmt);
             Part::new(Kind::Write).with_writes(w)
         }
-        Statement::Call(_) => Part::new(Kind::Write),
+        // A procedure may leave user variables (OUT parameters), temporary tables, locks or a
+        // role in the session: they stay with it on its connection.
+        Statement::Call(_) => Part::new(Kind::Write).pin("stored procedure"),
         Statement::LoadData { table_name, .. } => {
             w.object(table_name);
             Part::new(Kind::Write).with_writes(w)
@@ -1288,7 +1290,7 @@ fn fallback(ctx: &Ctx<'_>, toks: &[Tok], scan: &Scan) -> Part {
                 Part::new(Kind::Other)
             }
         }
-        "call" => Part::new(Kind::Write),
+        "call" => Part::new(Kind::Write).pin("stored procedure"),
         "create" => {
             let i = skip_words(toks, 1, src, &["or", "replace"]);
             let temporary = kw(i, "temporary");
@@ -1827,7 +1829,7 @@ mod tests {
         ("DELETE t1 FROM t1 JOIN t2 ON t1.a = t2.a", Write, None, "", &["t1"]),
         ("LOAD DATA LOCAL INFILE '/tmp/x' INTO TABLE db.t", Write, None, "", &["db.t"]),
         ("LOAD DATA INFILE 'x' REPLACE INTO TABLE t", Write, None, "", &["t"]),
-        ("CALL refresh(1)", Write, None, "", &[]),
+        ("CALL refresh(1)", Write, Some("stored procedure"), "", &[]),
         ("WITH a AS (SELECT 1) DELETE FROM t", Write, None, "", &["t"]),
         ("UPDATE t SET a = (@x := a + 1)", Write, UVAR, "", &["t"]),
         // DDL

@@ -168,6 +168,11 @@ impl Planner {
         self.map.keyspace.contains_key(name)
     }
 
+    /// Whether any keyspace is sharded.
+    pub fn any_sharded(&self) -> bool {
+        self.keyspaces.values().any(|k| k.ring.is_some())
+    }
+
     /// Whether the session's keyspace is sharded.
     pub fn is_sharded(&self, ctx: &PlanContext<'_>) -> bool {
         self.keyspace_for(ctx)

@@ -24,9 +24,9 @@ pub mod cap {
     pub const SESSION_TRACK: u32 = 1 << 23;
     pub const DEPRECATE_EOF: u32 = 1 << 24;
 
-    /// What the proxy offers clients. No SSL or compression (not supported yet), and
-    /// LONG_PASSWORD set so MariaDB clients see a "MySQL" server and send no MariaDB extended
-    /// capabilities (CACHE_METADATA would change the binary result framing).
+    /// What the proxy offers clients. No SSL or compression (not supported yet). LONG_PASSWORD
+    /// makes MariaDB clients see a "MySQL" server that exchanges no extended capabilities; the
+    /// greeting leaves it out when it offers some (`ext_cap::PASS_THROUGH`).
     pub const SERVER_OFFER: u32 = LONG_PASSWORD
         | FOUND_ROWS
         | LONG_FLAG
@@ -92,6 +92,23 @@ pub mod com {
     pub const SET_OPTION: u8 = 0x1b;
     pub const STMT_FETCH: u8 = 0x1c;
     pub const RESET_CONNECTION: u8 = 0x1f;
+    /// MariaDB's COM_STMT_BULK_EXECUTE (with `ext_cap::STMT_BULK_OPERATIONS`).
+    pub const STMT_BULK_EXECUTE: u8 = 0xfa;
+}
+
+/// MariaDB's extended capabilities: 4 more bytes in the handshake filler, exchanged when the
+/// server leaves out `cap::LONG_PASSWORD` (MariaDB's "not MySQL" mark).
+pub mod ext_cap {
+    pub const PROGRESS: u32 = 1;
+    pub const COM_MULTI: u32 = 1 << 1;
+    pub const STMT_BULK_OPERATIONS: u32 = 1 << 2;
+    /// Column definitions carry the extended type (`json`, `uuid`, `inet6`, ...).
+    pub const EXTENDED_METADATA: u32 = 1 << 3;
+    /// Binary results without column definitions: would change result framing; not offered.
+    pub const CACHE_METADATA: u32 = 1 << 4;
+    /// What the proxy may pass through to clients (when its servers offer it). Both change
+    /// what a server sends, so a server connection carries the client's (`ConnKey::ext`).
+    pub const PASS_THROUGH: u32 = STMT_BULK_OPERATIONS | EXTENDED_METADATA;
 }
 
 /// MySQL error codes the proxy itself sends, with their SQLSTATE.

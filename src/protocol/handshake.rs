@@ -16,6 +16,9 @@ pub struct ServerHello {
     pub charset: u8,
     pub status: u16,
     pub auth_plugin: String,
+    /// MariaDB's extended capabilities (`ext_cap`), meaningful without
+    /// [`cap::LONG_PASSWORD`].
+    pub ext_caps: u32,
 }
 
 impl ServerHello {
@@ -31,7 +34,8 @@ impl ServerHello {
         out.put_u16_le(self.status);
         out.put_u16_le((self.caps >> 16) as u16);
         out.put_u8(self.nonce.len() as u8 + 1);
-        out.put_slice(&[0u8; 10]);
+        out.put_slice(&[0u8; 6]);
+        out.put_u32_le(self.ext_caps);
         out.put_slice(&self.nonce[8..]);
         out.put_u8(0);
         out.put_slice(self.auth_plugin.as_bytes());
@@ -50,7 +54,11 @@ impl ServerHello {
         let status = r.u16()?;
         caps |= (r.u16()? as u32) << 16;
         let auth_len = r.u8()? as usize;
-        r.take(10)?;
+        r.take(6)?;
+        let ext_caps = match r.u32()? {
+            ext if caps & cap::LONG_PASSWORD == 0 => ext,
+            _ => 0,
+        };
         if caps & cap::SECURE_CONNECTION != 0 {
             let n = auth_len.saturating_sub(8).max(13);
             let part2 = r.take(n)?;
@@ -71,6 +79,7 @@ impl ServerHello {
             charset,
             status,
             auth_plugin,
+            ext_caps,
         })
     }
 }
@@ -87,6 +96,9 @@ pub struct ClientHello {
     pub auth_plugin: Option<String>,
     /// Connection attributes, raw (length-encoded key/value pairs), forwarded to backends.
     pub attrs: Vec<u8>,
+    /// MariaDB's extended capabilities (`ext_cap`), in the last 4 filler bytes; only to a
+    /// server that announced them (no [`cap::LONG_PASSWORD`], MariaDB's "not MySQL" mark).
+    pub ext_caps: u32,
 }
 
 /// A client response the proxy cannot accept (pre-4.1 protocol, or malformed).
@@ -107,7 +119,8 @@ impl ClientHello {
         }
         let max_packet = r.u32()?;
         let charset = r.u8()?;
-        r.take(23)?;
+        r.take(19)?;
+        let ext_caps = r.u32()?;
         let user = String::from_utf8_lossy(r.nul_str()).into_owned();
         let auth_response = if caps & cap::PLUGIN_AUTH_LENENC_CLIENT_DATA != 0 {
             r.lenenc_bytes()?.to_vec()
@@ -141,6 +154,7 @@ impl ClientHello {
             database,
             auth_plugin,
             attrs,
+            ext_caps,
         })
     }
 
@@ -148,7 +162,8 @@ impl ClientHello {
         out.put_u32_le(self.caps);
         out.put_u32_le(self.max_packet);
         out.put_u8(self.charset);
-        out.put_slice(&[0u8; 23]);
+        out.put_slice(&[0u8; 19]);
+        out.put_u32_le(self.ext_caps);
         out.put_slice(self.user.as_bytes());
         out.put_u8(0);
         put_lenenc_bytes(out, &self.auth_response);
@@ -198,8 +213,21 @@ mod tests {
             charset: 45,
             status: 2,
             auth_plugin: "mysql_native_password".into(),
+            ext_caps: 0,
         };
         let mut b = BytesMut::new();
+        hello.encode(&mut b);
+        let back = ServerHello::parse(&b).expect("parse");
+        assert_eq!(back.ext_caps, 0, "a 'MySQL' server has none");
+        let mariadb = ServerHello {
+            caps: cap::SERVER_OFFER & !cap::LONG_PASSWORD,
+            ext_caps: 0b1100,
+            ..hello.clone()
+        };
+        b.clear();
+        mariadb.encode(&mut b);
+        assert_eq!(ServerHello::parse(&b).expect("parse").ext_caps, 0b1100);
+        b.clear();
         hello.encode(&mut b);
         let back = ServerHello::parse(&b).expect("parse");
         assert_eq!(back.nonce, hello.nonce);
@@ -224,6 +252,7 @@ mod tests {
             database: Some("app".into()),
             auth_plugin: Some("mysql_native_password".into()),
             attrs: vec![3, b'a', b'b', b'c', 1, b'x'],
+            ext_caps: 1 << 3,
         };
         let mut b = BytesMut::new();
         hello.encode(&mut b);
@@ -232,6 +261,7 @@ mod tests {
         assert_eq!(back.auth_response, hello.auth_response);
         assert_eq!(back.database.as_deref(), Some("app"));
         assert_eq!(back.attrs, hello.attrs);
+        assert_eq!(back.ext_caps, 1 << 3);
         for cut in 0..40 {
             assert!(ClientHello::parse(&b[..cut]).is_err(), "cut at {cut}");
         }

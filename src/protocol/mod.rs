@@ -2,6 +2,7 @@
 //! and a scanner that finds where a response ends without decoding its rows.
 
 pub mod auth;
+pub mod column;
 pub mod consts;
 pub mod handshake;
 pub mod packet;

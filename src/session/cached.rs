@@ -127,6 +127,8 @@ impl Session {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (
             self.caps & cap::DEPRECATE_EOF,
+            // Extended metadata changes the column definitions.
+            self.ext_caps,
             self.charset,
             self.vars.sig(),
         )

@@ -314,13 +314,7 @@ impl Session {
         check_writes: Option<&Arc<str>>,
     ) -> Result<bool, ExecError> {
         let shared = self.shared.clone();
-        let who = identity(
-            &self.user,
-            self.caps,
-            self.charset,
-            self.db.as_deref(),
-            &self.vars,
-        );
+        let who = identity(&self.user, self.conn_key(), self.db.as_deref(), &self.vars);
         executor::take(&shared.pools, &mut self.pinned, addr, &who).await?;
         if let Some(s) = self.sample.as_mut() {
             s.shards += 1;
@@ -333,13 +327,7 @@ impl Session {
             self.pinned.release(addr);
             return Ok(false);
         }
-        let who = identity(
-            &self.user,
-            self.caps,
-            self.charset,
-            self.db.as_deref(),
-            &self.vars,
-        );
+        let who = identity(&self.user, self.conn_key(), self.db.as_deref(), &self.vars);
         executor::fit(&mut self.pinned, addr, &who).await?;
         Ok(true)
     }

@@ -15,6 +15,8 @@ use crate::proxy::Shared;
 pub struct Authenticated {
     pub user: User,
     pub caps: u32,
+    /// MariaDB extended capabilities both sides have (see `offered_ext`).
+    pub ext_caps: u32,
     pub charset: u8,
     pub db: Option<String>,
     /// The greeting's nonce: COM_CHANGE_USER scrambles against it too.
@@ -53,14 +55,21 @@ pub async fn handshake(
     let nonce = auth::nonce();
     let mut out = BytesMut::with_capacity(128);
     let mut body = BytesMut::with_capacity(128);
+    let ext = offered_ext(shared);
+    // Without LONG_PASSWORD MariaDB clients read (and answer) the extended capabilities.
+    let caps = match ext {
+        0 => cap::SERVER_OFFER,
+        _ => cap::SERVER_OFFER & !cap::LONG_PASSWORD,
+    };
     ServerHello {
         server_version: shared.config.proxy.server_version.clone(),
         connection_id,
         nonce: nonce.to_vec(),
-        caps: cap::SERVER_OFFER,
+        caps,
         charset: 45, // utf8mb4_general_ci
         status: status::AUTOCOMMIT,
         auth_plugin: DEFAULT_PLUGIN.into(),
+        ext_caps: ext,
     }
     .encode(&mut body);
     put_packet(&mut out, 0, &body);
@@ -105,11 +114,25 @@ pub async fn handshake(
     Ok(Authenticated {
         user,
         caps: hello.caps & cap::SERVER_OFFER,
+        ext_caps: hello.ext_caps & ext,
         charset: hello.charset,
         db: hello.database,
         nonce,
         ok_seq: seq,
     })
+}
+
+/// The MariaDB extended capabilities clients are offered: extended metadata and bulk execute
+/// when every server seen offers them. Not bulk execute while a keyspace is sharded: its rows
+/// would have to be split between shards, which the proxy does not do; such clients (Connector/J)
+/// then send one execute per row, which is routed as usual.
+fn offered_ext(shared: &Shared) -> u32 {
+    use crate::protocol::consts::ext_cap;
+    let mut ext = shared.pools.backend_ext() & ext_cap::PASS_THROUGH;
+    if shared.planner().any_sharded() {
+        ext &= !ext_cap::STMT_BULK_OPERATIONS;
+    }
+    ext
 }
 
 /// What a client offered to prove who it is (at login or in COM_CHANGE_USER).

@@ -1,6 +1,7 @@
 //! One client connection: authentication, the state the proxy tracks for it, and the
 //! command loop that hands each command to the planner and executor.
 
+mod bulk;
 mod cached;
 mod change_user;
 mod consistency;
@@ -13,6 +14,7 @@ mod registry;
 mod route;
 mod scatter;
 mod set;
+mod set_option;
 mod sharded;
 mod statements;
 
@@ -64,6 +66,8 @@ pub struct Session {
     shared: Arc<Shared>,
     user: User,
     caps: u32,
+    /// MariaDB extended capabilities negotiated at login.
+    ext_caps: u32,
     charset: u8,
     db: Option<String>,
     pinned: Pinned,
@@ -138,6 +142,7 @@ pub async fn run(
         sample_sql: Vec::new(),
         user: auth.user,
         caps: auth.caps,
+        ext_caps: auth.ext_caps,
         charset: auth.charset,
         db: auth.db,
         pinned: Pinned::default(),
@@ -333,6 +338,7 @@ impl Session {
             | com::STMT_CLOSE
             | com::STMT_RESET
             | com::STMT_FETCH => self.statement_command(cmd, frame).await?,
+            com::STMT_BULK_EXECUTE => self.bulk_execute(frame).await?,
             com::RESET_CONNECTION => {
                 // The connections that carried this session are reset by the pool.
                 self.forget_state();
@@ -353,7 +359,8 @@ impl Session {
                 };
                 self.kill(kill, &frame).await?;
             }
-            com::PING | com::STATISTICS | com::SET_OPTION | com::REFRESH | com::DEBUG => {
+            com::SET_OPTION => self.set_option(frame).await?,
+            com::PING | com::STATISTICS | com::REFRESH | com::DEBUG => {
                 let plan = self.shared.planner().plan_session(&self.plan_ctx());
                 self.execute(plan, &frame, Some(Expect::Single), 0).await?;
             }
@@ -417,11 +424,7 @@ impl Session {
             return self.execute_statement(client_id, frame).await;
         }
         let (route, class, hint, sql) = (
-            // Prepared before a failover: the shard's primary now.
-            self.shared
-                .planner()
-                .refresh(&info.route)
-                .unwrap_or_else(|| info.route.clone()),
+            self.current_route(&info.route),
             info.class.clone(),
             info.hint,
             info.sql.clone(),
@@ -519,11 +522,7 @@ impl Session {
         let Some(info) = self.stmts.get(client_id) else {
             return Ok(());
         };
-        let route = self
-            .shared
-            .planner()
-            .refresh(&info.route)
-            .unwrap_or_else(|| info.route.clone());
+        let route = self.current_route(&info.route);
         let (class, shards) = (info.class.clone(), info.shards);
         // A prepared BEGIN / COMMIT / ROLLBACK (sysbench prepares them) or SET must start and
         // end the transaction on every shard it spans, as its text does; without parameters
@@ -552,6 +551,15 @@ impl Session {
             self.cache_fill(flight, c, reply_seq).await;
         }
         r
+    }
+
+    /// The route of a statement prepared earlier as the shard map has it now (the shard's
+    /// primary after a failover).
+    fn current_route(&self, route: &Route) -> Route {
+        self.shared
+            .planner()
+            .refresh(route)
+            .unwrap_or_else(|| route.clone())
     }
 
     fn plan_ctx(&self) -> PlanContext<'_> {
@@ -596,7 +604,7 @@ impl Session {
         };
         let shared = self.shared.clone();
         let db = if with_db { self.db.as_deref() } else { None };
-        let who = identity(&self.user, self.caps, self.charset, db, &self.vars);
+        let who = identity(&self.user, self.conn_key(), db, &self.vars);
         let fwd = Forward {
             command: &frame.raw,
             last_seq: frame.last_seq,
@@ -670,10 +678,7 @@ impl Session {
     fn kill_orphaned(&self, addr: Arc<str>, id: u32) {
         let shared = self.shared.clone();
         let (user, password) = (self.user.name.clone(), self.user.password.clone());
-        let key = ConnKey {
-            framing: self.caps & cap::FRAMING,
-            charset: self.charset,
-        };
+        let key = self.conn_key();
         tokio::spawn(async move {
             let sql = format!("KILL CONNECTION {id}");
             let done = match shared
@@ -769,12 +774,11 @@ fn query_frame(sql: &[u8], client_last_seq: u8) -> Frame {
     }
 }
 
-/// How the session logs in to backends: the client's user, framing flags and charset, and
-/// what every connection must carry for it.
+/// How the session logs in to backends: the client's user, connection key (see
+/// `Session::conn_key`), and what every connection must carry for it.
 fn identity<'a>(
     user: &'a User,
-    caps: u32,
-    charset: u8,
+    key: ConnKey,
     db: Option<&'a str>,
     vars: &'a Arc<VarSet>,
 ) -> Identity<'a> {
@@ -782,11 +786,20 @@ fn identity<'a>(
         vars: Some(vars),
         user: &user.name,
         password: &user.password,
-        key: ConnKey {
-            framing: caps & cap::FRAMING,
-            charset,
-        },
+        key,
         db,
+    }
+}
+
+impl Session {
+    /// What a server connection must have been opened with to serve this client: its framing
+    /// flags, charset and MariaDB extended capabilities.
+    fn conn_key(&self) -> ConnKey {
+        ConnKey {
+            framing: self.caps & cap::FRAMING,
+            charset: self.charset,
+            ext: self.ext_caps,
+        }
     }
 }
 

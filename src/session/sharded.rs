@@ -17,7 +17,7 @@ use crate::executor::{self, ExecError};
 use crate::planner::classify::{Class, Hint, Kind, Value, VarName};
 use crate::planner::shard::{with_generated_keys, Spliced};
 use crate::planner::{lex, text, Route, ShardPlan};
-use crate::protocol::consts::{cap, com, errcode, status};
+use crate::protocol::consts::{com, errcode, status};
 use crate::protocol::packet::{put_ok, put_ok_info, Frame, OkInfo};
 use crate::shardmap::ring::KeyValue;
 
@@ -535,10 +535,7 @@ impl Session {
         );
         // A connection of its own, never the session's: the block must not be part of (or
         // rolled back with) the client's transaction.
-        let key = crate::backend::ConnKey {
-            framing: self.caps & cap::FRAMING,
-            charset: self.charset,
-        };
+        let key = self.conn_key();
         let user = (self.user.name.clone(), self.user.password.clone());
         let r = async {
             let mut conn = self
@@ -637,13 +634,7 @@ impl Session {
         reply_seq: u8,
     ) -> Result<(), SessionError> {
         let shared = self.shared.clone();
-        let who = identity(
-            &self.user,
-            self.caps,
-            self.charset,
-            self.db.as_deref(),
-            &self.vars,
-        );
+        let who = identity(&self.user, self.conn_key(), self.db.as_deref(), &self.vars);
         let held = self.pinned.find(&route.addr).is_some();
         let r = match executor::connection(&shared.pools, &mut self.pinned, &route.addr, &who).await
         {
@@ -693,13 +684,7 @@ impl Session {
         sql: &[u8],
     ) -> Result<(OkInfo, Vec<u8>), ExecError> {
         let shared = self.shared.clone();
-        let who = identity(
-            &self.user,
-            self.caps,
-            self.charset,
-            self.db.as_deref(),
-            &self.vars,
-        );
+        let who = identity(&self.user, self.conn_key(), self.db.as_deref(), &self.vars);
         let conn = executor::connection(&shared.pools, &mut self.pinned, addr, &who).await?;
         match conn.command_ok(com::QUERY, sql).await {
             Ok(Ok(ok)) => Ok(ok),

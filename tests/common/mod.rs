@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use shardgate::sandbox::Cluster;
 
+pub mod raw;
+
 pub const USER: &str = "app";
 /// A proxy config fragment for sandboxes of a test's own: 2 workers, the split on with
 /// eventual consistency, servers checked every 200 ms as root.
