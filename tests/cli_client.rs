@@ -177,6 +177,49 @@ fn crud_statements_report_rows_and_results() {
     assert!(gone.stderr.contains("ERROR 1146 (42S02)"), "{gone:#?}");
 }
 
+/// ROW_COUNT() after each kind of write, the CLI's "N rows affected" lines, and
+/// `@@warning_count` after SHOW WARNINGS: the same through the proxy (default consistency,
+/// read_your_writes: it learns each write's GTID) as directly. The table is written on both
+/// runs (proxy first, then directly), so it is created again each time.
+#[test]
+fn row_count_and_warning_count_are_what_the_server_says() {
+    let t = common::unique("cli_rc");
+    let sql = format!(
+        "DROP TABLE IF EXISTS {t};
+         CREATE TABLE {t} (id INT PRIMARY KEY, v INT);
+         INSERT INTO {t} VALUES (1, 1), (2, 2), (3, 3);
+         SELECT ROW_COUNT() AS after_insert;
+         UPDATE {t} SET v = v + 1 WHERE id < 3;
+         SELECT ROW_COUNT() AS after_update;
+         BEGIN;
+         DELETE FROM {t} WHERE id = 1;
+         SELECT ROW_COUNT() AS after_delete_in_txn;
+         COMMIT;
+         DELETE FROM {t} WHERE id = 2;
+         SELECT ROW_COUNT() AS after_delete;
+         UPDATE {t} SET v = 0 WHERE id = 99;
+         SELECT ROW_COUNT() AS after_no_match;
+         SELECT CAST('1x' AS INT) AS truncated;
+         SHOW WARNINGS;
+         SELECT @@warning_count AS warnings;
+         DROP TABLE {t}"
+    );
+    let out = same_on_both(&["-vv"], &sql);
+    for expected in [
+        "Query OK, 3 rows affected",
+        "after_insert\n3\n",
+        "Rows matched: 2  Changed: 2  Warnings: 0",
+        "after_update\n2\n",
+        "after_delete_in_txn\n1\n",
+        "after_delete\n1\n",
+        "Rows matched: 0  Changed: 0  Warnings: 0",
+        "after_no_match\n0\n",
+        "warnings\n1\n",
+    ] {
+        assert!(out.contains(expected), "{expected:?} not in:\n{out}");
+    }
+}
+
 /// Every column type: a row of minimums, a row of maximums, a row of NULLs.
 const TYPES_DDL: &str = "(
     id INT PRIMARY KEY,

@@ -14,6 +14,7 @@ use crate::protocol::consts::{cap, com};
 use crate::protocol::handshake::{parse_auth_switch, ClientHello, ServerHello};
 use crate::protocol::packet::{parse_err, parse_ok, put_packet, ErrInfo, OkInfo, PacketError};
 use crate::protocol::stream::PacketStream;
+use crate::protocol::track::{self, TrackedGtid};
 
 /// Why a backend connection failed.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +106,8 @@ pub struct BackendConn {
     pub broken: bool,
     /// The server's last status said a transaction is open on this connection.
     pub in_txn: bool,
+    /// The GTID the last write reported in its OK, until the session takes it.
+    pub last_gtid: Option<TrackedGtid>,
 }
 
 impl BackendConn {
@@ -150,6 +153,9 @@ impl BackendConn {
             | cap::PLUGIN_AUTH
             | cap::PLUGIN_AUTH_LENENC_CLIENT_DATA
             | cap::TRANSACTIONS
+            // Always, whatever the client asked: each write's GTID comes in its OK (cut off
+            // again for a client that did not ask for session tracking).
+            | cap::SESSION_TRACK
             | (p.key.framing & cap::FRAMING);
         if p.db.is_some() {
             caps |= cap::CONNECT_WITH_DB;
@@ -204,7 +210,7 @@ impl BackendConn {
                 }
             }
         }
-        Ok(BackendConn {
+        let mut conn = BackendConn {
             io,
             addr: addr.into(),
             user: p.user.into(),
@@ -220,7 +226,35 @@ impl BackendConn {
             dirty: false,
             broken: false,
             in_txn: false,
-        })
+            last_gtid: None,
+        };
+        conn.track_gtid().await?;
+        Ok(conn)
+    }
+
+    /// Asks the server to report `last_gtid` in OK packets (a fresh or reset session forgets).
+    async fn track_gtid(&mut self) -> Result<(), BackendError> {
+        match self
+            .simple_command(com::QUERY, track::TRACK_LAST_GTID.as_bytes())
+            .await?
+        {
+            Ok(_) => {
+                // The OK may repeat an earlier session's GTID: not this session's write.
+                self.last_gtid = None;
+                Ok(())
+            }
+            Err(err) => Err(BackendError::Server {
+                addr: self.addr.to_string(),
+                err,
+            }),
+        }
+    }
+
+    /// A write on this connection reported `g`: the session reads it (read-your-writes) and
+    /// the failover's record of acknowledged writes gets it now.
+    pub fn wrote(&mut self, g: TrackedGtid) {
+        crate::ha::acked::Acked::global().note(&self.addr, g);
+        self.last_gtid = Some(g);
     }
 
     /// Runs one proxy-issued command that answers with a single OK or ERR.
@@ -259,7 +293,12 @@ impl BackendConn {
                 addr,
                 what: "error packet",
             })?),
-            _ => Ok(parse_ok(&payload).unwrap_or_default()),
+            _ => {
+                if let Some(g) = track::last_gtid(&payload) {
+                    self.wrote(g);
+                }
+                Ok(parse_ok(&payload).unwrap_or_default())
+            }
         })
     }
 
@@ -270,6 +309,9 @@ impl BackendConn {
         self.stmts.clear();
         self.dirty = false;
         self.in_txn = false;
+        if r.is_ok() {
+            self.track_gtid().await?;
+        }
         Ok(r.map(|_| ()))
     }
 

@@ -6,6 +6,7 @@
 //! at a time (`op` lock). The data plane meets this module only through the [`gate::Gate`]
 //! (statements wait while a primary changes) and the [`Topology`] (the new map).
 
+pub mod acked;
 pub mod detect;
 pub mod events;
 pub mod gate;
