@@ -306,6 +306,28 @@ async fn first_write_after(load: &Load, since: Instant) -> Duration {
     }
 }
 
+/// The message of the proxy's 'blocked' event (failover refused), failing if it promotes
+/// another server than `primary` meanwhile (`why` it must not) or says nothing in 30 s.
+async fn wait_blocked(proxy: &Proxy, primary: &str, why: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (now, _) = proxy.topology().await;
+        assert_eq!(now, primary, "the proxy promoted {now}, but {why}");
+        let e = proxy.get_json("/api/v1/events").await;
+        let found = e["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .find(|e| e["kind"] == "blocked")
+            .map(|e| e["message"].as_str().unwrap_or_default().to_string());
+        if let Some(m) = found {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "no 'blocked' event: {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn longest_wait(times: &[(Instant, Instant)], after: Instant) -> Duration {
     times
         .iter()
@@ -898,28 +920,8 @@ async fn a_replica_lacking_acknowledged_writes_is_not_promoted_until_forced() {
     );
 
     // The detector tries again while the primary stays dead: it must refuse each time.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let blocked = loop {
-        let (primary, _) = proxy.topology().await;
-        assert_eq!(
-            primary,
-            old.addr(),
-            "the proxy promoted {primary}, which lacks {lost} of {} acknowledged rows",
-            log.acked.len()
-        );
-        let e = proxy.get_json("/api/v1/events").await;
-        let found = e["events"]
-            .as_array()
-            .expect("events")
-            .iter()
-            .find(|e| e["kind"] == "blocked")
-            .map(|e| e["message"].as_str().unwrap_or_default().to_string());
-        if let Some(m) = found {
-            break m;
-        }
-        assert!(Instant::now() < deadline, "no 'blocked' event: {e}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let why = format!("it lacks {lost} of {} acknowledged rows", log.acked.len());
+    let blocked = wait_blocked(&proxy, &old.addr(), &why).await;
     println!("blocked: {blocked}");
     // The GTID named is the primary's last acknowledged one: domain-server-seq.
     let last = format!("0-{}-", old.server_id);
@@ -1015,4 +1017,50 @@ async fn a_replica_holding_every_acknowledged_write_is_promoted_automatically() 
     assert!(missing.is_empty(), "acknowledged ids missing: {missing:?}");
     let kinds = proxy.event_kinds().await;
     assert!(!kinds.iter().any(|k| k == "blocked"), "{kinds:?}");
+}
+
+/// After a restart the proxy knows nothing it acknowledged before: a proxy started while the
+/// primary is down cannot tell whether the replica holds every acknowledged write, so it does
+/// not promote on its own; the operator can, with `--force`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_proxy_started_while_the_primary_is_down_does_not_promote_until_forced() {
+    let _serial = SERIAL.lock().await;
+    let (sb, first) = setup_with(1, "").await;
+    let old = sb.primary().clone();
+    let replica = sb.replicas()[0].clone();
+    let mut c = common::connect(&first.url()).await;
+    for i in 0..20u64 {
+        c.exec_drop(
+            "INSERT INTO acked (id, writer) VALUES (?, 96)",
+            (96_000_000_000 + i,),
+        )
+        .await
+        .expect("insert through the first proxy");
+    }
+    drop(c);
+    drop(first);
+    kill(&sb, old.server_id);
+    let second = Proxy::start(&sb, "");
+    let blocked = wait_blocked(
+        &second,
+        &old.addr(),
+        "this proxy never saw the primary, so it cannot know what was acknowledged",
+    )
+    .await;
+    println!("blocked: {blocked}");
+    assert!(blocked.contains("has not reached primary"), "{blocked}");
+    let out = second.cli(&["failover", "--shard", "app/s0", "--force"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "forced failover failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(second.topology().await.0, replica.addr());
+    let rows = ids_on(replica.port, None).await;
+    assert_eq!(
+        rows.iter().filter(|id| **id >= 96_000_000_000).count(),
+        20,
+        "rows acknowledged by the first proxy"
+    );
 }
