@@ -512,6 +512,88 @@ mod tests {
         assert!(!sc.error);
     }
 
+    /// An OK (or OK terminator) with session state, as a backend sends it to the proxy.
+    fn tracked_ok(first: u8, status: u16, info: &[u8]) -> Vec<u8> {
+        let mut p = vec![first, 1, 0];
+        p.extend_from_slice(&(status | status::SESSION_STATE_CHANGED).to_le_bytes());
+        p.extend_from_slice(&[0, 0]);
+        p.push(info.len() as u8);
+        p.extend_from_slice(info);
+        let var = b"\x09last_gtid\x050-1-9";
+        p.extend_from_slice(&[var.len() as u8 + 2, 0, var.len() as u8]);
+        p.extend_from_slice(var);
+        p
+    }
+
+    /// What the client gets: the scanned bytes without the cuts.
+    fn forwarded(sc: &mut Scanner, wire: &[u8]) -> Vec<u8> {
+        let mut buf = BytesMut::from(wire);
+        let (n, p) = sc.scan(&mut buf);
+        assert_eq!((n, p), (wire.len(), Progress::Done));
+        let mut out = Vec::new();
+        let mut from = 0;
+        for &(cut, len) in &sc.cuts {
+            out.extend_from_slice(&buf[from..cut]);
+            from = cut + len;
+        }
+        out.extend_from_slice(&buf[from..n]);
+        out
+    }
+
+    #[test]
+    fn session_state_is_read_and_cut_for_clients_without_tracking() {
+        // Two statements' OKs (multi-statement), then a result set ending in an OK terminator.
+        let mut wire = BytesMut::new();
+        let more = status::MORE_RESULTS_EXISTS | status::AUTOCOMMIT;
+        let mut seq = put_packet(&mut wire, 1, &tracked_ok(0, more, b"Rows matched: 1"));
+        seq = put_packet(&mut wire, seq, &tracked_ok(0, more, b""));
+        seq = put_packet(&mut wire, seq, &[1]);
+        seq = put_packet(&mut wire, seq, b"\x03def");
+        seq = put_packet(&mut wire, seq, b"\x01a");
+        put_packet(&mut wire, seq, &tracked_ok(0xFE, status::AUTOCOMMIT, b""));
+        let mut tracking = Scanner::new(Expect::Result, true, 1);
+        assert_eq!(
+            forwarded(&mut tracking, &wire),
+            &wire[..],
+            "a tracking client: untouched"
+        );
+        assert_eq!(tracking.gtid.map(|g| g.to_string()), Some("0-1-9".into()));
+
+        let mut plain = Scanner::new(Expect::Result, true, 1);
+        plain.strip_state = true;
+        let got = forwarded(&mut plain, &wire);
+        let mut want = BytesMut::new();
+        let ok = |st: u16, info: &[u8]| {
+            let mut p = vec![0u8, 1, 0];
+            p.extend_from_slice(&st.to_le_bytes());
+            p.extend_from_slice(&[0, 0]);
+            if !info.is_empty() {
+                p.push(info.len() as u8);
+                p.extend_from_slice(info);
+            }
+            p
+        };
+        let mut seq = put_packet(&mut want, 1, &ok(more, b"Rows matched: 1"));
+        seq = put_packet(&mut want, seq, &ok(more, b""));
+        seq = put_packet(&mut want, seq, &[1]);
+        seq = put_packet(&mut want, seq, b"\x03def");
+        seq = put_packet(&mut want, seq, b"\x01a");
+        let mut end = ok(status::AUTOCOMMIT, b"");
+        end[0] = 0xFE;
+        put_packet(&mut want, seq, &end);
+        assert_eq!(got, &want[..]);
+        assert_eq!(plain.gtid.map(|g| g.to_string()), Some("0-1-9".into()));
+
+        // COM_INIT_DB's single OK reports the schema change.
+        let mut wire = BytesMut::new();
+        put_packet(&mut wire, 1, &tracked_ok(0, status::AUTOCOMMIT, b""));
+        let mut single = Scanner::new(Expect::Single, true, 1);
+        single.strip_state = true;
+        let mut want = BytesMut::new();
+        put_packet(&mut want, 1, &ok(status::AUTOCOMMIT, b""));
+        assert_eq!(forwarded(&mut single, &wire), &want[..]);
+    }
+
     #[test]
     fn a_connection_exception_is_fatal() {
         let mut wire = BytesMut::new();
