@@ -220,6 +220,34 @@ fn row_count_and_warning_count_are_what_the_server_says() {
     }
 }
 
+/// A client that sets its own tracked variables sees its own list, not the proxy's (which
+/// adds `last_gtid` on every server connection), on whichever connection serves it; later
+/// sessions on the same server connections get the proxy's list back.
+#[test]
+fn a_clients_own_session_tracking_list_is_kept() {
+    let out = same_on_both(
+        &[],
+        "SET SESSION session_track_system_variables = 'autocommit,time_zone';
+         SELECT @@SESSION.session_track_system_variables AS tracked;
+         SELECT @@SESSION.session_track_system_variables AS again FROM DUAL WHERE 1 = 1",
+    );
+    assert_eq!(
+        out,
+        tsv(&[
+            &["tracked"],
+            &["autocommit,time_zone"],
+            &["again"],
+            &["autocommit,time_zone"]
+        ])
+    );
+    // The next session on those pooled connections: the proxy's list again (it reads each
+    // write's GTID from it), not the server's default that undoing the client's SET gives.
+    for _ in 0..3 {
+        let next = proxy("SELECT @@SESSION.session_track_system_variables AS d");
+        assert!(next.contains("last_gtid"), "{next}");
+    }
+}
+
 /// Every column type: a row of minimums, a row of maximums, a row of NULLs.
 const TYPES_DDL: &str = "(
     id INT PRIMARY KEY,

@@ -325,6 +325,7 @@ impl BackendConn {
                 return Ok(Ok(()));
             }
         }
+        let tracked_own = sets_tracking(self.vars.as_deref());
         let sql = match vars.sync_from(self.vars.as_deref()) {
             Sync::Nothing => None,
             Sync::Set(sql) => Some(sql),
@@ -339,6 +340,10 @@ impl BackendConn {
             if let Err(e) = self.simple_command(com::QUERY, sql.as_bytes()).await? {
                 return Ok(Err(e));
             }
+        }
+        if tracked_own && !sets_tracking(Some(vars)) {
+            // Undoing a client's own list put the server's default back, without `last_gtid`.
+            self.track_gtid().await?;
         }
         self.vars = (!vars.is_empty()).then(|| vars.clone());
         Ok(Ok(()))
@@ -438,6 +443,17 @@ impl BackendConn {
             Err(e) => Ok(Err(e)),
         }
     }
+}
+
+/// Whether `vars` (a session's) sets `session_track_system_variables`, replacing the list the
+/// proxy sets on every connection.
+pub fn sets_tracking(vars: Option<&VarSet>) -> bool {
+    vars.is_some_and(|v| {
+        v.get(&super::vars::Var::System(
+            "session_track_system_variables".into(),
+        ))
+        .is_some()
+    })
 }
 
 /// The first column of a text-protocol row.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tracing::debug;
 
 use super::Session;
-use crate::backend::vars::Var;
+use crate::backend::conn::sets_tracking;
 use crate::config::Consistency;
 use crate::ha::acked::Acked;
 use crate::protocol::track::TrackedGtid;
@@ -86,9 +86,7 @@ impl Session {
     /// Whether the client set `session_track_system_variables` itself: its value, replayed on
     /// the connection, replaced the proxy's (which asks for `last_gtid`).
     fn tracking_replaced(&self) -> bool {
-        self.vars
-            .get(&Var::System("session_track_system_variables".into()))
-            .is_some()
+        sets_tracking(Some(&self.vars))
     }
 
     /// Whether the replica connection held to `addr` has applied the session's last write
