@@ -90,6 +90,16 @@ impl Acked {
         });
     }
 
+    /// `server` is about to become a primary holding exactly `pos` (no statement reaches it
+    /// before the new map is published): an older record of it (from an earlier time as the
+    /// primary, or GTIDs lost by a forced failover) must not ask more of its replicas later.
+    pub fn promoted(&self, server: &str, pos: &GtidPos) {
+        self.with(server, |e| {
+            e.pos = pos.clone();
+            e.baseline = true;
+        });
+    }
+
     /// Whether `primary`'s position was read since the start.
     pub fn has_baseline(&self, primary: &str) -> bool {
         self.known(primary).baseline
@@ -106,18 +116,6 @@ impl Acked {
                 }
             })
             .unwrap_or_default()
-    }
-
-    /// After `new` replaced `old`: it holds what `old` acknowledged (it was checked, or an
-    /// operator accepted the loss), so that is its baseline.
-    pub fn carry(&self, old: &str, new: &str, new_pos: &GtidPos) {
-        let k = self.known(old);
-        self.with(new, |e| {
-            for (d, g) in k.pos.0.iter().chain(&new_pos.0) {
-                raise(&mut e.pos, *d, *g);
-            }
-            e.baseline = true;
-        });
     }
 }
 
@@ -159,8 +157,8 @@ mod tests {
         assert!(k.baseline);
         assert_eq!(k.pos.to_string(), "0-1-7,1-1-2,2-1-3");
         assert_eq!(a.known("other:1"), Known::default());
-        a.carry("p:1", "r:2", &GtidPos::parse("0-2-9").expect("pos"));
-        assert_eq!(a.known("r:2").pos.to_string(), "0-2-9,1-1-2,2-1-3");
-        assert!(a.has_baseline("r:2"));
+        assert!(!a.has_baseline("other:1"));
+        a.promoted("p:1", &GtidPos::parse("0-1-5").expect("pos"));
+        assert_eq!(a.known("p:1").pos.to_string(), "0-1-5");
     }
 }

@@ -477,11 +477,13 @@ impl Ha {
             .filter(|r| **r != addr)
             .cloned()
             .collect();
+        // What it holds, not what the old primary acknowledged: after a forced promotion the
+        // lost GTIDs would otherwise block every later failover of this shard.
+        Acked::global().promoted(&addr, &applied);
         let version = self.topology.update(
             &format!("failover of {}: {} -> {addr}", group.name, group.primary),
             |m| Ok(with_primary(m, &group.primary, &addr, &replicas)),
         )?;
-        Acked::global().carry(&group.primary, &addr, &applied);
         steps.step(
             Some(&addr),
             format!("shard map version {version} published: {addr} takes the writes"),
@@ -570,6 +572,7 @@ impl Ha {
             new.wait_applied(&pos, limit).await?;
             steps.step(Some(&target), format!("{target} applied up to {pos}"));
             new.become_primary().await?;
+            Acked::global().promoted(&target, &pos);
             let mut replicas: Vec<String> = group
                 .replicas
                 .iter()
