@@ -929,6 +929,15 @@ async fn a_replica_lacking_acknowledged_writes_is_not_promoted_until_forced() {
         blocked.contains(&last) && blocked.contains(&replica.addr()),
         "event names neither the missing GTID nor the candidate: {blocked}"
     );
+    let log_path = proxy.config.with_extension("log");
+    let proxy_log = std::fs::read_to_string(&log_path).expect("proxy log");
+    assert!(
+        proxy_log
+            .lines()
+            .any(|l| l.contains("ERROR") && l.contains("blocked") && l.contains(&last)),
+        "no error line naming the missing GTID in {}",
+        log_path.display()
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(proxy.topology().await.0, old.addr(), "promoted after all");
     let r = proxy

@@ -190,7 +190,7 @@ impl Ha {
             != Some(why.to_string());
         metrics::gauge!("shardgate_failover_blocked", "shard" => group.name.clone()).set(1.0);
         if changed {
-            tracing::error!(shard = %group.name, primary = %group.primary, "failover refused: {why}");
+            // Logged at error level by the event list.
             self.events.add(
                 "blocked",
                 Some(&group.name),
