@@ -173,7 +173,8 @@ impl Scanner {
                 }
                 self.commit_header(buf, at, len);
                 let progress = self.control(&mut buf[at + 4..at + 4 + len]);
-                if std::mem::take(&mut self.ok_seen) && self.strip_state {
+                // An OK always fits one physical packet; anything else passes as it came.
+                if std::mem::take(&mut self.ok_seen) && self.strip_state && len < MAX_PAYLOAD {
                     self.strip(buf, at, len);
                 }
                 at += 4 + len;
