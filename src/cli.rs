@@ -73,7 +73,8 @@ enum Command {
         /// The replica to promote (planned switchover); default: the most advanced one.
         #[arg(long, value_name = "HOST:PORT")]
         to: Option<String>,
-        /// Fail over even though a replica still replicates from the unreachable primary.
+        /// Fail over even though a replica still replicates from the unreachable primary, or
+        /// though no replica holds every write the proxy acknowledged (those writes are lost).
         #[arg(long)]
         force: bool,
         #[command(flatten)]

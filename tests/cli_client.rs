@@ -177,6 +177,77 @@ fn crud_statements_report_rows_and_results() {
     assert!(gone.stderr.contains("ERROR 1146 (42S02)"), "{gone:#?}");
 }
 
+/// ROW_COUNT() after each kind of write, the CLI's "N rows affected" lines, and
+/// `@@warning_count` after SHOW WARNINGS: the same through the proxy (default consistency,
+/// read_your_writes: it learns each write's GTID) as directly. The table is written on both
+/// runs (proxy first, then directly), so it is created again each time.
+#[test]
+fn row_count_and_warning_count_are_what_the_server_says() {
+    let t = common::unique("cli_rc");
+    let sql = format!(
+        "DROP TABLE IF EXISTS {t};
+         CREATE TABLE {t} (id INT PRIMARY KEY, v INT);
+         INSERT INTO {t} VALUES (1, 1), (2, 2), (3, 3);
+         SELECT ROW_COUNT() AS after_insert;
+         UPDATE {t} SET v = v + 1 WHERE id < 3;
+         SELECT ROW_COUNT() AS after_update;
+         BEGIN;
+         DELETE FROM {t} WHERE id = 1;
+         SELECT ROW_COUNT() AS after_delete_in_txn;
+         COMMIT;
+         DELETE FROM {t} WHERE id = 2;
+         SELECT ROW_COUNT() AS after_delete;
+         UPDATE {t} SET v = 0 WHERE id = 99;
+         SELECT ROW_COUNT() AS after_no_match;
+         SELECT CAST('1x' AS INT) AS truncated;
+         SHOW WARNINGS;
+         SELECT @@warning_count AS warnings;
+         DROP TABLE {t}"
+    );
+    let out = same_on_both(&["-vv"], &sql);
+    for expected in [
+        "Query OK, 3 rows affected",
+        "after_insert\n3\n",
+        "Rows matched: 2  Changed: 2  Warnings: 0",
+        "after_update\n2\n",
+        "after_delete_in_txn\n1\n",
+        "after_delete\n1\n",
+        "Rows matched: 0  Changed: 0  Warnings: 0",
+        "after_no_match\n0\n",
+        "warnings\n1\n",
+    ] {
+        assert!(out.contains(expected), "{expected:?} not in:\n{out}");
+    }
+}
+
+/// A client that sets its own tracked variables sees its own list, not the proxy's (which
+/// adds `last_gtid` on every server connection), on whichever connection serves it; later
+/// sessions on the same server connections get the proxy's list back.
+#[test]
+fn a_clients_own_session_tracking_list_is_kept() {
+    let out = same_on_both(
+        &[],
+        "SET SESSION session_track_system_variables = 'autocommit,time_zone';
+         SELECT @@SESSION.session_track_system_variables AS tracked;
+         SELECT @@SESSION.session_track_system_variables AS again FROM DUAL WHERE 1 = 1",
+    );
+    assert_eq!(
+        out,
+        tsv(&[
+            &["tracked"],
+            &["autocommit,time_zone"],
+            &["again"],
+            &["autocommit,time_zone"]
+        ])
+    );
+    // The next session on those pooled connections: the proxy's list again (it reads each
+    // write's GTID from it), not the server's default that undoing the client's SET gives.
+    for _ in 0..3 {
+        let next = proxy("SELECT @@SESSION.session_track_system_variables AS d");
+        assert!(next.contains("last_gtid"), "{next}");
+    }
+}
+
 /// Every column type: a row of minimums, a row of maximums, a row of NULLs.
 const TYPES_DDL: &str = "(
     id INT PRIMARY KEY,

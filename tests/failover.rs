@@ -243,14 +243,19 @@ async fn server_id(port: u16) -> u32 {
 
 /// A sandbox with `app.acked`, replicated everywhere, and a proxy over it.
 async fn setup(extra: &str) -> (Sandbox, Proxy) {
-    let sb = common::start_cluster(2);
+    setup_with(2, extra).await
+}
+
+/// `setup` with `replicas` replicas.
+async fn setup_with(replicas: usize, extra: &str) -> (Sandbox, Proxy) {
+    let sb = common::start_cluster(replicas);
     let proxy = Proxy::start(&sb, extra);
     let mut c = common::connect(&proxy.url()).await;
     c.query_drop("CREATE TABLE acked (id BIGINT PRIMARY KEY, writer INT)")
         .await
         .expect("create");
     common::wait_replicated(&sb).await;
-    // Until the monitor saw both replicas, reads would go to the primary.
+    // Until the monitor saw the replicas, reads would go to the primary.
     let deadline = Instant::now() + Duration::from_secs(10);
     let primary_id = sb.primary().server_id;
     loop {
@@ -266,6 +271,61 @@ async fn setup(extra: &str) -> (Sandbox, Proxy) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     (sb, proxy)
+}
+
+/// kill -9 of the server with `server_id`; returns once its process is gone.
+fn kill(sb: &Sandbox, server_id: u32) {
+    assert!(
+        sb.cluster
+            .kill_server(sb.index_of(server_id))
+            .expect("kill"),
+        "server {server_id} was running"
+    );
+}
+
+/// How long after `since` the first write sent after it was acknowledged (at most 30 s).
+async fn first_write_after(load: &Load, since: Instant) -> Duration {
+    let deadline = since + Duration::from_secs(30);
+    loop {
+        let first = {
+            let l = load.log.lock().expect("log");
+            l.times
+                .iter()
+                .filter(|(sent, _)| *sent > since)
+                .map(|(_, acked)| *acked)
+                .min()
+        };
+        if let Some(t) = first {
+            return t.duration_since(since);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no write succeeded within 30 s of the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The message of the proxy's 'blocked' event (failover refused), failing if it promotes
+/// another server than `primary` meanwhile (`why` it must not) or says nothing in 30 s.
+async fn wait_blocked(proxy: &Proxy, primary: &str, why: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (now, _) = proxy.topology().await;
+        assert_eq!(now, primary, "the proxy promoted {now}, but {why}");
+        let e = proxy.get_json("/api/v1/events").await;
+        let found = e["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .find(|e| e["kind"] == "blocked")
+            .map(|e| e["message"].as_str().unwrap_or_default().to_string());
+        if let Some(m) = found {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "no 'blocked' event: {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn longest_wait(times: &[(Instant, Instant)], after: Instant) -> Duration {
@@ -296,35 +356,12 @@ async fn a_killed_primary_is_replaced_without_losing_acknowledged_writes_then_fe
         .await
         .expect("semi-sync status");
     assert_eq!(off.map(|(_, n)| n), Some(0), "semi-sync fell back to async");
-    assert!(
-        sb.cluster
-            .kill_server(sb.index_of(old.server_id))
-            .expect("kill"),
-        "the primary was running"
-    );
+    kill(&sb, old.server_id);
     // Once the process is gone (kill_server waits for it): a write sent before could still
     // have been answered by it (a CI run saw one 3 ms after a timestamp taken before).
     let killed_at = Instant::now();
     // Load goes on until writes succeed again, then 2 s more.
-    let deadline = killed_at + Duration::from_secs(30);
-    let recovered = loop {
-        let first = {
-            let l = load.log.lock().expect("log");
-            l.times
-                .iter()
-                .filter(|(sent, _)| *sent > killed_at)
-                .map(|(_, acked)| *acked)
-                .min()
-        };
-        if let Some(t) = first {
-            break t.duration_since(killed_at);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no write succeeded within 30 s of the kill"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let recovered = first_write_after(&load, killed_at).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let log = load.stop().await;
     println!(
@@ -833,4 +870,206 @@ async fn the_api_and_cli_refuse_what_cannot_be_done_with_the_reason() {
     let out = proxy.cli(&["events", "--json"]);
     let v: Value = serde_json::from_slice(&out.stdout).expect("events JSON");
     assert!(v["events"].is_array(), "{v}");
+}
+
+/// Order (a) of issue 13: the replica dies, the primary goes on acknowledging writes alone
+/// (semi-sync falls back: `rpl_semi_sync_master_wait_no_slave = OFF`), the primary dies, the
+/// replica comes back. It lacks acknowledged writes: the proxy must not promote it, must say
+/// which GTID is missing, report the shard not ready, and promote only on `--force`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_lacking_acknowledged_writes_is_not_promoted_until_forced() {
+    let _serial = SERIAL.lock().await;
+    let (mut sb, proxy) = setup_with(1, "").await;
+    let old = sb.primary().clone();
+    let replica = sb.replicas()[0].clone();
+    // Semi-sync gives up on a missing replica quickly here (the sandbox waits 10 s).
+    root(old.port)
+        .await
+        .query_drop("SET GLOBAL rpl_semi_sync_master_timeout = 200")
+        .await
+        .expect("semi-sync timeout");
+    let load = start_load(&proxy.url()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    kill(&sb, replica.server_id);
+    let at_kill = load.acked();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while load.acked() < at_kill + 200 {
+        assert!(
+            Instant::now() < deadline,
+            "writes did not go on without the replica ({} acknowledged since)",
+            load.acked() - at_kill
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    kill(&sb, old.server_id);
+    let log = load.stop().await;
+    sb.cluster
+        .start_server(sb.index_of(replica.server_id))
+        .await
+        .expect("restart replica");
+    let on_replica = ids_on(replica.port, None).await;
+    let lost = log.acked.difference(&on_replica).count();
+    println!(
+        "{} inserts acknowledged, {} of them missing on the replica",
+        log.acked.len(),
+        lost
+    );
+    assert!(
+        lost > 0,
+        "the scenario needs acknowledged rows only the dead primary has"
+    );
+
+    // The detector tries again while the primary stays dead: it must refuse each time.
+    let why = format!("it lacks {lost} of {} acknowledged rows", log.acked.len());
+    let blocked = wait_blocked(&proxy, &old.addr(), &why).await;
+    println!("blocked: {blocked}");
+    // The GTID named is the primary's last acknowledged one: domain-server-seq.
+    let last = format!("0-{}-", old.server_id);
+    assert!(
+        blocked.contains(&last) && blocked.contains(&replica.addr()),
+        "event names neither the missing GTID nor the candidate: {blocked}"
+    );
+    let log_path = proxy.config.with_extension("log");
+    let proxy_log = std::fs::read_to_string(&log_path).expect("proxy log");
+    assert!(
+        proxy_log
+            .lines()
+            .any(|l| l.contains("ERROR") && l.contains("blocked") && l.contains(&last)),
+        "no error line naming the missing GTID in {}",
+        log_path.display()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(proxy.topology().await.0, old.addr(), "promoted after all");
+    let r = proxy
+        .client()
+        .send("GET", "/readyz", None)
+        .await
+        .expect("readyz");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("failover refused"), "{}", r.text());
+    let ha = proxy.get_json("/api/v1/ha").await;
+    assert!(ha["blocked"]["app/s0"].as_str().is_some(), "{ha}");
+    let metrics = proxy.get("/metrics").await.text();
+    assert!(
+        metrics.contains("shardgate_failover_blocked{shard=\"app/s0\"} 1"),
+        "{metrics}"
+    );
+    // Without force the operator's request is refused the same way.
+    let out = proxy.cli(&["failover", "--shard", "app/s0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("lacks"), "{err}");
+
+    let out = proxy.cli(&["failover", "--shard", "app/s0", "--force"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "forced failover failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("FORCED"), "{text}");
+    assert_eq!(proxy.topology().await.0, replica.addr());
+    println!("{text}");
+    // Idle pooled connections to the replica from before its restart are dead: a statement
+    // that meets one fails once (seen and left alone here; not this test's subject).
+    let mut wrote = Err(String::new());
+    for _ in 0..5 {
+        let r = async {
+            let opts = mysql_async::Opts::from_url(&proxy.url()).expect("url");
+            let mut c = Conn::new(opts).await?;
+            c.exec_drop(
+                "INSERT INTO acked (id, writer) VALUES (?, 97)",
+                (97_000_000_000u64,),
+            )
+            .await
+        };
+        wrote = r.await.map_err(|e| e.to_string());
+        if wrote.is_ok() {
+            break;
+        }
+        println!("write after the forced failover: {wrote:?}");
+    }
+    wrote.expect("insert after the forced failover");
+    assert!(ids_on(replica.port, None).await.contains(&97_000_000_000));
+    let r = proxy
+        .client()
+        .send("GET", "/readyz", None)
+        .await
+        .expect("readyz");
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// Order (b): the primary dies while its only replica is healthy (semi-sync held): the
+/// replica holds every acknowledged write, so it is promoted automatically.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_holding_every_acknowledged_write_is_promoted_automatically() {
+    let _serial = SERIAL.lock().await;
+    let (sb, proxy) = setup_with(1, "").await;
+    let old = sb.primary().clone();
+    let replica = sb.replicas()[0].clone();
+    let load = start_load(&proxy.url()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    kill(&sb, old.server_id);
+    let recovered = first_write_after(&load, Instant::now()).await;
+    println!(
+        "writes acknowledged again {} ms after the kill",
+        recovered.as_millis()
+    );
+    let log = load.stop().await;
+    assert_eq!(proxy.topology().await.0, replica.addr());
+    let present = ids_on(replica.port, None).await;
+    let missing: Vec<_> = log.acked.difference(&present).take(10).collect();
+    println!(
+        "{} inserts acknowledged, {} present on the new primary",
+        log.acked.len(),
+        log.acked.intersection(&present).count()
+    );
+    assert!(missing.is_empty(), "acknowledged ids missing: {missing:?}");
+    let kinds = proxy.event_kinds().await;
+    assert!(!kinds.iter().any(|k| k == "blocked"), "{kinds:?}");
+}
+
+/// After a restart the proxy knows nothing it acknowledged before: a proxy started while the
+/// primary is down cannot tell whether the replica holds every acknowledged write, so it does
+/// not promote on its own; the operator can, with `--force`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_proxy_started_while_the_primary_is_down_does_not_promote_until_forced() {
+    let _serial = SERIAL.lock().await;
+    let (sb, first) = setup_with(1, "").await;
+    let old = sb.primary().clone();
+    let replica = sb.replicas()[0].clone();
+    let mut c = common::connect(&first.url()).await;
+    for i in 0..20u64 {
+        c.exec_drop(
+            "INSERT INTO acked (id, writer) VALUES (?, 96)",
+            (96_000_000_000 + i,),
+        )
+        .await
+        .expect("insert through the first proxy");
+    }
+    drop(c);
+    drop(first);
+    kill(&sb, old.server_id);
+    let second = Proxy::start(&sb, "");
+    let blocked = wait_blocked(
+        &second,
+        &old.addr(),
+        "this proxy never saw the primary, so it cannot know what was acknowledged",
+    )
+    .await;
+    println!("blocked: {blocked}");
+    assert!(blocked.contains("has not reached primary"), "{blocked}");
+    let out = second.cli(&["failover", "--shard", "app/s0", "--force"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "forced failover failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(second.topology().await.0, replica.addr());
+    let rows = ids_on(replica.port, None).await;
+    assert_eq!(
+        rows.iter().filter(|id| **id >= 96_000_000_000).count(),
+        20,
+        "rows acknowledged by the first proxy"
+    );
 }

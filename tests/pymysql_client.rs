@@ -72,6 +72,7 @@ macro_rules! pymysql_checks {
 }
 
 pymysql_checks!(
+    ok_packets_match_direct,
     crud_with_parameters,
     column_types_round_trip,
     executemany_and_lastrowid,

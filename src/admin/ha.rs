@@ -71,7 +71,8 @@ pub struct FailoverRequest {
     /// The replica to promote (planned switchover only); default: the most advanced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
-    /// Fail over a primary the proxy cannot reach even though a replica still sees it.
+    /// Fail over a primary the proxy cannot reach even though a replica still sees it, or
+    /// though no replica holds every acknowledged write (accepting their loss).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub force: bool,
 }

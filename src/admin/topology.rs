@@ -126,10 +126,25 @@ pub fn not_ready(shared: &Shared) -> Option<String> {
         .filter(|(_, s)| !shared.health.get(&s.primary).is_some_and(|h| h.is_up()))
         .map(|(ks, s)| format!("{ks}/{} (primary {})", s.name, s.primary))
         .collect();
-    match down.as_slice() {
-        [] => None,
-        _ => Some(format!("primary down: {}", down.join(", "))),
+    let blocked = shared.ha.blocked();
+    match (down.as_slice(), blocked.is_empty()) {
+        ([], true) => None,
+        ([], false) => Some(format!("failover refused: {}", blocked_text(&blocked))),
+        (_, true) => Some(format!("primary down: {}", down.join(", "))),
+        (_, false) => Some(format!(
+            "primary down: {}; failover refused: {}",
+            down.join(", "),
+            blocked_text(&blocked)
+        )),
     }
+}
+
+fn blocked_text(blocked: &std::collections::BTreeMap<String, String>) -> String {
+    blocked
+        .iter()
+        .map(|(shard, why)| format!("{shard}: {why}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// `GET /readyz`: 200 `{"ready":true}`, or 503 with what is down. A plain body, not an

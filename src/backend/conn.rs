@@ -16,6 +16,7 @@ use crate::protocol::packet::{
     ok_info_text, parse_err, parse_ok, put_packet, ErrInfo, OkInfo, PacketError,
 };
 use crate::protocol::stream::PacketStream;
+use crate::protocol::track::{self, TrackedGtid};
 
 /// Why a backend connection failed.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +114,8 @@ pub struct BackendConn {
     pub broken: bool,
     /// The server's last status said a transaction is open on this connection.
     pub in_txn: bool,
+    /// The GTID the last write reported in its OK, until the session takes it.
+    pub last_gtid: Option<TrackedGtid>,
     /// The role another session must find on this connection (see [`Roles`]).
     pub roles: Roles,
     /// The MariaDB extended capabilities the server announced (0 for a "MySQL" server).
@@ -210,6 +213,9 @@ impl BackendConn {
             | cap::PLUGIN_AUTH
             | cap::PLUGIN_AUTH_LENENC_CLIENT_DATA
             | cap::TRANSACTIONS
+            // Always, whatever the client asked: each write's GTID comes in its OK (cut off
+            // again for a client that did not ask for session tracking).
+            | cap::SESSION_TRACK
             | (p.key.framing & cap::FRAMING);
         if p.db.is_some() {
             caps |= cap::CONNECT_WITH_DB;
@@ -294,10 +300,12 @@ impl BackendConn {
             dirty: false,
             broken: false,
             in_txn: false,
+            last_gtid: None,
             // Until known: a failed look-up must not leave a role behind.
             roles: Roles::Login(None),
             server_ext: server.ext_caps,
         };
+        conn.track_gtid().await?;
         if let Ok(value) = conn.query_value(ROLES_AT_LOGIN).await? {
             conn.roles = Roles::from_login(value);
         }
@@ -316,6 +324,31 @@ impl BackendConn {
             .simple_command(com::QUERY, sql.as_bytes())
             .await?
             .map(|_| ()))
+    }
+
+    /// Asks the server to report `last_gtid` in OK packets (a fresh or reset session forgets).
+    async fn track_gtid(&mut self) -> Result<(), BackendError> {
+        match self
+            .simple_command(com::QUERY, track::TRACK_LAST_GTID.as_bytes())
+            .await?
+        {
+            Ok(_) => {
+                // The OK may repeat an earlier session's GTID: not this session's write.
+                self.last_gtid = None;
+                Ok(())
+            }
+            Err(err) => Err(BackendError::Server {
+                addr: self.addr.to_string(),
+                err,
+            }),
+        }
+    }
+
+    /// A write on this connection reported `g`: the session reads it (read-your-writes) and
+    /// the failover's record of acknowledged writes gets it now.
+    pub fn wrote(&mut self, g: TrackedGtid) {
+        crate::ha::acked::Acked::global().note(&self.addr, g);
+        self.last_gtid = Some(g);
     }
 
     /// Runs one proxy-issued command that answers with a single OK or ERR.
@@ -363,10 +396,15 @@ impl BackendConn {
                 addr,
                 what: "error packet",
             })?),
-            _ => Ok((
-                parse_ok(&payload).unwrap_or_default(),
-                ok_info_text(&payload).to_vec(),
-            )),
+            _ => {
+                if let Some(g) = track::last_gtid(&payload) {
+                    self.wrote(g);
+                }
+                Ok((
+                    parse_ok(&payload).unwrap_or_default(),
+                    ok_info_text(&payload).to_vec(),
+                ))
+            }
         })
     }
 
@@ -377,6 +415,9 @@ impl BackendConn {
         self.stmts.clear();
         self.dirty = false;
         self.in_txn = false;
+        if r.is_ok() {
+            self.track_gtid().await?;
+        }
         Ok(r.map(|_| ()))
     }
 
@@ -390,6 +431,7 @@ impl BackendConn {
                 return Ok(Ok(()));
             }
         }
+        let tracked_own = sets_tracking(self.vars.as_deref());
         let sql = match vars.sync_from(self.vars.as_deref()) {
             Sync::Nothing => None,
             Sync::Set(sql) => Some(sql),
@@ -404,6 +446,10 @@ impl BackendConn {
             if let Err(e) = self.simple_command(com::QUERY, sql.as_bytes()).await? {
                 return Ok(Err(e));
             }
+        }
+        if tracked_own && !sets_tracking(Some(vars)) {
+            // Undoing a client's own list put the server's default back, without `last_gtid`.
+            self.track_gtid().await?;
         }
         self.vars = (!vars.is_empty()).then(|| vars.clone());
         Ok(Ok(()))
@@ -514,6 +560,17 @@ pub async fn greeting_ext_caps(addr: &str, timeout: Duration) -> Option<u32> {
         Some(ServerHello::parse(&hello.payload()).ok()?.ext_caps)
     };
     tokio::time::timeout(timeout, read).await.ok()?
+}
+
+/// Whether `vars` (a session's) sets `session_track_system_variables`, replacing the list the
+/// proxy sets on every connection.
+pub fn sets_tracking(vars: Option<&VarSet>) -> bool {
+    vars.is_some_and(|v| {
+        v.get(&super::vars::Var::System(
+            "session_track_system_variables".into(),
+        ))
+        .is_some()
+    })
 }
 
 /// The first column of a text-protocol row.

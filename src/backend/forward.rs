@@ -40,6 +40,8 @@ pub struct Forward<'a> {
     /// `None` for commands the server does not answer (COM_STMT_CLOSE, SEND_LONG_DATA).
     pub expect: Option<Expect>,
     pub deprecate_eof: bool,
+    /// The client did not negotiate CLIENT_SESSION_TRACK: OKs lose their session state.
+    pub strip_state: bool,
     pub client_stmt_id: u32,
     pub max_packet: usize,
     /// Runs once the whole response has arrived, before its end reaches the client (the
@@ -68,6 +70,7 @@ pub async fn forward(
     };
     let mut sc = Scanner::new(expect, f.deprecate_eof, f.last_seq.wrapping_add(1));
     sc.client_stmt_id = f.client_stmt_id;
+    sc.strip_state = f.strip_state;
     let mut sent = false;
     // Bytes the client sent already are its next command, not a close.
     let mut watch_client = client.rbuf.is_empty();
@@ -76,11 +79,24 @@ pub async fn forward(
         if let (Progress::Done, Some(hook)) = (&progress, f.before_end) {
             hook(&sc);
         }
+        if let (Progress::Done, Some(g)) = (&progress, sc.gtid) {
+            // Recorded before the OK reaches the client: a failover from here on knows it.
+            backend.wrote(g);
+        }
         if n > 0 {
+            let cerr = |e: std::io::Error| ForwardError::Client(e.to_string());
+            let mut from = 0;
+            for &(cut, len) in &sc.cuts {
+                client
+                    .write_all(&backend.io.rbuf[from..cut])
+                    .await
+                    .map_err(cerr)?;
+                from = cut + len;
+            }
             client
-                .write_all(&backend.io.rbuf[..n])
+                .write_all(&backend.io.rbuf[from..n])
                 .await
-                .map_err(|e| ForwardError::Client(e.to_string()))?;
+                .map_err(cerr)?;
             backend.io.rbuf.advance(n);
             sent = true;
         }

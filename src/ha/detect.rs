@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::time::{timeout, MissedTickBehavior};
 
+use super::acked::Acked;
 use super::ops::groups;
 use super::server::Server;
 use super::{lock, Ha};
@@ -23,7 +24,13 @@ struct Watch {
     said_down: bool,
     /// "Replicas still see it" was reported for the current outage.
     said_blip: bool,
+    /// A failover was refused: the next try waits until then.
+    retry_at: Option<Instant>,
 }
+
+/// How long after a refused failover the detector tries again (a replica holding everything
+/// may come back); each try reconnects to every replica, so not at every check.
+const RETRY_REFUSED: Duration = Duration::from_secs(5);
 
 pub async fn run(ha: Arc<Ha>, mut stop: watch::Receiver<()>) {
     let mut watches: HashMap<String, Watch> = HashMap::new();
@@ -53,6 +60,11 @@ async fn check_primaries(ha: &Ha, watches: &mut HashMap<String, Watch>) {
         let w = watches.entry(g.primary.clone()).or_default();
         match probe(ha, &g.primary, &mut w.conn).await {
             Ok(()) => {
+                if !Acked::global().has_baseline(&g.primary) {
+                    baseline(&g.primary, w.conn.as_mut()).await;
+                }
+                ha.unblock(&g);
+                w.retry_at = None;
                 if let Some(since) = w.down_since.take() {
                     if w.said_down {
                         ha.events.add(
@@ -84,6 +96,9 @@ async fn check_primaries(ha: &Ha, watches: &mut HashMap<String, Watch>) {
                 if since.elapsed() < after || !ha.cfg.auto_failover || g.replicas.is_empty() {
                     continue;
                 }
+                if w.retry_at.is_some_and(|t| Instant::now() < t) {
+                    continue;
+                }
                 if !ha.replicas_lost_primary(&g).await {
                     if !w.said_blip {
                         w.said_blip = true;
@@ -106,15 +121,31 @@ async fn check_primaries(ha: &Ha, watches: &mut HashMap<String, Watch>) {
                 );
                 ha.events
                     .add("detect", Some(&g.name), Some(&g.primary), reason.clone());
-                match ha.failover(&g, &reason).await {
+                match ha.failover(&g, &reason, false).await {
                     Ok(_) => {
                         watches.remove(&g.primary);
                     }
                     // Logged as an event; try again after another full wait.
-                    Err(_) => w.down_since = Some(Instant::now()),
+                    Err(_) => {
+                        w.down_since = Some(Instant::now());
+                        w.retry_at = Some(Instant::now() + after.max(RETRY_REFUSED));
+                    }
                 }
             }
         }
+    }
+}
+
+/// Reads `primary`'s binlog position, the first time the detector reaches it since the start:
+/// what an earlier proxy process may have acknowledged (see `acked`).
+async fn baseline(primary: &str, conn: Option<&mut Server>) {
+    let Some(c) = conn else { return };
+    match c.gtid("gtid_binlog_pos").await {
+        Ok(pos) => {
+            tracing::info!(%primary, %pos, "acknowledged writes known from here on");
+            Acked::global().baseline(primary, &pos);
+        }
+        Err(e) => tracing::debug!(%primary, error = %e, "reading gtid_binlog_pos failed"),
     }
 }
 

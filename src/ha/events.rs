@@ -46,6 +46,13 @@ impl Events {
         let message = message.into();
         let ms = now_ms();
         match kind {
+            // Acknowledged writes would be lost by a failover: an operator must decide.
+            "blocked" => tracing::error!(
+                kind,
+                shard = shard.unwrap_or("-"),
+                server = server.unwrap_or("-"),
+                "{message}"
+            ),
             "failed" | "detect" | "blip" => tracing::warn!(
                 kind,
                 shard = shard.unwrap_or("-"),

@@ -6,6 +6,7 @@
 //! at a time (`op` lock). The data plane meets this module only through the [`gate::Gate`]
 //! (statements wait while a primary changes) and the [`Topology`] (the new map).
 
+pub mod acked;
 pub mod detect;
 pub mod events;
 pub mod gate;
@@ -39,6 +40,10 @@ pub enum HaError {
     UnknownShard(String),
     #[error("{0}")]
     Refused(String),
+    /// No candidate holds every write the proxy acknowledged (or that is unknown): promoting
+    /// would lose acknowledged writes. `force` accepts that.
+    #[error("{0}; `shardgate failover --shard <shard> --force` promotes the most advanced replica anyway, losing what it lacks")]
+    Lacking(String),
     #[error("another failover, switchover or rejoin is running ({0}); try again when it ends")]
     Busy(String),
     #[error("{server} did not reach GTID {want} within {ms} ms (it is at {at})")]
@@ -58,7 +63,11 @@ impl HaError {
     pub fn is_request_error(&self) -> bool {
         matches!(
             self,
-            HaError::UnknownShard(_) | HaError::Refused(_) | HaError::Busy(_) | HaError::Config(_)
+            HaError::UnknownShard(_)
+                | HaError::Refused(_)
+                | HaError::Lacking(_)
+                | HaError::Busy(_)
+                | HaError::Config(_)
         )
     }
 }
@@ -106,6 +115,10 @@ pub struct Status {
     pub shard_map_version: u64,
     pub running: Option<Progress>,
     pub fenced: Vec<Fenced>,
+    /// Shards whose automatic failover is refused because no replica holds every
+    /// acknowledged write: shard -> why.
+    #[serde(default)]
+    pub blocked: BTreeMap<String, String>,
     pub last_event_id: u64,
 }
 
@@ -118,6 +131,7 @@ pub struct Ha {
     op: tokio::sync::Mutex<()>,
     fenced: Mutex<BTreeMap<String, Fenced>>,
     progress: Mutex<Option<Progress>>,
+    blocked: Mutex<BTreeMap<String, String>>,
 }
 
 impl Ha {
@@ -137,6 +151,7 @@ impl Ha {
             op: tokio::sync::Mutex::new(()),
             fenced: Mutex::new(fenced),
             progress: Mutex::new(None),
+            blocked: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -154,12 +169,41 @@ impl Ha {
             shard_map_version: self.topology.version(),
             running: lock(&self.progress).clone(),
             fenced: lock(&self.fenced).values().cloned().collect(),
+            blocked: self.blocked(),
             last_event_id: self.events.last_id(),
         }
     }
 
     pub fn fenced(&self) -> Vec<Fenced> {
         lock(&self.fenced).values().cloned().collect()
+    }
+
+    /// Shards whose failover is refused for lack of acknowledged writes, with the reason.
+    pub fn blocked(&self) -> BTreeMap<String, String> {
+        lock(&self.blocked).clone()
+    }
+
+    /// Failover of `group` refused: no candidate holds every acknowledged write. Logged once
+    /// per reason (the detector tries again), an event each time it changes.
+    fn block(&self, group: &ops::Group, why: &str) {
+        let changed = lock(&self.blocked).insert(group.name.clone(), why.to_string())
+            != Some(why.to_string());
+        metrics::gauge!("shardgate_failover_blocked", "shard" => group.name.clone()).set(1.0);
+        if changed {
+            // Logged at error level by the event list.
+            self.events.add(
+                "blocked",
+                Some(&group.name),
+                Some(&group.primary),
+                format!("no automatic failover: {why}"),
+            );
+        }
+    }
+
+    fn unblock(&self, group: &ops::Group) {
+        if lock(&self.blocked).remove(&group.name).is_some() {
+            metrics::gauge!("shardgate_failover_blocked", "shard" => group.name.clone()).set(0.0);
+        }
     }
 }
 

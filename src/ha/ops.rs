@@ -6,11 +6,23 @@
 
 use std::time::Instant;
 
+use super::acked::{self, Acked};
 use super::events::now_rfc3339;
 use super::gtid::GtidPos;
 use super::server::{Server, SlaveStatus};
 use super::{lock, Fenced, Ha, HaError, Progress, Report};
 use crate::shardmap::{Replica, ShardMap};
+
+/// Per domain, the further of `a` and `b`.
+fn merged(a: &GtidPos, b: &GtidPos) -> GtidPos {
+    let mut out = a.clone();
+    for (d, g) in &b.0 {
+        if out.0.get(d).is_none_or(|have| have.seq < g.seq) {
+            out.0.insert(*d, *g);
+        }
+    }
+    out
+}
 
 /// A replication group as the current shard map has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,8 +196,12 @@ impl Ha {
                             .into(),
                     ));
                 }
-                self.failover(&group, &format!("requested; primary unreachable: {e}"))
-                    .await
+                self.failover(
+                    &group,
+                    &format!("requested; primary unreachable: {e}"),
+                    force,
+                )
+                .await
             }
         }
     }
@@ -210,8 +226,15 @@ impl Ha {
     }
 
     /// Promotes the replica of `group` that received the most, after it applied all of it;
-    /// repoints the others; fences the old primary. Statements wait meanwhile.
-    pub async fn failover(&self, group: &Group, reason: &str) -> Result<Report, HaError> {
+    /// repoints the others; fences the old primary. Statements wait meanwhile. Only a replica
+    /// holding every GTID the proxy acknowledged on `group` qualifies, unless `force` (an
+    /// operator accepting the loss).
+    pub async fn failover(
+        &self,
+        group: &Group,
+        reason: &str,
+        force: bool,
+    ) -> Result<Report, HaError> {
         let _op = self.busy()?;
         let started = Instant::now();
         let mut steps = self.start("failover", &group.name);
@@ -223,11 +246,14 @@ impl Ha {
         );
         let hold = self.gate.hold();
         let held_at = Instant::now();
-        let r = self.promote_best(group, &mut steps).await;
+        let r = self.promote_best(group, &mut steps, force).await;
         let (new_primary, chosen, others, version) = match r {
             Ok(x) => x,
             Err(e) => {
                 drop(hold);
+                if let HaError::Lacking(why) = &e {
+                    self.block(group, why);
+                }
                 self.events.add(
                     "failed",
                     Some(&group.name),
@@ -239,6 +265,7 @@ impl Ha {
             }
         };
         drop(hold);
+        self.unblock(group);
         let held_ms = ms(held_at);
         steps.step(
             Some(&new_primary),
@@ -310,7 +337,16 @@ impl Ha {
         &self,
         group: &Group,
         steps: &mut Steps<'_>,
+        force: bool,
     ) -> Result<(String, Server, Vec<(Server, String)>, u64), HaError> {
+        let acked = Acked::global().known(&group.primary);
+        if !acked.baseline && !force {
+            return Err(HaError::Lacking(format!(
+                "the proxy has not reached primary {} since it started, so what was \
+                 acknowledged before that is unknown; not promoting automatically",
+                group.primary
+            )));
+        }
         let mut cands: Vec<(Server, SlaveStatus, usize)> = Vec::new();
         for (i, r) in group.replicas.iter().enumerate() {
             match Server::connect(r, &self.creds).await {
@@ -321,7 +357,15 @@ impl Ha {
                         steps.warn(Some(r), format!("{r}: {e}"));
                     }
                     match s.slave_status().await {
-                        Ok(Some(st)) => cands.push((s, st, i)),
+                        Ok(Some(mut st)) => {
+                            // What it received, or holds already (a restarted replica's relay
+                            // log is gone; its applied position is what counts then).
+                            match s.gtid("gtid_current_pos").await {
+                                Ok(cur) => st.gtid_io_pos = merged(&st.gtid_io_pos, &cur),
+                                Err(e) => steps.warn(Some(r), format!("{r}: {e}")),
+                            }
+                            cands.push((s, st, i))
+                        }
                         Ok(None) => steps.warn(Some(r), format!("{r} is not a replica")),
                         Err(e) => steps.warn(Some(r), format!("{r}: {e}")),
                     }
@@ -329,17 +373,46 @@ impl Ha {
                 Err(e) => steps.warn(Some(r), format!("replica {r} unreachable: {e}")),
             }
         }
+        if cands.is_empty() {
+            return Err(HaError::Refused(format!(
+                "no replica of {} is reachable: nothing to promote",
+                group.name
+            )));
+        }
+        let lacking: Vec<String> = cands
+            .iter()
+            .filter_map(|(s, st, _)| {
+                let gone = acked::missing(&st.gtid_io_pos, &acked.pos);
+                (!gone.is_empty()).then(|| {
+                    format!(
+                        "{} (at {}) lacks {}",
+                        s.addr,
+                        st.gtid_io_pos,
+                        gone.join(",")
+                    )
+                })
+            })
+            .collect();
+        let holding = |st: &SlaveStatus| force || st.gtid_io_pos.covers(&acked.pos);
+        if !cands.iter().any(|(_, st, _)| holding(st)) {
+            for (s, _, _) in &mut cands {
+                // Back to replicating, should the primary come back.
+                let _ = s.exec("START SLAVE IO_THREAD").await;
+            }
+            return Err(HaError::Lacking(format!(
+                "no replica holds every write the proxy acknowledged on {} (up to {}): {}",
+                group.name,
+                acked.pos,
+                lacking.join("; ")
+            )));
+        }
         let best = cands
             .iter()
             .enumerate()
+            .filter(|(_, (_, st, _))| holding(st))
             .max_by_key(|(_, (_, st, i))| (st.gtid_io_pos.total(), std::cmp::Reverse(*i)))
             .map(|(k, _)| k)
-            .ok_or_else(|| {
-                HaError::Refused(format!(
-                    "no replica of {} is reachable: nothing to promote",
-                    group.name
-                ))
-            })?;
+            .unwrap_or(0);
         let (mut chosen, st, _) = cands.swap_remove(best);
         let addr = chosen.addr.clone();
         let others_pos: Vec<String> = cands
@@ -358,8 +431,30 @@ impl Ha {
                 }
             ),
         );
+        if force && !st.gtid_io_pos.covers(&acked.pos) {
+            let gone = acked::missing(&st.gtid_io_pos, &acked.pos).join(",");
+            tracing::warn!(shard = %group.name, server = %addr, missing = %gone,
+                "forced failover promotes a replica lacking acknowledged writes");
+            steps.step(
+                Some(&addr),
+                format!(
+                    "FORCED by the operator: {addr} lacks acknowledged {gone}; those writes \
+                     are lost"
+                ),
+            );
+        }
         let limit = std::time::Duration::from_millis(self.cfg.catchup_timeout_ms);
         chosen.wait_applied(&st.gtid_io_pos, limit).await?;
+        let applied = chosen.gtid("gtid_current_pos").await?;
+        if !force && !applied.covers(&acked.pos) {
+            let _ = chosen.exec("START SLAVE IO_THREAD").await;
+            return Err(HaError::Lacking(format!(
+                "{addr} applied up to {applied} but the proxy acknowledged {} on {}: lacks {}",
+                acked.pos,
+                group.name,
+                acked::missing(&applied, &acked.pos).join(",")
+            )));
+        }
         steps.step(
             Some(&addr),
             format!("{addr} applied its relay log up to {}", st.gtid_io_pos),
@@ -382,6 +477,9 @@ impl Ha {
             .filter(|r| **r != addr)
             .cloned()
             .collect();
+        // What it holds, not what the old primary acknowledged: after a forced promotion the
+        // lost GTIDs would otherwise block every later failover of this shard.
+        Acked::global().promoted(&addr, &applied);
         let version = self.topology.update(
             &format!("failover of {}: {} -> {addr}", group.name, group.primary),
             |m| Ok(with_primary(m, &group.primary, &addr, &replicas)),
@@ -474,6 +572,7 @@ impl Ha {
             new.wait_applied(&pos, limit).await?;
             steps.step(Some(&target), format!("{target} applied up to {pos}"));
             new.become_primary().await?;
+            Acked::global().promoted(&target, &pos);
             let mut replicas: Vec<String> = group
                 .replicas
                 .iter()

@@ -70,6 +70,8 @@ pub mod status {
     pub const MORE_RESULTS_EXISTS: u16 = 0x0008;
     pub const CURSOR_EXISTS: u16 = 0x0040;
     pub const IN_TRANS_READONLY: u16 = 0x2000;
+    /// The OK packet carries session-state information (CLIENT_SESSION_TRACK only).
+    pub const SESSION_STATE_CHANGED: u16 = 0x4000;
 }
 
 pub mod com {

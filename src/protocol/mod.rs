@@ -8,4 +8,5 @@ pub mod handshake;
 pub mod packet;
 pub mod response;
 pub mod stream;
+pub mod track;
 pub mod wire;

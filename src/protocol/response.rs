@@ -7,6 +7,7 @@
 
 use super::consts::{status, MAX_PAYLOAD};
 use super::packet::{header_len, parse_ok, terminator_status, OkInfo};
+use super::track::{self, TrackedGtid};
 use super::wire::Reader;
 
 /// What kind of response a command gets.
@@ -74,6 +75,16 @@ pub struct Scanner {
     pub prepared: Option<(u32, u16, u16)>,
     /// The statement id the client sees in the PREPARE_OK, written over the server's.
     pub client_stmt_id: u32,
+    /// The client did not negotiate CLIENT_SESSION_TRACK (the backend connection did): OK
+    /// packets lose their session-state part on the way.
+    pub strip_state: bool,
+    /// The last `last_gtid` an OK of this response reported (a write's GTID).
+    pub gtid: Option<TrackedGtid>,
+    /// Byte ranges (start, length) of the last `scan`'s buffer that must not reach the client:
+    /// session-state parts cut from OK packets whose headers were shortened to match.
+    pub cuts: Vec<(usize, usize)>,
+    /// The packet `control` just read was an OK (or an OK-style terminator).
+    ok_seen: bool,
 }
 
 impl Scanner {
@@ -98,6 +109,10 @@ impl Scanner {
             prepare: expect == Expect::Prepare,
             prepared: None,
             client_stmt_id: 0,
+            strip_state: false,
+            gtid: None,
+            cuts: Vec::new(),
+            ok_seen: false,
         }
     }
 
@@ -119,6 +134,7 @@ impl Scanner {
     /// Scans `buf` from the start; returns how many bytes may be forwarded now.
     pub fn scan(&mut self, buf: &mut [u8]) -> (usize, Progress) {
         let mut at = 0usize;
+        self.cuts.clear();
         loop {
             if self.skip > 0 {
                 let n = self.skip.min(buf.len() - at);
@@ -157,6 +173,10 @@ impl Scanner {
                 }
                 self.commit_header(buf, at, len);
                 let progress = self.control(&mut buf[at + 4..at + 4 + len]);
+                // An OK always fits one physical packet; anything else passes as it came.
+                if std::mem::take(&mut self.ok_seen) && self.strip_state && len < MAX_PAYLOAD {
+                    self.strip(buf, at, len);
+                }
                 at += 4 + len;
                 if progress == Progress::LocalInfile {
                     return (at, progress);
@@ -174,6 +194,16 @@ impl Scanner {
         }
     }
 
+    /// Cuts the session state off the OK packet at `at` (payload `len` bytes) for a client
+    /// that did not ask for it; the header gets the new length, the cut is left to the caller.
+    fn strip(&mut self, buf: &mut [u8], at: usize, len: usize) {
+        let Some(new_len) = track::strip_state(&mut buf[at + 4..at + 4 + len]) else {
+            return;
+        };
+        buf[at..at + 3].copy_from_slice(&(new_len as u32).to_le_bytes()[..3]);
+        self.cuts.push((at + 4 + new_len, len - new_len));
+    }
+
     fn commit_header(&mut self, buf: &mut [u8], at: usize, len: usize) {
         buf[at + 3] = self.seq;
         self.seq = self.seq.wrapping_add(1);
@@ -183,7 +213,8 @@ impl Scanner {
     /// Packets whose content steers the framing are read whole; rows are streamed.
     fn needs_whole(&self, first: Option<u8>, len: usize) -> bool {
         match self.state {
-            State::Single => false,
+            // Read whole only to cut an OK's session state (COM_INIT_DB reports the schema).
+            State::Single => self.strip_state && first == Some(0x00),
             State::First | State::ColumnsEof | State::PrepParamsEof(_) | State::PrepColumnsEof => {
                 true
             }
@@ -269,6 +300,10 @@ impl Scanner {
             State::Rows => self.ok_or_terminator(p, false),
             State::PrepParamsEof(c) => Self::prep_columns(c),
             State::PrepColumnsEof => State::Done,
+            State::Single => {
+                self.ok_or_terminator(p, true);
+                State::Done
+            }
             s => s,
         };
         Progress::More
@@ -278,6 +313,10 @@ impl Scanner {
         if is_ok || self.deprecate_eof {
             if let Ok(ok) = parse_ok(p) {
                 self.last_ok = ok;
+                self.ok_seen = true;
+                if ok.status & status::SESSION_STATE_CHANGED != 0 {
+                    self.gtid = track::last_gtid(p).or(self.gtid);
+                }
             }
         } else if let Ok(st) = terminator_status(p, false) {
             self.last_ok.status = st;
@@ -472,6 +511,88 @@ mod tests {
         let mut sc = Scanner::new(Expect::Single, true, 1);
         assert_eq!(feed(&mut sc, &wire, 64).1, Progress::Done);
         assert!(!sc.error);
+    }
+
+    /// An OK (or OK terminator) with session state, as a backend sends it to the proxy.
+    fn tracked_ok(first: u8, status: u16, info: &[u8]) -> Vec<u8> {
+        let mut p = vec![first, 1, 0];
+        p.extend_from_slice(&(status | status::SESSION_STATE_CHANGED).to_le_bytes());
+        p.extend_from_slice(&[0, 0]);
+        p.push(info.len() as u8);
+        p.extend_from_slice(info);
+        let var = b"\x09last_gtid\x050-1-9";
+        p.extend_from_slice(&[var.len() as u8 + 2, 0, var.len() as u8]);
+        p.extend_from_slice(var);
+        p
+    }
+
+    /// What the client gets: the scanned bytes without the cuts.
+    fn forwarded(sc: &mut Scanner, wire: &[u8]) -> Vec<u8> {
+        let mut buf = BytesMut::from(wire);
+        let (n, p) = sc.scan(&mut buf);
+        assert_eq!((n, p), (wire.len(), Progress::Done));
+        let mut out = Vec::new();
+        let mut from = 0;
+        for &(cut, len) in &sc.cuts {
+            out.extend_from_slice(&buf[from..cut]);
+            from = cut + len;
+        }
+        out.extend_from_slice(&buf[from..n]);
+        out
+    }
+
+    #[test]
+    fn session_state_is_read_and_cut_for_clients_without_tracking() {
+        // Two statements' OKs (multi-statement), then a result set ending in an OK terminator.
+        let mut wire = BytesMut::new();
+        let more = status::MORE_RESULTS_EXISTS | status::AUTOCOMMIT;
+        let mut seq = put_packet(&mut wire, 1, &tracked_ok(0, more, b"Rows matched: 1"));
+        seq = put_packet(&mut wire, seq, &tracked_ok(0, more, b""));
+        seq = put_packet(&mut wire, seq, &[1]);
+        seq = put_packet(&mut wire, seq, b"\x03def");
+        seq = put_packet(&mut wire, seq, b"\x01a");
+        put_packet(&mut wire, seq, &tracked_ok(0xFE, status::AUTOCOMMIT, b""));
+        let mut tracking = Scanner::new(Expect::Result, true, 1);
+        assert_eq!(
+            forwarded(&mut tracking, &wire),
+            &wire[..],
+            "a tracking client: untouched"
+        );
+        assert_eq!(tracking.gtid.map(|g| g.to_string()), Some("0-1-9".into()));
+
+        let mut plain = Scanner::new(Expect::Result, true, 1);
+        plain.strip_state = true;
+        let got = forwarded(&mut plain, &wire);
+        let mut want = BytesMut::new();
+        let ok = |st: u16, info: &[u8]| {
+            let mut p = vec![0u8, 1, 0];
+            p.extend_from_slice(&st.to_le_bytes());
+            p.extend_from_slice(&[0, 0]);
+            if !info.is_empty() {
+                p.push(info.len() as u8);
+                p.extend_from_slice(info);
+            }
+            p
+        };
+        let mut seq = put_packet(&mut want, 1, &ok(more, b"Rows matched: 1"));
+        seq = put_packet(&mut want, seq, &ok(more, b""));
+        seq = put_packet(&mut want, seq, &[1]);
+        seq = put_packet(&mut want, seq, b"\x03def");
+        seq = put_packet(&mut want, seq, b"\x01a");
+        let mut end = ok(status::AUTOCOMMIT, b"");
+        end[0] = 0xFE;
+        put_packet(&mut want, seq, &end);
+        assert_eq!(got, &want[..]);
+        assert_eq!(plain.gtid.map(|g| g.to_string()), Some("0-1-9".into()));
+
+        // COM_INIT_DB's single OK reports the schema change.
+        let mut wire = BytesMut::new();
+        put_packet(&mut wire, 1, &tracked_ok(0, status::AUTOCOMMIT, b""));
+        let mut single = Scanner::new(Expect::Single, true, 1);
+        single.strip_state = true;
+        let mut want = BytesMut::new();
+        put_packet(&mut want, 1, &ok(status::AUTOCOMMIT, b""));
+        assert_eq!(forwarded(&mut single, &wire), &want[..]);
     }
 
     #[test]

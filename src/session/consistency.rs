@@ -7,7 +7,10 @@ use std::sync::Arc;
 use tracing::debug;
 
 use super::Session;
+use crate::backend::conn::sets_tracking;
 use crate::config::Consistency;
+use crate::ha::acked::Acked;
+use crate::protocol::track::TrackedGtid;
 
 /// The session's last write on each shard, and the replicas known to have applied it.
 ///
@@ -15,18 +18,13 @@ use crate::config::Consistency;
 /// GTID from one shard says nothing about another shard's replicas.
 #[derive(Debug, Default)]
 pub struct Ryw {
-    /// Primaries written since their GTID was last read (read when the transaction is over).
+    /// Primaries written since their GTID was last read, when OKs do not report it (read
+    /// when the transaction is over).
     pub dirty: Vec<Arc<str>>,
     /// Per primary, the GTID of the session's last write there.
     pub gtids: Vec<(Arc<str>, String)>,
     /// Replicas that have applied the last write of their shard.
     pub caught_up: Vec<Arc<str>>,
-}
-
-fn is_gtid_list(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || b == b'-' || b == b',')
 }
 
 impl Session {
@@ -35,12 +33,22 @@ impl Session {
     }
 
     /// After a statement on the primary connection to `addr`: remembers the GTID of the
-    /// session's last write on each primary written, once its transaction is over (a
-    /// transaction on several shards ends on all of them before this runs).
+    /// session's last write there, as the statement's OK reported it (a transaction's comes
+    /// with its COMMIT; a write that logged nothing has none, and nothing to wait for).
     pub(super) async fn note_write(&mut self, addr: &Arc<str>, wrote: bool) {
-        if !self.read_your_writes() {
+        let tracked = self.pinned.find(addr).and_then(|c| c.last_gtid.take());
+        if let Some(g) = tracked {
+            self.ryw.dirty.retain(|p| p != addr);
+            if self.read_your_writes() {
+                self.remember_gtid(addr.clone(), g.to_string());
+            }
             return;
         }
+        if !self.tracking_replaced() {
+            return;
+        }
+        // The client set its own tracked variables, so OKs lack `last_gtid`: read it with a
+        // statement once the transaction is over (this resets ROW_COUNT(), the price of it).
         if wrote && !self.ryw.dirty.contains(addr) {
             self.ryw.dirty.push(addr.clone());
         }
@@ -52,10 +60,13 @@ impl Session {
                 continue;
             };
             match conn.query_value("SELECT @@last_gtid").await {
-                Ok(Ok(Some(g))) if is_gtid_list(&g) => {
-                    self.ryw.gtids.retain(|(p, _)| *p != primary);
-                    self.ryw.gtids.push((primary, g));
-                    self.ryw.caught_up.clear();
+                Ok(Ok(Some(g))) => {
+                    if let Some(t) = TrackedGtid::parse(g.as_bytes()) {
+                        Acked::global().note(&primary, t);
+                        if self.read_your_writes() {
+                            self.remember_gtid(primary, t.to_string());
+                        }
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -64,6 +75,18 @@ impl Session {
                 }
             }
         }
+    }
+
+    fn remember_gtid(&mut self, primary: Arc<str>, gtid: String) {
+        self.ryw.gtids.retain(|(p, _)| *p != primary);
+        self.ryw.gtids.push((primary, gtid));
+        self.ryw.caught_up.clear();
+    }
+
+    /// Whether the client set `session_track_system_variables` itself: its value, replayed on
+    /// the connection, replaced the proxy's (which asks for `last_gtid`).
+    fn tracking_replaced(&self) -> bool {
+        sets_tracking(Some(&self.vars))
     }
 
     /// Whether the replica connection held to `addr` has applied the session's last write

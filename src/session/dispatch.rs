@@ -230,7 +230,6 @@ impl Session {
             true => shared.health.get(addr).map(|h| h.start_query()),
             false => None,
         };
-        let deprecate_eof = self.caps & cap::DEPRECATE_EOF != 0;
         let max_packet = shared.config.proxy.max_allowed_packet;
         type Hook<'h> = Option<&'h (dyn Fn(&Scanner) + Send + Sync)>;
         fn fwd<'f>(
@@ -238,19 +237,20 @@ impl Session {
             last_seq: u8,
             expect: Option<Expect>,
             client_stmt_id: u32,
-            (deprecate_eof, max_packet, before_end): (bool, usize, Hook<'f>),
+            (caps, max_packet, before_end): (u32, usize, Hook<'f>),
         ) -> Forward<'f> {
             Forward {
                 command,
                 last_seq,
                 expect,
-                deprecate_eof,
+                deprecate_eof: caps & cap::DEPRECATE_EOF != 0,
+                strip_state: caps & cap::SESSION_TRACK == 0,
                 client_stmt_id,
                 max_packet,
                 before_end,
             }
         }
-        let opts = (deprecate_eof, max_packet, before_end);
+        let opts = (self.caps, max_packet, before_end);
         let last_seq = frame.last_seq;
         let r = match work {
             Work::Query(f) => {
@@ -470,7 +470,12 @@ impl Session {
             if let Kind::Set(assignments) = &class.kind {
                 self.record_set(addr, assignments).await;
             }
-            self.hold.next = class.keeps_for_next || sc.last_ok.warnings > 0;
+            // SHOW WARNINGS and @@warning_count leave the diagnostics they read in place: the
+            // connection stays held for the next one reading them (`@@warning_count` after
+            // SHOW WARNINGS, on another connection, read 0).
+            self.hold.next = class.keeps_for_next
+                || sc.last_ok.warnings > 0
+                || (class.uses_previous && self.hold.next);
         }
         match work {
             Work::LongData(..) => self.hold.long_data = true,

@@ -610,6 +610,7 @@ impl Session {
             last_seq: frame.last_seq,
             expect,
             deprecate_eof: self.caps & cap::DEPRECATE_EOF != 0,
+            strip_state: self.caps & cap::SESSION_TRACK == 0,
             client_stmt_id: stmt_id,
             max_packet: shared.config.proxy.max_allowed_packet,
             before_end: None,

@@ -64,8 +64,14 @@ extern "C" fn cleanup() {
     }
 }
 
+/// The proxy binary under test; `SHARDGATE_TEST_BIN` names another build (an older one, to
+/// see a new test fail before its fix).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_shardgate")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("SHARDGATE_TEST_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_shardgate").to_string())
+    })
 }
 
 /// The shared sandbox (1 shard: primary + 1 replica) and proxy, started on first call.

@@ -198,6 +198,38 @@ TRICKY = "o'brien \"quoted\" \\ 😀"  # quotes, a backslash and an emoji to esc
 
 
 @check
+def ok_packets_match_direct():
+    """PyMySQL does not ask for session tracking (the proxy's backend connections do): every
+    OK it reads, info text included (PyMySQL takes all bytes after the warnings as the
+    message), is what the server sends it directly, and ROW_COUNT() is the server's."""
+    expect_eq("client asks for session tracking",
+              bool(connect().client_flag & CLIENT.SESSION_TRACK), False)
+    t = unique("py_ok")
+    seen = {}
+    for name, conn in (("proxy", connect()), ("direct", direct())):
+        with conn, conn.cursor() as cur:
+            cur.execute(f"CREATE TABLE {t} (id INT PRIMARY KEY, n INT)")
+            try:
+                got = []
+                for sql in (f"INSERT INTO {t} VALUES (1, 1), (2, 2), (3, 3)",
+                            f"UPDATE {t} SET n = n + 1 WHERE id < 3",
+                            f"DELETE FROM {t} WHERE id = 3",
+                            "USE " + ARGS.db):
+                    cur.execute(sql)
+                    r = conn._result
+                    got.append((r.affected_rows, r.insert_id, r.warning_count,
+                                r.server_status, r.message))
+                    if not sql.startswith("USE"):
+                        cur.execute("SELECT ROW_COUNT()")
+                        got.append(cur.fetchone())
+                seen[name] = got
+            finally:
+                cur.execute(f"DROP TABLE {t}")
+    expect_eq("OK packets through the proxy vs direct", seen["proxy"], seen["direct"])
+    expect_eq("UPDATE info", seen["direct"][2][4], b"(Rows matched: 2  Changed: 2  Warnings: 0")
+
+
+@check
 def crud_with_parameters():
     t = unique("py_crud")
     with connect() as conn, conn.cursor() as cur:
