@@ -610,6 +610,51 @@ async fn found_rows_belongs_to_the_select_before_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_count_belongs_to_the_write_before_it() {
+    let _shared = COUNTING.read().await;
+    let (_proxy, port) = sandbox().proxy(&config(3));
+    let t = common::unique("mux_rc");
+    let mut p = root_primary().await;
+    p.query_drop(format!(
+        "CREATE TABLE app.{t} (id INT AUTO_INCREMENT PRIMARY KEY, client INT NOT NULL, n INT NOT NULL DEFAULT 0)"
+    ))
+    .await
+    .expect("create");
+    for k in 0..10 {
+        for _ in 0..k + 1 {
+            p.query_drop(format!("INSERT INTO app.{t} (client) VALUES ({k})"))
+                .await
+                .expect("insert");
+        }
+    }
+    // 10 clients on 3 connections: each UPDATE touches the client's own k + 1 rows.
+    let mut set = JoinSet::new();
+    for k in 0..10u64 {
+        let (url, t) = (common::app_url(port, "app"), t.clone());
+        set.spawn(async move {
+            let mut c = common::connect(&url).await;
+            for i in 0..20 {
+                c.query_drop(format!("UPDATE {t} SET n = n + 1 WHERE client = {k}"))
+                    .await
+                    .expect("update");
+                let count: Option<i64> = c
+                    .query_first("SELECT ROW_COUNT()")
+                    .await
+                    .expect("row_count");
+                assert_eq!(
+                    count,
+                    Some(k as i64 + 1),
+                    "client {k}, round {i}: ROW_COUNT() after its own UPDATE"
+                );
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.expect("client");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_temporary_table_stays_with_its_session() {
     let _shared = COUNTING.read().await;
     let (_proxy, port) = sandbox().proxy(&config(3));

@@ -643,3 +643,54 @@ async fn raw_prepared(
         rows.push(p[3..3 + len].to_vec());
     }
 }
+
+/// What a statement leaves for the next one (its warnings, ROW_COUNT()) is read on the shard
+/// whose server ran it, as text and prepared: a statement naming no table went to the first
+/// shard, which knew nothing of a write on the second.
+#[tokio::test]
+async fn diagnostics_are_read_where_the_previous_statement_ran() {
+    let mut c = proxy().await;
+    let (on0, on1) = common::ids_by_shard(&mut c, 7000, 40, "k").await;
+    for id in [on0[0], on1[0]] {
+        for prepared in [false, true] {
+            // A duplicate under IGNORE is a warning (1062), on the row's shard only.
+            c.query_drop(format!(
+                "INSERT IGNORE INTO users (id, name) VALUES ({id}, 'again')"
+            ))
+            .await
+            .expect("insert ignore");
+            let show = "SHOW WARNINGS";
+            let warnings: Vec<(String, u16, String)> = match prepared {
+                false => c.query(show).await,
+                true => c.exec(show, ()).await,
+            }
+            .expect("show warnings");
+            assert_eq!(
+                warnings.iter().map(|w| w.1).collect::<Vec<_>>(),
+                vec![1062],
+                "row {id} (prepared: {prepared}): {warnings:?}"
+            );
+            let count = "SELECT @@warning_count";
+            let n: Option<u64> = match prepared {
+                false => c.query_first(count).await,
+                true => c.exec_first(count, ()).await,
+            }
+            .expect("warning count");
+            assert_eq!(n, Some(1), "row {id} (prepared: {prepared})");
+
+            c.query_drop(format!(
+                "UPDATE users SET name = 'rc{}' WHERE id = {id}",
+                prepared as u8
+            ))
+            .await
+            .expect("update");
+            let rc = "SELECT ROW_COUNT()";
+            let n: Option<i64> = match prepared {
+                false => c.query_first(rc).await,
+                true => c.exec_first(rc, ()).await,
+            }
+            .expect("row count");
+            assert_eq!(n, Some(1), "row {id} (prepared: {prepared})");
+        }
+    }
+}

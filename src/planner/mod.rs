@@ -34,6 +34,13 @@ pub struct Route {
     pub replicas: Replicas,
 }
 
+impl Route {
+    /// Whether `addr` is one of this shard's servers (its primary or a replica).
+    pub fn serves(&self, addr: &str) -> bool {
+        &*self.addr == addr || self.replicas.addrs().any(|a| a == addr)
+    }
+}
+
 /// A shard's replicas with their live health, and how far behind a read may be served.
 #[derive(Clone)]
 pub struct Replicas(pub Arc<ReplicaSet>);
@@ -256,6 +263,13 @@ impl Planner {
     pub fn shard_route(&self, ctx: &PlanContext<'_>, shard: &str) -> Option<Route> {
         let ks = self.keyspace_plan(ctx)?;
         ks.routes.iter().find(|r| &*r.shard == shard).cloned()
+    }
+
+    /// The route of the shard of the session's keyspace that `addr` (a primary or a replica)
+    /// serves.
+    pub fn route_serving(&self, ctx: &PlanContext<'_>, addr: &str) -> Option<Route> {
+        let ks = self.keyspace_plan(ctx)?;
+        ks.routes.iter().find(|r| r.serves(addr)).cloned()
     }
 
     /// `route` as this planner's shard map has it (a new primary after a failover); None if

@@ -63,8 +63,10 @@ impl Session {
             && !class.reads.is_empty();
         // A transaction must see its own snapshot; a pinned session may have temporary
         // tables shadowing the real ones; a primary hint asks for the freshest rows.
+        // (What the last statement left for the next, `hold.next`, is let go when a hit
+        // answers instead.)
         if !plain_read
-            || self.hold.any()
+            || self.hold.sticky()
             || !self.vars.autocommit()
             || self.shard_txn.is_some()
             || hint == Some(Hint::Primary)
@@ -147,12 +149,14 @@ impl Session {
         }
         match lookup {
             Lookup::Hit(e) => {
+                self.release_previous();
                 send_entry(&mut self.io, &e, reply_seq).await;
                 self.sample_cache_hit();
                 None
             }
             Lookup::Wait(rx) => match cache::wait(rx).await {
                 Some(e) => {
+                    self.release_previous();
                     send_entry(&mut self.io, &e, reply_seq).await;
                     self.sample_cache_hit();
                     None

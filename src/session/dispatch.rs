@@ -64,13 +64,8 @@ impl Session {
         hint: Option<Hint>,
         work: Work<'_>,
     ) -> Result<(), SessionError> {
-        if self.hold.next && !class.uses_previous {
-            // Nobody reads what the last statement left: its connection goes back first, so
-            // that a later FOUND_ROWS() cannot find it instead of the right one.
-            self.hold.next = false;
-            if !self.hold.sticky() {
-                self.pinned.release_all();
-            }
+        if !class.uses_previous {
+            self.release_previous();
         }
         if let Some(why) = class.pins {
             if self.hold.life.is_none() {
@@ -175,6 +170,14 @@ impl Session {
                     }
                 }
             }
+        }
+    }
+
+    /// Nobody reads what the last statement left (ROW_COUNT(), warnings): its connection goes
+    /// back first, so that a later FOUND_ROWS() cannot find it instead of the right one.
+    pub(super) fn release_previous(&mut self) {
+        if std::mem::take(&mut self.hold.next) && !self.hold.sticky() {
+            self.pinned.release_all();
         }
     }
 
@@ -401,6 +404,7 @@ impl Session {
         work: &Work<'_>,
         sc: &Scanner,
     ) {
+        self.last_server = Some(addr.clone());
         if let (Work::Prepare(f, id), Some((server_id, _, params))) = (work, sc.prepared) {
             let sql: Arc<[u8]> = f.payload()[1..].into();
             if let Some(conn) = self.pinned.find(addr) {
@@ -473,8 +477,11 @@ impl Session {
             // SHOW WARNINGS and @@warning_count leave the diagnostics they read in place: the
             // connection stays held for the next one reading them (`@@warning_count` after
             // SHOW WARNINGS, on another connection, read 0).
+            // A write leaves ROW_COUNT(): held until the next statement shows whether it reads
+            // it (another session's write on a pooled connection would answer otherwise).
             self.hold.next = class.keeps_for_next
                 || sc.last_ok.warnings > 0
+                || class.kind == Kind::Write
                 || (class.uses_previous && self.hold.next);
         }
         match work {

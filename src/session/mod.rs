@@ -86,6 +86,9 @@ pub struct Session {
     peer_ip: String,
     /// The server connection last recorded in the registry (for KILL from other sessions).
     recorded_backend: Option<(Arc<str>, u32)>,
+    /// The server that ran the last statement on one connection (`None` after a multi-shard
+    /// one): on a sharded keyspace, where SHOW WARNINGS, ROW_COUNT() and the like must go.
+    last_server: Option<Arc<str>>,
     /// Tables the open transaction wrote: the result cache drops them again at its end.
     cache_pending: Vec<String>,
     /// The user's name as result cache keys hold it (made once, not on every lookup).
@@ -156,6 +159,7 @@ pub async fn run(
         nonce: auth.nonce,
         peer_ip,
         recorded_backend: None,
+        last_server: None,
         cache_pending: Vec::new(),
     };
     if !s.check_login_database(auth.ok_seq).await {
@@ -215,7 +219,9 @@ impl Session {
                     // While a primary changes, commands wait here (a transaction's go on: it
                     // must be able to end where it began).
                     let gate = &self.shared.ha.gate;
-                    let in_txn = self.hold.any() || self.shard_txn.is_some();
+                    // (Not what a statement left for the next: that one waits too, then
+                    // runs on the new primary unless it reads that state.)
+                    let in_txn = self.hold.sticky() || self.shard_txn.is_some();
                     let wait = self.shared.config.ha.buffer_timeout();
                     if gate.enter(in_txn, wait).await.is_err() {
                         let msg = format!(
@@ -323,7 +329,8 @@ impl Session {
             }
             com::STMT_PREPARE => {
                 let Classified { class, hint, .. } = classify(&frame.payload()[1..]);
-                let Some((route, shards)) = self.prepare_route(&frame).await else {
+                let Some((route, shards)) = self.prepare_route(&frame, class.uses_previous).await
+                else {
                     return Ok(());
                 };
                 let id = self.stmts.next_id();

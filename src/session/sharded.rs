@@ -59,6 +59,8 @@ impl Session {
         let raw = payload.get(1..).unwrap_or_default();
         let sql = text::parse_copy(raw);
         self.implicit_txn();
+        // Set again by a statement that runs on one connection.
+        let previous = std::mem::take(&mut self.last_server);
         match class.kind {
             Kind::Begin { .. } => {
                 // As in MariaDB, a BEGIN inside a transaction commits it first: on every
@@ -219,7 +221,14 @@ impl Session {
                 let on_txn_shard = in_txn_shard
                     .as_ref()
                     .and_then(|s| routes.iter().find(|r| &r.shard == s).cloned());
-                let route = on_txn_shard.unwrap_or_else(|| routes[0].clone());
+                // SHOW WARNINGS, ROW_COUNT(), FOUND_ROWS()...: the shard whose server ran the
+                // previous statement, which holds what they read.
+                let of_previous = previous
+                    .filter(|_| class.uses_previous)
+                    .and_then(|a| self.shared.planner().route_serving(&ctx, &a));
+                let route = of_previous
+                    .or(on_txn_shard)
+                    .unwrap_or_else(|| routes[0].clone());
                 // `SET autocommit = 1` commits an implicit transaction: on every shard first, so
                 // that a failed commit is this statement's error, as on MariaDB.
                 if sets_autocommit_on(&class)
@@ -698,7 +707,13 @@ impl Session {
 
     /// Where a COM_STMT_PREPARE runs, and on a sharded keyspace where its executes run;
     /// `None` after answering the client with an error.
-    pub(super) async fn prepare_route(&mut self, frame: &Frame) -> Option<(Route, StmtShards)> {
+    /// `uses_previous`: the statement reads what the previous one left (SHOW WARNINGS...), so
+    /// it is prepared where that ran, leaving it in place.
+    pub(super) async fn prepare_route(
+        &mut self,
+        frame: &Frame,
+        uses_previous: bool,
+    ) -> Option<(Route, StmtShards)> {
         let reply_seq = frame.last_seq.wrapping_add(1);
         let payload = frame.payload();
         let sql = text::parse_copy(payload.get(1..).unwrap_or_default());
@@ -714,7 +729,14 @@ impl Session {
         let first = routes.first()?.clone();
         match plan {
             ShardPlan::One(i) => Some((routes.get(i).cloned().unwrap_or(first), StmtShards::Fixed)),
-            ShardPlan::Any => Some((first, StmtShards::Fixed)),
+            ShardPlan::Any => {
+                let previous = self
+                    .last_server
+                    .as_ref()
+                    .filter(|_| uses_previous)
+                    .and_then(|a| self.shared.planner().route_serving(&ctx, a));
+                Some((previous.unwrap_or(first), StmtShards::Fixed))
+            }
             // Prepared anywhere (every shard has the same tables); executed on the shard of
             // the parameter's value, or on several shards.
             ShardPlan::Param(p) => Some((first, StmtShards::Key(p))),
@@ -765,7 +787,13 @@ impl Session {
         let Some(info) = self.stmts.get(client_id) else {
             return Ok(Some(route));
         };
+        let previous = std::mem::take(&mut self.last_server);
         let route = match info.shards {
+            // SHOW WARNINGS, ROW_COUNT()...: where the previous statement ran (see
+            // `sharded_statement`).
+            StmtShards::Fixed if info.class.uses_previous => previous
+                .and_then(|a| self.shared.planner().route_serving(&self.plan_ctx(), &a))
+                .unwrap_or(route),
             StmtShards::Fixed | StmtShards::Multi => route,
             StmtShards::Key(p) => {
                 let payload = frame.payload();
