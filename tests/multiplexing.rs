@@ -559,25 +559,33 @@ async fn last_insert_id_is_each_clients_own() {
     assert_eq!(rows, ids, "each id a client was given is its own row");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn found_rows_belongs_to_the_select_before_it() {
-    let _shared = COUNTING.read().await;
-    let (_proxy, port) = sandbox().proxy(&config(3));
-    let t = common::unique("mux_fr");
+/// A new table `app.<prefix>_...` (id, client, n) holding `k + extra` rows of client k for
+/// clients 0 to 9, replicated; its name.
+async fn rows_of_ten_clients(prefix: &str, extra: u64) -> String {
+    let t = common::unique(prefix);
     let mut p = root_primary().await;
     p.query_drop(format!(
-        "CREATE TABLE app.{t} (id INT AUTO_INCREMENT PRIMARY KEY, client INT NOT NULL)"
+        "CREATE TABLE app.{t} (id INT AUTO_INCREMENT PRIMARY KEY, client INT NOT NULL, \
+         n INT NOT NULL DEFAULT 0)"
     ))
     .await
     .expect("create");
     for k in 0..10 {
-        for _ in 0..k + 3 {
+        for _ in 0..k + extra {
             p.query_drop(format!("INSERT INTO app.{t} (client) VALUES ({k})"))
                 .await
                 .expect("insert");
         }
     }
     common::wait_replicated(sandbox()).await;
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn found_rows_belongs_to_the_select_before_it() {
+    let _shared = COUNTING.read().await;
+    let (_proxy, port) = sandbox().proxy(&config(3));
+    let t = rows_of_ten_clients("mux_fr", 3).await;
     let mut set = JoinSet::new();
     for k in 0..10u64 {
         let (url, t) = (common::app_url(port, "app"), t.clone());
@@ -613,20 +621,7 @@ async fn found_rows_belongs_to_the_select_before_it() {
 async fn row_count_belongs_to_the_write_before_it() {
     let _shared = COUNTING.read().await;
     let (_proxy, port) = sandbox().proxy(&config(3));
-    let t = common::unique("mux_rc");
-    let mut p = root_primary().await;
-    p.query_drop(format!(
-        "CREATE TABLE app.{t} (id INT AUTO_INCREMENT PRIMARY KEY, client INT NOT NULL, n INT NOT NULL DEFAULT 0)"
-    ))
-    .await
-    .expect("create");
-    for k in 0..10 {
-        for _ in 0..k + 1 {
-            p.query_drop(format!("INSERT INTO app.{t} (client) VALUES ({k})"))
-                .await
-                .expect("insert");
-        }
-    }
+    let t = rows_of_ten_clients("mux_rc", 1).await;
     // 10 clients on 3 connections: each UPDATE touches the client's own k + 1 rows.
     let mut set = JoinSet::new();
     for k in 0..10u64 {
