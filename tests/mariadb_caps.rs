@@ -1,7 +1,8 @@
 //! MariaDB's extended capabilities through the proxy, compared with the server directly:
 //! extended metadata (a JSON column's definition says `json`, what Node mysql2 reads) on an
-//! unsharded and a sharded keyspace, and COM_STMT_BULK_EXECUTE (Connector/J's batches) on an
-//! unsharded one. Raw-protocol clients, so each negotiates exactly what it asks for.
+//! unsharded and a sharded keyspace, and COM_STMT_BULK_EXECUTE (Connector/J's batches) on both
+//! (on a sharded keyspace its rows split between shards). Raw-protocol clients, so each
+//! negotiates exactly what it asks for.
 
 mod common;
 
@@ -33,6 +34,8 @@ fn sharded() -> &'static Sandbox {
             "0",
             "--sharded-table",
             "jdocs:id",
+            "--sharded-table",
+            "bitems:id",
         ])
     })
 }
@@ -240,22 +243,387 @@ async fn bulk_execute_inserts_every_row_as_directly() {
     assert_eq!(got, want, "the same rows directly and through the proxy");
 }
 
-/// With a sharded keyspace in the map the proxy does not offer bulk operations (it would have
-/// to split the rows between shards); a client that sends the command anyway is refused.
+/// With a sharded keyspace in the map the proxy offers bulk operations too; a statement of one
+/// shard (a literal key) gets the client's command as it came; what is not supported there
+/// (per-row results, which were not negotiated) or malformed is refused with its own error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bulk_execute_is_not_offered_with_a_sharded_keyspace() {
+async fn bulk_execute_is_offered_with_a_sharded_keyspace() {
     let port = sharded_proxy();
     drop(jdocs(port).await);
-    assert_eq!(offered(port).await & BULK, 0, "not offered");
+    assert_ne!(offered(port).await & BULK, 0, "offered");
     let (mut c, _) = Raw::login(port, "app", "app", CAPS, BULK).await;
+    let stmt = c
+        .prepare("INSERT INTO jdocs (id, tag, doc) VALUES (501, ?, ?)")
+        .await
+        .expect("prepare");
+    let replies = c.command(&bulk_packet(stmt, &[(7, "{}"), (8, "[]")])).await;
+    assert!(
+        matches!(replies.as_slice(), [Reply::Err(1062, _)]),
+        "both rows ran on the key's shard (the second is a duplicate): {replies:?}"
+    );
     let stmt = c
         .prepare("INSERT INTO jdocs (id, doc) VALUES (?, ?)")
         .await
         .expect("prepare");
-    let replies = c.command(&bulk_packet(stmt, &[(500, "{}")])).await;
+    let mut unit = bulk_packet(stmt, &[(502, "{}")]);
+    unit[5] |= 64; // SEND_UNIT_RESULTS
+    let replies = c.command(&unit).await;
     assert!(
-        matches!(replies.as_slice(), [Reply::Err(1047, _)]),
-        "refused: {replies:?}"
+        matches!(replies.as_slice(), [Reply::Err(1235, _)]),
+        "per-row results: {replies:?}"
+    );
+    let mut cut = bulk_packet(stmt, &[(503, "{}")]);
+    cut.truncate(cut.len() - 1);
+    let replies = c.command(&cut).await;
+    assert!(
+        matches!(replies.as_slice(), [Reply::Err(1835, _)]),
+        "a row cut short: {replies:?}"
     );
     c.quit().await;
+}
+
+/// A bulk parameter: its binary type and value (`None`: the NULL indicator).
+#[derive(Clone)]
+enum P {
+    Int(Option<i64>),
+    Bytes(Option<Vec<u8>>),
+}
+
+/// COM_STMT_BULK_EXECUTE of `rows` for statement `stmt`, types taken from the first row.
+fn bulk_of(stmt: u32, rows: &[Vec<P>]) -> Vec<u8> {
+    let mut p = vec![0xFA];
+    p.extend_from_slice(&stmt.to_le_bytes());
+    p.extend_from_slice(&128u16.to_le_bytes()); // SEND_TYPES_TO_SERVER
+    for v in rows.first().map(Vec::as_slice).unwrap_or_default() {
+        let ty = match v {
+            P::Int(_) => 0x08,   // LONGLONG
+            P::Bytes(_) => 0xFC, // BLOB
+        };
+        p.extend_from_slice(&[ty, 0]);
+    }
+    for row in rows {
+        for v in row {
+            match v {
+                P::Int(Some(i)) => {
+                    p.push(0);
+                    p.extend_from_slice(&i.to_le_bytes());
+                }
+                P::Bytes(Some(b)) => {
+                    p.push(0);
+                    if b.len() < 251 {
+                        p.push(b.len() as u8);
+                    } else {
+                        p.push(0xFC);
+                        p.extend_from_slice(&(b.len() as u16).to_le_bytes());
+                    }
+                    p.extend_from_slice(b);
+                }
+                P::Int(None) | P::Bytes(None) => p.push(1), // the NULL indicator
+            }
+        }
+    }
+    p
+}
+
+/// Affected rows, insert id, warnings, info text.
+type BulkOk = (u64, u64, u16, Vec<u8>);
+
+/// The whole OK packet a bulk got (affected rows, insert id, warnings, info text), or the
+/// error code.
+async fn bulk_answer(c: &mut Raw, payload: &[u8]) -> Result<BulkOk, u16> {
+    use shardgate::protocol::packet::{ok_info_text, parse_err, parse_ok};
+    c.send(payload).await;
+    let p = c.packet().await;
+    if <[u8]>::first(&p) == Some(&0xFF) {
+        return Err(parse_err(&p).expect("err").code);
+    }
+    let ok = parse_ok(&p).expect("an OK");
+    Ok((
+        ok.affected_rows,
+        ok.last_insert_id,
+        ok.warnings,
+        ok_info_text(&p).to_vec(),
+    ))
+}
+
+/// Prepares `sql` on `c` and runs `rows` through it in one bulk.
+async fn prepared_bulk(c: &mut Raw, sql: &str, rows: &[Vec<P>]) -> Result<BulkOk, u16> {
+    let stmt = c.prepare(sql).await.expect("prepare");
+    bulk_answer(c, &bulk_of(stmt, rows)).await
+}
+
+const BITEMS: &str =
+    "(id BIGINT PRIMARY KEY, v VARCHAR(20), n BIGINT NULL, b BLOB, vb VARBINARY(300), \
+                      seq BIGINT NOT NULL AUTO_INCREMENT, KEY (seq))";
+
+/// The sharded table `bitems` (created through the proxy, so on every shard), and a table of
+/// the same columns on one server directly (`direct`), to compare answers with.
+async fn bitems(port: u16) -> (mysql_async::Conn, String) {
+    let mut app = common::connect(&format!(
+        "mysql://app:app@127.0.0.1:{port}/app?prefer_socket=false"
+    ))
+    .await;
+    app.query_drop(format!("CREATE TABLE IF NOT EXISTS bitems {BITEMS}"))
+        .await
+        .expect("create through the proxy");
+    let direct = common::unique("bdirect");
+    let mut root = common::connect(&common::root_url(shard_port("s0"))).await;
+    root.query_drop(format!("CREATE TABLE app.{direct} {BITEMS}"))
+        .await
+        .expect("create directly");
+    (app, direct)
+}
+
+fn shard_port(shard: &str) -> u16 {
+    sharded().cluster.primary(shard).expect("shard").port
+}
+
+/// `sql`'s rows on each shard's primary, read directly.
+async fn on_shards<T: FromRow + Send + 'static>(sql: &str) -> Vec<Vec<T>> {
+    let mut all = Vec::new();
+    for shard in ["s0", "s1"] {
+        let mut c = common::connect(&common::root_url(shard_port(shard))).await;
+        all.push(c.query(sql).await.expect("read a shard"));
+    }
+    all
+}
+
+fn row(id: i64, v: &str, n: Option<i64>) -> Vec<P> {
+    vec![P::Int(Some(id)), P::Bytes(Some(v.into())), P::Int(n)]
+}
+
+/// A bulk INSERT whose rows belong to both shards: every row is stored on its own shard (a
+/// point read through the proxy, routed by the key, finds it), NULL indicators arrive as NULL,
+/// and the client gets the OK a single server gives (rows, first generated id, text).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_insert_splits_its_rows_between_shards() {
+    let port = sharded_proxy();
+    let (mut app, direct) = bitems(port).await;
+    let ids: Vec<i64> = (1000..1012).collect();
+    let rows: Vec<Vec<P>> = ids
+        .iter()
+        .map(|&i| row(i, &format!("r{i}"), (i % 3 != 0).then_some(i * 10)))
+        .collect();
+    let mut answers = Vec::new();
+    for (target, table) in [(shard_port("s0"), direct.as_str()), (port, "bitems")] {
+        let (mut c, _) = Raw::login(target, "app", "app", CAPS, BULK).await;
+        let sql = format!("INSERT INTO {table} (id, v, n) VALUES (?, ?, ?)");
+        answers.push(prepared_bulk(&mut c, &sql, &rows).await);
+        c.quit().await;
+    }
+    let (want, got) = match (&answers[0], &answers[1]) {
+        (Ok(w), Ok(g)) => (w.clone(), g.clone()),
+        _ => panic!("{answers:?}"),
+    };
+    assert_eq!(want.0, 12, "directly");
+    // The insert id is the first row's generated one (`seq`); the shared table's counters
+    // are not the fresh direct table's, so each is checked against its own row.
+    let (first_seq_direct, first_seq): (Option<u64>, Option<u64>) = (
+        common::connect(&common::root_url(shard_port("s0")))
+            .await
+            .query_first(format!("SELECT seq FROM app.{direct} WHERE id = 1000"))
+            .await
+            .expect("read"),
+        app.query_first("SELECT seq FROM bitems WHERE id = 1000")
+            .await
+            .expect("read"),
+    );
+    assert_eq!(
+        Some(want.1),
+        first_seq_direct,
+        "directly: the first row's id"
+    );
+    assert_eq!(
+        Some(got.1),
+        first_seq,
+        "through the proxy: the first row's id"
+    );
+    let text =
+        |a: &(u64, u64, u16, Vec<u8>)| (a.0, a.2, String::from_utf8_lossy(&a.3).into_owned());
+    assert_eq!(
+        text(&got),
+        text(&want),
+        "rows, warnings and info text as directly"
+    );
+    let per_shard: Vec<Vec<(i64, String, Option<i64>)>> =
+        on_shards("SELECT id, v, n FROM app.bitems WHERE id BETWEEN 1000 AND 1011 ORDER BY id")
+            .await;
+    assert!(
+        per_shard.iter().all(|s| !s.is_empty()),
+        "rows on both shards: {per_shard:?}"
+    );
+    let mut stored: Vec<_> = per_shard.concat();
+    stored.sort();
+    let want: Vec<(i64, String, Option<i64>)> = ids
+        .iter()
+        .map(|&i| (i, format!("r{i}"), (i % 3 != 0).then_some(i * 10)))
+        .collect();
+    assert_eq!(stored, want, "every row once, NULLs as NULL");
+    for &i in &ids {
+        let found: Option<i64> = app
+            .exec_first("SELECT id FROM bitems WHERE id = ?", (i,))
+            .await
+            .expect("point read");
+        assert_eq!(found, Some(i), "row {i} is on the shard its key names");
+    }
+}
+
+/// A bulk UPDATE and a bulk DELETE by key: each row on its shard, affected rows summed as
+/// one server counts them (a row that matches nothing counts nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_update_and_delete_by_key_as_directly() {
+    let port = sharded_proxy();
+    let (_app, direct) = bitems(port).await;
+    let ids: Vec<i64> = (2000..2010).collect();
+    let mut answers = Vec::new();
+    for (target, table) in [(shard_port("s0"), direct.as_str()), (port, "bitems")] {
+        let (mut c, _) = Raw::login(target, "app", "app", CAPS, BULK).await;
+        let rows: Vec<Vec<P>> = ids.iter().map(|&i| row(i, "old", Some(i))).collect();
+        let sql = format!("INSERT INTO {table} (id, v, n) VALUES (?, ?, ?)");
+        prepared_bulk(&mut c, &sql, &rows).await.expect("insert");
+        // 2009 twice (changed once), 2999 matches nothing, one NULL value.
+        let mut keys = ids.clone();
+        keys.extend([2009, 2999]);
+        let rows: Vec<Vec<P>> = keys
+            .iter()
+            .map(|&i| {
+                let n = (i != 2001).then_some(-i);
+                vec![P::Bytes(Some(b"new".to_vec())), P::Int(n), P::Int(Some(i))]
+            })
+            .collect();
+        let sql = format!("UPDATE {table} SET v = ?, n = ? WHERE id = ?");
+        let updated = prepared_bulk(&mut c, &sql, &rows).await;
+        let rows: Vec<Vec<P>> = [2000, 2003, 2004, 2007, 2999]
+            .iter()
+            .map(|&i| vec![P::Int(Some(i))])
+            .collect();
+        let sql = format!("DELETE FROM {table} WHERE id = ?");
+        let deleted = prepared_bulk(&mut c, &sql, &rows).await;
+        answers.push((updated, deleted));
+        c.quit().await;
+    }
+    assert_eq!(
+        answers[0].0.as_ref().map(|a| a.0),
+        Ok(10),
+        "directly: {answers:?}"
+    );
+    assert_eq!(answers[0].1.as_ref().map(|a| a.0), Ok(4), "directly");
+    assert_eq!(answers[1], answers[0], "through the proxy as directly");
+    let mut stored: Vec<(i64, String, Option<i64>)> =
+        on_shards("SELECT id, v, n FROM app.bitems WHERE id BETWEEN 2000 AND 2999")
+            .await
+            .concat();
+    stored.sort();
+    let want: Vec<(i64, String, Option<i64>)> = ids
+        .iter()
+        .filter(|i| ![2000, 2003, 2004, 2007].contains(*i))
+        .map(|&i| (i, "new".to_string(), (i != 2001).then_some(-i)))
+        .collect();
+    assert_eq!(stored, want);
+}
+
+/// A duplicate key among a bulk's rows: the error a single server gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_duplicate_key_gives_the_servers_error() {
+    let port = sharded_proxy();
+    let (_app, direct) = bitems(port).await;
+    let keys = [3000, 3001, 3002, 3000, 3003];
+    for (target, table) in [(shard_port("s0"), direct.as_str()), (port, "bitems")] {
+        let (mut c, _) = Raw::login(target, "app", "app", CAPS, BULK).await;
+        let rows: Vec<Vec<P>> = keys.iter().map(|&i| row(i, "d", None)).collect();
+        let sql = format!("INSERT INTO {table} (id, v, n) VALUES (?, ?, ?)");
+        let r = prepared_bulk(&mut c, &sql, &rows).await;
+        assert_eq!(r, Err(1062), "port {target}: duplicate entry");
+        c.quit().await;
+    }
+}
+
+/// id, BLOB, VARBINARY.
+type BlobRow = (i64, Vec<u8>, Vec<u8>);
+
+/// Every byte value in BLOB and VARBINARY parameters of a bulk split between shards arrives
+/// as sent (the rows are cut from the client's bytes, never re-encoded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_blob_bytes_arrive_intact_on_every_shard() {
+    let port = sharded_proxy();
+    drop(bitems(port).await);
+    let all: Vec<u8> = (0..=255u8).collect();
+    let ids: Vec<i64> = (4000..4008).collect();
+    let value = |i: i64| -> Vec<u8> {
+        let mut v = all.clone();
+        v.rotate_left(i as usize % 256);
+        v
+    };
+    let (mut c, _) = Raw::login(port, "app", "app", CAPS, BULK).await;
+    let rows: Vec<Vec<P>> = ids
+        .iter()
+        .map(|&i| {
+            vec![
+                P::Int(Some(i)),
+                P::Bytes(Some(value(i))),
+                P::Bytes(Some(value(i + 1))),
+            ]
+        })
+        .collect();
+    let sql = "INSERT INTO bitems (id, b, vb) VALUES (?, ?, ?)";
+    let r = prepared_bulk(&mut c, sql, &rows).await;
+    assert_eq!(r.map(|a| a.0), Ok(8));
+    c.quit().await;
+    let per_shard: Vec<Vec<BlobRow>> =
+        on_shards("SELECT id, b, vb FROM app.bitems WHERE id BETWEEN 4000 AND 4007").await;
+    assert!(per_shard.iter().all(|s| !s.is_empty()), "both shards");
+    let mut stored = per_shard.concat();
+    stored.sort();
+    let want: Vec<_> = ids.iter().map(|&i| (i, value(i), value(i + 1))).collect();
+    assert_eq!(stored, want, "the bytes as sent");
+}
+
+/// Inside a transaction: a bulk whose rows are all on one shard joins it (ROLLBACK undoes
+/// it); one spanning shards is refused under `multi_shard_transactions = "refuse"`, as a
+/// split multi-row INSERT is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_in_a_transaction_joins_it() {
+    let port = sharded_proxy();
+    let (mut app, _) = bitems(port).await;
+    // Which shard each key belongs to: seeded through the proxy, read from the shards.
+    let ids: Vec<i64> = (5000..5010).collect();
+    for &i in &ids {
+        app.exec_drop("INSERT INTO bitems (id, v) VALUES (?, 'seed')", (i,))
+            .await
+            .expect("seed");
+    }
+    let per_shard: Vec<Vec<i64>> =
+        on_shards("SELECT id FROM app.bitems WHERE id BETWEEN 5000 AND 5009 ORDER BY id").await;
+    for &i in &ids {
+        app.exec_drop("DELETE FROM bitems WHERE id = ?", (i,))
+            .await
+            .expect("clean");
+    }
+    let (one, other) = (&per_shard[0], &per_shard[1]);
+    assert!(!one.is_empty() && !other.is_empty(), "{per_shard:?}");
+    let (mut c, _) = Raw::login(port, "app", "app", CAPS, BULK).await;
+    let stmt = c
+        .prepare("INSERT INTO bitems (id, v) VALUES (?, ?)")
+        .await
+        .expect("prepare");
+    let rows_of = |ids: &[i64]| -> Vec<Vec<P>> {
+        ids.iter()
+            .map(|&i| vec![P::Int(Some(i)), P::Bytes(Some(b"t".to_vec()))])
+            .collect()
+    };
+    assert_eq!(c.query("BEGIN").await, vec![Reply::Ok(0)]);
+    let r = bulk_answer(&mut c, &bulk_of(stmt, &rows_of(one))).await;
+    assert_eq!(r.map(|a| a.0), Ok(one.len() as u64), "one shard's rows");
+    let both = [one[0], other[0]];
+    let r = bulk_answer(&mut c, &bulk_of(stmt, &rows_of(&both))).await;
+    assert_eq!(
+        r,
+        Err(1105),
+        "rows of two shards in a transaction are refused"
+    );
+    assert_eq!(c.query("ROLLBACK").await, vec![Reply::Ok(0)]);
+    c.quit().await;
+    let left: Vec<Vec<i64>> =
+        on_shards("SELECT id FROM app.bitems WHERE id BETWEEN 5000 AND 5009").await;
+    assert_eq!(left.concat(), Vec::<i64>::new(), "rolled back");
 }

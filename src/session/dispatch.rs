@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tracing::debug;
 
 use super::route::Choice;
@@ -378,6 +379,13 @@ impl Session {
         let rewritten = if frame.first_byte() == Some(crate::protocol::consts::com::STMT_EXECUTE) {
             execute_frame(frame, stmt, &mut info.types)
         } else {
+            if frame.first_byte() == Some(crate::protocol::consts::com::STMT_BULK_EXECUTE) {
+                // A bulk binds its types on the server statement: a later execute that does
+                // not send types must get the client's put back in.
+                let payload = frame.payload();
+                let n = 2 * stmt.params as usize;
+                stmt.types = payload.get(7..7 + n).map(Bytes::copy_from_slice);
+            }
             let mut f = frame.clone();
             if f.raw.len() >= 9 {
                 f.raw[5..9].copy_from_slice(&stmt.id.to_le_bytes());

@@ -245,7 +245,7 @@ impl Session {
     /// A write on several shards inside a transaction: the transaction opens on each (best
     /// effort) or, when it would span shards, the write is refused. `false` after answering
     /// the client with an error.
-    async fn join_txn_on(
+    pub(super) async fn join_txn_on(
         &mut self,
         parts: &[(Route, Vec<u8>)],
         reply_seq: u8,
@@ -770,22 +770,11 @@ impl Session {
             StmtShards::Key(p) => {
                 let payload = frame.payload();
                 let value = param_value(&payload, info.params, info.types.as_deref(), p);
-                let key = match value {
-                    Some(ParamValue::Int(v)) => Some(KeyValue::Int(v)),
-                    Some(ParamValue::Bytes(b)) => Some(KeyValue::from_string_content(b)),
-                    Some(ParamValue::Decimal(d)) => Some(KeyValue::from_number_text(d)),
-                    Some(ParamValue::Float(f)) => KeyValue::from_double(f),
-                    _ => None,
-                };
-                let ctx = self.plan_ctx();
-                match key.and_then(|k| self.shared.planner().route_for_key(&ctx, &k)) {
+                match self.key_route(value) {
                     Some(r) => r,
                     None => {
                         drop(payload);
-                        let msg = format!(
-                            "shardgate: parameter {} is the shard key: it must be an integer, a string or a number without a fraction, not NULL, a number with a fraction or a date",
-                            p + 1
-                        );
+                        let msg = unroutable_key(p);
                         self.send_err(errcode::UNKNOWN, &msg, reply_seq).await;
                         return Ok(None);
                     }
@@ -800,6 +789,18 @@ impl Session {
             return Ok(None);
         }
         Ok(Some(route))
+    }
+
+    /// The shard of a shard-key parameter's value; `None` for a value no shard owns.
+    pub(super) fn key_route(&self, value: Option<ParamValue<'_>>) -> Option<Route> {
+        let key = match value? {
+            ParamValue::Int(v) => KeyValue::Int(v),
+            ParamValue::Bytes(b) => KeyValue::from_string_content(b),
+            ParamValue::Decimal(d) => KeyValue::from_number_text(d),
+            ParamValue::Float(f) => KeyValue::from_double(f)?,
+            ParamValue::Null | ParamValue::Other => return None,
+        };
+        self.shared.planner().route_for_key(&self.plan_ctx(), &key)
     }
 
     /// A read on several shards, concatenated or merged. Inside a transaction, with
@@ -952,7 +953,8 @@ impl Session {
                 if !self.join_txn_on(&targets, reply_seq).await? {
                     return Ok(());
                 }
-                self.execute_each(&class, &targets, frame, client_id, reply_seq)
+                let commands = targets.into_iter().map(|(r, _)| (r, frame.clone()));
+                self.execute_each(&class, commands.collect(), client_id, reply_seq)
                     .await
             }
             ShardPlan::Reject(msg) => {
@@ -967,18 +969,18 @@ impl Session {
         }
     }
 
-    /// A prepared write on several shards' primaries; one OK with the affected rows summed.
-    /// Not atomic: the first error stops it and reaches the client.
-    async fn execute_each(
+    /// A prepared write on several shards' primaries, each its command (the client's execute,
+    /// or bulk execute of that shard's rows); one OK with the affected rows summed. Not
+    /// atomic: the first error stops it and reaches the client.
+    pub(super) async fn execute_each(
         &mut self,
         class: &Class,
-        targets: &[(Route, Vec<u8>)],
-        frame: &Frame,
+        targets: Vec<(Route, Frame)>,
         client_id: u32,
         reply_seq: u8,
     ) -> Result<(), SessionError> {
         let mut total = OkSum::new(false);
-        for (route, _) in targets {
+        for (route, frame) in &targets {
             let addr = &route.addr;
             if let Err(e) = self.ready_connection(addr, None).await {
                 self.cache_invalidate_now(class);
@@ -999,9 +1001,9 @@ impl Session {
             let Some(conn) = self.pinned.find(addr) else {
                 continue;
             };
-            let r = conn
-                .command_ok(com::STMT_EXECUTE, &command.payload()[1..])
-                .await;
+            let payload = command.payload();
+            let (cmd, args) = payload.split_first().unwrap_or((&com::STMT_EXECUTE, &[]));
+            let r = conn.command_ok(*cmd, args).await;
             match r {
                 Ok(Ok((ok, info))) => {
                     conn.in_txn = ok.status & status::IN_TRANS != 0;
@@ -1028,7 +1030,7 @@ impl Session {
 
     /// With autocommit off every statement is in a transaction: the first that names a shard
     /// binds it, as after a BEGIN (nothing to send: the server opens it itself).
-    fn implicit_txn(&mut self) {
+    pub(super) fn implicit_txn(&mut self) {
         if !self.vars.autocommit() && self.shard_txn.is_none() {
             self.shard_txn = Some(ShardTxn {
                 begin: Vec::new(),
@@ -1070,6 +1072,14 @@ fn split_parts(
         .iter()
         .map(|(i, s)| Some((routes.get(*i)?.clone(), s.render(client)?)))
         .collect()
+}
+
+/// Why a shard-key parameter (`p`, from 0) cannot route its execute.
+pub(super) fn unroutable_key(p: usize) -> String {
+    format!(
+        "shardgate: parameter {} is the shard key: it must be an integer, a string or a number without a fraction, not NULL, a number with a fraction or a date",
+        p + 1
+    )
 }
 
 /// A SET that turns autocommit on by a literal or DEFAULT.
