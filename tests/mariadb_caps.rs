@@ -40,18 +40,21 @@ fn sharded() -> &'static Sandbox {
     })
 }
 
-fn proxy_of(sb: &'static Sandbox, slot: &'static OnceLock<u16>) -> u16 {
-    *slot.get_or_init(|| sb.keep_proxy("[monitor]\ninterval_ms = 200\n"))
-}
+const MONITOR: &str = "[monitor]\ninterval_ms = 200\n";
 
 fn unsharded_proxy() -> u16 {
     static P: OnceLock<u16> = OnceLock::new();
-    proxy_of(unsharded(), &P)
+    *P.get_or_init(|| unsharded().keep_proxy(MONITOR))
 }
 
+/// Scatter writes allowed, for a bulk UPDATE without its key.
 fn sharded_proxy() -> u16 {
     static P: OnceLock<u16> = OnceLock::new();
-    proxy_of(sharded(), &P)
+    *P.get_or_init(|| {
+        sharded().keep_proxy(&format!(
+            "{MONITOR}[keyspace.app]\nallow_scatter_writes = true\n"
+        ))
+    })
 }
 
 /// The column definitions of `sql`'s result and its rows, for a client with `ext`.
@@ -271,6 +274,14 @@ async fn bulk_execute_is_offered_with_a_sharded_keyspace() {
     assert!(
         matches!(replies.as_slice(), [Reply::Err(1235, _)]),
         "per-row results: {replies:?}"
+    );
+    let mut null_key = bulk_packet(stmt, &[(504, "{}"), (505, "{}")]);
+    let second_row = null_key.len() - 13;
+    null_key.splice(second_row..second_row + 9, [1]); // row 2's key: the NULL indicator
+    let replies = c.command(&null_key).await;
+    assert!(
+        matches!(replies.as_slice(), [Reply::Err(1105, m)] if m.contains("row 2")),
+        "a NULL key names no shard: {replies:?}"
     );
     let mut cut = bulk_packet(stmt, &[(503, "{}")]);
     cut.truncate(cut.len() - 1);
@@ -626,4 +637,62 @@ async fn bulk_in_a_transaction_joins_it() {
     let left: Vec<Vec<i64>> =
         on_shards("SELECT id FROM app.bitems WHERE id BETWEEN 5000 AND 5009").await;
     assert_eq!(left.concat(), Vec::<i64>::new(), "rolled back");
+}
+
+/// A bulk UPDATE without its key (scatter writes allowed) runs every row on every shard: the
+/// affected rows one server counts. A bulk of a read of several shards gets the error MariaDB
+/// gives a bulk of a statement with a result set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_scatter_update_runs_every_row_on_every_shard() {
+    let port = sharded_proxy();
+    let (_app, direct) = bitems(port).await;
+    let ids: Vec<i64> = (6000..6012).collect();
+    let mut answers = Vec::new();
+    for (target, table) in [(shard_port("s0"), direct.as_str()), (port, "bitems")] {
+        let (mut c, _) = Raw::login(target, "app", "app", CAPS, BULK).await;
+        let rows: Vec<Vec<P>> = ids
+            .iter()
+            .map(|&i| row(i, &format!("g{}", i % 3), Some(i)))
+            .collect();
+        let sql = format!("INSERT INTO {table} (id, v, n) VALUES (?, ?, ?)");
+        prepared_bulk(&mut c, &sql, &rows).await.expect("insert");
+        let sql = format!("UPDATE {table} SET n = ? WHERE v = ? AND id BETWEEN 6000 AND 6011");
+        let rows: Vec<Vec<P>> = ["g0", "g2", "none"]
+            .iter()
+            .map(|g| vec![P::Int(Some(7)), P::Bytes(Some(g.as_bytes().to_vec()))])
+            .collect();
+        let updated = prepared_bulk(&mut c, &sql, &rows).await;
+        let sql = format!("SELECT id FROM {table} WHERE v = ?");
+        let read = prepared_bulk(
+            &mut c,
+            &sql,
+            &rows[..1]
+                .iter()
+                .map(|r| r[1..].to_vec())
+                .collect::<Vec<_>>(),
+        )
+        .await;
+        answers.push((updated, read));
+        c.quit().await;
+    }
+    let (direct_update, direct_read) = &answers[0];
+    assert_eq!(direct_update.as_ref().map(|a| a.0), Ok(8), "directly");
+    let (update, read) = &answers[1];
+    let rows_and_text = |a: &Result<BulkOk, u16>| a.clone().map(|a| (a.0, a.3));
+    assert_eq!(
+        rows_and_text(update),
+        rows_and_text(direct_update),
+        "as directly"
+    );
+    assert_eq!(direct_read, &Err(1295), "MariaDB refuses a bulk read");
+    assert_eq!(read, direct_read, "so does the proxy");
+    let stored: Vec<Vec<(i64, Option<i64>)>> =
+        on_shards("SELECT id, n FROM app.bitems WHERE id BETWEEN 6000 AND 6011").await;
+    let mut stored = stored.concat();
+    stored.sort();
+    let want: Vec<(i64, Option<i64>)> = ids
+        .iter()
+        .map(|&i| (i, Some(if i % 3 == 1 { i } else { 7 })))
+        .collect();
+    assert_eq!(stored, want);
 }

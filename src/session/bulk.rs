@@ -80,11 +80,10 @@ impl Session {
                 }
             }
             StmtShards::Multi if matches!(class.kind, Kind::Read | Kind::LockingRead) => {
-                // MariaDB answers a bulk of a result-set statement with an error; several
-                // shards' would have to be merged.
-                let msg =
-                    "shardgate: COM_STMT_BULK_EXECUTE of a read of several shards is not supported";
-                self.send_err(errcode::NOT_SUPPORTED, msg, reply_seq).await;
+                // MariaDB's own answer to a bulk of a statement with a result set (a read of
+                // one shard gets it from its server, above).
+                let msg = "This command is not supported in the prepared statement protocol yet";
+                self.send_err(errcode::UNSUPPORTED_PS, msg, reply_seq).await;
                 Ok(())
             }
             // A write without a shard key runs on every shard it may touch: each row's execute
