@@ -415,11 +415,21 @@ async fn bulk_insert_splits_its_rows_between_shards() {
         .iter()
         .map(|&i| row(i, &format!("r{i}"), (i % 3 != 0).then_some(i * 10)))
         .collect();
+    // Each shard's generated ids far from the other's: LAST_INSERT_ID() tells them apart.
+    for (shard, next) in [("s0", 1_000_000), ("s1", 5_000_000)] {
+        common::connect(&common::root_url(shard_port(shard)))
+            .await
+            .query_drop(format!("ALTER TABLE app.bitems AUTO_INCREMENT = {next}"))
+            .await
+            .expect("alter");
+    }
     let mut answers = Vec::new();
+    let mut last_ids = Vec::new();
     for (target, table) in [(shard_port("s0"), direct.as_str()), (port, "bitems")] {
         let (mut c, _) = Raw::login(target, "app", "app", CAPS, BULK).await;
         let sql = format!("INSERT INTO {table} (id, v, n) VALUES (?, ?, ?)");
         answers.push(prepared_bulk(&mut c, &sql, &rows).await);
+        last_ids.push(c.query("SELECT LAST_INSERT_ID()").await);
         c.quit().await;
     }
     let (want, got) = match (&answers[0], &answers[1]) {
@@ -449,8 +459,24 @@ async fn bulk_insert_splits_its_rows_between_shards() {
         first_seq,
         "through the proxy: the first row's id"
     );
-    let text =
-        |a: &(u64, u64, u16, Vec<u8>)| (a.0, a.2, String::from_utf8_lossy(&a.3).into_owned());
+    let last_id = |replies: &[Reply]| -> Option<u64> {
+        let Some(Reply::Rows { rows, .. }) = replies.first() else {
+            return None;
+        };
+        let v = Reader::new(rows.first()?).lenenc_bytes().ok()?;
+        std::str::from_utf8(v).ok()?.parse().ok()
+    };
+    assert_eq!(
+        last_id(&last_ids[0]),
+        Some(want.1),
+        "LAST_INSERT_ID() directly"
+    );
+    assert_eq!(
+        last_id(&last_ids[1]),
+        Some(got.1),
+        "LAST_INSERT_ID() through the proxy"
+    );
+    let text = |a: &BulkOk| (a.0, a.2, String::from_utf8_lossy(&a.3).into_owned());
     assert_eq!(
         text(&got),
         text(&want),

@@ -425,9 +425,7 @@ impl Session {
         }
         if let Some(id) = insert.first_id.and_then(|id| u64::try_from(id).ok()) {
             total.ok.last_insert_id = id;
-            // LAST_INSERT_ID() on whichever connection serves the session next.
-            let var = crate::backend::vars::Var::System("last_insert_id".into());
-            self.vars = self.vars.with([(var, Some(id.to_string()))]);
+            self.remember_insert_id(id);
         }
         self.cache_invalidate_now(class);
         let mut out = BytesMut::new();
@@ -1022,10 +1020,21 @@ impl Session {
             }
         }
         self.cache_invalidate_now(class);
+        if total.ok.last_insert_id != 0 {
+            // The first shard's id (a bulk's first row's); each shard's connection has its own.
+            self.remember_insert_id(total.ok.last_insert_id);
+        }
         let mut out = BytesMut::new();
         put_ok_info(&mut out, reply_seq, self.caps, total.ok, &total.info());
         let _ = self.io.write_all(&out).await;
         Ok(())
+    }
+
+    /// `LAST_INSERT_ID()` of a write the proxy answered itself, on whichever connection serves
+    /// the session next.
+    fn remember_insert_id(&mut self, id: u64) {
+        let var = crate::backend::vars::Var::System("last_insert_id".into());
+        self.vars = self.vars.with([(var, Some(id.to_string()))]);
     }
 
     /// With autocommit off every statement is in a transaction: the first that names a shard
