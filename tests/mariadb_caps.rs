@@ -722,3 +722,80 @@ async fn bulk_scatter_update_runs_every_row_on_every_shard() {
         .collect();
     assert_eq!(stored, want);
 }
+
+/// A bulk `INSERT ... RETURNING` answers with a result set: of one shard it is forwarded; split
+/// between shards (results the proxy would have to merge) it is refused, and the session and
+/// its server connections stay in step (the next statements get their own answers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_returning_split_between_shards_is_refused_cleanly() {
+    let port = sharded_proxy();
+    drop(bitems(port).await);
+    let (mut c, _) = Raw::login(port, "app", "app", CAPS, BULK).await;
+    let stmt = c
+        .prepare("INSERT INTO bitems (id, v) VALUES (?, ?) RETURNING id")
+        .await
+        .expect("prepare");
+    let rows: Vec<Vec<P>> = (7000..7008)
+        .map(|i| vec![P::Int(Some(i)), P::Bytes(Some(b"r".to_vec()))])
+        .collect();
+    let replies = c.command(&bulk_of(stmt, &rows)).await;
+    assert!(
+        matches!(replies.as_slice(), [Reply::Err(1235, _)]),
+        "refused: {replies:?}"
+    );
+    for _ in 0..3 {
+        let r = c.query("SELECT 41 + 1").await;
+        assert!(
+            matches!(r.as_slice(), [Reply::Rows { rows, .. }] if rows == &vec![b"\x0242".to_vec()]),
+            "the next statement's own answer: {r:?}"
+        );
+    }
+    let stored: Vec<Vec<i64>> =
+        on_shards("SELECT id FROM app.bitems WHERE id BETWEEN 7000 AND 7007").await;
+    assert_eq!(stored.concat(), Vec::<i64>::new(), "nothing ran");
+    // Rows of one shard: the shard's own answer, its result set (binary rows), passed on.
+    let one = stored_shard_of(port, 7100..7120).await;
+    let rows: Vec<Vec<P>> = one
+        .iter()
+        .map(|&i| vec![P::Int(Some(i)), P::Bytes(Some(b"r".to_vec()))])
+        .collect();
+    let replies = c.command(&bulk_of(stmt, &rows)).await;
+    let want: Vec<Vec<u8>> = one
+        .iter()
+        .map(|i| {
+            let mut r = vec![0, 0]; // binary row header, NULL bitmap
+            r.extend_from_slice(&i.to_le_bytes());
+            r
+        })
+        .collect();
+    assert!(
+        matches!(replies.as_slice(), [Reply::Rows { rows, .. }] if rows == &want),
+        "the returned ids: {replies:?}"
+    );
+    c.quit().await;
+}
+
+/// Keys in `range` that s0 owns (seeded through the proxy, read from s0, deleted again).
+async fn stored_shard_of(port: u16, range: std::ops::Range<i64>) -> Vec<i64> {
+    let mut app = common::connect(&format!(
+        "mysql://app:app@127.0.0.1:{port}/app?prefer_socket=false"
+    ))
+    .await;
+    for i in range.clone() {
+        app.exec_drop("INSERT INTO bitems (id, v) VALUES (?, 'seed')", (i,))
+            .await
+            .expect("seed");
+    }
+    let sql = format!(
+        "SELECT id FROM app.bitems WHERE id BETWEEN {} AND {} ORDER BY id",
+        range.start,
+        range.end - 1
+    );
+    let on_s0: Vec<i64> = on_shards(&sql).await.swap_remove(0);
+    for i in range {
+        app.exec_drop("DELETE FROM bitems WHERE id = ?", (i,))
+            .await
+            .expect("clean");
+    }
+    on_s0
+}
