@@ -738,18 +738,8 @@ async fn bulk_returning_split_between_shards_is_refused_cleanly() {
     let rows: Vec<Vec<P>> = (7000..7008)
         .map(|i| vec![P::Int(Some(i)), P::Bytes(Some(b"r".to_vec()))])
         .collect();
-    let replies = c.command(&bulk_of(stmt, &rows)).await;
-    assert!(
-        matches!(replies.as_slice(), [Reply::Err(1235, _)]),
-        "refused: {replies:?}"
-    );
-    for _ in 0..3 {
-        let r = c.query("SELECT 41 + 1").await;
-        assert!(
-            matches!(r.as_slice(), [Reply::Rows { rows, .. }] if rows == &vec![b"\x0242".to_vec()]),
-            "the next statement's own answer: {r:?}"
-        );
-    }
+    refused(c.command(&bulk_of(stmt, &rows)).await);
+    in_step(&mut c).await;
     let stored: Vec<Vec<i64>> =
         on_shards("SELECT id FROM app.bitems WHERE id BETWEEN 7000 AND 7007").await;
     assert_eq!(stored.concat(), Vec::<i64>::new(), "nothing ran");
@@ -775,6 +765,25 @@ async fn bulk_returning_split_between_shards_is_refused_cleanly() {
     c.quit().await;
 }
 
+fn refused(replies: Vec<Reply>) {
+    assert!(
+        matches!(replies.as_slice(), [Reply::Err(1235, _)]),
+        "refused: {replies:?}"
+    );
+}
+
+/// The session's next statements get their own answers (no result left over on a server
+/// connection).
+async fn in_step(c: &mut Raw) {
+    for _ in 0..2 {
+        let r = c.query("SELECT 41 + 1").await;
+        assert!(
+            matches!(r.as_slice(), [Reply::Rows { rows, .. }] if rows == &vec![b"\x0242".to_vec()]),
+            "the next statement's own answer: {r:?}"
+        );
+    }
+}
+
 /// Keys in `range` that s0 owns (seeded through the proxy, read from s0, deleted again).
 async fn stored_shard_of(port: u16, range: std::ops::Range<i64>) -> Vec<i64> {
     let mut app = common::connect(&format!(
@@ -798,4 +807,41 @@ async fn stored_shard_of(port: u16, range: std::ops::Range<i64>) -> Vec<i64> {
             .expect("clean");
     }
     on_s0
+}
+
+/// MariaDB's RETURNING on a write the proxy runs shard by shard (a split INSERT, a scatter
+/// DELETE, text or prepared) is refused before anything runs, and the session stays in step.
+/// Before: the client got OK(0) and its next statement another command's result set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returning_on_a_write_of_several_shards_is_refused_cleanly() {
+    let port = sharded_proxy();
+    let (mut app, _) = bitems(port).await;
+    let (mut c, _) = Raw::login(port, "app", "app", CAPS, 0).await;
+    let values: Vec<String> = (7300..7310).map(|i| format!("({i}, 'x')")).collect();
+    let insert = format!(
+        "INSERT INTO bitems (id, v) VALUES {} RETURNING id",
+        values.join(", ")
+    );
+    refused(c.query(&insert).await);
+    in_step(&mut c).await;
+    c.quit().await;
+    let stored: Vec<Vec<i64>> =
+        on_shards("SELECT id FROM app.bitems WHERE id BETWEEN 7300 AND 7309").await;
+    assert_eq!(stored.concat(), Vec::<i64>::new(), "nothing ran");
+    app.query_drop("INSERT INTO bitems (id, v) VALUES (7320, 'del'), (7321, 'del'), (7322, 'del')")
+        .await
+        .expect("insert");
+    let r = app
+        .exec_iter("DELETE FROM bitems WHERE v = ? RETURNING id", ("del",))
+        .await
+        .map(drop);
+    assert!(
+        matches!(&r, Err(mysql_async::Error::Server(e)) if e.code == 1235),
+        "a prepared scatter DELETE ... RETURNING: {r:?}"
+    );
+    let left: Vec<i64> = app
+        .query("SELECT id FROM bitems WHERE v = 'del' ORDER BY id")
+        .await
+        .expect("read");
+    assert_eq!(left, vec![7320, 7321, 7322], "nothing deleted");
 }

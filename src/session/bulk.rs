@@ -12,7 +12,7 @@ use super::statements::StmtShards;
 use super::{command_frame, id_after_command, Session, SessionError};
 use crate::backend::bulk::{Bulk, BulkParam, SEND_TYPES_TO_SERVER, SEND_UNIT_RESULTS};
 use crate::planner::classify::{Class, Hint, Kind};
-use crate::planner::{lex, Route};
+use crate::planner::Route;
 use crate::protocol::consts::{errcode, ext_cap};
 use crate::protocol::packet::Frame;
 
@@ -56,7 +56,7 @@ impl Session {
         };
         let route = self.current_route(&info.route);
         let (class, hint, shards) = (info.class.clone(), info.hint, info.shards);
-        let (params, returns_rows) = (info.params, lex::returns_rows(&info.sql));
+        let params = info.params;
         if !self.shared.planner().is_sharded(&self.plan_ctx()) {
             return self
                 .run_statement(&route, &class, hint, Work::Execute(&frame, client_id))
@@ -88,17 +88,11 @@ impl Session {
             }
             // A write without a shard key runs on every shard it may touch: each row's execute
             // would have run on each of them, so each gets all the rows.
-            StmtShards::Multi if returns_rows => {
-                self.send_err(errcode::NOT_SUPPORTED, SPLIT_RESULTS, reply_seq)
-                    .await;
-                Ok(())
-            }
             StmtShards::Multi => self.execute_on_shards(&frame, client_id, class, hint).await,
             StmtShards::Key(p) => {
                 let key = BulkKey {
                     client_id,
                     params,
-                    returns_rows,
                     p,
                 };
                 self.bulk_by_key(&frame, key, route, &class, hint).await
@@ -154,11 +148,6 @@ impl Session {
                 .run_statement(&route, class, hint, Work::Execute(frame, key.client_id))
                 .await;
         }
-        if key.returns_rows {
-            self.send_err(errcode::NOT_SUPPORTED, SPLIT_RESULTS, reply_seq)
-                .await;
-            return Ok(());
-        }
         let commands: Vec<(Route, Frame)> = groups
             .into_iter()
             .map(|(r, rows)| {
@@ -188,10 +177,5 @@ impl Session {
 struct BulkKey {
     client_id: u32,
     params: u16,
-    /// `RETURNING`: several shards' result sets are not merged.
-    returns_rows: bool,
     p: usize,
 }
-
-/// Several shards' answers to a bulk would be result sets to merge.
-const SPLIT_RESULTS: &str = "shardgate: COM_STMT_BULK_EXECUTE of a statement with a result set (RETURNING) is not supported when its rows belong to several shards";

@@ -34,6 +34,9 @@ struct Inserted {
 /// A split INSERT whose parts do not fit the statement (never expected: refused, not cut short).
 const UNSPLIT: &str = "shardgate: the rows of this INSERT could not be cut out for their shards";
 
+/// A write the proxy runs part by part and answers with one OK cannot return rows.
+const SPLIT_RETURNING: &str = "shardgate: RETURNING is not supported on a write that runs on several shards (or takes sequence ids)";
+
 /// A multi-shard read rewritten on both sides of bytes that are not UTF-8.
 const UNPLACEABLE: &str = "shardgate: this multi-shard read needs a rewrite around bytes that are not valid UTF-8; use a hex literal (X'...') for them";
 
@@ -408,6 +411,11 @@ impl Session {
         insert: Inserted,
         reply_seq: u8,
     ) -> Result<(), SessionError> {
+        if parts.first().is_some_and(|(_, sql)| lex::returns_rows(sql)) {
+            self.send_err(errcode::NOT_SUPPORTED, SPLIT_RETURNING, reply_seq)
+                .await;
+            return Ok(());
+        }
         let mut total = OkSum::new(insert.multi_row);
         for (route, sql) in &parts {
             let r = self.run_for_ok(&route.addr, sql).await;
@@ -977,6 +985,15 @@ impl Session {
         client_id: u32,
         reply_seq: u8,
     ) -> Result<(), SessionError> {
+        if self
+            .stmts
+            .get(client_id)
+            .is_some_and(|s| lex::returns_rows(&s.sql))
+        {
+            self.send_err(errcode::NOT_SUPPORTED, SPLIT_RETURNING, reply_seq)
+                .await;
+            return Ok(());
+        }
         let mut total = OkSum::new(false);
         for (route, frame) in &targets {
             let addr = &route.addr;
