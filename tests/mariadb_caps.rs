@@ -845,3 +845,78 @@ async fn returning_on_a_write_of_several_shards_is_refused_cleanly() {
         .expect("read");
     assert_eq!(left, vec![7320, 7321, 7322], "nothing deleted");
 }
+
+/// COM_STMT_EXECUTE of statement `stmt` with (LONGLONG id, VAR_STRING v, `n`), where `n` is
+/// TINY `Some(1)` bytes or LONGLONG; `types`: whether the types are sent.
+fn execute_packet(stmt: u32, id: i64, v: &str, n: &[u8], types: bool) -> Vec<u8> {
+    let mut p = vec![0x17];
+    p.extend_from_slice(&stmt.to_le_bytes());
+    p.push(0);
+    p.extend_from_slice(&1u32.to_le_bytes());
+    p.push(0); // NULL bitmap
+    p.push(u8::from(types));
+    if types {
+        let n_type = if n.len() == 1 { 0x01 } else { 0x08 };
+        p.extend_from_slice(&[0x08, 0, 0xFD, 0, n_type, 0]);
+    }
+    p.extend_from_slice(&id.to_le_bytes());
+    p.push(v.len() as u8);
+    p.extend_from_slice(v.as_bytes());
+    p.extend_from_slice(n);
+    p
+}
+
+/// A bulk binds its parameter types as an execute does: an execute after it that does not
+/// send types again means the bulk's, also on a shard's connection that never saw the bulk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execute_after_a_bulk_reads_the_bulks_types() {
+    let port = sharded_proxy();
+    drop(bitems(port).await);
+    let on_s0 = stored_shard_of(port, 8000..8020).await;
+    let on_s1: Vec<i64> = (8000..8020).filter(|i| !on_s0.contains(i)).collect();
+    let (mut c, _) = Raw::login(port, "app", "app", CAPS, BULK).await;
+    let stmt = c
+        .prepare("INSERT INTO bitems (id, v, n) VALUES (?, ?, ?)")
+        .await
+        .expect("prepare");
+    // LONGLONG n, on s0.
+    let r = c
+        .command(&execute_packet(
+            stmt,
+            on_s0[0],
+            "a",
+            &7i64.to_le_bytes(),
+            true,
+        ))
+        .await;
+    assert_eq!(r, vec![Reply::Ok(1)]);
+    // TINY n, rows on s0 only.
+    let mut bulk = vec![0xFA];
+    bulk.extend_from_slice(&stmt.to_le_bytes());
+    bulk.extend_from_slice(&128u16.to_le_bytes());
+    bulk.extend_from_slice(&[0x08, 0, 0xFD, 0, 0x01, 0]);
+    bulk.push(0);
+    bulk.extend_from_slice(&on_s0[1].to_le_bytes());
+    bulk.extend_from_slice(&[0, 1, b'b', 0, 8]);
+    assert_eq!(c.command(&bulk).await, vec![Reply::Ok(1)]);
+    // No types: the bulk's (TINY), on s1, whose connection has not seen this statement.
+    let r = c
+        .command(&execute_packet(stmt, on_s1[0], "c", &[9], false))
+        .await;
+    assert_eq!(r, vec![Reply::Ok(1)], "the bulk's types");
+    c.quit().await;
+    let mut stored: Vec<(i64, Option<i64>)> = on_shards(&format!(
+        "SELECT id, n FROM app.bitems WHERE id IN ({}, {}, {})",
+        on_s0[0], on_s0[1], on_s1[0]
+    ))
+    .await
+    .concat();
+    stored.sort();
+    let mut want = vec![
+        (on_s0[0], Some(7)),
+        (on_s0[1], Some(8)),
+        (on_s1[0], Some(9)),
+    ];
+    want.sort();
+    assert_eq!(stored, want);
+}

@@ -380,11 +380,14 @@ impl Session {
             execute_frame(frame, stmt, &mut info.types)
         } else {
             if frame.first_byte() == Some(crate::protocol::consts::com::STMT_BULK_EXECUTE) {
-                // A bulk binds its types on the server statement: a later execute that does
-                // not send types must get the client's put back in.
+                // A bulk binds its types as an execute does, on the server statement and in
+                // the client's eyes: a later execute without types means these.
                 let payload = frame.payload();
                 let n = 2 * stmt.params as usize;
                 stmt.types = payload.get(7..7 + n).map(Bytes::copy_from_slice);
+                if stmt.types.is_some() {
+                    info.types = stmt.types.clone();
+                }
             }
             let mut f = frame.clone();
             if f.raw.len() >= 9 {
