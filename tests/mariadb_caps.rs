@@ -323,9 +323,12 @@ fn bulk_of(stmt: u32, rows: &[Vec<P>]) -> Vec<u8> {
                     p.push(0);
                     if b.len() < 251 {
                         p.push(b.len() as u8);
-                    } else {
+                    } else if b.len() < 1 << 16 {
                         p.push(0xFC);
                         p.extend_from_slice(&(b.len() as u16).to_le_bytes());
+                    } else {
+                        p.push(0xFD);
+                        p.extend_from_slice(&(b.len() as u32).to_le_bytes()[..3]);
                     }
                     p.extend_from_slice(b);
                 }
@@ -364,7 +367,7 @@ async fn prepared_bulk(c: &mut Raw, sql: &str, rows: &[Vec<P>]) -> Result<BulkOk
 }
 
 const BITEMS: &str =
-    "(id BIGINT PRIMARY KEY, v VARCHAR(20), n BIGINT NULL, b BLOB, vb VARBINARY(300), \
+    "(id BIGINT PRIMARY KEY, v VARCHAR(20), n BIGINT NULL, b MEDIUMBLOB, vb VARBINARY(300), \
                       seq BIGINT NOT NULL AUTO_INCREMENT, KEY (seq))";
 
 /// The sharded table `bitems` (created through the proxy, so on every shard), and a table of
@@ -919,4 +922,43 @@ async fn an_execute_after_a_bulk_reads_the_bulks_types() {
     ];
     want.sort();
     assert_eq!(stored, want);
+}
+
+/// A bulk of more than 16 MiB (several physical packets from the client) split between
+/// shards: every row's BLOB stored intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_over_16_mib_splits_intact() {
+    let port = sharded_proxy();
+    drop(bitems(port).await);
+    let ids: Vec<i64> = (9000..9018).collect();
+    let value = |i: i64| -> Vec<u8> {
+        (0..(1usize << 20) + 7)
+            .map(|k| (k as i64 * 31 + i) as u8)
+            .collect()
+    };
+    let rows: Vec<Vec<P>> = ids
+        .iter()
+        .map(|&i| vec![P::Int(Some(i)), P::Bytes(Some(value(i)))])
+        .collect();
+    let (mut c, _) = Raw::login(port, "app", "app", CAPS, BULK).await;
+    let stmt = c
+        .prepare("INSERT INTO bitems (id, b) VALUES (?, ?)")
+        .await
+        .expect("prepare");
+    let packet = bulk_of(stmt, &rows);
+    assert!(packet.len() > 1 << 24, "over one physical packet");
+    let r = bulk_answer(&mut c, &packet).await;
+    assert_eq!(r.map(|a| a.0), Ok(18));
+    in_step(&mut c).await;
+    c.quit().await;
+    let per_shard: Vec<Vec<(i64, Vec<u8>)>> =
+        on_shards("SELECT id, b FROM app.bitems WHERE id BETWEEN 9000 AND 9017").await;
+    assert!(per_shard.iter().all(|s| !s.is_empty()), "both shards");
+    let mut stored = per_shard.concat();
+    stored.sort();
+    assert_eq!(stored.len(), ids.len());
+    for ((id, b), &want) in stored.iter().zip(&ids) {
+        assert_eq!(*id, want);
+        assert!(*b == value(want), "row {id}: the bytes as sent");
+    }
 }
