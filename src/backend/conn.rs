@@ -389,8 +389,16 @@ impl BackendConn {
                 source,
             })?
             .ok_or(BackendError::Closed { addr: addr.clone() })?;
-        self.in_flight = false;
         let payload = f.payload();
+        if !matches!(payload.first(), Some(0x00 | 0xFE | 0xFF)) {
+            // A result set (a write with RETURNING): the rest of it is still coming, so the
+            // connection stays marked in flight and is never reused out of step.
+            return Err(BackendError::Malformed {
+                addr,
+                what: "answer (a result set where an OK was expected)",
+            });
+        }
+        self.in_flight = false;
         Ok(match payload.first() {
             Some(0xFF) => Err(parse_err(&payload).map_err(|_| BackendError::Malformed {
                 addr,

@@ -1,6 +1,7 @@
 //! Connections to MariaDB servers: opening them, pooling them, streaming their results.
 
 pub mod balance;
+pub mod bulk;
 pub mod conn;
 pub mod forward;
 pub mod health;

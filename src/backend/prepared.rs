@@ -292,48 +292,49 @@ pub fn param_value<'a>(
             continue;
         }
         let (ty, unsigned) = (types[2 * i], types[2 * i + 1] & 0x80 != 0);
-        let fixed = |n: usize| payload.get(at..at + n);
-        let (len, value) = match ty {
-            0x01 => (1, fixed(1).map(|b| int(b, unsigned))),
-            0x02 | 0x0d => (2, fixed(2).map(|b| int(b, unsigned))),
-            0x03 | 0x09 => (4, fixed(4).map(|b| int(b, unsigned))),
-            0x08 => (8, fixed(8).map(|b| int(b, unsigned))),
-            0x04 => (
-                4,
-                fixed(4).and_then(|b| {
-                    Some(ParamValue::Float(
-                        f32::from_le_bytes(b.try_into().ok()?).into(),
-                    ))
-                }),
-            ),
-            0x05 => (
-                8,
-                fixed(8)
-                    .and_then(|b| Some(ParamValue::Float(f64::from_le_bytes(b.try_into().ok()?)))),
-            ),
-            0x06 => (0, Some(ParamValue::Null)),
-            0x07 | 0x0a | 0x0b | 0x0c => {
-                let n = *payload.get(at)? as usize;
-                (1 + n, Some(ParamValue::Other))
-            }
-            _ => {
-                let mut r = crate::protocol::wire::Reader::new(payload.get(at..)?);
-                let before = r.remaining().len();
-                let bytes = r.lenenc_bytes().ok()?;
-                let value = match ty {
-                    // DECIMAL, NEWDECIMAL
-                    0x00 | 0xf6 => ParamValue::Decimal(bytes),
-                    _ => ParamValue::Bytes(bytes),
-                };
-                (before - r.remaining().len(), Some(value))
-            }
-        };
+        let (len, value) = read_value(payload.get(at..)?, ty, unsigned)?;
         if i == index {
-            return value;
+            return Some(value);
         }
         at += len;
     }
     None
+}
+
+/// The binary-protocol value of type `ty` at the start of `bytes`: its length in bytes and,
+/// as far as routing needs it, its value. `None`: cut short.
+pub fn read_value(bytes: &[u8], ty: u8, unsigned: bool) -> Option<(usize, ParamValue<'_>)> {
+    let fixed = |n: usize| bytes.get(..n);
+    Some(match ty {
+        0x01 => (1, int(fixed(1)?, unsigned)),
+        0x02 | 0x0d => (2, int(fixed(2)?, unsigned)),
+        0x03 | 0x09 => (4, int(fixed(4)?, unsigned)),
+        0x08 => (8, int(fixed(8)?, unsigned)),
+        0x04 => (
+            4,
+            ParamValue::Float(f32::from_le_bytes(fixed(4)?.try_into().ok()?).into()),
+        ),
+        0x05 => (
+            8,
+            ParamValue::Float(f64::from_le_bytes(fixed(8)?.try_into().ok()?)),
+        ),
+        0x06 => (0, ParamValue::Null),
+        0x07 | 0x0a | 0x0b | 0x0c => {
+            let n = *bytes.first()? as usize;
+            fixed(1 + n)?;
+            (1 + n, ParamValue::Other)
+        }
+        _ => {
+            let mut r = crate::protocol::wire::Reader::new(bytes);
+            let value = r.lenenc_bytes().ok()?;
+            let value = match ty {
+                // DECIMAL, NEWDECIMAL
+                0x00 | 0xf6 => ParamValue::Decimal(value),
+                _ => ParamValue::Bytes(value),
+            };
+            (bytes.len() - r.remaining().len(), value)
+        }
+    })
 }
 
 fn int<'a>(b: &[u8], unsigned: bool) -> ParamValue<'a> {

@@ -310,6 +310,25 @@ mod kill_tests {
     }
 }
 
+/// Whether a write returns rows (`INSERT`/`REPLACE`/`DELETE ... RETURNING`): MariaDB's
+/// PREPARE_OK announces no columns for it.
+pub fn returns_rows(sql: &[u8]) -> bool {
+    crate::planner::digest::Lexer::new(sql).any(|t| {
+        t.kind == crate::planner::digest::TokKind::Word
+            && t.text(sql).eq_ignore_ascii_case(b"returning")
+    })
+}
+
+#[test]
+fn returning_is_a_keyword_not_text() {
+    assert!(returns_rows(b"INSERT INTO t (id) VALUES (?) returning id"));
+    assert!(returns_rows(b"DELETE FROM t WHERE id = ? RETURNING *"));
+    assert!(!returns_rows(b"INSERT INTO t (v) VALUES ('RETURNING')"));
+    assert!(!returns_rows(
+        b"INSERT INTO t (`returning`) VALUES (?) /* RETURNING */"
+    ));
+}
+
 /// How many `?` parameters a statement's text takes.
 pub fn placeholders(sql: &[u8]) -> usize {
     crate::planner::digest::Lexer::new(sql)

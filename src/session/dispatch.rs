@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tracing::debug;
 
 use super::route::Choice;
@@ -381,6 +382,16 @@ impl Session {
         let rewritten = if frame.first_byte() == Some(crate::protocol::consts::com::STMT_EXECUTE) {
             execute_frame(frame, stmt, &mut info.types)
         } else {
+            if frame.first_byte() == Some(crate::protocol::consts::com::STMT_BULK_EXECUTE) {
+                // A bulk binds its types as an execute does, on the server statement and in
+                // the client's eyes: a later execute without types means these.
+                let payload = frame.payload();
+                let n = 2 * stmt.params as usize;
+                stmt.types = payload.get(7..7 + n).map(Bytes::copy_from_slice);
+                if stmt.types.is_some() {
+                    info.types = stmt.types.clone();
+                }
+            }
             let mut f = frame.clone();
             if f.raw.len() >= 9 {
                 f.raw[5..9].copy_from_slice(&stmt.id.to_le_bytes());

@@ -123,16 +123,10 @@ pub async fn handshake(
 }
 
 /// The MariaDB extended capabilities clients are offered: extended metadata and bulk execute
-/// when every server seen offers them. Not bulk execute while a keyspace is sharded: its rows
-/// would have to be split between shards, which the proxy does not do; such clients (Connector/J)
-/// then send one execute per row, which is routed as usual.
+/// when every server seen offers them (on a sharded keyspace a bulk's rows are split between
+/// shards, see `session::bulk`).
 fn offered_ext(shared: &Shared) -> u32 {
-    use crate::protocol::consts::ext_cap;
-    let mut ext = shared.pools.backend_ext() & ext_cap::PASS_THROUGH;
-    if shared.planner().any_sharded() {
-        ext &= !ext_cap::STMT_BULK_OPERATIONS;
-    }
-    ext
+    shared.pools.backend_ext() & crate::protocol::consts::ext_cap::PASS_THROUGH
 }
 
 /// What a client offered to prove who it is (at login or in COM_CHANGE_USER).

@@ -773,8 +773,14 @@ fn query_frame(sql: &[u8], client_last_seq: u8) -> Frame {
     let mut cmd = Vec::with_capacity(sql.len() + 1);
     cmd.push(com::QUERY);
     cmd.extend_from_slice(sql);
-    let mut raw = BytesMut::new();
-    put_packet(&mut raw, 0, &cmd);
+    command_frame(&cmd, client_last_seq)
+}
+
+/// A command of the proxy's making (`cmd` from its command byte on), answered as the client's
+/// command that ended at `client_last_seq`.
+fn command_frame(cmd: &[u8], client_last_seq: u8) -> Frame {
+    let mut raw = BytesMut::with_capacity(cmd.len() + 4);
+    put_packet(&mut raw, 0, cmd);
     Frame {
         raw,
         last_seq: client_last_seq,

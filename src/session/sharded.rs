@@ -34,6 +34,9 @@ struct Inserted {
 /// A split INSERT whose parts do not fit the statement (never expected: refused, not cut short).
 const UNSPLIT: &str = "shardgate: the rows of this INSERT could not be cut out for their shards";
 
+/// A write the proxy runs part by part and answers with one OK cannot return rows.
+const SPLIT_RETURNING: &str = "shardgate: RETURNING is not supported on a write that runs on several shards (or takes sequence ids)";
+
 /// A multi-shard read rewritten on both sides of bytes that are not UTF-8.
 const UNPLACEABLE: &str = "shardgate: this multi-shard read needs a rewrite around bytes that are not valid UTF-8; use a hex literal (X'...') for them";
 
@@ -254,7 +257,7 @@ impl Session {
     /// A write on several shards inside a transaction: the transaction opens on each (best
     /// effort) or, when it would span shards, the write is refused. `false` after answering
     /// the client with an error.
-    async fn join_txn_on(
+    pub(super) async fn join_txn_on(
         &mut self,
         parts: &[(Route, Vec<u8>)],
         reply_seq: u8,
@@ -417,6 +420,11 @@ impl Session {
         insert: Inserted,
         reply_seq: u8,
     ) -> Result<(), SessionError> {
+        if parts.first().is_some_and(|(_, sql)| lex::returns_rows(sql)) {
+            self.send_err(errcode::NOT_SUPPORTED, SPLIT_RETURNING, reply_seq)
+                .await;
+            return Ok(());
+        }
         let mut total = OkSum::new(insert.multi_row);
         for (route, sql) in &parts {
             let r = self.run_for_ok(&route.addr, sql).await;
@@ -434,9 +442,7 @@ impl Session {
         }
         if let Some(id) = insert.first_id.and_then(|id| u64::try_from(id).ok()) {
             total.ok.last_insert_id = id;
-            // LAST_INSERT_ID() on whichever connection serves the session next.
-            let var = crate::backend::vars::Var::System("last_insert_id".into());
-            self.vars = self.vars.with([(var, Some(id.to_string()))]);
+            self.remember_insert_id(id);
         }
         self.cache_invalidate_now(class);
         let mut out = BytesMut::new();
@@ -798,22 +804,11 @@ impl Session {
             StmtShards::Key(p) => {
                 let payload = frame.payload();
                 let value = param_value(&payload, info.params, info.types.as_deref(), p);
-                let key = match value {
-                    Some(ParamValue::Int(v)) => Some(KeyValue::Int(v)),
-                    Some(ParamValue::Bytes(b)) => Some(KeyValue::from_string_content(b)),
-                    Some(ParamValue::Decimal(d)) => Some(KeyValue::from_number_text(d)),
-                    Some(ParamValue::Float(f)) => KeyValue::from_double(f),
-                    _ => None,
-                };
-                let ctx = self.plan_ctx();
-                match key.and_then(|k| self.shared.planner().route_for_key(&ctx, &k)) {
+                match self.key_route(value) {
                     Some(r) => r,
                     None => {
                         drop(payload);
-                        let msg = format!(
-                            "shardgate: parameter {} is the shard key: it must be an integer, a string or a number without a fraction, not NULL, a number with a fraction or a date",
-                            p + 1
-                        );
+                        let msg = unroutable_key(p);
                         self.send_err(errcode::UNKNOWN, &msg, reply_seq).await;
                         return Ok(None);
                     }
@@ -828,6 +823,18 @@ impl Session {
             return Ok(None);
         }
         Ok(Some(route))
+    }
+
+    /// The shard of a shard-key parameter's value; `None` for a value no shard owns.
+    pub(super) fn key_route(&self, value: Option<ParamValue<'_>>) -> Option<Route> {
+        let key = match value? {
+            ParamValue::Int(v) => KeyValue::Int(v),
+            ParamValue::Bytes(b) => KeyValue::from_string_content(b),
+            ParamValue::Decimal(d) => KeyValue::from_number_text(d),
+            ParamValue::Float(f) => KeyValue::from_double(f)?,
+            ParamValue::Null | ParamValue::Other => return None,
+        };
+        self.shared.planner().route_for_key(&self.plan_ctx(), &key)
     }
 
     /// A read on several shards, concatenated or merged. Inside a transaction, with
@@ -980,7 +987,8 @@ impl Session {
                 if !self.join_txn_on(&targets, reply_seq).await? {
                     return Ok(());
                 }
-                self.execute_each(&class, &targets, frame, client_id, reply_seq)
+                let commands = targets.into_iter().map(|(r, _)| (r, frame.clone()));
+                self.execute_each(&class, commands.collect(), client_id, reply_seq)
                     .await
             }
             ShardPlan::Reject(msg) => {
@@ -995,18 +1003,27 @@ impl Session {
         }
     }
 
-    /// A prepared write on several shards' primaries; one OK with the affected rows summed.
-    /// Not atomic: the first error stops it and reaches the client.
-    async fn execute_each(
+    /// A prepared write on several shards' primaries, each its command (the client's execute,
+    /// or bulk execute of that shard's rows); one OK with the affected rows summed. Not
+    /// atomic: the first error stops it and reaches the client.
+    pub(super) async fn execute_each(
         &mut self,
         class: &Class,
-        targets: &[(Route, Vec<u8>)],
-        frame: &Frame,
+        targets: Vec<(Route, Frame)>,
         client_id: u32,
         reply_seq: u8,
     ) -> Result<(), SessionError> {
+        if self
+            .stmts
+            .get(client_id)
+            .is_some_and(|s| lex::returns_rows(&s.sql))
+        {
+            self.send_err(errcode::NOT_SUPPORTED, SPLIT_RETURNING, reply_seq)
+                .await;
+            return Ok(());
+        }
         let mut total = OkSum::new(false);
-        for (route, _) in targets {
+        for (route, frame) in &targets {
             let addr = &route.addr;
             if let Err(e) = self.ready_connection(addr, None).await {
                 self.cache_invalidate_now(class);
@@ -1027,9 +1044,9 @@ impl Session {
             let Some(conn) = self.pinned.find(addr) else {
                 continue;
             };
-            let r = conn
-                .command_ok(com::STMT_EXECUTE, &command.payload()[1..])
-                .await;
+            let payload = command.payload();
+            let (cmd, args) = payload.split_first().unwrap_or((&com::STMT_EXECUTE, &[]));
+            let r = conn.command_ok(*cmd, args).await;
             match r {
                 Ok(Ok((ok, info))) => {
                     conn.in_txn = ok.status & status::IN_TRANS != 0;
@@ -1048,15 +1065,26 @@ impl Session {
             }
         }
         self.cache_invalidate_now(class);
+        if total.ok.last_insert_id != 0 {
+            // The first shard's id (a bulk's first row's); each shard's connection has its own.
+            self.remember_insert_id(total.ok.last_insert_id);
+        }
         let mut out = BytesMut::new();
         put_ok_info(&mut out, reply_seq, self.caps, total.ok, &total.info());
         let _ = self.io.write_all(&out).await;
         Ok(())
     }
 
+    /// `LAST_INSERT_ID()` of a write the proxy answered itself, on whichever connection serves
+    /// the session next.
+    fn remember_insert_id(&mut self, id: u64) {
+        let var = crate::backend::vars::Var::System("last_insert_id".into());
+        self.vars = self.vars.with([(var, Some(id.to_string()))]);
+    }
+
     /// With autocommit off every statement is in a transaction: the first that names a shard
     /// binds it, as after a BEGIN (nothing to send: the server opens it itself).
-    fn implicit_txn(&mut self) {
+    pub(super) fn implicit_txn(&mut self) {
         if !self.vars.autocommit() && self.shard_txn.is_none() {
             self.shard_txn = Some(ShardTxn {
                 begin: Vec::new(),
@@ -1098,6 +1126,14 @@ fn split_parts(
         .iter()
         .map(|(i, s)| Some((routes.get(*i)?.clone(), s.render(client)?)))
         .collect()
+}
+
+/// Why a shard-key parameter (`p`, from 0) cannot route its execute.
+pub(super) fn unroutable_key(p: usize) -> String {
+    format!(
+        "shardgate: parameter {} is the shard key: it must be an integer, a string or a number without a fraction, not NULL, a number with a fraction or a date",
+        p + 1
+    )
 }
 
 /// A SET that turns autocommit on by a literal or DEFAULT.
