@@ -53,6 +53,8 @@ pub(crate) fn current_worker() -> usize {
 
 /// An idle connection is closed rather than reused after this long (servers time them out).
 const IDLE_MAX_AGE: Duration = Duration::from_secs(300);
+/// How long a retired connection may take to be closed by its server before it is dropped.
+const RETIRE_WAIT: Duration = Duration::from_secs(1);
 
 struct Idle {
     conn: BackendConn,
@@ -119,6 +121,28 @@ impl Drop for Pooled {
     }
 }
 
+/// Closes an idle connection the pool no longer wants, keeping its permit until the server
+/// has closed its side: dropping the socket alone frees the slot while the server still counts
+/// the connection, and a new one opened meanwhile would take the server one over
+/// `max_connections`.
+fn retire(idle: Idle) {
+    let Idle { mut conn, permit } = idle;
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    rt.spawn(async move {
+        let quit = [1, 0, 0, 0, crate::protocol::consts::com::QUIT];
+        let closed = async {
+            if conn.io.write_all(&quit).await.is_ok() {
+                while matches!(conn.io.fill().await, Ok(1..)) {}
+            }
+        };
+        let _ = tokio::time::timeout(RETIRE_WAIT, closed).await;
+        drop(conn);
+        drop(permit);
+    });
+}
+
 impl ServerPool {
     fn new(addr: &str, settings: &PoolSection, workers: usize, ext: Arc<AtomicU32>) -> Self {
         ServerPool {
@@ -157,6 +181,9 @@ impl ServerPool {
             idle.push(Idle { conn, permit });
             drop(idle);
             self.returned.notify_waiters();
+        } else {
+            drop(idle);
+            retire(Idle { conn, permit });
         }
     }
 
@@ -170,7 +197,11 @@ impl ServerPool {
         let mut order = (0..self.idle.len()).map(|i| (own + i) % self.idle.len());
         order.find_map(|w| {
             let mut idle = self.idle[w].lock().unwrap_or_else(|e| e.into_inner());
-            idle.retain(|i| i.conn.last_used.elapsed() < IDLE_MAX_AGE);
+            let (keep, stale): (Vec<Idle>, Vec<Idle>) = std::mem::take(&mut *idle)
+                .into_iter()
+                .partition(|i| i.conn.last_used.elapsed() < IDLE_MAX_AGE);
+            *idle = keep;
+            stale.into_iter().for_each(retire);
             let fits = |i: &Idle| i.conn.key == key && i.conn.user == user;
             let same_db = |i: &Idle| fits(i) && i.conn.db.as_deref() == db;
             let sig_of = |i: &Idle| i.conn.vars.as_ref().map_or(0, |v| v.sig());
@@ -190,7 +221,7 @@ impl ServerPool {
             if idle.is_empty() {
                 return false;
             }
-            idle.remove(0);
+            retire(idle.remove(0));
             true
         })
     }
@@ -220,9 +251,9 @@ impl ServerPool {
             if let Ok(p) = self.permits.clone().try_acquire_owned() {
                 break p;
             }
-            if self.evict_one() {
-                continue; // an idle connection of another user or charset made room
-            }
+            // An idle connection of another user or charset makes room: its permit comes
+            // back once the server has closed it, which the wait below sees.
+            self.evict_one();
             tokio::select! {
                 p = self.permits.clone().acquire_owned() => match p {
                     Ok(p) => break p,
