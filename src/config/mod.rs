@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::shardmap::{Keyspace, ShardMap};
 
 mod secret;
+mod topology;
+
+pub use topology::{StoreKind, TopologySection};
 
 /// Why a configuration or shard map could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -448,6 +451,8 @@ pub struct Config {
     #[serde(default)]
     pub ha: HaSection,
     #[serde(default)]
+    pub topology: TopologySection,
+    #[serde(default)]
     pub users: Vec<User>,
     /// The file this config was loaded from: what a reload reads again.
     #[serde(skip)]
@@ -567,6 +572,7 @@ impl Config {
                 return Err(invalid(key, "must be at least 1 millisecond".into()));
             }
         }
+        self.topology.check().map_err(|(k, m)| invalid(k, m))?;
         if self.users.is_empty() {
             return Err(invalid(
                 "users",

@@ -264,6 +264,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         ("monitor", val(&old.monitor), val(&new.monitor)),
         ("cache", val(&old.cache), val(&new.cache)),
         ("ha", val(&old.ha), val(&new.ha)),
+        ("topology", val(&old.topology), val(&new.topology)),
         (
             "routing (but max_replica_lag and read_write_split)",
             routing(old),
