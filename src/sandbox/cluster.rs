@@ -344,6 +344,7 @@ fn default_config() -> Config {
         monitor: Default::default(),
         cache: Default::default(),
         ha: Default::default(),
+        topology: Default::default(),
         users: Vec::new(),
         shard_map: None,
         source: None,
