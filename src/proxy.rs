@@ -130,6 +130,11 @@ impl Proxy {
             workers.push(handle);
         }
         shared.accepting.store(true, Ordering::Relaxed);
+        crate::topology::sync::start(
+            shared.topology.clone(),
+            shared.ha.clone(),
+            shared.cache.clone(),
+        );
         let monitor = spawn_monitor(shared.health.clone(), shared.config.monitor.clone());
         let ha = match crate::ha::spawn(shared.ha.clone()) {
             Ok(h) => Some(h),
@@ -155,6 +160,16 @@ impl Proxy {
     /// Stops accepting, ends every worker (and the sessions on it) and waits for them.
     pub fn shutdown(self) {
         self.shared.accepting.store(false, Ordering::Relaxed);
+        if let Some(store) = self.shared.topology.store() {
+            // Leaves the cluster at once (its lease revoked) instead of after the lease TTL.
+            let _ = store.block_on({
+                let s = store.clone();
+                async move {
+                    s.close().await;
+                    Ok(())
+                }
+            });
+        }
         drop(self.ha);
         drop(self.monitor);
         let _ = self.stop.send(true);

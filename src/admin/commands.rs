@@ -406,6 +406,23 @@ fn topology_table(t: &TopologyView) -> String {
         }
     }
     let mut out = format!("shard map version {}\n", t.version);
+    if t.store.kind == "etcd" {
+        let names: Vec<&str> = t.store.proxies.iter().map(|p| p.id.as_str()).collect();
+        out.push_str(&format!(
+            "topology store etcd, {} (this proxy: {}; live proxies: {})\n",
+            if t.store.up {
+                "reachable"
+            } else {
+                "UNREACHABLE: serving on the last map, deciding nothing"
+            },
+            t.store.proxy_id.as_deref().unwrap_or("?"),
+            if names.is_empty() {
+                "unknown".to_string()
+            } else {
+                names.join(", ")
+            }
+        ));
+    }
     for row in &rows {
         let line: Vec<String> = row
             .iter()
@@ -482,6 +499,7 @@ mod tests {
             },
         };
         let t = TopologyView {
+            store: Default::default(),
             version: 4,
             keyspaces: vec![KeyspaceView {
                 name: "app".into(),

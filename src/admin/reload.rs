@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::{AdminState, ApiError};
 use crate::config::Config;
+use crate::ha::HaError;
 use crate::topology::{ReloadReport, TopologyError};
 
 #[derive(Debug, Default, Deserialize)]
@@ -38,7 +39,7 @@ pub async fn reload(
         tracing::warn!(error = %e, "config reload refused; the running config stays");
         ApiError::BadRequest(format!("not reloaded, the running config stays: {e}"))
     })?;
-    match state.shared.topology.reload(config, q.force) {
+    match state.shared.ha.reload(config, q.force).await {
         Ok(report) => {
             tracing::info!(
                 version = report.version,
@@ -48,7 +49,9 @@ pub async fn reload(
             );
             Ok(Json(report))
         }
-        Err(e @ TopologyError::Refused(_)) => Err(ApiError::Conflict(format!(
+        Err(e @ HaError::Publish(TopologyError::Refused(_)))
+        | Err(e @ HaError::StoreDown)
+        | Err(e @ HaError::Busy(_)) => Err(ApiError::Conflict(format!(
             "not reloaded, the running config stays: {e}"
         ))),
         Err(e) => Err(ApiError::Backend(e.to_string())),

@@ -18,6 +18,47 @@ pub struct TopologyView {
     /// The shard map version the servers' roles come from.
     pub version: u64,
     pub keyspaces: Vec<KeyspaceView>,
+    /// Where the shard map is kept and whether this proxy reaches it.
+    #[serde(default)]
+    pub store: StoreView,
+}
+
+/// The topology store as this proxy sees it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StoreView {
+    /// `file` (this proxy alone) or `etcd`.
+    pub kind: String,
+    /// etcd answers and this proxy's lease is alive (always true for `file`). When false the
+    /// proxy serves on its last map and decides nothing.
+    pub up: bool,
+    /// This proxy's name in the cluster (etcd).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_id: Option<String>,
+    /// The live proxies sharing the map (etcd; empty when unreachable).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxies: Vec<crate::topology::etcd::Member>,
+}
+
+/// The store part of the view (asks etcd for the live proxies).
+pub async fn store_view(shared: &Shared) -> StoreView {
+    match shared.topology.store() {
+        None => StoreView {
+            kind: "file".into(),
+            up: true,
+            proxy_id: None,
+            proxies: Vec::new(),
+        },
+        Some(store) => StoreView {
+            kind: "etcd".into(),
+            up: store.is_up(),
+            proxy_id: Some(store.id.clone()),
+            proxies: if store.is_up() {
+                store.members().await.unwrap_or_default()
+            } else {
+                Vec::new()
+            },
+        },
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -105,12 +146,30 @@ pub fn view(shared: &Shared) -> TopologyView {
                 .collect(),
         })
         .collect();
-    TopologyView { version, keyspaces }
+    TopologyView {
+        version,
+        keyspaces,
+        store: StoreView::default(),
+    }
 }
 
 /// `GET /api/v1/topology`.
 pub async fn topology(State(state): State<AdminState>) -> Json<TopologyView> {
-    Json(view(&state.shared))
+    let mut v = view(&state.shared);
+    v.store = store_view(&state.shared).await;
+    Json(v)
+}
+
+/// What `/readyz` says of the store: `None` when all is well. Not a reason to be unready: a
+/// proxy without etcd still serves on its last map, and taking every proxy out of the load
+/// balancer because etcd is down would turn an etcd outage into a database outage.
+fn store_note(shared: &Shared) -> Option<String> {
+    let store = shared.topology.store()?;
+    (!store.is_up()).then(|| {
+        "etcd unreachable: serving on the last shard map; no failover, switchover, rejoin or \
+         reload until it is back"
+            .to_string()
+    })
 }
 
 /// Why the proxy should get no clients now, or `None` when it should.
@@ -150,11 +209,15 @@ fn blocked_text(blocked: &std::collections::BTreeMap<String, String>) -> String 
 /// `GET /readyz`: 200 `{"ready":true}`, or 503 with what is down. A plain body, not an
 /// `ApiError`, because "not ready" is an answer, not a failed request.
 pub async fn readyz(State(state): State<AdminState>) -> Response {
-    match not_ready(&state.shared) {
-        None => Json(serde_json::json!({ "ready": true })).into_response(),
-        Some(why) => (
+    let note = store_note(&state.shared);
+    match (not_ready(&state.shared), note) {
+        (None, None) => Json(serde_json::json!({ "ready": true })).into_response(),
+        (None, Some(n)) => {
+            Json(serde_json::json!({ "ready": true, "topology_store": n })).into_response()
+        }
+        (Some(why), n) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "ready": false, "error": why })),
+            Json(serde_json::json!({ "ready": false, "error": why, "topology_store": n })),
         )
             .into_response(),
     }

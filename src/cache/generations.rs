@@ -158,6 +158,12 @@ impl Generations {
         g.written_ms.store(self.now_ms().max(1), Ordering::Release);
     }
 
+    /// Makes every `Watch` stale, so shapes built on them are built again (and see rules and
+    /// serving as they are now).
+    pub fn renew_watches(&self) {
+        self.names.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Bumps every counter (a flush of everything).
     pub fn bump_all(&self) {
         let names: Vec<String> = {

@@ -10,7 +10,7 @@ pub mod generations;
 pub mod rules;
 
 use std::hash::{BuildHasherDefault, Hash, Hasher};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -218,6 +218,28 @@ pub struct ResultCache {
     pub fill_from_primary_ms: u64,
     pub stats: Arc<Stats>,
     hash_seed: u64,
+    peers: Peers,
+}
+
+/// The cache's side of several proxies sharing one cluster (`topology::sync` publishes and
+/// applies invalidations through etcd).
+#[derive(Debug)]
+struct Peers {
+    shared: AtomicBool,
+    outbox: std::sync::Mutex<std::collections::HashSet<String>>,
+    notify: tokio::sync::Notify,
+    serving: AtomicBool,
+}
+
+impl Default for Peers {
+    fn default() -> Self {
+        Peers {
+            shared: AtomicBool::new(false),
+            outbox: Default::default(),
+            notify: tokio::sync::Notify::new(),
+            serving: AtomicBool::new(true),
+        }
+    }
 }
 
 /// Bytes an entry is charged: its packets and its key.
@@ -258,11 +280,15 @@ impl ResultCache {
             fill_from_primary_ms: cfg.fill_from_primary_ms,
             stats,
             hash_seed: rand::random(),
+            peers: Peers::default(),
         })
     }
 
     /// The TTL of a read of `tables` in `db` whose text is `sql`, if a rule caches it.
     pub fn ttl_for(&self, db: Option<&str>, tables: &[String], sql: &[u8]) -> Option<Duration> {
+        if !self.peers.serving.load(Ordering::Relaxed) {
+            return None;
+        }
         rules::ttl_for(&self.rules, db, tables, sql)
     }
 
@@ -315,13 +341,68 @@ impl ResultCache {
     }
 
     /// A write through the proxy changed these tables (`db.table`, or `db.` when unknown).
+    /// With other proxies (etcd), the names also wait in the outbox for `sync` to publish.
     pub fn invalidate(&self, tables: &[String]) {
+        self.invalidate_remote(tables);
+        if self.peers.shared.load(Ordering::Relaxed) {
+            let mut out = self.peers.outbox.lock().unwrap_or_else(|p| p.into_inner());
+            out.extend(tables.iter().cloned());
+            drop(out);
+            self.peers.notify.notify_one();
+        }
+    }
+
+    /// Another proxy's write changed these tables.
+    pub fn invalidate_remote(&self, tables: &[String]) {
         for t in tables {
             self.generations.bump(t);
         }
         self.stats
             .invalidations
             .fetch_add(tables.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Writes through this proxy are to be published to the other proxies from now on.
+    pub fn share(&self) {
+        self.peers.shared.store(true, Ordering::Relaxed);
+    }
+
+    /// Waits until the outbox has names, then takes them all.
+    pub async fn next_outbox(&self) -> Vec<String> {
+        loop {
+            let notified = self.peers.notify.notified();
+            {
+                let mut out = self.peers.outbox.lock().unwrap_or_else(|p| p.into_inner());
+                if !out.is_empty() {
+                    return out.drain().collect();
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Takes what the outbox has now, without waiting.
+    pub fn next_outbox_now(&self) -> Vec<String> {
+        let mut out = self.peers.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        out.drain().collect()
+    }
+
+    /// Puts back names whose publishing failed.
+    pub fn requeue(&self, tables: Vec<String>) {
+        let mut out = self.peers.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        out.extend(tables);
+    }
+
+    /// Off: nothing is served from or stored in the cache (another proxy's invalidations may
+    /// not be arriving). Back on after `flush_all`, by the caller.
+    pub fn set_serving(&self, on: bool) {
+        if self.peers.serving.swap(on, Ordering::Relaxed) != on {
+            self.generations.renew_watches();
+        }
+    }
+
+    pub fn is_serving(&self) -> bool {
+        self.peers.serving.load(Ordering::Relaxed)
     }
 
     /// Drops every entry.

@@ -100,6 +100,38 @@ impl Acked {
         });
     }
 
+    /// What an earlier process of this proxy published: acknowledged, but not a baseline.
+    pub fn restore(&self, primary: &str, pos: &GtidPos) {
+        self.with(primary, |e| {
+            for (d, g) in &pos.0 {
+                raise(&mut e.pos, *d, *g);
+            }
+        });
+    }
+
+    /// `server` became a primary under another proxy's failover: what this process recorded
+    /// of an earlier time as primary no longer applies; its baseline is read again.
+    pub fn forget(&self, server: &str) {
+        self.with(server, |e| *e = Entry::default());
+    }
+
+    /// Every primary's record.
+    pub fn snapshot(&self) -> Vec<(String, Known)> {
+        let read = self.groups.read().unwrap_or_else(|p| p.into_inner());
+        read.iter()
+            .map(|(k, e)| {
+                let e = e.lock().unwrap_or_else(|p| p.into_inner());
+                (
+                    k.to_string(),
+                    Known {
+                        pos: e.pos.clone(),
+                        baseline: e.baseline,
+                    },
+                )
+            })
+            .collect()
+    }
+
     /// Whether `primary`'s position was read since the start.
     pub fn has_baseline(&self, primary: &str) -> bool {
         self.known(primary).baseline

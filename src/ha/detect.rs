@@ -43,6 +43,9 @@ pub async fn run(ha: Arc<Ha>, mut stop: watch::Receiver<()>) {
             _ = ticks.tick() => {}
         }
         let round = async {
+            if let Err(e) = ha.resume_intents().await {
+                tracing::debug!(error = %e, "looking for unfinished promotions");
+            }
             check_primaries(&ha, &mut watches).await;
             fence(&ha, &mut fenced_conns).await;
         };

@@ -5,15 +5,18 @@
 //! `enter` (bounded by `failover_buffer_timeout_ms`), except those of sessions inside a
 //! transaction: their transaction lives on the old primary and must be able to finish there.
 //! The holder drains: it waits until no command is between `enter` and `leave`.
+//!
+//! Holds nest (a count): this proxy's own switchover and another proxy's coordinated hold
+//! (`topology::sync`) may overlap; commands go when the last one ends.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 #[derive(Debug)]
 pub struct Gate {
-    holding: AtomicBool,
+    holds: AtomicUsize,
     in_flight: AtomicUsize,
     /// Bumped on every release; waiters watch it.
     released: watch::Sender<u64>,
@@ -22,7 +25,7 @@ pub struct Gate {
 impl Default for Gate {
     fn default() -> Self {
         Gate {
-            holding: AtomicBool::new(false),
+            holds: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             released: watch::channel(0).0,
         }
@@ -41,15 +44,15 @@ impl Gate {
         loop {
             // SeqCst on both sides (here and in `drain`): either the holder sees this command
             // counted, or this command sees the hold.
-            if in_transaction || !self.holding.load(Ordering::SeqCst) {
+            if in_transaction || !self.holding() {
                 self.in_flight.fetch_add(1, Ordering::SeqCst);
-                if in_transaction || !self.holding.load(Ordering::SeqCst) {
+                if in_transaction || !self.holding() {
                     return Ok(());
                 }
                 self.in_flight.fetch_sub(1, Ordering::SeqCst);
             }
             let mut rx = self.released.subscribe();
-            if !self.holding.load(Ordering::SeqCst) {
+            if !self.holding() {
                 continue;
             }
             let deadline = *deadline.get_or_insert_with(|| Instant::now() + wait);
@@ -65,15 +68,47 @@ impl Gate {
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 
+    fn holding(&self) -> bool {
+        self.holds.load(Ordering::SeqCst) > 0
+    }
+
     /// Whether a hold is on (cheap: one load).
     pub fn is_holding(&self) -> bool {
-        self.holding.load(Ordering::Relaxed)
+        self.holds.load(Ordering::Relaxed) > 0
     }
 
     /// Starts holding new commands until the guard drops.
     pub fn hold(&self) -> HoldGuard<'_> {
-        self.holding.store(true, Ordering::SeqCst);
+        self.acquire();
         HoldGuard { gate: self }
+    }
+
+    /// A hold not tied to a borrow (one that another proxy coordinates); every `acquire` needs
+    /// one `release`.
+    pub fn acquire(&self) {
+        self.holds.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn release(&self) {
+        let before = self
+            .holds
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if before == Ok(1) {
+            self.released.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Waits until no command is running (transactions' commands may still come), at most
+    /// `limit`; true if it got there.
+    pub async fn drain(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while self.in_flight() > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        true
     }
 
     /// Commands between `enter` and `leave` now.
@@ -91,21 +126,13 @@ impl HoldGuard<'_> {
     /// Waits until no command is running (transactions' commands may still come), at most
     /// `limit`; true if it got there.
     pub async fn drain(&self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        while self.gate.in_flight() > 0 {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        true
+        self.gate.drain(limit).await
     }
 }
 
 impl Drop for HoldGuard<'_> {
     fn drop(&mut self) {
-        self.gate.holding.store(false, Ordering::SeqCst);
-        self.gate.released.send_modify(|n| *n += 1);
+        self.gate.release();
     }
 }
 

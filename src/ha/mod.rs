@@ -7,6 +7,7 @@
 //! (statements wait while a primary changes) and the [`Topology`] (the new map).
 
 pub mod acked;
+pub mod coord;
 pub mod detect;
 pub mod events;
 pub mod gate;
@@ -53,6 +54,8 @@ pub enum HaError {
         at: String,
         ms: u64,
     },
+    #[error("the topology store (etcd) is unreachable: this proxy serves on its last shard map and decides nothing (no failover, switchover, rejoin or reload) until it is back")]
+    StoreDown,
     #[error("publishing the new shard map: {0}")]
     Publish(#[from] crate::topology::TopologyError),
 }
@@ -68,6 +71,7 @@ impl HaError {
                 | HaError::Lacking(_)
                 | HaError::Busy(_)
                 | HaError::Config(_)
+                | HaError::StoreDown
         )
     }
 }
@@ -132,6 +136,8 @@ pub struct Ha {
     fenced: Mutex<BTreeMap<String, Fenced>>,
     progress: Mutex<Option<Progress>>,
     blocked: Mutex<BTreeMap<String, String>>,
+    /// Holds other proxies coordinate, by shard: the hold's id.
+    remote_holds: Mutex<BTreeMap<String, String>>,
 }
 
 impl Ha {
@@ -152,6 +158,7 @@ impl Ha {
             fenced: Mutex::new(fenced),
             progress: Mutex::new(None),
             blocked: Mutex::new(BTreeMap::new()),
+            remote_holds: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -204,6 +211,48 @@ impl Ha {
         if lock(&self.blocked).remove(&group.name).is_some() {
             metrics::gauge!("shardgate_failover_blocked", "shard" => group.name.clone()).set(0.0);
         }
+    }
+}
+
+impl Ha {
+    /// Another proxy published `new` over `old`: servers that became primaries start with no
+    /// record of acknowledged writes (their baseline is read again), and former primaries the
+    /// map no longer names are fenced here too.
+    pub fn on_new_map(&self, old: &crate::shardmap::ShardMap, new: &crate::shardmap::ShardMap) {
+        let was: Vec<String> = ops::groups(old).into_iter().map(|g| g.primary).collect();
+        for g in ops::groups(new) {
+            if !was.contains(&g.primary) {
+                acked::Acked::global().forget(&g.primary);
+            }
+        }
+        let from_history = fenced_from_history(&self.topology.history());
+        let mut fenced = lock(&self.fenced);
+        let named = |addr: &str| {
+            new.keyspace.values().any(|k| {
+                k.shards
+                    .iter()
+                    .any(|s| s.primary == addr || s.replicas.iter().any(|r| r.addr == addr))
+            })
+        };
+        fenced.retain(|server, _| !named(server));
+        for (server, f) in from_history {
+            fenced.entry(server).or_insert(f);
+        }
+    }
+
+    /// `reload` through the same lock and store as failover: with etcd the new map reaches
+    /// every proxy, and nothing is decided while etcd is unreachable.
+    pub async fn reload(
+        &self,
+        config: Config,
+        force: bool,
+    ) -> Result<crate::topology::ReloadReport, HaError> {
+        self.may_decide()?;
+        let shard_lock = self.lock_shard("config", "reload").await?;
+        Ok(self
+            .topology
+            .reload(config, force, &shard_lock.fence)
+            .await?)
     }
 }
 

@@ -6,7 +6,10 @@
 
 use std::time::Instant;
 
-use super::acked::{self, Acked};
+use std::time::Duration;
+
+use super::acked::{self, Known};
+use super::coord::{Intent, ShardLock};
 use super::events::now_rfc3339;
 use super::gtid::GtidPos;
 use super::server::{Server, SlaveStatus};
@@ -14,7 +17,7 @@ use super::{lock, Fenced, Ha, HaError, Progress, Report};
 use crate::shardmap::{Replica, ShardMap};
 
 /// Per domain, the further of `a` and `b`.
-fn merged(a: &GtidPos, b: &GtidPos) -> GtidPos {
+pub(crate) fn merged(a: &GtidPos, b: &GtidPos) -> GtidPos {
     let mut out = a.clone();
     for (d, g) in &b.0 {
         if out.0.get(d).is_none_or(|have| have.seq < g.seq) {
@@ -236,17 +239,56 @@ impl Ha {
         force: bool,
     ) -> Result<Report, HaError> {
         let _op = self.busy()?;
+        self.may_decide()?;
+        let shard_lock = self.lock_shard(&group.name, "failover").await?;
+        // Another proxy may have failed it over while this one waited for the lock.
+        self.still_primary(group)?;
         let started = Instant::now();
         let mut steps = self.start("failover", &group.name);
+        let mut group = group.clone();
+        if let Some(intent) = self.pending_intent(&group.name).await? {
+            match self
+                .finish_intent(&group, &intent, &shard_lock, &mut steps)
+                .await?
+            {
+                Some(report) => return Ok(report),
+                // Its replica is gone: a fresh failover among the others.
+                None => group.replicas.retain(|r| *r != intent.new_primary),
+            }
+        }
+        let group = &group;
         self.events.add(
             "decide",
             Some(&group.name),
             Some(&group.primary),
             format!("failing over from {}: {reason}", group.primary),
         );
-        let hold = self.gate.hold();
         let held_at = Instant::now();
-        let r = self.promote_best(group, &mut steps, force).await;
+        let hold = self
+            .hold_everywhere(
+                &group.name,
+                &group.primary,
+                &format!("failover: {reason}"),
+                Duration::from_millis(self.cfg.switchover_drain_ms + 1000),
+            )
+            .await?;
+        if !hold.missing.is_empty() {
+            steps.warn(
+                None,
+                format!(
+                    "proxies {} did not acknowledge the hold: their acknowledged writes count \
+                     as last published",
+                    hold.missing.join(", ")
+                ),
+            );
+        }
+        let r = match self.acked_everywhere(&group.primary, &hold.acks).await {
+            Ok(acked) => {
+                self.promote_best(group, &mut steps, force, acked, &shard_lock)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         let (new_primary, chosen, others, version) = match r {
             Ok(x) => x,
             Err(e) => {
@@ -338,8 +380,9 @@ impl Ha {
         group: &Group,
         steps: &mut Steps<'_>,
         force: bool,
+        acked: Known,
+        lock: &ShardLock,
     ) -> Result<(String, Server, Vec<(Server, String)>, u64), HaError> {
-        let acked = Acked::global().known(&group.primary);
         if !acked.baseline && !force {
             return Err(HaError::Lacking(format!(
                 "the proxy has not reached primary {} since it started, so what was \
@@ -459,11 +502,27 @@ impl Ha {
             Some(&addr),
             format!("{addr} applied its relay log up to {}", st.gtid_io_pos),
         );
+        let replicas: Vec<String> = group
+            .replicas
+            .iter()
+            .filter(|r| **r != addr)
+            .cloned()
+            .collect();
+        let epoch = self
+            .begin_promotion(lock, self.intent("failover", group, &addr, &replicas))
+            .await?;
+        if epoch > 0 {
+            steps.step(
+                Some(&addr),
+                format!("fencing epoch {epoch} of {} recorded in etcd", group.name),
+            );
+        }
         chosen.become_primary().await?;
         steps.step(
             Some(&addr),
             format!("{addr} stopped replicating and is writable"),
         );
+        test_stop_point("promoting");
         let others: Vec<(Server, String)> = cands
             .into_iter()
             .map(|(s, _, _)| {
@@ -471,19 +530,18 @@ impl Ha {
                 (s, a)
             })
             .collect();
-        let replicas: Vec<String> = group
-            .replicas
-            .iter()
-            .filter(|r| **r != addr)
-            .cloned()
-            .collect();
         // What it holds, not what the old primary acknowledged: after a forced promotion the
         // lost GTIDs would otherwise block every later failover of this shard.
-        Acked::global().promoted(&addr, &applied);
-        let version = self.topology.update(
-            &format!("failover of {}: {} -> {addr}", group.name, group.primary),
-            |m| Ok(with_primary(m, &group.primary, &addr, &replicas)),
-        )?;
+        self.reset_acked(&addr, &applied).await?;
+        let version = self
+            .topology
+            .update(
+                &format!("failover of {}: {} -> {addr}", group.name, group.primary),
+                &lock.fence,
+                |m| Ok(with_primary(m, &group.primary, &addr, &replicas)),
+            )
+            .await?;
+        self.end_promotion(&group.name, "done").await?;
         steps.step(
             Some(&addr),
             format!("shard map version {version} published: {addr} takes the writes"),
@@ -496,6 +554,9 @@ impl Ha {
     /// fails; the ones that arrive meanwhile wait.
     pub async fn switchover(&self, group: &Group, to: Option<&str>) -> Result<Report, HaError> {
         let _op = self.busy()?;
+        self.may_decide()?;
+        let lock = self.lock_shard(&group.name, "switchover").await?;
+        self.still_primary(group)?;
         let started = Instant::now();
         let mut steps = self.start("switchover", &group.name);
         let target = match to {
@@ -539,10 +600,29 @@ impl Ha {
         new.wait_applied(&pos, limit).await?;
         steps.step(Some(&target), format!("{target} caught up to {pos}"));
 
-        let hold = self.gate.hold();
         let held_at = Instant::now();
         let drain = std::time::Duration::from_millis(self.cfg.switchover_drain_ms);
-        if hold.drain(drain).await {
+        let hold = self
+            .hold_everywhere(
+                &group.name,
+                &group.primary,
+                &format!("switchover to {target}"),
+                drain + Duration::from_millis(500),
+            )
+            .await?;
+        if !hold.missing.is_empty() {
+            steps.warn(
+                None,
+                format!(
+                    "proxies {} did not acknowledge the hold within {} ms: their statements \
+                     on the old primary fail once it is read_only",
+                    hold.missing.join(", "),
+                    drain.as_millis() + 500
+                ),
+            );
+        }
+        let others_drained = hold.acks.values().all(|a| a.drained);
+        if self.gate.drain(drain).await && others_drained {
             steps.step(
                 None,
                 format!("statements held; none running after {} ms", ms(held_at)),
@@ -571,8 +651,6 @@ impl Ha {
             );
             new.wait_applied(&pos, limit).await?;
             steps.step(Some(&target), format!("{target} applied up to {pos}"));
-            new.become_primary().await?;
-            Acked::global().promoted(&target, &pos);
             let mut replicas: Vec<String> = group
                 .replicas
                 .iter()
@@ -580,13 +658,23 @@ impl Ha {
                 .cloned()
                 .collect();
             replicas.push(group.primary.clone());
-            let version = self.topology.update(
-                &format!(
-                    "switchover of {}: {} -> {target}",
-                    group.name, group.primary
-                ),
-                |m| Ok(with_primary(m, &group.primary, &target, &replicas)),
-            )?;
+            self.begin_promotion(&lock, self.intent("switchover", group, &target, &replicas))
+                .await?;
+            new.become_primary().await?;
+            test_stop_point("switching");
+            self.reset_acked(&target, &pos).await?;
+            let version = self
+                .topology
+                .update(
+                    &format!(
+                        "switchover of {}: {} -> {target}",
+                        group.name, group.primary
+                    ),
+                    &lock.fence,
+                    |m| Ok(with_primary(m, &group.primary, &target, &replicas)),
+                )
+                .await?;
+            self.end_promotion(&group.name, "done").await?;
             steps.step(
                 Some(&target),
                 format!("shard map version {version} published: {target} takes the writes"),
@@ -694,6 +782,7 @@ impl Ha {
     /// `current_pos`), and lists it among that shard's replicas again.
     pub async fn rejoin(&self, server: &str) -> Result<Report, HaError> {
         let _op = self.busy()?;
+        self.may_decide()?;
         let started = Instant::now();
         let Some(fenced) = lock(&self.fenced).get(server).cloned() else {
             return Err(HaError::Refused(format!(
@@ -707,6 +796,7 @@ impl Ha {
         };
         let map = self.topology.map();
         let group = find_group(&map, &fenced.shard)?;
+        let shard_lock = self.lock_shard(&group.name, "rejoin").await?;
         let mut steps = self.start("rejoin", &group.name);
         let mut s = Server::connect(server, &self.creds).await?;
         let (user, pass) = (&self.cfg.replication_user, &self.cfg.replication_password);
@@ -762,9 +852,12 @@ impl Ha {
         }
         s.close().await;
         let shard = fenced.shard.clone();
-        let version =
-            self.topology
-                .update(&format!("rejoin of {server} to {}", group.name), |m| {
+        let version = self
+            .topology
+            .update(
+                &format!("rejoin of {server} to {}", group.name),
+                &shard_lock.fence,
+                |m| {
                     // The map as it is now, not as it was when the rejoin started.
                     let g = find_group(m, &shard)
                         .map_err(|e| crate::topology::TopologyError::Refused(e.to_string()))?;
@@ -773,7 +866,10 @@ impl Ha {
                         replicas.push(server.to_string());
                     }
                     Ok(with_primary(m, &g.primary, &g.primary, &replicas))
-                })?;
+                },
+            )
+            .await?;
+        drop(shard_lock);
         lock(&self.fenced).remove(server);
         steps.step(
             Some(server),
@@ -800,6 +896,256 @@ impl Ha {
             steps: std::mem::take(&mut steps.done),
         })
     }
+}
+
+/// A test-only stop: with `SHARDGATE_TEST_STOP=<point>` the operation stops here for good (a
+/// test then kills the proxy, as a crash at the worst moment would).
+fn test_stop_point(point: &str) {
+    if std::env::var("SHARDGATE_TEST_STOP").is_ok_and(|p| p == point) {
+        tracing::warn!(point, "SHARDGATE_TEST_STOP: stopping here until killed");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+}
+
+impl Ha {
+    /// Refuses when `group.primary` is no longer a primary in the current map (another proxy
+    /// changed it while this one waited).
+    fn still_primary(&self, group: &Group) -> Result<(), HaError> {
+        let map = self.topology.map();
+        if groups(&map).iter().any(|g| g.primary == group.primary) {
+            return Ok(());
+        }
+        let now = find_group(&map, &group.name)
+            .map(|g| g.primary)
+            .unwrap_or_default();
+        Err(HaError::Refused(format!(
+            "{} is no longer the primary of {} (it is {now}): another proxy changed it",
+            group.primary, group.name
+        )))
+    }
+
+    fn intent(&self, operation: &str, group: &Group, new: &str, replicas: &[String]) -> Intent {
+        Intent {
+            epoch: 0,
+            holder: self.store().map(|s| s.id.clone()).unwrap_or_default(),
+            operation: operation.to_string(),
+            shard: group.name.clone(),
+            old_primary: group.primary.clone(),
+            new_primary: new.to_string(),
+            replicas: replicas.to_vec(),
+            state: "promoting".into(),
+            at: now_rfc3339(),
+        }
+    }
+
+    /// Another proxy started promoting `intent.new_primary` and stopped (it died or lost its
+    /// lease) before publishing the map. If that server answers, this proxy finishes the job
+    /// (it may already be writable; no statement reached it, since no map named it); if not,
+    /// the intent is abandoned and `None` says to fail over afresh among the others.
+    async fn finish_intent(
+        &self,
+        group: &Group,
+        intent: &Intent,
+        lock: &ShardLock,
+        steps: &mut Steps<'_>,
+    ) -> Result<Option<Report>, HaError> {
+        let started = Instant::now();
+        steps.step(
+            Some(&intent.new_primary),
+            format!(
+                "found the {} of {} that proxy {} started (epoch {}): promoting {}",
+                intent.operation, group.name, intent.holder, intent.epoch, intent.new_primary
+            ),
+        );
+        let mut s = match Server::connect(&intent.new_primary, &self.creds).await {
+            Ok(s) => s,
+            Err(e) => {
+                steps.warn(
+                    Some(&intent.new_primary),
+                    format!(
+                        "{} is unreachable ({e}): the unfinished {} is abandoned",
+                        intent.new_primary, intent.operation
+                    ),
+                );
+                self.end_promotion(&group.name, "abandoned").await?;
+                return Ok(None);
+            }
+        };
+        let hold = self
+            .hold_everywhere(
+                &group.name,
+                &group.primary,
+                &format!("finishing the {} of {}", intent.operation, group.name),
+                Duration::from_millis(self.cfg.switchover_drain_ms + 1000),
+            )
+            .await?;
+        if intent.operation == "switchover" {
+            // The old primary may be alive: it must not take writes once the map moves.
+            if let Ok(mut old) = Server::connect(&intent.old_primary, &self.creds).await {
+                old.set_read_only(true).await?;
+                old.kill_clients().await?;
+                let pos = old.gtid("gtid_binlog_pos").await?;
+                let limit = Duration::from_millis(self.cfg.catchup_timeout_ms);
+                if !s.read_only().await? {
+                    // Writable already: it may have taken nothing (no map named it).
+                } else {
+                    s.wait_applied(&pos, limit).await?;
+                }
+                old.close().await;
+            }
+        }
+        s.become_primary().await?;
+        let applied = s.gtid("gtid_current_pos").await?;
+        self.reset_acked(&intent.new_primary, &applied).await?;
+        let version = self
+            .topology
+            .update(
+                &format!(
+                    "{} of {} finished by this proxy: {} -> {}",
+                    intent.operation, group.name, intent.old_primary, intent.new_primary
+                ),
+                &lock.fence,
+                |m| {
+                    Ok(with_primary(
+                        m,
+                        &intent.old_primary,
+                        &intent.new_primary,
+                        &intent.replicas,
+                    ))
+                },
+            )
+            .await?;
+        self.end_promotion(&group.name, "done").await?;
+        drop(hold);
+        steps.step(
+            Some(&intent.new_primary),
+            format!(
+                "shard map version {version} published: {} takes the writes",
+                intent.new_primary
+            ),
+        );
+        let (user, pass) = (&self.cfg.replication_user, &self.cfg.replication_password);
+        for r in &intent.replicas {
+            let done = async {
+                let mut c = Server::connect(r, &self.creds).await?;
+                let how = if *r == intent.old_primary {
+                    "current_pos"
+                } else {
+                    "slave_pos"
+                };
+                c.replicate_from(&intent.new_primary, user, pass, how)
+                    .await?;
+                c.close().await;
+                Ok::<(), HaError>(())
+            };
+            match done.await {
+                Ok(()) => steps.step(
+                    Some(r),
+                    format!("{r} replicates from {}", intent.new_primary),
+                ),
+                Err(e) => steps.warn(Some(r), format!("repointing {r}: {e}")),
+            }
+        }
+        s.close().await;
+        if intent.operation == "failover" {
+            lock_fenced(self).insert(
+                group.primary.clone(),
+                Fenced {
+                    server: group.primary.clone(),
+                    shard: group.name.clone(),
+                    replaced_by: intent.new_primary.clone(),
+                    since: now_rfc3339(),
+                    read_only_set: false,
+                },
+            );
+        }
+        let took = ms(started);
+        self.events.add(
+            "done",
+            Some(&group.name),
+            Some(&intent.new_primary),
+            format!(
+                "{} finished in {took} ms: {} is the primary (shard map version {version})",
+                intent.operation, intent.new_primary
+            ),
+        );
+        Ok(Some(Report {
+            operation: intent.operation.clone(),
+            shard: group.name.clone(),
+            old_primary: intent.old_primary.clone(),
+            new_primary: intent.new_primary.clone(),
+            version,
+            took_ms: took,
+            held_ms: 0,
+            steps: std::mem::take(&mut steps.done),
+        }))
+    }
+}
+
+impl Ha {
+    /// Finishes promotions other proxies left half done (they died or lost their lease after
+    /// making a replica writable, before publishing the map). A lock still held means its
+    /// holder is alive and at it: skipped.
+    pub async fn resume_intents(&self) -> Result<(), HaError> {
+        let Some(store) = self.store().cloned() else {
+            return Ok(());
+        };
+        self.may_decide()?;
+        let dir = format!("{}failovers/", store.keys.root());
+        for (_, v) in store.list(dir).await? {
+            let Ok(intent) = serde_json::from_slice::<Intent>(&v) else {
+                continue;
+            };
+            if intent.state != "promoting" {
+                continue;
+            }
+            let map = self.topology.map();
+            let Some(group) = groups(&map)
+                .into_iter()
+                .find(|g| g.primary == intent.old_primary)
+            else {
+                // The map moved on: whoever did it finished or replaced this.
+                self.end_promotion(&intent.shard, "done").await?;
+                continue;
+            };
+            let Ok(_op) = self.busy() else { return Ok(()) };
+            let shard_lock = match self.lock_shard(&intent.shard, "resume").await {
+                Ok(l) => l,
+                Err(HaError::Busy(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            let Some(intent) = self.pending_intent(&intent.shard).await? else {
+                continue;
+            };
+            let op = if intent.operation == "switchover" {
+                "switchover"
+            } else {
+                "failover"
+            };
+            let mut steps = self.start(op, &intent.shard);
+            if let Err(e) = self
+                .finish_intent(&group, &intent, &shard_lock, &mut steps)
+                .await
+            {
+                self.events.add(
+                    "failed",
+                    Some(&intent.shard),
+                    Some(&intent.new_primary),
+                    format!(
+                        "finishing the {} left by proxy {}: {e}",
+                        intent.operation, intent.holder
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+fn lock_fenced(ha: &Ha) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, Fenced>> {
+    lock(&ha.fenced)
 }
 
 #[cfg(test)]

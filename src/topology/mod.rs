@@ -1,27 +1,39 @@
 //! The live shard map: which server is each shard's primary right now. Failover and planned
 //! switchover publish new versions; sessions plan every statement against the current one.
 //!
-//! Versions are kept in memory (history for the admin API) and, with `[ha] state_file`, on
-//! disk: a proxy that restarts after a failover loads the newest version instead of sending
-//! writes to the old primary its config still names.
+//! Versions live behind one seam with two stores: the local state file (`[ha] state_file`, the
+//! default: one proxy, nothing else to run) or etcd (`[topology] store = "etcd"`: several
+//! proxies on one map). With etcd, a version is published only by compare-and-set on the one
+//! before it, every proxy follows `map/current` through a watch (`sync`), and the state file,
+//! when set, keeps a local copy to start from while etcd is unreachable.
+
+pub mod etcd;
+mod file;
+pub mod sync;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::backend::health::Health;
-use crate::config::Config;
+use crate::config::{Config, StoreKind};
 use crate::planner::Planner;
 use crate::shardmap::ShardMap;
+pub use etcd::EtcdStore;
 
 /// Versions kept in memory and in the state file.
 const HISTORY: usize = 50;
 
+/// How often a publish that lost a compare-and-set race is retried on the newer map.
+const PUBLISH_TRIES: usize = 5;
+
 /// One published shard map.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MapVersion {
     pub version: u64,
     /// RFC 3339, UTC.
@@ -39,6 +51,26 @@ pub enum TopologyError {
     Write { file: String, msg: String },
     #[error("{0}")]
     Refused(String),
+    /// etcd did not answer, or answered with an error.
+    #[error("the topology store: {0}")]
+    Store(String),
+    /// Another proxy published first, every retry.
+    #[error("another proxy kept publishing shard map versions; try again")]
+    Conflict,
+    /// The lock this change was made under is no longer held (its lease expired): another
+    /// proxy may be finishing the operation.
+    #[error(
+        "this proxy lost its lock on {0} (its etcd lease expired); the change was not published"
+    )]
+    LostLock(String),
+}
+
+/// Where the versions are kept.
+enum Backing {
+    /// This proxy alone; the file, when set, survives restarts.
+    File(Option<PathBuf>),
+    /// Shared through etcd; the file, when set, is a local copy for a start without etcd.
+    Etcd(Arc<EtcdStore>, Option<PathBuf>),
 }
 
 pub struct Topology {
@@ -50,58 +82,108 @@ pub struct Topology {
     history: Mutex<Vec<MapVersion>>,
     /// Held across read-modify-write of the map (failover, rejoin, reload), so one change
     /// never publishes over another it did not see.
-    writer: Mutex<()>,
+    writer: tokio::sync::Mutex<()>,
     changed: watch::Sender<u64>,
-    state_file: Option<PathBuf>,
+    backing: Backing,
+    /// etcd: the mod revision of the `map/current` applied (0: none yet, -1: never read).
+    rev: AtomicI64,
 }
 
 impl Topology {
     /// Starts from the config's shard map, or from the state file's newest version when there
-    /// is one (logged, so an operator knows why the config's primaries are not used).
+    /// is one (logged, so an operator knows why the config's primaries are not used). With
+    /// etcd, from etcd's current version (seeding etcd with the local one when it has none);
+    /// while etcd is unreachable, from the local one, until `sync` reaches it.
     pub fn new(config: &Config, health: Arc<Health>) -> Result<Self, TopologyError> {
+        let store = match config.topology.store {
+            StoreKind::File => None,
+            StoreKind::Etcd => Some(EtcdStore::start(
+                &config.topology,
+                &config.proxy.listen,
+                &config.proxy.admin_listen,
+            )?),
+        };
+        Self::with_store(config, health, store)
+    }
+
+    pub fn with_store(
+        config: &Config,
+        health: Arc<Health>,
+        store: Option<Arc<EtcdStore>>,
+    ) -> Result<Self, TopologyError> {
         let state_file = config.ha.state_file.clone();
         let saved = match &state_file {
-            Some(f) => load(f)?,
+            Some(f) => file::load(f)?,
             None => Vec::new(),
         };
-        let first = match saved.last() {
-            Some(v) => {
-                tracing::warn!(
-                    file = %state_file.as_deref().map(Path::display).map(|d| d.to_string()).unwrap_or_default(),
-                    version = v.version,
-                    reason = %v.reason,
-                    "using the shard map published by an earlier failover, not the config's; \
-                     delete the state file to start from the config again"
-                );
-                v.map.clone()
-            }
-            None => config.shard_map(),
-        };
-        // Every server a kept version names gets a health entry (a restart after a failover).
-        for v in &saved {
-            health.add_map(&v.map);
+        if let Some(v) = saved.last() {
+            tracing::warn!(
+                file = %state_file.as_deref().map(Path::display).map(|d| d.to_string()).unwrap_or_default(),
+                version = v.version,
+                reason = %v.reason,
+                "using the shard map published by an earlier failover, not the config's; \
+                 delete the state file to start from the config again"
+            );
         }
-        let planner = build_planner(config, &health, &first);
         let mut history = saved;
         if history.is_empty() {
             history.push(MapVersion {
                 version: 1,
                 at: crate::ha::events::now_rfc3339(),
                 reason: "config".into(),
-                map: first,
+                map: config.shard_map(),
             });
         }
+        let mut rev = -1;
+        if let Some(store) = &store {
+            match store.block_on(first_sync(store.clone(), history.clone())) {
+                Ok((h, r)) => {
+                    history = h;
+                    rev = r;
+                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    version = history.last().map_or(1, |v| v.version),
+                    "etcd is unreachable at start: serving on the local shard map until it is back"
+                ),
+            }
+        }
+        // Every server a kept version names gets a health entry (a restart after a failover).
+        for v in &history {
+            health.add_map(&v.map);
+        }
+        let first = history[history.len() - 1].map.clone();
+        let planner = build_planner(config, &health, &first);
         let version = history.last().map_or(1, |v| v.version);
-        set_roles(&health, &history[history.len() - 1].map);
+        set_roles(&health, &first);
+        metrics::gauge!("shardgate_shard_map_version").set(version as f64);
+        let backing = match store {
+            Some(s) => Backing::Etcd(s, state_file),
+            None => Backing::File(state_file),
+        };
         Ok(Topology {
             planner: ArcSwap::from_pointee(planner),
             health,
             config: ArcSwap::from_pointee(config.clone()),
             history: Mutex::new(history),
-            writer: Mutex::new(()),
+            writer: tokio::sync::Mutex::new(()),
             changed: watch::channel(version).0,
-            state_file,
+            backing,
+            rev: AtomicI64::new(rev),
         })
+    }
+
+    /// The etcd store, when the map is shared.
+    pub fn store(&self) -> Option<&Arc<EtcdStore>> {
+        match &self.backing {
+            Backing::Etcd(s, _) => Some(s),
+            Backing::File(_) => None,
+        }
+    }
+
+    /// The mod revision of etcd's `map/current` this proxy applied (-1: not read yet).
+    pub fn revision(&self) -> i64 {
+        self.rev.load(Ordering::SeqCst)
     }
 
     /// The planner of the current version.
@@ -131,28 +213,36 @@ impl Topology {
             .clone()
     }
 
-    /// Makes `map` current: new statements plan against it at once. Written to the state file
-    /// first (when there is one), so a version that routes writes is never only in memory.
-    pub fn publish(&self, map: ShardMap, reason: &str) -> Result<u64, TopologyError> {
+    /// Makes `v` current here: new statements plan against it at once. For a version read
+    /// from etcd at `rev` (-1 for the file store), applied only if newer than what is here.
+    /// Returns whether it was applied.
+    pub fn apply(&self, v: MapVersion, rev: i64) -> bool {
         let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
-        let version = h.last().map_or(1, |v| v.version) + 1;
-        h.push(MapVersion {
-            version,
-            at: crate::ha::events::now_rfc3339(),
-            reason: reason.to_string(),
-            map: map.clone(),
-        });
+        if rev >= 0 {
+            if rev <= self.rev.load(Ordering::SeqCst) {
+                return false;
+            }
+            self.rev.store(rev, Ordering::SeqCst);
+        }
+        if h.last() == Some(&v) {
+            return false;
+        }
+        let version = v.version;
+        let map = v.map.clone();
+        h.retain(|x| x.version < version);
+        h.push(v);
         if h.len() > HISTORY {
             let extra = h.len() - HISTORY;
             h.drain(..extra);
         }
-        if let Some(f) = &self.state_file {
-            if let Err(e) = save(f, &h) {
-                h.pop();
-                return Err(e);
+        if let Backing::Etcd(_, Some(f)) = &self.backing {
+            // A local copy only: etcd has it already.
+            if let Err(e) = file::save(f, &h) {
+                tracing::warn!(error = %e, "keeping a local copy of the shard map");
             }
         }
         drop(h);
+        self.health.add_map(&map);
         set_roles(&self.health, &map);
         self.planner.store(Arc::new(build_planner(
             &self.config.load(),
@@ -161,7 +251,58 @@ impl Topology {
         )));
         self.changed.send_replace(version);
         metrics::gauge!("shardgate_shard_map_version").set(version as f64);
-        Ok(version)
+        true
+    }
+
+    /// Publishes `map` as the next version. The file store writes the state file first (a
+    /// version that routes writes is never only in memory); etcd takes it only if no other
+    /// version came in between and every `fence` holds (a lock still ours).
+    async fn publish(
+        &self,
+        map: ShardMap,
+        reason: &str,
+        fence: &[Fence],
+    ) -> Result<u64, TopologyError> {
+        let v = MapVersion {
+            version: self.version() + 1,
+            at: crate::ha::events::now_rfc3339(),
+            reason: reason.to_string(),
+            map,
+        };
+        let version = v.version;
+        match &self.backing {
+            Backing::File(file) => {
+                if let Some(f) = file {
+                    let mut h = self.history();
+                    h.push(v.clone());
+                    if h.len() > HISTORY {
+                        let extra = h.len() - HISTORY;
+                        h.drain(..extra);
+                    }
+                    file::save(f, &h)?;
+                }
+                self.apply(v, -1);
+                Ok(version)
+            }
+            Backing::Etcd(store, _) => {
+                let rev = self.rev.load(Ordering::SeqCst).max(0);
+                let also = fence.iter().map(Fence::compare).collect();
+                match store.publish(&v, rev, also).await? {
+                    Ok(new_rev) => {
+                        self.apply(v, new_rev);
+                        Ok(version)
+                    }
+                    Err(Some((current, cur_rev))) if cur_rev != rev => {
+                        self.apply(current, cur_rev);
+                        Err(TopologyError::Conflict)
+                    }
+                    Err(_) => match fence.first() {
+                        Some(f) => Err(TopologyError::LostLock(f.what.clone())),
+                        None => Err(TopologyError::Conflict),
+                    },
+                }
+            }
+        }
     }
 
     /// The config in force (users, keyspaces, routing): changes with `reload`.
@@ -174,8 +315,14 @@ impl Topology {
     /// statements), users and routing limits. Refused, changing nothing, when it would move a
     /// shard's primary away from the live one (after a failover the config is out of date:
     /// `force` overrides). Sections that only a restart applies are listed in the report.
-    pub fn reload(&self, new: Config, force: bool) -> Result<ReloadReport, TopologyError> {
-        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+    /// With etcd the map goes to every proxy; users and routing stay this proxy's.
+    pub async fn reload(
+        &self,
+        new: Config,
+        force: bool,
+        fence: &[Fence],
+    ) -> Result<ReloadReport, TopologyError> {
+        let _w = self.writer.lock().await;
         let live = self.map();
         let map = new.shard_map();
         if !force {
@@ -204,8 +351,16 @@ impl Topology {
         self.config.store(Arc::new(new));
         let version = if same_map && same_routing {
             self.version()
+        } else if same_map {
+            // Routing limits only: a new planner on the same map, this proxy's business.
+            self.planner.store(Arc::new(build_planner(
+                &self.config.load(),
+                &self.health,
+                &live,
+            )));
+            self.version()
         } else {
-            self.publish(map, "config reload")?
+            self.publish(map, "config reload", fence).await?
         };
         Ok(ReloadReport {
             version,
@@ -215,23 +370,95 @@ impl Topology {
         })
     }
 
-    /// Publishes `change` applied to the current map, with no other change in between.
-    pub fn update(
+    /// Publishes `change` applied to the current map, with no other change in between (with
+    /// etcd: retried on the newer map when another proxy published first).
+    pub async fn update(
         &self,
         reason: &str,
-        change: impl FnOnce(&ShardMap) -> Result<ShardMap, TopologyError>,
+        fence: &[Fence],
+        change: impl Fn(&ShardMap) -> Result<ShardMap, TopologyError>,
     ) -> Result<u64, TopologyError> {
-        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let map = change(&self.map())?;
-        self.publish(map, reason)
+        let _w = self.writer.lock().await;
+        let mut last = TopologyError::Conflict;
+        for _ in 0..PUBLISH_TRIES {
+            let map = change(&self.map())?;
+            match self.publish(map, reason, fence).await {
+                Err(TopologyError::Conflict) => {
+                    if let Some(store) = self.store() {
+                        // The newer version may not have reached the watch yet.
+                        if let Ok(l) = store.load().await {
+                            if let Some((v, rev)) = l.current {
+                                self.apply(v, rev);
+                            }
+                        }
+                    }
+                    last = TopologyError::Conflict;
+                }
+                r => return r,
+            }
+        }
+        Err(last)
     }
 
     /// Waits until a version newer than `seen` is published, at most `limit`; true if it was.
-    pub async fn wait_newer(&self, seen: u64, limit: std::time::Duration) -> bool {
+    pub async fn wait_newer(&self, seen: u64, limit: Duration) -> bool {
         let mut rx = self.changed.subscribe();
         tokio::time::timeout(limit, rx.wait_for(|v| *v > seen))
             .await
             .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Subscribes to version changes.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}
+
+/// A condition a publish needs besides "no other version in between": a lock key still held
+/// under this proxy's lease.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    pub key: String,
+    pub lease: i64,
+    /// What the lock is for, for the error.
+    pub what: String,
+}
+
+impl Fence {
+    fn compare(&self) -> etcd_client::Compare {
+        etcd_client::Compare::lease(self.key.clone(), etcd_client::CompareOp::Equal, self.lease)
+    }
+}
+
+/// etcd's history and current version, seeded with `local` when etcd has none (the first
+/// proxy of a cluster, or one moving from a state file to etcd).
+async fn first_sync(
+    store: Arc<EtcdStore>,
+    local: Vec<MapVersion>,
+) -> Result<(Vec<MapVersion>, i64), TopologyError> {
+    let loaded = store.load().await?;
+    if let Some((cur, rev)) = loaded.current {
+        let mut h = loaded.history;
+        h.retain(|v| v.version < cur.version);
+        h.push(cur);
+        return Ok((h, rev));
+    }
+    let Some(newest) = local.last().cloned() else {
+        return Err(TopologyError::Store("nothing to seed etcd with".into()));
+    };
+    match store.publish(&newest, 0, Vec::new()).await? {
+        Ok(rev) => {
+            tracing::info!(
+                version = newest.version,
+                "etcd had no shard map for this cluster: published this proxy's"
+            );
+            Ok((local, rev))
+        }
+        // Another proxy seeded it first: theirs.
+        Err(Some((cur, rev))) => Ok((vec![cur], rev)),
+        Err(None) => Err(TopologyError::Store(
+            "etcd refused the first shard map".into(),
+        )),
     }
 }
 
@@ -300,35 +527,4 @@ fn set_roles(health: &Health, map: &ShardMap) {
             }
         }
     }
-}
-
-fn load(file: &Path) -> Result<Vec<MapVersion>, TopologyError> {
-    let err = |msg: String| TopologyError::Read {
-        file: file.display().to_string(),
-        msg,
-    };
-    let text = match std::fs::read_to_string(file) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(err(e.to_string())),
-    };
-    let versions: Vec<MapVersion> = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
-    if let Some(v) = versions.last() {
-        v.map
-            .validate(&file.display().to_string())
-            .map_err(|e| err(e.to_string()))?;
-    }
-    Ok(versions)
-}
-
-/// Written to a temporary file and renamed, so a crash leaves the old or the new, never half.
-fn save(file: &Path, versions: &[MapVersion]) -> Result<(), TopologyError> {
-    let err = |msg: String| TopologyError::Write {
-        file: file.display().to_string(),
-        msg,
-    };
-    let text = serde_json::to_string_pretty(versions).map_err(|e| err(e.to_string()))?;
-    let tmp = file.with_extension("tmp");
-    std::fs::write(&tmp, text).map_err(|e| err(e.to_string()))?;
-    std::fs::rename(&tmp, file).map_err(|e| err(e.to_string()))
 }
