@@ -463,4 +463,39 @@ mod tests {
             assert_ne!(probe(other).hash, owned.hash, "{other:?}");
         }
     }
+
+    #[tokio::test]
+    async fn shared_invalidations_wait_in_the_outbox_and_serving_off_stops_caching() {
+        let cfg: CacheSection = toml::from_str("[[rules]]\ndigest = \"SELECT ?\"\nttl_ms = 1000\n")
+            .expect("cache config");
+        let cache = ResultCache::new(&cfg).expect("a rule");
+        let tables = vec!["app.t".to_string()];
+        cache.invalidate(&tables);
+        assert!(
+            cache.next_outbox_now().is_empty(),
+            "not shared: nothing to publish"
+        );
+        cache.share();
+        cache.invalidate(&tables);
+        cache.invalidate(&["app.u".to_string(), "app.t".to_string()]);
+        let mut out = cache.next_outbox().await;
+        out.sort();
+        assert_eq!(out, vec!["app.t".to_string(), "app.u".to_string()]);
+        let before = cache.generations.current(&tables);
+        cache.invalidate_remote(&tables);
+        assert_ne!(
+            cache.generations.current(&tables),
+            before,
+            "another proxy's write counts"
+        );
+        assert!(cache.next_outbox_now().is_empty(), "and is not sent back");
+        let w = cache.generations.watch(&tables);
+        assert!(cache.ttl_for(Some("app"), &tables, b"SELECT 1").is_some());
+        cache.set_serving(false);
+        assert!(cache.ttl_for(Some("app"), &tables, b"SELECT 1").is_none());
+        assert!(
+            !cache.generations.is_fresh(&w),
+            "shapes built before are built again"
+        );
+    }
 }

@@ -109,3 +109,27 @@ impl TopologySection {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_file_store_is_the_default_and_etcd_needs_endpoints() {
+        let t: TopologySection = toml::from_str("").expect("empty");
+        assert_eq!(t.store, StoreKind::File);
+        assert!(t.check().is_ok());
+        let t: TopologySection = toml::from_str("store = \"etcd\"").expect("etcd");
+        assert_eq!(t.check().map_err(|e| e.0), Err("topology.endpoints"));
+        for (text, key) in [
+            ("prefix = \"shardgate\"", "topology.prefix"),
+            ("prefix = \"/a/\"", "topology.prefix"),
+            ("lease_ttl_secs = 1", "topology.lease_ttl_secs"),
+            ("proxy_id = \"a/b\"", "topology.proxy_id"),
+        ] {
+            let t: TopologySection = toml::from_str(text).expect(text);
+            assert_eq!(t.check().map_err(|e| e.0), Err(key), "{text}");
+        }
+        assert!(toml::from_str::<TopologySection>("store = \"zookeeper\"").is_err());
+    }
+}

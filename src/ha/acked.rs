@@ -193,4 +193,22 @@ mod tests {
         a.promoted("p:1", &GtidPos::parse("0-1-5").expect("pos"));
         assert_eq!(a.known("p:1").pos.to_string(), "0-1-5");
     }
+
+    #[test]
+    fn restored_positions_count_but_are_no_baseline_and_forget_starts_over() {
+        let a = Acked::default();
+        a.restore("p:1", &GtidPos::parse("0-1-9").expect("pos"));
+        let k = a.known("p:1");
+        assert_eq!(k.pos.to_string(), "0-1-9");
+        assert!(
+            !k.baseline,
+            "an earlier process's record is not a read of the primary"
+        );
+        a.note("p:1", g(0, 1, 10));
+        let snap = a.snapshot();
+        assert_eq!(snap.len(), 1);
+        assert_eq!(snap[0].1.pos.to_string(), "0-1-10");
+        a.forget("p:1");
+        assert_eq!(a.known("p:1"), Known::default());
+    }
 }

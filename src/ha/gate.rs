@@ -170,4 +170,23 @@ mod tests {
         gate.leave();
         assert_eq!(gate.in_flight(), 0);
     }
+
+    #[tokio::test]
+    async fn holds_nest_and_commands_go_when_the_last_ends() {
+        let gate = Arc::new(Gate::default());
+        let own = gate.hold();
+        gate.acquire();
+        drop(own);
+        assert!(gate.is_holding(), "another proxy's hold is still on");
+        assert_eq!(
+            gate.enter(false, Duration::from_millis(20)).await,
+            Err(StillHeld)
+        );
+        gate.release();
+        assert!(!gate.is_holding());
+        gate.enter(false, Duration::ZERO).await.expect("released");
+        gate.leave();
+        gate.release();
+        assert!(!gate.is_holding(), "an extra release does not wrap around");
+    }
 }
