@@ -1,6 +1,6 @@
 //! `up` and `down`: the sandbox's whole life. `up` either returns a replicating cluster or stops
-//! everything it started; `down` stops exactly the pids in `cluster.json` and removes the server
-//! datadirs, sockets, `cluster.json` and `shardgate.toml` (DIR itself stays).
+//! everything it started; `down` stops exactly the pids in `cluster.json` (servers and etcd) and
+//! removes the datadirs, sockets, `cluster.json` and the proxy configs (DIR itself stays).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -9,6 +9,7 @@ use tokio::task::JoinSet;
 
 use super::cluster::{cluster_json, config_toml, Cluster, Role, ServerInfo};
 use super::error::{io, SandboxError};
+use super::etcd::{self, Etcd};
 use super::template::{self, Binaries};
 use super::{free_ports, process, replication, server, SandboxOptions};
 
@@ -20,6 +21,9 @@ const MAX_SOCKET_PATH: usize = 107;
 pub async fn up(opts: &SandboxOptions) -> Result<Cluster, SandboxError> {
     if opts.shards == 0 {
         return Err(SandboxError::Options("shards must be at least 1".into()));
+    }
+    if opts.proxies == 0 {
+        return Err(SandboxError::Options("proxies must be at least 1".into()));
     }
     if opts.user.is_empty() || opts.user == "root" || opts.user == "repl" {
         return Err(SandboxError::Options(format!(
@@ -48,18 +52,38 @@ pub async fn up(opts: &SandboxOptions) -> Result<Cluster, SandboxError> {
         }
         // Saved at once so `down` can find these pids even if this `up` is interrupted.
         cluster.save()?;
+        if opts.uses_etcd() {
+            // While the servers boot.
+            let d = dir.clone();
+            let started = tokio::task::spawn_blocking(move || Etcd::start(&d))
+                .await
+                .map_err(|e| SandboxError::Internal(format!("etcd start task failed: {e}")))?;
+            cluster.etcd = Some(started?);
+            cluster.save()?;
+        }
         wait_all(&bins, &mut cluster).await?;
         replication::setup(&cluster).await?;
-        let ports = free_ports(2).map_err(io("finding free ports for the proxy"))?;
-        let cfg = cluster.proxy_config(
-            format!("127.0.0.1:{}", ports[0]),
-            format!("127.0.0.1:{}", ports[1]),
-        );
-        cluster.write_files(&cfg)
+        let ports =
+            free_ports(2 * opts.proxies).map_err(io("finding free ports for the proxies"))?;
+        let cfgs: Vec<_> = ports
+            .chunks(2)
+            .enumerate()
+            .map(|(i, p)| {
+                cluster.nth_proxy_config(
+                    i + 1,
+                    format!("127.0.0.1:{}", p[0]),
+                    format!("127.0.0.1:{}", p[1]),
+                )
+            })
+            .collect();
+        cluster.write_files(&cfgs)
     }
     .await;
 
     if let Err(e) = result {
+        if let Some(e) = &cluster.etcd {
+            let _ = e.stop(Duration::from_secs(5));
+        }
         let targets: Vec<(u32, PathBuf)> = cluster
             .servers
             .iter()
@@ -102,10 +126,12 @@ pub fn down(dir: &Path) -> Result<usize, SandboxError> {
             dir.display()
         ))
     })?;
-    remove_servers(&dir, &cluster)?;
-    for f in [cluster_json(&dir), config_toml(&dir)] {
-        remove(&f)?;
+    if let Some(e) = &cluster.etcd {
+        e.stop(Duration::from_secs(10))?;
     }
+    remove_servers(&dir, &cluster)?;
+    remove(&cluster_json(&dir))?;
+    remove_configs(&dir, &cluster)?;
     Ok(stopped)
 }
 
@@ -115,12 +141,18 @@ fn clear_previous(dir: &Path) -> Result<(), SandboxError> {
         return Ok(());
     }
     match Cluster::load(dir) {
-        Ok(old) if old.servers.iter().any(ServerInfo::is_running) => {
+        Ok(old)
+            if old.servers.iter().any(ServerInfo::is_running)
+                || old.etcd.as_ref().is_some_and(Etcd::is_running) =>
+        {
             return Err(SandboxError::AlreadyRunning {
                 dir: dir.display().to_string(),
             })
         }
-        Ok(old) => remove_servers(dir, &old)?,
+        Ok(old) => {
+            remove_servers(dir, &old)?;
+            remove_configs(dir, &old)?;
+        }
         Err(e) => tracing::warn!(error = %e, "ignoring an unreadable cluster.json"),
     }
     remove(&cluster_json(dir))?;
@@ -166,6 +198,8 @@ fn plan(dir: &Path, opts: &SandboxOptions) -> Result<Cluster, SandboxError> {
         servers,
         tables: opts.tables.clone(),
         cache_all_ms: opts.cache_all_ms,
+        proxies: opts.proxies,
+        etcd: None,
     })
 }
 
@@ -223,8 +257,20 @@ async fn wait_all(bins: &Binaries, cluster: &mut Cluster) -> Result<(), SandboxE
     }
 }
 
-/// Removes the datadirs and sockets of `cluster`'s servers, but only inside `dir`.
+/// Removes every proxy config `cluster` wrote.
+fn remove_configs(dir: &Path, cluster: &Cluster) -> Result<(), SandboxError> {
+    remove(&config_toml(dir))?;
+    cluster.proxy_configs().iter().try_for_each(|f| remove(f))
+}
+
+/// Removes the datadirs and sockets of `cluster`'s servers and its etcd's data dir, but only
+/// inside `dir` (etcd.log stays for a look after a failed test; a fresh etcd truncates it).
 fn remove_servers(dir: &Path, cluster: &Cluster) -> Result<(), SandboxError> {
+    let etcd_data = dir.join(etcd::DATA_DIR);
+    if cluster.etcd.is_some() && etcd_data.exists() {
+        std::fs::remove_dir_all(&etcd_data)
+            .map_err(io(format!("removing {}", etcd_data.display())))?;
+    }
     for s in &cluster.servers {
         if s.datadir.starts_with(dir) && s.datadir != dir && s.datadir.exists() {
             std::fs::remove_dir_all(&s.datadir)

@@ -105,7 +105,7 @@ pub(crate) fn spawn(bin: &Path, args: &[String], out_log: &Path) -> Result<u32, 
     let pid = child.id();
     // If the thread cannot start, the exited server stays a zombie, which `process::alive` treats as dead.
     let _ = std::thread::Builder::new()
-        .name(format!("reap-mariadbd-{pid}"))
+        .name(format!("reap-{pid}"))
         .spawn(move || child.wait());
     Ok(pid)
 }
