@@ -346,3 +346,42 @@ fn http_get(port: u16, path: &str) -> String {
     s.read_to_string(&mut answer).expect("answer");
     answer
 }
+
+/// etcd refuses to start when an `ETCD_*` variable repeats one of its flags; the sandbox's etcd
+/// must not inherit them from whoever runs `sandbox up`.
+#[test]
+fn sandbox_etcd_starts_despite_etcd_environment_variables() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("sb");
+    let _guard = DownOnDrop(dir.clone());
+    let out = std::process::Command::new(common::bin())
+        .args([
+            "sandbox",
+            "up",
+            "--etcd",
+            "--shards",
+            "1",
+            "--replicas",
+            "0",
+            "--dir",
+        ])
+        .arg(&dir)
+        .env("ETCD_NAME", "someone-else")
+        .env("ETCD_DATA_DIR", tmp.path().join("elsewhere"))
+        .output()
+        .expect("run shardgate sandbox up");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let etcd = Cluster::load(&dir)
+        .expect("cluster.json")
+        .etcd
+        .expect("etcd");
+    assert!(etcd.is_running() && etcd.is_healthy());
+    assert_eq!(etcd.data_dir, dir.join("etcd"));
+    assert_eq!(sandbox::down(&dir).expect("down"), 1);
+    assert!(!etcd.is_running());
+}

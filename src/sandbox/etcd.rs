@@ -133,7 +133,8 @@ fn launch(dir: &Path, client_port: u16, peer_port: u16) -> Result<Etcd, SandboxE
         data_dir: dir.join(DATA_DIR),
     };
     let log = dir.join(LOG);
-    etcd.pid = server::spawn(&bin, &args(&etcd), &log)?;
+    // etcd also reads ETCD_* variables and refuses to start when one repeats a flag given here.
+    etcd.pid = server::spawn_without_env(&bin, &args(&etcd), &log, "ETCD_")?;
     match wait_healthy(&etcd, &log) {
         Ok(()) => Ok(etcd),
         Err(e) => {
