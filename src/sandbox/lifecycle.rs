@@ -126,13 +126,29 @@ pub fn down(dir: &Path) -> Result<usize, SandboxError> {
             dir.display()
         ))
     })?;
-    if let Some(e) = &cluster.etcd {
-        e.stop(Duration::from_secs(10))?;
-    }
+    stop_etcd(&dir, &cluster)?;
     remove_servers(&dir, &cluster)?;
     remove(&cluster_json(&dir))?;
     remove_configs(&dir, &cluster)?;
     Ok(stopped)
+}
+
+/// Stops the recorded etcd, or one found on `DIR/etcd` that an interrupted `up` started before
+/// it could record it (the cmdline check makes it this sandbox's).
+fn stop_etcd(dir: &Path, cluster: &Cluster) -> Result<(), SandboxError> {
+    let data_dir = dir.join(etcd::DATA_DIR);
+    let Some(pid) = cluster
+        .etcd
+        .as_ref()
+        .filter(|e| e.is_running())
+        .map(|e| e.pid)
+        .or_else(|| process::find_etcd_on(&data_dir))
+    else {
+        return Ok(());
+    };
+    process::stop_checked(&[pid], Duration::from_secs(10))
+        .map(|_| ())
+        .map_err(|_| SandboxError::Stop(format!("etcd pid {pid} on {}", data_dir.display())))
 }
 
 /// Refuses if the sandbox recorded in `dir` still runs; otherwise removes its leftovers.
@@ -143,7 +159,7 @@ fn clear_previous(dir: &Path) -> Result<(), SandboxError> {
     match Cluster::load(dir) {
         Ok(old)
             if old.servers.iter().any(ServerInfo::is_running)
-                || old.etcd.as_ref().is_some_and(Etcd::is_running) =>
+                || process::find_etcd_on(&dir.join(etcd::DATA_DIR)).is_some() =>
         {
             return Err(SandboxError::AlreadyRunning {
                 dir: dir.display().to_string(),
@@ -267,7 +283,7 @@ fn remove_configs(dir: &Path, cluster: &Cluster) -> Result<(), SandboxError> {
 /// inside `dir` (etcd.log stays for a look after a failed test; a fresh etcd truncates it).
 fn remove_servers(dir: &Path, cluster: &Cluster) -> Result<(), SandboxError> {
     let etcd_data = dir.join(etcd::DATA_DIR);
-    if cluster.etcd.is_some() && etcd_data.exists() {
+    if etcd_data.exists() {
         std::fs::remove_dir_all(&etcd_data)
             .map_err(io(format!("removing {}", etcd_data.display())))?;
     }
@@ -336,6 +352,21 @@ mod tests {
     fn down_without_cluster_json_stops_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
         assert_eq!(down(dir.path()).expect("down"), 0);
+    }
+
+    #[test]
+    fn down_stops_an_etcd_on_the_sandbox_dir_that_was_never_recorded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = plan(dir.path(), &SandboxOptions::default()).expect("plan");
+        c.servers.iter_mut().for_each(|s| s.pid = u32::MAX - 1);
+        c.save().expect("save");
+        // As if `up` was interrupted between starting etcd and recording it.
+        let e = Etcd::start(dir.path()).expect("etcd starts");
+        let err = clear_previous(dir.path()).unwrap_err();
+        assert!(matches!(err, SandboxError::AlreadyRunning { .. }), "{err}");
+        assert_eq!(down(dir.path()).expect("down"), 0);
+        assert!(!e.is_running(), "etcd pid {} still runs", e.pid);
+        assert!(!e.data_dir.exists());
     }
 
     #[test]
