@@ -193,6 +193,14 @@ struct Shape {
     /// seconds): writes through the proxy invalidate what they change.
     #[arg(long = "cache-all", value_name = "TTL", value_parser = parse_ttl)]
     cache_all: Option<u64>,
+    /// Write N proxy configs (shardgate.toml, shardgate-2.toml, ...) that share the topology
+    /// through a sandbox etcd (started when N > 1).
+    #[arg(long, default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    proxies: u16,
+    /// Start the sandbox etcd and keep the topology there even with one proxy.
+    #[arg(long)]
+    etcd: bool,
 }
 
 /// A TTL as milliseconds: `500ms`, `30s`, `5m`, `1h`, or a bare number of seconds.
@@ -237,6 +245,8 @@ impl Shape {
             reference: self.reference_tables.clone(),
         };
         o.cache_all_ms = self.cache_all;
+        o.proxies = usize::from(self.proxies);
+        o.etcd = self.etcd;
         match o.tables.validate() {
             Ok(()) => Ok(o),
             Err(msg) => Err(usage_error(command, msg)),
@@ -465,9 +475,26 @@ fn print_cluster(c: &sandbox::Cluster) {
             s.datadir.display()
         );
     }
+    if let Some(e) = &c.etcd {
+        println!(
+            "{:<4} {:<8} 127.0.0.1:{:<6} pid {:<8} {}",
+            "etcd",
+            "",
+            e.client_port,
+            e.pid,
+            e.data_dir.display()
+        );
+    }
     println!("{}", c.keyspace_summary());
     println!("cluster: {}", c.dir.join("cluster.json").display());
-    println!("proxy config: {}", c.dir.join("shardgate.toml").display());
+    let configs = c.proxy_configs();
+    if configs.len() == 1 && c.etcd.is_none() {
+        println!("proxy config: {}", c.dir.join("shardgate.toml").display());
+    } else {
+        for (n, path) in configs.iter().enumerate() {
+            println!("proxy config {}: {}", n + 1, path.display());
+        }
+    }
     println!(
         "stop with: shardgate sandbox down --dir {}",
         c.dir.display()
@@ -488,14 +515,65 @@ async fn demo(shape: Shape) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs a proxy per config of the sandbox in this process until Ctrl-C, then stops them all.
 async fn demo_proxy(cluster: &sandbox::Cluster) -> anyhow::Result<()> {
-    let cfg = Config::load(&cluster.dir.join("shardgate.toml"))?;
+    let mut proxies = Vec::new();
+    let mut started = Ok(());
+    for config in cluster.proxy_configs() {
+        match demo_start(cluster, &config).await {
+            Ok(p) => proxies.push(p),
+            Err(e) => {
+                started = Err(e);
+                break;
+            }
+        }
+    }
+    let r = match started {
+        Ok(()) => {
+            if let Some(etcd) = &cluster.etcd {
+                println!();
+                println!(
+                    "The {} proxies share the shard map, failover locks and holds through etcd at {} (prefix {}).",
+                    proxies.len(),
+                    etcd.endpoint(),
+                    sandbox::ETCD_PREFIX
+                );
+                println!(
+                    "To put them behind one address, see examples/haproxy-shardgate.cfg in the shardgate sources."
+                );
+            }
+            let what = if proxies.len() == 1 {
+                "proxy"
+            } else {
+                "proxies"
+            };
+            println!("Press Ctrl-C to stop the {what} and the sandbox.");
+            tokio::signal::ctrl_c().await.map_err(anyhow::Error::from)
+        }
+        Err(e) => Err(e),
+    };
+    for p in proxies {
+        p.stop().await?;
+    }
+    r
+}
+
+/// Starts the proxy of `config` and prints how to reach it.
+async fn demo_start(
+    cluster: &sandbox::Cluster,
+    config: &std::path::Path,
+) -> anyhow::Result<crate::proxy::Running> {
+    let cfg = Config::load(config)?;
     let token = cfg.proxy.admin_token.clone().unwrap_or_default();
     let cache = !cfg.cache.rules.is_empty();
+    let id = cfg.topology.proxy_id.clone();
     let proxy = crate::proxy::start(cfg).await?;
     let addr = proxy.local_addr();
     println!();
-    println!("shardgate is listening on {addr}");
+    match id {
+        Some(id) => println!("shardgate {id} is listening on {addr}"),
+        None => println!("shardgate is listening on {addr}"),
+    }
     println!(
         "  DSN:     mysql://{}:{}@{}:{}/app",
         cluster.user,
@@ -517,7 +595,7 @@ async fn demo_proxy(cluster: &sandbox::Cluster) -> anyhow::Result<()> {
     if cache {
         println!(
             "  cache:   shardgate cache stats --config {}",
-            cluster.dir.join("shardgate.toml").display()
+            config.display()
         );
     }
     if let Some(shard) = cluster
@@ -525,17 +603,12 @@ async fn demo_proxy(cluster: &sandbox::Cluster) -> anyhow::Result<()> {
         .into_iter()
         .find(|s| !cluster.replicas(s).is_empty())
     {
-        let config = cluster.dir.join("shardgate.toml");
         println!(
             "  failover: shardgate failover --shard {shard} --config {} (and `shardgate events --follow --config ...` to watch)",
             config.display()
         );
     }
-    println!("Press Ctrl-C to stop the proxy and the sandbox.");
-    let r = tokio::signal::ctrl_c().await;
-    proxy.stop().await?;
-    r?;
-    Ok(())
+    Ok(proxy)
 }
 
 #[cfg(test)]

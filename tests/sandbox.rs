@@ -2,6 +2,9 @@
 //! other tests rely on: app user everywhere, replication within a shard, read-only replicas,
 //! semi-sync, a refused second `up`, and a `down` that leaves no process behind. A second,
 //! 2 x primary sandbox checks the shard map written for `--sharded-table`/`--reference-table`.
+//! A third, `--proxies 2`, checks the sandbox etcd and the proxy configs that share it.
+
+mod common;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -227,4 +230,158 @@ async fn sharded_tables_make_app_consistent_hash_over_every_shard() {
     assert!(!twice.dir.exists());
 
     assert_eq!(sandbox::down(&dir).expect("down"), 2);
+}
+
+/// `shardgate ARGS`; its output, asserting success.
+fn shardgate(args: &[&str]) -> String {
+    let out = std::process::Command::new(common::bin())
+        .args(args)
+        .output()
+        .expect("run shardgate");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "shardgate {args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// `sandbox up --proxies 2` (through the binary): an etcd that answers, recorded in
+/// cluster.json; two valid configs sharing it with their own ports and ids, each serving; etcd
+/// survives a stop and restart on the same endpoint; `sandbox down` stops etcd and mariadbd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_with_two_proxies_shares_an_etcd_and_down_stops_it() {
+    let sb = common::start_cluster_with(&["--shards", "1", "--replicas", "0", "--proxies", "2"]);
+    let etcd = sb.etcd();
+    assert!(
+        etcd.is_running(),
+        "pid {} is etcd on {:?}",
+        etcd.pid,
+        etcd.data_dir
+    );
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", etcd.pid)).expect("cmdline");
+    let want = format!("--data-dir={}", sb.dir.join("etcd").display());
+    assert!(
+        cmdline.split(|b| *b == 0).any(|a| a == want.as_bytes()),
+        "{}",
+        String::from_utf8_lossy(&cmdline)
+    );
+    let health = http_get(etcd.client_port, "/health");
+    assert!(health.contains(r#""health":"true""#), "{health}");
+
+    let configs = sb.proxy_configs();
+    assert_eq!(
+        configs,
+        [
+            sb.dir.join("shardgate.toml"),
+            sb.dir.join("shardgate-2.toml")
+        ]
+    );
+    let mut seen = Vec::new();
+    for path in &configs {
+        let out = shardgate(&["check", &path.display().to_string()]);
+        assert!(out.contains("valid config"), "{out}");
+        let cfg = shardgate::config::Config::load(path).expect("config");
+        assert_eq!(cfg.topology.store, shardgate::config::StoreKind::Etcd);
+        assert_eq!(cfg.topology.endpoints, [etcd.endpoint()]);
+        assert_eq!(cfg.topology.prefix, "/shardgate/sandbox");
+        assert_eq!(cfg.ha.state_file, None);
+        seen.push((
+            cfg.proxy.listen.clone(),
+            cfg.proxy.admin_listen.clone(),
+            cfg.topology.proxy_id.clone(),
+        ));
+    }
+    assert_eq!(seen[0].2.as_deref(), Some("proxy-1"));
+    assert_eq!(seen[1].2.as_deref(), Some("proxy-2"));
+    let ports: std::collections::HashSet<&String> =
+        seen.iter().flat_map(|(l, a, _)| [l, a]).collect();
+    assert_eq!(
+        ports.len(),
+        4,
+        "listen and admin ports all differ: {seen:?}"
+    );
+
+    // Both proxies start from their configs and serve.
+    let proxies = sb.admin_proxies("");
+    for p in &proxies {
+        let mut c = common::connect(&common::app_url(p.port, "app")).await;
+        let one: Option<i64> = c.query_first("SELECT 1").await.expect("select 1");
+        assert_eq!(one, Some(1), "proxy on {}", p.port);
+        c.disconnect().await.expect("disconnect");
+    }
+    drop(proxies);
+
+    // Stopped, etcd stops answering; started again, it is back on the same endpoint.
+    sb.etcd_stop();
+    assert!(!etcd.is_running() && !etcd.is_healthy());
+    sb.etcd_start();
+    let back = sb.etcd();
+    assert_ne!(back.pid, etcd.pid);
+    assert_eq!(back.endpoint(), etcd.endpoint());
+    assert!(back.is_healthy());
+
+    let primary = sb.cluster.servers[0].clone();
+    let out = shardgate(&["sandbox", "down", "--dir", &sb.dir.display().to_string()]);
+    assert!(out.contains("stopped 1 servers"), "{out}");
+    assert!(!back.is_running(), "etcd pid {} still runs", back.pid);
+    assert!(
+        !primary.is_running(),
+        "mariadbd pid {} still runs",
+        primary.pid
+    );
+    assert!(!sb.dir.join("etcd").exists(), "etcd data removed");
+    assert!(configs.iter().all(|c| !c.exists()), "proxy configs removed");
+}
+
+/// `GET path` on 127.0.0.1:port over plain HTTP/1.0: the whole answer.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("request");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("answer");
+    answer
+}
+
+/// etcd refuses to start when an `ETCD_*` variable repeats one of its flags; the sandbox's etcd
+/// must not inherit them from whoever runs `sandbox up`.
+#[test]
+fn sandbox_etcd_starts_despite_etcd_environment_variables() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("sb");
+    let _guard = DownOnDrop(dir.clone());
+    let out = std::process::Command::new(common::bin())
+        .args([
+            "sandbox",
+            "up",
+            "--etcd",
+            "--shards",
+            "1",
+            "--replicas",
+            "0",
+            "--dir",
+        ])
+        .arg(&dir)
+        .env("ETCD_NAME", "someone-else")
+        .env("ETCD_DATA_DIR", tmp.path().join("elsewhere"))
+        .output()
+        .expect("run shardgate sandbox up");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let etcd = Cluster::load(&dir)
+        .expect("cluster.json")
+        .etcd
+        .expect("etcd");
+    assert!(etcd.is_running() && etcd.is_healthy());
+    assert_eq!(etcd.data_dir, dir.join("etcd"));
+    assert_eq!(sandbox::down(&dir).expect("down"), 1);
+    assert!(!etcd.is_running());
 }

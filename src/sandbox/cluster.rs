@@ -7,9 +7,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::error::{io, SandboxError};
+use super::etcd::Etcd;
 use super::layout::TableLayout;
 use super::{process, server};
-use crate::config::{Config, MonitorSection, User};
+use crate::config::{Config, MonitorSection, StoreKind, User};
 use crate::shardmap::ShardMap;
 
 /// The keyspace (and database) the sandbox creates.
@@ -77,7 +78,28 @@ pub struct Cluster {
     /// `--cache-all`: the generated config caches every read this many milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_all_ms: Option<u64>,
+    /// How many proxy configs `up` wrote (see [`Cluster::proxy_configs`]).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub proxies: usize,
+    /// The etcd the proxy configs share, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<Etcd>,
 }
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
+
+/// Where the sandbox's proxies keep their shared keys in etcd.
+pub const ETCD_PREFIX: &str = "/shardgate/sandbox";
+
+/// How long a sandbox proxy's etcd lease lives without renewal: the minimum, so tests that
+/// stop a proxy see its locks released soon.
+pub const ETCD_LEASE_TTL_SECS: u64 = 2;
 
 pub(crate) fn cluster_json(dir: &Path) -> PathBuf {
     dir.join("cluster.json")
@@ -85,6 +107,14 @@ pub(crate) fn cluster_json(dir: &Path) -> PathBuf {
 
 pub(crate) fn config_toml(dir: &Path) -> PathBuf {
     dir.join("shardgate.toml")
+}
+
+/// Proxy `n`'s config (1-based): `shardgate.toml` for the first, `shardgate-N.toml` after.
+pub(crate) fn nth_config_toml(dir: &Path, n: usize) -> PathBuf {
+    match n {
+        0 | 1 => config_toml(dir),
+        n => dir.join(format!("shardgate-{n}.toml")),
+    }
 }
 
 impl Cluster {
@@ -229,6 +259,58 @@ impl Cluster {
         cfg
     }
 
+    /// Proxy `n`'s config (1-based, as [`Cluster::proxy_config`]); when the sandbox has an
+    /// etcd, the config keeps its topology there as `proxy-N` instead of in a state file.
+    pub fn nth_proxy_config(&self, n: usize, listen: String, admin_listen: String) -> Config {
+        let mut cfg = self.proxy_config(listen, admin_listen);
+        if let Some(etcd) = &self.etcd {
+            // The store replaces the state file: versions live in etcd, shared by all proxies.
+            cfg.ha.state_file = None;
+            cfg.topology.store = StoreKind::Etcd;
+            cfg.topology.endpoints = vec![etcd.endpoint()];
+            cfg.topology.prefix = ETCD_PREFIX.into();
+            cfg.topology.proxy_id = Some(format!("proxy-{n}"));
+            cfg.topology.lease_ttl_secs = ETCD_LEASE_TTL_SECS;
+        }
+        cfg
+    }
+
+    /// The proxy configs `up` wrote: `DIR/shardgate.toml`, then `DIR/shardgate-2.toml`, ...
+    pub fn proxy_configs(&self) -> Vec<PathBuf> {
+        (1..=self.proxies.max(1))
+            .map(|n| nth_config_toml(&self.dir, n))
+            .collect()
+    }
+
+    /// Starts the sandbox's etcd again on its ports and data after a stop, waits until it is
+    /// healthy and records the new pid in `cluster.json`. Blocks up to 30 s.
+    pub fn start_etcd(&mut self) -> Result<(), SandboxError> {
+        let Some(old) = &self.etcd else {
+            return Err(self.no_etcd());
+        };
+        if old.is_running() {
+            return Ok(());
+        }
+        self.etcd = Some(Etcd::start_at(&self.dir, old.client_port, old.peer_port)?);
+        self.save()
+    }
+
+    /// Stops the sandbox's etcd (SIGTERM, up to `grace`; zero: SIGKILL, as a crash). False if
+    /// it was not running.
+    pub fn stop_etcd(&self, grace: Duration) -> Result<bool, SandboxError> {
+        match &self.etcd {
+            Some(e) => e.stop(grace),
+            None => Err(self.no_etcd()),
+        }
+    }
+
+    fn no_etcd(&self) -> SandboxError {
+        SandboxError::State {
+            file: cluster_json(&self.dir).display().to_string(),
+            msg: "this sandbox has no etcd (start it with --proxies N or --etcd)".into(),
+        }
+    }
+
     /// Writes `DIR/cluster.json` (replacing it atomically).
     pub fn save(&self) -> Result<(), SandboxError> {
         let json = serde_json::to_string_pretty(self).map_err(|e| SandboxError::State {
@@ -238,10 +320,18 @@ impl Cluster {
         write_atomic(&cluster_json(&self.dir), &(json + "\n"))
     }
 
-    /// Writes `DIR/cluster.json` and `DIR/shardgate.toml` (the proxy config `cfg`).
-    pub fn write_files(&self, cfg: &Config) -> Result<(), SandboxError> {
+    /// Writes `DIR/cluster.json` and the proxy configs `cfgs`, the first as
+    /// `DIR/shardgate.toml`, the next as `DIR/shardgate-2.toml`, ...
+    pub fn write_files(&self, cfgs: &[Config]) -> Result<(), SandboxError> {
         self.save()?;
-        let path = config_toml(&self.dir);
+        for (i, cfg) in cfgs.iter().enumerate() {
+            self.write_config(i + 1, cfgs.len(), cfg)?;
+        }
+        Ok(())
+    }
+
+    fn write_config(&self, n: usize, of: usize, cfg: &Config) -> Result<(), SandboxError> {
+        let path = nth_config_toml(&self.dir, n);
         let body = toml::to_string_pretty(cfg).map_err(|e| SandboxError::State {
             file: path.display().to_string(),
             msg: e.to_string(),
@@ -251,6 +341,13 @@ impl Cluster {
              # Written by `shardgate sandbox up`; removed by `shardgate sandbox down`.\n",
             self.dir.display()
         );
+        if let Some(etcd) = &self.etcd {
+            header += &format!(
+                "# Proxy {n} of {of}; the proxies share the shard map and failover locks \
+                 through etcd at {}.\n",
+                etcd.endpoint()
+            );
+        }
         if self.tables.is_sharded() {
             header += &format!("# {}.\n", self.keyspace_summary());
         }
@@ -405,6 +502,8 @@ mod tests {
             servers,
             tables: TableLayout::default(),
             cache_all_ms: None,
+            proxies: 1,
+            etcd: None,
         }
     }
 
@@ -505,7 +604,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let c = sharded_sample(dir.path());
         let cfg = c.proxy_config("127.0.0.1:7001".into(), "127.0.0.1:7002".into());
-        c.write_files(&cfg).expect("write files");
+        c.write_files(std::slice::from_ref(&cfg))
+            .expect("write files");
         let text = std::fs::read_to_string(config_toml(dir.path())).expect("toml");
         for line in [
             "# keyspace app: consistent_hash over s0, s1",
@@ -542,7 +642,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let c = sample(dir.path());
         let cfg = c.proxy_config("127.0.0.1:7001".into(), "127.0.0.1:7002".into());
-        c.write_files(&cfg).expect("write files");
+        c.write_files(std::slice::from_ref(&cfg))
+            .expect("write files");
 
         let back = Cluster::load(dir.path()).expect("load");
         assert_eq!(back.servers.len(), 4);
@@ -576,6 +677,70 @@ mod tests {
             Some("app")
         );
         assert!(!dir.path().join("cluster.tmp").exists());
+    }
+
+    #[test]
+    fn etcd_sandboxes_write_one_config_per_proxy_sharing_etcd() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = sample(dir.path());
+        let plain = c.nth_proxy_config(1, "127.0.0.1:7001".into(), "127.0.0.1:7002".into());
+        assert_eq!(plain.topology.store, StoreKind::File);
+        assert!(plain.ha.state_file.is_some());
+
+        c.proxies = 3;
+        c.etcd = Some(Etcd {
+            pid: 4242,
+            client_port: 7100,
+            peer_port: 7101,
+            data_dir: dir.path().join("etcd"),
+        });
+        let cfgs: Vec<Config> = (1..=3)
+            .map(|n| {
+                let port = 7000 + 2 * n as u16;
+                c.nth_proxy_config(
+                    n,
+                    format!("127.0.0.1:{port}"),
+                    format!("127.0.0.1:{}", port + 1),
+                )
+            })
+            .collect();
+        c.write_files(&cfgs).expect("write files");
+        let paths = c.proxy_configs();
+        let names: Vec<String> = paths
+            .iter()
+            .map(|p| p.file_name().expect("name").to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            ["shardgate.toml", "shardgate-2.toml", "shardgate-3.toml"]
+        );
+        for (n, path) in paths.iter().enumerate() {
+            let cfg = Config::load(path).expect("config validates");
+            let t = &cfg.topology;
+            assert_eq!(t.store, StoreKind::Etcd);
+            assert_eq!(t.endpoints, ["127.0.0.1:7100"]);
+            assert_eq!(t.prefix, ETCD_PREFIX);
+            assert_eq!(t.proxy_id, Some(format!("proxy-{}", n + 1)));
+            assert_eq!(t.lease_ttl_secs, 2);
+            assert_eq!(cfg.ha.state_file, None, "etcd replaces the state file");
+            let text = std::fs::read_to_string(path).expect("toml");
+            assert!(text.contains(&format!("# Proxy {} of 3;", n + 1)), "{text}");
+        }
+
+        let back = Cluster::load(dir.path()).expect("load");
+        assert_eq!((back.proxies, back.etcd.as_ref()), (3, c.etcd.as_ref()));
+        // One proxy and no etcd: cluster.json reads and writes as before.
+        sample(dir.path()).save().expect("save");
+        let json = std::fs::read_to_string(cluster_json(dir.path())).expect("json");
+        assert!(
+            !json.contains("etcd") && !json.contains("proxies"),
+            "{json}"
+        );
+        let back = Cluster::load(dir.path()).expect("load");
+        assert_eq!((back.proxies, back.etcd.as_ref()), (1, None));
+        assert_eq!(back.proxy_configs(), [config_toml(dir.path())]);
+        let err = back.stop_etcd(Duration::ZERO).unwrap_err().to_string();
+        assert!(err.contains("no etcd"), "{err}");
     }
 
     #[test]

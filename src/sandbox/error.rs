@@ -7,6 +7,10 @@ pub enum SandboxError {
         "mariadbd not found on PATH or in /usr/sbin: install it with `apt-get install mariadb-server`"
     )]
     MariadbMissing,
+    #[error(
+        "etcd not found on PATH or in /usr/bin: install it with `apt-get install etcd-server`"
+    )]
+    EtcdMissing,
     #[error("{what}: {source}")]
     Io {
         what: String,

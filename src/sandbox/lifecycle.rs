@@ -1,6 +1,6 @@
 //! `up` and `down`: the sandbox's whole life. `up` either returns a replicating cluster or stops
-//! everything it started; `down` stops exactly the pids in `cluster.json` and removes the server
-//! datadirs, sockets, `cluster.json` and `shardgate.toml` (DIR itself stays).
+//! everything it started; `down` stops exactly the pids in `cluster.json` (servers and etcd) and
+//! removes the datadirs, sockets, `cluster.json` and the proxy configs (DIR itself stays).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -9,6 +9,7 @@ use tokio::task::JoinSet;
 
 use super::cluster::{cluster_json, config_toml, Cluster, Role, ServerInfo};
 use super::error::{io, SandboxError};
+use super::etcd::{self, Etcd};
 use super::template::{self, Binaries};
 use super::{free_ports, process, replication, server, SandboxOptions};
 
@@ -20,6 +21,9 @@ const MAX_SOCKET_PATH: usize = 107;
 pub async fn up(opts: &SandboxOptions) -> Result<Cluster, SandboxError> {
     if opts.shards == 0 {
         return Err(SandboxError::Options("shards must be at least 1".into()));
+    }
+    if opts.proxies == 0 {
+        return Err(SandboxError::Options("proxies must be at least 1".into()));
     }
     if opts.user.is_empty() || opts.user == "root" || opts.user == "repl" {
         return Err(SandboxError::Options(format!(
@@ -48,18 +52,38 @@ pub async fn up(opts: &SandboxOptions) -> Result<Cluster, SandboxError> {
         }
         // Saved at once so `down` can find these pids even if this `up` is interrupted.
         cluster.save()?;
+        if opts.uses_etcd() {
+            // While the servers boot.
+            let d = dir.clone();
+            let started = tokio::task::spawn_blocking(move || Etcd::start(&d))
+                .await
+                .map_err(|e| SandboxError::Internal(format!("etcd start task failed: {e}")))?;
+            cluster.etcd = Some(started?);
+            cluster.save()?;
+        }
         wait_all(&bins, &mut cluster).await?;
         replication::setup(&cluster).await?;
-        let ports = free_ports(2).map_err(io("finding free ports for the proxy"))?;
-        let cfg = cluster.proxy_config(
-            format!("127.0.0.1:{}", ports[0]),
-            format!("127.0.0.1:{}", ports[1]),
-        );
-        cluster.write_files(&cfg)
+        let ports =
+            free_ports(2 * opts.proxies).map_err(io("finding free ports for the proxies"))?;
+        let cfgs: Vec<_> = ports
+            .chunks(2)
+            .enumerate()
+            .map(|(i, p)| {
+                cluster.nth_proxy_config(
+                    i + 1,
+                    format!("127.0.0.1:{}", p[0]),
+                    format!("127.0.0.1:{}", p[1]),
+                )
+            })
+            .collect();
+        cluster.write_files(&cfgs)
     }
     .await;
 
     if let Err(e) = result {
+        if let Some(e) = &cluster.etcd {
+            let _ = e.stop(Duration::from_secs(5));
+        }
         let targets: Vec<(u32, PathBuf)> = cluster
             .servers
             .iter()
@@ -102,11 +126,29 @@ pub fn down(dir: &Path) -> Result<usize, SandboxError> {
             dir.display()
         ))
     })?;
+    stop_etcd(&dir, &cluster)?;
     remove_servers(&dir, &cluster)?;
-    for f in [cluster_json(&dir), config_toml(&dir)] {
-        remove(&f)?;
-    }
+    remove(&cluster_json(&dir))?;
+    remove_configs(&dir, &cluster)?;
     Ok(stopped)
+}
+
+/// Stops the recorded etcd, or one found on `DIR/etcd` that an interrupted `up` started before
+/// it could record it (the cmdline check makes it this sandbox's).
+fn stop_etcd(dir: &Path, cluster: &Cluster) -> Result<(), SandboxError> {
+    let data_dir = dir.join(etcd::DATA_DIR);
+    let Some(pid) = cluster
+        .etcd
+        .as_ref()
+        .filter(|e| e.is_running())
+        .map(|e| e.pid)
+        .or_else(|| process::find_etcd_on(&data_dir))
+    else {
+        return Ok(());
+    };
+    process::stop_checked(&[pid], Duration::from_secs(10))
+        .map(|_| ())
+        .map_err(|_| SandboxError::Stop(format!("etcd pid {pid} on {}", data_dir.display())))
 }
 
 /// Refuses if the sandbox recorded in `dir` still runs; otherwise removes its leftovers.
@@ -115,12 +157,18 @@ fn clear_previous(dir: &Path) -> Result<(), SandboxError> {
         return Ok(());
     }
     match Cluster::load(dir) {
-        Ok(old) if old.servers.iter().any(ServerInfo::is_running) => {
+        Ok(old)
+            if old.servers.iter().any(ServerInfo::is_running)
+                || process::find_etcd_on(&dir.join(etcd::DATA_DIR)).is_some() =>
+        {
             return Err(SandboxError::AlreadyRunning {
                 dir: dir.display().to_string(),
             })
         }
-        Ok(old) => remove_servers(dir, &old)?,
+        Ok(old) => {
+            remove_servers(dir, &old)?;
+            remove_configs(dir, &old)?;
+        }
         Err(e) => tracing::warn!(error = %e, "ignoring an unreadable cluster.json"),
     }
     remove(&cluster_json(dir))?;
@@ -166,6 +214,8 @@ fn plan(dir: &Path, opts: &SandboxOptions) -> Result<Cluster, SandboxError> {
         servers,
         tables: opts.tables.clone(),
         cache_all_ms: opts.cache_all_ms,
+        proxies: opts.proxies,
+        etcd: None,
     })
 }
 
@@ -223,8 +273,20 @@ async fn wait_all(bins: &Binaries, cluster: &mut Cluster) -> Result<(), SandboxE
     }
 }
 
-/// Removes the datadirs and sockets of `cluster`'s servers, but only inside `dir`.
+/// Removes every proxy config `cluster` wrote.
+fn remove_configs(dir: &Path, cluster: &Cluster) -> Result<(), SandboxError> {
+    remove(&config_toml(dir))?;
+    cluster.proxy_configs().iter().try_for_each(|f| remove(f))
+}
+
+/// Removes the datadirs and sockets of `cluster`'s servers and its etcd's data dir, but only
+/// inside `dir` (etcd.log stays for a look after a failed test; a fresh etcd truncates it).
 fn remove_servers(dir: &Path, cluster: &Cluster) -> Result<(), SandboxError> {
+    let etcd_data = dir.join(etcd::DATA_DIR);
+    if etcd_data.exists() {
+        std::fs::remove_dir_all(&etcd_data)
+            .map_err(io(format!("removing {}", etcd_data.display())))?;
+    }
     for s in &cluster.servers {
         if s.datadir.starts_with(dir) && s.datadir != dir && s.datadir.exists() {
             std::fs::remove_dir_all(&s.datadir)
@@ -290,6 +352,21 @@ mod tests {
     fn down_without_cluster_json_stops_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
         assert_eq!(down(dir.path()).expect("down"), 0);
+    }
+
+    #[test]
+    fn down_stops_an_etcd_on_the_sandbox_dir_that_was_never_recorded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = plan(dir.path(), &SandboxOptions::default()).expect("plan");
+        c.servers.iter_mut().for_each(|s| s.pid = u32::MAX - 1);
+        c.save().expect("save");
+        // As if `up` was interrupted between starting etcd and recording it.
+        let e = Etcd::start(dir.path()).expect("etcd starts");
+        let err = clear_previous(dir.path()).unwrap_err();
+        assert!(matches!(err, SandboxError::AlreadyRunning { .. }), "{err}");
+        assert_eq!(down(dir.path()).expect("down"), 0);
+        assert!(!e.is_running(), "etcd pid {} still runs", e.pid);
+        assert!(!e.data_dir.exists());
     }
 
     #[test]

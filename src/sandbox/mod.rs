@@ -4,18 +4,22 @@
 //! `up` copies a cached, pre-initialised template datadir per server (so start-up takes seconds),
 //! starts every server detached in its own process group, wires replication, creates the
 //! application user and database `app` on every shard, and writes `DIR/cluster.json` (what runs
-//! where, with pids) and `DIR/shardgate.toml` (a proxy config for it). With sharded tables
+//! where, with pids) and `DIR/shardgate.toml` (a proxy config for it). With `proxies > 1` (or
+//! `etcd`) it also starts an etcd (`DIR/etcd`) and writes one config per proxy
+//! (`shardgate.toml`, `shardgate-2.toml`, ...) sharing the topology through it. With sharded tables
 //! (`--sharded-table TABLE:COLUMN`) keyspace `app` is `consistent_hash` over every shard;
 //! otherwise it is unsharded on s0. `down` stops exactly the pids in
 //! `cluster.json` and removes the server datadirs, so a later `up` starts clean.
 //!
 //! One file per job: `template` (the cached datadir), `server` (spawning one mariadbd and waiting
 //! for it), `process` (pid checks and signals), `sql` (a tiny mysql_async helper), `replication`
-//! (replicas, app user, catch-up), `layout` (sharded and reference tables), `cluster` (the
+//! (replicas, app user, catch-up), `layout` (sharded and reference tables), `etcd` (the shared
+//! topology store's one member), `cluster` (the
 //! serialisable description and the shard map it implies), `lifecycle` (up/down).
 
 mod cluster;
 mod error;
+mod etcd;
 mod layout;
 mod lifecycle;
 mod process;
@@ -26,8 +30,9 @@ mod template;
 
 use std::path::PathBuf;
 
-pub use cluster::{Cluster, Role, ServerInfo};
+pub use cluster::{Cluster, Role, ServerInfo, ETCD_LEASE_TTL_SECS, ETCD_PREFIX};
 pub use error::SandboxError;
+pub use etcd::Etcd;
 pub use layout::{parse_table, ShardedTable, TableLayout};
 pub use lifecycle::{down, up};
 pub use template::ensure_template;
@@ -47,6 +52,18 @@ pub struct SandboxOptions {
     pub tables: TableLayout,
     /// Cache every read for this many milliseconds (`--cache-all`).
     pub cache_all_ms: Option<u64>,
+    /// Proxy configs to write (`shardgate.toml`, `shardgate-2.toml`, ...); more than one
+    /// starts an etcd they share.
+    pub proxies: usize,
+    /// Start etcd and point the proxy configs at it even with one proxy.
+    pub etcd: bool,
+}
+
+impl SandboxOptions {
+    /// Whether this sandbox runs an etcd for its proxies' topology.
+    pub fn uses_etcd(&self) -> bool {
+        self.etcd || self.proxies > 1
+    }
 }
 
 impl Default for SandboxOptions {
@@ -59,6 +76,8 @@ impl Default for SandboxOptions {
             password: "app".into(),
             tables: TableLayout::default(),
             cache_all_ms: None,
+            proxies: 1,
+            etcd: false,
         }
     }
 }

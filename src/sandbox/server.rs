@@ -77,6 +77,17 @@ pub(crate) fn error_log(info: &ServerInfo) -> PathBuf {
 /// Starts `bin` detached (own session, stdin null, output appended to `out_log`) so it outlives
 /// the caller and is stopped later by pid. A thread reaps it if it exits while we still run.
 pub(crate) fn spawn(bin: &Path, args: &[String], out_log: &Path) -> Result<u32, SandboxError> {
+    spawn_without_env(bin, args, out_log, "")
+}
+
+/// [`spawn`], with every environment variable whose name starts with `drop_prefix` removed
+/// (none when empty).
+pub(crate) fn spawn_without_env(
+    bin: &Path,
+    args: &[String],
+    out_log: &Path,
+    drop_prefix: &str,
+) -> Result<u32, SandboxError> {
     let what = || {
         format!(
             "starting {} (output in {})",
@@ -92,6 +103,13 @@ pub(crate) fn spawn(bin: &Path, args: &[String], out_log: &Path) -> Result<u32, 
     let err = out.try_clone().map_err(io(what()))?;
     let mut cmd = Command::new(bin);
     cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+    if !drop_prefix.is_empty() {
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with(drop_prefix) {
+                cmd.env_remove(name);
+            }
+        }
+    }
     // SAFETY: setsid(2) is async-signal-safe and the closure allocates nothing.
     unsafe {
         cmd.pre_exec(|| {
@@ -105,7 +123,7 @@ pub(crate) fn spawn(bin: &Path, args: &[String], out_log: &Path) -> Result<u32, 
     let pid = child.id();
     // If the thread cannot start, the exited server stays a zombie, which `process::alive` treats as dead.
     let _ = std::thread::Builder::new()
-        .name(format!("reap-mariadbd-{pid}"))
+        .name(format!("reap-{pid}"))
         .spawn(move || child.wait());
     Ok(pid)
 }

@@ -23,7 +23,7 @@ pub(crate) struct Binaries {
 
 /// Finds `name` on PATH, then in `extra` directories (Debian keeps mariadbd in /usr/sbin, often
 /// not on a user's PATH).
-fn find(name: &str, extra: &[&str]) -> Option<PathBuf> {
+pub(crate) fn find(name: &str, extra: &[&str]) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(extra.iter().map(PathBuf::from))

@@ -378,7 +378,13 @@ impl Sandbox {
     /// ports and `extra` (TOML text, e.g. a `[routing]` section) merged over it, section by
     /// section and key by key. Returns its path.
     pub fn proxy_config(&self, extra: &str) -> PathBuf {
-        let base = std::fs::read_to_string(self.dir.join("shardgate.toml")).expect("config");
+        self.proxy_config_from(&self.dir.join("shardgate.toml"), extra)
+    }
+
+    /// `proxy_config` over another generated config (one of `proxy_configs()`, so the new
+    /// config keeps that proxy's `[topology]`, its `proxy_id` included).
+    pub fn proxy_config_from(&self, base: &Path, extra: &str) -> PathBuf {
+        let base = std::fs::read_to_string(base).expect("config");
         let mut cfg: toml::Table = toml::from_str(&base).expect("generated config parses");
         let extra: toml::Table = toml::from_str(extra).expect("extra config parses");
         merge_toml(&mut cfg, extra);
@@ -437,6 +443,75 @@ impl Sandbox {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Several proxies sharing the sandbox etcd (`start_cluster_with(&[.., "--proxies", "N"])`).
+
+impl Sandbox {
+    /// The configs `sandbox up --proxies N` wrote: `shardgate.toml`, `shardgate-2.toml`, ...
+    pub fn proxy_configs(&self) -> Vec<PathBuf> {
+        self.cluster.proxy_configs()
+    }
+
+    /// The sandbox etcd as `cluster.json` records it now (`etcd_start` changes its pid).
+    pub fn etcd(&self) -> shardgate::sandbox::Etcd {
+        Cluster::load(&self.dir)
+            .expect("cluster.json")
+            .etcd
+            .expect("a sandbox started with --proxies N or --etcd")
+    }
+
+    /// `127.0.0.1:PORT` of the sandbox etcd.
+    pub fn etcd_endpoint(&self) -> String {
+        self.etcd().endpoint()
+    }
+
+    /// Stops the sandbox etcd cleanly (SIGTERM, up to 10 s); its data and ports stay for
+    /// `etcd_start`.
+    pub fn etcd_stop(&self) {
+        let stopped = self
+            .etcd()
+            .stop(Duration::from_secs(10))
+            .expect("stop etcd");
+        assert!(stopped, "etcd was not running");
+    }
+
+    /// Kills the sandbox etcd with SIGKILL, as a crash would.
+    pub fn etcd_kill(&self) {
+        let killed = self.etcd().stop(Duration::ZERO).expect("kill etcd");
+        assert!(killed, "etcd was not running");
+    }
+
+    /// Starts the sandbox etcd again on the same ports and data, waits until it is healthy and
+    /// records its pid in `cluster.json` (for the teardown). Does nothing if it runs.
+    pub fn etcd_start(&self) {
+        let mut cluster = Cluster::load(&self.dir).expect("cluster.json");
+        cluster.start_etcd().expect("start etcd");
+    }
+
+    /// A proxy per generated config (`proxy_configs()`), each with `extra` merged over it and
+    /// fresh ports, stopped when dropped.
+    pub fn admin_proxies(&self, extra: &str) -> Vec<AdminProxy> {
+        self.proxy_configs()
+            .iter()
+            .map(|base| self.admin_proxy_from(base, extra))
+            .collect()
+    }
+
+    /// A proxy over generated config `base` with `extra`, as `admin_proxy`.
+    pub fn admin_proxy_from(&self, base: &Path, extra: &str) -> AdminProxy {
+        let config = self.proxy_config_from(base, extra);
+        let (admin, token) = admin_of(&config);
+        let (child, port) = spawn_proxy_checked(&config);
+        AdminProxy {
+            guard: ProxyProcess(child),
+            port,
+            config,
+            admin,
+            token,
+        }
+    }
+}
+
 /// A proxy over a test's sandbox with its admin API (`Sandbox::admin_proxy`): its guard,
 /// MySQL port, config file, admin address and token.
 pub struct AdminProxy {
@@ -450,16 +525,7 @@ pub struct AdminProxy {
 impl Sandbox {
     /// A proxy over this sandbox with `extra` config, stopped when dropped.
     pub fn admin_proxy(&self, extra: &str) -> AdminProxy {
-        let config = self.proxy_config(extra);
-        let (admin, token) = admin_of(&config);
-        let (child, port) = spawn_proxy_checked(&config);
-        AdminProxy {
-            guard: ProxyProcess(child),
-            port,
-            config,
-            admin,
-            token,
-        }
+        self.admin_proxy_from(&self.dir.join("shardgate.toml"), extra)
     }
 }
 
