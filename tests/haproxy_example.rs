@@ -1,5 +1,5 @@
 //! `examples/haproxy-shardgate.cfg` as the README describes it: HAProxy in TCP mode in front of
-//! the two proxies of `sandbox up --proxies 2`, checking each one's `/readyz`. Clients reach
+//! the two proxies of `sandbox up --proxies 2`, checking each one's `/healthz`. Clients reach
 //! both proxies through it, and a proxy that dies is taken out so new clients still connect.
 
 mod common;
