@@ -239,7 +239,11 @@ impl Ha {
         force: bool,
     ) -> Result<Report, HaError> {
         let _op = self.busy()?;
-        self.may_decide()?;
+        if let Err(e) = self.may_decide() {
+            // Said once (the detector tries again), and shown by /readyz as a refused failover.
+            self.block(group, &e.to_string());
+            return Err(e);
+        }
         let shard_lock = self.lock_shard(&group.name, "failover").await?;
         // Another proxy may have failed it over while this one waited for the lock.
         self.still_primary(group)?;
