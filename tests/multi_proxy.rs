@@ -460,6 +460,8 @@ async fn killing_the_promoter_mid_failover_never_leaves_two_writable_primaries()
     );
     let finished = done_events(&live).await;
     assert_eq!(finished.len(), 1, "one follower finished it: {finished:?}");
+    let how = finished[0]["message"].as_str().unwrap_or_default();
+    assert!(how.contains("failover finished"), "{how}");
     failed_over_to(&sb, &live, &primary, &logs).await;
 }
 
