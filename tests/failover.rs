@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,16 +16,11 @@ use mysql_async::Conn;
 use serde_json::Value;
 use shardgate::admin::client::Client;
 
+use common::ha::{
+    create_acked, first_write_after, gtid_binlog_pos, ids_on, kill, longest_wait, port_of,
+    reads_reach_a_replica, root, server_id, start_load, FAST_HA,
+};
 use common::Sandbox;
-
-/// Failure handling as fast as a test can bear: primaries checked every 200 ms, declared dead
-/// after 1 s.
-const HA: &str = r#"
-[ha]
-check_interval_ms = 200
-failover_after_ms = 1000
-failover_buffer_timeout_ms = 8000
-"#;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -36,20 +31,7 @@ type Proxy = common::AdminProxy;
 
 impl Proxy {
     fn start(sb: &Sandbox, extra: &str) -> Proxy {
-        sb.admin_proxy(&format!("{}\n{HA}\n{extra}", common::FAST_SPLIT))
-    }
-
-    fn url(&self) -> String {
-        common::app_url(self.port, "app")
-    }
-
-    async fn get_json(&self, path: &str) -> Value {
-        let r = self
-            .client()
-            .call("GET", path, None)
-            .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-        serde_json::from_slice(&r.body).expect("JSON")
+        sb.admin_proxy(&format!("{}\n{FAST_HA}\n{extra}", common::FAST_SPLIT))
     }
 
     /// The current primary and replicas of `app/s0` from the admin API.
@@ -77,170 +59,6 @@ impl Proxy {
     }
 }
 
-/// What the writers saw.
-#[derive(Default)]
-struct Log {
-    /// Acknowledged ids.
-    acked: BTreeSet<u64>,
-    /// (sent, acknowledged) of every acknowledged insert.
-    times: Vec<(Instant, Instant)>,
-    errors: Vec<String>,
-    /// (when, server id) of every read answered.
-    reads: Vec<(Instant, u32)>,
-    read_errors: Vec<String>,
-}
-
-struct Load {
-    stop: Arc<AtomicBool>,
-    log: Arc<Mutex<Log>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-/// 8 writers inserting `writer * 1e9 + n` into `app.acked`, reconnecting after errors, and 2
-/// readers asking `@@server_id`.
-async fn start_load(url: &str) -> Load {
-    let stop = Arc::new(AtomicBool::new(false));
-    let log = Arc::new(Mutex::new(Log::default()));
-    let mut tasks = Vec::new();
-    for w in 0..WRITERS {
-        let (stop, log, url) = (stop.clone(), log.clone(), url.to_string());
-        tasks.push(tokio::spawn(async move {
-            let mut conn: Option<Conn> = None;
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                if conn.is_none() {
-                    match Conn::new(mysql_async::Opts::from_url(&url).expect("url")).await {
-                        Ok(c) => conn = Some(c),
-                        Err(e) => {
-                            log.lock()
-                                .expect("log")
-                                .errors
-                                .push(format!("connect: {e}"));
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    }
-                }
-                let Some(c) = conn.as_mut() else { continue };
-                let id = w * 1_000_000_000 + n;
-                let sent = Instant::now();
-                match c
-                    .exec_drop("INSERT INTO acked (id, writer) VALUES (?, ?)", (id, w))
-                    .await
-                {
-                    Ok(()) => {
-                        let mut l = log.lock().expect("log");
-                        l.acked.insert(id);
-                        l.times.push((sent, Instant::now()));
-                        n += 1;
-                    }
-                    Err(e) => {
-                        log.lock()
-                            .expect("log")
-                            .errors
-                            .push(format!("insert {id}: {e}"));
-                        conn = None;
-                        // The id may or may not have been written: never reuse it.
-                        n += 1;
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-            }
-        }));
-    }
-    for _ in 0..2 {
-        let (stop, log, url) = (stop.clone(), log.clone(), url.to_string());
-        tasks.push(tokio::spawn(async move {
-            let mut conn: Option<Conn> = None;
-            while !stop.load(Ordering::Relaxed) {
-                if conn.is_none() {
-                    conn = Conn::new(mysql_async::Opts::from_url(&url).expect("url"))
-                        .await
-                        .ok();
-                }
-                let Some(c) = conn.as_mut() else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                match c.query_first::<u32, _>("SELECT @@server_id").await {
-                    Ok(Some(id)) => log.lock().expect("log").reads.push((Instant::now(), id)),
-                    Ok(None) => {}
-                    Err(e) => {
-                        log.lock().expect("log").read_errors.push(e.to_string());
-                        conn = None;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }));
-    }
-    Load { stop, log, tasks }
-}
-
-impl Load {
-    async fn stop(self) -> Log {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            t.await.expect("load task");
-        }
-        Arc::try_unwrap(self.log)
-            .ok()
-            .expect("only owner")
-            .into_inner()
-            .expect("log")
-    }
-
-    fn acked(&self) -> usize {
-        self.log.lock().expect("log").acked.len()
-    }
-}
-
-async fn root(port: u16) -> Conn {
-    common::connect(&common::root_url(port)).await
-}
-
-fn port_of(addr: &str) -> u16 {
-    addr.rsplit_once(':')
-        .and_then(|(_, p)| p.parse().ok())
-        .expect("host:port")
-}
-
-/// The ids in `app.acked` on the server at `port`, once it has applied `pos` (for replicas).
-async fn ids_on(port: u16, pos: Option<&str>) -> BTreeSet<u64> {
-    let mut c = root(port).await;
-    if let Some(pos) = pos {
-        let r: Option<i64> = c
-            .exec_first("SELECT MASTER_GTID_WAIT(?, 30)", (pos,))
-            .await
-            .expect("wait")
-            .expect("row");
-        assert_eq!(r, Some(0), "server on {port} did not reach {pos}");
-    }
-    c.query::<u64, _>("SELECT id FROM app.acked")
-        .await
-        .expect("ids")
-        .into_iter()
-        .collect()
-}
-
-async fn gtid_binlog_pos(port: u16) -> String {
-    root(port)
-        .await
-        .query_first("SELECT @@gtid_binlog_pos")
-        .await
-        .expect("pos")
-        .expect("row")
-}
-
-async fn server_id(port: u16) -> u32 {
-    root(port)
-        .await
-        .query_first("SELECT @@server_id")
-        .await
-        .expect("server id")
-        .expect("row")
-}
-
 /// A sandbox with `app.acked`, replicated everywhere, and a proxy over it.
 async fn setup(extra: &str) -> (Sandbox, Proxy) {
     setup_with(2, extra).await
@@ -250,60 +68,9 @@ async fn setup(extra: &str) -> (Sandbox, Proxy) {
 async fn setup_with(replicas: usize, extra: &str) -> (Sandbox, Proxy) {
     let sb = common::start_cluster(replicas);
     let proxy = Proxy::start(&sb, extra);
-    let mut c = common::connect(&proxy.url()).await;
-    c.query_drop("CREATE TABLE acked (id BIGINT PRIMARY KEY, writer INT)")
-        .await
-        .expect("create");
-    common::wait_replicated(&sb).await;
-    // Until the monitor saw the replicas, reads would go to the primary.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let primary_id = sb.primary().server_id;
-    loop {
-        let id: u32 = c
-            .query_first("SELECT @@server_id")
-            .await
-            .expect("read")
-            .expect("row");
-        if id != primary_id {
-            break;
-        }
-        assert!(Instant::now() < deadline, "reads never reached a replica");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    create_acked(&sb, &proxy).await;
+    reads_reach_a_replica(&sb, &proxy).await;
     (sb, proxy)
-}
-
-/// kill -9 of the server with `server_id`; returns once its process is gone.
-fn kill(sb: &Sandbox, server_id: u32) {
-    assert!(
-        sb.cluster
-            .kill_server(sb.index_of(server_id))
-            .expect("kill"),
-        "server {server_id} was running"
-    );
-}
-
-/// How long after `since` the first write sent after it was acknowledged (at most 30 s).
-async fn first_write_after(load: &Load, since: Instant) -> Duration {
-    let deadline = since + Duration::from_secs(30);
-    loop {
-        let first = {
-            let l = load.log.lock().expect("log");
-            l.times
-                .iter()
-                .filter(|(sent, _)| *sent > since)
-                .map(|(_, acked)| *acked)
-                .min()
-        };
-        if let Some(t) = first {
-            return t.duration_since(since);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no write succeeded within 30 s of the kill"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The message of the proxy's 'blocked' event (failover refused), failing if it promotes
@@ -328,15 +95,6 @@ async fn wait_blocked(proxy: &Proxy, primary: &str, why: &str) -> String {
     }
 }
 
-fn longest_wait(times: &[(Instant, Instant)], after: Instant) -> Duration {
-    times
-        .iter()
-        .filter(|(_, acked)| *acked >= after)
-        .map(|(sent, acked)| acked.duration_since(*sent))
-        .max()
-        .unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_primary_is_replaced_without_losing_acknowledged_writes_then_fenced_and_rejoined()
 {
@@ -344,7 +102,7 @@ async fn a_killed_primary_is_replaced_without_losing_acknowledged_writes_then_fe
     let (mut sb, proxy) = setup("").await;
     let old = sb.primary().clone();
     let old_addr = old.addr();
-    let load = start_load(&proxy.url()).await;
+    let load = start_load(&proxy.url(), 0, WRITERS, 2);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(load.acked() > 0, "no insert went through before the kill");
 
@@ -546,7 +304,7 @@ async fn a_planned_switchover_under_load_fails_no_statement() {
     let (sb, proxy) = setup("").await;
     let old = sb.primary().clone();
     let target = sb.replicas()[1].addr();
-    let load = start_load(&proxy.url()).await;
+    let load = start_load(&proxy.url(), 0, WRITERS, 2);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let started = Instant::now();
     let out = proxy.cli(&["failover", "--shard", "app/s0", "--to", &target]);
@@ -715,7 +473,7 @@ async fn a_killed_replica_moves_reads_and_a_proxy_side_cut_fails_nothing_over() 
     // A proxy-side cut shorter than failover_after_ms, then one longer: the replicas still
     // see the primary both times, so nothing is failed over, and writes wait instead of
     // failing.
-    let load = start_load(&proxy.url()).await;
+    let load = start_load(&proxy.url(), 0, WRITERS, 2);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let version = proxy.get_json("/api/v1/ha").await["shard_map_version"].clone();
     for cut in [Duration::from_millis(600), Duration::from_millis(2500)] {
@@ -888,7 +646,7 @@ async fn a_replica_lacking_acknowledged_writes_is_not_promoted_until_forced() {
         .query_drop("SET GLOBAL rpl_semi_sync_master_timeout = 200")
         .await
         .expect("semi-sync timeout");
-    let load = start_load(&proxy.url()).await;
+    let load = start_load(&proxy.url(), 0, WRITERS, 2);
     tokio::time::sleep(Duration::from_millis(500)).await;
     kill(&sb, replica.server_id);
     let at_kill = load.acked();
@@ -1006,7 +764,7 @@ async fn a_replica_holding_every_acknowledged_write_is_promoted_automatically() 
     let (sb, proxy) = setup_with(1, "").await;
     let old = sb.primary().clone();
     let replica = sb.replicas()[0].clone();
-    let load = start_load(&proxy.url()).await;
+    let load = start_load(&proxy.url(), 0, WRITERS, 2);
     tokio::time::sleep(Duration::from_secs(1)).await;
     kill(&sb, old.server_id);
     let recovered = first_write_after(&load, Instant::now()).await;

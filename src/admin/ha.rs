@@ -17,7 +17,8 @@ impl From<HaError> for ApiError {
     fn from(e: HaError) -> Self {
         match e {
             HaError::UnknownShard(_) => ApiError::BadRequest(e.to_string()),
-            HaError::Busy(_) | HaError::Refused(_) | HaError::Config(_) => {
+            // Without etcd the proxy decides nothing: a refusal of the request, not a fault.
+            HaError::Busy(_) | HaError::Refused(_) | HaError::Config(_) | HaError::StoreDown => {
                 ApiError::Conflict(e.to_string())
             }
             _ => ApiError::Backend(e.to_string()),

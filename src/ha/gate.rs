@@ -68,6 +68,23 @@ impl Gate {
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 
+    /// The command that `enter`ed waits for something other than a server (a new primary,
+    /// having sent nothing): a holder's drain need not wait for it, and it must not make the
+    /// holder wait, since what it waits for may come only once the holder is done.
+    pub fn step_aside(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Back in after `step_aside`, waiting out a hold as `enter` does. Counted in even when
+    /// the hold outlasts `wait`, so that the command's `leave` stays balanced.
+    pub async fn step_back(&self, in_transaction: bool, wait: Duration) -> Result<(), StillHeld> {
+        let r = self.enter(in_transaction, wait).await;
+        if r.is_err() {
+            self.in_flight.fetch_add(1, Ordering::SeqCst);
+        }
+        r
+    }
+
     fn holding(&self) -> bool {
         self.holds.load(Ordering::SeqCst) > 0
     }
@@ -188,5 +205,38 @@ mod tests {
         gate.leave();
         gate.release();
         assert!(!gate.is_holding(), "an extra release does not wrap around");
+    }
+
+    #[tokio::test]
+    async fn a_command_waiting_for_a_new_primary_does_not_stall_the_drain() {
+        let gate = Arc::new(Gate::default());
+        gate.enter(false, Duration::ZERO).await.expect("no hold");
+        gate.step_aside();
+        let hold = gate.hold();
+        assert!(
+            hold.drain(Duration::from_millis(10)).await,
+            "nothing running"
+        );
+        let g = gate.clone();
+        let back = tokio::spawn(async move { g.step_back(false, Duration::from_secs(5)).await });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(!back.is_finished(), "back in only after the hold");
+        drop(hold);
+        back.await.expect("task").expect("back after release");
+        assert_eq!(gate.in_flight(), 1);
+        gate.leave();
+        // A hold outlasting the wait: refused, but counted in for the command's leave.
+        let _hold = gate.hold();
+        gate.enter(true, Duration::ZERO)
+            .await
+            .expect("in transaction");
+        gate.step_aside();
+        assert_eq!(
+            gate.step_back(false, Duration::from_millis(10)).await,
+            Err(StillHeld)
+        );
+        assert_eq!(gate.in_flight(), 1);
+        gate.leave();
+        assert_eq!(gate.in_flight(), 0);
     }
 }

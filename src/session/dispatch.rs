@@ -156,8 +156,20 @@ impl Session {
                     let topology = self.shared.topology.clone();
                     let poll = left.min(Duration::from_millis(100));
                     let seen = *seen_version.get_or_insert_with(|| topology.version());
-                    if topology.wait_newer(seen, poll).await {
+                    // Nothing was sent: a failover's hold must not wait for this statement
+                    // to drain (it waits for the map that failover publishes), and it runs
+                    // only once the hold ends.
+                    let gate = &self.shared.ha.gate;
+                    gate.step_aside();
+                    let newer = topology.wait_newer(seen, poll).await;
+                    let in_txn = self.hold.sticky() || self.shard_txn.is_some();
+                    let back = gate.step_back(in_txn, left).await;
+                    if newer {
                         seen_version = Some(topology.version());
+                    }
+                    if back.is_err() {
+                        let reply_seq = work.frame().last_seq.wrapping_add(1);
+                        return self.report(ExecError::Connect(e), reply_seq).await;
                     }
                     // Always the shard's primary as the map has it now: a new map may have
                     // come before the version was first read, and the old primary, restarted,

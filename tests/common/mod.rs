@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use shardgate::sandbox::Cluster;
 
+pub mod ha;
 pub mod raw;
 
 pub const USER: &str = "app";
@@ -335,6 +336,12 @@ fn merge_toml(base: &mut toml::Table, extra: toml::Table) {
 /// log if it exits before listening (a config key it does not know yet, say). Its log level is
 /// `SHARDGATE_TEST_RUST_LOG` (default `info`).
 pub fn spawn_proxy_checked(config: &Path) -> (Child, u16) {
+    spawn_proxy_with_env(config, &[])
+}
+
+/// `spawn_proxy_checked` with extra environment variables for the proxy (such as
+/// `SHARDGATE_TEST_STOP`).
+pub fn spawn_proxy_with_env(config: &Path, vars: &[(&str, &str)]) -> (Child, u16) {
     let text = std::fs::read_to_string(config).expect("config");
     let port: u16 = text
         .lines()
@@ -350,6 +357,7 @@ pub fn spawn_proxy_checked(config: &Path) -> (Child, u16) {
             "RUST_LOG",
             std::env::var("SHARDGATE_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
         )
+        .envs(vars.iter().copied())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -499,9 +507,19 @@ impl Sandbox {
 
     /// A proxy over generated config `base` with `extra`, as `admin_proxy`.
     pub fn admin_proxy_from(&self, base: &Path, extra: &str) -> AdminProxy {
+        self.admin_proxy_from_env(base, extra, &[])
+    }
+
+    /// `admin_proxy_from` with extra environment variables for the proxy process.
+    pub fn admin_proxy_from_env(
+        &self,
+        base: &Path,
+        extra: &str,
+        vars: &[(&str, &str)],
+    ) -> AdminProxy {
         let config = self.proxy_config_from(base, extra);
         let (admin, token) = admin_of(&config);
-        let (child, port) = spawn_proxy_checked(&config);
+        let (child, port) = spawn_proxy_with_env(&config, vars);
         AdminProxy {
             guard: ProxyProcess(child),
             port,
