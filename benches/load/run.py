@@ -16,6 +16,10 @@ Usage (from anywhere; the repo root is found relative to this file):
         --tests oltp_read_only,oltp_read_only+skip_trx,oltp_read_write,oltp_read_write+skip_trx \
         --idle-conns 2000 --json split.json
 
+    # Topology in etcd against the state file, same run: nothing on the hot path waits for etcd.
+    python3 benches/load/run.py --targets direct,shardgate,shardgate-etcd --tests oltp_point_select \
+        --threads 8,32 --idle-conns 0
+
     # Against servers you run yourself (no sandbox; builds shardgate only if it is needed):
     python3 benches/load/run.py --external-primary 127.0.0.1:23306 --targets direct,haproxy
 
@@ -55,7 +59,11 @@ except ImportError:  # pragma: no cover - older Pythons fall back to a regex
 import pymysql
 
 REPO = Path(__file__).resolve().parents[2]
-TARGETS = ("direct", "haproxy", "shardgate")
+TARGETS = ("direct", "haproxy", "shardgate", "shardgate-etcd")
+DEFAULT_TARGETS = ("direct", "haproxy", "shardgate")
+# Targets that are a shardgate process of ours: `shardgate` keeps its topology in the state file,
+# `shardgate-etcd` in the sandbox etcd (`[topology] store = "etcd"`), over the same servers.
+PROXY_TARGETS = ("shardgate", "shardgate-etcd")
 # sysbench tests that write. Deadlocks and lock wait timeouts are normal for them: sysbench
 # restarts the transaction and counts an "ignored error" (reported as restarts, not a failure).
 WRITE_TESTS = {"oltp_read_write", "oltp_write_only", "oltp_insert", "oltp_delete",
@@ -159,7 +167,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="sysbench tests (oltp_* tests share the tables one prepare creates); TEST+opt[=value] "
                         "adds --opt=value to its runs, e.g. oltp_read_only+skip_trx (autocommit reads, which the "
                         "read/write split may send to replicas; in BEGIN..COMMIT they stay on the primary)")
-    p.add_argument("--targets", type=csv_list, default=list(TARGETS), help="subset of direct,haproxy,shardgate")
+    p.add_argument("--targets", type=csv_list, default=list(DEFAULT_TARGETS),
+                   help="subset of direct,haproxy,shardgate,shardgate-etcd (shardgate-etcd: a second proxy over the "
+                        "same sandbox with its topology in the sandbox etcd; shardgate keeps the state file)")
     p.add_argument("--idle-conns", type=int, help="idle client connections for the memory check, 0 skips it (default: 1000; --quick: 200)")
     p.add_argument("--replicas", type=int, default=0,
                    help="replicas of the sandbox primary (shardgate sandbox up --replicas N); 'direct' and 'haproxy' "
@@ -225,6 +235,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--tests: a test is listed twice")
     if a.replicas < 0:
         p.error("--replicas must be >= 0")
+    if "shardgate-etcd" in a.targets and a.external_primary:
+        p.error("--targets shardgate-etcd needs the sandbox (its etcd); it cannot run with --external-primary")
     if a.replicas and a.external_primary:
         p.error("--replicas needs the sandbox; with --external-primary pass your own --proxy-config")
     if a.pool_max is None:
@@ -424,16 +436,26 @@ class Env:
         # for an external primary). Server-side counters are read on each, directly, as root.
         self.servers: list[dict] = []
         self._root_warned: set[str] = set()
-        self.proxy_config: Path | None = None
+        # Per proxy target (PROXY_TARGETS): the config it serves and its process.
+        self.proxy_configs: dict[str, Path] = {}
+        self.proxies: dict[str, Child] = {}
         self.haproxy: Child | None = None
-        self.shardgate: Child | None = None
         self.endpoints: dict[str, tuple[str, int]] = {}
         self.commands: dict[str, str] = {}
+
+    @property
+    def shardgate(self) -> Child | None:
+        """The `shardgate` target's process (the state-file one: the memory check runs on it)."""
+        return self.proxies.get("shardgate")
+
+    @property
+    def with_etcd(self) -> bool:
+        return "shardgate-etcd" in self.args.targets
 
     # -- build -------------------------------------------------------------------------------
     def needs_binary(self) -> bool:
         a = self.args
-        return a.external_primary is None or ("shardgate" in a.targets and a.external_proxy is None)
+        return a.external_primary is None or ("shardgate" in a.targets and a.external_proxy is None) or self.with_etcd
 
     def build(self) -> None:
         if not self.needs_binary():
@@ -459,6 +481,8 @@ class Env:
             log(f"primary: external MariaDB at {self.primary[0]}:{self.primary[1]}")
         else:
             cmd = [str(a.binary), "sandbox", "up", "--dir", str(self.dir), "--shards", "1", "--replicas", str(a.replicas)]
+            if self.with_etcd:
+                cmd.append("--etcd")  # its config keeps the topology in etcd; `shardgate` is set back to the file
             self.commands["sandbox_up"] = show_cmd(cmd)
             self.sandbox_up = True  # tear down even if 'up' fails half way
             run_checked(cmd, "shardgate sandbox up", timeout=300)
@@ -615,14 +639,17 @@ primary = "{host}:{port}"
 """)
         return path
 
-    def start_shardgate(self) -> None:
+    def start_shardgate(self, target: str = "shardgate") -> None:
         a = self.args
-        if a.external_proxy:
+        if target == "shardgate-etcd":
+            # Always the sandbox's config (--proxy-config and --external-proxy are for `shardgate`).
+            cfg = self.bench_config(self.dir / "shardgate.toml", target)
+        elif a.external_proxy:
             self.endpoints["shardgate"] = a.external_proxy
             log(f"shardgate: external proxy at {a.external_proxy[0]}:{a.external_proxy[1]} (no CPU/memory numbers)")
             wait_login(*a.external_proxy, a, 30, what="shardgate (external)")
             return
-        if a.proxy_config:
+        elif a.proxy_config:
             cfg = a.proxy_config.resolve()  # served as it is
             if not cfg.exists():
                 raise BenchError(f"no proxy config at {cfg}")
@@ -630,34 +657,59 @@ primary = "{host}:{port}"
             base = self.write_proxy_config() if a.external_primary else self.dir / "shardgate.toml"
             if not base.exists():
                 raise BenchError(f"no proxy config at {base}")
-            cfg = self.bench_config(base)
-        self.proxy_config = cfg
+            cfg = self.bench_config(base, target)
+        self.proxy_configs[target] = cfg
         check = [str(a.binary), "check", str(cfg)]
-        self.commands["shardgate_check"] = show_cmd(check)
+        self.commands[f"{target}_check"] = show_cmd(check)
         run_checked(check, f"shardgate check {cfg}", timeout=30)
         host, port = proxy_listen(cfg)
         if port_accepts(host, port):
             raise BenchError(f"{host}:{port} (proxy.listen in {cfg}) is already in use")
         cmd = [str(a.binary), "serve", "--config", str(cfg)]
-        self.commands["shardgate"] = show_cmd(cmd)
-        self.shardgate = Child("shardgate", cmd, self.dir / "shardgate.log")
-        wait_port(host, port, 30, self.shardgate.proc, "shardgate serve", self.shardgate.logfile)
-        wait_login(host, port, a, 30, self.shardgate.proc, "shardgate serve")
-        self.endpoints["shardgate"] = (host, port)
+        self.commands[target] = show_cmd(cmd)
+        child = Child(target, cmd, self.dir / f"{target}.log")
+        self.proxies[target] = child
+        wait_port(host, port, 30, child.proc, f"{target} serve", child.logfile)
+        wait_login(host, port, a, 30, child.proc, f"{target} serve")
+        self.endpoints[target] = (host, port)
         backends = ", ".join(f"{s['host']}:{s['port']}" for s in self.servers)
-        log(f"shardgate: {host}:{port} -> {backends} (pid {self.shardgate.pid})")
+        store = store_of(cfg)
+        log(f"{target}: {host}:{port} -> {backends} (pid {child.pid}, topology store {store})")
+        if target == "shardgate-etcd":
+            self.wait_store_up(cfg)
 
-    def cache_stats(self) -> dict | None:
-        """The result cache's counters from the admin API (`GET /api/v1/cache`), if it is on."""
-        if not self.args.cache_ttl_ms or tomllib is None or not getattr(self, "proxy_config", None):
-            return None
+    def admin_get(self, cfg: Path, path: str) -> dict:
+        """`GET path` on the admin API of the proxy serving `cfg`, with its token."""
         import urllib.request
-        doc = tomllib.loads(Path(self.proxy_config).read_text()).get("proxy", {})
-        req = urllib.request.Request(f"http://{doc.get('admin_listen')}/api/v1/cache",
+        doc = tomllib.loads(cfg.read_text()).get("proxy", {})
+        req = urllib.request.Request(f"http://{doc.get('admin_listen')}{path}",
                                      headers={"Authorization": f"Bearer {doc.get('admin_token', '')}"})
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return json.loads(resp.read())
+
+    def wait_store_up(self, cfg: Path, timeout: float = 30) -> None:
+        """Waits until the proxy serving `cfg` holds its etcd lease (`/api/v1/topology` store.up)."""
+        if tomllib is None:
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                store = self.admin_get(cfg, "/api/v1/topology").get("store", {})
+                if store.get("kind") == "etcd" and store.get("up"):
+                    return
+            except OSError:
+                store = {}
+            if time.monotonic() > deadline:
+                raise BenchError(f"the proxy serving {cfg} did not reach etcd within {timeout:.0f}s: {store}")
+            time.sleep(0.2)
+
+    def cache_stats(self, target: str) -> dict | None:
+        """The result cache's counters from the admin API (`GET /api/v1/cache`), if it is on."""
+        cfg = self.proxy_configs.get(target)
+        if not self.args.cache_ttl_ms or tomllib is None or cfg is None:
+            return None
         try:
-            with urllib.request.urlopen(req, timeout=5) as resp:
-                return json.loads(resp.read())
+            return self.admin_get(cfg, "/api/v1/cache")
         except OSError as e:
             log(f"  (cache stats unavailable: {e})")
             return None
@@ -665,18 +717,18 @@ primary = "{host}:{port}"
     def pid_of(self, target: str) -> int | None:
         if target == "haproxy" and self.haproxy:
             return self.haproxy.pid
-        if target == "shardgate" and self.shardgate:
-            return self.shardgate.pid
+        if target in self.proxies:
+            return self.proxies[target].pid
         return None
 
     def check_children(self) -> None:
-        for c in (self.haproxy, self.shardgate):
+        for c in (self.haproxy, *self.proxies.values()):
             if c is not None:
                 c.check_alive()
 
     # -- teardown ----------------------------------------------------------------------------
     def close(self, keep: bool) -> None:
-        for c in (self.shardgate, self.haproxy):
+        for c in (*self.proxies.values(), self.haproxy):
             if c is not None:
                 try:
                     c.stop()
@@ -694,15 +746,18 @@ primary = "{host}:{port}"
         else:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def bench_config(self, base_cfg: Path) -> Path:
-        """`bench-shardgate.toml`: the sandbox's proxy config (replicas included) with
+    def bench_config(self, base_cfg: Path, target: str = "shardgate") -> Path:
+        """`bench-TARGET.toml`: the sandbox's proxy config (replicas included) with
 
         - `[pool] max_connections = --pool-max`: by default room for one backend connection per
           idle client (PyMySQL sends SET NAMES at login; a proxy without multiplexing keeps a
           server connection for such a session; the sandbox servers allow 3000);
         - `[routing] read_write_split = true`, `consistency = --consistency`, explicitly;
         - `[monitor] user = "root"`, `password = ""` (--root-user/--root-password) where the base
-          config has none.
+          config has none;
+        - with the sandbox etcd (`--targets ...,shardgate-etcd`): for `shardgate`, `[topology]
+          store = "file"` and a state file of its own (as without etcd); for `shardgate-etcd`, the
+          sandbox's `store = "etcd"` kept and its own listen and admin ports.
         """
         a = self.args
         text = base_cfg.read_text()
@@ -719,8 +774,16 @@ primary = "{host}:{port}"
             # The generated config lists no rules inline (`rules = []`): the table form replaces it.
             text = re.sub(r"(?m)^rules = \[\]\s*\n", "", text)
             text += f"\n[[cache.rules]]\nttl_ms = {a.cache_ttl_ms}\n"
-        out = self.dir / "bench-shardgate.toml"
-        out.write_text(f"# {base_cfg.name} as rewritten by benches/load/run.py ([pool], [routing], [monitor])\n" + text)
+        if self.with_etcd and not a.external_primary:
+            if target == "shardgate":
+                text = toml_set(text, "topology", "store", '"file"')
+                text = toml_set(text, "ha", "state_file", json.dumps(str(self.dir / "bench-state.json")))
+            else:
+                text = toml_set(text, "proxy", "listen", json.dumps(f"127.0.0.1:{free_port()}"))
+                text = toml_set(text, "proxy", "admin_listen", json.dumps(f"127.0.0.1:{free_port()}"))
+        out = self.dir / f"bench-{target}.toml"
+        out.write_text(f"# {base_cfg.name} as rewritten by benches/load/run.py ([pool], [routing], [monitor]"
+                       + (", [topology]" if self.with_etcd else "") + ")\n" + text)
         if tomllib is not None:
             doc = tomllib.loads(out.read_text())
             got = (doc.get("pool", {}).get("max_connections"), doc.get("routing", {}).get("read_write_split"),
@@ -730,9 +793,13 @@ primary = "{host}:{port}"
             mon = doc.get("monitor", {})
             replicas = [r for ks in doc.get("keyspace", {}).values() for sh in ks.get("shards", [])
                         for r in sh.get("replicas", [])]
+            store = doc.get("topology", {}).get("store", "file")
+            want = "etcd" if target == "shardgate-etcd" else "file"
+            if store != want:
+                raise BenchError(f"{out}: topology store {store!r}, wanted {want!r} for target {target}")
             log(f"bench config {out}: pool.max_connections={a.pool_max} routing.read_write_split=true "
-                f"routing.consistency={a.consistency} monitor.user={mon.get('user')!r}; replicas: "
-                f"{', '.join(map(str, replicas)) or 'none'}")
+                f"routing.consistency={a.consistency} monitor.user={mon.get('user')!r} topology.store={store}; "
+                f"replicas: {', '.join(map(str, replicas)) or 'none'}")
         return out
 
     def kill_sandbox_servers(self) -> None:
@@ -776,6 +843,14 @@ def toml_set(text: str, table: str, key: str, value: str, only_if_missing: bool 
             last = i
     lines.insert(last + 1, f"{key} = {value}")
     return "\n".join(lines) + "\n"
+
+
+def store_of(cfg: Path) -> str:
+    """`[topology] store` of a proxy config (`file` when unset)."""
+    if tomllib is None:
+        m = re.search(r'^\s*store\s*=\s*"([^"]+)"', cfg.read_text(), re.M)
+        return m.group(1) if m else "file"
+    return tomllib.loads(cfg.read_text()).get("topology", {}).get("store", "file")
 
 
 def proxy_listen(cfg: Path) -> tuple[str, int]:
@@ -859,7 +934,7 @@ def run_sysbench(env: Env, spec: TestSpec, target: str, threads: int, duration: 
     if waited > 0.5:
         log(f"  (waited {waited:.1f}s for the replicas to apply the previous run's writes)")
     ppid = env.pid_of(target)
-    cache0 = env.cache_stats() if target == "shardgate" else None
+    cache0 = env.cache_stats(target) if target in PROXY_TARGETS else None
     sel0 = env.com_select() if record else {}
     cpu0, db0 = proc_cpu_seconds(ppid), [proc_cpu_seconds(p) for p in env.db_pids()]
     t0 = time.monotonic()
@@ -870,7 +945,7 @@ def run_sysbench(env: Env, spec: TestSpec, target: str, threads: int, duration: 
     wall = time.monotonic() - t0
     cpu1, db1 = proc_cpu_seconds(ppid), [proc_cpu_seconds(p) for p in env.db_pids()]
     sel1 = env.com_select() if record else {}
-    cache1 = env.cache_stats() if target == "shardgate" else None
+    cache1 = env.cache_stats(target) if target in PROXY_TARGETS else None
     env.check_children()
     if res.returncode != 0:
         out = (res.stdout + res.stderr).strip().splitlines()
@@ -1009,20 +1084,28 @@ def summarize(args, runs: list[dict]) -> list[dict]:
             direct = med.get("direct", {}).get("tps")
             for tg, row in med.items():
                 row["ratio"] = row["tps"] / direct if direct else None
-            hap, sg = med.get("haproxy"), med.get("shardgate")
-            if sg and hap and hap["tps"]:
-                # shardgate_ratio / haproxy_ratio; equals sg tps / haproxy tps (also without direct).
-                sg["ratio_vs_haproxy"] = sg["tps"] / hap["tps"]
-                if th == args.bar_threads:
-                    sg["meets_bar"] = sg["ratio_vs_haproxy"] >= args.bar_ratio
+            hap = med.get("haproxy")
+            for sg in (med.get(t) for t in PROXY_TARGETS):
+                if sg and hap and hap["tps"]:
+                    # shardgate_ratio / haproxy_ratio; equals sg tps / haproxy tps (also without direct).
+                    sg["ratio_vs_haproxy"] = sg["tps"] / hap["tps"]
+                    if th == args.bar_threads:
+                        sg["meets_bar"] = sg["ratio_vs_haproxy"] >= args.bar_ratio
             rows.extend(med.values())
     return rows
 
 
+def paired(a: list[float], b: list[float]) -> float | None:
+    """Median of the per-round ratios a/b: the two ran in the same round, close in time, so
+    their ratio is less moved by a neighbour's load burst than the ratio of the medians."""
+    rs = [x / y for x, y in zip(a, b) if y]
+    return statistics.median(rs) if rs else None
+
+
 def ratios(rows: list[dict]) -> list[dict]:
-    """shardgate / direct per (test, threads): the issue's comparison."""
+    """Each shardgate target / direct per (test, threads): the issue's comparison."""
     out = []
-    for sg in (r for r in rows if r["target"] == "shardgate"):
+    for sg in (r for r in rows if r["target"] in PROXY_TARGETS):
         d = next((r for r in rows if r["target"] == "direct" and r["test"] == sg["test"]
                   and r["threads"] == sg["threads"]), None)
         if not d or not d["tps"]:
@@ -1030,18 +1113,49 @@ def ratios(rows: list[dict]) -> list[dict]:
         sel = sg.get("com_select") or {}
         total = sum(sel.values())
         prim = next(iter(sel.values()), None)  # servers are listed primary first
-        out.append({"test": sg["test"], "threads": sg["threads"], "direct_tps": d["tps"], "shardgate_tps": sg["tps"],
+        out.append({"test": sg["test"], "threads": sg["threads"], "target": sg["target"],
+                    "direct_tps": d["tps"], "shardgate_tps": sg["tps"],
                     "cache_hit_ratio": sg.get("cache_hit_ratio"), "cache_mib": sg.get("cache_mib"),
                     "proxy_rss_mib": sg.get("proxy_rss_mib"),
                     "tps_ratio": sg["tps"] / d["tps"],
-                    # Per round, the two targets ran back to back: their ratio is less moved by a
-                    # neighbour's load burst than the ratio of the medians.
-                    "paired_ratio": statistics.median(a / b for a, b in zip(sg["tps_runs"], d["tps_runs"]) if b)
-                    if any(d["tps_runs"]) else None,
+                    "paired_ratio": paired(sg["tps_runs"], d["tps_runs"]),
                     "qps_ratio": sg["qps"] / d["qps"] if d["qps"] else None,
                     "p95_ratio": sg["p95_ms"] / d["p95_ms"] if d["p95_ms"] else None,
                     "replica_select_share": (total - prim) / total if total and prim is not None and len(sel) > 1 else None})
     return out
+
+
+def etcd_vs_file(rows: list[dict]) -> list[dict]:
+    """shardgate-etcd / shardgate per (test, threads): what keeping the topology in etcd costs."""
+    out = []
+    for e in (r for r in rows if r["target"] == "shardgate-etcd"):
+        f = next((r for r in rows if r["target"] == "shardgate" and r["test"] == e["test"]
+                  and r["threads"] == e["threads"]), None)
+        if not f or not f["tps"]:
+            continue
+        out.append({"test": e["test"], "threads": e["threads"], "file_tps": f["tps"], "etcd_tps": e["tps"],
+                    "tps_ratio": e["tps"] / f["tps"], "paired_ratio": paired(e["tps_runs"], f["tps_runs"]),
+                    "file_spread_pct": f["spread_pct"], "etcd_spread_pct": e["spread_pct"],
+                    "p95_ratio": e["p95_ms"] / f["p95_ms"] if f["p95_ms"] and e["p95_ms"] else None,
+                    "file_cpu_us_per_q": f["proxy_cpu_us_per_q"], "etcd_cpu_us_per_q": e["proxy_cpu_us_per_q"]})
+    return out
+
+
+def print_etcd_vs_file(rows: list[dict]) -> None:
+    ev = etcd_vs_file(rows)
+    if not ev:
+        return
+    log("\nshardgate-etcd / shardgate (topology in etcd vs in the state file, same servers, same rounds; "
+        "a ratio within the spreads is noise):")
+    pct = lambda x: "-" if x is None else f"{x:.0f}%"  # noqa: E731
+    table = [["test", "thr", "file tps", "etcd tps", "tps ratio", "paired ratio", "spread file", "spread etcd",
+              "p95 ratio", "cpu us/q file", "cpu us/q etcd"]]
+    for r in ev:
+        table.append([r["test"], str(r["threads"]), fmt(r["file_tps"], ".1f"), fmt(r["etcd_tps"], ".1f"),
+                      fmt(r["tps_ratio"], ".3f"), fmt(r["paired_ratio"], ".3f"), pct(r["file_spread_pct"]),
+                      pct(r["etcd_spread_pct"]), fmt(r["p95_ratio"], ".3f"), fmt(r["file_cpu_us_per_q"], ".1f"),
+                      fmt(r["etcd_cpu_us_per_q"], ".1f")])
+    print_grid(table, left={0})
 
 
 def print_table(args, rows: list[dict]) -> None:
@@ -1053,7 +1167,7 @@ def print_table(args, rows: list[dict]) -> None:
         bar = "-"
         if "meets_bar" in r:
             bar = "yes" if r["meets_bar"] else "NO"
-        elif r["target"] == "shardgate" and r.get("ratio_vs_haproxy") is not None:
+        elif r["target"] in PROXY_TARGETS and r.get("ratio_vs_haproxy") is not None:
             bar = "(n/a)"
         table.append([
             r["test"], str(r["threads"]), r["target"], fmt(r["tps"], ".1f"), fmt(r["qps"], ".1f"),
@@ -1075,23 +1189,23 @@ def print_grid(table: list[list[str]], left: set[int]) -> None:
 def print_ratios(args, rows: list[dict], rat: list[dict]) -> None:
     if not rat:
         return
-    log("\nshardgate / direct (medians, and the median of each round's ratio; direct = the primary alone"
+    log("\nshardgate / direct per shardgate target (medians, and the median of each round's ratio; direct = the primary alone"
         + (f", shardgate = read/write split over the primary and {args.replicas} replica(s)" if args.replicas else "")
         + f", consistency {args.consistency}):")
     cache = args.cache_ttl_ms is not None
-    table = [["test", "thr", "direct tps", "shardgate tps", "tps ratio", "paired ratio", "qps ratio", "p95 ratio",
+    table = [["test", "thr", "target", "direct tps", "target tps", "tps ratio", "paired ratio", "qps ratio", "p95 ratio",
               "SELECTs on replicas"]
              + (["cache hits", "cache MiB", "proxy RSS MiB"] if cache else [])]
     for r in rat:
         share = r["replica_select_share"]
         hit = r.get("cache_hit_ratio")
-        table.append([r["test"], str(r["threads"]), fmt(r["direct_tps"], ".1f"), fmt(r["shardgate_tps"], ".1f"),
+        table.append([r["test"], str(r["threads"]), r["target"], fmt(r["direct_tps"], ".1f"), fmt(r["shardgate_tps"], ".1f"),
                       fmt(r["tps_ratio"], ".3f"), fmt(r.get("paired_ratio"), ".3f"), fmt(r["qps_ratio"], ".3f"),
                       fmt(r["p95_ratio"], ".3f"),
                       "-" if share is None else f"{share * 100:.0f}%"]
                      + ([("-" if hit is None else f"{hit * 100:.1f}%"), fmt(r.get("cache_mib"), ".1f"),
                          fmt(r.get("proxy_rss_mib"), ".1f")] if cache else []))
-    print_grid(table, left={0})
+    print_grid(table, left={0, 2})
 
 
 def print_read_spread(args, rows: list[dict]) -> None:
@@ -1208,8 +1322,9 @@ def main(argv: list[str] | None = None) -> int:
         env.start_primary()
         if "haproxy" in args.targets:
             env.start_haproxy()
-        if "shardgate" in args.targets:
-            env.start_shardgate()
+        for tg in PROXY_TARGETS:
+            if tg in args.targets:
+                env.start_shardgate(tg)
         if env.shardgate:
             m = proc_mem_kib(env.shardgate.pid)
             log(f"shardgate memory at start: VmRSS {m.get('VmRSS', 0) / 1024:.1f} MiB, {m.get('Threads', '?')} threads")
@@ -1240,7 +1355,7 @@ def main(argv: list[str] | None = None) -> int:
                         extra = f"  restarts {fmt(r['restarts_per_s'], '.1f')}/s" if spec.writes else ""
                         if tg == "shardgate" and len(env.servers) > 1 and r.get("com_select"):
                             extra += "  Com_select " + " ".join(f"{k}+{fmt(v, 'd')}" for k, v in r["com_select"].items())
-                        log(f"  round {rnd + 1} {tg:9s} tps {r['tps']:10.1f}  qps {r['qps']:10.1f}  "
+                        log(f"  round {rnd + 1} {tg:14s} tps {r['tps']:10.1f}  qps {r['qps']:10.1f}  "
                             f"p95 {r['p95_ms']:7.2f} ms  proxy cpu {fmt(r['proxy_cpu_us_per_q'], '.1f')} us/q{extra}")
                 combo += 1
 
@@ -1250,6 +1365,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(env.servers)} server(s)):")
         print_table(args, rows)
         print_ratios(args, rows, ratios(rows))
+        print_etcd_vs_file(rows)
         print_read_spread(args, rows)
 
         if "shardgate" in args.targets and args.idle_conns > 0:
@@ -1267,8 +1383,9 @@ def main(argv: list[str] | None = None) -> int:
         failure, status = str(e), 1
         log(f"\nFAILED: {e}")
     finally:
-        if status != 0 and env.shardgate is not None:
-            log(f"shardgate log tail ({env.shardgate.logfile}):\n{tail(env.shardgate.logfile)}")
+        if status != 0:
+            for c in env.proxies.values():
+                log(f"{c.name} log tail ({c.logfile}):\n{tail(c.logfile)}")
         try:
             env.close(keep=args.keep_dir or status == 1)
         except KeyboardInterrupt:
@@ -1279,12 +1396,13 @@ def main(argv: list[str] | None = None) -> int:
         log(f"\nPartial results ({len(runs)} runs completed before the failure):")
         print_table(args, rows)
         print_ratios(args, rows, ratios(rows))
+        print_etcd_vs_file(rows)
 
     bars = [r for r in rows if "meets_bar" in r]
     log("\nBars (reported, not asserted; this machine is shared and noisy):")
     if bars:
         for r in bars:
-            log(f"  throughput {r['test']} @{r['threads']} threads: shardgate/haproxy = {r['ratio_vs_haproxy']:.3f} "
+            log(f"  throughput {r['test']} @{r['threads']} threads: {r['target']}/haproxy = {r['ratio_vs_haproxy']:.3f} "
                 f"(bar >= {args.bar_ratio:g}): {'meets' if r['meets_bar'] else 'BELOW'}")
     else:
         log(f"  throughput: not evaluated (needs haproxy and shardgate at {args.bar_threads} threads)")
@@ -1313,7 +1431,7 @@ def main(argv: list[str] | None = None) -> int:
 
         doc = {"args": {k: plain(v) for k, v in vars(args).items()},
                "host": info, "servers": env.servers, "commands": env.commands, "runs": runs, "medians": rows,
-               "ratios": ratios(rows), "memory": memory,
+               "ratios": ratios(rows), "etcd_vs_file": etcd_vs_file(rows), "memory": memory,
                "backend_conns": memory.get("backend_conns") if memory else None,
                "status": status, "failure": failure}
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
