@@ -280,6 +280,12 @@ impl EtcdStore {
         self.rt.spawn(fut);
     }
 
+    /// The lease was renewed within `d` (and the store counts as up).
+    pub fn renewed_within(&self, d: Duration) -> bool {
+        let age = self.epoch.elapsed().as_millis() as i64 - self.renewed_ms.load(Ordering::SeqCst);
+        self.up.load(Ordering::SeqCst) && age < d.as_millis() as i64
+    }
+
     pub fn lease(&self) -> i64 {
         self.lease.load(Ordering::SeqCst)
     }

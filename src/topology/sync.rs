@@ -164,11 +164,13 @@ async fn publish_invalidations(store: Arc<EtcdStore>, cache: Arc<ResultCache>) {
 }
 
 /// While the store is unreachable, invalidations from other proxies may be missed: the cache
-/// serves nothing then, and starts empty when the store is back.
+/// serves nothing then, and starts empty when the store is back. "Unreachable" for the cache
+/// comes sooner than for decisions: two lease renewals missed (2/3 of the TTL), not the TTL.
 async fn watch_serving(store: Arc<EtcdStore>, cache: Arc<ResultCache>) {
+    let fresh = Duration::from_millis(store.config().lease_ttl_secs * 2000 / 3);
     loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let up = store.is_up();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let up = store.renewed_within(fresh);
         if up != cache.is_serving() {
             if up {
                 cache.flush_all().await;
