@@ -59,6 +59,11 @@ enum Command {
         #[command(subcommand)]
         action: CacheAction,
     },
+    /// Online resharding of a consistent-hash keyspace: add or remove a shard.
+    Reshard {
+        #[command(subcommand)]
+        action: ReshardAction,
+    },
     /// Every keyspace, shard and server of a running proxy: role, health, lag, load, pool use.
     Topology {
         #[command(flatten)]
@@ -131,6 +136,25 @@ enum CacheAction {
         /// Only results that read this table.
         #[arg(long, value_name = "DB.TABLE")]
         table: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReshardAction {
+    /// What adding or removing a shard would move (ring arcs, rows per table, the new map);
+    /// writes nothing.
+    Plan {
+        /// The keyspace (consistent_hash) to reshard.
+        #[arg(long)]
+        keyspace: String,
+        /// A new shard: NAME=PRIMARY[,REPLICA...] (`host:port` each).
+        #[arg(long, value_name = "NAME=PRIMARY[,REPLICA...]", conflicts_with = "remove", required_unless_present = "remove")]
+        add: Option<String>,
+        /// A shard to empty and remove.
+        #[arg(long, value_name = "NAME")]
+        remove: Option<String>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -364,6 +388,25 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo { shape } => demo(shape).await,
+        Command::Reshard {
+            action:
+                ReshardAction::Plan {
+                    keyspace,
+                    add,
+                    remove,
+                    admin,
+                },
+        } => {
+            let req = crate::admin::reshard::PlanRequest {
+                keyspace,
+                add,
+                remove,
+            };
+            let out = crate::admin::commands::reshard_plan(&admin.target()?, &req, admin.json)
+                .await?;
+            print_output(&out);
+            Ok(())
+        }
         Command::Cache {
             action: CacheAction::Stats { admin },
         } => {

@@ -142,6 +142,25 @@ pub async fn failover(
     watch_operation(target, "/api/v1/failover", body, json).await
 }
 
+/// `shardgate reshard plan`.
+pub async fn reshard_plan(
+    target: &Target,
+    req: &super::reshard::PlanRequest,
+    json: bool,
+) -> anyhow::Result<String> {
+    let body = serde_json::to_vec(req)?;
+    let r = target
+        .client()
+        .call("POST", "/api/v1/reshard/plan", Some(&body))
+        .await?;
+    if json {
+        return Ok(r.text());
+    }
+    let plan: crate::reshard::plan::Plan = serde_json::from_slice(&r.body)
+        .with_context(|| format!("unexpected answer from {}: {}", target.addr, r.text()))?;
+    Ok(plan.render())
+}
+
 /// `shardgate rejoin SERVER`.
 pub async fn rejoin(target: &Target, server: &str, json: bool) -> anyhow::Result<String> {
     let body = serde_json::to_vec(&super::ha::RejoinRequest {

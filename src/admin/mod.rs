@@ -17,6 +17,7 @@ pub mod metrics;
 mod openapi;
 pub mod queries;
 pub mod reload;
+pub mod reshard;
 mod router;
 pub mod server;
 pub mod topology;

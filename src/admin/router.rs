@@ -6,7 +6,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use super::{
-    auth, cache, ha, health, metrics, openapi, queries, reload, server, topology, AdminState,
+    auth, cache, ha, health, metrics, openapi, queries, reload, reshard, server, topology, AdminState,
     ApiError,
 };
 
@@ -28,6 +28,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/queries/reset", post(queries::reset))
         .route("/api/v1/config/reload", post(reload::reload))
         .route("/api/v1/topology", get(topology::topology))
+        .route("/api/v1/reshard/plan", post(reshard::plan))
         .route("/api/v1/openapi.json", get(openapi::document))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)

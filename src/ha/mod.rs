@@ -162,6 +162,11 @@ impl Ha {
         }
     }
 
+    /// The account server checks and changes use (`[monitor]`).
+    pub fn creds(&self) -> &Creds {
+        &self.creds
+    }
+
     pub fn config(&self) -> &HaSection {
         &self.cfg
     }

@@ -127,6 +127,18 @@ impl Server {
             .unwrap_or_default())
     }
 
+    /// The first two columns of every row, as text (NULL as empty).
+    pub async fn pairs(&mut self, sql: &str) -> Result<Vec<(String, String)>, HaError> {
+        let rows = self.rows(sql).await?;
+        let text = |r: &Row, i: usize| {
+            r.get_opt::<Option<String>, _>(i)
+                .and_then(Result::ok)
+                .flatten()
+                .unwrap_or_default()
+        };
+        Ok(rows.iter().map(|r| (text(r, 0), text(r, 1))).collect())
+    }
+
     pub async fn gtid(&mut self, var: &str) -> Result<GtidPos, HaError> {
         let text = self.value(&format!("SELECT @@GLOBAL.{var}")).await?;
         GtidPos::parse(&text).ok_or_else(|| self.err(var, format!("unreadable GTID '{text}'")))

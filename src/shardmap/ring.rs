@@ -324,6 +324,29 @@ impl Ring {
         owner.map_or(0, |&o| o as usize)
     }
 
+    /// How many hashes each shard owns (indexed as the names given to [`Ring::new`]); they
+    /// add up to 2^64 (an empty ring: all zero).
+    pub fn shares(&self) -> Vec<u128> {
+        let mut out = vec![0u128; self.names.len()];
+        let Some(&last) = self.points.last() else {
+            return out;
+        };
+        let mut prev = last;
+        for (k, &p) in self.points.iter().enumerate() {
+            let span = if k == 0 {
+                // The arc that wraps past u64::MAX: (last, first].
+                (1u128 << 64) - u128::from(last - p)
+            } else {
+                u128::from(p - prev)
+            };
+            if let Some(o) = out.get_mut(self.owners[k] as usize) {
+                *o += span;
+            }
+            prev = p;
+        }
+        out
+    }
+
     /// How many shards the ring was built from.
     pub fn shard_count(&self) -> usize {
         self.names.len()
@@ -710,5 +733,19 @@ mod tests {
         assert!(arc.contains(u64::MAX) && arc.contains(0) && arc.contains(5));
         assert!(!arc.contains(u64::MAX - 10) && !arc.contains(6));
         assert_eq!(arc.span(), 16);
+    }
+
+    #[test]
+    fn shares_add_up_to_the_whole_space_and_match_moved_arcs() {
+        let two = Ring::new(&["s0", "s1"], 64);
+        let three = Ring::new(&["s0", "s1", "s2"], 64);
+        for r in [&two, &three] {
+            assert_eq!(r.shares().iter().sum::<u128>(), 1u128 << 64);
+        }
+        let moved: u128 = two.moved_arcs(&three).iter().map(MovedArc::span).sum();
+        assert_eq!(moved, three.shares()[2], "only the new shard gains");
+        let third = three.shares()[2] as f64 / (1u128 << 64) as f64;
+        assert!((0.28..0.39).contains(&third), "about a third: {third}");
+        assert_eq!(Ring::new(&[], 4).shares(), Vec::<u128>::new());
     }
 }

@@ -1,0 +1,80 @@
+//! What a source primary says about a keyspace's tables and binlog: the inputs of a plan's
+//! row estimates and of `reshard start`'s refusals.
+
+use std::collections::BTreeMap;
+
+use super::plan::{Plan, SourceFacts};
+use crate::ha::server::{Creds, Server};
+use crate::ha::HaError;
+use crate::shardmap::ShardMap;
+
+/// `schema`'s base tables on `server`: estimated rows, those without a primary key, and the
+/// binlog settings the catch-up needs.
+pub async fn read(server: &mut Server, schema: &str) -> Result<SourceFacts, HaError> {
+    let schema = schema.replace('\\', "\\\\").replace('\'', "\\'");
+    let rows = server
+        .pairs(&format!(
+            "SELECT TABLE_NAME, COALESCE(TABLE_ROWS, 0) FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = '{schema}' AND TABLE_TYPE = 'BASE TABLE'"
+        ))
+        .await?
+        .into_iter()
+        .map(|(t, n)| (t, n.parse().unwrap_or(0)))
+        .collect();
+    let no_primary_key = server
+        .pairs(&format!(
+            "SELECT t.TABLE_NAME, '' FROM information_schema.TABLES t \
+             LEFT JOIN information_schema.TABLE_CONSTRAINTS c ON c.TABLE_SCHEMA = t.TABLE_SCHEMA \
+             AND c.TABLE_NAME = t.TABLE_NAME AND c.CONSTRAINT_TYPE = 'PRIMARY KEY' \
+             WHERE t.TABLE_SCHEMA = '{schema}' AND t.TABLE_TYPE = 'BASE TABLE' \
+             AND c.CONSTRAINT_NAME IS NULL ORDER BY t.TABLE_NAME"
+        ))
+        .await?
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    let vars = server
+        .pairs("SELECT @@GLOBAL.log_bin, @@GLOBAL.binlog_format")
+        .await?;
+    let image = server.value("SELECT @@GLOBAL.binlog_row_image").await?;
+    let (log_bin, format) = vars.into_iter().next().unwrap_or_default();
+    Ok(SourceFacts {
+        rows,
+        no_primary_key,
+        binlog_format: format,
+        binlog_row_image: image,
+        log_bin: log_bin == "1",
+    })
+}
+
+/// Reads every current shard's facts (the keyspace's name is its database's) and estimates
+/// `plan` with them. A source that does not answer is a blocker, not an error: the plan is
+/// still worth printing.
+pub async fn estimate(plan: &mut Plan, map: &ShardMap, creds: &Creds) {
+    let mut facts = BTreeMap::new();
+    let mut unreachable = Vec::new();
+    let shards = map
+        .keyspace
+        .get(&plan.keyspace)
+        .map(|k| k.shards.clone())
+        .unwrap_or_default();
+    for shard in shards {
+        let got = async {
+            let mut s = Server::connect(&shard.primary, creds).await?;
+            let f = read(&mut s, &plan.keyspace).await;
+            s.close().await;
+            f
+        };
+        match got.await {
+            Ok(f) => {
+                facts.insert(shard.name.clone(), f);
+            }
+            Err(e) => unreachable.push(format!(
+                "{}: primary {} did not answer: {e}",
+                shard.name, shard.primary
+            )),
+        }
+    }
+    plan.estimate(&facts);
+    plan.blockers.extend(unreachable);
+}

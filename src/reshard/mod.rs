@@ -1,0 +1,6 @@
+//! Online resharding of a consistent-hash keyspace (adding or removing a shard while the
+//! application writes): the plan (`plan`), what the source servers say about it (`facts`).
+//! Copy, catch-up, verify and cutover build on these.
+
+pub mod facts;
+pub mod plan;
