@@ -612,3 +612,143 @@ async fn a_switchover_with_three_proxies_under_load_fails_no_statement() {
     );
     assert_eq!(master_port(old.port).await, Some(port_of(&primary)));
 }
+
+/// A proxy process stopped with SIGSTOP; sent SIGCONT when dropped, so that a failing test
+/// never leaves it frozen (declare it after the proxy: it is dropped first).
+struct Frozen(i32);
+
+impl Frozen {
+    fn stop(p: &AdminProxy) -> Frozen {
+        let pid = i32::try_from(p.guard.0.id()).expect("pid");
+        // SAFETY: kill(2) on a child process this test started and still owns.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "SIGSTOP");
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        // SAFETY: as in `stop`.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+/// The ids of the live proxies `p` sees.
+async fn live_ids(p: &AdminProxy) -> Vec<String> {
+    p.store().await["proxies"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_proxy_is_not_waited_for_beyond_its_lease_and_catches_up_when_it_thaws() {
+    let _serial = SERIAL.lock().await;
+    let (sb, proxies) = setup(FAST_HA).await;
+    let (a, b, c) = (&proxies[0], &proxies[1], &proxies[2]);
+    let c_id = c.store().await["proxy_id"]
+        .as_str()
+        .expect("proxy_id")
+        .to_string();
+    let old = sb.primary().clone();
+    let target = sb.replicas()[1].addr();
+    let version = a.map_version().await;
+    let loads = loads_through(&proxies[..2]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let frozen = Frozen::stop(c);
+    let started = Instant::now();
+    let body = format!(r#"{{"shard":"app/s0","to":"{target}"}}"#);
+    let r = a.post("/api/v1/failover", Some(&body)).await;
+    let took = started.elapsed();
+    assert_eq!(r.status, 200, "switchover with C frozen: {}", r.text());
+    let report: Value = serde_json::from_str(&r.text()).expect("report");
+    let live_after = live_ids(a).await;
+    let steps: Vec<&str> = report["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    eprintln!(
+        "switchover with proxy {c_id} frozen: {} ms (held {} ms); live proxies right after: \
+         {live_after:?}; steps: {steps:#?}",
+        took.as_millis(),
+        report["held_ms"]
+    );
+    assert_eq!(report["new_primary"], target.as_str(), "{report}");
+    // The lease TTL (2 s) bounds the wait for C, plus the drain (2 s) and some margin.
+    assert!(
+        took < Duration::from_secs(6),
+        "the switchover took {took:?} with a frozen proxy"
+    );
+    // Either the hold gave up on C (a step names it), or C's lease expired first and it was no
+    // longer a member; a frozen C cannot have come back since.
+    let warned = steps
+        .iter()
+        .any(|s| s.contains("did not acknowledge the hold") && s.contains(&c_id));
+    assert!(
+        warned || !live_after.contains(&c_id),
+        "C neither named as missing nor gone from the members: {live_after:?} {steps:?}"
+    );
+
+    let ab: Vec<&AdminProxy> = vec![a, b];
+    let primary = converged_primary(&ab, &old.addr(), Duration::from_secs(10)).await;
+    assert_eq!(primary, target);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let logs = stop_all(loads).await;
+    for (p, l) in ab.iter().zip(&logs) {
+        assert!(
+            l.times.iter().any(|(s, _)| *s > started + took),
+            "proxy {}: no write after the switchover",
+            p.port
+        );
+    }
+    no_client_errors(&proxies[..2], &logs);
+    writes_land_on(&ab, &primary, 95_000_000_000).await;
+    assert_none_missing(
+        &union_acked(&logs),
+        &ids_on(port_of(&primary), None).await,
+        &primary,
+    );
+
+    // Thawed, C follows the map it missed and registers again under a new lease.
+    drop(frozen);
+    let thawed = Instant::now();
+    let deadline = thawed + Duration::from_secs(5);
+    loop {
+        let topo = c.get_json("/api/v1/topology").await;
+        let up = topo["store"]["up"] == true;
+        let caught_up = topo["version"].as_u64() == Some(version + 1);
+        let listed = live_ids(a).await.contains(&c_id) && live_ids(c).await.contains(&c_id);
+        if up && caught_up && listed && c.primary().await == target {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "C did not catch up within 5 s of SIGCONT: up {up}, version {} (want {}), listed \
+             {listed}",
+            topo["version"],
+            version + 1
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "C caught up {} ms after SIGCONT",
+        thawed.elapsed().as_millis()
+    );
+    // A hold C saw only after it ended must not hold C's statements.
+    let wrote = Instant::now();
+    writes_land_on(&[c], &target, 96_000_000_000).await;
+    let write_took = wrote.elapsed();
+    eprintln!("a write through C took {} ms", write_took.as_millis());
+    assert!(
+        write_took < Duration::from_secs(2),
+        "a write through C took {write_took:?} after it caught up; its holds: {:?}",
+        c.events_of("hold").await
+    );
+}

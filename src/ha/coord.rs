@@ -342,24 +342,30 @@ impl Ha {
         Ok(())
     }
 
-    /// Another proxy's hold: hold here, drain, acknowledge with what this proxy acknowledged
+    /// Another proxy's hold: holds statements here, in the watch's order (a release seen
+    /// next must find it taken, or the hold would outlive its end until the buffer timeout, as
+    /// for a proxy that thaws after a SIGSTOP and reads both at once). False when it is this
+    /// proxy's own or already held; otherwise `remote_hold` drains and acknowledges it.
+    pub fn take_remote_hold(&self, rec: &HoldRecord) -> bool {
+        if self.store().is_none_or(|s| rec.by == s.id) {
+            return false;
+        }
+        let mut held = super::lock(&self.remote_holds);
+        if held.contains_key(&rec.shard) {
+            return false;
+        }
+        self.gate.acquire();
+        held.insert(rec.shard.clone(), rec.id.clone());
+        true
+    }
+
+    /// A hold `take_remote_hold` took: drain, acknowledge with what this proxy acknowledged
     /// on the hold's primary. Released by `remote_release` when the hold ends, or after the
     /// buffer timeout should the coordinator vanish without etcd noticing.
     pub async fn remote_hold(self: Arc<Self>, rec: HoldRecord) {
         let Some(store) = self.store().cloned() else {
             return;
         };
-        if rec.by == store.id {
-            return;
-        }
-        {
-            let mut held = super::lock(&self.remote_holds);
-            if held.contains_key(&rec.shard) {
-                return;
-            }
-            self.gate.acquire();
-            held.insert(rec.shard.clone(), rec.id.clone());
-        }
         self.events.add(
             "hold",
             Some(&rec.shard),

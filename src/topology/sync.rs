@@ -97,7 +97,9 @@ async fn follow(
                 }
             }
             Change::Hold(rec) => {
-                tokio::spawn(ha.clone().remote_hold(rec));
+                if ha.take_remote_hold(&rec) {
+                    tokio::spawn(ha.clone().remote_hold(rec));
+                }
             }
             Change::HoldEnded { key } => {
                 if let Some(store) = topology.store() {
