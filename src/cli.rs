@@ -150,7 +150,12 @@ enum ReshardAction {
         #[arg(long)]
         keyspace: String,
         /// A new shard: NAME=PRIMARY[,REPLICA...] (`host:port` each).
-        #[arg(long, value_name = "NAME=PRIMARY[,REPLICA...]", conflicts_with = "remove", required_unless_present = "remove")]
+        #[arg(
+            long,
+            value_name = "NAME=PRIMARY[,REPLICA...]",
+            conflicts_with = "remove",
+            required_unless_present = "remove"
+        )]
         add: Option<String>,
         /// A shard to empty and remove.
         #[arg(long, value_name = "NAME")]
@@ -402,8 +407,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 add,
                 remove,
             };
-            let out = crate::admin::commands::reshard_plan(&admin.target()?, &req, admin.json)
-                .await?;
+            let out =
+                crate::admin::commands::reshard_plan(&admin.target()?, &req, admin.json).await?;
             print_output(&out);
             Ok(())
         }

@@ -6,8 +6,8 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use super::{
-    auth, cache, ha, health, metrics, openapi, queries, reload, reshard, server, topology, AdminState,
-    ApiError,
+    auth, cache, ha, health, metrics, openapi, queries, reload, reshard, server, topology,
+    AdminState, ApiError,
 };
 
 /// Every route; all but `auth::OPEN_PATHS` behind the bearer token. Each one is described in

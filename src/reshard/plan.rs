@@ -40,10 +40,15 @@ impl Change {
         let (name, addrs) = spec.split_once('=').ok_or_else(|| bad("no '='"))?;
         let name = name.trim();
         if name.is_empty() || name.contains('/') || name.contains(char::is_whitespace) {
-            return Err(bad("the shard name must be non-empty, without '/' or spaces"));
+            return Err(bad(
+                "the shard name must be non-empty, without '/' or spaces",
+            ));
         }
         let mut addrs = addrs.split(',').map(str::trim);
-        let primary = addrs.next().filter(|a| !a.is_empty()).ok_or_else(|| bad("no primary"))?;
+        let primary = addrs
+            .next()
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| bad("no primary"))?;
         let replicas: Vec<Replica> = addrs
             .map(|a| Replica {
                 addr: a.to_string(),
@@ -183,7 +188,11 @@ pub fn plan(map: &ShardMap, keyspace: &str, change: &Change) -> Result<Plan, Pla
                 .unwrap_or(0);
             Move {
                 share: span as f64 / whole,
-                share_of_source: if own == 0 { 0.0 } else { span as f64 / own as f64 },
+                share_of_source: if own == 0 {
+                    0.0
+                } else {
+                    span as f64 / own as f64
+                },
                 from,
                 to,
                 arcs,
@@ -269,8 +278,15 @@ impl Plan {
             if reference {
                 // Copied whole from any source to a new shard.
                 if let Change::Add(s) = &self.change {
-                    let n = facts.values().filter_map(|f| f.rows.get(table)).max().copied();
-                    rows.insert(format!("{} -> {}", self.shards_before[0], s.name), n.unwrap_or(0));
+                    let n = facts
+                        .values()
+                        .filter_map(|f| f.rows.get(table))
+                        .max()
+                        .copied();
+                    rows.insert(
+                        format!("{} -> {}", self.shards_before[0], s.name),
+                        n.unwrap_or(0),
+                    );
                 }
             } else {
                 for m in &self.moves {
@@ -319,13 +335,16 @@ impl Plan {
         if !self.tables.is_empty() {
             out.push_str("rows to copy (estimated from information_schema):\n");
             for t in &self.tables {
-                let parts: Vec<String> =
-                    t.rows.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+                let parts: Vec<String> = t.rows.iter().map(|(k, v)| format!("{k}: {v}")).collect();
                 out.push_str(&format!(
                     "  {} ({}): {}\n",
                     t.table,
                     t.kind,
-                    if parts.is_empty() { "none".to_string() } else { parts.join(", ") }
+                    if parts.is_empty() {
+                        "none".to_string()
+                    } else {
+                        parts.join(", ")
+                    }
                 ));
             }
         }
@@ -380,7 +399,10 @@ primary = "h:9"
         let total: f64 = p.moves.iter().map(|m| m.share).sum();
         assert!((0.25..0.42).contains(&total), "{total}");
         let s2 = &p.new_map.keyspace["app"].shards[2];
-        assert_eq!((s2.primary.as_str(), s2.replicas[0].addr.as_str()), ("h:3", "h:4"));
+        assert_eq!(
+            (s2.primary.as_str(), s2.replicas[0].addr.as_str()),
+            ("h:3", "h:4")
+        );
         let mut facts = BTreeMap::new();
         for (s, n) in [("s0", 1000u64), ("s1", 2000)] {
             facts.insert(
@@ -399,9 +421,18 @@ primary = "h:9"
         assert!(p.blockers.is_empty(), "{:?}", p.blockers);
         let t = p.tables.iter().find(|t| t.table == "t").expect("t");
         let from_s1 = t.rows["s1 -> s2"];
-        let share = p.moves.iter().find(|m| m.from == "s1").expect("s1").share_of_source;
+        let share = p
+            .moves
+            .iter()
+            .find(|m| m.from == "s1")
+            .expect("s1")
+            .share_of_source;
         assert_eq!(from_s1, (2000.0 * share).round() as u64);
-        let c = p.tables.iter().find(|t| t.table == "countries").expect("ref");
+        let c = p
+            .tables
+            .iter()
+            .find(|t| t.table == "countries")
+            .expect("ref");
         assert_eq!(c.kind, "reference");
         assert_eq!(c.rows.values().copied().collect::<Vec<_>>(), vec![10]);
         assert!(p.render().contains("s1 -> s2"));
@@ -411,7 +442,10 @@ primary = "h:9"
     fn removing_a_shard_gives_all_its_keys_to_the_others() {
         let p = plan(&map(), "app", &Change::Remove("s1".into())).expect("plan");
         assert_eq!(p.moves.len(), 1);
-        assert_eq!((p.moves[0].from.as_str(), p.moves[0].to.as_str()), ("s1", "s0"));
+        assert_eq!(
+            (p.moves[0].from.as_str(), p.moves[0].to.as_str()),
+            ("s1", "s0")
+        );
         assert!((p.moves[0].share_of_source - 1.0).abs() < 1e-9);
         assert_eq!(p.new_map.keyspace["app"].shards.len(), 1);
     }
@@ -435,8 +469,13 @@ primary = "h:9"
         let dup = Change::parse_add("s1=h:7").expect("spec");
         assert!(plan(&m, "app", &dup).is_err(), "name taken");
         assert!(plan(&m, "app", &Change::Remove("s9".into())).is_err());
-        let one = plan(&m, "app", &Change::Remove("s1".into())).expect("plan").new_map;
-        assert!(plan(&one, "app", &Change::Remove("s0".into())).is_err(), "last shard");
+        let one = plan(&m, "app", &Change::Remove("s1".into()))
+            .expect("plan")
+            .new_map;
+        assert!(
+            plan(&one, "app", &Change::Remove("s0".into())).is_err(),
+            "last shard"
+        );
     }
 
     #[test]
