@@ -309,6 +309,21 @@ enum SandboxAction {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Start one more shard (primary and replicas, same settings) for trying `reshard`; the
+    /// proxy configs' shard maps are left as they are.
+    AddShard {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Stop a shard's servers and drop them from DIR/cluster.json (refused while a shard map
+    /// still routes to it).
+    RemoveShard {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The shard's name, e.g. s2.
+        #[arg(long)]
+        shard: String,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -390,6 +405,36 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let dir = dir.unwrap_or_else(|| SandboxOptions::default().dir);
             let n = sandbox::down(&dir)?;
             println!("stopped {n} servers in {}", dir.display());
+            Ok(())
+        }
+        Command::Sandbox {
+            action: SandboxAction::AddShard { dir },
+        } => {
+            let dir = dir.unwrap_or_else(|| SandboxOptions::default().dir);
+            let added = sandbox::add_shard(&dir).await?;
+            added.servers.iter().for_each(print_server);
+            println!("not in the proxies' shard map yet; move keys to it with:");
+            println!(
+                "  shardgate reshard plan --keyspace app --add {}",
+                added.add_arg()
+            );
+            println!(
+                "remove with: shardgate sandbox remove-shard --dir {} --shard {}",
+                dir.display(),
+                added.name
+            );
+            Ok(())
+        }
+        Command::Sandbox {
+            action: SandboxAction::RemoveShard { dir, shard },
+        } => {
+            let dir = dir.unwrap_or_else(|| SandboxOptions::default().dir);
+            let gone = sandbox::remove_shard(&dir, &shard).await?;
+            println!(
+                "removed shard {shard}: stopped {} servers in {}",
+                gone.len(),
+                dir.display()
+            );
             Ok(())
         }
         Command::Demo { shape } => demo(shape).await,
@@ -512,17 +557,20 @@ fn check(file: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One line per server, as `sandbox up` lists them.
+fn print_server(s: &sandbox::ServerInfo) {
+    println!(
+        "{:<4} {:<8} 127.0.0.1:{:<6} pid {:<8} {}",
+        s.shard,
+        format!("{:?}", s.role).to_lowercase(),
+        s.port,
+        s.pid,
+        s.datadir.display()
+    );
+}
+
 fn print_cluster(c: &sandbox::Cluster) {
-    for s in &c.servers {
-        println!(
-            "{:<4} {:<8} 127.0.0.1:{:<6} pid {:<8} {}",
-            s.shard,
-            format!("{:?}", s.role).to_lowercase(),
-            s.port,
-            s.pid,
-            s.datadir.display()
-        );
-    }
+    c.servers.iter().for_each(print_server);
     if let Some(e) = &c.etcd {
         println!(
             "{:<4} {:<8} 127.0.0.1:{:<6} pid {:<8} {}",

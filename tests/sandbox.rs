@@ -2,7 +2,8 @@
 //! other tests rely on: app user everywhere, replication within a shard, read-only replicas,
 //! semi-sync, a refused second `up`, and a `down` that leaves no process behind. A second,
 //! 2 x primary sandbox checks the shard map written for `--sharded-table`/`--reference-table`.
-//! A third, `--proxies 2`, checks the sandbox etcd and the proxy configs that share it.
+//! A third, `--proxies 2`, checks the sandbox etcd and the proxy configs that share it. A fourth
+//! grows a sandbox by one shard (`sandbox add-shard`) and shrinks it again (`remove-shard`).
 
 mod common;
 
@@ -84,23 +85,8 @@ async fn sandbox_up_replicates_and_down_stops_everything() {
     }
 
     // A write on s0's primary shows up on s0's replica, not on shard s1.
-    let p0 = &mut conns[0];
-    p0.query_drop("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(20))")
-        .await
-        .expect("create table");
-    p0.query_drop("INSERT INTO t VALUES (1, 'hello')")
-        .await
-        .expect("insert");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let seen: Result<Option<String>, _> =
-            conns[1].query_first("SELECT v FROM t WHERE id = 1").await;
-        if matches!(&seen, Ok(Some(v)) if v == "hello") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "row not replicated: {seen:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    write_row(&mut conns[0], "hello").await;
+    wait_row(&mut conns[1], "hello", "s0 replica").await;
     let on_s1: Option<i64> = conns[2]
         .query_first(
             "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema='app' AND table_name='t'",
@@ -312,15 +298,24 @@ async fn sandbox_with_two_proxies_shares_an_etcd_and_down_stops_it() {
         c.disconnect().await.expect("disconnect");
     }
     drop(proxies);
+    let d = sb.dir.display().to_string();
+    shardgate(&["sandbox", "add-shard", "--dir", &d]);
 
     // Stopped, etcd stops answering; started again, it is back on the same endpoint.
     sb.etcd_stop();
     assert!(!etcd.is_running() && !etcd.is_healthy());
+    // The map the proxies share cannot be checked, so no shard is removed.
+    let remove_s1 = ["sandbox", "remove-shard", "--dir", &d, "--shard", "s1"];
+    let (ok, _, err) = shardgate_status(&remove_s1);
+    assert!(!ok && err.contains("did not answer"), "{err}");
     sb.etcd_start();
     let back = sb.etcd();
     assert_ne!(back.pid, etcd.pid);
     assert_eq!(back.endpoint(), etcd.endpoint());
     assert!(back.is_healthy());
+    // etcd's current map (seeded by the proxies) does not name s1.
+    let out = shardgate(&remove_s1);
+    assert!(out.contains("removed shard s1"), "{out}");
 
     let primary = sb.cluster.servers[0].clone();
     let out = shardgate(&["sandbox", "down", "--dir", &sb.dir.display().to_string()]);
@@ -384,4 +379,200 @@ fn sandbox_etcd_starts_despite_etcd_environment_variables() {
     assert_eq!(etcd.data_dir, dir.join("etcd"));
     assert_eq!(sandbox::down(&dir).expect("down"), 1);
     assert!(!etcd.is_running());
+}
+
+/// `shardgate ARGS`: (success, stdout, stderr).
+fn shardgate_status(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(common::bin())
+        .args(args)
+        .output()
+        .expect("run shardgate");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Pids of every live mariadbd whose command line names a path under `dir`.
+fn mariadbd_under(dir: &std::path::Path) -> Vec<u32> {
+    let want = dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let text = String::from_utf8_lossy(&raw);
+            text.contains("mariadbd") && text.contains(&want)
+        })
+        .collect()
+}
+
+/// Creates table `t` on `c` with the row `(1, v)`.
+async fn write_row(c: &mut Conn, v: &str) {
+    c.query_drop("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(20))")
+        .await
+        .expect("create table");
+    c.exec_drop("INSERT INTO t VALUES (1, ?)", (v,))
+        .await
+        .expect("insert");
+}
+
+/// Polls `SELECT v FROM t WHERE id = 1` on `c` until it is `want`.
+async fn wait_row(c: &mut Conn, want: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen: Result<Option<String>, _> = c.query_first("SELECT v FROM t WHERE id = 1").await;
+        if matches!(&seen, Ok(Some(v)) if v == want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: row not replicated: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `sandbox add-shard` (through the binary) on a 2 x (primary + replica) sandbox sharded over
+/// s0 and s1: shard s2 with a primary and a replica replicating from it (GTID, ROW binlog,
+/// semi-sync), the app user and an empty database `app`, recorded in cluster.json, the proxy
+/// config untouched, and the `--add` argument printed with its addresses. `remove-shard`
+/// refuses shards the map routes to and removes s2; `down` stops a shard added again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_shard_starts_a_replicated_shard_and_down_stops_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("sb");
+    let d = dir.display().to_string();
+    let _guard = DownOnDrop(dir.clone());
+    let opts = SandboxOptions {
+        dir: dir.clone(),
+        shards: 2,
+        replicas: 1,
+        tables: sandbox::TableLayout {
+            sharded: vec!["users:id".parse().expect("users:id")],
+            reference: Vec::new(),
+        },
+        ..Default::default()
+    };
+    sandbox::up(&opts).await.expect("sandbox up");
+    let config_before = std::fs::read(dir.join("shardgate.toml")).expect("config");
+
+    let t = Instant::now();
+    let out = shardgate(&["sandbox", "add-shard", "--dir", &d]);
+    eprintln!("add-shard took {:?}:\n{out}", t.elapsed());
+    let cluster = Cluster::load(&dir).expect("cluster.json");
+    assert_eq!(cluster.shard_names(), ["s0", "s1", "s2"]);
+    let primary = cluster.primary("s2").expect("s2 primary").clone();
+    let replicas: Vec<_> = cluster.replicas("s2").into_iter().cloned().collect();
+    assert_eq!(replicas.len(), 1, "as many replicas as the other shards");
+    let replica = &replicas[0];
+    assert!(primary.is_running() && replica.is_running());
+    let ids: std::collections::HashSet<u32> = cluster.servers.iter().map(|s| s.server_id).collect();
+    assert_eq!(ids.len(), 6, "server ids stay distinct");
+    for s in [&primary, replica] {
+        assert!(out.contains(&format!("127.0.0.1:{}", s.port)), "{out}");
+    }
+    let add = out
+        .split_whitespace()
+        .skip_while(|w| *w != "--add")
+        .nth(1)
+        .expect("an --add argument");
+    assert_eq!(add, format!("s2={},{}", primary.addr(), replica.addr()));
+    assert_eq!(
+        std::fs::read(dir.join("shardgate.toml")).expect("config"),
+        config_before,
+        "the proxy config is left to resharding"
+    );
+
+    // The app user logs in to database `app`, which has no tables yet; same server settings.
+    let idx = |s: &sandbox::ServerInfo| {
+        cluster
+            .servers
+            .iter()
+            .position(|x| x.datadir == s.datadir)
+            .expect("listed")
+    };
+    let mut p = connect(&cluster, idx(&primary)).await;
+    let db: Option<String> = p.query_first("SELECT DATABASE()").await.expect("db");
+    assert_eq!(db.as_deref(), Some("app"));
+    let tables: Option<i64> = p
+        .query_first("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'app'")
+        .await
+        .expect("tables");
+    assert_eq!(tables, Some(0));
+    let settings: Option<(i64, String, i64, i64)> = p
+        .query_first(
+            "SELECT @@log_bin, @@binlog_format, @@gtid_strict_mode, @@rpl_semi_sync_master_enabled",
+        )
+        .await
+        .expect("settings");
+    assert_eq!(settings, Some((1, "ROW".to_string(), 1, 1)));
+    let semi: Option<(String, String)> = p
+        .query_first("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_status'")
+        .await
+        .expect("semi-sync status");
+    assert_eq!(semi.map(|r| r.1).as_deref(), Some("ON"));
+
+    // Its replica replicates from it by GTID, read-only.
+    let mut r = connect(&cluster, idx(replica)).await;
+    let status: mysql_async::Row = r
+        .query_first("SHOW SLAVE STATUS")
+        .await
+        .expect("slave status")
+        .expect("replication configured");
+    let field = |name: &str| status.get::<String, _>(name).unwrap_or_default();
+    assert_eq!(field("Master_Port"), primary.port.to_string());
+    assert_eq!(field("Using_Gtid"), "Slave_Pos");
+    assert_eq!(
+        (field("Slave_IO_Running"), field("Slave_SQL_Running")),
+        ("Yes".to_string(), "Yes".to_string())
+    );
+    let ro: Option<i64> = r.query_first("SELECT @@read_only").await.expect("ro");
+    assert_eq!(ro, Some(1));
+    write_row(&mut p, "on s2").await;
+    wait_row(&mut r, "on s2", "s2 replica").await;
+    p.disconnect().await.expect("disconnect");
+    r.disconnect().await.expect("disconnect");
+
+    // Shards the proxy's map routes to are refused, the last one too; s2 goes.
+    for shard in ["s0", "s1"] {
+        let (ok, _, err) =
+            shardgate_status(&["sandbox", "remove-shard", "--dir", &d, "--shard", shard]);
+        assert!(!ok, "removing {shard} must be refused");
+        assert!(
+            err.contains(&format!("shard {shard} is still in keyspace app"))
+                && err.contains("reshard it away first"),
+            "{err}"
+        );
+    }
+    let (ok, _, err) = shardgate_status(&["sandbox", "remove-shard", "--dir", &d, "--shard", "s9"]);
+    assert!(!ok && err.contains("no shard s9"), "{err}");
+    let out = shardgate(&["sandbox", "remove-shard", "--dir", &d, "--shard", "s2"]);
+    assert!(out.contains("stopped 2 servers"), "{out}");
+    for s in [&primary, replica] {
+        assert!(!s.is_running(), "{} still runs", s.label());
+        assert!(!s.datadir.exists(), "{} removed", s.datadir.display());
+    }
+    let after = Cluster::load(&dir).expect("cluster.json");
+    assert_eq!(after.shard_names(), ["s0", "s1"]);
+    assert!(after.servers.iter().all(|s| s.is_running()));
+    assert_eq!(
+        std::fs::read(dir.join("shardgate.toml")).expect("config"),
+        config_before
+    );
+
+    // Added again (the name is free again), it is stopped by `down` with the rest.
+    shardgate(&["sandbox", "add-shard", "--dir", &d]);
+    let again = Cluster::load(&dir).expect("cluster.json");
+    assert_eq!(again.shard_names(), ["s0", "s1", "s2"]);
+    let pids: Vec<u32> = again.servers.iter().map(|s| s.pid).collect();
+    assert_eq!(mariadbd_under(&dir).len(), 6);
+    assert_eq!(sandbox::down(&dir).expect("down"), 6);
+    let left = mariadbd_under(&dir);
+    assert!(
+        left.is_empty(),
+        "mariadbd left running: {left:?} (of {pids:?})"
+    );
 }

@@ -38,6 +38,9 @@ pub enum SandboxError {
     /// `cluster.json` exists but cannot be used.
     #[error("{file}: {msg}")]
     State { file: String, msg: String },
+    /// The sandbox is not in a state that allows the command (the message says why).
+    #[error("{0}")]
+    Refused(String),
     #[error("invalid sandbox options: {0}")]
     Options(String),
     /// A setup task panicked or was cancelled.

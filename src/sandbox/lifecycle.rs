@@ -1,6 +1,7 @@
 //! `up` and `down`: the sandbox's whole life. `up` either returns a replicating cluster or stops
 //! everything it started; `down` stops exactly the pids in `cluster.json` (servers and etcd) and
 //! removes the datadirs, sockets, `cluster.json` and the proxy configs (DIR itself stays).
+//! The steps `up` takes per server (plan, copy, spawn, wait) also serve `add-shard`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -40,16 +41,10 @@ pub async fn up(opts: &SandboxOptions) -> Result<Cluster, SandboxError> {
     clear_previous(&dir)?;
     let template = template::ensure(&bins).await?;
     let mut cluster = plan(&dir, opts)?;
-    copy_datadirs(&template, &cluster).await?;
+    copy_datadirs(&template, &cluster.servers).await?;
 
     let result = async {
-        for s in &mut cluster.servers {
-            s.pid = server::spawn(
-                &bins.mariadbd,
-                &server::instance_args(s),
-                &s.datadir.join("mariadbd.out"),
-            )?;
-        }
+        spawn_all(&bins, &mut cluster.servers)?;
         // Saved at once so `down` can find these pids even if this `up` is interrupted.
         cluster.save()?;
         if opts.uses_etcd() {
@@ -61,7 +56,9 @@ pub async fn up(opts: &SandboxOptions) -> Result<Cluster, SandboxError> {
             cluster.etcd = Some(started?);
             cluster.save()?;
         }
-        wait_all(&bins, &mut cluster).await?;
+        wait_all(&bins, &mut cluster.servers).await?;
+        // Ports or pids may have changed on a retry.
+        cluster.save()?;
         replication::setup(&cluster).await?;
         let ports =
             free_ports(2 * opts.proxies).map_err(io("finding free ports for the proxies"))?;
@@ -84,16 +81,7 @@ pub async fn up(opts: &SandboxOptions) -> Result<Cluster, SandboxError> {
         if let Some(e) = &cluster.etcd {
             let _ = e.stop(Duration::from_secs(5));
         }
-        let targets: Vec<(u32, PathBuf)> = cluster
-            .servers
-            .iter()
-            .map(|s| (s.pid, s.datadir.clone()))
-            .collect();
-        let _ = tokio::task::spawn_blocking(move || {
-            let refs: Vec<(u32, &Path)> = targets.iter().map(|(p, d)| (*p, d.as_path())).collect();
-            process::stop(&refs, Duration::from_secs(5))
-        })
-        .await;
+        stop_started(&cluster.servers).await;
         // Datadirs (and their error.log) stay for inspection; the next `up` replaces them.
         let _ = std::fs::remove_file(cluster_json(&dir));
         return Err(e);
@@ -182,30 +170,9 @@ fn plan(dir: &Path, opts: &SandboxOptions) -> Result<Cluster, SandboxError> {
     let per_shard = 1 + opts.replicas;
     let ports = free_ports(opts.shards * per_shard).map_err(io("finding free ports"))?;
     let mut servers = Vec::new();
-    for shard in 0..opts.shards {
-        for n in 0..per_shard {
-            let (role, name) = match n {
-                0 => (Role::Primary, format!("s{shard}-primary")),
-                _ => (Role::Replica, format!("s{shard}-replica{n}")),
-            };
-            let socket = dir.join(format!("{name}.sock"));
-            if socket.as_os_str().len() > MAX_SOCKET_PATH {
-                return Err(SandboxError::Options(format!(
-                    "socket path {} is longer than {MAX_SOCKET_PATH} bytes: use a shorter --dir",
-                    socket.display()
-                )));
-            }
-            servers.push(ServerInfo {
-                shard: format!("s{shard}"),
-                role,
-                host: "127.0.0.1".into(),
-                port: ports[servers.len()],
-                pid: 0,
-                datadir: dir.join(&name),
-                socket,
-                server_id: servers.len() as u32 + 1,
-            });
-        }
+    for (shard, ports) in ports.chunks(per_shard).enumerate() {
+        let first_id = servers.len() as u32 + 1;
+        servers.extend(plan_shard(dir, &format!("s{shard}"), ports, first_id)?);
     }
     Ok(Cluster {
         dir: dir.to_path_buf(),
@@ -219,10 +186,48 @@ fn plan(dir: &Path, opts: &SandboxOptions) -> Result<Cluster, SandboxError> {
     })
 }
 
+/// Shard `name`'s servers, not started: `NAME-primary` on `ports[0]`, then `NAME-replica<n>`
+/// on the next ports, with server ids counting up from `first_id`.
+pub(crate) fn plan_shard(
+    dir: &Path,
+    name: &str,
+    ports: &[u16],
+    first_id: u32,
+) -> Result<Vec<ServerInfo>, SandboxError> {
+    let mut servers = Vec::new();
+    for (n, port) in ports.iter().enumerate() {
+        let (role, server) = match n {
+            0 => (Role::Primary, format!("{name}-primary")),
+            _ => (Role::Replica, format!("{name}-replica{n}")),
+        };
+        let socket = dir.join(format!("{server}.sock"));
+        if socket.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(SandboxError::Options(format!(
+                "socket path {} is longer than {MAX_SOCKET_PATH} bytes: use a shorter --dir",
+                socket.display()
+            )));
+        }
+        servers.push(ServerInfo {
+            shard: name.to_string(),
+            role,
+            host: "127.0.0.1".into(),
+            port: *port,
+            pid: 0,
+            datadir: dir.join(&server),
+            socket,
+            server_id: first_id + n as u32,
+        });
+    }
+    Ok(servers)
+}
+
 /// Fresh copies of the template, one per server, concurrently.
-async fn copy_datadirs(template: &Path, cluster: &Cluster) -> Result<(), SandboxError> {
+pub(crate) async fn copy_datadirs(
+    template: &Path,
+    servers: &[ServerInfo],
+) -> Result<(), SandboxError> {
     let mut tasks = JoinSet::new();
-    for s in &cluster.servers {
+    for s in servers {
         let (src, dst, sock) = (template.to_path_buf(), s.datadir.clone(), s.socket.clone());
         tasks.spawn_blocking(move || {
             remove(&sock)?;
@@ -242,10 +247,36 @@ async fn copy_datadirs(template: &Path, cluster: &Cluster) -> Result<(), Sandbox
     Ok(())
 }
 
-/// Waits for every spawned server concurrently; a server whose port was taken moves to another.
-async fn wait_all(bins: &Binaries, cluster: &mut Cluster) -> Result<(), SandboxError> {
+/// Starts a mariadbd per server, detached, recording its pid (not waiting for it to answer).
+pub(crate) fn spawn_all(bins: &Binaries, servers: &mut [ServerInfo]) -> Result<(), SandboxError> {
+    for s in servers {
+        s.pid = server::spawn(
+            &bins.mariadbd,
+            &server::instance_args(s),
+            &s.datadir.join("mariadbd.out"),
+        )?;
+    }
+    Ok(())
+}
+
+/// Stops the servers a failed start left running (SIGTERM, up to 5s, then SIGKILL).
+pub(crate) async fn stop_started(servers: &[ServerInfo]) {
+    let targets: Vec<(u32, PathBuf)> = servers.iter().map(|s| (s.pid, s.datadir.clone())).collect();
+    let _ = tokio::task::spawn_blocking(move || {
+        let refs: Vec<(u32, &Path)> = targets.iter().map(|(p, d)| (*p, d.as_path())).collect();
+        process::stop(&refs, Duration::from_secs(5))
+    })
+    .await;
+}
+
+/// Waits for every spawned server concurrently; a server whose port was taken moves to another
+/// (so the caller saves `servers` again).
+pub(crate) async fn wait_all(
+    bins: &Binaries,
+    servers: &mut [ServerInfo],
+) -> Result<(), SandboxError> {
     let mut tasks = JoinSet::new();
-    for (idx, s) in cluster.servers.iter().enumerate() {
+    for (idx, s) in servers.iter().enumerate() {
         let (bin, mut info) = (bins.mariadbd.clone(), s.clone());
         tasks.spawn(async move {
             let r = server::start(&bin, &mut info, true).await;
@@ -256,7 +287,7 @@ async fn wait_all(bins: &Binaries, cluster: &mut Cluster) -> Result<(), SandboxE
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok((idx, info, r)) => {
-                cluster.servers[idx] = info;
+                servers[idx] = info;
                 if let Err(e) = r {
                     first_err.get_or_insert(e);
                 }
@@ -266,11 +297,7 @@ async fn wait_all(bins: &Binaries, cluster: &mut Cluster) -> Result<(), SandboxE
             }
         }
     }
-    match first_err {
-        Some(e) => Err(e),
-        // Ports or pids may have changed on a retry.
-        None => cluster.save(),
-    }
+    first_err.map_or(Ok(()), Err)
 }
 
 /// Removes every proxy config `cluster` wrote.
@@ -287,7 +314,12 @@ fn remove_servers(dir: &Path, cluster: &Cluster) -> Result<(), SandboxError> {
         std::fs::remove_dir_all(&etcd_data)
             .map_err(io(format!("removing {}", etcd_data.display())))?;
     }
-    for s in &cluster.servers {
+    remove_server_files(dir, &cluster.servers)
+}
+
+/// Removes the datadirs and sockets of `servers`, but only inside `dir`.
+pub(crate) fn remove_server_files(dir: &Path, servers: &[ServerInfo]) -> Result<(), SandboxError> {
+    for s in servers {
         if s.datadir.starts_with(dir) && s.datadir != dir && s.datadir.exists() {
             std::fs::remove_dir_all(&s.datadir)
                 .map_err(io(format!("removing {}", s.datadir.display())))?;
@@ -300,7 +332,7 @@ fn remove_servers(dir: &Path, cluster: &Cluster) -> Result<(), SandboxError> {
 }
 
 /// Removes a file; a missing one is fine.
-fn remove(path: &Path) -> Result<(), SandboxError> {
+pub(crate) fn remove(path: &Path) -> Result<(), SandboxError> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             Err(io(format!("removing {}", path.display()))(e))

@@ -15,7 +15,8 @@
 //! for it), `process` (pid checks and signals), `sql` (a tiny mysql_async helper), `replication`
 //! (replicas, app user, catch-up), `layout` (sharded and reference tables), `etcd` (the shared
 //! topology store's one member), `cluster` (the
-//! serialisable description and the shard map it implies), `lifecycle` (up/down).
+//! serialisable description and the shard map it implies), `lifecycle` (up/down), `shards`
+//! (add-shard/remove-shard: one more or one less shard in a running sandbox, for resharding).
 
 mod cluster;
 mod error;
@@ -25,6 +26,7 @@ mod lifecycle;
 mod process;
 mod replication;
 mod server;
+mod shards;
 mod sql;
 mod template;
 
@@ -35,6 +37,7 @@ pub use error::SandboxError;
 pub use etcd::Etcd;
 pub use layout::{parse_table, ShardedTable, TableLayout};
 pub use lifecycle::{down, up};
+pub use shards::{add_shard, remove_shard, AddedShard};
 pub use template::ensure_template;
 
 /// What `up` builds and where.

@@ -15,13 +15,18 @@ const SEMI_SYNC_WAIT: Duration = Duration::from_secs(10);
 
 /// Sets up every shard concurrently.
 pub(crate) async fn setup(cluster: &Cluster) -> Result<(), SandboxError> {
+    setup_shards(cluster, &cluster.shard_names()).await
+}
+
+/// Sets up the named shards of `cluster` concurrently.
+pub(crate) async fn setup_shards(cluster: &Cluster, shards: &[String]) -> Result<(), SandboxError> {
     let mut tasks = JoinSet::new();
-    for shard in cluster.shard_names() {
+    for shard in shards {
         let primary = cluster
-            .primary(&shard)
+            .primary(shard)
             .cloned()
             .ok_or_else(|| SandboxError::Internal(format!("shard {shard} has no primary")))?;
-        let replicas: Vec<ServerInfo> = cluster.replicas(&shard).into_iter().cloned().collect();
+        let replicas: Vec<ServerInfo> = cluster.replicas(shard).into_iter().cloned().collect();
         let (user, password) = (cluster.user.clone(), cluster.password.clone());
         tasks.spawn(async move { setup_shard(&primary, &replicas, &user, &password).await });
     }
