@@ -103,8 +103,16 @@ impl TableShape {
             column: key_column.to_string(),
         })?;
         let numeric = [
-            "tinyint", "smallint", "mediumint", "int", "bigint", "decimal", "float", "double",
-            "bit", "year",
+            "tinyint",
+            "smallint",
+            "mediumint",
+            "int",
+            "bigint",
+            "decimal",
+            "float",
+            "double",
+            "bit",
+            "year",
         ];
         let key_numeric = numeric.contains(&stored[key].1.to_ascii_lowercase().as_str());
         Ok(TableShape {
