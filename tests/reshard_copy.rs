@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Row, Value};
-use shardgate::reshard::copy::{copy_chunk, create_like, TableShape};
+use shardgate::reshard::copy::{copy_chunk, create_like, Side, TableShape};
 use shardgate::shardmap::ring::Ring;
 
 async fn root(port: u16) -> Conn {
@@ -111,11 +111,19 @@ async fn moving_rows_are_copied_to_the_new_shard_exactly_and_idempotently() {
         for (from, port) in [(0usize, p0), (1, p1)] {
             let mut source = root(port).await;
             let name = format!("127.0.0.1:{port}");
-            let created = create_like(&mut source, &name, &mut target, "s2", "app", "items")
+            let mut src = Side {
+                conn: &mut source,
+                name: &name,
+            };
+            let mut dst = Side {
+                conn: &mut target,
+                name: "s2",
+            };
+            let created = create_like(&mut src, &mut dst, "app", "items")
                 .await
                 .expect("create like");
             assert_eq!(created, round == 0 && from == 0, "created once");
-            let shape = TableShape::read(&mut source, &name, "app", "items", "id")
+            let shape = TableShape::read(src.conn, &name, "app", "items", "id")
                 .await
                 .expect("shape");
             assert!(
@@ -126,18 +134,9 @@ async fn moving_rows_are_copied_to_the_new_shard_exactly_and_idempotently() {
             let mut after: Option<Vec<Value>> = None;
             let (mut read, mut chunks) = (0, 0);
             loop {
-                let chunk = copy_chunk(
-                    &mut source,
-                    &name,
-                    &mut target,
-                    "s2",
-                    &shape,
-                    after.as_deref(),
-                    64,
-                    &moves,
-                )
-                .await
-                .expect("chunk");
+                let chunk = copy_chunk(&mut src, &mut dst, &shape, after.as_deref(), 64, &moves)
+                    .await
+                    .expect("chunk");
                 read += chunk.read;
                 chunks += 1;
                 positions.push(chunk.position.clone());

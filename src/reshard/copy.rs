@@ -200,16 +200,22 @@ impl TableShape {
     }
 }
 
+/// A server connection and the name errors give it.
+pub struct Side<'a> {
+    pub conn: &'a mut Conn,
+    pub name: &'a str,
+}
+
 /// Creates the table on the target from the source's definition, unless it exists. True if it
 /// was created.
 pub async fn create_like(
-    source: &mut Conn,
-    source_name: &str,
-    target: &mut Conn,
-    target_name: &str,
+    source: &mut Side<'_>,
+    target: &mut Side<'_>,
     schema: &str,
     table: &str,
 ) -> Result<bool, CopyError> {
+    let (source_name, target_name) = (source.name, target.name);
+    let (source, target) = (&mut *source.conn, &mut *target.conn);
     let exists: Option<u64> = target
         .exec_first(
             "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
@@ -260,15 +266,15 @@ pub struct Chunk {
 /// Copies one chunk of `shape` from `source` to `target`: up to `limit` rows after `after`,
 /// read in a consistent snapshot, keeping those for which `moves(hash)` holds.
 pub async fn copy_chunk(
-    source: &mut Conn,
-    source_name: &str,
-    target: &mut Conn,
-    target_name: &str,
+    source: &mut Side<'_>,
+    target: &mut Side<'_>,
     shape: &TableShape,
     after: Option<&[Value]>,
     limit: usize,
     moves: &(dyn Fn(u64) -> bool + Sync),
 ) -> Result<Chunk, CopyError> {
+    let (source_name, target_name) = (source.name, target.name);
+    let (source, target) = (&mut *source.conn, &mut *target.conn);
     let limit = limit.max(1);
     source
         .query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
