@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Row, Value};
 use shardgate::reshard::copy::{copy_chunk, create_like, Side, TableShape};
+use shardgate::reshard::verify::verify_chunk;
 use shardgate::shardmap::ring::Ring;
 
 async fn root(port: u16) -> Conn {
@@ -168,10 +169,105 @@ async fn moving_rows_are_copied_to_the_new_shard_exactly_and_idempotently() {
             assert_eq!(copied.get(id), Some(v), "row {id} differs on s2");
         }
     }
+    // The sources are untouched by the copy.
+    assert_eq!([rows(p0).await, rows(p1).await], before);
+    // Verify finds nothing after the copy, then each kind of difference once introduced.
+    let verify_all = |port: u16, from: usize| {
+        let arcs = arcs.clone();
+        async move {
+            let mut source = root(port).await;
+            let mut target = root(s2).await;
+            let name = format!("127.0.0.1:{port}");
+            let mut src = Side {
+                conn: &mut source,
+                name: &name,
+            };
+            let mut dst = Side {
+                conn: &mut target,
+                name: "s2",
+            };
+            let shape = TableShape::read(src.conn, &name, "app", "items", "id")
+                .await
+                .expect("shape");
+            let moves = |h: u64| arcs.iter().any(|a| a.from == from && a.contains(h));
+            let (mut after, mut found) =
+                (None::<Vec<Value>>, (0, Vec::new(), Vec::new(), Vec::new()));
+            loop {
+                let c = verify_chunk(&mut src, &mut dst, &shape, after.as_deref(), 50, &moves)
+                    .await
+                    .expect("verify");
+                found.0 += c.moving_rows;
+                found.1.extend(c.missing);
+                found.2.extend(c.extra);
+                found.3.extend(c.different);
+                match c.last_key {
+                    Some(k) => after = Some(k),
+                    None => return found,
+                }
+            }
+        }
+    };
+    let (n0, m, e, d) = verify_all(p0, 0).await;
+    let (n1, m1, e1, d1) = verify_all(p1, 1).await;
+    assert_eq!(n0 + n1, rows(s2).await.len(), "every copied row checked");
+    assert!(
+        m.is_empty() && e.is_empty() && d.is_empty(),
+        "{m:?} {e:?} {d:?}"
+    );
+    assert!(
+        m1.is_empty() && e1.is_empty() && d1.is_empty(),
+        "{m1:?} {e1:?} {d1:?}"
+    );
+    let moved_from_s0: Vec<i64> = rows(s2)
+        .await
+        .keys()
+        .copied()
+        .filter(|id| before[0].contains_key(id))
+        .collect();
+    let (gone, changed) = (moved_from_s0[0], moved_from_s0[1]);
+    let mut t = root(s2).await;
+    t.exec_drop("DELETE FROM app.items WHERE id = ?", (gone,))
+        .await
+        .expect("delete");
+    t.exec_drop(
+        "UPDATE app.items SET v = 'changed' WHERE id = ?",
+        (changed,),
+    )
+    .await
+    .expect("update");
+    // A row deleted on the source whose delete never reached the target.
+    let deleted = moved_from_s0[2];
+    root(p0)
+        .await
+        .exec_drop("DELETE FROM app.items WHERE id = ?", (deleted,))
+        .await
+        .expect("delete on the source");
+    // And a moving key past the source's last one, on the target only.
+    let beyond = (1_000_000i64..)
+        .find(|id| {
+            let text = id.to_string();
+            let h = shardgate::shardmap::ring::key_hash(
+                &shardgate::shardmap::ring::KeyValue::from_number_text(text.as_bytes()),
+            );
+            arcs.iter().any(|a| a.from == 0 && a.contains(h))
+        })
+        .expect("a key moving from s0");
+    t.exec_drop(
+        "INSERT INTO app.items (id, v) VALUES (?, 'beyond')",
+        (beyond,),
+    )
+    .await
+    .expect("beyond");
+    let (_, m, mut e, d) = verify_all(p0, 0).await;
+    e.sort();
+    let mut want_extra = vec![deleted.to_string(), beyond.to_string()];
+    want_extra.sort();
+    assert_eq!(m, vec![gone.to_string()], "missing");
+    assert_eq!(d, vec![changed.to_string()], "different");
+    assert_eq!(e, want_extra, "extra");
+
     // Each chunk's position is a GTID position of its source.
     assert!(positions
         .iter()
         .all(|p| !p.is_empty() && p.split(',').all(|g| g.split('-').count() == 3)));
-    // The sources are untouched.
-    assert_eq!([rows(p0).await, rows(p1).await], before);
 }

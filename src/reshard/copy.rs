@@ -161,6 +161,43 @@ impl TableShape {
         )
     }
 
+    /// The rows with a primary key in `(after, last]`: from the start when `after` is false,
+    /// to the end when `last` is.
+    pub(crate) fn select_range(&self, after: bool, last: bool) -> String {
+        let pk = self.pk_list();
+        let marks = vec!["?"; self.primary_key.len()].join(", ");
+        let mut conds = Vec::new();
+        if after {
+            conds.push(format!("({pk}) > ({marks})"));
+        }
+        if last {
+            conds.push(format!("({pk}) <= ({marks})"));
+        }
+        let wher = if conds.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conds.join(" AND "))
+        };
+        format!(
+            "SELECT {} FROM {}{wher} ORDER BY {pk}",
+            self.column_list(),
+            self.qualified()
+        )
+    }
+
+    /// The next chunk's SELECT, for other modules.
+    pub(crate) fn select_chunk(&self, after: bool, limit: usize) -> String {
+        self.select(after, limit)
+    }
+
+    /// A row's primary key values.
+    pub fn key_of(&self, row: &[Value]) -> Vec<Value> {
+        self.primary_key
+            .iter()
+            .filter_map(|&i| row.get(i).cloned())
+            .collect()
+    }
+
     /// An idempotent INSERT of `rows` rows.
     fn insert(&self, rows: usize) -> String {
         let one = format!("({})", vec!["?"; self.columns.len()].join(", "));

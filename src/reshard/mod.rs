@@ -5,3 +5,4 @@
 pub mod copy;
 pub mod facts;
 pub mod plan;
+pub mod verify;
