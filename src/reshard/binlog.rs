@@ -1,0 +1,501 @@
+//! The catch-up stream's reader: row changes of one MariaDB primary, from a GTID position on,
+//! in commit order, each transaction closed by a `Commit` record carrying its GTID.
+//!
+//! mysql_async speaks MySQL's GTID dump, which MariaDB refuses; MariaDB's own way is a plain
+//! COM_BINLOG_DUMP (empty file name, position 4) after telling the server, in user variables,
+//! that this client understands GTIDs and where to start. The server then skips every group up
+//! to and including the start position itself.
+//!
+//! Values are mysql_common's as decoded from the row image, by column index (see
+//! [`TableInfo`] for names); notable forms: DECIMAL as its text (`Bytes("-12.50")`),
+//! DATETIME/DATE/TIME as `Date`/`Time`, TIMESTAMP as `Bytes` of Unix seconds
+//! (`"1700000000"` or `"1700000000.250000"`), ENUM as its index, SET as its bitmask bytes,
+//! YEAR as its text, integers of UNSIGNED columns as `UInt`.
+//!
+//! After any error the reader is spent: drop it and start a new one from [`BinlogReader::position`]
+//! (changes of a transaction without its `Commit` must be discarded by the consumer).
+
+mod columns;
+mod error;
+mod mariadb;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use mysql_async::binlog::events::{Event, EventData, QueryEvent, RowsEventData, TableMapEvent};
+use mysql_async::binlog::row::BinlogRow;
+use mysql_async::consts::ColumnType;
+use mysql_async::prelude::Queryable;
+use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, OptsBuilder, Pool};
+
+pub use crate::ha::gtid::{Gtid, GtidPos};
+pub use columns::{table_columns, ColumnInfo, TableInfo};
+pub use error::BinlogError;
+pub use mariadb::TrxGtid;
+pub use mysql_async::Value;
+
+use mariadb::{parse_gtid_event, COMPRESSED_EVENTS, FIRST_MARIADB_EVENT, GTID_EVENT};
+
+/// MARIA_SLAVE_CAPABILITY_GTID: the server sends GTID events and accepts a GTID start state.
+const SLAVE_CAPABILITY_GTID: u32 = 4;
+
+/// Where and how to read one primary's binlog.
+#[derive(Debug, Clone)]
+pub struct ReaderConfig {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    /// Must differ from every server's and every other reader's id on this primary: the server
+    /// drops an earlier connection that registered the same id.
+    pub server_id: u32,
+    /// How often an idle server sends a heartbeat event.
+    pub heartbeat: Duration,
+    /// Silence (no event, no heartbeat) after which the stream counts as dead; also bounds
+    /// the connect and the first answer to the dump request.
+    pub dead_after: Duration,
+}
+
+impl ReaderConfig {
+    /// Heartbeat every second, dead after five silent seconds.
+    pub fn new(host: &str, port: u16, user: &str, password: &str, server_id: u32) -> Self {
+        ReaderConfig {
+            host: host.to_string(),
+            port,
+            user: user.to_string(),
+            password: password.to_string(),
+            server_id,
+            heartbeat: Duration::from_secs(1),
+            dead_after: Duration::from_secs(5),
+        }
+    }
+
+    fn opts(&self) -> OptsBuilder {
+        OptsBuilder::default()
+            .ip_or_hostname(self.host.clone())
+            .tcp_port(self.port)
+            .user(Some(self.user.clone()))
+            .pass(Some(self.password.clone()))
+            // mysql_async would otherwise switch to the server's socket file when it is local.
+            .prefer_socket(false)
+    }
+}
+
+/// What the stream yields, in binlog (commit) order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    /// One row changed by the transaction `gtid`.
+    Change(Change),
+    /// A statement logged as text inside a transaction (DDL, or DML of a session that was not
+    /// logging rows): the stream cannot turn it into row changes.
+    Statement {
+        gtid: TrxGtid,
+        schema: String,
+        sql: Vec<u8>,
+    },
+    /// The transaction `gtid` ends here: everything before it since the previous `Commit`
+    /// belongs to it, and [`BinlogReader::position`] now includes it.
+    Commit { gtid: TrxGtid },
+}
+
+/// One row change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub gtid: TrxGtid,
+    /// Schema, table and columns; `kind`'s values are at their column's index.
+    pub table: Arc<TableInfo>,
+    pub kind: ChangeKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChangeKind {
+    Insert {
+        after: Vec<Value>,
+    },
+    Update {
+        before: Vec<Value>,
+        after: Vec<Value>,
+    },
+    Delete {
+        before: Vec<Value>,
+    },
+}
+
+/// The event group being read: its GTID, and whether it is a single statement without
+/// BEGIN/COMMIT (DDL), which ends with that statement.
+#[derive(Debug, Clone, Copy)]
+struct Group {
+    gtid: TrxGtid,
+    standalone: bool,
+}
+
+/// A running binlog stream of one primary.
+pub struct BinlogReader {
+    server: String,
+    stream: BinlogStream,
+    /// For information_schema lookups: the stream's own connection is busy streaming.
+    meta: Pool,
+    dead_after: Duration,
+    /// Up to the last `Commit` yielded (the start position before any).
+    position: GtidPos,
+    start: String,
+    /// The dump request's first answer, read in `start` to report a refusal there.
+    first: Option<Event>,
+    group: Option<Group>,
+    ready: VecDeque<Record>,
+    tables: HashMap<(String, String), Arc<TableInfo>>,
+}
+
+impl BinlogReader {
+    /// Connects, checks that the server logs full row images, and starts streaming the
+    /// transactions after `from` (MariaDB GTID position, e.g. `@@gtid_binlog_pos` or
+    /// `BINLOG_GTID_POS(file, pos)` of a snapshot; empty: from the oldest binlog).
+    pub async fn start(cfg: &ReaderConfig, from: &GtidPos) -> Result<BinlogReader, BinlogError> {
+        let server = format!("{}:{}", cfg.host, cfg.port);
+        let start = from.to_string();
+        let mut conn = match tokio::time::timeout(cfg.dead_after, Conn::new(cfg.opts())).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                return Err(BinlogError::Connect {
+                    server,
+                    detail: e.to_string(),
+                })
+            }
+            Err(_) => {
+                return Err(BinlogError::Connect {
+                    server,
+                    detail: format!("no answer within {:?}", cfg.dead_after),
+                })
+            }
+        };
+        check_row_logging(&mut conn, &server).await?;
+        // `start` is digits, dashes and commas only (GtidPos's Display), safe to inline.
+        let setup = format!(
+            "SET @mariadb_slave_capability = {SLAVE_CAPABILITY_GTID}, \
+             @slave_connect_state = '{start}', @slave_gtid_strict_mode = 1, \
+             @master_heartbeat_period = {}",
+            cfg.heartbeat.as_nanos()
+        );
+        conn.query_drop(setup)
+            .await
+            .map_err(|source| BinlogError::Query {
+                server: server.clone(),
+                what: "announcing the GTID start position",
+                source,
+            })?;
+        let request = BinlogStreamRequest::new(cfg.server_id)
+            .with_filename(b"")
+            .with_pos(4u64);
+        let stream = conn.get_binlog_stream(request).await.map_err(|e| {
+            BinlogError::refused(&server, &start, &e).unwrap_or(BinlogError::Query {
+                server: server.clone(),
+                what: "requesting the binlog stream (the user needs REPLICATION SLAVE)",
+                source: e,
+            })
+        })?;
+        let mut reader = BinlogReader {
+            server,
+            stream,
+            meta: Pool::new(cfg.opts()),
+            dead_after: cfg.dead_after,
+            position: from.clone(),
+            start,
+            first: None,
+            group: None,
+            ready: VecDeque::new(),
+            tables: HashMap::new(),
+        };
+        // A position the server cannot serve is answered at once with an error instead of the
+        // first event: report it here rather than on the first `next`.
+        let first = reader.read_event().await?;
+        reader.first = Some(first);
+        Ok(reader)
+    }
+
+    /// The next record; waits for new transactions when the stream is at the end of the binlog.
+    pub async fn next(&mut self) -> Result<Record, BinlogError> {
+        loop {
+            if let Some(r) = self.ready.pop_front() {
+                return Ok(r);
+            }
+            let event = match self.first.take() {
+                Some(e) => e,
+                None => self.read_event().await?,
+            };
+            self.handle(event).await?;
+        }
+    }
+
+    /// Every transaction up to the last `Commit` yielded: where a new reader resumes.
+    pub fn position(&self) -> &GtidPos {
+        &self.position
+    }
+
+    /// `host:port` of the primary, as errors name it.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// Ends the stream and its lookup connections.
+    pub async fn close(self) {
+        let _ = self.stream.close().await;
+        let _ = self.meta.disconnect().await;
+    }
+
+    async fn read_event(&mut self) -> Result<Event, BinlogError> {
+        match tokio::time::timeout(self.dead_after, self.stream.next()).await {
+            Err(_) => Err(BinlogError::Stalled {
+                server: self.server.clone(),
+                silent_for: self.dead_after,
+            }),
+            Ok(None) => Err(BinlogError::ConnectionLost {
+                server: self.server.clone(),
+                detail: "the server ended the stream".into(),
+            }),
+            Ok(Some(Err(e))) => Err(BinlogError::from_stream(&self.server, &self.start, e)),
+            Ok(Some(Ok(event))) => Ok(event),
+        }
+    }
+
+    async fn handle(&mut self, event: Event) -> Result<(), BinlogError> {
+        let ty = event.header().event_type_raw();
+        if ty == GTID_EVENT {
+            let g = parse_gtid_event(event.header().server_id(), event.data())
+                .ok_or_else(|| self.malformed("GTID event too short"))?;
+            if g.prepared_xa {
+                return Err(self.unsupported(format!("XA transaction {}", g.gtid)));
+            }
+            self.group = Some(Group {
+                gtid: g.gtid,
+                standalone: g.standalone,
+            });
+            return Ok(());
+        }
+        if COMPRESSED_EVENTS.contains(&ty) {
+            return Err(self.unsupported("compressed binlog events (log_bin_compress=ON)".into()));
+        }
+        if ty >= FIRST_MARIADB_EVENT {
+            // Annotate-rows, GTID list, binlog checkpoint, start-encryption: nothing to apply.
+            return Ok(());
+        }
+        let data = event
+            .read_data()
+            .map_err(|e| self.malformed(&e.to_string()))?;
+        match data {
+            Some(EventData::XidEvent(_)) => self.end_group(),
+            Some(EventData::QueryEvent(q)) => self.query(&q)?,
+            Some(EventData::RowsEvent(rows)) => self.rows(&rows).await?,
+            Some(EventData::XaPrepareLogEvent(_)) => {
+                return Err(self.unsupported("XA PREPARE".into()))
+            }
+            // Format description, rotate, table maps (kept by the stream), heartbeats, ...
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn end_group(&mut self) {
+        if let Some(g) = self.group.take() {
+            self.position.0.insert(
+                g.gtid.domain,
+                Gtid {
+                    server: g.gtid.server,
+                    seq: g.gtid.seq,
+                },
+            );
+            self.ready.push_back(Record::Commit { gtid: g.gtid });
+        }
+    }
+
+    fn query(&mut self, q: &QueryEvent<'_>) -> Result<(), BinlogError> {
+        let sql = q.query_raw();
+        let word = sql.trim_ascii();
+        if word.eq_ignore_ascii_case(b"BEGIN") {
+            return Ok(());
+        }
+        // ROLLBACK ends a group whose non-transactional changes stayed (and were logged).
+        if word.eq_ignore_ascii_case(b"COMMIT") || word.eq_ignore_ascii_case(b"ROLLBACK") {
+            self.end_group();
+            return Ok(());
+        }
+        let Some(g) = self.group else {
+            return Err(self.malformed("statement outside a GTID event group"));
+        };
+        self.ready.push_back(Record::Statement {
+            gtid: g.gtid,
+            schema: q.schema().into_owned(),
+            sql: sql.to_vec(),
+        });
+        if g.standalone {
+            self.end_group();
+        }
+        Ok(())
+    }
+
+    async fn rows(&mut self, rows: &RowsEventData<'_>) -> Result<(), BinlogError> {
+        let Some(g) = self.group else {
+            return Err(self.malformed("row event outside a GTID event group"));
+        };
+        let tme = self
+            .stream
+            .get_tme(rows.table_id())
+            .cloned()
+            .ok_or_else(|| self.malformed("row event for a table id without a table map"))?;
+        let n = rows.num_columns();
+        let images = [rows.columns_before_image(), rows.columns_after_image()];
+        if images
+            .into_iter()
+            .flatten()
+            .any(|b| b.count_ones() as u64 != n)
+        {
+            return Err(BinlogError::NotFullRowImage {
+                server: self.server.clone(),
+                found: "an image without every column".into(),
+            });
+        }
+        let table = self.table_info(&tme).await?;
+        for row in rows.rows(&tme) {
+            let (before, after) = row.map_err(|e| self.malformed(&e.to_string()))?;
+            let before = before.map(|r| self.values(r, &table)).transpose()?;
+            let after = after.map(|r| self.values(r, &table)).transpose()?;
+            let kind = match (rows, before, after) {
+                (RowsEventData::WriteRowsEventV1(_), None, Some(after))
+                | (RowsEventData::WriteRowsEvent(_), None, Some(after)) => {
+                    ChangeKind::Insert { after }
+                }
+                (RowsEventData::UpdateRowsEventV1(_), Some(before), Some(after))
+                | (RowsEventData::UpdateRowsEvent(_), Some(before), Some(after)) => {
+                    ChangeKind::Update { before, after }
+                }
+                (RowsEventData::DeleteRowsEventV1(_), Some(before), None)
+                | (RowsEventData::DeleteRowsEvent(_), Some(before), None) => {
+                    ChangeKind::Delete { before }
+                }
+                _ => return Err(self.unsupported("this kind of row event".into())),
+            };
+            self.ready.push_back(Record::Change(Change {
+                gtid: g.gtid,
+                table: table.clone(),
+                kind,
+            }));
+        }
+        Ok(())
+    }
+
+    /// Names and signedness of the table a table map describes, looked up once per table and
+    /// again whenever its column types change.
+    async fn table_info(&mut self, tme: &TableMapEvent<'_>) -> Result<Arc<TableInfo>, BinlogError> {
+        let schema = tme.database_name().into_owned();
+        let table = tme.table_name().into_owned();
+        let types = (0..tme.columns_count() as usize)
+            .map(|i| match tme.get_column_type(i) {
+                Ok(Some(t)) => Ok(t),
+                _ => Err(self.malformed("table map with an unknown column type")),
+            })
+            .collect::<Result<Vec<ColumnType>, _>>()?;
+        let key = (schema, table);
+        if let Some(t) = self.tables.get(&key) {
+            if t.columns
+                .iter()
+                .map(|c| c.column_type)
+                .eq(types.iter().copied())
+            {
+                return Ok(t.clone());
+            }
+        }
+        let (schema, table) = &key;
+        let lookup = async {
+            let mut conn = self.meta.get_conn().await?;
+            table_columns(&mut conn, schema, table).await
+        };
+        let named = lookup.await.map_err(|source| BinlogError::Query {
+            server: self.server.clone(),
+            what: "reading column names from information_schema",
+            source,
+        })?;
+        let info = Arc::new(columns::table_info(
+            &self.server,
+            schema,
+            table,
+            named,
+            types,
+        )?);
+        self.tables.insert(key, info.clone());
+        Ok(info)
+    }
+
+    fn values(&self, mut row: BinlogRow, table: &TableInfo) -> Result<Vec<Value>, BinlogError> {
+        let mut out = Vec::with_capacity(row.len());
+        for i in 0..row.len() {
+            let v = row
+                .take(i)
+                .ok_or_else(|| self.malformed("row without a value"))?;
+            let v = Value::try_from(v).map_err(|e| self.unsupported(e.to_string()))?;
+            let column = table
+                .columns
+                .get(i)
+                .ok_or_else(|| self.malformed("row longer than its table"))?;
+            out.push(columns::fix_unsigned(v, column));
+        }
+        Ok(out)
+    }
+
+    fn malformed(&self, detail: &str) -> BinlogError {
+        BinlogError::Malformed {
+            server: self.server.clone(),
+            detail: detail.to_string(),
+        }
+    }
+
+    fn unsupported(&self, what: String) -> BinlogError {
+        BinlogError::Unsupported {
+            server: self.server.clone(),
+            what,
+        }
+    }
+}
+
+/// Refuses a server whose binlog would not give whole rows: log off, a format other than ROW,
+/// or a row image other than FULL (global values: what new sessions write).
+async fn check_row_logging(conn: &mut Conn, server: &str) -> Result<(), BinlogError> {
+    let row: Option<(i64, String, String)> = conn
+        .query_first("SELECT @@GLOBAL.log_bin, @@GLOBAL.binlog_format, @@GLOBAL.binlog_row_image")
+        .await
+        .map_err(|source| BinlogError::Query {
+            server: server.to_string(),
+            what: "reading binlog settings",
+            source,
+        })?;
+    let Some((log_bin, format, image)) = row else {
+        return Err(BinlogError::NoBinlog {
+            server: server.to_string(),
+        });
+    };
+    if log_bin == 0 {
+        return Err(BinlogError::NoBinlog {
+            server: server.to_string(),
+        });
+    }
+    if !format.eq_ignore_ascii_case("ROW") {
+        return Err(BinlogError::NotRowFormat {
+            server: server.to_string(),
+            found: format,
+        });
+    }
+    if !image.eq_ignore_ascii_case("FULL") {
+        return Err(BinlogError::NotFullRowImage {
+            server: server.to_string(),
+            found: image,
+        });
+    }
+    Ok(())
+}
+
+/// The server's current binlog GTID position (`@@gtid_binlog_pos`): start a reader here to see
+/// only what is committed after this call. None if the server's text does not parse.
+pub async fn gtid_binlog_pos(conn: &mut Conn) -> Result<Option<GtidPos>, mysql_async::Error> {
+    let text: Option<String> = conn.query_first("SELECT @@GLOBAL.gtid_binlog_pos").await?;
+    Ok(text.and_then(|t| GtidPos::parse(&t)))
+}

@@ -1,0 +1,181 @@
+//! Column names and signedness of a table, which a row event does not carry unless the server
+//! runs with `binlog_row_metadata=FULL`: read from information_schema instead, so the stream
+//! works with MariaDB's default (NO_LOG) too.
+
+use mysql_async::consts::ColumnType;
+use mysql_async::prelude::Queryable;
+use mysql_async::Value;
+
+use super::error::BinlogError;
+
+/// One column of a table, in table order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnInfo {
+    pub name: String,
+    /// The binlog type (from the table map event): DATETIME2, NEWDECIMAL, BLOB, ...
+    pub column_type: ColumnType,
+    pub unsigned: bool,
+}
+
+/// A table as the stream describes its rows: every row value is at its column's index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableInfo {
+    pub schema: String,
+    pub table: String,
+    pub columns: Vec<ColumnInfo>,
+}
+
+impl TableInfo {
+    /// Index of the column named `name` (case-insensitive, as MariaDB compares column names).
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.columns
+            .iter()
+            .position(|c| c.name.eq_ignore_ascii_case(name))
+    }
+}
+
+/// Column names and whether each is UNSIGNED, in table order, from information_schema.
+/// Empty if the table does not exist (or the user may not see it).
+pub async fn table_columns(
+    conn: &mut mysql_async::Conn,
+    schema: &str,
+    table: &str,
+) -> Result<Vec<(String, bool)>, mysql_async::Error> {
+    let rows: Vec<(String, String)> = conn
+        .exec(
+            "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+            (schema, table),
+        )
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, ty)| {
+            let unsigned = ty.to_ascii_lowercase().contains("unsigned");
+            (name, unsigned)
+        })
+        .collect())
+}
+
+/// Joins information_schema's columns with the table map's types; a different column count
+/// means the table changed since the event was written (DDL during catch-up), which the
+/// stream cannot map by position.
+pub(super) fn table_info(
+    server: &str,
+    schema: &str,
+    table: &str,
+    named: Vec<(String, bool)>,
+    types: Vec<ColumnType>,
+) -> Result<TableInfo, BinlogError> {
+    if named.len() != types.len() {
+        return Err(BinlogError::Schema {
+            server: server.to_string(),
+            schema: schema.to_string(),
+            table: table.to_string(),
+            detail: format!(
+                "row events have {} columns, information_schema lists {}: the table was altered (no DDL on moving tables during a reshard)",
+                types.len(),
+                named.len()
+            ),
+        });
+    }
+    let columns = named
+        .into_iter()
+        .zip(types)
+        .map(|((name, unsigned), column_type)| ColumnInfo {
+            name,
+            column_type,
+            unsigned,
+        })
+        .collect();
+    Ok(TableInfo {
+        schema: schema.to_string(),
+        table: table.to_string(),
+        columns,
+    })
+}
+
+/// Without signedness in the table map, mysql_common decodes every integer as signed (an
+/// UNSIGNED TINYINT 255 arrives as -1): reinterpret it at the column's width.
+pub(super) fn fix_unsigned(value: Value, column: &ColumnInfo) -> Value {
+    let Value::Int(v) = value else {
+        return value;
+    };
+    if !column.unsigned {
+        return value;
+    }
+    let u = match column.column_type {
+        ColumnType::MYSQL_TYPE_TINY => u64::from(v as u8),
+        ColumnType::MYSQL_TYPE_SHORT => u64::from(v as u16),
+        ColumnType::MYSQL_TYPE_INT24 => (v as u64) & 0x00ff_ffff,
+        ColumnType::MYSQL_TYPE_LONG => u64::from(v as u32),
+        ColumnType::MYSQL_TYPE_LONGLONG => v as u64,
+        _ => return Value::Int(v),
+    };
+    Value::UInt(u)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn col(column_type: ColumnType, unsigned: bool) -> ColumnInfo {
+        ColumnInfo {
+            name: "c".into(),
+            column_type,
+            unsigned,
+        }
+    }
+
+    #[test]
+    fn unsigned_integers_are_reinterpreted_at_their_width() {
+        use ColumnType::*;
+        let cases = [
+            (MYSQL_TYPE_TINY, -1, 255u64),
+            (MYSQL_TYPE_SHORT, -1, 65_535),
+            (MYSQL_TYPE_INT24, -1, 16_777_215),
+            (MYSQL_TYPE_LONG, -1, 4_294_967_295),
+            (MYSQL_TYPE_LONGLONG, -1, u64::MAX),
+            (MYSQL_TYPE_LONG, 7, 7),
+        ];
+        for (ty, raw, want) in cases {
+            assert_eq!(
+                fix_unsigned(Value::Int(raw), &col(ty, true)),
+                Value::UInt(want),
+                "{ty:?}"
+            );
+        }
+        assert_eq!(
+            fix_unsigned(Value::Int(-1), &col(MYSQL_TYPE_LONG, false)),
+            Value::Int(-1)
+        );
+        // Already decoded as unsigned (table map with signedness): untouched.
+        assert_eq!(
+            fix_unsigned(Value::UInt(5), &col(MYSQL_TYPE_LONG, true)),
+            Value::UInt(5)
+        );
+    }
+
+    #[test]
+    fn column_count_mismatch_is_a_schema_error() {
+        let e = table_info(
+            "h:1",
+            "db",
+            "t",
+            vec![("a".into(), false)],
+            vec![ColumnType::MYSQL_TYPE_LONG, ColumnType::MYSQL_TYPE_BLOB],
+        )
+        .expect_err("mismatch");
+        assert!(e.to_string().contains("2 columns"), "{e}");
+        let t = table_info(
+            "h:1",
+            "db",
+            "t",
+            vec![("Id".into(), true)],
+            vec![ColumnType::MYSQL_TYPE_LONG],
+        )
+        .expect("ok");
+        assert_eq!(t.index_of("id"), Some(0));
+        assert!(t.columns[0].unsigned);
+    }
+}

@@ -1,0 +1,3 @@
+//! Online resharding (issue 15): the pieces of copy, catch-up, verify and cutover.
+
+pub mod binlog;

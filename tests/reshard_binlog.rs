@@ -1,0 +1,444 @@
+//! The catch-up stream's binlog reader against real sandbox MariaDB servers: row changes with
+//! their GTIDs in commit order, starting positions, concurrent readers, and its refusals.
+
+mod common;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::Conn;
+use shardgate::reshard::binlog::{
+    gtid_binlog_pos, BinlogError, BinlogReader, ChangeKind, GtidPos, ReaderConfig, Record, TrxGtid,
+    Value,
+};
+
+/// One primary without replicas, shared by the tests that only write to their own schema.
+fn shared() -> &'static common::Sandbox {
+    static SB: OnceLock<common::Sandbox> = OnceLock::new();
+    SB.get_or_init(|| common::start_cluster(0))
+}
+
+fn config(sb: &common::Sandbox, server_id: u32) -> ReaderConfig {
+    let p = sb.primary();
+    ReaderConfig::new(&p.host, p.port, "root", "", server_id)
+}
+
+async fn root(sb: &common::Sandbox) -> Conn {
+    common::connect(&common::root_url(sb.primary().port)).await
+}
+
+async fn position(conn: &mut Conn) -> GtidPos {
+    gtid_binlog_pos(conn)
+        .await
+        .expect("read gtid_binlog_pos")
+        .expect("parsable position")
+}
+
+/// Runs `sql` as one transaction and returns its GTID.
+async fn trx(conn: &mut Conn, sql: &str) -> TrxGtid {
+    conn.query_drop(sql).await.expect(sql);
+    last_gtid(conn).await
+}
+
+/// The GTID of this session's last transaction.
+async fn last_gtid(conn: &mut Conn) -> TrxGtid {
+    let g: String = conn
+        .query_first("SELECT @@last_gtid")
+        .await
+        .expect("last_gtid")
+        .expect("a row");
+    TrxGtid::parse(&g).expect("one gtid")
+}
+
+/// Records of schema `db` (changes and statements) and commits of `ours`, until the commit of
+/// `last`; other tests write to the same server meanwhile.
+async fn read_until(
+    reader: &mut BinlogReader,
+    db: &str,
+    ours: &[TrxGtid],
+    last: TrxGtid,
+) -> Vec<Record> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = tokio::time::timeout_at(deadline, reader.next())
+            .await
+            .expect("records within 30 s")
+            .expect("a record");
+        let keep = match &r {
+            Record::Change(c) => c.table.schema == db,
+            Record::Statement { schema, .. } => schema == db,
+            Record::Commit { gtid } => ours.contains(gtid),
+        };
+        let done = r == Record::Commit { gtid: last };
+        if keep {
+            out.push(r);
+        }
+        if done {
+            return out;
+        }
+    }
+}
+
+/// What the test expects of one record: kind, value lists, transaction.
+#[derive(Debug, PartialEq)]
+enum Want {
+    Insert(Vec<Value>, TrxGtid),
+    Update(Vec<Value>, Vec<Value>, TrxGtid),
+    Delete(Vec<Value>, TrxGtid),
+    Commit(TrxGtid),
+}
+
+fn simplify(records: Vec<Record>) -> Vec<Want> {
+    records
+        .into_iter()
+        .map(|r| match r {
+            Record::Change(c) => match c.kind {
+                ChangeKind::Insert { after } => Want::Insert(after, c.gtid),
+                ChangeKind::Update { before, after } => Want::Update(before, after, c.gtid),
+                ChangeKind::Delete { before } => Want::Delete(before, c.gtid),
+            },
+            Record::Commit { gtid } => Want::Commit(gtid),
+            Record::Statement { sql, .. } => {
+                panic!("unexpected statement {}", String::from_utf8_lossy(&sql))
+            }
+        })
+        .collect()
+}
+
+const TABLE: &str = "CREATE TABLE t (id INT PRIMARY KEY, big BIGINT, name VARCHAR(40), \
+     data BLOB, maybe INT NULL, at DATETIME, price DECIMAL(10,2), small TINYINT UNSIGNED)";
+
+async fn fresh_schema(conn: &mut Conn, prefix: &str) -> String {
+    let db = common::unique(prefix).replace('-', "_");
+    conn.query_drop(format!("CREATE DATABASE {db}"))
+        .await
+        .expect("create db");
+    conn.query_drop(format!("USE {db}")).await.expect("use");
+    conn.query_drop(TABLE).await.expect("create table");
+    db
+}
+
+fn all_bytes() -> Vec<u8> {
+    (0..=255u8).collect()
+}
+
+#[tokio::test]
+async fn row_changes_arrive_in_commit_order_with_their_gtids() {
+    let sb = shared();
+    let mut c = root(sb).await;
+    let db = fresh_schema(&mut c, "bl_rows").await;
+    let from = position(&mut c).await;
+
+    c.exec_drop(
+        "INSERT INTO t VALUES (1, 9000000000000, 'héllo', ?, NULL, '2024-02-29 13:45:07', -12.50, 255), \
+         (2, -1, '', ?, 7, '1999-12-31 23:59:59', 0.05, 0)",
+        (all_bytes(), Vec::<u8>::new()),
+    )
+    .await
+    .expect("insert");
+    let g1 = last_gtid(&mut c).await;
+    let g2 = trx(
+        &mut c,
+        "UPDATE t SET name = NULL, price = price * 2, data = 'x' WHERE id = 1",
+    )
+    .await;
+    let g3 = trx(&mut c, "DELETE FROM t WHERE id = 2").await;
+    c.query_drop("BEGIN").await.expect("begin");
+    c.query_drop("INSERT INTO t (id, big) VALUES (3, 30)")
+        .await
+        .expect("insert 3");
+    c.query_drop("UPDATE t SET big = big + 1 WHERE id = 3")
+        .await
+        .expect("update 3");
+    let g4 = trx(&mut c, "COMMIT").await;
+    let ours = [g1, g2, g3, g4];
+    assert!(
+        g1.seq < g2.seq && g2.seq < g3.seq && g3.seq < g4.seq,
+        "{ours:?}"
+    );
+
+    let mut reader = BinlogReader::start(&config(sb, 5001), &from)
+        .await
+        .expect("start");
+    let records = read_until(&mut reader, &db, &ours, g4).await;
+
+    let Record::Change(first) = &records[0] else {
+        panic!("{:?}", records[0])
+    };
+    let names: Vec<&str> = first
+        .table
+        .columns
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["id", "big", "name", "data", "maybe", "at", "price", "small"]
+    );
+    assert_eq!(first.table.table, "t");
+
+    use Value::*;
+    let row1 = vec![
+        Int(1),
+        Int(9_000_000_000_000),
+        Bytes("héllo".into()),
+        Bytes(all_bytes()),
+        NULL,
+        Date(2024, 2, 29, 13, 45, 7, 0),
+        Bytes(b"-12.50".to_vec()),
+        UInt(255),
+    ];
+    let row2 = vec![
+        Int(2),
+        Int(-1),
+        Bytes(vec![]),
+        Bytes(vec![]),
+        Int(7),
+        Date(1999, 12, 31, 23, 59, 59, 0),
+        Bytes(b"0.05".to_vec()),
+        UInt(0),
+    ];
+    let mut row1_after = row1.clone();
+    row1_after[2] = NULL;
+    row1_after[3] = Bytes(b"x".to_vec());
+    row1_after[6] = Bytes(b"-25.00".to_vec());
+    let row3 = vec![Int(3), Int(30), NULL, NULL, NULL, NULL, NULL, NULL];
+    let mut row3_after = row3.clone();
+    row3_after[1] = Int(31);
+
+    let want = vec![
+        Want::Insert(row1.clone(), g1),
+        Want::Insert(row2.clone(), g1),
+        Want::Commit(g1),
+        Want::Update(row1, row1_after, g2),
+        Want::Commit(g2),
+        Want::Delete(row2, g3),
+        Want::Commit(g3),
+        Want::Insert(row3.clone(), g4),
+        Want::Update(row3, row3_after, g4),
+        Want::Commit(g4),
+    ];
+    assert_eq!(simplify(records), want);
+    assert!(
+        reader
+            .position()
+            .covers(&GtidPos::parse(&g4.to_string()).expect("g4")),
+        "position {} includes {g4}",
+        reader.position()
+    );
+    reader.close().await;
+}
+
+#[tokio::test]
+async fn a_mid_position_yields_only_later_transactions() {
+    let sb = shared();
+    let mut c = root(sb).await;
+    let db = fresh_schema(&mut c, "bl_mid").await;
+    let before = trx(&mut c, "INSERT INTO t (id) VALUES (1)").await;
+    let mid = position(&mut c).await;
+    let after = trx(&mut c, "INSERT INTO t (id) VALUES (2)").await;
+    // A DDL statement is a transaction of its own, passed on as text.
+    let ddl = trx(&mut c, "CREATE TABLE u (id INT PRIMARY KEY)").await;
+    let last = trx(&mut c, "DELETE FROM t WHERE id = 1").await;
+
+    let mut reader = BinlogReader::start(&config(sb, 5002), &mid)
+        .await
+        .expect("start");
+    let records = read_until(&mut reader, &db, &[before, after, ddl, last], last).await;
+    let Record::Change(c2) = &records[0] else {
+        panic!("{records:?}")
+    };
+    assert_eq!(c2.gtid, after);
+    assert_eq!(
+        c2.kind,
+        ChangeKind::Insert {
+            after: vec![
+                Value::Int(2),
+                Value::NULL,
+                Value::NULL,
+                Value::NULL,
+                Value::NULL,
+                Value::NULL,
+                Value::NULL,
+                Value::NULL
+            ]
+        }
+    );
+    assert_eq!(records[1], Record::Commit { gtid: after });
+    match &records[2] {
+        Record::Statement { gtid, sql, .. } => {
+            assert_eq!(*gtid, ddl);
+            assert!(String::from_utf8_lossy(sql).contains("CREATE TABLE u"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(records[3], Record::Commit { gtid: ddl });
+    let Record::Change(c4) = &records[4] else {
+        panic!("{records:?}")
+    };
+    assert!(matches!(c4.kind, ChangeKind::Delete { .. }) && c4.gtid == last);
+    assert_eq!(records[5], Record::Commit { gtid: last });
+    assert_eq!(records.len(), 6, "{records:?}");
+    assert!(
+        !records
+            .iter()
+            .any(|r| matches!(r, Record::Commit { gtid } if *gtid == before)),
+        "the transaction at the start position is not repeated"
+    );
+    reader.close().await;
+}
+
+#[tokio::test]
+async fn two_readers_with_their_own_server_ids_stream_at_once() {
+    let sb = shared();
+    let mut c = root(sb).await;
+    let db = fresh_schema(&mut c, "bl_two").await;
+    let from = position(&mut c).await;
+    let mut a = BinlogReader::start(&config(sb, 5003), &from)
+        .await
+        .expect("a");
+    let mut b = BinlogReader::start(&config(sb, 5004), &from)
+        .await
+        .expect("b");
+    for id in 1..=2 {
+        let g = trx(&mut c, &format!("INSERT INTO t (id) VALUES ({id})")).await;
+        for r in [&mut a, &mut b] {
+            let got = simplify(read_until(r, &db, &[g], g).await);
+            assert_eq!(got.len(), 2, "{got:?}");
+            assert!(matches!(&got[0], Want::Insert(v, gg) if v[0] == Value::Int(id) && *gg == g));
+        }
+    }
+    a.close().await;
+    b.close().await;
+}
+
+/// A server id already streaming is taken over by the newcomer: the first reader's stream
+/// ends with an error instead of silently stopping.
+#[tokio::test]
+async fn a_duplicate_server_id_ends_the_older_stream() {
+    let sb = shared();
+    let mut c = root(sb).await;
+    let from = position(&mut c).await;
+    let mut old = BinlogReader::start(&config(sb, 5005), &from)
+        .await
+        .expect("old");
+    let _new = BinlogReader::start(&config(sb, 5005), &from)
+        .await
+        .expect("new");
+    let err = loop {
+        match tokio::time::timeout(Duration::from_secs(15), old.next())
+            .await
+            .expect("the old stream ends within 15 s")
+        {
+            Ok(_) => continue,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, BinlogError::ConnectionLost { .. }), "{err}");
+}
+
+/// Refusals and failures on a server of its own (they purge binlogs, change binlog_format and
+/// stop the server process).
+#[tokio::test]
+async fn refusals_and_dead_streams() {
+    let sb = common::start_cluster(0);
+    let mut c = root(&sb).await;
+    let _db = fresh_schema(&mut c, "bl_own").await;
+    trx(&mut c, "INSERT INTO t (id) VALUES (1)").await;
+    let old = position(&mut c).await;
+    trx(&mut c, "INSERT INTO t (id) VALUES (2)").await;
+
+    // Not ROW: refused with what to change.
+    c.query_drop("SET GLOBAL binlog_format = 'MIXED'")
+        .await
+        .expect("mixed");
+    let err = BinlogReader::start(&config(&sb, 6001), &old)
+        .await
+        .err()
+        .expect("refused");
+    c.query_drop("SET GLOBAL binlog_format = 'ROW'")
+        .await
+        .expect("row");
+    assert!(matches!(err, BinlogError::NotRowFormat { .. }), "{err}");
+    assert!(err.to_string().contains("set binlog_format=ROW"), "{err}");
+
+    // Purged: the transactions after `old` are in a purged file.
+    c.query_drop("FLUSH BINARY LOGS").await.expect("flush");
+    let (file, _pos): (String, u64) = {
+        let row: mysql_async::Row = c
+            .query_first("SHOW MASTER STATUS")
+            .await
+            .expect("status")
+            .expect("a row");
+        (row.get(0).expect("file"), row.get(1).expect("position"))
+    };
+    // A file whose transactions InnoDB has not checkpointed yet is kept (with a warning):
+    // purge until only the new file is left.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        c.query_drop(format!("PURGE BINARY LOGS TO '{file}'"))
+            .await
+            .expect("purge");
+        let logs: Vec<mysql_async::Row> = c.query("SHOW BINARY LOGS").await.expect("logs");
+        if logs.len() == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} binlogs left",
+            logs.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let err = BinlogReader::start(&config(&sb, 6002), &old)
+        .await
+        .err()
+        .expect("purged");
+    assert!(matches!(err, BinlogError::Purged { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("purged past the needed position {old}")),
+        "{err}"
+    );
+
+    // Heartbeats keep an idle stream alive; a stopped server is found dead.
+    let mut cfg = config(&sb, 6003);
+    cfg.heartbeat = Duration::from_millis(200);
+    cfg.dead_after = Duration::from_millis(1500);
+    let now = position(&mut c).await;
+    let mut reader = BinlogReader::start(&cfg, &now).await.expect("start");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(4), reader.next())
+            .await
+            .is_err(),
+        "an idle stream neither yields nor fails"
+    );
+    let pid = sb.primary().pid as libc::pid_t;
+    // SAFETY: signals the sandbox's own mariadbd by pid; resumed right after.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let got = tokio::time::timeout(Duration::from_secs(10), reader.next()).await;
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let err = got.expect("fails within 10 s").expect_err("an error");
+    assert!(matches!(err, BinlogError::Stalled { .. }), "{err}");
+
+    // A killed dump thread is a lost connection.
+    let mut reader = BinlogReader::start(&config(&sb, 6004), &now)
+        .await
+        .expect("start");
+    let ids: Vec<u64> = c
+        .query("SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND LIKE 'Binlog Dump%'")
+        .await
+        .expect("processlist");
+    assert!(!ids.is_empty());
+    for id in ids {
+        let _ = c.query_drop(format!("KILL {id}")).await;
+    }
+    let err = tokio::time::timeout(Duration::from_secs(10), reader.next())
+        .await
+        .expect("fails within 10 s")
+        .expect_err("an error");
+    assert!(matches!(err, BinlogError::ConnectionLost { .. }), "{err}");
+}
