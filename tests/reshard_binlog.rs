@@ -69,15 +69,22 @@ async fn read_until(
         let keep = match &r {
             Record::Change(c) => c.table.schema == db,
             Record::Statement { schema, .. } => schema == db,
-            Record::Commit { gtid } => ours.contains(gtid),
+            Record::Commit { gtid, .. } => ours.contains(gtid),
         };
-        let done = r == Record::Commit { gtid: last };
+        let done = commit_of(&r) == Some(last);
         if keep {
             out.push(r);
         }
         if done {
             return out;
         }
+    }
+}
+
+fn commit_of(r: &Record) -> Option<TrxGtid> {
+    match r {
+        Record::Commit { gtid, .. } => Some(*gtid),
+        _ => None,
     }
 }
 
@@ -99,7 +106,17 @@ fn simplify(records: Vec<Record>) -> Vec<Want> {
                 ChangeKind::Update { before, after } => Want::Update(before, after, c.gtid),
                 ChangeKind::Delete { before } => Want::Delete(before, c.gtid),
             },
-            Record::Commit { gtid } => Want::Commit(gtid),
+            Record::Commit { gtid, timestamp } => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .expect("clock")
+                    .as_secs();
+                assert!(
+                    u64::from(timestamp).abs_diff(now) < 120,
+                    "commit time {timestamp} is about now ({now})"
+                );
+                Want::Commit(gtid)
+            }
             Record::Statement { sql, .. } => {
                 panic!("unexpected statement {}", String::from_utf8_lossy(&sql))
             }
@@ -266,7 +283,7 @@ async fn a_mid_position_yields_only_later_transactions() {
             ]
         }
     );
-    assert_eq!(records[1], Record::Commit { gtid: after });
+    assert_eq!(commit_of(&records[1]), Some(after));
     match &records[2] {
         Record::Statement { gtid, sql, .. } => {
             assert_eq!(*gtid, ddl);
@@ -274,17 +291,15 @@ async fn a_mid_position_yields_only_later_transactions() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(records[3], Record::Commit { gtid: ddl });
+    assert_eq!(commit_of(&records[3]), Some(ddl));
     let Record::Change(c4) = &records[4] else {
         panic!("{records:?}")
     };
     assert!(matches!(c4.kind, ChangeKind::Delete { .. }) && c4.gtid == last);
-    assert_eq!(records[5], Record::Commit { gtid: last });
+    assert_eq!(commit_of(&records[5]), Some(last));
     assert_eq!(records.len(), 6, "{records:?}");
     assert!(
-        !records
-            .iter()
-            .any(|r| matches!(r, Record::Commit { gtid } if *gtid == before)),
+        !records.iter().any(|r| commit_of(r) == Some(before)),
         "the transaction at the start position is not repeated"
     );
     reader.close().await;
@@ -441,4 +456,83 @@ async fn refusals_and_dead_streams() {
         .expect("fails within 10 s")
         .expect_err("an error");
     assert!(matches!(err, BinlogError::ConnectionLost { .. }), "{err}");
+}
+
+/// Column names come from the table map when the server logs them (binlog_row_metadata=FULL),
+/// describing the row as written even after an ALTER; without them the reader asks
+/// information_schema and refuses rows that no longer match the table. A schema filter skips
+/// other schemas' rows undecoded.
+#[tokio::test]
+async fn table_map_names_survive_an_alter_that_information_schema_cannot() {
+    let sb = common::start_cluster(0);
+    let mut c = root(&sb).await;
+    let db = fresh_schema(&mut c, "bl_meta").await;
+    let before_plain = position(&mut c).await;
+    let plain = trx(&mut c, "INSERT INTO t (id, small) VALUES (1, 200)").await;
+    let before_full = position(&mut c).await;
+    c.query_drop("SET GLOBAL binlog_row_metadata = 'FULL'")
+        .await
+        .expect("full metadata");
+    let mut c2 = root(&sb).await;
+    c2.query_drop(format!("USE {db}")).await.expect("use");
+    let full = trx(&mut c2, "INSERT INTO t (id, small) VALUES (2, 255)").await;
+    c2.query_drop("ALTER TABLE t ADD COLUMN extra INT")
+        .await
+        .expect("alter");
+    let last = trx(&mut c2, "INSERT INTO t (id) VALUES (3)").await;
+
+    let mut reader = BinlogReader::start(&config(&sb, 7001), &before_full)
+        .await
+        .expect("start");
+    let records = read_until(&mut reader, &db, &[full], full).await;
+    let Record::Change(ch) = &records[0] else {
+        panic!("{records:?}")
+    };
+    let names: Vec<&str> = ch.table.columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["id", "big", "name", "data", "maybe", "at", "price", "small"]
+    );
+    assert!(ch.table.columns[7].unsigned);
+    let ChangeKind::Insert { after } = &ch.kind else {
+        panic!("{ch:?}")
+    };
+    assert_eq!(after[0], Value::Int(2));
+    assert_eq!(after[7], Value::UInt(255));
+    reader.close().await;
+
+    // The NO_LOG row of 8 columns against today's 9 columns: refused, not misread.
+    let mut reader = BinlogReader::start(&config(&sb, 7002), &before_plain)
+        .await
+        .expect("start");
+    let err = loop {
+        match tokio::time::timeout(Duration::from_secs(15), reader.next())
+            .await
+            .expect("within 15 s")
+        {
+            Ok(Record::Commit { gtid, .. }) if gtid == plain => panic!("row of {plain} read"),
+            Ok(_) => continue,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, BinlogError::Schema { .. }), "{err}");
+    assert!(err.to_string().contains("altered"), "{err}");
+
+    // Filtered to another schema, the same stream passes every commit and no change.
+    let mut cfg = config(&sb, 7003);
+    cfg.schemas = vec!["no_such_schema".into()];
+    let mut reader = BinlogReader::start(&cfg, &before_plain)
+        .await
+        .expect("start");
+    let mut commits = Vec::new();
+    while commits.last() != Some(&last) {
+        let r = tokio::time::timeout(Duration::from_secs(15), reader.next())
+            .await
+            .expect("within 15 s")
+            .expect("a record");
+        assert!(!matches!(r, Record::Change(_)), "{r:?}");
+        commits.extend(commit_of(&r));
+    }
+    assert_eq!(commits.first(), Some(&plain));
+    assert!(commits.contains(&full));
 }

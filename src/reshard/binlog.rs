@@ -18,6 +18,7 @@
 mod columns;
 mod error;
 mod mariadb;
+mod rows;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -25,7 +26,6 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use mysql_async::binlog::events::{Event, EventData, QueryEvent, RowsEventData, TableMapEvent};
-use mysql_async::binlog::row::BinlogRow;
 use mysql_async::consts::ColumnType;
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, OptsBuilder, Pool};
@@ -37,6 +37,7 @@ pub use mariadb::TrxGtid;
 pub use mysql_async::Value;
 
 use mariadb::{parse_gtid_event, COMPRESSED_EVENTS, FIRST_MARIADB_EVENT, GTID_EVENT};
+use rows::RowsError;
 
 /// MARIA_SLAVE_CAPABILITY_GTID: the server sends GTID events and accepts a GTID start state.
 const SLAVE_CAPABILITY_GTID: u32 = 4;
@@ -56,6 +57,9 @@ pub struct ReaderConfig {
     /// Silence (no event, no heartbeat) after which the stream counts as dead; also bounds
     /// the connect and the first answer to the dump request.
     pub dead_after: Duration,
+    /// Row changes of these schemas only (empty: all). Other tables' row events are skipped
+    /// undecoded; commits and statements of every transaction still come through.
+    pub schemas: Vec<String>,
 }
 
 impl ReaderConfig {
@@ -69,6 +73,7 @@ impl ReaderConfig {
             server_id,
             heartbeat: Duration::from_secs(1),
             dead_after: Duration::from_secs(5),
+            schemas: Vec::new(),
         }
     }
 
@@ -96,8 +101,9 @@ pub enum Record {
         sql: Vec<u8>,
     },
     /// The transaction `gtid` ends here: everything before it since the previous `Commit`
-    /// belongs to it, and [`BinlogReader::position`] now includes it.
-    Commit { gtid: TrxGtid },
+    /// belongs to it, and [`BinlogReader::position`] now includes it. `timestamp` (Unix
+    /// seconds, the source's clock) is when it was written: now minus it is the lag.
+    Commit { gtid: TrxGtid, timestamp: u32 },
 }
 
 /// One row change.
@@ -138,6 +144,7 @@ pub struct BinlogReader {
     /// For information_schema lookups: the stream's own connection is busy streaming.
     meta: Pool,
     dead_after: Duration,
+    schemas: Vec<String>,
     /// Up to the last `Commit` yielded (the start position before any).
     position: GtidPos,
     start: String,
@@ -200,6 +207,7 @@ impl BinlogReader {
             stream,
             meta: Pool::new(cfg.opts()),
             dead_after: cfg.dead_after,
+            schemas: cfg.schemas.clone(),
             position: from.clone(),
             start,
             first: None,
@@ -284,8 +292,8 @@ impl BinlogReader {
             .read_data()
             .map_err(|e| self.malformed(&e.to_string()))?;
         match data {
-            Some(EventData::XidEvent(_)) => self.end_group(),
-            Some(EventData::QueryEvent(q)) => self.query(&q)?,
+            Some(EventData::XidEvent(_)) => self.end_group(event.header().timestamp()),
+            Some(EventData::QueryEvent(q)) => self.query(&q, event.header().timestamp())?,
             Some(EventData::RowsEvent(rows)) => self.rows(&rows).await?,
             Some(EventData::XaPrepareLogEvent(_)) => {
                 return Err(self.unsupported("XA PREPARE".into()))
@@ -296,7 +304,7 @@ impl BinlogReader {
         Ok(())
     }
 
-    fn end_group(&mut self) {
+    fn end_group(&mut self, timestamp: u32) {
         if let Some(g) = self.group.take() {
             self.position.0.insert(
                 g.gtid.domain,
@@ -305,11 +313,14 @@ impl BinlogReader {
                     seq: g.gtid.seq,
                 },
             );
-            self.ready.push_back(Record::Commit { gtid: g.gtid });
+            self.ready.push_back(Record::Commit {
+                gtid: g.gtid,
+                timestamp,
+            });
         }
     }
 
-    fn query(&mut self, q: &QueryEvent<'_>) -> Result<(), BinlogError> {
+    fn query(&mut self, q: &QueryEvent<'_>, timestamp: u32) -> Result<(), BinlogError> {
         let sql = q.query_raw();
         let word = sql.trim_ascii();
         if word.eq_ignore_ascii_case(b"BEGIN") {
@@ -317,7 +328,7 @@ impl BinlogReader {
         }
         // ROLLBACK ends a group whose non-transactional changes stayed (and were logged).
         if word.eq_ignore_ascii_case(b"COMMIT") || word.eq_ignore_ascii_case(b"ROLLBACK") {
-            self.end_group();
+            self.end_group(timestamp);
             return Ok(());
         }
         let Some(g) = self.group else {
@@ -329,7 +340,7 @@ impl BinlogReader {
             sql: sql.to_vec(),
         });
         if g.standalone {
-            self.end_group();
+            self.end_group(timestamp);
         }
         Ok(())
     }
@@ -343,49 +354,25 @@ impl BinlogReader {
             .get_tme(rows.table_id())
             .cloned()
             .ok_or_else(|| self.malformed("row event for a table id without a table map"))?;
-        let n = rows.num_columns();
-        let images = [rows.columns_before_image(), rows.columns_after_image()];
-        if images
-            .into_iter()
-            .flatten()
-            .any(|b| b.count_ones() as u64 != n)
-        {
-            return Err(BinlogError::NotFullRowImage {
-                server: self.server.clone(),
-                found: "an image without every column".into(),
-            });
+        if !self.schemas.is_empty() && !self.schemas.iter().any(|s| *s == tme.database_name()) {
+            return Ok(());
         }
         let table = self.table_info(&tme).await?;
-        for row in rows.rows(&tme) {
-            let (before, after) = row.map_err(|e| self.malformed(&e.to_string()))?;
-            let before = before.map(|r| self.values(r, &table)).transpose()?;
-            let after = after.map(|r| self.values(r, &table)).transpose()?;
-            let kind = match (rows, before, after) {
-                (RowsEventData::WriteRowsEventV1(_), None, Some(after))
-                | (RowsEventData::WriteRowsEvent(_), None, Some(after)) => {
-                    ChangeKind::Insert { after }
-                }
-                (RowsEventData::UpdateRowsEventV1(_), Some(before), Some(after))
-                | (RowsEventData::UpdateRowsEvent(_), Some(before), Some(after)) => {
-                    ChangeKind::Update { before, after }
-                }
-                (RowsEventData::DeleteRowsEventV1(_), Some(before), None)
-                | (RowsEventData::DeleteRowsEvent(_), Some(before), None) => {
-                    ChangeKind::Delete { before }
-                }
-                _ => return Err(self.unsupported("this kind of row event".into())),
-            };
-            self.ready.push_back(Record::Change(Change {
-                gtid: g.gtid,
-                table: table.clone(),
-                kind,
-            }));
-        }
+        let changes = rows::changes(rows, &tme, &table, g.gtid).map_err(|e| match e {
+            RowsError::PartialImage => BinlogError::NotFullRowImage {
+                server: self.server.clone(),
+                found: "an image without every column".into(),
+            },
+            RowsError::Malformed(m) => self.malformed(&m),
+            RowsError::Unsupported(what) => self.unsupported(what),
+        })?;
+        self.ready.extend(changes.into_iter().map(Record::Change));
         Ok(())
     }
 
-    /// Names and signedness of the table a table map describes, looked up once per table and
-    /// again whenever its column types change.
+    /// Names and signedness of the table a table map describes: from the table map when it has
+    /// them, else from information_schema, looked up once per table and again whenever its
+    /// column types change.
     async fn table_info(&mut self, tme: &TableMapEvent<'_>) -> Result<Arc<TableInfo>, BinlogError> {
         let schema = tme.database_name().into_owned();
         let table = tme.table_name().into_owned();
@@ -395,6 +382,11 @@ impl BinlogReader {
                 _ => Err(self.malformed("table map with an unknown column type")),
             })
             .collect::<Result<Vec<ColumnType>, _>>()?;
+        if let Some(info) = columns::from_table_map(tme, &types)
+            .map_err(|e| self.malformed(&format!("table map metadata: {e}")))?
+        {
+            return Ok(Arc::new(info));
+        }
         let key = (schema, table);
         if let Some(t) = self.tables.get(&key) {
             if t.columns
@@ -424,22 +416,6 @@ impl BinlogReader {
         )?);
         self.tables.insert(key, info.clone());
         Ok(info)
-    }
-
-    fn values(&self, mut row: BinlogRow, table: &TableInfo) -> Result<Vec<Value>, BinlogError> {
-        let mut out = Vec::with_capacity(row.len());
-        for i in 0..row.len() {
-            let v = row
-                .take(i)
-                .ok_or_else(|| self.malformed("row without a value"))?;
-            let v = Value::try_from(v).map_err(|e| self.unsupported(e.to_string()))?;
-            let column = table
-                .columns
-                .get(i)
-                .ok_or_else(|| self.malformed("row longer than its table"))?;
-            out.push(columns::fix_unsigned(v, column));
-        }
-        Ok(out)
     }
 
     fn malformed(&self, detail: &str) -> BinlogError {

@@ -1,7 +1,10 @@
-//! Column names and signedness of a table, which a row event does not carry unless the server
-//! runs with `binlog_row_metadata=FULL`: read from information_schema instead, so the stream
-//! works with MariaDB's default (NO_LOG) too.
+//! Column names and signedness of a table. The table map event carries them when the server
+//! runs with `binlog_row_metadata=FULL` (and then describes the table as it was when the row
+//! was written); with MariaDB's default (NO_LOG) they are read from information_schema.
 
+use std::io;
+
+use mysql_async::binlog::events::{OptionalMetaExtractor, TableMapEvent};
 use mysql_async::consts::ColumnType;
 use mysql_async::prelude::Queryable;
 use mysql_async::Value;
@@ -93,6 +96,38 @@ pub(super) fn table_info(
         table: table.to_string(),
         columns,
     })
+}
+
+/// Names and signedness from the table map's optional metadata; None when it has no names
+/// (`binlog_row_metadata` other than FULL).
+pub(super) fn from_table_map(
+    tme: &TableMapEvent<'_>,
+    types: &[ColumnType],
+) -> io::Result<Option<TableInfo>> {
+    let meta = OptionalMetaExtractor::new(tme.iter_optional_meta())?;
+    let names = meta
+        .iter_column_name()
+        .map(|n| n.map(|n| n.name().into_owned()))
+        .collect::<io::Result<Vec<String>>>()?;
+    if names.len() != types.len() {
+        return Ok(None);
+    }
+    // One signedness bit per numeric column, in column order.
+    let mut signs = meta.iter_signedness();
+    let columns = names
+        .into_iter()
+        .zip(types)
+        .map(|(name, &column_type)| ColumnInfo {
+            name,
+            column_type,
+            unsigned: column_type.is_numeric_type() && signs.next().unwrap_or(false),
+        })
+        .collect();
+    Ok(Some(TableInfo {
+        schema: tme.database_name().into_owned(),
+        table: tme.table_name().into_owned(),
+        columns,
+    }))
 }
 
 /// Without signedness in the table map, mysql_common decodes every integer as signed (an
