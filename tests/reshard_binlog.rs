@@ -52,22 +52,63 @@ async fn last_gtid(conn: &mut Conn) -> TrxGtid {
 }
 
 /// Records of schema `db` (changes and statements) and commits of `ours`, until the commit of
-/// `last`; other tests write to the same server meanwhile.
+/// `last`; other tests write to the same server meanwhile. A change's transaction is never in
+/// the reader's position before its commit is read.
 async fn read_until(
     reader: &mut BinlogReader,
     db: &str,
     ours: &[TrxGtid],
     last: TrxGtid,
 ) -> Vec<Record> {
+    read_until_with(reader, db, ours, last, false).await
+}
+
+/// `read_until`, optionally cancelling `next` over and over: each call gets a timeout that
+/// starts at 50 us and doubles until a record comes, so calls die at every await point.
+async fn read_until_with(
+    reader: &mut BinlogReader,
+    db: &str,
+    ours: &[TrxGtid],
+    last: TrxGtid,
+    cancel: bool,
+) -> Vec<Record> {
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut budget = Duration::from_micros(50);
+    let mut cancelled = 0u32;
     loop {
-        let r = tokio::time::timeout_at(deadline, reader.next())
-            .await
-            .expect("records within 30 s")
-            .expect("a record");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "records within 30 s"
+        );
+        let r = if cancel {
+            match tokio::time::timeout(budget, reader.next()).await {
+                Ok(r) => {
+                    budget = Duration::from_micros(50);
+                    r
+                }
+                Err(_) => {
+                    cancelled += 1;
+                    budget *= 2;
+                    continue;
+                }
+            }
+        } else {
+            tokio::time::timeout_at(deadline, reader.next())
+                .await
+                .expect("records within 30 s")
+        }
+        .expect("a record");
         let keep = match &r {
-            Record::Change(c) => c.table.schema == db,
+            Record::Change(c) => {
+                let pos = GtidPos::parse(&c.gtid.to_string()).expect("gtid");
+                assert!(
+                    !reader.position().covers(&pos),
+                    "{} counted before its commit",
+                    c.gtid
+                );
+                c.table.schema == db
+            }
             Record::Statement { schema, .. } => schema == db,
             Record::Commit { gtid, .. } => ours.contains(gtid),
         };
@@ -76,6 +117,7 @@ async fn read_until(
             out.push(r);
         }
         if done {
+            assert!(!cancel || cancelled > 0, "no call was cancelled");
             return out;
         }
     }
@@ -180,6 +222,12 @@ async fn row_changes_arrive_in_commit_order_with_their_gtids() {
         .await
         .expect("start");
     let records = read_until(&mut reader, &db, &ours, g4).await;
+    let mut cancelled = BinlogReader::start(&config(sb, 5006), &from)
+        .await
+        .expect("start");
+    let again = read_until_with(&mut cancelled, &db, &ours, g4, true).await;
+    assert_eq!(again, records, "cancelled calls lose nothing");
+    cancelled.close().await;
 
     let Record::Change(first) = &records[0] else {
         panic!("{:?}", records[0])

@@ -14,7 +14,10 @@
 //!
 //! After any error the reader is spent: drop it and start a new one from [`BinlogReader::position`]
 //! (changes of a transaction without its `Commit` must be discarded by the consumer).
+//! [`BinlogReader::next`] is cancel-safe: a call dropped while waiting (in `select!`, under a
+//! timeout) loses nothing, the next call goes on where it stopped.
 
+mod checksum;
 mod columns;
 mod error;
 mod mariadb;
@@ -26,6 +29,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use mysql_async::binlog::events::{Event, EventData, QueryEvent, RowsEventData, TableMapEvent};
+use mysql_async::binlog::EventType;
 use mysql_async::consts::ColumnType;
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, OptsBuilder, Pool};
@@ -148,10 +152,14 @@ pub struct BinlogReader {
     /// Up to the last `Commit` yielded (the start position before any).
     position: GtidPos,
     start: String,
-    /// The dump request's first answer, read in `start` to report a refusal there.
-    first: Option<Event>,
+    /// The event being handled: kept here across the awaits of `next` so that a cancelled call
+    /// does not lose it (the first is read in `start`, to report a refusal there).
+    pending: Option<Event>,
     group: Option<Group>,
     ready: VecDeque<Record>,
+    /// Tables of the current group's table maps, by table id (filtered-out schemas absent).
+    mapped: HashMap<u64, Arc<TableInfo>>,
+    /// information_schema lookups, by schema and table.
     tables: HashMap<(String, String), Arc<TableInfo>>,
 }
 
@@ -210,15 +218,15 @@ impl BinlogReader {
             schemas: cfg.schemas.clone(),
             position: from.clone(),
             start,
-            first: None,
+            pending: None,
             group: None,
             ready: VecDeque::new(),
+            mapped: HashMap::new(),
             tables: HashMap::new(),
         };
         // A position the server cannot serve is answered at once with an error instead of the
         // first event: report it here rather than on the first `next`.
-        let first = reader.read_event().await?;
-        reader.first = Some(first);
+        reader.pending = Some(reader.read_event().await?);
         Ok(reader)
     }
 
@@ -226,13 +234,24 @@ impl BinlogReader {
     pub async fn next(&mut self) -> Result<Record, BinlogError> {
         loop {
             if let Some(r) = self.ready.pop_front() {
+                if let Record::Commit { gtid, .. } = &r {
+                    self.position.0.insert(
+                        gtid.domain,
+                        Gtid {
+                            server: gtid.server,
+                            seq: gtid.seq,
+                        },
+                    );
+                }
                 return Ok(r);
             }
-            let event = match self.first.take() {
-                Some(e) => e,
-                None => self.read_event().await?,
-            };
-            self.handle(event).await?;
+            if self.pending.is_none() {
+                self.pending = Some(self.read_event().await?);
+            }
+            self.map_table().await?;
+            if let Some(event) = self.pending.take() {
+                self.handle(event)?;
+            }
         }
     }
 
@@ -267,8 +286,32 @@ impl BinlogReader {
         }
     }
 
-    async fn handle(&mut self, event: Event) -> Result<(), BinlogError> {
+    /// Resolves the names of a pending table map's table (the one await of handling an event),
+    /// so that its row events can be decoded without waiting.
+    async fn map_table(&mut self) -> Result<(), BinlogError> {
+        let Some(event) = &self.pending else {
+            return Ok(());
+        };
+        if event.header().event_type_raw() != EventType::TABLE_MAP_EVENT as u8 {
+            return Ok(());
+        }
+        let tme = event
+            .read_event::<TableMapEvent<'_>>()
+            .map_err(|e| self.malformed(&format!("table map: {e}")))?
+            .into_owned();
+        if self.skips(&tme.database_name()) {
+            return Ok(());
+        }
+        let info = self.table_info(&tme).await?;
+        self.mapped.insert(tme.table_id(), info);
+        Ok(())
+    }
+
+    fn handle(&mut self, event: Event) -> Result<(), BinlogError> {
         let ty = event.header().event_type_raw();
+        if !checksum::matches(&event) {
+            return Err(self.malformed(&format!("event of type {ty:#04x}: checksum mismatch")));
+        }
         if ty == GTID_EVENT {
             let g = parse_gtid_event(event.header().server_id(), event.data())
                 .ok_or_else(|| self.malformed("GTID event too short"))?;
@@ -279,6 +322,8 @@ impl BinlogReader {
                 gtid: g.gtid,
                 standalone: g.standalone,
             });
+            // Table ids are only meaningful within the group that maps them.
+            self.mapped.clear();
             return Ok(());
         }
         if COMPRESSED_EVENTS.contains(&ty) {
@@ -294,7 +339,7 @@ impl BinlogReader {
         match data {
             Some(EventData::XidEvent(_)) => self.end_group(event.header().timestamp()),
             Some(EventData::QueryEvent(q)) => self.query(&q, event.header().timestamp())?,
-            Some(EventData::RowsEvent(rows)) => self.rows(&rows).await?,
+            Some(EventData::RowsEvent(rows)) => self.rows(&rows)?,
             Some(EventData::XaPrepareLogEvent(_)) => {
                 return Err(self.unsupported("XA PREPARE".into()))
             }
@@ -306,13 +351,6 @@ impl BinlogReader {
 
     fn end_group(&mut self, timestamp: u32) {
         if let Some(g) = self.group.take() {
-            self.position.0.insert(
-                g.gtid.domain,
-                Gtid {
-                    server: g.gtid.server,
-                    seq: g.gtid.seq,
-                },
-            );
             self.ready.push_back(Record::Commit {
                 gtid: g.gtid,
                 timestamp,
@@ -345,20 +383,20 @@ impl BinlogReader {
         Ok(())
     }
 
-    async fn rows(&mut self, rows: &RowsEventData<'_>) -> Result<(), BinlogError> {
+    fn rows(&mut self, rows: &RowsEventData<'_>) -> Result<(), BinlogError> {
         let Some(g) = self.group else {
             return Err(self.malformed("row event outside a GTID event group"));
         };
-        let tme = self
-            .stream
-            .get_tme(rows.table_id())
-            .cloned()
-            .ok_or_else(|| self.malformed("row event for a table id without a table map"))?;
-        if !self.schemas.is_empty() && !self.schemas.iter().any(|s| *s == tme.database_name()) {
-            return Ok(());
-        }
-        let table = self.table_info(&tme).await?;
-        let changes = rows::changes(rows, &tme, &table, g.gtid).map_err(|e| match e {
+        let Some(tme) = self.stream.get_tme(rows.table_id()) else {
+            return Err(self.malformed("row event for a table id without a table map"));
+        };
+        let Some(table) = self.mapped.get(&rows.table_id()) else {
+            if self.skips(&tme.database_name()) {
+                return Ok(());
+            }
+            return Err(self.malformed("row event for a table mapped outside its group"));
+        };
+        let changes = rows::changes(rows, tme, table, g.gtid).map_err(|e| match e {
             RowsError::PartialImage => BinlogError::NotFullRowImage {
                 server: self.server.clone(),
                 found: "an image without every column".into(),
@@ -416,6 +454,11 @@ impl BinlogReader {
         )?);
         self.tables.insert(key, info.clone());
         Ok(info)
+    }
+
+    /// Whether `schema`'s row changes are filtered out.
+    fn skips(&self, schema: &str) -> bool {
+        !self.schemas.is_empty() && !self.schemas.iter().any(|s| s == schema)
     }
 
     fn malformed(&self, detail: &str) -> BinlogError {
