@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::future::Future;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -63,8 +64,9 @@ async fn read_until(
     read_until_with(reader, db, ours, last, false).await
 }
 
-/// `read_until`, optionally cancelling `next` over and over: each call gets a timeout that
-/// starts at 50 us and doubles until a record comes, so calls die at every await point.
+/// `read_until`, optionally cancelling `next` over and over: a call is dropped after it was
+/// polled `budget` times without an answer (budget 1, doubled after each drop, back to 1 after
+/// each record), so calls die at every await point along the way.
 async fn read_until_with(
     reader: &mut BinlogReader,
     db: &str,
@@ -74,7 +76,7 @@ async fn read_until_with(
 ) -> Vec<Record> {
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut budget = Duration::from_micros(50);
+    let mut budget = 1u32;
     let mut cancelled = 0u32;
     loop {
         assert!(
@@ -82,14 +84,14 @@ async fn read_until_with(
             "records within 30 s"
         );
         let r = if cancel {
-            match tokio::time::timeout(budget, reader.next()).await {
-                Ok(r) => {
-                    budget = Duration::from_micros(50);
+            match polled(reader, budget).await {
+                Some(r) => {
+                    budget = 1;
                     r
                 }
-                Err(_) => {
+                None => {
                     cancelled += 1;
-                    budget *= 2;
+                    budget = budget.saturating_mul(2);
                     continue;
                 }
             }
@@ -121,6 +123,20 @@ async fn read_until_with(
             return out;
         }
     }
+}
+
+/// `reader.next()` polled at most `polls` times (yielding to the runtime in between), then
+/// dropped: None if it had not finished.
+async fn polled(reader: &mut BinlogReader, polls: u32) -> Option<Result<Record, BinlogError>> {
+    let mut call = std::pin::pin!(reader.next());
+    for _ in 0..polls {
+        let poll = std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
+        if let std::task::Poll::Ready(r) = poll {
+            return Some(r);
+        }
+        tokio::task::yield_now().await;
+    }
+    None
 }
 
 fn commit_of(r: &Record) -> Option<TrxGtid> {
@@ -375,6 +391,32 @@ async fn two_readers_with_their_own_server_ids_stream_at_once() {
     }
     a.close().await;
     b.close().await;
+}
+
+/// The sandbox's replication account may stream but not read information_schema's columns of
+/// the tables: without column names in the row events, it is told what to grant.
+#[tokio::test]
+async fn a_user_without_select_is_told_what_to_grant() {
+    let sb = shared();
+    let mut c = root(sb).await;
+    let db = fresh_schema(&mut c, "bl_repl").await;
+    let from = position(&mut c).await;
+    let g = trx(&mut c, "INSERT INTO t (id) VALUES (1)").await;
+    let p = sb.primary();
+    let mut cfg = ReaderConfig::new(&p.host, p.port, "repl", "repl", 5007);
+    cfg.schemas = vec![db.clone()];
+    let mut reader = BinlogReader::start(&cfg, &from).await.expect("start");
+    let err = loop {
+        match tokio::time::timeout(Duration::from_secs(15), reader.next())
+            .await
+            .expect("within 15 s")
+        {
+            Ok(r) => assert_ne!(commit_of(&r), Some(g), "{g} read without names"),
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, BinlogError::Schema { .. }), "{err}");
+    assert!(err.to_string().contains("grant it SELECT"), "{err}");
 }
 
 /// A server id already streaming is taken over by the newcomer: the first reader's stream

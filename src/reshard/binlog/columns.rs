@@ -70,6 +70,14 @@ pub(super) fn table_info(
     named: Vec<(String, bool)>,
     types: Vec<ColumnType>,
 ) -> Result<TableInfo, BinlogError> {
+    if named.is_empty() {
+        return Err(BinlogError::Schema {
+            server: server.to_string(),
+            schema: schema.to_string(),
+            table: table.to_string(),
+            detail: "information_schema shows no columns: the table was dropped since, or the stream's user may not see it (grant it SELECT on the table, or run the server with binlog_row_metadata=FULL so row events carry column names)".into(),
+        });
+    }
     if named.len() != types.len() {
         return Err(BinlogError::Schema {
             server: server.to_string(),
@@ -202,6 +210,9 @@ mod tests {
         )
         .expect_err("mismatch");
         assert!(e.to_string().contains("2 columns"), "{e}");
+        let e = table_info("h:1", "db", "t", vec![], vec![ColumnType::MYSQL_TYPE_LONG])
+            .expect_err("invisible");
+        assert!(e.to_string().contains("grant it SELECT"), "{e}");
         let t = table_info(
             "h:1",
             "db",
