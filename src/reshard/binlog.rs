@@ -7,10 +7,11 @@
 //! to and including the start position itself.
 //!
 //! Values are mysql_common's as decoded from the row image, by column index (see
-//! [`TableInfo`] for names); notable forms: DECIMAL as its text (`Bytes("-12.50")`),
-//! DATETIME/DATE/TIME as `Date`/`Time`, TIMESTAMP as `Bytes` of Unix seconds
-//! (`"1700000000"` or `"1700000000.250000"`), ENUM as its index, SET as its bitmask bytes,
-//! YEAR as its text, integers of UNSIGNED columns as `UInt`.
+//! [`TableInfo`] for names), adjusted so that each binds as a prepared-statement parameter
+//! that writes the same value back; notable forms: DECIMAL as its text (`Bytes("-12.50")`),
+//! DATETIME/DATE/TIME as `Date`/`Time`, TIMESTAMP as `Date` in UTC (write it back from a
+//! session with `time_zone = '+00:00'`), ENUM as its index, SET as its bitmask (`UInt`), YEAR as
+//! its text, integers of UNSIGNED columns as `UInt`, JSON (a text column in MariaDB) as `Bytes`.
 //!
 //! After any error the reader is spent: drop it and start a new one from [`BinlogReader::position`]
 //! (changes of a transaction without its `Commit` must be discarded by the consumer).

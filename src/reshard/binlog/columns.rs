@@ -158,6 +158,60 @@ pub(super) fn fix_unsigned(value: Value, column: &ColumnInfo) -> Value {
     Value::UInt(u)
 }
 
+/// A SET arrives as its little-endian member bitmask, which as a string parameter would be
+/// read as member names: turned into the number, which MariaDB reads as the bitmask.
+pub(super) fn fix_set(value: Value, column: &ColumnInfo) -> Value {
+    match value {
+        Value::Bytes(b) if column.column_type == ColumnType::MYSQL_TYPE_SET && b.len() <= 8 => {
+            let mut le = [0u8; 8];
+            le[..b.len()].copy_from_slice(&b);
+            Value::UInt(u64::from_le_bytes(le))
+        }
+        other => other,
+    }
+}
+
+/// mysql_common gives a TIMESTAMP as Unix seconds (`Bytes("1709214307")`,
+/// `Bytes("1709214307.250000")`; the pre-5.6 type as `Int`): turned into its UTC date and time,
+/// which a session with `time_zone = '+00:00'` writes back as the same instant. Zero stays the
+/// zero date.
+pub(super) fn fix_timestamp(value: Value, column: &ColumnInfo) -> Value {
+    if !matches!(
+        column.column_type,
+        ColumnType::MYSQL_TYPE_TIMESTAMP | ColumnType::MYSQL_TYPE_TIMESTAMP2
+    ) {
+        return value;
+    }
+    utc_date(&value).unwrap_or(value)
+}
+
+fn utc_date(value: &Value) -> Option<Value> {
+    let (secs, micros) = match value {
+        Value::Int(s) => (u64::try_from(*s).ok()?, 0),
+        Value::Bytes(b) => {
+            let text = std::str::from_utf8(b).ok()?;
+            let (secs, frac) = text.split_once('.').unwrap_or((text, "0"));
+            (secs.parse().ok()?, frac.parse().ok()?)
+        }
+        _ => return None,
+    };
+    if secs == 0 && micros == 0 {
+        return Some(Value::Date(0, 0, 0, 0, 0, 0, 0));
+    }
+    // `YYYY-MM-DDTHH:MM:SS.mmmZ`: the project's one civil-date conversion.
+    let t = crate::ha::events::rfc3339(secs.checked_mul(1000)?);
+    let field = |r: std::ops::Range<usize>| t.get(r)?.parse::<u16>().ok();
+    Some(Value::Date(
+        field(0..4)?,
+        u8::try_from(field(5..7)?).ok()?,
+        u8::try_from(field(8..10)?).ok()?,
+        u8::try_from(field(11..13)?).ok()?,
+        u8::try_from(field(14..16)?).ok()?,
+        u8::try_from(field(17..19)?).ok()?,
+        micros,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +250,48 @@ mod tests {
         assert_eq!(
             fix_unsigned(Value::UInt(5), &col(MYSQL_TYPE_LONG, true)),
             Value::UInt(5)
+        );
+    }
+
+    #[test]
+    fn sets_become_their_bitmask() {
+        let set = col(ColumnType::MYSQL_TYPE_SET, false);
+        assert_eq!(fix_set(Value::Bytes(vec![5]), &set), Value::UInt(5));
+        assert_eq!(fix_set(Value::Bytes(vec![0, 1]), &set), Value::UInt(256));
+        assert_eq!(
+            fix_set(
+                Value::Bytes(vec![5]),
+                &col(ColumnType::MYSQL_TYPE_BLOB, false)
+            ),
+            Value::Bytes(vec![5])
+        );
+    }
+
+    #[test]
+    fn timestamps_become_utc_dates() {
+        use ColumnType::*;
+        let ts = col(MYSQL_TYPE_TIMESTAMP2, false);
+        assert_eq!(
+            fix_timestamp(Value::Bytes(b"1709214307".to_vec()), &ts),
+            Value::Date(2024, 2, 29, 13, 45, 7, 0)
+        );
+        assert_eq!(
+            fix_timestamp(Value::Bytes(b"1709214307.250000".to_vec()), &ts),
+            Value::Date(2024, 2, 29, 13, 45, 7, 250_000)
+        );
+        assert_eq!(
+            fix_timestamp(Value::Bytes(b"0".to_vec()), &ts),
+            Value::Date(0, 0, 0, 0, 0, 0, 0)
+        );
+        assert_eq!(
+            fix_timestamp(Value::Int(86_400), &col(MYSQL_TYPE_TIMESTAMP, false)),
+            Value::Date(1970, 1, 2, 0, 0, 0, 0)
+        );
+        // Other columns' bytes are left alone.
+        let text = Value::Bytes(b"1709214307".to_vec());
+        assert_eq!(
+            fix_timestamp(text.clone(), &col(MYSQL_TYPE_VARCHAR, false)),
+            text
         );
     }
 

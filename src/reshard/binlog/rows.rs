@@ -6,7 +6,7 @@ use mysql_async::binlog::events::{RowsEventData, TableMapEvent};
 use mysql_async::binlog::row::BinlogRow;
 use mysql_async::Value;
 
-use super::columns::{fix_unsigned, TableInfo};
+use super::columns::{fix_set, fix_timestamp, fix_unsigned, TableInfo};
 use super::mariadb::TrxGtid;
 use super::{Change, ChangeKind};
 
@@ -74,7 +74,9 @@ fn values(mut row: BinlogRow, table: &TableInfo) -> Result<Vec<Value>, RowsError
             .columns
             .get(i)
             .ok_or_else(|| RowsError::Malformed("row longer than its table".into()))?;
-        out.push(fix_unsigned(v, column));
+        // Into what a prepared statement writes back as the same value.
+        let v = fix_set(fix_timestamp(fix_unsigned(v, column), column), column);
+        out.push(v);
     }
     Ok(out)
 }
