@@ -152,6 +152,7 @@ pub struct BinlogReader {
     schemas: Vec<String>,
     /// Up to the last `Commit` yielded (the start position before any).
     position: GtidPos,
+    /// The start position as errors name it.
     start: String,
     /// The event being handled: kept here across the awaits of `next` so that a cancelled call
     /// does not lose it (the first is read in `start`, to report a refusal there).
@@ -167,10 +168,16 @@ pub struct BinlogReader {
 impl BinlogReader {
     /// Connects, checks that the server logs full row images, and starts streaming the
     /// transactions after `from` (MariaDB GTID position, e.g. `@@gtid_binlog_pos` or
-    /// `BINLOG_GTID_POS(file, pos)` of a snapshot; empty: from the oldest binlog).
+    /// `BINLOG_GTID_POS(file, pos)` of a snapshot; empty: from the first transaction the server
+    /// ever logged, `Purged` once that binlog is gone).
     pub async fn start(cfg: &ReaderConfig, from: &GtidPos) -> Result<BinlogReader, BinlogError> {
         let server = format!("{}:{}", cfg.host, cfg.port);
-        let start = from.to_string();
+        let state = from.to_string();
+        let start = if state.is_empty() {
+            "'' (the server's first transaction)".to_string()
+        } else {
+            state.clone()
+        };
         let mut conn = match tokio::time::timeout(cfg.dead_after, Conn::new(cfg.opts())).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
@@ -187,10 +194,10 @@ impl BinlogReader {
             }
         };
         check_row_logging(&mut conn, &server).await?;
-        // `start` is digits, dashes and commas only (GtidPos's Display), safe to inline.
+        // `state` is digits, dashes and commas only (GtidPos's Display), safe to inline.
         let setup = format!(
             "SET @mariadb_slave_capability = {SLAVE_CAPABILITY_GTID}, \
-             @slave_connect_state = '{start}', @slave_gtid_strict_mode = 1, \
+             @slave_connect_state = '{state}', @slave_gtid_strict_mode = 1, \
              @master_heartbeat_period = {}",
             cfg.heartbeat.as_nanos()
         );
