@@ -290,6 +290,10 @@ impl BinlogReader {
                 detail: "the server ended the stream".into(),
             }),
             Ok(Some(Err(e))) => Err(BinlogError::from_stream(&self.server, &self.start, e)),
+            Ok(Some(Ok(event))) if !checksum::matches(&event) => Err(self.malformed(&format!(
+                "event of type {:#04x}: checksum mismatch",
+                event.header().event_type_raw()
+            ))),
             Ok(Some(Ok(event))) => Ok(event),
         }
     }
@@ -317,14 +321,14 @@ impl BinlogReader {
 
     fn handle(&mut self, event: Event) -> Result<(), BinlogError> {
         let ty = event.header().event_type_raw();
-        if !checksum::matches(&event) {
-            return Err(self.malformed(&format!("event of type {ty:#04x}: checksum mismatch")));
-        }
         if ty == GTID_EVENT {
             let g = parse_gtid_event(event.header().server_id(), event.data())
                 .ok_or_else(|| self.malformed("GTID event too short"))?;
             if g.prepared_xa {
                 return Err(self.unsupported(format!("XA transaction {}", g.gtid)));
+            }
+            if let Some(open) = self.group {
+                tracing::warn!(server = %self.server, "binlog group {} ended without COMMIT or XID before {}", open.gtid, g.gtid);
             }
             self.group = Some(Group {
                 gtid: g.gtid,
@@ -350,6 +354,10 @@ impl BinlogReader {
             Some(EventData::RowsEvent(rows)) => self.rows(&rows)?,
             Some(EventData::XaPrepareLogEvent(_)) => {
                 return Err(self.unsupported("XA PREPARE".into()))
+            }
+            // The server lost changes it could not log (a replica stops here too).
+            Some(EventData::IncidentEvent(_)) => {
+                return Err(self.malformed("incident event: the server logged a gap in its changes"))
             }
             // Format description, rotate, table maps (kept by the stream), heartbeats, ...
             _ => {}
