@@ -587,11 +587,11 @@ async fn refusals_and_dead_streams() {
     // Heartbeats keep an idle stream alive; a stopped server is found dead.
     let mut cfg = config(&sb, 6003);
     cfg.heartbeat = Duration::from_millis(200);
-    cfg.dead_after = Duration::from_millis(1500);
+    cfg.dead_after = Duration::from_millis(2500);
     let now = position(&mut c).await;
     let mut reader = BinlogReader::start(&cfg, &now).await.expect("start");
     assert!(
-        tokio::time::timeout(Duration::from_secs(4), reader.next())
+        tokio::time::timeout(Duration::from_secs(5), reader.next())
             .await
             .is_err(),
         "an idle stream neither yields nor fails"

@@ -152,6 +152,7 @@ pub struct BinlogReader {
     schemas: Vec<String>,
     /// Up to the last `Commit` yielded (the start position before any).
     position: GtidPos,
+    /// The start position as errors name it.
     start: String,
     /// The event being handled: kept here across the awaits of `next` so that a cancelled call
     /// does not lose it (the first is read in `start`, to report a refusal there).
@@ -167,10 +168,16 @@ pub struct BinlogReader {
 impl BinlogReader {
     /// Connects, checks that the server logs full row images, and starts streaming the
     /// transactions after `from` (MariaDB GTID position, e.g. `@@gtid_binlog_pos` or
-    /// `BINLOG_GTID_POS(file, pos)` of a snapshot; empty: from the oldest binlog).
+    /// `BINLOG_GTID_POS(file, pos)` of a snapshot; empty: from the first transaction the server
+    /// ever logged, `Purged` once that binlog is gone).
     pub async fn start(cfg: &ReaderConfig, from: &GtidPos) -> Result<BinlogReader, BinlogError> {
         let server = format!("{}:{}", cfg.host, cfg.port);
-        let start = from.to_string();
+        let state = from.to_string();
+        let start = if state.is_empty() {
+            "'' (the server's first transaction)".to_string()
+        } else {
+            state.clone()
+        };
         let mut conn = match tokio::time::timeout(cfg.dead_after, Conn::new(cfg.opts())).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
@@ -187,10 +194,10 @@ impl BinlogReader {
             }
         };
         check_row_logging(&mut conn, &server).await?;
-        // `start` is digits, dashes and commas only (GtidPos's Display), safe to inline.
+        // `state` is digits, dashes and commas only (GtidPos's Display), safe to inline.
         let setup = format!(
             "SET @mariadb_slave_capability = {SLAVE_CAPABILITY_GTID}, \
-             @slave_connect_state = '{start}', @slave_gtid_strict_mode = 1, \
+             @slave_connect_state = '{state}', @slave_gtid_strict_mode = 1, \
              @master_heartbeat_period = {}",
             cfg.heartbeat.as_nanos()
         );
@@ -283,6 +290,10 @@ impl BinlogReader {
                 detail: "the server ended the stream".into(),
             }),
             Ok(Some(Err(e))) => Err(BinlogError::from_stream(&self.server, &self.start, e)),
+            Ok(Some(Ok(event))) if !checksum::matches(&event) => Err(self.malformed(&format!(
+                "event of type {:#04x}: checksum mismatch",
+                event.header().event_type_raw()
+            ))),
             Ok(Some(Ok(event))) => Ok(event),
         }
     }
@@ -310,14 +321,14 @@ impl BinlogReader {
 
     fn handle(&mut self, event: Event) -> Result<(), BinlogError> {
         let ty = event.header().event_type_raw();
-        if !checksum::matches(&event) {
-            return Err(self.malformed(&format!("event of type {ty:#04x}: checksum mismatch")));
-        }
         if ty == GTID_EVENT {
             let g = parse_gtid_event(event.header().server_id(), event.data())
                 .ok_or_else(|| self.malformed("GTID event too short"))?;
             if g.prepared_xa {
                 return Err(self.unsupported(format!("XA transaction {}", g.gtid)));
+            }
+            if let Some(open) = self.group {
+                tracing::warn!(server = %self.server, "binlog group {} ended without COMMIT or XID before {}", open.gtid, g.gtid);
             }
             self.group = Some(Group {
                 gtid: g.gtid,
@@ -343,6 +354,10 @@ impl BinlogReader {
             Some(EventData::RowsEvent(rows)) => self.rows(&rows)?,
             Some(EventData::XaPrepareLogEvent(_)) => {
                 return Err(self.unsupported("XA PREPARE".into()))
+            }
+            // The server lost changes it could not log (a replica stops here too).
+            Some(EventData::IncidentEvent(_)) => {
+                return Err(self.malformed("incident event: the server logged a gap in its changes"))
             }
             // Format description, rotate, table maps (kept by the stream), heartbeats, ...
             _ => {}
