@@ -198,6 +198,11 @@ impl TableShape {
             .collect()
     }
 
+    /// An idempotent INSERT of `rows` rows, for other modules.
+    pub(crate) fn insert_rows(&self, rows: usize) -> String {
+        self.insert(rows)
+    }
+
     /// An idempotent INSERT of `rows` rows.
     fn insert(&self, rows: usize) -> String {
         let one = format!("({})", vec!["?"; self.columns.len()].join(", "));

@@ -3,6 +3,7 @@
 //! copy of the moving rows (`copy`), the catch-up's binlog reader (`binlog`) and the
 //! comparison of source and target (`verify`). Cutover and the workflow build on these.
 
+pub mod apply;
 pub mod binlog;
 pub mod copy;
 pub mod facts;

@@ -1,0 +1,278 @@
+//! The catch-up's applier: row changes read from a source primary's binlog (`binlog`) applied
+//! to the new owner of their keys, one source transaction per target transaction, with the
+//! stream's position written in the same transaction (`_shardgate.reshard_position`): after a
+//! crash the stream restarts from the stored position and nothing is applied twice or skipped.
+//!
+//! Only keys that move from this source to this target matter: an insert of one is upserted,
+//! a delete deletes it, an update that keeps it moving is upserted (deleting the old primary
+//! key when the key itself changed), and an update that takes a row out of the moving arcs is
+//! a delete here (its new owner gets it from its own stream or already has it).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use mysql_async::prelude::*;
+use mysql_async::{Conn, Params, Value};
+
+use super::binlog::{Change, ChangeKind, TableInfo};
+use super::copy::{ident, CopyError, TableShape};
+
+/// Where streams keep their positions, on every target.
+pub const POSITION_TABLE: &str = "`_shardgate`.`reshard_position`";
+
+/// What one change does to the target.
+#[derive(Debug, Clone, PartialEq)]
+enum Op {
+    /// A row, in its shape's column order.
+    Upsert(usize, Vec<Value>),
+    /// A primary key.
+    Delete(usize, Vec<Value>),
+}
+
+/// How a binlog table maps onto a copy shape: for each shape column, its index in the row
+/// image.
+struct Mapping {
+    shape: usize,
+    columns: Vec<usize>,
+}
+
+/// Applies one stream (one source to one target).
+pub struct Applier {
+    stream: String,
+    shapes: Vec<TableShape>,
+    moves: Box<dyn Fn(u64) -> bool + Send + Sync>,
+    /// By `(schema, table)` and the `TableInfo` it was built for (a table map after an ALTER
+    /// is another `Arc`).
+    mappings: HashMap<(String, String), (Arc<TableInfo>, Arc<Mapping>)>,
+    pending: Vec<Op>,
+}
+
+/// What a commit applied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub upserts: usize,
+    pub deletes: usize,
+}
+
+impl Applier {
+    /// A stream named `stream` (unique per source and target, e.g. `app s0->s2`) applying the
+    /// changes of `shapes`' tables whose key hash satisfies `moves`.
+    pub fn new(
+        stream: &str,
+        shapes: Vec<TableShape>,
+        moves: impl Fn(u64) -> bool + Send + Sync + 'static,
+    ) -> Applier {
+        Applier {
+            stream: stream.to_string(),
+            shapes,
+            moves: Box::new(moves),
+            mappings: HashMap::new(),
+            pending: Vec::new(),
+        }
+    }
+
+    /// Readies `target` (the connection `commit` will use): the position table, created if
+    /// needed, and the session's time zone set to UTC, since the stream gives TIMESTAMP values
+    /// in UTC.
+    pub async fn prepare(target: &mut Conn, target_name: &str) -> Result<(), CopyError> {
+        let err = |e: mysql_async::Error| CopyError::Sql {
+            server: target_name.to_string(),
+            what: "creating the stream position table".into(),
+            msg: e.to_string(),
+        };
+        target
+            .query_drop("SET time_zone = '+00:00'")
+            .await
+            .map_err(err)?;
+        target
+            .query_drop("CREATE DATABASE IF NOT EXISTS `_shardgate`")
+            .await
+            .map_err(err)?;
+        target
+            .query_drop(format!(
+                "CREATE TABLE IF NOT EXISTS {POSITION_TABLE} (stream VARCHAR(255) PRIMARY KEY, \
+                 position TEXT NOT NULL, updated TIMESTAMP(6) NOT NULL DEFAULT \
+                 CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6))"
+            ))
+            .await
+            .map_err(err)
+    }
+
+    /// The position `stream` stored on `target`, if it applied anything yet.
+    pub async fn stored_position(
+        target: &mut Conn,
+        target_name: &str,
+        stream: &str,
+    ) -> Result<Option<String>, CopyError> {
+        target
+            .exec_first(
+                format!("SELECT position FROM {POSITION_TABLE} WHERE stream = ?"),
+                (stream,),
+            )
+            .await
+            .map_err(|e| CopyError::Sql {
+                server: target_name.to_string(),
+                what: "reading the stream position".into(),
+                msg: e.to_string(),
+            })
+    }
+
+    fn mapping(&mut self, table: &Arc<TableInfo>) -> Option<Arc<Mapping>> {
+        let key = (table.schema.clone(), table.table.clone());
+        if let Some((info, m)) = self.mappings.get(&key) {
+            if Arc::ptr_eq(info, table) || **info == **table {
+                return Some(m.clone());
+            }
+        }
+        let shape = self.shapes.iter().position(|s| {
+            s.schema.eq_ignore_ascii_case(&table.schema)
+                && s.table.eq_ignore_ascii_case(&table.table)
+        })?;
+        let columns: Option<Vec<usize>> = self.shapes[shape]
+            .columns
+            .iter()
+            .map(|c| table.index_of(c))
+            .collect();
+        let m = Arc::new(Mapping {
+            shape,
+            columns: columns?,
+        });
+        self.mappings.insert(key, (table.clone(), m.clone()));
+        Some(m)
+    }
+
+    /// Takes one change of the current source transaction (kept until `commit`).
+    pub fn add(&mut self, change: &Change) -> Result<(), CopyError> {
+        let Some(m) = self.mapping(&change.table) else {
+            // A table outside the keyspace's copy, or one whose columns no longer match.
+            if self.shapes.iter().any(|s| {
+                s.schema.eq_ignore_ascii_case(&change.table.schema)
+                    && s.table.eq_ignore_ascii_case(&change.table.table)
+            }) {
+                return Err(CopyError::Sql {
+                    server: self.stream.clone(),
+                    what: format!("applying a change of {}.{}", change.table.schema, change.table.table),
+                    msg: "its columns no longer match the copied table's (an ALTER during the reshard?)".into(),
+                });
+            }
+            return Ok(());
+        };
+        let shape = &self.shapes[m.shape];
+        let row = |image: &[Value]| -> Vec<Value> {
+            m.columns
+                .iter()
+                .map(|&i| image.get(i).cloned().unwrap_or(Value::NULL))
+                .collect()
+        };
+        let moving = |r: &[Value]| shape.key_hash(r).is_some_and(|h| (self.moves)(h));
+        let ops: Vec<Op> = match &change.kind {
+            ChangeKind::Insert { after } => {
+                let a = row(after);
+                if moving(&a) {
+                    vec![Op::Upsert(m.shape, a)]
+                } else {
+                    vec![]
+                }
+            }
+            ChangeKind::Delete { before } => {
+                let b = row(before);
+                if moving(&b) {
+                    vec![Op::Delete(m.shape, shape.key_of(&b))]
+                } else {
+                    vec![]
+                }
+            }
+            ChangeKind::Update { before, after } => {
+                let (b, a) = (row(before), row(after));
+                let (mb, ma) = (moving(&b), moving(&a));
+                let (kb, ka) = (shape.key_of(&b), shape.key_of(&a));
+                let mut ops = Vec::new();
+                if mb && (!ma || kb != ka) {
+                    ops.push(Op::Delete(m.shape, kb));
+                }
+                if ma {
+                    ops.push(Op::Upsert(m.shape, a));
+                }
+                ops
+            }
+        };
+        self.pending.extend(ops);
+        Ok(())
+    }
+
+    /// Ends the source transaction: its changes and `position` (the stream's position including
+    /// it) in one target transaction. A source transaction with nothing for this target still
+    /// moves the position (cheaply: one statement).
+    pub async fn commit(
+        &mut self,
+        target: &mut Conn,
+        target_name: &str,
+        position: &str,
+    ) -> Result<Applied, CopyError> {
+        let ops = std::mem::take(&mut self.pending);
+        let err = |what: &str, e: mysql_async::Error| CopyError::Sql {
+            server: target_name.to_string(),
+            what: what.to_string(),
+            msg: e.to_string(),
+        };
+        let mut applied = Applied::default();
+        let mut tx = target
+            .start_transaction(mysql_async::TxOpts::default())
+            .await
+            .map_err(|e| err("starting a transaction", e))?;
+        for op in &ops {
+            match op {
+                Op::Upsert(s, row) => {
+                    let shape = &self.shapes[*s];
+                    tx.exec_drop(shape.upsert_one(), Params::Positional(row.clone()))
+                        .await
+                        .map_err(|e| err("applying an insert or update", e))?;
+                    applied.upserts += 1;
+                }
+                Op::Delete(s, key) => {
+                    let shape = &self.shapes[*s];
+                    tx.exec_drop(shape.delete_one(), Params::Positional(key.clone()))
+                        .await
+                        .map_err(|e| err("applying a delete", e))?;
+                    applied.deletes += 1;
+                }
+            }
+        }
+        tx.exec_drop(
+            format!(
+                "INSERT INTO {POSITION_TABLE} (stream, position) VALUES (?, ?) \
+                 ON DUPLICATE KEY UPDATE position = VALUES(position)"
+            ),
+            (&self.stream, position),
+        )
+        .await
+        .map_err(|e| err("storing the stream position", e))?;
+        tx.commit().await.map_err(|e| err("committing", e))?;
+        Ok(applied)
+    }
+
+    /// Forgets the current source transaction's changes (the stream broke before its commit).
+    pub fn discard(&mut self) {
+        self.pending.clear();
+    }
+}
+
+impl TableShape {
+    fn upsert_one(&self) -> String {
+        self.insert_rows(1)
+    }
+
+    fn delete_one(&self) -> String {
+        let conds: Vec<String> = self
+            .primary_key
+            .iter()
+            .map(|&i| format!("{} = ?", ident(&self.columns[i])))
+            .collect();
+        format!(
+            "DELETE FROM {}.{} WHERE {}",
+            ident(&self.schema),
+            ident(&self.table),
+            conds.join(" AND ")
+        )
+    }
+}
