@@ -35,7 +35,6 @@ pub(crate) fn instance_args(info: &ServerInfo) -> Vec<String> {
         "--log-bin=mysql-bin".into(),
         "--relay-log=relay-bin".into(),
         "--binlog-format=ROW".into(),
-        "--binlog-row-metadata=FULL".into(),
         "--log-slave-updates".into(),
         "--gtid-strict-mode=1".into(),
         // Both sides on every server, so a promoted replica is a semi-sync primary at once.
