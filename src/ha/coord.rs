@@ -376,6 +376,13 @@ impl Ha {
             .gate
             .drain(Duration::from_millis(self.cfg.switchover_drain_ms))
             .await;
+        let still_held = super::lock(&self.remote_holds)
+            .get(&rec.shard)
+            .is_some_and(|id| *id == rec.id);
+        if !still_held {
+            // It ended while this proxy drained (or before it saw it): nobody waits for an ack.
+            return;
+        }
         let known = Acked::global().known(&rec.primary);
         let ack = HoldAck {
             proxy: store.id.clone(),
