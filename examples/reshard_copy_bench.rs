@@ -158,6 +158,28 @@ async fn fill_shard(port: u16, rows: u64, ring: &Ring, shard: usize) -> Result<u
     Ok(rows - foreign.len() as u64)
 }
 
+/// Waits (up to `limit`) until InnoDB on `port` has purged the fill's deletes, whose purge would
+/// otherwise compete with the writers in the baseline window only. Returns the history length
+/// left.
+async fn purged(port: u16, limit: Duration) -> Result<u64> {
+    let mut c = root(port).await?;
+    let until = Instant::now() + limit;
+    loop {
+        let len: Option<u64> = c
+            .query_first(
+                "SELECT COUNT FROM information_schema.INNODB_METRICS \
+                 WHERE NAME = 'trx_rseg_history_len'",
+            )
+            .await
+            .context("reading the undo history length")?;
+        let len = len.unwrap_or(0);
+        if len < 100 || Instant::now() >= until {
+            return Ok(len);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// One sysbench per-second report: when it arrived, tps, p95 latency (ms), errors/s.
 #[derive(Debug, Clone, Copy)]
 struct Interval {
@@ -355,6 +377,13 @@ async fn run(args: &Args, dir: &Path) -> Result<()> {
             .context("dropping s2's copy")?;
         Some(stats)
     };
+
+    let t = Instant::now();
+    let history = purged(p0, Duration::from_secs(180)).await?;
+    println!(
+        "s0's undo history length {history} after waiting {:.1}s for InnoDB's purge",
+        t.elapsed().as_secs_f64()
+    );
 
     let mut cmd = sysbench(
         p0,
