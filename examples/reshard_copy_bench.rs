@@ -20,7 +20,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Opts, Value};
-use shardgate::reshard::copy::{copy_chunk, create_like, Side, TableShape};
+use shardgate::reshard::copy::{copy_chunk, create_like, Position, Side, TableShape};
 use shardgate::sandbox::{self, SandboxOptions, ShardedTable, TableLayout};
 use shardgate::shardmap::ring::{key_hash, KeyValue, Ring};
 
@@ -57,6 +57,11 @@ struct Args {
     /// Leave the sandbox running at the end.
     #[arg(long)]
     keep: bool,
+    /// Each chunk's position as `@@gtid_binlog_pos` read before its snapshot (cheap, at or
+    /// before it) instead of the snapshot's own through `BINLOG_GTID_POS` (exact, reads the
+    /// binlog file from its start).
+    #[arg(long)]
+    at_or_before: bool,
 }
 
 /// Stops the sandbox however the run ends.
@@ -262,6 +267,7 @@ async fn copy_s0(
     s2: u16,
     moves: &(dyn Fn(u64) -> bool + Sync),
     chunk: usize,
+    position: Position,
 ) -> Result<CopyStats> {
     let (mut source, mut target) = (root(s0).await?, root(s2).await?);
     let name = format!("127.0.0.1:{s0}");
@@ -272,7 +278,16 @@ async fn copy_s0(
     let (mut read, mut copied, mut chunks) = (0, 0, 0);
     let mut after: Option<Vec<Value>> = None;
     loop {
-        let c = copy_chunk(&mut src, &mut dst, &shape, after.as_deref(), chunk, moves).await?;
+        let c = copy_chunk(
+            &mut src,
+            &mut dst,
+            &shape,
+            after.as_deref(),
+            chunk,
+            moves,
+            position,
+        )
+        .await?;
         read += c.read;
         copied += c.copied;
         chunks += 1;
@@ -307,6 +322,11 @@ fn machine() -> String {
 
 async fn run(args: &Args, dir: &Path) -> Result<()> {
     println!("machine: {}", machine());
+    let position = if args.at_or_before {
+        Position::AtOrBefore
+    } else {
+        Position::Exact
+    };
     let t0 = Instant::now();
     let opts = SandboxOptions {
         dir: dir.to_path_buf(),
@@ -369,7 +389,7 @@ async fn run(args: &Args, dir: &Path) -> Result<()> {
         None
     } else {
         // The same copy with nothing else running, then s2 emptied again for the real one.
-        let stats = copy_s0(p0, p2, &moves, args.chunk).await?;
+        let stats = copy_s0(p0, p2, &moves, args.chunk, position).await?;
         root(p2)
             .await?
             .query_drop(format!("DROP TABLE {SCHEMA}.{TABLE}"))
@@ -430,7 +450,7 @@ async fn run(args: &Args, dir: &Path) -> Result<()> {
     let base_from = start + Duration::from_secs(args.warmup);
     tokio::time::sleep(Duration::from_secs(args.warmup + args.baseline)).await;
     let copy_from = Instant::now();
-    let stats = copy_s0(p0, p2, &moves, args.chunk).await?;
+    let stats = copy_s0(p0, p2, &moves, args.chunk, position).await?;
     let copy_to = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.after)).await;
     let after_to = Instant::now();

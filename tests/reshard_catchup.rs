@@ -10,7 +10,7 @@ use mysql_async::prelude::*;
 use mysql_async::{Conn, Value};
 use shardgate::reshard::apply::Applier;
 use shardgate::reshard::binlog::{BinlogReader, GtidPos, ReaderConfig, Record};
-use shardgate::reshard::copy::{copy_chunk, create_like, Side, TableShape};
+use shardgate::reshard::copy::{copy_chunk, create_like, Position, Side, TableShape};
 use shardgate::reshard::verify::verify_chunk;
 use shardgate::shardmap::ring::{key_hash, KeyValue, MovedArc, Ring};
 
@@ -127,9 +127,17 @@ async fn writes_after_the_copy_reach_the_new_owner_exactly_once() {
         let mv = |h: u64| arcs.iter().any(|a| a.from == 0 && a.contains(h));
         let mut after: Option<Vec<Value>> = None;
         loop {
-            let chunk = copy_chunk(&mut src, &mut dst, &shape, after.as_deref(), 50, &mv)
-                .await
-                .expect("chunk");
+            let chunk = copy_chunk(
+                &mut src,
+                &mut dst,
+                &shape,
+                after.as_deref(),
+                50,
+                &mv,
+                Position::AtOrBefore,
+            )
+            .await
+            .expect("chunk");
             match chunk.last_key {
                 Some(k) => after = Some(k),
                 None => break,

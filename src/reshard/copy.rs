@@ -292,6 +292,21 @@ pub async fn create_like(
     Ok(true)
 }
 
+/// Which binlog position a chunk reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// The snapshot's own (`binlog_snapshot_file/position` through `BINLOG_GTID_POS`). Exact,
+    /// but MariaDB 10.11 reads the binlog file from its start to find it: 90-330 ms per chunk
+    /// on a few hundred MB of binlog here (benches/reshard_copy/README.md), which then sets the
+    /// copy's pace.
+    Exact,
+    /// `@@gtid_binlog_pos` read just before the snapshot: at or before it (a transaction
+    /// committing in between is in the snapshot but not in the position). Cheap. Enough when
+    /// the catch-up starts at or before every chunk's position and runs past the last one: its
+    /// changes are applied idempotently, so replaying what a chunk already holds is harmless.
+    AtOrBefore,
+}
+
 /// What one chunk did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chunk {
@@ -301,12 +316,14 @@ pub struct Chunk {
     pub copied: usize,
     /// The last primary key read: where the next chunk starts. `None`: the table is done.
     pub last_key: Option<Vec<Value>>,
-    /// The source's binlog position (MariaDB GTID) the chunk is current at.
+    /// The source's binlog position (MariaDB GTID) the chunk is current at, or one at or
+    /// before it (see [`Position`]).
     pub position: String,
 }
 
 /// Copies one chunk of `shape` from `source` to `target`: up to `limit` rows after `after`,
-/// read in a consistent snapshot, keeping those for which `moves(hash)` holds.
+/// read in a consistent snapshot, keeping those for which `moves(hash)` holds; `position` says
+/// which binlog position the chunk reports.
 pub async fn copy_chunk(
     source: &mut Side<'_>,
     target: &mut Side<'_>,
@@ -314,15 +331,38 @@ pub async fn copy_chunk(
     after: Option<&[Value]>,
     limit: usize,
     moves: &(dyn Fn(u64) -> bool + Sync),
+    position: Position,
 ) -> Result<Chunk, CopyError> {
     let (source_name, target_name) = (source.name, target.name);
     let (source, target) = (&mut *source.conn, &mut *target.conn);
     let limit = limit.max(1);
+    // Read before the snapshot starts: every transaction it names is in the snapshot.
+    let before: Option<String> = match position {
+        Position::Exact => None,
+        Position::AtOrBefore => Some(
+            source
+                .query_first("SELECT @@GLOBAL.gtid_binlog_pos")
+                .await
+                .map_err(|e| sql_err(source_name, "reading gtid_binlog_pos", e))?
+                .unwrap_or_default(),
+        ),
+    };
     source
         .query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
         .await
         .map_err(|e| sql_err(source_name, "starting a snapshot", e))?;
     let read = async {
+        if let Some(p) = before {
+            let params = match after {
+                Some(k) => Params::Positional(k.to_vec()),
+                None => Params::Empty,
+            };
+            let rows: Vec<Row> = source
+                .exec(shape.select(after.is_some(), limit), params)
+                .await
+                .map_err(|e| sql_err(source_name, "reading a chunk", e))?;
+            return Ok::<_, CopyError>((p, rows));
+        }
         let status: Vec<(String, String)> = source
             .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
             .await
