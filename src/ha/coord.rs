@@ -448,7 +448,7 @@ impl Ha {
         let Some(store) = self.store() else {
             return Ok(());
         };
-        let dir = format!("{}acked/", store.keys.root());
+        let dir = store.keys.acked_root();
         for (key, v) in store.list(dir.clone()).await? {
             let Some(rest) = key.strip_prefix(&dir) else {
                 continue;

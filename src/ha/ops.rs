@@ -952,7 +952,7 @@ impl Ha {
         &self,
         group: &Group,
         intent: &Intent,
-        lock: &ShardLock,
+        shard_lock: &ShardLock,
         steps: &mut Steps<'_>,
     ) -> Result<Option<Report>, HaError> {
         let started = Instant::now();
@@ -1010,7 +1010,7 @@ impl Ha {
                     "{} of {} finished by this proxy: {} -> {}",
                     intent.operation, group.name, intent.old_primary, intent.new_primary
                 ),
-                &lock.fence,
+                &shard_lock.fence,
                 |m| {
                     Ok(with_primary(
                         m,
@@ -1054,7 +1054,7 @@ impl Ha {
         }
         s.close().await;
         if intent.operation == "failover" {
-            lock_fenced(self).insert(
+            lock(&self.fenced).insert(
                 group.primary.clone(),
                 Fenced {
                     server: group.primary.clone(),
@@ -1097,7 +1097,7 @@ impl Ha {
             return Ok(());
         };
         self.may_decide()?;
-        let dir = format!("{}failovers/", store.keys.root());
+        let dir = store.keys.failovers();
         for (_, v) in store.list(dir).await? {
             let Ok(intent) = serde_json::from_slice::<Intent>(&v) else {
                 continue;
@@ -1146,10 +1146,6 @@ impl Ha {
         }
         Ok(())
     }
-}
-
-fn lock_fenced(ha: &Ha) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, Fenced>> {
-    lock(&ha.fenced)
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use mysql_async::prelude::*;
 use mysql_async::{Conn, Params, Value};
 
 use super::binlog::{Change, ChangeKind, TableInfo};
-use super::copy::{ident, CopyError, TableShape};
+use super::copy::{ident, sql_err, CopyError, TableShape};
 
 /// Where streams keep their positions, on every target.
 pub const POSITION_TABLE: &str = "`_shardgate`.`reshard_position`";
@@ -75,11 +75,7 @@ impl Applier {
     /// needed, and the session's time zone set to UTC, since the stream gives TIMESTAMP values
     /// in UTC.
     pub async fn prepare(target: &mut Conn, target_name: &str) -> Result<(), CopyError> {
-        let err = |e: mysql_async::Error| CopyError::Sql {
-            server: target_name.to_string(),
-            what: "creating the stream position table".into(),
-            msg: e.to_string(),
-        };
+        let err = |e| sql_err(target_name, "creating the stream position table", e);
         target
             .query_drop("SET time_zone = '+00:00'")
             .await
@@ -110,11 +106,7 @@ impl Applier {
                 (stream,),
             )
             .await
-            .map_err(|e| CopyError::Sql {
-                server: target_name.to_string(),
-                what: "reading the stream position".into(),
-                msg: e.to_string(),
-            })
+            .map_err(|e| sql_err(target_name, "reading the stream position", e))
     }
 
     fn mapping(&mut self, table: &Arc<TableInfo>) -> Option<Arc<Mapping>> {
@@ -149,11 +141,14 @@ impl Applier {
                 s.schema.eq_ignore_ascii_case(&change.table.schema)
                     && s.table.eq_ignore_ascii_case(&change.table.table)
             }) {
-                return Err(CopyError::Sql {
-                    server: self.stream.clone(),
-                    what: format!("applying a change of {}.{}", change.table.schema, change.table.table),
-                    msg: "its columns no longer match the copied table's (an ALTER during the reshard?)".into(),
-                });
+                return Err(sql_err(
+                    &self.stream,
+                    &format!(
+                        "applying a change of {}.{}",
+                        change.table.schema, change.table.table
+                    ),
+                    "its columns no longer match the copied table's (an ALTER during the reshard?)",
+                ));
             }
             return Ok(());
         };
@@ -210,11 +205,7 @@ impl Applier {
         position: &str,
     ) -> Result<Applied, CopyError> {
         let ops = std::mem::take(&mut self.pending);
-        let err = |what: &str, e: mysql_async::Error| CopyError::Sql {
-            server: target_name.to_string(),
-            what: what.to_string(),
-            msg: e.to_string(),
-        };
+        let err = |what: &str, e| sql_err(target_name, what, e);
         let mut applied = Applied::default();
         let mut tx = target
             .start_transaction(mysql_async::TxOpts::default())

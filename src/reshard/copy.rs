@@ -29,7 +29,7 @@ pub enum CopyError {
     NoPosition { server: String, why: String },
 }
 
-fn sql_err(server: &str, what: &str, e: impl std::fmt::Display) -> CopyError {
+pub(crate) fn sql_err(server: &str, what: &str, e: impl std::fmt::Display) -> CopyError {
     CopyError::Sql {
         server: server.to_string(),
         what: what.to_string(),
@@ -185,9 +185,24 @@ impl TableShape {
         )
     }
 
-    /// The next chunk's SELECT, for other modules.
-    pub(crate) fn select_chunk(&self, after: bool, limit: usize) -> String {
-        self.select(after, limit)
+    /// The next chunk of rows on `conn` (`server`, for errors): up to `limit` after `after`,
+    /// in primary-key order.
+    pub(crate) async fn read_chunk(
+        &self,
+        conn: &mut Conn,
+        server: &str,
+        after: Option<&[Value]>,
+        limit: usize,
+    ) -> Result<Vec<Vec<Value>>, CopyError> {
+        let params = match after {
+            Some(k) => Params::Positional(k.to_vec()),
+            None => Params::Empty,
+        };
+        let rows: Vec<Row> = conn
+            .exec(self.select(after.is_some(), limit), params)
+            .await
+            .map_err(|e| sql_err(server, "reading a chunk", e))?;
+        Ok(rows.into_iter().map(Row::unwrap).collect())
     }
 
     /// A row's primary key values.
@@ -321,6 +336,30 @@ pub struct Chunk {
     pub position: String,
 }
 
+/// The GTID position of the consistent snapshot open on `conn` (`Position::Exact`).
+async fn snapshot_position(conn: &mut Conn, server: &str) -> Result<String, CopyError> {
+    let status: Vec<(String, String)> = conn
+        .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
+        .await
+        .map_err(|e| sql_err(server, "reading the snapshot's position", e))?;
+    let get = |name: &str| {
+        status
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let (file, pos) = (get("binlog_snapshot_file"), get("binlog_snapshot_position"));
+    let position: Option<String> = conn
+        .exec_first("SELECT BINLOG_GTID_POS(?, ?)", (file.clone(), pos.clone()))
+        .await
+        .map_err(|e| sql_err(server, "BINLOG_GTID_POS", e))?;
+    position.ok_or_else(|| CopyError::NoPosition {
+        server: server.to_string(),
+        why: format!("BINLOG_GTID_POS('{file}', {pos}) is NULL"),
+    })
+}
+
 /// Copies one chunk of `shape` from `source` to `target`: up to `limit` rows after `after`,
 /// read in a consistent snapshot, keeping those for which `moves(hash)` holds; `position` says
 /// which binlog position the chunk reports.
@@ -352,57 +391,21 @@ pub async fn copy_chunk(
         .await
         .map_err(|e| sql_err(source_name, "starting a snapshot", e))?;
     let read = async {
-        if let Some(p) = before {
-            let params = match after {
-                Some(k) => Params::Positional(k.to_vec()),
-                None => Params::Empty,
-            };
-            let rows: Vec<Row> = source
-                .exec(shape.select(after.is_some(), limit), params)
-                .await
-                .map_err(|e| sql_err(source_name, "reading a chunk", e))?;
-            return Ok::<_, CopyError>((p, rows));
-        }
-        let status: Vec<(String, String)> = source
-            .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
-            .await
-            .map_err(|e| sql_err(source_name, "reading the snapshot's position", e))?;
-        let get = |name: &str| {
-            status
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default()
+        let position = match before {
+            Some(p) => p,
+            None => snapshot_position(source, source_name).await?,
         };
-        let (file, pos) = (get("binlog_snapshot_file"), get("binlog_snapshot_position"));
-        let position: Option<String> = source
-            .exec_first("SELECT BINLOG_GTID_POS(?, ?)", (file.clone(), pos.clone()))
-            .await
-            .map_err(|e| sql_err(source_name, "BINLOG_GTID_POS", e))?;
-        let position = position.ok_or_else(|| CopyError::NoPosition {
-            server: source_name.to_string(),
-            why: format!("BINLOG_GTID_POS('{file}', {pos}) is NULL"),
-        })?;
-        let params = match after {
-            Some(k) => Params::Positional(k.to_vec()),
-            None => Params::Empty,
-        };
-        let rows: Vec<Row> = source
-            .exec(shape.select(after.is_some(), limit), params)
-            .await
-            .map_err(|e| sql_err(source_name, "reading a chunk", e))?;
+        let rows = shape.read_chunk(source, source_name, after, limit).await?;
         Ok::<_, CopyError>((position, rows))
     };
     let r = read.await;
     // The snapshot is only for reading: end it whatever happened.
     let _ = source.query_drop("COMMIT").await;
     let (position, rows) = r?;
-    let rows: Vec<Vec<Value>> = rows.into_iter().map(Row::unwrap).collect();
     let last_key = if rows.len() < limit {
         None
     } else {
-        rows.last()
-            .map(|r| shape.primary_key.iter().map(|&i| r[i].clone()).collect())
+        rows.last().map(|r| shape.key_of(r))
     };
     let moving: Vec<&Vec<Value>> = rows
         .iter()

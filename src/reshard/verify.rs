@@ -6,7 +6,7 @@
 use mysql_async::prelude::*;
 use mysql_async::{Params, Row, Value};
 
-use super::copy::{CopyError, Side, TableShape};
+use super::copy::{sql_err, CopyError, Side, TableShape};
 
 /// What one chunk's comparison found.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -49,21 +49,9 @@ pub async fn verify_chunk(
     moves: &(dyn Fn(u64) -> bool + Sync),
 ) -> Result<ChunkCheck, CopyError> {
     let limit = limit.max(1);
-    let err = |server: &str, what: &str, e: mysql_async::Error| CopyError::Sql {
-        server: server.to_string(),
-        what: what.to_string(),
-        msg: e.to_string(),
-    };
-    let params = match after {
-        Some(k) => Params::Positional(k.to_vec()),
-        None => Params::Empty,
-    };
-    let rows: Vec<Row> = source
-        .conn
-        .exec(shape.select_chunk(after.is_some(), limit), params)
-        .await
-        .map_err(|e| err(source.name, "reading a chunk to verify", e))?;
-    let rows: Vec<Vec<Value>> = rows.into_iter().map(Row::unwrap).collect();
+    let rows = shape
+        .read_chunk(source.conn, source.name, after, limit)
+        .await?;
     let last = rows.last().map(|r| shape.key_of(r));
     // The table's last chunk reaches to the end of the key space: a target row past the
     // source's last key is checked too.
@@ -81,7 +69,7 @@ pub async fn verify_chunk(
         .conn
         .exec(shape.select_range(after.is_some(), bounded), params)
         .await
-        .map_err(|e| err(target.name, "reading a chunk to verify", e))?;
+        .map_err(|e| sql_err(target.name, "reading a chunk to verify", e))?;
     // Only rows of the moving keys: the target may be an existing shard with rows of its own
     // in the same key range.
     let mut on_target: std::collections::BTreeMap<String, Vec<Value>> = on_target

@@ -61,11 +61,11 @@ impl Keys {
     pub fn lock(&self, shard: &str) -> String {
         format!("{}/locks/{shard}", self.prefix)
     }
-    pub fn locks(&self) -> String {
-        format!("{}/locks/", self.prefix)
-    }
     pub fn epoch(&self, shard: &str) -> String {
         format!("{}/epochs/{shard}", self.prefix)
+    }
+    pub fn failovers(&self) -> String {
+        format!("{}/failovers/", self.prefix)
     }
     pub fn failover(&self, shard: &str) -> String {
         format!("{}/failovers/{shard}", self.prefix)
@@ -81,6 +81,9 @@ impl Keys {
     }
     pub fn hold_ack(&self, hold_id: &str, proxy: &str) -> String {
         format!("{}/hold-acks/{hold_id}/{proxy}", self.prefix)
+    }
+    pub fn acked_root(&self) -> String {
+        format!("{}/acked/", self.prefix)
     }
     pub fn acked_dir(&self, primary: &str) -> String {
         format!("{}/acked/{primary}/", self.prefix)
@@ -717,6 +720,8 @@ mod tests {
             .acked("127.0.0.1:3306", "p1")
             .starts_with(&k.acked_dir("127.0.0.1:3306")));
         assert!(k.map_current().starts_with(&k.root()));
+        assert!(k.failover("app/s0").starts_with(&k.failovers()));
+        assert!(k.acked_dir("h:1").starts_with(&k.acked_root()));
         assert!(!Keys::new("/shardgate/c10")
             .map_current()
             .starts_with(&k.root()));

@@ -231,10 +231,7 @@ impl Topology {
         let map = v.map.clone();
         h.retain(|x| x.version < version);
         h.push(v);
-        if h.len() > HISTORY {
-            let extra = h.len() - HISTORY;
-            h.drain(..extra);
-        }
+        trim(&mut h);
         if let Backing::Etcd(_, Some(f)) = &self.backing {
             // A local copy only: etcd has it already.
             if let Err(e) = file::save(f, &h) {
@@ -275,10 +272,7 @@ impl Topology {
                 if let Some(f) = file {
                     let mut h = self.history();
                     h.push(v.clone());
-                    if h.len() > HISTORY {
-                        let extra = h.len() - HISTORY;
-                        h.drain(..extra);
-                    }
+                    trim(&mut h);
                     file::save(f, &h)?;
                 }
                 self.apply(v, -1);
@@ -411,6 +405,14 @@ impl Topology {
     /// Subscribes to version changes.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+}
+
+/// Keeps the newest `HISTORY` versions.
+fn trim(h: &mut Vec<MapVersion>) {
+    if h.len() > HISTORY {
+        let extra = h.len() - HISTORY;
+        h.drain(..extra);
     }
 }
 

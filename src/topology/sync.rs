@@ -62,10 +62,7 @@ async fn first_read(store: &Arc<EtcdStore>, topology: &Topology, ha: &Ha) -> i64
         match store.load().await {
             Ok(l) => {
                 if let Some((v, rev)) = l.current {
-                    let old = topology.map();
-                    if topology.apply(v, rev) {
-                        ha.on_new_map(&old, &topology.map());
-                    }
+                    apply(topology, ha, v, rev);
                 }
                 if let Err(e) = ha.restore_acked().await {
                     tracing::warn!(error = %e, "reading what this proxy acknowledged before");
@@ -89,11 +86,9 @@ async fn follow(
     while let Some(change) = rx.recv().await {
         match change {
             Change::Map(v, rev) => {
-                let old = topology.map();
                 let version = v.version;
-                if topology.apply(v, rev) {
+                if apply(&topology, &ha, v, rev) {
                     tracing::info!(version, "applied a shard map version from etcd");
-                    ha.on_new_map(&old, &topology.map());
                 }
             }
             Change::Hold(rec) => {
@@ -117,10 +112,7 @@ async fn follow(
                 if let Some(store) = topology.store() {
                     if let Ok(l) = store.load().await {
                         if let Some((v, rev)) = l.current {
-                            let old = topology.map();
-                            if topology.apply(v, rev) {
-                                ha.on_new_map(&old, &topology.map());
-                            }
+                            apply(&topology, &ha, v, rev);
                         }
                     }
                 }
@@ -130,6 +122,17 @@ async fn follow(
             }
         }
     }
+}
+
+/// Applies a version read from etcd and tells failure handling what changed; whether it was
+/// newer than what this proxy had.
+fn apply(topology: &Topology, ha: &Ha, v: super::MapVersion, rev: i64) -> bool {
+    let old = topology.map();
+    let applied = topology.apply(v, rev);
+    if applied {
+        ha.on_new_map(&old, &topology.map());
+    }
+    applied
 }
 
 async fn apply_note(cache: &ResultCache, note: &CacheNote) {
