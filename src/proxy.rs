@@ -42,6 +42,8 @@ pub struct Shared {
     pub digests: crate::digests::Digests,
     /// The result cache, when a rule in `[cache]` turns it on.
     pub cache: Option<Arc<crate::cache::ResultCache>>,
+    /// Reshard workflows (`shardgate reshard ...`).
+    pub reshards: Arc<crate::reshard::manager::Reshards>,
     clients: AtomicUsize,
     /// Set while the workers run: `/readyz` is not ready before the listeners exist.
     accepting: AtomicBool,
@@ -54,7 +56,9 @@ impl Shared {
         let topology = Arc::new(Topology::new(&config, health.clone())?);
         let ha = Arc::new(Ha::new(&config, topology.clone()));
         let cache = crate::cache::ResultCache::new(&config.cache).map(Arc::new);
+        let reshards = crate::reshard::manager::Reshards::new(topology.clone(), ha.clone());
         Ok(Shared {
+            reshards,
             topology,
             ha,
             pools: Pools::new(config.pool.clone(), workers),
@@ -305,6 +309,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .metrics
         .clone()
         .map(|h| tokio::spawn(crate::admin::metrics::upkeep(h)));
+    // Workflows an earlier run of this proxy left unfinished go on (or end) here.
+    let reshards = proxy.shared.reshards.clone();
+    tokio::spawn(async move { reshards.resume().await });
     let admin = tokio::spawn(async move {
         if let Err(e) = crate::admin::serve(admin_listener, admin_state).await {
             warn!(error = %e, "the admin API stopped");

@@ -52,6 +52,13 @@ impl Keys {
     pub fn history(&self, version: u64) -> String {
         format!("{}/map/history/{version:020}", self.prefix)
     }
+    /// Reshard workflows, one per keyspace.
+    pub fn reshards(&self) -> String {
+        format!("{}/reshard/", self.prefix)
+    }
+    pub fn reshard(&self, keyspace: &str) -> String {
+        format!("{}/reshard/{keyspace}", self.prefix)
+    }
     pub fn proxies(&self) -> String {
         format!("{}/proxies/", self.prefix)
     }

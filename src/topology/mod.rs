@@ -181,6 +181,13 @@ impl Topology {
         }
     }
 
+    /// The local state file, when there is one (with etcd: the local copy).
+    pub fn state_file(&self) -> Option<&Path> {
+        match &self.backing {
+            Backing::File(f) | Backing::Etcd(_, f) => f.as_deref(),
+        }
+    }
+
     /// The mod revision of etcd's `map/current` this proxy applied (-1: not read yet).
     pub fn revision(&self) -> i64 {
         self.rev.load(Ordering::SeqCst)

@@ -1,0 +1,102 @@
+//! Where workflows are persisted: etcd (`<prefix>/reshard/<keyspace>`) when the topology is
+//! shared, so any proxy can show them; else a JSON file per keyspace next to the state file
+//! (`<state_file>.reshard-<keyspace>.json`); with neither, in memory only (the README says a
+//! proxy without a state file cannot resume a workflow after a restart).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::manager::ReshardError;
+use super::state::Workflow;
+use crate::topology::{EtcdStore, Topology};
+
+pub enum StateStore {
+    Etcd(Arc<EtcdStore>),
+    Files(PathBuf),
+    Memory,
+}
+
+impl StateStore {
+    pub fn new(topology: &Topology) -> StateStore {
+        if let Some(s) = topology.store() {
+            return StateStore::Etcd(s.clone());
+        }
+        match topology.state_file() {
+            Some(f) => StateStore::Files(f.to_path_buf()),
+            None => StateStore::Memory,
+        }
+    }
+
+    fn file(base: &std::path::Path, keyspace: &str) -> PathBuf {
+        let mut name = base.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".reshard-{keyspace}.json"));
+        base.with_file_name(name)
+    }
+
+    pub async fn save(&self, w: &Workflow) -> Result<(), ReshardError> {
+        let text = serde_json::to_vec_pretty(w)
+            .map_err(|e| ReshardError::Failed(format!("encoding the workflow: {e}")))?;
+        match self {
+            StateStore::Etcd(s) => s
+                .put(s.keys.reshard(&w.keyspace), text, false)
+                .await
+                .map_err(|e| ReshardError::Failed(format!("saving the workflow: {e}"))),
+            StateStore::Files(base) => {
+                let file = Self::file(base, &w.keyspace);
+                let tmp = file.with_extension("tmp");
+                let err = |e: std::io::Error| {
+                    ReshardError::Failed(format!("saving the workflow to {}: {e}", file.display()))
+                };
+                // Renamed into place: a crash leaves the old state or the new, never half.
+                tokio::fs::write(&tmp, text).await.map_err(err)?;
+                tokio::fs::rename(&tmp, &file).await.map_err(err)
+            }
+            StateStore::Memory => Ok(()),
+        }
+    }
+
+    /// Every persisted workflow (unreadable ones are logged and skipped).
+    pub async fn load_all(&self) -> Result<Vec<Workflow>, ReshardError> {
+        let mut texts: Vec<(String, Vec<u8>)> = Vec::new();
+        match self {
+            StateStore::Etcd(s) => {
+                texts = s
+                    .list(s.keys.reshards())
+                    .await
+                    .map_err(|e| ReshardError::Failed(format!("reading workflows: {e}")))?;
+            }
+            StateStore::Files(base) => {
+                let dir = base
+                    .parent()
+                    .map(|p| p.to_path_buf())
+                    .unwrap_or_else(|| PathBuf::from("."));
+                let prefix = format!(
+                    "{}.reshard-",
+                    base.file_name().unwrap_or_default().to_string_lossy()
+                );
+                let Ok(mut entries) = tokio::fs::read_dir(&dir).await else {
+                    return Ok(Vec::new());
+                };
+                while let Ok(Some(e)) = entries.next_entry().await {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if name.starts_with(&prefix) && name.ends_with(".json") {
+                        if let Ok(t) = tokio::fs::read(e.path()).await {
+                            texts.push((e.path().display().to_string(), t));
+                        }
+                    }
+                }
+            }
+            StateStore::Memory => {}
+        }
+        let mut out = Vec::new();
+        for (from, t) in texts {
+            match serde_json::from_slice::<Workflow>(&t) {
+                Ok(w) => out.push(w),
+                Err(e) => {
+                    tracing::warn!(%from, error = %e, "skipping an unreadable reshard workflow")
+                }
+            }
+        }
+        Ok(out)
+    }
+}
