@@ -12,6 +12,7 @@ pub mod detect;
 pub mod events;
 pub mod gate;
 pub mod gtid;
+pub mod keyspace_gate;
 pub mod ops;
 pub mod server;
 
@@ -130,6 +131,7 @@ pub struct Ha {
     cfg: HaSection,
     creds: Creds,
     pub gate: Gate,
+    pub keyspaces: keyspace_gate::KeyspaceGates,
     pub events: Events,
     topology: Arc<Topology>,
     op: tokio::sync::Mutex<()>,
@@ -152,6 +154,7 @@ impl Ha {
                 query_timeout: Duration::from_secs(10),
             },
             gate: Gate::default(),
+            keyspaces: Default::default(),
             events: Events::default(),
             topology,
             op: tokio::sync::Mutex::new(()),

@@ -159,6 +159,12 @@ impl Ha {
         }
     }
 
+    /// Excludes failovers, switchovers and rejoins while held (a reshard cutover); `Busy`
+    /// when one runs now.
+    pub fn exclusive(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, HaError> {
+        self.busy()
+    }
+
     fn busy(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, HaError> {
         self.op.try_lock().map_err(|_| {
             let what = lock(&self.progress)

@@ -242,6 +242,11 @@ impl Applier {
         Ok(applied)
     }
 
+    /// Whether the current source transaction changed anything this stream applies.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// Forgets the current source transaction's changes (the stream broke before its commit).
     pub fn discard(&mut self) {
         self.pending.clear();

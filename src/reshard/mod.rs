@@ -6,11 +6,16 @@
 
 pub mod apply;
 pub mod binlog;
+mod checking;
+mod cleanup;
 pub mod copy;
+mod copying;
+mod cutover;
 pub mod facts;
 pub mod manager;
 pub mod plan;
 pub mod state;
 pub mod store;
+mod streams;
 pub mod verify;
 pub mod workflow;

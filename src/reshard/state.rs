@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::plan::Plan;
+use crate::shardmap::Keyspace;
 use mysql_async::Value;
 
 /// Where a workflow is. The cutover's commit point is the publication of the new shard map:
@@ -168,6 +169,9 @@ pub struct StreamState {
     /// position on the target (`_shardgate.reshard_position`).
     pub name: String,
     pub direction: Direction,
+    /// `sharded` (the moving keys of the keyspace's sharded tables) or `reference` (every row
+    /// of its reference tables).
+    pub kind: String,
     /// Shard names.
     pub source: String,
     pub target: String,
@@ -253,6 +257,9 @@ pub struct Workflow {
     pub id: String,
     pub keyspace: String,
     pub plan: Plan,
+    /// The keyspace as it was at the start (what a rollback publishes again, with the primaries
+    /// live then).
+    pub before: Keyspace,
     pub phase: Phase,
     pub started_at: String,
     pub updated_at: String,

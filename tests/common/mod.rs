@@ -13,6 +13,7 @@ use shardgate::sandbox::Cluster;
 
 pub mod ha;
 pub mod raw;
+pub mod reshard;
 
 pub const USER: &str = "app";
 /// A proxy config fragment for sandboxes of a test's own: 2 workers, the split on with
