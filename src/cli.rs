@@ -147,6 +147,7 @@ enum ReshardAction {
     /// writes nothing.
     Plan {
         /// The keyspace (consistent_hash) to reshard.
+        /// The keyspace whose workflow it is.
         #[arg(long)]
         keyspace: String,
         /// A new shard: NAME=PRIMARY[,REPLICA...] (`host:port` each).
@@ -163,6 +164,103 @@ enum ReshardAction {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Start a workflow: copy the moving rows, then follow the sources' binlogs until the
+    /// cutover. Give the change, or a plan saved from `reshard plan --json`.
+    #[command(group(
+        clap::ArgGroup::new("change").required(true).args(["add", "remove", "plan_file"])
+    ))]
+    Start {
+        /// The keyspace (consistent_hash) to reshard; with --plan-file, the plan's.
+        #[arg(long, required_unless_present = "plan_file")]
+        keyspace: Option<String>,
+        /// A new shard: NAME=PRIMARY[,REPLICA...] (`host:port` each).
+        #[arg(long, value_name = "NAME=PRIMARY[,REPLICA...]")]
+        add: Option<String>,
+        /// A shard to empty and remove.
+        #[arg(long, value_name = "NAME")]
+        remove: Option<String>,
+        /// A plan saved from `shardgate reshard plan --json`; started as it is if the shard
+        /// map has not changed since.
+        #[arg(long, value_name = "FILE")]
+        plan_file: Option<PathBuf>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// A workflow's progress (every workflow without --keyspace): copy, streams, verify,
+    /// cutover attempts.
+    Status {
+        /// Only this keyspace's workflow.
+        #[arg(long)]
+        keyspace: Option<String>,
+        /// Print it again every second while a copy, verify or completion runs (Ctrl-C stops).
+        #[arg(long, short)]
+        follow: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Compare the moved rows on source and target (in the background: see `status`).
+    Verify {
+        /// The keyspace whose workflow it is.
+        #[arg(long)]
+        keyspace: String,
+        /// Wait for the verify to end and print it; exit non-zero if it found differences.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Switch the moving keys to their new shards; exits non-zero if the attempt aborted.
+    Cutover(CutoverArgs),
+    /// Switch the keys back to their old shards after a cutover; exits non-zero if the
+    /// attempt aborted.
+    Rollback(CutoverArgs),
+    /// Delete the moved rows from their old shards and end the workflow.
+    Complete {
+        /// The keyspace whose workflow it is.
+        #[arg(long)]
+        keyspace: String,
+        /// Wait until the rows are deleted; exit non-zero if the workflow ends otherwise.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Stop a workflow before its cutover and remove what it copied.
+    Cancel {
+        /// The keyspace whose workflow it is.
+        #[arg(long)]
+        keyspace: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// `reshard cutover` and `reshard rollback`.
+#[derive(clap::Args)]
+struct CutoverArgs {
+    /// The keyspace whose workflow it is.
+    #[arg(long)]
+    keyspace: String,
+    /// The longest the keyspace's writes may wait (ms); past it the attempt aborts and the
+    /// held statements go on as before it (default 500).
+    #[arg(long, value_name = "N")]
+    max_pause_ms: Option<u64>,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+impl CutoverArgs {
+    async fn run(self, rollback: bool) -> anyhow::Result<()> {
+        let req = crate::reshard::manager::CutoverRequest {
+            keyspace: self.keyspace,
+            max_pause_ms: self.max_pause_ms,
+        };
+        let target = self.admin.target()?;
+        let out = crate::admin::reshard_commands::cutover(&target, &req, rollback, self.admin.json)
+            .await?;
+        print_output(&out);
+        Ok(())
+    }
 }
 
 /// How an admin command finds the proxy: its config file, or an address and a token.
@@ -438,25 +536,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo { shape } => demo(shape).await,
-        Command::Reshard {
-            action:
-                ReshardAction::Plan {
-                    keyspace,
-                    add,
-                    remove,
-                    admin,
-                },
-        } => {
-            let req = crate::admin::reshard::PlanRequest {
-                keyspace,
-                add,
-                remove,
-            };
-            let out =
-                crate::admin::commands::reshard_plan(&admin.target()?, &req, admin.json).await?;
-            print_output(&out);
-            Ok(())
-        }
+        Command::Reshard { action } => reshard(action).await,
         Command::Cache {
             action: CacheAction::Stats { admin },
         } => {
@@ -519,6 +599,58 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The `reshard` commands.
+async fn reshard(action: ReshardAction) -> anyhow::Result<()> {
+    use crate::admin::reshard_commands as rc;
+    let out = match action {
+        ReshardAction::Plan {
+            keyspace,
+            add,
+            remove,
+            admin,
+        } => {
+            let req = crate::admin::reshard::PlanRequest {
+                keyspace,
+                add,
+                remove,
+            };
+            crate::admin::commands::reshard_plan(&admin.target()?, &req, admin.json).await?
+        }
+        ReshardAction::Start {
+            keyspace,
+            add,
+            remove,
+            plan_file,
+            admin,
+        } => {
+            let req = rc::start_request(keyspace.as_deref(), add, remove, plan_file.as_deref())?;
+            rc::start(&admin.target()?, &req, admin.json).await?
+        }
+        ReshardAction::Status {
+            keyspace,
+            follow,
+            admin,
+        } => rc::status(&admin.target()?, keyspace.as_deref(), follow, admin.json).await?,
+        ReshardAction::Verify {
+            keyspace,
+            wait,
+            admin,
+        } => rc::verify(&admin.target()?, &keyspace, wait, admin.json).await?,
+        ReshardAction::Cutover(args) => return args.run(false).await,
+        ReshardAction::Rollback(args) => return args.run(true).await,
+        ReshardAction::Complete {
+            keyspace,
+            wait,
+            admin,
+        } => rc::complete(&admin.target()?, &keyspace, wait, admin.json).await?,
+        ReshardAction::Cancel { keyspace, admin } => {
+            rc::cancel(&admin.target()?, &keyspace, admin.json).await?
+        }
+    };
+    print_output(&out);
+    Ok(())
 }
 
 /// Prints `out`, ending it with a newline if it has none (raw JSON answers do not).

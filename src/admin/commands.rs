@@ -1,6 +1,7 @@
 //! What the CLI's admin commands do (`shardgate cache stats|flush`, `topology`, `failover`,
-//! `rejoin`, `events`): find the admin API,
-//! call it, and turn its JSON into a few readable lines (or pass the JSON through).
+//! `rejoin`, `events`, `reshard plan`; the other reshard commands are in `reshard_commands`):
+//! find the admin API, call it, and turn its JSON into a few readable lines (or pass the JSON
+//! through).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -48,7 +49,7 @@ impl Target {
         })
     }
 
-    fn client(&self) -> Client {
+    pub(super) fn client(&self) -> Client {
         Client::new(self.addr.clone(), self.token.clone())
     }
 }

@@ -19,6 +19,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("no such endpoint: {method} {path}")]
     NotFound { method: String, path: String },
+    /// The request names something that does not exist (a reshard workflow...).
+    #[error("{0}")]
+    Missing(String),
     #[error("{method} is not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
     #[error("metrics are unavailable: {0}")]
@@ -43,7 +46,7 @@ impl ApiError {
             }
             ApiError::CacheOff => StatusCode::CONFLICT,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::NotFound { .. } | ApiError::Missing(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::MetricsUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,

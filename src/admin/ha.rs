@@ -83,14 +83,18 @@ pub(super) fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<
 }
 
 /// Runs an operation on its own task, so that a client hanging up cannot cancel a flip
-/// half-way; answers with its report.
-async fn detached(
-    op: impl std::future::Future<Output = Result<Report, HaError>> + Send + 'static,
-) -> Result<Json<Report>, ApiError> {
+/// half-way; answers with its result.
+pub(super) async fn detached<T, E>(
+    op: impl std::future::Future<Output = Result<T, E>> + Send + 'static,
+) -> Result<Json<T>, ApiError>
+where
+    T: Send + 'static,
+    E: Into<ApiError> + Send + 'static,
+{
     let r = tokio::spawn(op)
         .await
         .map_err(|e| ApiError::Backend(format!("the operation's task failed: {e}")))?;
-    Ok(Json(r?))
+    r.map(Json).map_err(Into::into)
 }
 
 /// `POST /api/v1/failover`: returns when the operation ended, with its steps.

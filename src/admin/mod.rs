@@ -18,6 +18,7 @@ mod openapi;
 pub mod queries;
 pub mod reload;
 pub mod reshard;
+pub mod reshard_commands;
 mod router;
 pub mod server;
 pub mod topology;
