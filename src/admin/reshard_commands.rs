@@ -460,6 +460,7 @@ primary = "h:2"
             workflow: Workflow {
                 id: "app-1".into(),
                 keyspace: "app".into(),
+                before: map.keyspace["app"].clone(),
                 plan,
                 phase: Phase::Copying,
                 started_at: "2026-12-07T13:00:00Z".into(),
@@ -479,6 +480,7 @@ primary = "h:2"
                 streams: vec![StreamState {
                     name: "app s1->s0".into(),
                     direction: Direction::Forward,
+                    kind: "sharded".into(),
                     source: "s1".into(),
                     target: "s0".into(),
                     start_position: "0-1-1".into(),

@@ -12,7 +12,6 @@ pub mod detect;
 pub mod events;
 pub mod gate;
 pub mod gtid;
-pub mod keyspace_gate;
 pub mod ops;
 pub mod server;
 
@@ -131,7 +130,6 @@ pub struct Ha {
     cfg: HaSection,
     creds: Creds,
     pub gate: Gate,
-    pub keyspaces: keyspace_gate::KeyspaceGates,
     pub events: Events,
     topology: Arc<Topology>,
     op: tokio::sync::Mutex<()>,
@@ -154,7 +152,6 @@ impl Ha {
                 query_timeout: Duration::from_secs(10),
             },
             gate: Gate::default(),
-            keyspaces: Default::default(),
             events: Events::default(),
             topology,
             op: tokio::sync::Mutex::new(()),
