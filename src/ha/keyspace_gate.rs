@@ -150,14 +150,7 @@ impl KeyspaceGate {
     /// Waits until no command is between `enter` and `leave`, at most `limit`; true if it got
     /// there. After `doom`, a doomed transaction's command that got in is counted here.
     pub async fn drain(&self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        while self.in_flight() > 0 {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        true
+        reaches_zero(&self.in_flight, limit).await
     }
 
     fn holding(&self) -> bool {
@@ -233,15 +226,20 @@ impl KeyspaceGate {
     /// no new one opens (its BEGIN waits at `enter`), so this is the grace period in which
     /// open transactions may still end.
     pub async fn wait_txns(&self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        while self.open_txns() > 0 {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        true
+        reaches_zero(&self.open_txns, limit).await
     }
+}
+
+/// Polls `count` until it is 0, at most `limit`; true if it got there.
+async fn reaches_zero(count: &AtomicUsize, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while count.load(Ordering::SeqCst) > 0 {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    true
 }
 
 /// A transaction open on a keyspace, from its first statement until it ends.

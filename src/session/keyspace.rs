@@ -111,3 +111,26 @@ fn is_rollback(frame: &Frame) -> bool {
         .is_some_and(|w| w.eq_ignore_ascii_case(b"rollback"))
         && classify(sql).class.kind == Kind::EndTransaction
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::query_frame;
+
+    #[test]
+    fn only_a_plain_rollback_is_answered_ok() {
+        let rollback = |sql: &str| is_rollback(&query_frame(sql.as_bytes(), 0));
+        assert!(rollback("ROLLBACK"));
+        assert!(rollback("  rollback work"));
+        assert!(
+            !rollback("ROLLBACK TO SAVEPOINT a"),
+            "the transaction goes on"
+        );
+        assert!(!rollback("ROLLBACK AND CHAIN"), "opens the next");
+        assert!(!rollback("COMMIT"));
+        assert!(!rollback("ROLLBACKS"));
+        let mut ping = query_frame(b"ROLLBACK", 0).payload().to_vec();
+        ping[0] = com::PING;
+        assert!(!is_rollback(&crate::session::command_frame(&ping, 0)));
+    }
+}
