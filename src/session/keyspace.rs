@@ -23,8 +23,14 @@ impl Session {
     /// command ran.
     pub(super) async fn enter_keyspace_gate(
         &self,
+        cmd: u8,
         wait: Duration,
     ) -> Result<Option<Arc<KeyspaceGate>>, KeyspaceRefusal> {
+        // The client reads no answer to these (an ERR would answer its next command), and
+        // they change no rows: the transaction's next command meets the gate.
+        if matches!(cmd, com::STMT_CLOSE | com::STMT_SEND_LONG_DATA) {
+            return Ok(None);
+        }
         let token = self.shard_txn.as_ref().and_then(|t| t.token());
         // Outside a hold `enter` is not called: a doomed transaction is found here.
         if let Some(t) = token.filter(|t| t.is_doomed()) {

@@ -218,7 +218,7 @@ impl Session {
                         .await;
                 }
                 Some(cmd) => {
-                    let Some(keyspace_gate) = self.pass_gates(&frame).await else {
+                    let Some(keyspace_gate) = self.pass_gates(cmd, &frame).await else {
                         continue;
                     };
                     let started = std::time::Instant::now();
@@ -238,12 +238,12 @@ impl Session {
     /// Lets a command through the statement gates, or answers the client and returns `None`.
     /// `Some(keyspace gate)`: in through the proxy's gate, and through the keyspace's when a
     /// reshard cutover holds it; each is left once the command ran.
-    async fn pass_gates(&mut self, frame: &Frame) -> Option<Option<Arc<KeyspaceGate>>> {
+    async fn pass_gates(&mut self, cmd: u8, frame: &Frame) -> Option<Option<Arc<KeyspaceGate>>> {
         let wait = self.shared.config.ha.buffer_timeout();
         // A reshard cutover's hold on the session's keyspace first (one load when none is
         // on): a command waiting there has reached no server, and a failover's drain must not
         // wait for it.
-        let keyspace = match self.enter_keyspace_gate(wait).await {
+        let keyspace = match self.enter_keyspace_gate(cmd, wait).await {
             Err(r) if r.refused == Refused::StillHeld => {
                 self.keyspace_refused(r, wait, frame).await;
                 return None;
