@@ -13,8 +13,13 @@
 //! itself in flight before reading the epoch (SeqCst on both sides).
 //!
 //! [`KeyspaceGates::active`] is what a session reads on every command: one load, true while
-//! any keyspace gate is held. A session with no sharded transaction looks up its keyspace's
-//! gate only then. A doomed transaction is found through its token once the hold is over.
+//! any keyspace gate is held. A session looks up its keyspace's gate only then. A doomed
+//! transaction is found through its token (one more load) once the hold is over.
+//!
+//! Not covered: a command that read `active` false just before the hold began runs uncounted,
+//! so `drain` does not wait for it. A transaction it opens is doomed all the same (see
+//! `txn_begins`), but an autocommit write it makes may land on the old owner after the drain;
+//! the cutover must allow for it (or the sessions' fast path must count commands).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
