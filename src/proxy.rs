@@ -161,6 +161,11 @@ impl Proxy {
         self.addr
     }
 
+    /// What the workers share (tests reach the gates through it).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// Stops accepting, ends every worker (and the sessions on it) and waits for them.
     pub fn shutdown(self) {
         self.shared.accepting.store(false, Ordering::Relaxed);

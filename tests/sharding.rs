@@ -1405,3 +1405,115 @@ async fn begin_commits_and_a_deadlock_rolls_back_every_shard_of_a_transaction() 
         "a deadlocked transaction's write on the other shard survived: {names:?}"
     );
 }
+
+fn server_error(r: Result<(), mysql_async::Error>) -> (u16, String, String) {
+    match r {
+        Err(mysql_async::Error::Server(e)) => (e.code, e.state, e.message),
+        other => panic!("expected a server error, got {other:?}"),
+    }
+}
+
+/// A reshard cutover's keyspace gate, driven on a proxy in this process: while held, new
+/// statements of the keyspace wait and an open transaction goes on; once doomed, that
+/// transaction is rolled back on its shard and its COMMIT fails with 1213 / 40001 (what
+/// drivers retry), a doomed transaction's ROLLBACK is answered OK, and statements held
+/// longer than the buffer timeout get ERR 1105 naming the keyspace.
+#[tokio::test]
+async fn a_keyspace_hold_pauses_new_statements_and_dooms_open_transactions() {
+    use std::time::Duration;
+    let config = shardgate::config::Config::load(
+        &sandbox().proxy_config("[ha]\nfailover_buffer_timeout_ms = 1500\n"),
+    )
+    .expect("config");
+    let proxy = shardgate::proxy::Proxy::start(config).expect("proxy");
+    let url = common::app_url(proxy.local_addr().port(), "app");
+    let gate = proxy.shared().ha.keyspaces.gate("app");
+    let mut c = common::connect(&url).await;
+    users_table(&mut c).await;
+    for id in 27_000_001..=27_000_005 {
+        c.query_drop(format!("DELETE FROM users WHERE id = {id}"))
+            .await
+            .expect("clean");
+    }
+    let mut doomed = common::connect(&url).await;
+    doomed.query_drop("BEGIN").await.expect("begin");
+    doomed
+        .query_drop("INSERT INTO users (id, name) VALUES (27000001, 'old map')")
+        .await
+        .expect("insert in the transaction");
+    let mut rolled = common::connect(&url).await;
+    rolled.query_drop("BEGIN").await.expect("begin");
+    rolled
+        .query_drop("INSERT INTO users (id, name) VALUES (27000002, 'rolled back')")
+        .await
+        .expect("insert in the transaction");
+    assert_eq!(gate.open_txns(), 2);
+
+    let mut w = common::connect(&url).await;
+    let hold = gate.hold();
+    assert!(proxy.shared().ha.keyspaces.active());
+    let waiter = tokio::spawn(async move {
+        let r = w
+            .query_drop("INSERT INTO users (id, name) VALUES (27000003, 'waited')")
+            .await;
+        (w, r)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "a new statement waits while held");
+    doomed
+        .query_drop("INSERT INTO users (id, name) VALUES (27000004, 'old map too')")
+        .await
+        .expect("an open transaction goes on during the hold");
+    gate.doom();
+    assert!(
+        gate.drain(Duration::from_secs(5)).await,
+        "nothing in flight"
+    );
+    drop(hold);
+    let (mut w, r) = waiter.await.expect("task");
+    r.expect("the waiting statement ran after the release");
+
+    let (code, state, msg) = server_error(doomed.query_drop("COMMIT").await);
+    assert_eq!((code, state.as_str()), (1213, "40001"), "{msg}");
+    assert!(msg.contains("keyspace app switched shards"), "{msg}");
+    rolled
+        .query_drop("ROLLBACK")
+        .await
+        .expect("a doomed ROLLBACK is answered OK");
+    assert_eq!(gate.open_txns(), 0, "both transactions ended");
+    // The connection goes on: a new transaction commits.
+    doomed.query_drop("BEGIN").await.expect("restart");
+    doomed
+        .query_drop("INSERT INTO users (id, name) VALUES (27000005, 'new map')")
+        .await
+        .expect("insert");
+    doomed.query_drop("COMMIT").await.expect("commit");
+    let ids: Vec<i64> = c
+        .query("SELECT id FROM users WHERE id BETWEEN 27000001 AND 27000009 ORDER BY id")
+        .await
+        .expect("ids");
+    assert_eq!(
+        ids,
+        vec![27000003, 27000005],
+        "the doomed transactions' rows were rolled back"
+    );
+
+    // Held longer than the buffer timeout: refused, naming the keyspace.
+    let hold = gate.hold();
+    let (code, _, msg) = server_error(
+        w.query_drop("SELECT id FROM users WHERE id = 27000003")
+            .await,
+    );
+    assert_eq!(code, 1105, "{msg}");
+    assert!(msg.contains("keyspace app is switching shards"), "{msg}");
+    drop(hold);
+    for id in 27_000_001..=27_000_005 {
+        w.query_drop(format!("DELETE FROM users WHERE id = {id}"))
+            .await
+            .expect("clean");
+    }
+    assert_eq!(gate.in_flight(), 0);
+    tokio::task::spawn_blocking(move || proxy.shutdown())
+        .await
+        .expect("shutdown");
+}

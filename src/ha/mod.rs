@@ -12,6 +12,7 @@ pub mod detect;
 pub mod events;
 pub mod gate;
 pub mod gtid;
+pub mod keyspace_gate;
 pub mod ops;
 pub mod server;
 
@@ -25,6 +26,7 @@ use crate::config::{Config, HaSection};
 use crate::topology::Topology;
 use events::Events;
 use gate::Gate;
+use keyspace_gate::KeyspaceGates;
 use server::Creds;
 
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +132,8 @@ pub struct Ha {
     cfg: HaSection,
     creds: Creds,
     pub gate: Gate,
+    /// Per sharded keyspace: statements held during a reshard cutover.
+    pub keyspaces: KeyspaceGates,
     pub events: Events,
     topology: Arc<Topology>,
     op: tokio::sync::Mutex<()>,
@@ -152,6 +156,7 @@ impl Ha {
                 query_timeout: Duration::from_secs(10),
             },
             gate: Gate::default(),
+            keyspaces: KeyspaceGates::default(),
             events: Events::default(),
             topology,
             op: tokio::sync::Mutex::new(()),

@@ -182,9 +182,16 @@ impl Planner {
 
     /// Whether the session's keyspace is sharded.
     pub fn is_sharded(&self, ctx: &PlanContext<'_>) -> bool {
-        self.keyspace_for(ctx)
-            .and_then(|k| self.keyspaces.get(k))
+        self.sharded_keyspace(ctx).is_some()
+    }
+
+    /// The session's keyspace if it is sharded.
+    pub fn sharded_keyspace<'a>(&'a self, ctx: &PlanContext<'a>) -> Option<&'a str> {
+        let name = self.keyspace_for(ctx)?;
+        self.keyspaces
+            .get(name)
             .is_some_and(|k| k.ring.is_some())
+            .then_some(name)
     }
 
     /// Plans a statement: its shards on a sharded keyspace, else the keyspace's one shard.
@@ -423,5 +430,23 @@ mod tests {
             addr(p.plan(b"select 1", &ctx(Some("sharded")))),
             "127.0.0.1:3000"
         );
+    }
+
+    #[test]
+    fn sharded_keyspace_names_only_a_sharded_one() {
+        let p = planner();
+        let ctx = |db| PlanContext {
+            db,
+            default_keyspace: None,
+        };
+        assert_eq!(p.sharded_keyspace(&ctx(Some("sharded"))), Some("sharded"));
+        assert_eq!(p.sharded_keyspace(&ctx(Some("other"))), None);
+        // Not a keyspace: the map's first, unsharded.
+        assert_eq!(p.sharded_keyspace(&ctx(Some("mysql"))), None);
+        let by_default = PlanContext {
+            db: None,
+            default_keyspace: Some("sharded"),
+        };
+        assert_eq!(p.sharded_keyspace(&by_default), Some("sharded"));
     }
 }

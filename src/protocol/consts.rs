@@ -122,6 +122,8 @@ pub mod errcode {
     pub const UNKNOWN_COM: (u16, &str) = (1047, "08S01");
     pub const UNKNOWN: (u16, &str) = (1105, "HY000");
     pub const NET_PACKET_TOO_LARGE: (u16, &str) = (1153, "08S01");
+    /// ER_LOCK_DEADLOCK: drivers and frameworks retry the transaction on SQLSTATE 40001.
+    pub const LOCK_DEADLOCK: (u16, &str) = (1213, "40001");
     pub const NOT_SUPPORTED: (u16, &str) = (1235, "42000");
     pub const UNKNOWN_STMT_HANDLER: (u16, &str) = (1243, "HY000");
     /// "This command is not supported in the prepared statement protocol yet".

@@ -452,7 +452,7 @@ impl Session {
         }
         let statement = matches!(work, Work::Query(_) | Work::Execute(..));
         // ER_LOCK_DEADLOCK: the server rolled its transaction back.
-        if sc.error_code == 1213 && self.shard_txn.is_some() {
+        if sc.error_code == errcode::LOCK_DEADLOCK.0 && self.shard_txn.is_some() {
             self.abort_shard_txn().await;
         }
         if statement {

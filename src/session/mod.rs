@@ -9,6 +9,7 @@ mod database;
 mod dispatch;
 mod handshake;
 mod hold;
+mod keyspace;
 mod kill;
 mod registry;
 mod route;
@@ -30,6 +31,7 @@ use crate::backend::vars::VarSet;
 use crate::backend::ConnKey;
 use crate::config::User;
 use crate::executor::{self, ExecError, Identity, Pinned};
+use crate::ha::keyspace_gate::{KeyspaceGate, Refused};
 use crate::planner::classify::{classify, Classified, Kind};
 use crate::planner::{self, lex, Plan, PlanContext, Route};
 use crate::protocol::consts::{cap, com, errcode, status};
@@ -216,31 +218,65 @@ impl Session {
                         .await;
                 }
                 Some(cmd) => {
-                    // While a primary changes, commands wait here (a transaction's go on: it
-                    // must be able to end where it began).
-                    let gate = &self.shared.ha.gate;
-                    // (Not what a statement left for the next: that one waits too, then
-                    // runs on the new primary unless it reads that state.)
-                    let in_txn = self.hold.sticky() || self.shard_txn.is_some();
-                    let wait = self.shared.config.ha.buffer_timeout();
-                    if gate.enter(in_txn, wait).await.is_err() {
-                        let msg = format!(
-                            "shardgate: a primary change is still running after {} ms \
-                             (failover_buffer_timeout_ms); try again",
-                            wait.as_millis()
-                        );
-                        let seq = frame.last_seq.wrapping_add(1);
-                        self.send_err(errcode::UNKNOWN, &msg, seq).await;
+                    let Some(keyspace_gate) = self.pass_gates(cmd, &frame).await else {
                         continue;
-                    }
+                    };
                     let started = std::time::Instant::now();
                     let r = self.command(cmd, frame).await;
+                    if let Some(g) = keyspace_gate {
+                        g.leave();
+                    }
                     self.shared.ha.gate.leave();
                     self.end_sample(started.elapsed());
                     r?
                 }
             }
             self.after_command();
+        }
+    }
+
+    /// Lets a command through the statement gates, or answers the client and returns `None`.
+    /// `Some(keyspace gate)`: in through the proxy's gate, and through the keyspace's when a
+    /// reshard cutover holds it; each is left once the command ran.
+    async fn pass_gates(&mut self, cmd: u8, frame: &Frame) -> Option<Option<Arc<KeyspaceGate>>> {
+        let wait = self.shared.config.ha.buffer_timeout();
+        // A reshard cutover's hold on the session's keyspace first (one load when none is
+        // on): a command waiting there has reached no server, and a failover's drain must not
+        // wait for it.
+        let keyspace = match self.enter_keyspace_gate(cmd, wait).await {
+            Err(r) if r.refused == Refused::StillHeld => {
+                self.keyspace_refused(r, wait, frame).await;
+                return None;
+            }
+            k => k,
+        };
+        // While a primary changes, commands wait here (a transaction's go on: it must be
+        // able to end where it began).
+        let gate = &self.shared.ha.gate;
+        // (Not what a statement left for the next: that one waits too, then runs on the new
+        // primary unless it reads that state.)
+        let in_txn = self.hold.sticky() || self.shard_txn.is_some();
+        if gate.enter(in_txn, wait).await.is_err() {
+            if let Ok(Some(g)) = &keyspace {
+                g.leave();
+            }
+            let msg = format!(
+                "shardgate: a primary change is still running after {} ms \
+                 (failover_buffer_timeout_ms); try again",
+                wait.as_millis()
+            );
+            let seq = frame.last_seq.wrapping_add(1);
+            self.send_err(errcode::UNKNOWN, &msg, seq).await;
+            return None;
+        }
+        match keyspace {
+            Ok(g) => Some(g),
+            Err(r) => {
+                // A doomed transaction: its rollback reaches its servers, inside the gate.
+                self.keyspace_refused(r, wait, frame).await;
+                self.shared.ha.gate.leave();
+                None
+            }
         }
     }
 

@@ -14,6 +14,7 @@ use super::{identity, Session, SessionError};
 use crate::backend::prepared::{param_value, prepare_silently, ParamValue};
 use crate::executor::ok_sum::OkSum;
 use crate::executor::{self, ExecError};
+use crate::ha::keyspace_gate::TxnToken;
 use crate::planner::classify::{Class, Hint, Kind, Value, VarName};
 use crate::planner::shard::{with_generated_keys, Spliced};
 use crate::planner::{lex, text, Route, ShardPlan};
@@ -48,6 +49,14 @@ pub struct ShardTxn {
     shard: Option<Arc<str>>,
     /// Further shards it opened on, in order (`multi_shard_transactions = "best_effort"`).
     others: Vec<Arc<str>>,
+    /// Counts it open on its keyspace's gate: a reshard cutover waits for it, then dooms it.
+    token: Option<TxnToken>,
+}
+
+impl ShardTxn {
+    pub(super) fn token(&self) -> Option<&TxnToken> {
+        self.token.as_ref()
+    }
 }
 
 impl Session {
@@ -73,11 +82,7 @@ impl Session {
                         return self.report(e, reply_seq).await;
                     }
                 }
-                self.shard_txn = Some(ShardTxn {
-                    begin: frame.payload()[1..].to_vec(),
-                    shard: None,
-                    others: Vec::new(),
-                });
+                self.shard_txn = Some(self.new_shard_txn(frame.payload()[1..].to_vec()));
                 self.send_status_ok(reply_seq, status::IN_TRANS | status::AUTOCOMMIT)
                     .await;
                 return Ok(());
@@ -1086,11 +1091,22 @@ impl Session {
     /// binds it, as after a BEGIN (nothing to send: the server opens it itself).
     pub(super) fn implicit_txn(&mut self) {
         if !self.vars.autocommit() && self.shard_txn.is_none() {
-            self.shard_txn = Some(ShardTxn {
-                begin: Vec::new(),
-                shard: None,
-                others: Vec::new(),
-            });
+            self.shard_txn = Some(self.new_shard_txn(Vec::new()));
+        }
+    }
+
+    /// A transaction opening on the session's keyspace (`begin` empty: opened implicitly by
+    /// autocommit off), counted open on that keyspace's gate.
+    fn new_shard_txn(&self, begin: Vec<u8>) -> ShardTxn {
+        let planner = self.shared.planner();
+        let token = planner
+            .sharded_keyspace(&self.plan_ctx())
+            .map(|k| self.shared.ha.keyspaces.gate(k).txn_begins());
+        ShardTxn {
+            begin,
+            shard: None,
+            others: Vec::new(),
+            token,
         }
     }
 
@@ -1104,7 +1120,7 @@ impl Session {
         }
     }
 
-    async fn send_status_ok(&mut self, seq: u8, status: u16) {
+    pub(super) async fn send_status_ok(&mut self, seq: u8, status: u16) {
         let mut out = BytesMut::new();
         let ok = OkInfo {
             status,

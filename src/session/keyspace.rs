@@ -1,0 +1,142 @@
+//! The session's side of a reshard cutover's keyspace gate (`ha::keyspace_gate`): commands on
+//! a keyspace that switches shards wait, and a transaction that began on the old shard map is
+//! rolled back instead of committing where its rows no longer live.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Session;
+use crate::ha::keyspace_gate::{KeyspaceGate, Refused};
+use crate::planner::classify::{classify, Kind};
+use crate::protocol::consts::{com, errcode, status};
+use crate::protocol::packet::Frame;
+
+/// A command the keyspace gate refused, and the keyspace whose gate it was.
+pub(super) struct KeyspaceRefusal {
+    pub(super) refused: Refused,
+    keyspace: Arc<str>,
+}
+
+impl Session {
+    /// Passes the gate of the session's keyspace. Costs one load unless a keyspace is held or
+    /// the session has a sharded transaction. `Ok(Some(gate))`: entered, to be left once the
+    /// command ran.
+    pub(super) async fn enter_keyspace_gate(
+        &self,
+        cmd: u8,
+        wait: Duration,
+    ) -> Result<Option<Arc<KeyspaceGate>>, KeyspaceRefusal> {
+        // The client reads no answer to these (an ERR would answer its next command), and
+        // they change no rows: the transaction's next command meets the gate.
+        if matches!(cmd, com::STMT_CLOSE | com::STMT_SEND_LONG_DATA) {
+            return Ok(None);
+        }
+        let token = self.shard_txn.as_ref().and_then(|t| t.token());
+        // Outside a hold `enter` is not called: a doomed transaction is found here.
+        if let Some(t) = token.filter(|t| t.is_doomed()) {
+            return Err(KeyspaceRefusal {
+                refused: Refused::Doomed,
+                keyspace: t.gate().keyspace().clone(),
+            });
+        }
+        let gates = &self.shared.ha.keyspaces;
+        if !gates.active() {
+            return Ok(None);
+        }
+        let planner = self.shared.planner();
+        let Some(keyspace) = planner.sharded_keyspace(&self.plan_ctx()) else {
+            return Ok(None);
+        };
+        let gate = match token {
+            Some(t) if **t.gate().keyspace() == *keyspace => t.gate().clone(),
+            _ => gates.gate(keyspace),
+        };
+        match gate.enter(token, wait).await {
+            Ok(()) => Ok(Some(gate)),
+            Err(refused) => Err(KeyspaceRefusal {
+                refused,
+                keyspace: gate.keyspace().clone(),
+            }),
+        }
+    }
+
+    /// Answers a command the keyspace gate refused. A doomed transaction is rolled back on
+    /// its shards first; the client gets a deadlock error (SQLSTATE 40001), which drivers
+    /// retry as a whole transaction, or OK if the command was that ROLLBACK.
+    pub(super) async fn keyspace_refused(
+        &mut self,
+        refusal: KeyspaceRefusal,
+        wait: Duration,
+        frame: &Frame,
+    ) {
+        let seq = frame.last_seq.wrapping_add(1);
+        let keyspace = refusal.keyspace;
+        match refusal.refused {
+            Refused::StillHeld => {
+                let msg = format!(
+                    "shardgate: keyspace {keyspace} is switching shards (reshard cutover) for longer than {} ms; try again",
+                    wait.as_millis()
+                );
+                self.send_err(errcode::UNKNOWN, &msg, seq).await;
+            }
+            Refused::Doomed => {
+                self.abort_shard_txn().await;
+                if is_rollback(frame) {
+                    let st = if self.vars.autocommit() {
+                        status::AUTOCOMMIT
+                    } else {
+                        0
+                    };
+                    self.send_status_ok(seq, st).await;
+                } else {
+                    let msg = format!(
+                        "shardgate: the transaction was rolled back: its keyspace {keyspace} switched shards (reshard cutover) while it was open; restart it"
+                    );
+                    self.send_err(errcode::LOCK_DEADLOCK, &msg, seq).await;
+                }
+                // Its connections no longer carry a transaction.
+                self.after_command();
+            }
+        }
+    }
+}
+
+/// A COM_QUERY `ROLLBACK [WORK]` (not to a savepoint, not AND CHAIN, which opens the next).
+fn is_rollback(frame: &Frame) -> bool {
+    let payload = frame.payload();
+    if payload.first() != Some(&com::QUERY) {
+        return false;
+    }
+    let sql = &payload[1..];
+    let start = sql
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(sql.len());
+    sql[start..]
+        .get(..8)
+        .is_some_and(|w| w.eq_ignore_ascii_case(b"rollback"))
+        && classify(sql).class.kind == Kind::EndTransaction
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::query_frame;
+
+    #[test]
+    fn only_a_plain_rollback_is_answered_ok() {
+        let rollback = |sql: &str| is_rollback(&query_frame(sql.as_bytes(), 0));
+        assert!(rollback("ROLLBACK"));
+        assert!(rollback("  rollback work"));
+        assert!(
+            !rollback("ROLLBACK TO SAVEPOINT a"),
+            "the transaction goes on"
+        );
+        assert!(!rollback("ROLLBACK AND CHAIN"), "opens the next");
+        assert!(!rollback("COMMIT"));
+        assert!(!rollback("ROLLBACKS"));
+        let mut ping = query_frame(b"ROLLBACK", 0).payload().to_vec();
+        ping[0] = com::PING;
+        assert!(!is_rollback(&crate::session::command_frame(&ping, 0)));
+    }
+}
