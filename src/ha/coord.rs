@@ -72,8 +72,13 @@ pub struct Intent {
 
 /// Statements held on every live proxy until dropped (then released everywhere: the hold key
 /// is deleted after whatever was published before the drop).
+/// A coordinated hold for a reshard cutover names `reshard:<keyspace>` where a failover's
+/// names its shard.
+pub const RESHARD_HOLD: &str = "reshard:";
+
 pub struct ClusterHold<'a> {
-    _local: HoldGuard<'a>,
+    /// This proxy's own hold (a reshard cutover holds its keyspace gate itself).
+    _local: Option<HoldGuard<'a>>,
     store: Option<Arc<EtcdStore>>,
     key: String,
     acks_key: String,
@@ -252,7 +257,36 @@ impl Ha {
         reason: &str,
         limit: Duration,
     ) -> Result<ClusterHold<'_>, HaError> {
-        let local = self.gate.hold();
+        self.hold_everywhere_as(shard, primary, reason, None, Some(self.gate.hold()), limit)
+            .await
+    }
+
+    /// A reshard's hold of `keyspace` on every other live proxy: each holds the keyspace's new
+    /// statements and drains before it acknowledges; with `doom` (a cutover), it first lets
+    /// open transactions commit for that grace, then dooms the rest. The caller holds this
+    /// proxy's keyspace gate itself.
+    pub async fn hold_keyspace_everywhere(
+        &self,
+        keyspace: &str,
+        reason: &str,
+        doom: Option<Duration>,
+        limit: Duration,
+    ) -> Result<ClusterHold<'_>, HaError> {
+        let shard = format!("{RESHARD_HOLD}{keyspace}");
+        let grace = doom.map(|g| u64::try_from(g.as_millis()).unwrap_or(u64::MAX));
+        self.hold_everywhere_as(&shard, "", reason, grace, None, limit)
+            .await
+    }
+
+    async fn hold_everywhere_as<'a>(
+        &'a self,
+        shard: &str,
+        primary: &str,
+        reason: &str,
+        grace_ms: Option<u64>,
+        local: Option<HoldGuard<'a>>,
+        limit: Duration,
+    ) -> Result<ClusterHold<'a>, HaError> {
         let Some(store) = self.store().cloned() else {
             return Ok(ClusterHold {
                 _local: local,
@@ -269,6 +303,7 @@ impl Ha {
             primary: primary.to_string(),
             by: store.id.clone(),
             reason: reason.to_string(),
+            grace_ms,
         };
         let key = store.keys.hold(shard);
         let acks_key = store.keys.hold_acks(&rec.id);
@@ -354,7 +389,10 @@ impl Ha {
         if held.contains_key(&rec.shard) {
             return false;
         }
-        self.gate.acquire();
+        match rec.shard.strip_prefix(RESHARD_HOLD) {
+            Some(ks) => self.keyspaces.gate(ks).acquire(),
+            None => self.gate.acquire(),
+        }
         held.insert(rec.shard.clone(), rec.id.clone());
         true
     }
@@ -372,10 +410,20 @@ impl Ha {
             Some(&rec.primary),
             format!("statements held for proxy {}: {}", rec.by, rec.reason),
         );
-        let drained = self
-            .gate
-            .drain(Duration::from_millis(self.cfg.switchover_drain_ms))
-            .await;
+        let limit = Duration::from_millis(self.cfg.switchover_drain_ms);
+        let drained = match rec.shard.strip_prefix(RESHARD_HOLD) {
+            Some(ks) => {
+                // As the coordinator does on its own: a grace for open transactions, then
+                // doom what is left and drain.
+                let gate = self.keyspaces.gate(ks);
+                if let Some(grace) = rec.grace_ms {
+                    gate.wait_txns(Duration::from_millis(grace)).await;
+                    gate.doom();
+                }
+                gate.drain(limit).await
+            }
+            None => self.gate.drain(limit).await,
+        };
         let still_held = super::lock(&self.remote_holds)
             .get(&rec.shard)
             .is_some_and(|id| *id == rec.id);
@@ -416,7 +464,10 @@ impl Ha {
         if held.get(shard).is_some_and(|h| id.is_none_or(|id| id == h)) {
             held.remove(shard);
             drop(held);
-            self.gate.release();
+            match shard.strip_prefix(RESHARD_HOLD) {
+                Some(ks) => self.keyspaces.gate(ks).release(),
+                None => self.gate.release(),
+            }
         }
     }
 

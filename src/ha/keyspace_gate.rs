@@ -12,14 +12,11 @@
 //! release. `doom` then `drain` never misses a command of a doomed transaction: `enter` counts
 //! itself in flight before reading the epoch (SeqCst on both sides).
 //!
-//! [`KeyspaceGates::active`] is what a session reads on every command: one load, true while
-//! any keyspace gate is held. A session looks up its keyspace's gate only then. A doomed
-//! transaction is found through its token (one more load) once the hold is over.
-//!
-//! Not covered: a command that read `active` false just before the hold began runs uncounted,
-//! so `drain` does not wait for it. A transaction it opens is doomed all the same (see
-//! `txn_begins`), but an autocommit write it makes may land on the old owner after the drain;
-//! the cutover must allow for it (or the sessions' fast path must count commands).
+//! Every command of a session on a sharded keyspace enters that keyspace's gate, held or not
+//! (two atomics, like the proxy's gate): a command that passed uncounted just before a hold
+//! began could write to the old owner after the drain. A doomed transaction is also found
+//! through its token (one more load) once the hold is over. [`KeyspaceGates::active`] says
+//! whether any hold is on.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

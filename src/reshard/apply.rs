@@ -29,6 +29,25 @@ enum Op {
     Delete(usize, Vec<Value>),
 }
 
+/// Rows per applied statement.
+const MAX_BATCH: usize = 200;
+
+impl Op {
+    /// (0 upsert / 1 delete, shape): what may share one statement.
+    fn group(&self) -> (u8, usize) {
+        match self {
+            Op::Upsert(s, _) => (0, *s),
+            Op::Delete(s, _) => (1, *s),
+        }
+    }
+
+    fn values(&self) -> &[Value] {
+        match self {
+            Op::Upsert(_, v) | Op::Delete(_, v) => v,
+        }
+    }
+}
+
 /// How a binlog table maps onto a copy shape: for each shape column, its index in the row
 /// image.
 struct Mapping {
@@ -195,9 +214,9 @@ impl Applier {
         Ok(())
     }
 
-    /// Ends the source transaction: its changes and `position` (the stream's position including
-    /// it) in one target transaction. A source transaction with nothing for this target still
-    /// moves the position (cheaply: one statement).
+    /// Applies the changes taken since the last commit (whole source transactions: the caller
+    /// may gather several) and `position` (the stream's position including them) in one target
+    /// transaction. With nothing to apply it still moves the position (one statement).
     pub async fn commit(
         &mut self,
         target: &mut Conn,
@@ -211,23 +230,34 @@ impl Applier {
             .start_transaction(mysql_async::TxOpts::default())
             .await
             .map_err(|e| err("starting a transaction", e))?;
-        for op in &ops {
-            match op {
-                Op::Upsert(s, row) => {
-                    let shape = &self.shapes[*s];
-                    tx.exec_drop(shape.upsert_one(), Params::Positional(row.clone()))
-                        .await
-                        .map_err(|e| err("applying an insert or update", e))?;
-                    applied.upserts += 1;
-                }
-                Op::Delete(s, key) => {
-                    let shape = &self.shapes[*s];
-                    tx.exec_drop(shape.delete_one(), Params::Positional(key.clone()))
-                        .await
-                        .map_err(|e| err("applying a delete", e))?;
-                    applied.deletes += 1;
-                }
+        // Runs of the same kind on the same table go as one statement (a multi-row upsert,
+        // whose later rows win over earlier ones of the same key, or one DELETE ... IN): in
+        // order, so a delete and a re-insert of one key keep their order.
+        let mut i = 0;
+        while i < ops.len() {
+            let (kind, shape) = ops[i].group();
+            let mut j = i;
+            while j < ops.len() && ops[j].group() == (kind, shape) && j - i < MAX_BATCH {
+                j += 1;
             }
+            let run = &ops[i..j];
+            let shape_ref = &self.shapes[shape];
+            let params: Vec<Value> = run
+                .iter()
+                .flat_map(|op| op.values().iter().cloned())
+                .collect();
+            if kind == 0 {
+                tx.exec_drop(shape_ref.insert_rows(run.len()), Params::Positional(params))
+                    .await
+                    .map_err(|e| err("applying inserts and updates", e))?;
+                applied.upserts += run.len();
+            } else {
+                tx.exec_drop(shape_ref.delete_rows(run.len()), Params::Positional(params))
+                    .await
+                    .map_err(|e| err("applying deletes", e))?;
+                applied.deletes += run.len();
+            }
+            i = j;
         }
         tx.exec_drop(
             format!(
@@ -242,6 +272,11 @@ impl Applier {
         Ok(applied)
     }
 
+    /// Changes taken and not yet applied.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Whether the current source transaction changed anything this stream applies.
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
@@ -254,21 +289,20 @@ impl Applier {
 }
 
 impl TableShape {
-    fn upsert_one(&self) -> String {
-        self.insert_rows(1)
-    }
-
-    fn delete_one(&self) -> String {
-        let conds: Vec<String> = self
+    /// DELETE of `n` rows by primary key.
+    pub(crate) fn delete_rows(&self, n: usize) -> String {
+        let pk: Vec<String> = self
             .primary_key
             .iter()
-            .map(|&i| format!("{} = ?", ident(&self.columns[i])))
+            .map(|&i| ident(&self.columns[i]))
             .collect();
+        let one = format!("({})", vec!["?"; pk.len()].join(", "));
         format!(
-            "DELETE FROM {}.{} WHERE {}",
+            "DELETE FROM {}.{} WHERE ({}) IN ({})",
             ident(&self.schema),
             ident(&self.table),
-            conds.join(" AND ")
+            pk.join(", "),
+            vec![one; n].join(", ")
         )
     }
 }

@@ -12,13 +12,15 @@ use super::copy::Side;
 use super::manager::{lock, ReshardError};
 use super::state::{Direction, Phase, TableVerify, VerifyReport};
 use super::verify::{verify_chunk, ChunkCheck};
-use super::workflow::{binlog_pos, copy_err, Runner, CHUNK};
+use super::workflow::{binlog_pos, copy_err, Held, Runner, CHUNK};
 use crate::ha::events::now_rfc3339;
 use crate::ha::gtid::GtidPos;
 
 /// Keys listed per kind of difference and table.
 const LISTED: usize = 100;
 const ROUNDS: usize = 3;
+/// Tries at a quiet last round when holding the writes takes too long.
+const QUIET_TRIES: usize = 5;
 
 pub async fn start(runner: Arc<Runner>) -> Result<(), ReshardError> {
     let _op = runner.op.lock().await;
@@ -90,7 +92,21 @@ async fn run(runner: &Arc<Runner>) -> Result<bool, ReshardError> {
                 return Err(ReshardError::Conflict("stopped".into()));
             }
             let mut check = ChunkCheck::default();
-            for round in 0..ROUNDS {
+            for round in 0..ROUNDS + QUIET_TRIES {
+                // The last rounds compare with the keyspace's writes held: both sides at one
+                // position, whatever the application does to these keys.
+                let quiet = round + 1 >= ROUNDS;
+                let held = if quiet {
+                    match quiesce(runner, i, &mut src, &src_addr).await {
+                        Some(h) => Some(h),
+                        None => {
+                            tokio::time::sleep(QUIET).await;
+                            continue;
+                        }
+                    }
+                } else {
+                    None
+                };
                 check = verify_chunk(
                     &mut Side {
                         conn: &mut src,
@@ -107,7 +123,8 @@ async fn run(runner: &Arc<Runner>) -> Result<bool, ReshardError> {
                 )
                 .await
                 .map_err(copy_err)?;
-                if check.is_clean() || round + 1 == ROUNDS {
+                drop(held);
+                if check.is_clean() || quiet {
                     break;
                 }
                 // Let the stream catch up with what the source has now, then look again.
@@ -147,10 +164,42 @@ async fn run(runner: &Arc<Runner>) -> Result<bool, ReshardError> {
     Ok(clean)
 }
 
+/// Holds the keyspace's new statements (here and on every proxy), lets open transactions end
+/// and running statements drain, and waits until the stream applied everything the source
+/// has: then source and target are at one position until the hold is dropped. None when that
+/// took too long (the hold is released at once).
+async fn quiesce<'a>(
+    runner: &'a Runner,
+    i: usize,
+    src: &mut mysql_async::Conn,
+    src_addr: &str,
+) -> Option<(Held, Option<crate::ha::coord::ClusterHold<'a>>)> {
+    let ha = &runner.owner.ha;
+    let ks = runner.keyspace();
+    let gate = ha.keyspaces.gate(&ks);
+    gate.acquire();
+    let held = Held(gate.clone());
+    let cluster = ha
+        .hold_keyspace_everywhere(&ks, &format!("reshard verify of {ks}"), None, QUIET)
+        .await
+        .ok()?;
+    if !cluster.missing.is_empty() || !gate.wait_txns(QUIET).await || !gate.drain(QUIET).await {
+        return None;
+    }
+    let pos = binlog_pos(src, src_addr).await.ok()?;
+    if !wait_applied(runner, i, &pos, QUIET).await {
+        return None;
+    }
+    Some((held, Some(cluster)))
+}
+
+/// The longest a verify holds a keyspace's writes for one chunk's last round.
+const QUIET: Duration = Duration::from_millis(300);
+
 /// Waits until the forward stream carrying table copy `i` applied `pos` (at most `limit`).
-async fn wait_applied(runner: &Runner, i: usize, pos: &str, limit: Duration) {
+async fn wait_applied(runner: &Runner, i: usize, pos: &str, limit: Duration) -> bool {
     let Some(pos) = GtidPos::parse(pos) else {
-        return;
+        return false;
     };
     let (source, target, kind) = {
         let w = lock(&runner.state);
@@ -164,14 +213,17 @@ async fn wait_applied(runner: &Runner, i: usize, pos: &str, limit: Duration) {
             && s.kind == kind
     });
     let Some(index) = index else {
-        return;
+        return false;
     };
     let rx = runner
         .stream_positions(Direction::Forward)
         .into_iter()
         .find(|(i, _)| *i == index)
         .map(|(_, rx)| rx);
-    if let Some(mut rx) = rx {
-        let _ = tokio::time::timeout(limit, rx.wait_for(|p| p.covers(&pos))).await;
+    match rx {
+        Some(mut rx) => tokio::time::timeout(limit, rx.wait_for(|p| p.covers(&pos)))
+            .await
+            .is_ok_and(|r| r.is_ok()),
+        None => false,
     }
 }

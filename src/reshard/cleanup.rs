@@ -9,7 +9,7 @@ use std::time::Duration;
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Params, Value};
 
-use super::copy::{ident, TableShape};
+use super::copy::TableShape;
 use super::manager::{lock, ReshardError};
 use super::state::{Direction, Phase};
 use super::workflow::{copy_err, Runner, CHUNK};
@@ -92,7 +92,10 @@ async fn remove_copies(runner: &Arc<Runner>) {
     for t in copies.iter().filter(|t| t.kind == "sharded") {
         let moves = runner.mover(&t.source, &t.target);
         if let Err(e) = delete_on(runner, &t.target, &t.table, &*moves).await {
-            runner.event(format!("deleting the copies of {} on {}: {e}", t.table, t.target));
+            runner.event(format!(
+                "deleting the copies of {} on {}: {e}",
+                t.table, t.target
+            ));
             return;
         }
     }
@@ -179,19 +182,7 @@ async fn delete_keys(
     shape: &TableShape,
     keys: Vec<Vec<Value>>,
 ) -> Result<u64, ReshardError> {
-    let pk: Vec<String> = shape
-        .primary_key
-        .iter()
-        .map(|&i| ident(&shape.columns[i]))
-        .collect();
-    let one = format!("({})", vec!["?"; pk.len()].join(", "));
-    let sql = format!(
-        "DELETE FROM {}.{} WHERE ({}) IN ({})",
-        ident(&shape.schema),
-        ident(&shape.table),
-        pk.join(", "),
-        vec![one; keys.len()].join(", ")
-    );
+    let sql = shape.delete_rows(keys.len());
     let params: Vec<Value> = keys.into_iter().flatten().collect();
     conn.exec_drop(sql, Params::Positional(params))
         .await

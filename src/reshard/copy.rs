@@ -284,7 +284,9 @@ pub async fn create_like(
         return Ok(false);
     }
     let q = format!("SHOW CREATE TABLE {}.{}", ident(schema), ident(table));
-    let row: Option<(String, String)> = source
+    // Bytes, not text: a binary column's DEFAULT is printed as its raw bytes, which need not
+    // be UTF-8 (and mysql_async panics on a row it cannot convert).
+    let row: Option<(Vec<u8>, Vec<u8>)> = source
         .query_first(&q)
         .await
         .map_err(|e| sql_err(source_name, &q, e))?;

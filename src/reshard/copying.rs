@@ -13,7 +13,7 @@ use mysql_async::Conn;
 use super::copy::{copy_chunk, create_like, Position, Side, TableShape};
 use super::manager::{lock, ReshardError};
 use super::state::{key_from_parts, key_to_parts, Direction, Phase};
-use super::workflow::{copy_err, Runner, CHUNK};
+use super::workflow::{copy_err, test_stop, Runner, CHUNK};
 
 /// Replica lag above which the copy waits.
 const MAX_TARGET_LAG: f64 = 2.0;
@@ -32,6 +32,7 @@ pub async fn run(runner: Arc<Runner>) {
                 return;
             }
             runner.event("copy done; the catch-up streams run");
+            test_stop("copied");
             runner.start_streams(Direction::Forward);
         }
         Ok(false) => {}
@@ -75,9 +76,7 @@ pub(super) async fn shape_of(
                 )
                 .await
                 .map_err(|e| ReshardError::Failed(format!("{server}: {table}: {e}")))?;
-            k.ok_or_else(|| {
-                ReshardError::Failed(format!("table {ks}.{table} has no primary key"))
-            })?
+            k.ok_or_else(|| ReshardError::Failed(format!("table {ks}.{table} has no primary key")))?
         }
     };
     TableShape::read(conn, server, &ks, table, &key)
@@ -129,7 +128,7 @@ async fn copy_table(runner: &Arc<Runner>, i: usize) -> Result<bool, ReshardError
         if *runner.stop.borrow() {
             return Ok(false);
         }
-        if chunks % 10 == 0 {
+        if chunks.is_multiple_of(10) {
             throttle(runner, &replicas).await;
         }
         chunks += 1;
@@ -165,6 +164,7 @@ async fn copy_table(runner: &Arc<Runner>, i: usize) -> Result<bool, ReshardError
                 }
             })
             .await?;
+        test_stop("copying");
         if done {
             let _ = src.disconnect().await;
             let _ = dst.disconnect().await;
@@ -194,8 +194,7 @@ async fn throttle(runner: &Runner, replicas: &[String]) {
                 }
                 Err(_) => None,
             };
-            if lag.is_none_or(|l| l <= MAX_TARGET_LAG) || tokio::time::Instant::now() >= deadline
-            {
+            if lag.is_none_or(|l| l <= MAX_TARGET_LAG) || tokio::time::Instant::now() >= deadline {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -21,33 +21,14 @@ use mysql_async::Conn;
 use super::manager::{lock, ReshardError};
 use super::plan::Change;
 use super::state::{CutoverAttempt, Direction, Phase, Step};
-use super::workflow::{binlog_pos, connect, Runner};
+use super::workflow::{binlog_pos, connect, test_stop, Held, Runner};
 use crate::ha::events::now_rfc3339;
 use crate::ha::gtid::GtidPos;
-use crate::ha::keyspace_gate::KeyspaceGate;
 use crate::shardmap::ShardMap;
 use crate::topology::TopologyError;
 
 /// Streams further behind than this are not worth holding writes for: the cutover refuses.
 const MAX_BEHIND: u64 = 20_000;
-
-/// Releases the keyspace's hold when dropped (an early return, an error, a panic).
-struct Held(Arc<KeyspaceGate>);
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.0.release();
-    }
-}
-
-/// A test-only stop inside the cutover (`SHARDGATE_TEST_RESHARD_STOP=<step>`): the proxy
-/// exits there, as a kill -9 would stop it.
-fn test_stop(step: &str) {
-    if std::env::var("SHARDGATE_TEST_RESHARD_STOP").is_ok_and(|s| s == step) {
-        tracing::warn!(step, "SHARDGATE_TEST_RESHARD_STOP: exiting here");
-        std::process::exit(86);
-    }
-}
 
 pub async fn run(
     runner: &Arc<Runner>,
@@ -213,18 +194,45 @@ pub async fn run(
     };
     let left = |t0: Instant| max_pause.saturating_sub(t0.elapsed());
 
-    let gate = runner.owner.ha.keyspaces.gate(&ks);
+    let ha = runner.owner.ha.clone();
+    let gate = ha.keyspaces.gate(&ks);
     gate.acquire();
     let held = Held(gate.clone());
     step("holding new statements on the keyspace");
     let grace = max_pause / 4;
-    if !gate.wait_txns(grace).await {
+    // Every other live proxy holds, lets its transactions finish, dooms and drains too, while
+    // this one does the same (with etcd; alone, nothing to wait for).
+    let reason = format!("reshard {kind} of {ks}");
+    let (cluster, finished) = tokio::join!(
+        ha.hold_keyspace_everywhere(&ks, &reason, Some(grace), max_pause),
+        gate.wait_txns(grace)
+    );
+    if !finished {
         step(&format!(
             "{} open transactions doomed (rolled back at their next statement)",
             gate.open_txns()
         ));
     }
     gate.doom();
+    let cluster = match cluster {
+        Ok(c) if c.missing.is_empty() => c,
+        Ok(c) => {
+            let why = format!(
+                "proxies {} did not hold and drain within {} ms",
+                c.missing.join(", "),
+                max_pause.as_millis()
+            );
+            drop(c);
+            return abort(runner, n, t0, held, why).await;
+        }
+        Err(e) => return abort(runner, n, t0, held, format!("holding on every proxy: {e}")).await,
+    };
+    if !cluster.acks.is_empty() {
+        step(&format!(
+            "{} other proxies hold and drained",
+            cluster.acks.len()
+        ));
+    }
     if !gate.drain(left(t0)).await {
         return abort(
             runner,
@@ -326,13 +334,18 @@ pub async fn run(
     test_stop("publishing");
     let (change, reason) = {
         let w = lock(&runner.state);
-        (w.plan.change.clone(), format!("reshard {kind} of {ks}: {}", w.plan.change.describe()))
+        (
+            w.plan.change.clone(),
+            format!("reshard {kind} of {ks}: {}", w.plan.change.describe()),
+        )
     };
     let before = lock(&runner.state).before.clone();
     let published = runner
         .owner
         .topology
-        .update(&reason, &[], |cur| flip(cur, &ks, &change, &before, rollback))
+        .update(&reason, &[], |cur| {
+            flip(cur, &ks, &change, &before, rollback)
+        })
         .await;
     let version = match published {
         Ok(v) => v,
@@ -344,8 +357,10 @@ pub async fn run(
             }
         }
     };
-    // The commit point is behind us: record it before anything else can fail.
+    // The commit point is behind us: record it before anything else can fail. Other proxies
+    // release when their watch brings the hold's end, after the new map.
     let pause = t0.elapsed();
+    drop(cluster);
     drop(held);
     test_stop("published");
     let pause_ms = pause.as_millis() as u64;
@@ -434,7 +449,8 @@ fn flip(
         (Change::Remove(name), true) => {
             let at = before.shards.iter().position(|x| &x.name == name);
             if let (false, Some(at)) = (k.shards.iter().any(|x| &x.name == name), at) {
-                k.shards.insert(at.min(k.shards.len()), before.shards[at].clone());
+                k.shards
+                    .insert(at.min(k.shards.len()), before.shards[at].clone());
             }
         }
     }

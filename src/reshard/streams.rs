@@ -21,6 +21,8 @@ use super::workflow::{binlog_pos, copy_err, Runner};
 use crate::ha::gtid::GtidPos;
 use crate::shardmap::host_port;
 
+const PURGED: &str = "the source purged binlogs the catch-up still needs";
+
 /// How often the stored position follows the applied one when nothing else writes it.
 const STORE_EVERY: Duration = Duration::from_millis(500);
 
@@ -69,10 +71,15 @@ async fn run(
         }
         match run_once(&runner, index, &applied, &mut stopped).await {
             Ok(()) => return,
+            Err(e) if e.to_string().contains(PURGED) => {
+                // Nothing to retry: what the stream needs is gone from the source.
+                runner.fail(&e).await;
+                return;
+            }
             Err(e) => {
                 failures += 1;
                 let name = lock(&runner.state).streams[index].name.clone();
-                if failures == 1 || failures % 30 == 0 {
+                if failures == 1 || failures.is_multiple_of(30) {
                     runner.event(format!("stream {name}: {e}; retrying"));
                 }
                 runner.edit(|w| w.streams[index].state = format!("retrying: {e}"));
@@ -90,9 +97,8 @@ async fn run(
 
 fn reader_id(name: &str) -> u32 {
     // Distinct per stream and far from the sandbox's and usual deployments' server ids.
-    let h = crate::shardmap::ring::key_hash(&crate::shardmap::ring::KeyValue::Bytes(
-        name.as_bytes(),
-    ));
+    let h =
+        crate::shardmap::ring::key_hash(&crate::shardmap::ring::KeyValue::Bytes(name.as_bytes()));
     2_000_000_000 + (h % 100_000_000) as u32
 }
 
@@ -168,91 +174,201 @@ async fn run_once(
         s.applied_position = from.to_string();
     });
     let _ = runner.save().await;
+    let mut batch = Batch::default();
     let mut last_store = Instant::now();
-    let mut unstored = false;
-    let mut last_commit_ts: Option<u32> = None;
+    let mut last_look = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let result = loop {
-        tokio::select! {
-            _ = stopped.changed() => break Ok(()),
-            _ = tick.tick() => {
-                let behind = match binlog_pos(&mut meta, &source_addr).await {
-                    Ok(p) => GtidPos::parse(&p).map(|src| behind_by(&src, reader.position())),
-                    Err(_) => None,
-                };
-                let lag = match (behind, last_commit_ts) {
-                    (Some(0), _) => Some(0.0),
-                    (_, Some(ts)) => Some((unix_now() - f64::from(ts)).max(0.0)),
-                    _ => None,
-                };
-                if let Some(l) = lag {
-                    metrics::gauge!("shardgate_reshard_lag_seconds", "keyspace" => ks.clone(), "stream" => st.name.clone()).set(l);
+    let result: Result<(), ReshardError> = loop {
+        // Gather source transactions while more are ready at once; apply them together when
+        // the stream is caught up (nothing ready), or the batch is big or old.
+        let rec = match futures_util::FutureExt::now_or_never(reader.next()) {
+            Some(r) => r,
+            None => {
+                if let Err(e) = batch
+                    .flush(
+                        &mut applier,
+                        &mut target,
+                        &target_addr,
+                        &mut last_store,
+                        applied,
+                        runner,
+                        index,
+                    )
+                    .await
+                {
+                    break Err(e);
                 }
-                runner.edit(|w| {
-                    let s = &mut w.streams[index];
-                    s.behind_transactions = behind;
-                    s.lag_seconds = lag;
-                });
-                // Not inside a transaction: its changes go with its own commit.
-                if unstored && !applier.has_pending() && last_store.elapsed() >= STORE_EVERY {
-                    let pos = reader.position().to_string();
-                    if let Err(e) = applier.commit(&mut target, &target_addr, &pos).await {
-                        break Err(copy_err(e));
+                tokio::select! {
+                    _ = stopped.changed() => break Ok(()),
+                    _ = tick.tick() => {
+                        look(runner, index, &ks, &st.name, &mut meta, &source_addr, reader.position(), batch.last_ts).await;
+                        last_look = Instant::now();
+                        continue;
                     }
-                    unstored = false;
-                    last_store = Instant::now();
+                    rec = reader.next() => rec,
                 }
             }
-            rec = reader.next() => {
-                let rec = match rec {
-                    Ok(r) => r,
-                    Err(e) => {
-                        applier.discard();
-                        break Err(stream_err(&st.name, e));
+        };
+        let rec = match rec {
+            Ok(r) => r,
+            Err(e) => {
+                applier.discard();
+                break Err(stream_err(&st.name, e));
+            }
+        };
+        match rec {
+            Record::Change(c) => {
+                if let Err(e) = applier.add(&c) {
+                    break Err(copy_err(e));
+                }
+            }
+            Record::Statement { .. } => {}
+            Record::Commit { timestamp, .. } => {
+                batch.txns += 1;
+                batch.last_ts = Some(timestamp);
+                batch.position = Some(reader.position().clone());
+                if batch.started.is_none() {
+                    batch.started = Some(Instant::now());
+                }
+                if applier.pending_len() >= BATCH_ROWS
+                    || batch.started.is_some_and(|t| t.elapsed() >= BATCH_AGE)
+                {
+                    if let Err(e) = batch
+                        .flush(
+                            &mut applier,
+                            &mut target,
+                            &target_addr,
+                            &mut last_store,
+                            applied,
+                            runner,
+                            index,
+                        )
+                        .await
+                    {
+                        break Err(e);
                     }
-                };
-                match rec {
-                    Record::Change(c) => {
-                        if let Err(e) = applier.add(&c) {
-                            break Err(copy_err(e));
-                        }
+                }
+                if last_look.elapsed() >= Duration::from_secs(1) {
+                    if *stopped.borrow() {
+                        break Ok(());
                     }
-                    Record::Statement { .. } => {}
-                    Record::Commit { timestamp, .. } => {
-                        let pos = reader.position().clone();
-                        let mut rows = 0;
-                        if applier.has_pending() || last_store.elapsed() >= STORE_EVERY {
-                            match applier.commit(&mut target, &target_addr, &pos.to_string()).await {
-                                Ok(a) => rows = (a.upserts + a.deletes) as u64,
-                                Err(e) => break Err(copy_err(e)),
-                            }
-                            unstored = false;
-                            last_store = Instant::now();
-                        } else {
-                            unstored = true;
-                        }
-                        last_commit_ts = Some(timestamp);
-                        applied.send_replace(pos.clone());
-                        runner.edit(|w| {
-                            let s = &mut w.streams[index];
-                            s.transactions += 1;
-                            s.rows_applied += rows;
-                            s.applied_position = pos.to_string();
-                        });
-                    }
+                    look(
+                        runner,
+                        index,
+                        &ks,
+                        &st.name,
+                        &mut meta,
+                        &source_addr,
+                        reader.position(),
+                        batch.last_ts,
+                    )
+                    .await;
+                    last_look = Instant::now();
                 }
             }
         }
     };
-    if result.is_ok() && unstored && !applier.has_pending() {
-        // Stopping: store where it got, so a restart does not replay from further back.
-        let pos = reader.position().to_string();
-        let _ = applier.commit(&mut target, &target_addr, &pos).await;
+    if result.is_ok() && !applier.has_pending() {
+        // Stopping between transactions: store where it got, so a restart replays less.
+        if let Some(pos) = batch
+            .position
+            .take()
+            .or_else(|| Some(reader.position().clone()))
+        {
+            let _ = applier
+                .commit(&mut target, &target_addr, &pos.to_string())
+                .await;
+        }
     }
     reader.close().await;
     let _ = target.disconnect().await;
     let _ = meta.disconnect().await;
     result
+}
+
+/// Source transactions read and not yet applied (whole ones only: a partial one's changes
+/// wait in the applier for its commit).
+#[derive(Default)]
+struct Batch {
+    txns: u64,
+    position: Option<GtidPos>,
+    last_ts: Option<u32>,
+    started: Option<Instant>,
+}
+
+/// Rows (changes) per target transaction, and the longest a change waits to be applied.
+const BATCH_ROWS: usize = 500;
+const BATCH_AGE: Duration = Duration::from_millis(50);
+
+impl Batch {
+    /// Applies the gathered transactions in one target transaction with their position (the
+    /// position alone is stored at most every `STORE_EVERY` when nothing else needs writing),
+    /// then tells the cutover how far the stream is.
+    #[allow(clippy::too_many_arguments)]
+    async fn flush(
+        &mut self,
+        applier: &mut Applier,
+        target: &mut mysql_async::Conn,
+        target_addr: &str,
+        last_store: &mut Instant,
+        applied: &watch::Sender<GtidPos>,
+        runner: &Runner,
+        index: usize,
+    ) -> Result<(), ReshardError> {
+        let Some(pos) = self.position.clone() else {
+            return Ok(());
+        };
+        let mut rows = 0;
+        if applier.has_pending() || last_store.elapsed() >= STORE_EVERY {
+            let a = applier
+                .commit(target, target_addr, &pos.to_string())
+                .await
+                .map_err(copy_err)?;
+            rows = (a.upserts + a.deletes) as u64;
+            *last_store = Instant::now();
+        }
+        applied.send_replace(pos.clone());
+        let txns = std::mem::take(&mut self.txns);
+        self.started = None;
+        runner.edit(|w| {
+            let s = &mut w.streams[index];
+            s.transactions += txns;
+            s.rows_applied += rows;
+            s.applied_position = pos.to_string();
+        });
+        Ok(())
+    }
+}
+
+/// Refreshes a stream's figures: transactions behind its source and lag.
+#[allow(clippy::too_many_arguments)]
+async fn look(
+    runner: &Runner,
+    index: usize,
+    ks: &str,
+    name: &str,
+    meta: &mut mysql_async::Conn,
+    source_addr: &str,
+    position: &GtidPos,
+    last_ts: Option<u32>,
+) {
+    let behind = match binlog_pos(meta, source_addr).await {
+        Ok(p) => GtidPos::parse(&p).map(|src| behind_by(&src, position)),
+        Err(_) => None,
+    };
+    let lag = match (behind, last_ts) {
+        (Some(0), _) => Some(0.0),
+        (_, Some(ts)) => Some((unix_now() - f64::from(ts)).max(0.0)),
+        _ => None,
+    };
+    if let Some(l) = lag {
+        metrics::gauge!("shardgate_reshard_lag_seconds", "keyspace" => ks.to_string(), "stream" => name.to_string()).set(l);
+    }
+    runner.edit(|w| {
+        let s = &mut w.streams[index];
+        s.behind_transactions = behind;
+        s.lag_seconds = lag;
+    });
 }
 
 /// Transactions `src` has that `applied` has not, summed over domains.
@@ -275,8 +391,8 @@ fn unix_now() -> f64 {
 fn stream_err(name: &str, e: BinlogError) -> ReshardError {
     match e {
         BinlogError::Purged { .. } => ReshardError::Failed(format!(
-            "stream {name}: {e}: the source purged binlogs the catch-up still needs; cancel the \
-             workflow and start it again (and keep binlogs longer: expire_logs_days)"
+            "stream {name}: {e}: {PURGED}; cancel the workflow and start it again (and keep \
+             binlogs longer: expire_logs_days)"
         )),
         e => ReshardError::Failed(format!("stream {name}: {e}")),
     }

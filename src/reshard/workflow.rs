@@ -93,10 +93,12 @@ impl Runner {
         let message = message.into();
         let ks = self.keyspace();
         tracing::info!(keyspace = %ks, "reshard: {message}");
-        self.owner
-            .ha
-            .events
-            .add("reshard", Some(&ks), None, format!("reshard {ks}: {message}"));
+        self.owner.ha.events.add(
+            "reshard",
+            Some(&ks),
+            None,
+            format!("reshard {ks}: {message}"),
+        );
     }
 
     pub(super) fn creds(&self) -> Creds {
@@ -171,10 +173,7 @@ impl Runner {
     /// reference table (whose copy needs no key).
     pub(super) fn key_column(&self, table: &str) -> Option<String> {
         let w = lock(&self.state);
-        w.before
-            .tables
-            .get(table)
-            .and_then(|r| r.shard_key.clone())
+        w.before.tables.get(table).and_then(|r| r.shard_key.clone())
     }
 
     pub fn status(&self) -> Status {
@@ -225,7 +224,17 @@ impl Runner {
                 self.keyspace()
             )));
         }
-        *slot = Some(tokio::spawn(fut));
+        // A panic must not leave the workflow looking busy for ever: it fails, saying so.
+        let (me, what) = (self.clone(), what.to_string());
+        *slot = Some(tokio::spawn(async move {
+            if let Err(e) = tokio::spawn(fut).await {
+                if e.is_panic() {
+                    let e =
+                        ReshardError::Failed(format!("{what} stopped on an internal error: {e}"));
+                    me.fail(&e).await;
+                }
+            }
+        }));
         Ok(())
     }
 
@@ -333,6 +342,25 @@ impl Runner {
     }
 }
 
+/// A test-only stop at a step of the workflow (`SHARDGATE_TEST_RESHARD_STOP=<step>`: `copying`,
+/// `copied`, `drained`, `caught_up`, `publishing`, `published`): the proxy
+/// exits there, as a kill -9 would stop it.
+pub(super) fn test_stop(step: &str) {
+    if std::env::var("SHARDGATE_TEST_RESHARD_STOP").is_ok_and(|s| s == step) {
+        tracing::warn!(step, "SHARDGATE_TEST_RESHARD_STOP: exiting here");
+        std::process::exit(86);
+    }
+}
+
+/// Releases the keyspace's hold when dropped (an early return, an error, a panic).
+pub(super) struct Held(pub(super) Arc<crate::ha::keyspace_gate::KeyspaceGate>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
 /// Connects to `addr` as `creds`, over TCP.
 pub(super) async fn connect(addr: &str, creds: &Creds) -> Result<Conn, ReshardError> {
     let (host, port) = host_port(addr)
@@ -426,7 +454,11 @@ pub async fn start(owner: &Arc<Reshards>, req: StartRequest) -> Result<Status, R
         let creds = owner.ha.creds().clone();
         match connect(&s.primary, &creds).await {
             Ok(mut c) => {
-                let ro: Option<u8> = c.query_first("SELECT @@GLOBAL.read_only").await.ok().flatten();
+                let ro: Option<u8> = c
+                    .query_first("SELECT @@GLOBAL.read_only")
+                    .await
+                    .ok()
+                    .flatten();
                 if ro == Some(1) {
                     blockers.push(format!(
                         "the new shard's primary {} is read_only: it must take writes",
@@ -530,7 +562,14 @@ async fn new_workflow(
             });
         }
         let start = pos_of(&m.from).await?;
-        streams.push(stream(keyspace, Direction::Forward, "sharded", &m.from, &m.to, start));
+        streams.push(stream(
+            keyspace,
+            Direction::Forward,
+            "sharded",
+            &m.from,
+            &m.to,
+            start,
+        ));
     }
     match &plan.change {
         Change::Add(new) if !reference.is_empty() => {
@@ -549,7 +588,14 @@ async fn new_workflow(
                 });
             }
             let start = pos_of(&from).await?;
-            streams.push(stream(keyspace, Direction::Forward, "reference", &from, &new.name, start));
+            streams.push(stream(
+                keyspace,
+                Direction::Forward,
+                "reference",
+                &from,
+                &new.name,
+                start,
+            ));
         }
         _ => {}
     }
@@ -557,13 +603,27 @@ async fn new_workflow(
     let forward: Vec<StreamState> = streams.clone();
     for s in &forward {
         if s.kind == "sharded" {
-            streams.push(stream(keyspace, Direction::Reverse, "sharded", &s.target, &s.source, String::new()));
+            streams.push(stream(
+                keyspace,
+                Direction::Reverse,
+                "sharded",
+                &s.target,
+                &s.source,
+                String::new(),
+            ));
         }
     }
     if let Change::Remove(gone) = &plan.change {
         if !reference.is_empty() {
             if let Some(from) = plan.shards_after.first() {
-                streams.push(stream(keyspace, Direction::Reverse, "reference", from, gone, String::new()));
+                streams.push(stream(
+                    keyspace,
+                    Direction::Reverse,
+                    "reference",
+                    from,
+                    gone,
+                    String::new(),
+                ));
             }
         }
     }
@@ -598,11 +658,11 @@ fn stream(
     target: &str,
     start: String,
 ) -> StreamState {
-    let suffix = match (direction, kind) {
-        (Direction::Forward, "sharded") => "",
-        (Direction::Forward, _) => " reference",
-        (Direction::Reverse, "sharded") => " reverse",
-        (Direction::Reverse, _) => " reverse reference",
+    // Unique per workflow: a reverse stream runs the other way between the same shards.
+    let suffix = if kind == "reference" {
+        " reference"
+    } else {
+        ""
     };
     StreamState {
         name: format!("{keyspace} {source}->{target}{suffix}"),

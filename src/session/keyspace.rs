@@ -18,8 +18,7 @@ pub(super) struct KeyspaceRefusal {
 }
 
 impl Session {
-    /// Passes the gate of the session's keyspace. Costs one load unless a keyspace is held or
-    /// the session has a sharded transaction. `Ok(Some(gate))`: entered, to be left once the
+    /// Passes the gate of the session's keyspace (sharded keyspaces only). `Ok(Some(gate))`: entered, to be left once the
     /// command ran.
     pub(super) async fn enter_keyspace_gate(
         &self,
@@ -39,10 +38,10 @@ impl Session {
                 keyspace: t.gate().keyspace().clone(),
             });
         }
+        // Every command on a sharded keyspace is counted in its gate, held or not: a command
+        // that passed uncounted just before a hold began could write to the old owner after
+        // the cutover's drain. (Two atomics and a map read, like the proxy's own gate.)
         let gates = &self.shared.ha.keyspaces;
-        if !gates.active() {
-            return Ok(None);
-        }
         let planner = self.shared.planner();
         let Some(keyspace) = planner.sharded_keyspace(&self.plan_ctx()) else {
             return Ok(None);

@@ -151,6 +151,11 @@ pub struct HoldRecord {
     pub primary: String,
     pub by: String,
     pub reason: String,
+    /// A reshard cutover's hold (`shard` is then `reshard:<keyspace>`): how long open
+    /// transactions may still commit before they are doomed, in ms (none: a verify's hold,
+    /// which dooms nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_ms: Option<u64>,
 }
 
 /// A proxy's answer to a hold: it holds new statements and drained (or not) the running ones;

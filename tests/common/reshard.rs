@@ -76,10 +76,13 @@ impl Writers {
     }
 }
 
-fn note_error(l: &mut Ledger, e: &mysql_async::Error) {
+fn note_error(l: &mut Ledger, e: &mysql_async::Error, broken: &Mutex<bool>) {
     let code = match e {
         mysql_async::Error::Server(s) => s.code,
-        _ => 0,
+        _ => {
+            *broken.lock().expect("broken") = true;
+            0
+        }
     };
     let entry = l.errors.entry(code).or_insert((0, e.to_string()));
     entry.0 += 1;
@@ -93,6 +96,8 @@ async fn writer(
     longest: Arc<Mutex<u64>>,
 ) {
     let mut conn = super::connect(&url).await;
+    // Set by `note_error` on a lost connection.
+    let broken = Arc::new(Mutex::new(false));
     let mut k: i64 = 0;
     let mut rng = (t as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let mut next = move || {
@@ -102,6 +107,17 @@ async fn writer(
         rng
     };
     while !stop.load(Ordering::SeqCst) {
+        if std::mem::take(&mut *broken.lock().expect("broken")) {
+            // The proxy went away (a fault test killed it): reconnect once it is back.
+            let opts = mysql_async::Opts::from_url(&url).expect("url");
+            match mysql_async::Conn::new(opts).await {
+                Ok(c) => conn = c,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            }
+        }
         k += 1;
         let started = Instant::now();
         let choice = next() % 10;
@@ -121,7 +137,7 @@ async fn writer(
                     }
                     Err(e) => {
                         l.maybe_inserted.insert(new_id);
-                        note_error(&mut l, &e);
+                        note_error(&mut l, &e, &broken);
                     }
                 }
             }
@@ -134,7 +150,7 @@ async fn writer(
                     Ok(()) => *l.increments.entry(id).or_default() += 1,
                     Err(e) => {
                         *l.maybe_increments.entry(id).or_default() += 1;
-                        note_error(&mut l, &e);
+                        note_error(&mut l, &e, &broken);
                     }
                 }
             }
@@ -154,7 +170,7 @@ async fn writer(
                 match failed {
                     Some(e) => {
                         let _ = conn.query_drop("ROLLBACK").await;
-                        note_error(&mut ledger.lock().expect("ledger"), &e);
+                        note_error(&mut ledger.lock().expect("ledger"), &e, &broken);
                     }
                     None => {
                         let r = conn.query_drop("COMMIT").await;
@@ -163,7 +179,7 @@ async fn writer(
                             Ok(()) => *l.increments.entry(id).or_default() += 2,
                             Err(e) => {
                                 *l.maybe_increments.entry(id).or_default() += 2;
-                                note_error(&mut l, &e);
+                                note_error(&mut l, &e, &broken);
                             }
                         }
                     }
@@ -268,7 +284,9 @@ pub async fn check_ledger(l: &Ledger, primaries: &[(String, u16)], ring: &[&str]
         let acked = l.increments.get(&id).copied().unwrap_or(0);
         let maybe = l.maybe_increments.get(&id).copied().unwrap_or(0);
         if n < acked || n > acked + maybe {
-            wrong.push(format!("id {id}: n={n}, acknowledged {acked}, unknown {maybe}"));
+            wrong.push(format!(
+                "id {id}: n={n}, acknowledged {acked}, unknown {maybe}"
+            ));
         }
     }
     assert!(
@@ -286,11 +304,12 @@ pub async fn check_ledger(l: &Ledger, primaries: &[(String, u16)], ring: &[&str]
 }
 
 /// Errors the writers saw that MariaDB direct would not give: anything but a deadlock (1213,
-/// which a direct server gives too and drivers retry).
-pub fn unexpected_errors(l: &Ledger) -> Vec<String> {
+/// which a direct server gives too and drivers retry), and lost connections when `killed`
+/// (a test killed the proxy).
+pub fn unexpected_errors(l: &Ledger, killed: bool) -> Vec<String> {
     l.errors
         .iter()
-        .filter(|(code, _)| **code != 1213)
+        .filter(|(code, _)| **code != 1213 && !(killed && **code == 0))
         .map(|(code, (n, msg))| format!("{n} x {code}: {msg}"))
         .collect()
 }
@@ -317,10 +336,20 @@ pub async fn wait_status(p: &AdminProxy, limit: Duration, done: impl Fn(&Value) 
         if done(&s) {
             return s;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting; last status: {s:#}"
-        );
+        if Instant::now() >= deadline {
+            let log = std::fs::read_to_string(p.config.with_extension("log")).unwrap_or_default();
+            // A panic's message, else the last lines.
+            let lines: Vec<&str> = log.lines().collect();
+            let from = lines
+                .iter()
+                .position(|l| l.contains("panicked"))
+                .unwrap_or(lines.len().saturating_sub(40));
+            let tail: Vec<&str> = lines[from..].iter().take(40).copied().collect();
+            panic!(
+                "timed out waiting; last status: {s:#}\nproxy log (end):\n{}",
+                tail.join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -339,9 +368,16 @@ pub async fn run_to_switched(p: &AdminProxy, start: Value, max_pause_ms: u64) ->
 }
 
 pub async fn verify_clean(p: &AdminProxy) {
-    post(p, "/api/v1/reshard/verify", serde_json::json!({"keyspace": "app"})).await;
+    post(
+        p,
+        "/api/v1/reshard/verify",
+        serde_json::json!({"keyspace": "app"}),
+    )
+    .await;
     let s = wait_status(p, Duration::from_secs(120), |s| {
-        s["verify"]["state"].as_str().is_some_and(|v| v != "running")
+        s["verify"]["state"]
+            .as_str()
+            .is_some_and(|v| v != "running")
     })
     .await;
     assert_eq!(s["verify"]["state"], "clean", "verify: {:#}", s["verify"]);
@@ -353,15 +389,18 @@ pub async fn cutover(p: &AdminProxy, path: &str, max_pause_ms: u64) -> Value {
     for _ in 0..5 {
         // The streams must be running and close behind: wait for that first.
         wait_status(p, Duration::from_secs(60), |s| {
-            s["streams"].as_array().is_some_and(|a| {
-                a.iter().any(|x| x["state"] == "running")
-            })
+            s["streams"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x["state"] == "running"))
         })
         .await;
         let r = p
             .post(
                 path,
-                Some(&serde_json::json!({"keyspace": "app", "max_pause_ms": max_pause_ms}).to_string()),
+                Some(
+                    &serde_json::json!({"keyspace": "app", "max_pause_ms": max_pause_ms})
+                        .to_string(),
+                ),
             )
             .await;
         if r.status == 409 {
