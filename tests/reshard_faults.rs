@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::reshard::{self as rs, Writers};
@@ -16,7 +16,7 @@ use mysql_async::prelude::*;
 use serde_json::json;
 
 /// A proxy on `config` (same ports every time), exiting at `stop` if given.
-fn spawn(config: &PathBuf, stop: Option<&str>) -> AdminProxy {
+fn spawn(config: &Path, stop: Option<&str>) -> AdminProxy {
     let vars: Vec<(&str, &str)> = stop
         .map(|s| vec![("SHARDGATE_TEST_RESHARD_STOP", s)])
         .unwrap_or_default();
@@ -25,7 +25,7 @@ fn spawn(config: &PathBuf, stop: Option<&str>) -> AdminProxy {
     AdminProxy {
         guard: ProxyProcess(child),
         port,
-        config: config.clone(),
+        config: config.to_path_buf(),
         admin,
         token,
     }
