@@ -418,7 +418,8 @@ pub async fn start(owner: &Arc<Reshards>, req: StartRequest) -> Result<Status, R
         }
     };
     if let Some(r) = lock(&owner.runners).get(&keyspace) {
-        if !r.phase().is_final() {
+        // A failed workflow may still run streams: cancel stops them and removes its copies.
+        if !r.phase().is_final() || r.phase() == Phase::Failed {
             return Err(ReshardError::Conflict(format!(
                 "keyspace {keyspace} already has a reshard workflow in phase {:?}: finish it \
                  (complete, rollback or cancel) first",
@@ -504,6 +505,7 @@ async fn new_workflow(
     before: Keyspace,
 ) -> Result<Workflow, ReshardError> {
     let creds = owner.ha.creds().clone();
+    let id = format!("{keyspace}-{}", crate::ha::events::now_ms());
     let primary = |name: &str| {
         before
             .shards
@@ -563,7 +565,7 @@ async fn new_workflow(
         }
         let start = pos_of(&m.from).await?;
         streams.push(stream(
-            keyspace,
+            &id,
             Direction::Forward,
             "sharded",
             &m.from,
@@ -589,7 +591,7 @@ async fn new_workflow(
             }
             let start = pos_of(&from).await?;
             streams.push(stream(
-                keyspace,
+                &id,
                 Direction::Forward,
                 "reference",
                 &from,
@@ -604,7 +606,7 @@ async fn new_workflow(
     for s in &forward {
         if s.kind == "sharded" {
             streams.push(stream(
-                keyspace,
+                &id,
                 Direction::Reverse,
                 "sharded",
                 &s.target,
@@ -617,7 +619,7 @@ async fn new_workflow(
         if !reference.is_empty() {
             if let Some(from) = plan.shards_after.first() {
                 streams.push(stream(
-                    keyspace,
+                    &id,
                     Direction::Reverse,
                     "reference",
                     from,
@@ -629,7 +631,7 @@ async fn new_workflow(
     }
     let now = now_rfc3339();
     Ok(Workflow {
-        id: format!("{keyspace}-{}", crate::ha::events::now_ms()),
+        id,
         keyspace: keyspace.to_string(),
         plan,
         before,
@@ -651,21 +653,22 @@ async fn new_workflow(
 }
 
 fn stream(
-    keyspace: &str,
+    workflow: &str,
     direction: Direction,
     kind: &str,
     source: &str,
     target: &str,
     start: String,
 ) -> StreamState {
-    // Unique per workflow: a reverse stream runs the other way between the same shards.
+    // Unique: a reverse stream runs the other way between the same shards, and a later
+    // workflow's stream must not find this one's stored position.
     let suffix = if kind == "reference" {
         " reference"
     } else {
         ""
     };
     StreamState {
-        name: format!("{keyspace} {source}->{target}{suffix}"),
+        name: format!("{workflow} {source}->{target}{suffix}"),
         direction,
         kind: kind.to_string(),
         source: source.to_string(),
