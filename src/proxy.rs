@@ -314,9 +314,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .metrics
         .clone()
         .map(|h| tokio::spawn(crate::admin::metrics::upkeep(h)));
-    // Workflows an earlier run of this proxy left unfinished go on (or end) here.
-    let reshards = proxy.shared.reshards.clone();
-    tokio::spawn(async move { reshards.resume().await });
+    // Workflows an earlier run of this proxy left unfinished go on (or end) here, before the
+    // admin API answers: a status asked at once must find them.
+    proxy.shared.reshards.resume().await;
     let admin = tokio::spawn(async move {
         if let Err(e) = crate::admin::serve(admin_listener, admin_state).await {
             warn!(error = %e, "the admin API stopped");
