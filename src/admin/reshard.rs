@@ -146,7 +146,7 @@ pub async fn status(
     q: Result<Query<KeyspaceQuery>, QueryRejection>,
 ) -> Result<Json<Status>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    Ok(Json(state.shared.reshards.status(&q.keyspace)?))
+    Ok(Json(state.shared.reshards.status(&q.keyspace).await?))
 }
 
 /// `POST /api/v1/reshard/verify`: starts comparing source and target rows; `status` follows it.

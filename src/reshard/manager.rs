@@ -121,8 +121,18 @@ impl Reshards {
         runners.iter().map(|r| r.status()).collect()
     }
 
-    pub fn status(&self, keyspace: &str) -> Result<Status, ReshardError> {
-        Ok(self.runner(keyspace)?.status())
+    /// The keyspace's workflow: this process's runner, else the one another proxy runs (read
+    /// from etcd, so any proxy can show it; its copy rate is unknown here, so 0).
+    pub async fn status(&self, keyspace: &str) -> Result<Status, ReshardError> {
+        if let Ok(r) = self.runner(keyspace) {
+            return Ok(r.status());
+        }
+        match self.store.load_shared(keyspace).await? {
+            Some(w) => Ok(Status::new(w, |_| 0.0)),
+            None => Err(ReshardError::NotFound(format!(
+                "no reshard workflow on keyspace {keyspace}"
+            ))),
+        }
     }
 
     /// Plans (unless given a plan), refuses what the catch-up cannot follow, persists the

@@ -296,6 +296,37 @@ pub struct Status {
     pub lag_seconds: Option<f64>,
 }
 
+impl Status {
+    /// `w` with its figures: sums over its tables and streams, and the copy rate `rate` gives
+    /// for the rows copied so far (only the process running the copy knows its clock).
+    pub fn new(w: Workflow, rate: impl FnOnce(u64) -> f64) -> Status {
+        let rows_estimated: u64 = w.tables.iter().map(|t| t.rows_estimated).sum();
+        let rows_copied: u64 = w.tables.iter().map(|t| t.rows_copied).sum();
+        let rate = rate(rows_copied);
+        let left = rows_estimated.saturating_sub(rows_copied) as f64;
+        let eta = (w.phase == Phase::Copying && rate > 0.0).then(|| left / rate);
+        let current = if w.phase.switched() {
+            Direction::Reverse
+        } else {
+            Direction::Forward
+        };
+        let lag = w
+            .streams
+            .iter()
+            .filter(|s| s.direction == current)
+            .filter_map(|s| s.lag_seconds)
+            .fold(None, |m: Option<f64>, l| Some(m.map_or(l, |m| m.max(l))));
+        Status {
+            workflow: w,
+            rows_estimated,
+            rows_copied,
+            rows_per_second: rate,
+            eta_seconds: eta,
+            lag_seconds: lag,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,6 +55,26 @@ impl StateStore {
         }
     }
 
+    /// The workflow persisted for `keyspace` in etcd, which another proxy may be running (None
+    /// when there is none or the store is not shared: then only this process runs workflows).
+    pub async fn load_shared(&self, keyspace: &str) -> Result<Option<Workflow>, ReshardError> {
+        let StateStore::Etcd(s) = self else {
+            return Ok(None);
+        };
+        let Some((text, _)) = s
+            .get(s.keys.reshard(keyspace))
+            .await
+            .map_err(|e| ReshardError::Failed(format!("reading the workflow: {e}")))?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&text).map(Some).map_err(|e| {
+            ReshardError::Failed(format!(
+                "the stored workflow of {keyspace} is unreadable: {e}"
+            ))
+        })
+    }
+
     /// Every persisted workflow (unreadable ones are logged and skipped).
     pub async fn load_all(&self) -> Result<Vec<Workflow>, ReshardError> {
         let mut texts: Vec<(String, Vec<u8>)> = Vec::new();

@@ -178,36 +178,15 @@ impl Runner {
 
     pub fn status(&self) -> Status {
         let w = lock(&self.state).clone();
-        let rows_estimated: u64 = w.tables.iter().map(|t| t.rows_estimated).sum();
-        let rows_copied: u64 = w.tables.iter().map(|t| t.rows_copied).sum();
         let (since, before) = *lock(&self.copy_clock);
-        let secs = since.elapsed().as_secs_f64();
-        let rate = if secs > 0.0 {
-            rows_copied.saturating_sub(before) as f64 / secs
-        } else {
-            0.0
-        };
-        let left = rows_estimated.saturating_sub(rows_copied) as f64;
-        let eta = (w.phase == Phase::Copying && rate > 0.0).then(|| left / rate);
-        let current = if w.phase.switched() {
-            Direction::Reverse
-        } else {
-            Direction::Forward
-        };
-        let lag = w
-            .streams
-            .iter()
-            .filter(|s| s.direction == current)
-            .filter_map(|s| s.lag_seconds)
-            .fold(None, |m: Option<f64>, l| Some(m.map_or(l, |m| m.max(l))));
-        Status {
-            workflow: w,
-            rows_estimated,
-            rows_copied,
-            rows_per_second: rate,
-            eta_seconds: eta,
-            lag_seconds: lag,
-        }
+        Status::new(w, |rows_copied| {
+            let secs = since.elapsed().as_secs_f64();
+            if secs > 0.0 {
+                rows_copied.saturating_sub(before) as f64 / secs
+            } else {
+                0.0
+            }
+        })
     }
 
     /// Starts `fut` as the workflow's background task (one at a time).

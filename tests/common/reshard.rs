@@ -71,6 +71,25 @@ impl Writers {
         l
     }
 
+    /// `stop`, printing the figures, and asserting the writers saw no error MariaDB direct
+    /// would not give (see `unexpected_errors`).
+    pub async fn stop_expecting_no_errors(self) -> Ledger {
+        let longest = *self.longest_ms.lock().expect("longest");
+        let ledger = self.stop().await;
+        eprintln!(
+            "writers: {} operations, {} acknowledged inserts, errors {:?}, longest statement {longest} ms",
+            ledger.ops,
+            ledger.inserted.len(),
+            ledger.errors
+        );
+        let unexpected = unexpected_errors(&ledger, false);
+        assert!(
+            unexpected.is_empty(),
+            "errors MariaDB direct would not give: {unexpected:?}"
+        );
+        ledger
+    }
+
     pub fn ops(&self) -> u64 {
         self.ledger.lock().expect("ledger").ops
     }

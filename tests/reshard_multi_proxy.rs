@@ -1,0 +1,195 @@
+//! Online resharding with two proxies sharing etcd: 2 -> 3 shards driven through proxy 1's
+//! admin API while 8 writers (4 on each proxy) insert and increment. The cutover holds the
+//! keyspace on both proxies; afterwards proxy 2 serves the new map, routes moved keys to s2
+//! and shows the workflow proxy 1 coordinates; the writers' ledger holds on the final ring.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::reshard::{self as rs, Writers};
+use common::AdminProxy;
+use mysql_async::prelude::*;
+use serde_json::{json, Value};
+
+/// `store.proxy_id` of `GET /api/v1/topology`.
+async fn proxy_id(p: &AdminProxy) -> String {
+    p.get_json("/api/v1/topology").await["store"]["proxy_id"]
+        .as_str()
+        .expect("proxy_id")
+        .to_string()
+}
+
+/// Waits until `p` sees `n` live proxies in etcd.
+async fn sees_proxies(p: &AdminProxy, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let store = p.get_json("/api/v1/topology").await["store"].clone();
+        if store["up"] == true && store["proxies"].as_array().map_or(0, Vec::len) == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "proxy {} does not see {n} proxies: {store}",
+            p.port
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The shard names of keyspace `app` in `p`'s current shard map.
+async fn app_shards(p: &AdminProxy) -> Vec<String> {
+    let m = p.get_json("/api/v1/shardmap").await;
+    m["current"]["keyspace"]["app"]["shards"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no app shards in {m:#}"))
+        .iter()
+        .map(|s| s["name"].as_str().expect("shard name").to_string())
+        .collect()
+}
+
+/// Proxy 2's status of the workflow, which proxy 1 runs.
+async fn remote_status(p: &AdminProxy) -> Value {
+    let r = p.get("/api/v1/reshard/status?keyspace=app").await;
+    assert_eq!(
+        r.status,
+        200,
+        "status on proxy {} (not the coordinator): {}",
+        p.port,
+        r.text()
+    );
+    serde_json::from_slice(&r.body).expect("status json")
+}
+
+/// An id the 3-shard ring gives to s2, above every writer's ids.
+fn id_owned_by_s2() -> i64 {
+    let ring = shardgate::shardmap::ring::Ring::new(&["s0", "s1", "s2"], 256);
+    (900_000_000..)
+        .find(|id| ring.shard_names()[ring.shard_for(rs::hash(*id))] == "s2")
+        .expect("an id on s2")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_to_three_shards_with_two_proxies() {
+    let sb = common::start_cluster_with(&[
+        "--shards",
+        "2",
+        "--replicas",
+        "0",
+        "--proxies",
+        "2",
+        "--sharded-table",
+        "items:id",
+    ]);
+    let configs = sb.proxy_configs();
+    assert_eq!(configs.len(), 2, "{configs:?}");
+    let p1 = sb.admin_proxy_from(&configs[0], "");
+    let p2 = sb.admin_proxy_from(&configs[1], "");
+    sees_proxies(&p1, 2).await;
+    sees_proxies(&p2, 2).await;
+    let coordinator = proxy_id(&p1).await;
+    assert_ne!(coordinator, proxy_id(&p2).await);
+
+    let url1 = common::app_url(p1.port, "app");
+    let url2 = common::app_url(p2.port, "app");
+    rs::load(&url1).await;
+    let added = shardgate::sandbox::add_shard(&sb.dir)
+        .await
+        .expect("add shard");
+    let mut primaries: Vec<(String, u16)> = ["s0", "s1"]
+        .iter()
+        .map(|s| (s.to_string(), sb.cluster.primary(s).expect("primary").port))
+        .collect();
+    primaries.push(("s2".into(), added.servers[0].port));
+
+    let writers = Writers::start(&[url1.clone(), url2.clone()], 8);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    rs::post(
+        &p1,
+        "/api/v1/reshard/start",
+        json!({"keyspace": "app", "add": added.add_arg()}),
+    )
+    .await;
+    rs::wait_status(&p1, Duration::from_secs(180), |s| rs::phase(s) == "running").await;
+    // Proxy 2 shows the workflow from etcd: proxy 1 runs it.
+    let s = remote_status(&p2).await;
+    assert_eq!(s["coordinator"], coordinator.as_str(), "{s:#}");
+    assert_eq!(rs::phase(&s), "running", "{s:#}");
+    assert_eq!(s["keyspace"], "app", "{s:#}");
+    rs::verify_clean(&p1).await;
+    let attempt = rs::cutover(&p1, "/api/v1/reshard/cutover", 2000).await;
+    eprintln!("cutover to 3 shards: {attempt:#}");
+
+    // Proxy 2 applied the new map from its watch.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let shards = app_shards(&p2).await;
+        if shards.iter().any(|s| s == "s2") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "proxy 2 still serves {shards:?} after the cutover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let s = remote_status(&p2).await;
+    assert_eq!(rs::phase(&s), "switched", "{s:#}");
+    assert_eq!(s["coordinator"], coordinator.as_str(), "{s:#}");
+    assert_eq!(
+        s["rows_copied"],
+        rs::status(&p1).await["rows_copied"],
+        "proxy 2's figures: {s:#}"
+    );
+
+    // A key that moved to s2, written through proxy 2, lands on s2 (and proxy 2's hold was
+    // released: the statement does not wait).
+    let probe = id_owned_by_s2();
+    let mut c = common::connect(&url2).await;
+    let started = Instant::now();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        c.query_drop(format!(
+            "INSERT INTO items (id, n, w) VALUES ({probe}, 0, 99)"
+        )),
+    )
+    .await
+    .expect("the insert through proxy 2 waited 5 s")
+    .expect("insert through proxy 2");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the insert through proxy 2 waited {:?}",
+        started.elapsed()
+    );
+    let mut s2 = common::connect(&common::root_url(added.servers[0].port)).await;
+    let on_s2: Option<i64> = s2
+        .query_first(format!("SELECT id FROM app.items WHERE id = {probe}"))
+        .await
+        .expect("read s2");
+    assert_eq!(on_s2, Some(probe), "the write through proxy 2 is not on s2");
+    c.query_drop(format!("DELETE FROM items WHERE id = {probe}"))
+        .await
+        .expect("delete the probe");
+    let _ = c.disconnect().await;
+    let _ = s2.disconnect().await;
+
+    // Writes after the cutover go on through both proxies.
+    let before = writers.ops();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        writers.ops() > before + 50,
+        "writers stalled after the cutover"
+    );
+    rs::post(&p1, "/api/v1/reshard/complete", json!({"keyspace": "app"})).await;
+    rs::wait_status(&p1, Duration::from_secs(120), |s| {
+        rs::phase(s) == "completed"
+    })
+    .await;
+    let s = remote_status(&p2).await;
+    assert_eq!(rs::phase(&s), "completed", "{s:#}");
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ledger = writers.stop_expecting_no_errors().await;
+    rs::check_ledger(&ledger, &primaries, &["s0", "s1", "s2"]).await;
+}
