@@ -80,6 +80,9 @@ pub struct ClusterHold<'a> {
     /// This proxy's own hold (a reshard cutover holds its keyspace gate itself).
     _local: Option<HoldGuard<'a>>,
     store: Option<Arc<EtcdStore>>,
+    /// The hold's record as written: only that one is deleted at the end (a later hold of the
+    /// same shard or keyspace may have replaced it by then).
+    record: Vec<u8>,
     key: String,
     acks_key: String,
     /// Acknowledgements received: proxy -> ack.
@@ -98,8 +101,10 @@ impl Drop for ClusterHold<'_> {
             std::mem::take(&mut self.acks_key),
         );
         let s = store.clone();
+        let record = std::mem::take(&mut self.record);
         store.spawn(async move {
-            let _ = s.delete(key, false).await;
+            let when = vec![Compare::value(key.clone(), CompareOp::Equal, record)];
+            let _ = s.txn(when, vec![TxnOp::delete(key, None)]).await;
             let _ = s.delete(acks, true).await;
         });
     }
@@ -291,6 +296,7 @@ impl Ha {
             return Ok(ClusterHold {
                 _local: local,
                 store: None,
+                record: Vec::new(),
                 key: String::new(),
                 acks_key: String::new(),
                 acks: BTreeMap::new(),
@@ -308,10 +314,11 @@ impl Ha {
         let key = store.keys.hold(shard);
         let acks_key = store.keys.hold_acks(&rec.id);
         let text = serde_json::to_vec(&rec).map_err(|e| HaError::Config(e.to_string()))?;
-        store.put(key.clone(), text, true).await?;
+        store.put(key.clone(), text.clone(), true).await?;
         let mut hold = ClusterHold {
             _local: local,
             store: Some(store.clone()),
+            record: text,
             key,
             acks_key: acks_key.clone(),
             acks: BTreeMap::new(),
@@ -447,7 +454,12 @@ impl Ha {
             }
         }
         let me = self.clone();
-        let limit = self.cfg.buffer_timeout();
+        // A reshard cutover may hold up to its max pause (at most 60 s): its hold must not
+        // end here first. (A coordinator that dies loses its lease, which ends the hold.)
+        let limit = match rec.shard.strip_prefix(RESHARD_HOLD) {
+            Some(_) => self.cfg.buffer_timeout().max(Duration::from_secs(65)),
+            None => self.cfg.buffer_timeout(),
+        };
         tokio::spawn(async move {
             tokio::time::sleep(limit).await;
             me.remote_release_id(&rec.shard, Some(&rec.id));

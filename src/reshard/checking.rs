@@ -92,6 +92,7 @@ async fn run(runner: &Arc<Runner>) -> Result<bool, ReshardError> {
                 return Err(ReshardError::Conflict("stopped".into()));
             }
             let mut check = ChunkCheck::default();
+            let mut quiet_ran = false;
             for round in 0..ROUNDS + QUIET_TRIES {
                 // The last rounds compare with the keyspace's writes held: both sides at one
                 // position, whatever the application does to these keys.
@@ -124,12 +125,24 @@ async fn run(runner: &Arc<Runner>) -> Result<bool, ReshardError> {
                 .await
                 .map_err(copy_err)?;
                 drop(held);
+                quiet_ran |= quiet;
                 if check.is_clean() || quiet {
                     break;
                 }
                 // Let the stream catch up with what the source has now, then look again.
                 let pos = binlog_pos(&mut src, &src_addr).await?;
                 wait_applied(runner, i, &pos, Duration::from_secs(10)).await;
+            }
+            if !check.is_clean() && !quiet_ran {
+                // Differences seen only while writes ran are no finding: say it could not look.
+                return Err(ReshardError::Conflict(format!(
+                    "{} {}->{}: the keyspace's writes could not be held for {} ms to compare a \
+                     chunk at one position (long transactions or statements?); run verify again",
+                    t.table,
+                    t.source,
+                    t.target,
+                    QUIET.as_millis()
+                )));
             }
             report.chunks += 1;
             report.rows_compared += check.moving_rows as u64;
