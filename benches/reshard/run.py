@@ -191,6 +191,7 @@ class Probe(threading.Thread):
         self.longest_at = 0.0  # monotonic start of the longest statement
         self.statements = 0
         self.errors: dict[str, int] = {}
+        self.slow: list[tuple[float, float]] = []  # (start, ms) of statements of 20 ms and more
         self.conn = pymysql.connect(**self.args)
 
     def run(self) -> None:
@@ -213,6 +214,8 @@ class Probe(threading.Thread):
             ms = (time.monotonic() - started) * 1000
             if ms > self.longest_ms:
                 self.longest_ms, self.longest_at = ms, started
+            if ms >= 20:
+                self.slow.append((started, ms))
 
     def stop(self) -> None:
         self.stop_flag.set()
@@ -508,7 +511,12 @@ class Bench:
         r["probe"] = {"longest_ms": self.probe.longest_ms, "statements": self.probe.statements,
                       "errors": self.probe.errors,
                       "longest_at_s_from_cutover": self.probe.longest_at - cut_start,
-                      "cutover_call_s": cut_end - cut_start}
+                      "cutover_call_s": cut_end - cut_start,
+                      # The longest statement that was running at some point of the cutover
+                      # call (what the cutover itself made a writer wait).
+                      "longest_in_cutover_ms": max([ms for st, ms in self.probe.slow
+                                                    if st <= cut_end and st + ms / 1000 >= cut_start], default=0.0),
+                      "slow": [(round(st - cut_start, 3), round(ms, 1)) for st, ms in self.probe.slow]}
         if not attempts or attempts[-1].get("outcome") != "switched":
             raise BenchError(f"cutover never switched in {a.attempts} attempts: {attempts[-1:]}")
         sw = attempts[-1]
@@ -623,6 +631,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"  probe writer: longest single UPDATE {pr['longest_ms']:.1f} ms (bar < {args.bar_pause_ms:g}): "
             f"{'meets' if pr['longest_ms'] < args.bar_pause_ms else 'ABOVE'}; {pr['statements']} statements, "
             f"errors {pr['errors'] or 0}")
+        log(f"    longest UPDATE running during the cutover call ({pr['cutover_call_s'] * 1000:.0f} ms): "
+            f"{pr['longest_in_cutover_ms']:.1f} ms (0: under 20 ms); the longest overall started "
+            f"{pr['longest_at_s_from_cutover']:+.2f} s from the cutover call")
     if "complete_s" in r:
         log(f"  complete: {r['complete_s']:.1f} s, {r.get('rows_deleted')} rows deleted")
     if "sysbench_errors" in figures:
