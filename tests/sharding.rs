@@ -1512,6 +1512,11 @@ async fn a_keyspace_hold_pauses_new_statements_and_dooms_open_transactions() {
             .await
             .expect("clean");
     }
+    // Every command leaves the gate (just after its answer reached the client).
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while gate.in_flight() != 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert_eq!(gate.in_flight(), 0);
     tokio::task::spawn_blocking(move || proxy.shutdown())
         .await
