@@ -1,7 +1,8 @@
 //! Online resharding with two proxies sharing etcd: 2 -> 3 shards driven through proxy 1's
 //! admin API while 8 writers (4 on each proxy) insert and increment. The cutover holds the
 //! keyspace on both proxies; afterwards proxy 2 serves the new map, routes moved keys to s2
-//! and shows the workflow proxy 1 coordinates; the writers' ledger holds on the final ring.
+//! and shows the workflow proxy 1 coordinates. Then back to 2 shards, coordinated by proxy 2.
+//! The writers' ledger holds on the final ring and nothing is left on s2.
 
 mod common;
 
@@ -70,7 +71,7 @@ fn id_owned_by_s2() -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_to_three_shards_with_two_proxies() {
+async fn two_to_three_to_two_shards_with_two_proxies() {
     let sb = common::start_cluster_with(&[
         "--shards",
         "2",
@@ -189,7 +190,26 @@ async fn two_to_three_shards_with_two_proxies() {
     let s = remote_status(&p2).await;
     assert_eq!(rs::phase(&s), "completed", "{s:#}");
 
+    // And back to two shards, driven from proxy 2 this time: either proxy can coordinate.
+    let attempt = rs::run_to_switched(&p2, json!({"keyspace": "app", "remove": "s2"}), 2000).await;
+    eprintln!("cutover back to 2 shards: {attempt:#}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app_shards(&p1).await.iter().any(|s| s == "s2") {
+        assert!(
+            Instant::now() < deadline,
+            "proxy 1 still routes to s2 after the cutover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    rs::post(&p2, "/api/v1/reshard/complete", json!({"keyspace": "app"})).await;
+    rs::wait_status(&p2, Duration::from_secs(120), |s| {
+        rs::phase(s) == "completed"
+    })
+    .await;
+
     tokio::time::sleep(Duration::from_millis(500)).await;
     let ledger = writers.stop_expecting_no_errors().await;
-    rs::check_ledger(&ledger, &primaries, &["s0", "s1", "s2"]).await;
+    rs::check_ledger(&ledger, &primaries, &["s0", "s1"]).await;
+    let rows = rs::rows_by_shard(&primaries).await;
+    assert!(rows.values().all(|(s, _)| s != "s2"), "rows left on s2");
 }
