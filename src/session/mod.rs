@@ -236,13 +236,13 @@ impl Session {
     }
 
     /// Lets a command through the statement gates, or answers the client and returns `None`.
-    /// `Some(keyspace gate)`: in through the proxy's gate, and through the keyspace's when a
-    /// reshard cutover holds it; each is left once the command ran.
+    /// `Some(keyspace gate)`: in through the proxy's gate, and through the keyspace's (sharded
+    /// keyspaces); each is left once the command ran.
     async fn pass_gates(&mut self, cmd: u8, frame: &Frame) -> Option<Option<Arc<KeyspaceGate>>> {
         let wait = self.shared.config.ha.buffer_timeout();
-        // A reshard cutover's hold on the session's keyspace first (one load when none is
-        // on): a command waiting there has reached no server, and a failover's drain must not
-        // wait for it.
+        // A reshard cutover's hold on the session's keyspace first (a sharded keyspace's
+        // commands are all counted there): a command waiting there has reached no server, and
+        // a failover's drain must not wait for it.
         let keyspace = match self.enter_keyspace_gate(cmd, wait).await {
             Err(r) if r.refused == Refused::StillHeld => {
                 self.keyspace_refused(r, wait, frame).await;
