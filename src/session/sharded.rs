@@ -638,6 +638,22 @@ impl Session {
                 conn.in_txn = false;
             }
         }
+        // A connection still in the transaction on a shard the map no longer names (a reshard
+        // cutover removed it meanwhile): rolled back, whatever ended the rest, so that no
+        // write reaches the old owner now and its locks go (they would stall the cleanup).
+        let left: Vec<Arc<str>> = self
+            .pinned
+            .iter_mut()
+            .filter(|c| c.in_txn)
+            .map(|c| c.addr.clone())
+            .collect();
+        for addr in left {
+            tracing::warn!(server = %addr, "rolling back a transaction on a shard the map no longer names");
+            let _ = self.run_quietly(&addr, b"ROLLBACK").await;
+            if let Some(conn) = self.pinned.find(&addr) {
+                conn.in_txn = false;
+            }
+        }
         self.hold.txn = self.pinned.in_txn();
         first_err.map_or(Ok(()), Err)
     }
