@@ -35,14 +35,7 @@ pub struct PlanRequest {
 
 impl PlanRequest {
     pub fn change(&self) -> Result<Change, PlanError> {
-        match (&self.add, &self.remove) {
-            (Some(a), None) => Change::parse_add(a),
-            (None, Some(r)) => Ok(Change::Remove(r.clone())),
-            _ => Err(PlanError::Invalid(
-                "give exactly one of add (NAME=PRIMARY[,REPLICA...]) or remove (a shard name)"
-                    .into(),
-            )),
-        }
+        Change::from_args(self.add.as_deref(), self.remove.as_deref())
     }
 }
 

@@ -67,6 +67,18 @@ impl Change {
         }))
     }
 
+    /// The change `--add` or `--remove` asks for (exactly one of them).
+    pub fn from_args(add: Option<&str>, remove: Option<&str>) -> Result<Change, PlanError> {
+        match (add, remove) {
+            (Some(a), None) => Change::parse_add(a),
+            (None, Some(r)) => Ok(Change::Remove(r.to_string())),
+            _ => Err(PlanError::Invalid(
+                "give exactly one of add (NAME=PRIMARY[,REPLICA...]) or remove (a shard name)"
+                    .into(),
+            )),
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Change::Add(s) => format!("add shard {} (primary {})", s.name, s.primary),
