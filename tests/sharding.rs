@@ -1450,7 +1450,7 @@ async fn a_keyspace_hold_pauses_new_statements_and_dooms_open_transactions() {
     assert_eq!(gate.open_txns(), 2);
 
     let mut w = common::connect(&url).await;
-    let hold = gate.hold();
+    let hold = gate.hold(None);
     assert!(proxy.shared().ha.keyspaces.active());
     let waiter = tokio::spawn(async move {
         let r = w
@@ -1464,7 +1464,7 @@ async fn a_keyspace_hold_pauses_new_statements_and_dooms_open_transactions() {
         .query_drop("INSERT INTO users (id, name) VALUES (27000004, 'old map too')")
         .await
         .expect("an open transaction goes on during the hold");
-    gate.doom();
+    gate.doom(None);
     assert!(
         gate.drain(Duration::from_secs(5)).await,
         "nothing in flight"
@@ -1499,7 +1499,7 @@ async fn a_keyspace_hold_pauses_new_statements_and_dooms_open_transactions() {
     );
 
     // Held longer than the buffer timeout: refused, naming the keyspace.
-    let hold = gate.hold();
+    let hold = gate.hold(None);
     let (code, _, msg) = server_error(
         w.query_drop("SELECT id FROM users WHERE id = 27000003")
             .await,
@@ -1518,6 +1518,153 @@ async fn a_keyspace_hold_pauses_new_statements_and_dooms_open_transactions() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(gate.in_flight(), 0);
+    tokio::task::spawn_blocking(move || proxy.shutdown())
+        .await
+        .expect("shutdown");
+}
+
+/// A reshard cutover's hold holds only the keys it moves: here those a third shard would
+/// take. A statement on a key that stays runs during the hold (text and prepared), one on a
+/// moving key waits for the release; after the doom, an open transaction that touched only
+/// keys that stay commits, one that touched a moving key is rolled back with 1213.
+#[tokio::test]
+async fn a_keyspace_hold_of_moving_keys_lets_the_other_keys_run() {
+    use shardgate::shardmap::moving::RingChange;
+    use shardgate::shardmap::ring::{key_hash, KeyValue};
+    use std::sync::Arc;
+    use std::time::Duration;
+    let config = shardgate::config::Config::load(
+        &sandbox().proxy_config("[ha]\nfailover_buffer_timeout_ms = 5000\n"),
+    )
+    .expect("config");
+    let proxy = shardgate::proxy::Proxy::start(config).expect("proxy");
+    let url = common::app_url(proxy.local_addr().port(), "app");
+    let gate = proxy.shared().ha.keyspaces.gate("app");
+    let map = proxy.shared().topology.map();
+    let ks = map.keyspace.get("app").expect("keyspace app");
+    let mut grown = ks.clone();
+    let mut s3 = grown.shards[0].clone();
+    s3.name = "s3-to-be".into();
+    grown.shards.push(s3);
+    let change = RingChange::of(&ks.ring(), ks.vnodes, &grown.ring(), grown.vnodes);
+    let moving = Arc::new(change.moving());
+    let (range, n) = (28_000_000i64, 200i64);
+    let moves = |id: i64| moving.contains(key_hash(&KeyValue::Int(id.into())));
+    // On one shard: a transaction uses two of them.
+    let ring = ks.ring();
+    let stay: Vec<i64> = (range..range + n)
+        .filter(|&id| !moves(id) && ring.shard_for(key_hash(&KeyValue::Int(id.into()))) == 0)
+        .take(4)
+        .collect();
+    let go: Vec<i64> = (range..range + n).filter(|&id| moves(id)).take(3).collect();
+    assert!(stay.len() == 4 && go.len() == 3, "{stay:?} {go:?}");
+
+    let mut c = common::connect(&url).await;
+    users_table(&mut c).await;
+    let ids: Vec<i64> = stay.iter().chain(&go).copied().collect();
+    for id in &ids {
+        c.query_drop(format!("DELETE FROM users WHERE id = {id}"))
+            .await
+            .expect("clean");
+    }
+    let mut on_stay = common::connect(&url).await;
+    on_stay.query_drop("BEGIN").await.expect("begin");
+    on_stay
+        .query_drop(format!(
+            "INSERT INTO users (id, name) VALUES ({}, 'stays')",
+            stay[0]
+        ))
+        .await
+        .expect("insert");
+    let mut on_go = common::connect(&url).await;
+    on_go.query_drop("BEGIN").await.expect("begin");
+    on_go
+        .query_drop(format!(
+            "INSERT INTO users (id, name) VALUES ({}, 'moves')",
+            go[0]
+        ))
+        .await
+        .expect("insert");
+
+    let hold = gate.hold(Some(moving.clone()));
+    let mut w = common::connect(&url).await;
+    let go1 = go[1];
+    let waiter = tokio::spawn(async move {
+        let r = w
+            .query_drop(format!(
+                "INSERT INTO users (id, name) VALUES ({go1}, 'waited')"
+            ))
+            .await;
+        (w, r)
+    });
+    // Keys that stay: at once, as text and as a prepared statement, in and out of a
+    // transaction.
+    let at_once = Duration::from_millis(2000);
+    tokio::time::timeout(
+        at_once,
+        c.query_drop(format!(
+            "INSERT INTO users (id, name) VALUES ({}, 'during')",
+            stay[1]
+        )),
+    )
+    .await
+    .expect("a key that stays does not wait")
+    .expect("insert");
+    let name: Option<String> = tokio::time::timeout(
+        at_once,
+        c.exec_first("SELECT name FROM users WHERE id = ?", (stay[1],)),
+    )
+    .await
+    .expect("a prepared read of a key that stays does not wait")
+    .expect("select");
+    assert_eq!(name.as_deref(), Some("during"));
+    tokio::time::timeout(
+        at_once,
+        on_stay.query_drop(format!(
+            "INSERT INTO users (id, name) VALUES ({}, 'stays too')",
+            stay[2]
+        )),
+    )
+    .await
+    .expect("a transaction on keys that stay goes on")
+    .expect("insert");
+    assert!(!waiter.is_finished(), "a moving key waits while held");
+    gate.doom(Some(moving.clone()));
+    assert!(gate.drain(Duration::from_secs(5)).await, "drained");
+    // After the doom, a key that stays still runs at once.
+    tokio::time::timeout(
+        at_once,
+        c.exec_drop(
+            "INSERT INTO users (id, name) VALUES (?, 'after doom')",
+            (stay[3],),
+        ),
+    )
+    .await
+    .expect("a key that stays does not wait after the doom either")
+    .expect("insert");
+    assert!(!waiter.is_finished(), "still held");
+    drop(hold);
+    let (_w, r) = waiter.await.expect("task");
+    r.expect("the moving key's statement ran after the release");
+
+    on_stay
+        .query_drop("COMMIT")
+        .await
+        .expect("a transaction that touched only keys that stay commits");
+    let (code, state, msg) = server_error(on_go.query_drop("COMMIT").await);
+    assert_eq!((code, state.as_str()), (1213, "40001"), "{msg}");
+    let mut found = Vec::new();
+    for id in &ids {
+        let row: Option<i64> = c
+            .query_first(format!("SELECT id FROM users WHERE id = {id}"))
+            .await
+            .expect("select");
+        found.extend(row);
+    }
+    found.sort_unstable();
+    let mut want = vec![stay[0], stay[1], stay[2], stay[3], go[1]];
+    want.sort_unstable();
+    assert_eq!(found, want, "the doomed transaction's row was rolled back");
     tokio::task::spawn_blocking(move || proxy.shutdown())
         .await
         .expect("shutdown");

@@ -17,7 +17,9 @@ use super::acked::{Acked, Known};
 use super::events::now_rfc3339;
 use super::gate::HoldGuard;
 use super::gtid::GtidPos;
+use super::keyspace_gate::Scope;
 use super::{Ha, HaError};
+use crate::shardmap::moving::RingChange;
 use crate::topology::etcd::{AckedRecord, HoldAck, HoldRecord};
 use crate::topology::{EtcdStore, Fence};
 
@@ -75,6 +77,14 @@ pub struct Intent {
 /// A coordinated hold for a reshard cutover names `reshard:<keyspace>` where a failover's
 /// names its shard.
 pub const RESHARD_HOLD: &str = "reshard:";
+
+/// What a coordinated hold holds.
+struct HoldWhat<'s> {
+    shard: &'s str,
+    primary: &'s str,
+    grace_ms: Option<u64>,
+    moving: Option<RingChange>,
+}
 
 pub struct ClusterHold<'a> {
     /// This proxy's own hold (a reshard cutover holds its keyspace gate itself).
@@ -262,33 +272,44 @@ impl Ha {
         reason: &str,
         limit: Duration,
     ) -> Result<ClusterHold<'_>, HaError> {
-        self.hold_everywhere_as(shard, primary, reason, None, Some(self.gate.hold()), limit)
+        let what = HoldWhat {
+            shard,
+            primary,
+            grace_ms: None,
+            moving: None,
+        };
+        self.hold_everywhere_as(what, reason, Some(self.gate.hold()), limit)
             .await
     }
 
     /// A reshard's hold of `keyspace` on every other live proxy: each holds the keyspace's new
-    /// statements and drains before it acknowledges; with `doom` (a cutover), it first lets
-    /// open transactions commit for that grace, then dooms the rest. The caller holds this
-    /// proxy's keyspace gate itself.
+    /// statements that touch the keys `moving` moves (every key without it) and drains
+    /// before it acknowledges; with `doom` (a cutover), it first lets open transactions
+    /// commit for that grace, then dooms those that touched the held keys. The caller holds
+    /// this proxy's keyspace gate itself.
     pub async fn hold_keyspace_everywhere(
         &self,
         keyspace: &str,
         reason: &str,
+        moving: Option<RingChange>,
         doom: Option<Duration>,
         limit: Duration,
     ) -> Result<ClusterHold<'_>, HaError> {
         let shard = format!("{RESHARD_HOLD}{keyspace}");
         let grace = doom.map(|g| u64::try_from(g.as_millis()).unwrap_or(u64::MAX));
-        self.hold_everywhere_as(&shard, "", reason, grace, None, limit)
-            .await
+        let what = HoldWhat {
+            shard: &shard,
+            primary: "",
+            grace_ms: grace,
+            moving,
+        };
+        self.hold_everywhere_as(what, reason, None, limit).await
     }
 
     async fn hold_everywhere_as<'a>(
         &'a self,
-        shard: &str,
-        primary: &str,
+        what: HoldWhat<'_>,
         reason: &str,
-        grace_ms: Option<u64>,
         local: Option<HoldGuard<'a>>,
         limit: Duration,
     ) -> Result<ClusterHold<'a>, HaError> {
@@ -305,13 +326,14 @@ impl Ha {
         };
         let rec = HoldRecord {
             id: format!("{}-{}", store.id, crate::ha::events::now_ms()),
-            shard: shard.to_string(),
-            primary: primary.to_string(),
+            shard: what.shard.to_string(),
+            primary: what.primary.to_string(),
             by: store.id.clone(),
             reason: reason.to_string(),
-            grace_ms,
+            grace_ms: what.grace_ms,
+            moving: what.moving,
         };
-        let key = store.keys.hold(shard);
+        let key = store.keys.hold(what.shard);
         let acks_key = store.keys.hold_acks(&rec.id);
         let text = serde_json::to_vec(&rec).map_err(|e| HaError::Config(e.to_string()))?;
         store.put(key.clone(), text.clone(), true).await?;
@@ -396,11 +418,12 @@ impl Ha {
         if held.contains_key(&rec.shard) {
             return false;
         }
+        let scope: Scope = rec.moving.as_ref().map(|m| Arc::new(m.moving()));
         match rec.shard.strip_prefix(RESHARD_HOLD) {
-            Some(ks) => self.keyspaces.gate(ks).acquire(),
+            Some(ks) => self.keyspaces.gate(ks).acquire(scope.clone()),
             None => self.gate.acquire(),
         }
-        held.insert(rec.shard.clone(), rec.id.clone());
+        held.insert(rec.shard.clone(), (rec.id.clone(), scope));
         true
     }
 
@@ -425,7 +448,10 @@ impl Ha {
                 let gate = self.keyspaces.gate(ks);
                 if let Some(grace) = rec.grace_ms {
                     gate.wait_txns(Duration::from_millis(grace)).await;
-                    gate.doom();
+                    let scope = super::lock(&self.remote_holds)
+                        .get(&rec.shard)
+                        .and_then(|(_, s)| s.clone());
+                    gate.doom(scope);
                 }
                 gate.drain(limit).await
             }
@@ -433,7 +459,7 @@ impl Ha {
         };
         let still_held = super::lock(&self.remote_holds)
             .get(&rec.shard)
-            .is_some_and(|id| *id == rec.id);
+            .is_some_and(|(id, _)| *id == rec.id);
         if !still_held {
             // It ended while this proxy drained (or before it saw it): nobody waits for an ack.
             return;
@@ -473,11 +499,14 @@ impl Ha {
 
     fn remote_release_id(&self, shard: &str, id: Option<&str>) {
         let mut held = super::lock(&self.remote_holds);
-        if held.get(shard).is_some_and(|h| id.is_none_or(|id| id == h)) {
-            held.remove(shard);
+        if held
+            .get(shard)
+            .is_some_and(|(h, _)| id.is_none_or(|id| id == h))
+        {
+            let scope = held.remove(shard).and_then(|(_, s)| s);
             drop(held);
             match shard.strip_prefix(RESHARD_HOLD) {
-                Some(ks) => self.keyspaces.gate(ks).release(),
+                Some(ks) => self.keyspaces.gate(ks).release(&scope),
                 None => self.gate.release(),
             }
         }

@@ -140,8 +140,8 @@ pub struct Ha {
     fenced: Mutex<BTreeMap<String, Fenced>>,
     progress: Mutex<Option<Progress>>,
     blocked: Mutex<BTreeMap<String, String>>,
-    /// Holds other proxies coordinate, by shard: the hold's id.
-    remote_holds: Mutex<BTreeMap<String, String>>,
+    /// Holds other proxies coordinate, by shard: the hold's id, and a reshard hold's scope.
+    remote_holds: Mutex<BTreeMap<String, (String, keyspace_gate::Scope)>>,
 }
 
 impl Ha {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::backend::health::{Health, ServerHealth};
 use crate::protocol::consts::errcode;
+use crate::shardmap::moving::Touched;
 use crate::shardmap::ring::{key_hash, KeyValue, Ring};
 use crate::shardmap::{ShardMap, Sharding, TableRule};
 use shard::shape::{self, Shape};
@@ -202,7 +203,7 @@ impl Planner {
         if ks.ring.is_none() {
             return Plan::Route(ks.routes[0].clone());
         }
-        match ks.shard_plan(&text::parse_copy(sql)) {
+        match ks.ring_shard_plan(&text::parse_copy(sql)) {
             ShardPlan::One(i) => Plan::Route(ks.routes[i].clone()),
             // A `?` in COM_QUERY text is the server's syntax error to report.
             ShardPlan::Any | ShardPlan::Param(_) => Plan::Route(ks.routes[0].clone()),
@@ -240,12 +241,50 @@ impl Planner {
         ks.routes.get(ring.shard_for(key_hash(key))).cloned()
     }
 
+    /// The rows of the session's sharded keyspace a statement touches, by key hash, as far
+    /// as its plan names them (what a reshard cutover's hold asks of every command).
+    pub fn touched(&self, sql: &str, ctx: &PlanContext<'_>) -> Touched {
+        let Some(ks) = self.keyspace_plan(ctx) else {
+            return Touched::Nothing;
+        };
+        let Some(ring) = &ks.ring else {
+            return Touched::Nothing;
+        };
+        let keys = std::cell::RefCell::new(Vec::new());
+        let shard_of = |k: &KeyValue<'_>| {
+            let h = key_hash(k);
+            keys.borrow_mut().push(h);
+            ring.shard_for(h)
+        };
+        match ks.cached_or_planned_with(sql, &shard_of) {
+            ShardPlan::One(_) | ShardPlan::SplitInsert(_) => {
+                let keys = keys.into_inner();
+                if keys.is_empty() {
+                    Touched::Unknown
+                } else {
+                    Touched::Keys(keys)
+                }
+            }
+            // Reference tables read, or no table at all.
+            ShardPlan::Any => Touched::Nothing,
+            _ => Touched::Unknown,
+        }
+    }
+
+    /// What a statement keyed by `key` touches (a prepared statement's key parameter).
+    pub fn key_touched(&self, ctx: &PlanContext<'_>, key: &KeyValue<'_>) -> Touched {
+        match self.sharded_keyspace(ctx) {
+            Some(_) => Touched::Keys(vec![key_hash(key)]),
+            None => Touched::Nothing,
+        }
+    }
+
     /// [`Planner::plan_shards`] without the shape cache: a full parse every time (for
     /// measuring what the cache saves).
     pub fn plan_shards_uncached(&self, sql: &str, ctx: &PlanContext<'_>) -> Option<ShardPlan> {
         let ks = self.keyspace_plan(ctx)?;
         ks.ring.as_ref()?;
-        Some(ks.shard_plan(sql))
+        Some(ks.ring_shard_plan(sql))
     }
 
     /// Whether the session's keyspace lets a transaction span shards
@@ -328,42 +367,59 @@ impl KeyspacePlan {
     /// The plan from the shape cache when the statement's shape has a value-independent plan;
     /// else planned in full (and the shape's plan remembered when it can be).
     fn cached_or_planned(&self, sql: &str) -> ShardPlan {
-        let (Some(ring), Some(shape)) = (&self.ring, Shape::of(sql)) else {
-            return self.shard_plan(sql);
+        match &self.ring {
+            Some(ring) => self.cached_or_planned_with(sql, &|k| ring.shard_for(key_hash(k))),
+            None => ShardPlan::One(0),
+        }
+    }
+
+    /// [`KeyspacePlan::cached_or_planned`] placing keys with `shard_of` (which may note them).
+    fn cached_or_planned_with(
+        &self,
+        sql: &str,
+        shard_of: &dyn Fn(&KeyValue<'_>) -> usize,
+    ) -> ShardPlan {
+        let (Some(_), Some(shape)) = (&self.ring, Shape::of(sql)) else {
+            return self.shard_plan(sql, shard_of);
         };
-        let shard_of = |k: &KeyValue<'_>| ring.shard_for(key_hash(k));
         if let Some(cached) = shape::get(self.cache_id, shape.hash) {
             if let Some(plan) = shape.bind(&cached, shard_of) {
                 return plan;
             }
-            return self.shard_plan(sql);
+            return self.shard_plan(sql, shard_of);
         }
-        if let Some(cached) = shape::cacheable(&self.shard_plan(&shape.text)) {
+        if let Some(cached) = shape::cacheable(&self.shard_plan(&shape.text, shard_of)) {
             shape::put(self.cache_id, shape.hash, cached.clone());
             if let Some(plan) = shape.bind(&cached, shard_of) {
                 return plan;
             }
         }
-        self.shard_plan(sql)
+        self.shard_plan(sql, shard_of)
     }
 
-    fn shard_plan(&self, sql: &str) -> ShardPlan {
-        let Some(ring) = &self.ring else {
+    fn shard_plan(&self, sql: &str, shard_of: &dyn Fn(&KeyValue<'_>) -> usize) -> ShardPlan {
+        if self.ring.is_none() {
             return ShardPlan::One(0);
-        };
+        }
         let rule = |t: &str| {
             self.tables
                 .get(t)
                 .or_else(|| self.tables.get(&t.to_ascii_lowercase()))
         };
-        let shard_of = |k: &KeyValue<'_>| ring.shard_for(key_hash(k));
         let cx = ShardContext {
             rule: &rule,
-            shard_of: &shard_of,
+            shard_of,
             allow_scatter_writes: self.allow_scatter_writes,
             shard_count: self.routes.len(),
         };
         shard::plan(sql, &cx)
+    }
+
+    fn ring_shard_plan(&self, sql: &str) -> ShardPlan {
+        match &self.ring {
+            Some(ring) => self.shard_plan(sql, &|k| ring.shard_for(key_hash(k))),
+            None => ShardPlan::One(0),
+        }
     }
 }
 
@@ -448,5 +504,81 @@ mod tests {
             default_keyspace: Some("sharded"),
         };
         assert_eq!(p.sharded_keyspace(&by_default), Some("sharded"));
+    }
+
+    #[test]
+    fn touched_names_the_keys_a_statement_reaches() {
+        let map: ShardMap = toml::from_str(
+            r#"
+            [keyspace.app]
+            sharding = "consistent_hash"
+            [keyspace.app.tables.users]
+            shard_key = "id"
+            [keyspace.app.tables.countries]
+            reference = true
+            [[keyspace.app.shards]]
+            name = "s1"
+            primary = "127.0.0.1:3001"
+            [[keyspace.app.shards]]
+            name = "s2"
+            primary = "127.0.0.1:3002"
+            [keyspace.plain]
+            sharding = "unsharded"
+            [[keyspace.plain.shards]]
+            name = "p0"
+            primary = "127.0.0.1:4000"
+            "#,
+        )
+        .expect("map");
+        let p = Planner::new(map.clone(), &Health::new(&map), true, |_| {
+            Duration::from_secs(1)
+        });
+        let ctx = PlanContext {
+            db: Some("app"),
+            default_keyspace: None,
+        };
+        let h = |k: i128| key_hash(&KeyValue::Int(k));
+        let t = |sql: &str| p.touched(sql, &ctx);
+        assert_eq!(
+            t("SELECT name FROM users WHERE id = 7"),
+            Touched::Keys(vec![h(7)])
+        );
+        // Twice: the second from the shape cache.
+        for _ in 0..2 {
+            assert_eq!(
+                t("UPDATE users SET name = 'x' WHERE id = 8"),
+                Touched::Keys(vec![h(8)])
+            );
+        }
+        let Touched::Keys(mut rows) = t("INSERT INTO users (id, name) VALUES (1, 'a'), (2, 'b')")
+        else {
+            panic!("a multi-row insert names its keys");
+        };
+        rows.sort_unstable();
+        rows.dedup();
+        let mut want = vec![h(1), h(2)];
+        want.sort_unstable();
+        assert_eq!(rows, want);
+        for sql in ["SELECT * FROM countries", "SELECT 1", "BEGIN", "COMMIT"] {
+            assert_eq!(t(sql), Touched::Nothing, "{sql}");
+        }
+        for sql in [
+            "SELECT * FROM users",
+            "SELECT * FROM users ORDER BY id LIMIT 3",
+            "INSERT INTO countries VALUES ('fr')",
+            "DELETE FROM users WHERE name = 'x'",
+        ] {
+            assert_eq!(t(sql), Touched::Unknown, "{sql}");
+        }
+        assert_eq!(
+            p.key_touched(&ctx, &KeyValue::Int(9)),
+            Touched::Keys(vec![h(9)])
+        );
+        let plain = PlanContext {
+            db: Some("plain"),
+            default_keyspace: None,
+        };
+        assert_eq!(p.touched("SELECT * FROM t", &plain), Touched::Nothing);
+        assert_eq!(p.key_touched(&plain, &KeyValue::Int(9)), Touched::Nothing);
     }
 }

@@ -177,7 +177,7 @@ async fn run(runner: &Arc<Runner>) -> Result<bool, ReshardError> {
     Ok(clean)
 }
 
-/// Holds the keyspace's new statements (here and on every proxy), lets open transactions end
+/// Holds the keyspace's new statements that touch moving keys (here and on every proxy), lets open transactions end
 /// and running statements drain, and waits until the stream applied everything the source
 /// has: then source and target are at one position until the hold is dropped. None when that
 /// took too long (the hold is released at once).
@@ -189,11 +189,11 @@ async fn quiesce<'a>(
 ) -> Option<(Held, Option<crate::ha::coord::ClusterHold<'a>>)> {
     let ha = &runner.owner.ha;
     let ks = runner.keyspace();
-    let gate = ha.keyspaces.gate(&ks);
-    gate.acquire();
-    let held = Held(gate.clone());
+    let (held, change) = runner.hold_moving();
+    let gate = held.gate.clone();
+    let reason = format!("reshard verify of {ks}");
     let cluster = ha
-        .hold_keyspace_everywhere(&ks, &format!("reshard verify of {ks}"), None, QUIET)
+        .hold_keyspace_everywhere(&ks, &reason, Some(change), None, QUIET)
         .await
         .ok()?;
     if !cluster.missing.is_empty() || !gate.wait_txns(QUIET).await || !gate.drain(QUIET).await {

@@ -195,25 +195,24 @@ pub async fn run(
     let left = |t0: Instant| max_pause.saturating_sub(t0.elapsed());
 
     let ha = runner.owner.ha.clone();
-    let gate = ha.keyspaces.gate(&ks);
-    gate.acquire();
-    let held = Held(gate.clone());
-    step("holding new statements on the keyspace");
+    let (held, change) = runner.hold_moving();
+    let gate = held.gate.clone();
+    step("holding new statements on the moving keys");
     let grace = max_pause / 4;
     // Every other live proxy holds, lets its transactions finish, dooms and drains too, while
     // this one does the same (with etcd; alone, nothing to wait for).
     let reason = format!("reshard {kind} of {ks}");
     let (cluster, finished) = tokio::join!(
-        ha.hold_keyspace_everywhere(&ks, &reason, Some(grace), max_pause),
+        ha.hold_keyspace_everywhere(&ks, &reason, Some(change), Some(grace), max_pause),
         gate.wait_txns(grace)
     );
     if !finished {
         step(&format!(
-            "{} open transactions doomed (rolled back at their next statement)",
+            "{} transactions still open: those that touched moving keys are doomed (rolled back at their next statement)",
             gate.open_txns()
         ));
     }
-    gate.doom();
+    gate.doom(held.scope.clone());
     let cluster = match cluster {
         Ok(c) if c.missing.is_empty() => c,
         Ok(c) => {

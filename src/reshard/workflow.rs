@@ -18,7 +18,9 @@ use super::plan::{self, Change};
 use super::state::{Direction, Phase, Status, StreamState, TableCopy, Workflow};
 use super::streams::StreamHandle;
 use crate::ha::events::now_rfc3339;
+use crate::ha::keyspace_gate::{KeyspaceGate, Scope};
 use crate::ha::server::Creds;
+use crate::shardmap::moving::RingChange;
 use crate::shardmap::{host_port, Keyspace};
 
 /// Rows per copy, verify and delete chunk.
@@ -167,6 +169,22 @@ impl Runner {
             }
             _ => Arc::new(|_| false),
         }
+    }
+
+    /// The ring change of the workflow (the same keys move either way, so it serves the
+    /// rollback too).
+    pub(super) fn ring_change(&self) -> RingChange {
+        let w = lock(&self.state);
+        let before = &w.before;
+        let after = w.plan.new_map.keyspace.get(&w.keyspace).unwrap_or(before);
+        RingChange::of(&before.ring(), before.vnodes, &after.ring(), after.vnodes)
+    }
+
+    /// A hold of this workflow's moving keys on its keyspace's gate, here.
+    pub(super) fn hold_moving(&self) -> (Held, RingChange) {
+        let change = self.ring_change();
+        let gate = self.owner.ha.keyspaces.gate(&self.keyspace());
+        (Held::new(gate, Some(Arc::new(change.moving()))), change)
     }
 
     /// The shard key column of a sharded table (from the shard map), or `None` for a
@@ -331,12 +349,23 @@ pub(super) fn test_stop(step: &str) {
     }
 }
 
-/// Releases the keyspace's hold when dropped (an early return, an error, a panic).
-pub(super) struct Held(pub(super) Arc<crate::ha::keyspace_gate::KeyspaceGate>);
+/// A hold of the keyspace's commands that touch the workflow's moving keys, released when
+/// dropped (an early return, an error, a panic).
+pub(super) struct Held {
+    pub(super) gate: Arc<KeyspaceGate>,
+    pub(super) scope: Scope,
+}
+
+impl Held {
+    pub(super) fn new(gate: Arc<KeyspaceGate>, scope: Scope) -> Held {
+        gate.acquire(scope.clone());
+        Held { gate, scope }
+    }
+}
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.0.release();
+        self.gate.release(&self.scope);
     }
 }
 

@@ -1,15 +1,19 @@
-//! The session's side of a reshard cutover's keyspace gate (`ha::keyspace_gate`): commands on
-//! a keyspace that switches shards wait, and a transaction that began on the old shard map is
-//! rolled back instead of committing where its rows no longer live.
+//! The session's side of a reshard cutover's keyspace gate (`ha::keyspace_gate`): commands
+//! that touch the keys a cutover moves wait, and a transaction that touched them on the old
+//! shard map is rolled back instead of committing where its rows no longer live.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::statements::StmtShards;
 use super::Session;
-use crate::ha::keyspace_gate::{KeyspaceGate, Refused};
+use crate::backend::prepared::param_value;
+use crate::ha::keyspace_gate::{Entered, KeyspaceGate, Refused};
 use crate::planner::classify::{classify, Kind};
+use crate::planner::text;
 use crate::protocol::consts::{com, errcode, status};
 use crate::protocol::packet::Frame;
+use crate::shardmap::moving::Touched;
 
 /// A command the keyspace gate refused, and the keyspace whose gate it was.
 pub(super) struct KeyspaceRefusal {
@@ -18,44 +22,100 @@ pub(super) struct KeyspaceRefusal {
 }
 
 impl Session {
-    /// Passes the gate of the session's keyspace (sharded keyspaces only). `Ok(Some(gate))`: entered, to be left once the
-    /// command ran.
+    /// Passes the gate of the session's keyspace (sharded keyspaces only). `Ok(Some(gate))`:
+    /// entered counted, to be left once the command ran.
     pub(super) async fn enter_keyspace_gate(
-        &self,
+        &mut self,
         cmd: u8,
+        frame: &Frame,
         wait: Duration,
     ) -> Result<Option<Arc<KeyspaceGate>>, KeyspaceRefusal> {
+        self.cmd_touched = Touched::Nothing;
         // The client reads no answer to these (an ERR would answer its next command), and
         // they change no rows: the transaction's next command meets the gate.
         if matches!(cmd, com::STMT_CLOSE | com::STMT_SEND_LONG_DATA) {
             return Ok(None);
         }
-        let token = self.shard_txn.as_ref().and_then(|t| t.token());
-        // Outside a hold `enter` is not called: a doomed transaction is found here.
-        if let Some(t) = token.filter(|t| t.is_doomed()) {
+        // Every command on a sharded keyspace is counted in its gate, held or not: a command
+        // that passed uncounted just before a hold began could write to the old owner after
+        // the cutover's drain. (Two atomics and a map read, like the proxy's own gate.)
+        let shared = self.shared.clone();
+        let gates = &shared.ha.keyspaces;
+        let keyspace = {
+            let planner = self.shared.planner();
+            let Some(keyspace) = planner.sharded_keyspace(&self.plan_ctx()) else {
+                return Ok(None);
+            };
+            Arc::<str>::from(keyspace)
+        };
+        // The keys it touches: what a hold asks, and what a transaction's doom is judged by
+        // (a transaction's keys are noted from its first command, an implicit one's too).
+        let in_txn = self.shard_txn.is_some() || !self.vars.autocommit();
+        if in_txn || gates.active() {
+            self.cmd_touched = self.touched_by(cmd, frame);
+        }
+        if let Some(t) = &mut self.shard_txn {
+            t.touched.add(self.cmd_touched.clone());
+        }
+        let txn = self
+            .shard_txn
+            .as_ref()
+            .and_then(|t| t.token().map(|token| (token, &t.touched)));
+        // Outside a hold `enter` finds a doomed transaction too; this names its keyspace.
+        if let Some((t, touched)) = txn.filter(|(t, touched)| t.is_doomed(touched)) {
+            let _ = touched;
             return Err(KeyspaceRefusal {
                 refused: Refused::Doomed,
                 keyspace: t.gate().keyspace().clone(),
             });
         }
-        // Every command on a sharded keyspace is counted in its gate, held or not: a command
-        // that passed uncounted just before a hold began could write to the old owner after
-        // the cutover's drain. (Two atomics and a map read, like the proxy's own gate.)
-        let gates = &self.shared.ha.keyspaces;
-        let planner = self.shared.planner();
-        let Some(keyspace) = planner.sharded_keyspace(&self.plan_ctx()) else {
-            return Ok(None);
+        let gate = match txn {
+            Some((t, _)) if *t.gate().keyspace() == keyspace => t.gate().clone(),
+            _ => gates.gate(&keyspace),
         };
-        let gate = match token {
-            Some(t) if **t.gate().keyspace() == *keyspace => t.gate().clone(),
-            _ => gates.gate(keyspace),
-        };
-        match gate.enter(token, wait).await {
-            Ok(()) => Ok(Some(gate)),
+        match gate.enter(txn, &self.cmd_touched, wait).await {
+            Ok(Entered::Counted) => Ok(Some(gate)),
+            Ok(Entered::Uncounted) => Ok(None),
             Err(refused) => Err(KeyspaceRefusal {
                 refused,
                 keyspace: gate.keyspace().clone(),
             }),
+        }
+    }
+
+    /// The keys of the session's sharded keyspace a command touches.
+    fn touched_by(&self, cmd: u8, frame: &Frame) -> Touched {
+        let planner = self.shared.planner();
+        let ctx = self.plan_ctx();
+        let payload = frame.payload();
+        match cmd {
+            com::QUERY => {
+                let sql = text::parse_copy(payload.get(1..).unwrap_or_default());
+                planner.touched(&sql, &ctx)
+            }
+            com::STMT_EXECUTE => {
+                let id = payload
+                    .get(1..5)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                let Some(info) = id.and_then(|id| self.stmts.get(id)) else {
+                    // Unknown statement: the server's error to give.
+                    return Touched::Nothing;
+                };
+                match info.shards {
+                    StmtShards::Key(p) => {
+                        let value = param_value(&payload, info.params, info.types.as_deref(), p);
+                        match value.and_then(super::sharded::key_value) {
+                            Some(key) => planner.key_touched(&ctx, &key),
+                            None => Touched::Unknown,
+                        }
+                    }
+                    StmtShards::Fixed => planner.touched(&text::parse_copy(&info.sql), &ctx),
+                    StmtShards::Multi => Touched::Unknown,
+                }
+            }
+            com::STMT_BULK_EXECUTE => Touched::Unknown,
+            // Session commands: no rows.
+            _ => Touched::Nothing,
         }
     }
 

@@ -80,6 +80,9 @@ pub struct Session {
     ryw: Ryw,
     /// A transaction on a sharded keyspace, bound to a shard by its first statement.
     shard_txn: Option<sharded::ShardTxn>,
+    /// The keys of a sharded keyspace the running command touches (worked out only in a
+    /// transaction or during a reshard's hold).
+    cmd_touched: crate::shardmap::moving::Touched,
     stmts: Statements,
     out: BytesMut,
     registration: Registration,
@@ -155,6 +158,7 @@ pub async fn run(
         vars: Arc::new(VarSet::default()),
         ryw: Ryw::default(),
         shard_txn: None,
+        cmd_touched: Default::default(),
         stmts: Statements::default(),
         out: BytesMut::new(),
         registration,
@@ -243,7 +247,7 @@ impl Session {
         // A reshard cutover's hold on the session's keyspace first (a sharded keyspace's
         // commands are all counted there): a command waiting there has reached no server, and
         // a failover's drain must not wait for it.
-        let keyspace = match self.enter_keyspace_gate(cmd, wait).await {
+        let keyspace = match self.enter_keyspace_gate(cmd, frame, wait).await {
             Err(r) if r.refused == Refused::StillHeld => {
                 self.keyspace_refused(r, wait, frame).await;
                 return None;

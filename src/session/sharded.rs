@@ -20,6 +20,7 @@ use crate::planner::shard::{with_generated_keys, Spliced};
 use crate::planner::{lex, text, Route, ShardPlan};
 use crate::protocol::consts::{com, errcode, status};
 use crate::protocol::packet::{put_ok, put_ok_info, Frame, OkInfo};
+use crate::shardmap::moving::Touched;
 use crate::shardmap::ring::KeyValue;
 
 /// Ids reserved from a sequence table at a time (more when one INSERT needs more).
@@ -49,8 +50,11 @@ pub struct ShardTxn {
     shard: Option<Arc<str>>,
     /// Further shards it opened on, in order (`multi_shard_transactions = "best_effort"`).
     others: Vec<Arc<str>>,
-    /// Counts it open on its keyspace's gate: a reshard cutover waits for it, then dooms it.
+    /// Counts it open on its keyspace's gate: a reshard cutover waits for it, then dooms it
+    /// if it touched a moving key.
     token: Option<TxnToken>,
+    /// The keys its statements touched so far.
+    pub(super) touched: Touched,
 }
 
 impl ShardTxn {
@@ -848,13 +852,7 @@ impl Session {
 
     /// The shard of a shard-key parameter's value; `None` for a value no shard owns.
     pub(super) fn key_route(&self, value: Option<ParamValue<'_>>) -> Option<Route> {
-        let key = match value? {
-            ParamValue::Int(v) => KeyValue::Int(v),
-            ParamValue::Bytes(b) => KeyValue::from_string_content(b),
-            ParamValue::Decimal(d) => KeyValue::from_number_text(d),
-            ParamValue::Float(f) => KeyValue::from_double(f)?,
-            ParamValue::Null | ParamValue::Other => return None,
-        };
+        let key = key_value(value?)?;
         self.shared.planner().route_for_key(&self.plan_ctx(), &key)
     }
 
@@ -1123,6 +1121,8 @@ impl Session {
             shard: None,
             others: Vec::new(),
             token,
+            // An implicit one opens within its first statement.
+            touched: self.cmd_touched.clone(),
         }
     }
 
@@ -1180,5 +1180,16 @@ fn sets_autocommit_on(class: &Class) -> bool {
                 Value::Default => true,
                 Value::Expr => false,
             }
+    })
+}
+
+/// A shard-key parameter's value as the ring hashes it; `None` for one no shard owns.
+pub(super) fn key_value(value: ParamValue<'_>) -> Option<KeyValue<'_>> {
+    Some(match value {
+        ParamValue::Int(v) => KeyValue::Int(v),
+        ParamValue::Bytes(b) => KeyValue::from_string_content(b),
+        ParamValue::Decimal(d) => KeyValue::from_number_text(d),
+        ParamValue::Float(f) => KeyValue::from_double(f)?,
+        ParamValue::Null | ParamValue::Other => return None,
     })
 }

@@ -5,6 +5,7 @@
 //! validates but is refused by the planner with a clear error. Its key hash and ring are in
 //! [`ring`].
 
+pub mod moving;
 pub mod ring;
 
 use std::collections::BTreeMap;

@@ -156,6 +156,10 @@ pub struct HoldRecord {
     /// which dooms nothing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace_ms: Option<u64>,
+    /// A reshard's hold: the ring change whose moving keys are held (none: every key of the
+    /// keyspace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving: Option<crate::shardmap::moving::RingChange>,
 }
 
 /// A proxy's answer to a hold: it holds new statements and drained (or not) the running ones;
