@@ -10,8 +10,9 @@ Usage (from anywhere; the repo root is found relative to this file):
 What it does (see benches/reshard/README.md): a sandbox (2 shards, `sbtest1` sharded by id),
 the release proxy, `sysbench oltp_write_only prepare` through the proxy, then one
 `sysbench oltp_write_only run` through the proxy for the whole measurement: a baseline window,
-`reshard start` (s2 from `sandbox add-shard`) and its copy, verify, the cutover (a probe writer
-measures the longest single UPDATE from 2 s before to 2 s after it), complete, an after window.
+`reshard start` (s2 from `sandbox add-shard`) and its copy, verify, the cutover (two probe writers,
+one on keys that move and one on keys that stay, measure the longest single UPDATE from 2 s
+before to 2 s after it), complete, an after window.
 
 Only the standard library and PyMySQL. Exit status: 0 when the workflow ran to the end (the
 bars are reported, not asserted: the machine is shared), 1 when something failed, 130 on
@@ -179,13 +180,13 @@ class Sysbench:
 
 
 class Probe(threading.Thread):
-    """Single-row autocommit UPDATEs through the proxy in a tight loop; the longest one."""
+    """Single-row autocommit UPDATEs of `ids` through the proxy in a tight loop; the longest one."""
 
-    def __init__(self, host: str, port: int, user: str, password: str, rows: int):
+    def __init__(self, host: str, port: int, user: str, password: str, ids: list[int]):
         super().__init__(daemon=True)
         self.args = dict(host=host, port=port, user=user, password=password, database="app",
                          autocommit=True, connect_timeout=10, read_timeout=60, write_timeout=60)
-        self.rows = rows
+        self.ids = ids
         self.stop_flag = threading.Event()
         self.longest_ms = 0.0
         self.longest_at = 0.0  # monotonic start of the longest statement
@@ -202,7 +203,7 @@ class Probe(threading.Thread):
                 if self.conn is None:
                     self.conn = pymysql.connect(**self.args)
                 with self.conn.cursor() as c:
-                    c.execute("UPDATE sbtest1 SET k=k+1 WHERE id=%s", (rng.randint(1, self.rows),))
+                    c.execute("UPDATE sbtest1 SET k=k+1 WHERE id=%s", (rng.choice(self.ids),))
                 self.statements += 1
             except pymysql.MySQLError as e:
                 key = f"{e.args[0]}: {e.args[1]}" if len(e.args) > 1 else str(e)
@@ -294,6 +295,7 @@ class Bench:
         self.sysbench: Sysbench | None = None
         self.stopped_sysbench: Sysbench | None = None
         self.probe: Probe | None = None
+        self.probe_staying: Probe | None = None
         self.commands: dict[str, str] = {}
         self.result: dict = {}
 
@@ -378,6 +380,26 @@ class Bench:
             if time.monotonic() >= deadline:
                 raise BenchError(f"timed out waiting for {what}:\n{brief(s)}\nproxy log:\n{tail(self.proxy_log)}")
             time.sleep(every)
+
+    def probe_ids(self) -> tuple[list[int], list[int]]:
+        """Ids that move (the new shard holds their copy) and ids that stay, 500 of each."""
+        host, port = self.add.split("=", 1)[1].split(",", 1)[0].rsplit(":", 1)
+        conn = pymysql.connect(host=host, port=int(port), user="root", password="", database="app",
+                               connect_timeout=10)
+        rng = random.Random(16)
+        moving: list[int] = []
+        staying: list[int] = []
+        try:
+            with conn.cursor() as c:
+                while len(moving) < 500 or len(staying) < 500:
+                    batch = [rng.randint(1, self.args.rows) for _ in range(1000)]
+                    c.execute("SELECT id FROM sbtest1 WHERE id IN (%s)" % ",".join(map(str, batch)))
+                    there = {row[0] for row in c.fetchall()}
+                    moving += [i for i in batch if i in there][: 500 - len(moving)]
+                    staying += [i for i in batch if i not in there][: 500 - len(staying)]
+        finally:
+            conn.close()
+        return moving, staying
 
     def primaries(self) -> dict[str, tuple[str, int]]:
         doc = json.loads((self.dir / "cluster.json").read_text())
@@ -480,8 +502,11 @@ class Bench:
 
         # Cutover, with the probe writer around it.
         self.wait_status("the streams", 300, lambda s: any(x.get("state") == "running" for x in s.get("streams", [])))
-        self.probe = Probe(self.host, self.port, self.user, self.password, a.rows)
+        moving, staying = self.probe_ids()
+        self.probe = Probe(self.host, self.port, self.user, self.password, moving)
+        self.probe_staying = Probe(self.host, self.port, self.user, self.password, staying)
         self.probe.start()
+        self.probe_staying.start()
         self.sleep(a.probe_margin)
         attempts, conflicts = [], 0
         cut_start = time.monotonic()
@@ -506,22 +531,30 @@ class Bench:
         cut_end = time.monotonic()
         self.sleep(a.probe_margin)
         self.probe.stop()
+        self.probe_staying.stop()
         r["cutover_attempts"] = attempts
         r["cutover_conflicts"] = conflicts
-        r["probe"] = {"longest_ms": self.probe.longest_ms, "statements": self.probe.statements,
-                      "errors": self.probe.errors,
-                      "longest_at_s_from_cutover": self.probe.longest_at - cut_start,
-                      "cutover_call_s": cut_end - cut_start,
-                      # The longest statement that was running at some point of the cutover
-                      # call (what the cutover itself made a writer wait).
-                      "longest_in_cutover_ms": max([ms for st, ms in self.probe.slow
-                                                    if st <= cut_end and st + ms / 1000 >= cut_start], default=0.0),
-                      "slow": [(round(st - cut_start, 3), round(ms, 1)) for st, ms in self.probe.slow]}
+
+        def probed(p: Probe) -> dict:
+            return {"longest_ms": p.longest_ms, "statements": p.statements, "errors": p.errors,
+                    "longest_at_s_from_cutover": p.longest_at - cut_start,
+                    "cutover_call_s": cut_end - cut_start,
+                    # The longest statement that was running at some point of the cutover
+                    # call (what the cutover itself made a writer wait).
+                    "longest_in_cutover_ms": max([ms for st, ms in p.slow
+                                                  if st <= cut_end and st + ms / 1000 >= cut_start], default=0.0),
+                    "slow": [(round(st - cut_start, 3), round(ms, 1)) for st, ms in p.slow]}
+
+        # Keys that move wait for the cutover; keys that stay should not.
+        r["probe"] = probed(self.probe)
+        r["probe_staying"] = probed(self.probe_staying)
         if not attempts or attempts[-1].get("outcome") != "switched":
             raise BenchError(f"cutover never switched in {a.attempts} attempts: {attempts[-1:]}")
         sw = attempts[-1]
-        log(f"switched after {len(attempts)} attempt(s): pause {sw.get('pause_ms')} ms; probe's longest write "
-            f"{self.probe.longest_ms:.1f} ms ({self.probe.statements} statements, errors {self.probe.errors})")
+        log(f"switched after {len(attempts)} attempt(s): pause {sw.get('pause_ms')} ms; longest write of a moving "
+            f"key {self.probe.longest_ms:.1f} ms ({self.probe.statements} statements, errors {self.probe.errors}), "
+            f"of a key that stays {self.probe_staying.longest_ms:.1f} ms ({self.probe_staying.statements} statements, "
+            f"errors {self.probe_staying.errors})")
 
         # Complete, then the after window.
         t = time.monotonic()
@@ -558,8 +591,9 @@ class Bench:
         return out
 
     def teardown(self) -> None:
-        if self.probe is not None and self.probe.is_alive():
-            self.probe.stop()
+        for p in (self.probe, self.probe_staying):
+            if p is not None and p.is_alive():
+                p.stop()
         if self.sysbench is not None:
             self.sysbench.stop()
         if self.args.keep:
@@ -628,12 +662,13 @@ def main(argv: list[str] | None = None) -> int:
         pr = r["probe"]
         log(f"  cutover: {len(r['cutover_attempts'])} attempt(s) ({r['cutover_conflicts']} refused with 409), "
             f"outcome {sw.get('outcome')}, pause_ms {sw.get('pause_ms')}")
-        log(f"  probe writer: longest single UPDATE {pr['longest_ms']:.1f} ms (bar < {args.bar_pause_ms:g}): "
-            f"{'meets' if pr['longest_ms'] < args.bar_pause_ms else 'ABOVE'}; {pr['statements']} statements, "
-            f"errors {pr['errors'] or 0}")
-        log(f"    longest UPDATE running during the cutover call ({pr['cutover_call_s'] * 1000:.0f} ms): "
-            f"{pr['longest_in_cutover_ms']:.1f} ms (0: under 20 ms); the longest overall started "
-            f"{pr['longest_at_s_from_cutover']:+.2f} s from the cutover call")
+        for label, pr in (("moving keys", r["probe"]), ("keys that stay", r["probe_staying"])):
+            log(f"  probe writer, {label}: longest single UPDATE {pr['longest_ms']:.1f} ms (bar < {args.bar_pause_ms:g}): "
+                f"{'meets' if pr['longest_ms'] < args.bar_pause_ms else 'ABOVE'}; {pr['statements']} statements, "
+                f"errors {pr['errors'] or 0}")
+            log(f"    longest UPDATE running during the cutover call ({pr['cutover_call_s'] * 1000:.0f} ms): "
+                f"{pr['longest_in_cutover_ms']:.1f} ms (0: under 20 ms); the longest overall started "
+                f"{pr['longest_at_s_from_cutover']:+.2f} s from the cutover call")
     if "complete_s" in r:
         log(f"  complete: {r['complete_s']:.1f} s, {r.get('rows_deleted')} rows deleted")
     if "sysbench_errors" in figures:

@@ -418,7 +418,7 @@ impl Ha {
         if held.contains_key(&rec.shard) {
             return false;
         }
-        let scope: Scope = rec.moving.as_ref().map(|m| Arc::new(m.moving()));
+        let scope: Scope = rec.moving.as_ref().map(|m| m.moving_shared());
         match rec.shard.strip_prefix(RESHARD_HOLD) {
             Some(ks) => self.keyspaces.gate(ks).acquire(scope.clone()),
             None => self.gate.acquire(),

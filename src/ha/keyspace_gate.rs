@@ -8,7 +8,8 @@
 //! either map. A command that touches a moving key (or keys the planner cannot name: a
 //! scatter, a write to every shard) waits for the release and is then planned on the new
 //! map; one of a transaction that began before the hold passes, so that open transactions
-//! can end during the grace period.
+//! can end during the grace period. A transaction that begins during the hold runs no row
+//! statement until the release (its locks would stall the ones the grace waits for).
 //!
 //! `doom` bumps an epoch, with the scope it dooms: a transaction whose token is older is
 //! doomed if it touched a key of that scope (its writes went to the old owner; committed
@@ -187,7 +188,14 @@ impl KeyspaceGate {
                 return Err(Refused::Doomed);
             }
             if let Held::Keys(sets) = &held {
-                if !sets.iter().any(|m| now.meets(m)) {
+                // A transaction opened during the hold runs no row statement before the
+                // release: locks it took on keys that stay, held while it waits at a moving
+                // key, would stall the transactions the cutover waits for.
+                let opened_in_hold = *now != Touched::Nothing
+                    && txn.is_some_and(|(t, _)| {
+                        t.generation == self.generation.load(Ordering::SeqCst)
+                    });
+                if !opened_in_hold && !sets.iter().any(|m| now.meets(m)) {
                     return Ok(Entered::Uncounted);
                 }
             }
@@ -647,6 +655,17 @@ mod tests {
             gate.enter(Some((&during, &mover)), &mover, Duration::from_millis(10))
                 .await,
             Err(Refused::StillHeld)
+        );
+        // Nor does it take locks on keys that stay (it would hold them while it waits).
+        assert_eq!(
+            gate.enter(Some((&during, &stayer)), &stayer, Duration::from_millis(10))
+                .await,
+            Err(Refused::StillHeld)
+        );
+        assert_eq!(
+            gate.enter(Some((&during, NO)), NO, Duration::ZERO).await,
+            Ok(Entered::Uncounted),
+            "statements with no rows go on"
         );
         gate.doom(scope.clone());
         assert!(moved_txn.is_doomed(&mover));

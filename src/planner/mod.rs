@@ -271,6 +271,29 @@ impl Planner {
         }
     }
 
+    /// Whether a key `touched` names has another owner (by shard name) under this planner's
+    /// map than under `older`'s, in the session's sharded keyspace: a transaction that
+    /// touched it on the old map must not go on (a backstop to the reshard gate's doom).
+    pub fn moved_since(&self, older: &Planner, ctx: &PlanContext<'_>, touched: &Touched) -> bool {
+        if *touched == Touched::Nothing {
+            return false;
+        }
+        let new = self.keyspace_plan(ctx).and_then(|k| k.ring.as_ref());
+        let old = older.keyspace_plan(ctx).and_then(|k| k.ring.as_ref());
+        let (Some(new), Some(old)) = (new, old) else {
+            return false;
+        };
+        if new == old {
+            return false;
+        }
+        let owner = |r: &Ring, h: u64| r.shard_names().get(r.shard_for(h)).cloned();
+        match touched {
+            Touched::Keys(keys) => keys.iter().any(|&h| owner(new, h) != owner(old, h)),
+            Touched::Unknown => true,
+            Touched::Nothing => false,
+        }
+    }
+
     /// What a statement keyed by `key` touches (a prepared statement's key parameter).
     pub fn key_touched(&self, ctx: &PlanContext<'_>, key: &KeyValue<'_>) -> Touched {
         match self.sharded_keyspace(ctx) {
@@ -580,5 +603,52 @@ mod tests {
         };
         assert_eq!(p.touched("SELECT * FROM t", &plain), Touched::Nothing);
         assert_eq!(p.key_touched(&plain, &KeyValue::Int(9)), Touched::Nothing);
+    }
+
+    #[test]
+    fn moved_since_names_a_transaction_whose_keys_changed_owner() {
+        let map = |shards: &[&str]| -> ShardMap {
+            let mut text = String::from(
+                "[keyspace.app]\nsharding = \"consistent_hash\"\n[keyspace.app.tables.users]\nshard_key = \"id\"\n",
+            );
+            for (i, s) in shards.iter().enumerate() {
+                text += &format!(
+                    "[[keyspace.app.shards]]\nname = \"{s}\"\nprimary = \"127.0.0.1:{}\"\n",
+                    3000 + i
+                );
+            }
+            toml::from_str(&text).expect("map")
+        };
+        let planner = |m: ShardMap| {
+            Planner::new(m.clone(), &Health::new(&m), true, |_| {
+                Duration::from_secs(1)
+            })
+        };
+        let (two, three) = (
+            planner(map(&["s1", "s2"])),
+            planner(map(&["s1", "s2", "s3"])),
+        );
+        let again = planner(map(&["s1", "s2"]));
+        let ctx = PlanContext {
+            db: Some("app"),
+            default_keyspace: None,
+        };
+        let owner = |p: &Planner, k: i128| {
+            p.route_for_key(&ctx, &KeyValue::Int(k))
+                .map(|r| r.shard.to_string())
+        };
+        let mover = (0..200)
+            .find(|&k| owner(&two, k) != owner(&three, k))
+            .expect("a key moves");
+        let stayer = (0..200)
+            .find(|&k| owner(&two, k) == owner(&three, k))
+            .expect("a key stays");
+        let keys = |k: i128| Touched::Keys(vec![key_hash(&KeyValue::Int(k))]);
+        assert!(three.moved_since(&two, &ctx, &keys(mover)));
+        assert!(!three.moved_since(&two, &ctx, &keys(stayer)));
+        assert!(three.moved_since(&two, &ctx, &Touched::Unknown));
+        assert!(!three.moved_since(&two, &ctx, &Touched::Nothing));
+        // A new planner on the same ring (a failover, a reload): nothing moved.
+        assert!(!again.moved_since(&two, &ctx, &Touched::Unknown));
     }
 }

@@ -122,13 +122,41 @@ pub async fn run(
             )));
         }
     }
+    let kind_word = if rollback { "rollback" } else { "cutover" };
     let _ha = runner.owner.ha.exclusive().map_err(|e| {
         ReshardError::Conflict(format!(
             "keyspace {ks}: a failover or switchover runs: {e}; retry the cutover after it"
         ))
     })?;
-    // Connections opened before the hold, so the pause pays for none.
     let stream_states = lock(&runner.state).streams.clone();
+    // With etcd, no proxy fails over a shard of the cutover while it runs (their failover
+    // takes the same locks): the streams and the drain read its primaries.
+    let mut involved: Vec<String> = stream_states
+        .iter()
+        .flat_map(|s| [s.source.clone(), s.target.clone()])
+        .filter_map(|name| runner.primary_of(&name))
+        .collect();
+    involved.sort();
+    involved.dedup();
+    let mut _shard_locks = Vec::new();
+    for g in crate::ha::ops::groups(&runner.owner.topology.map()) {
+        if !involved.contains(&g.primary) {
+            continue;
+        }
+        let l = runner
+            .owner
+            .ha
+            .lock_shard(&g.name, &format!("reshard {kind_word} of {ks}"))
+            .await
+            .map_err(|e| {
+                ReshardError::Conflict(format!(
+                    "keyspace {ks}: shard {} is busy: {e}; retry the cutover after it",
+                    g.name
+                ))
+            })?;
+        _shard_locks.push(l);
+    }
+    // Connections opened before the hold, so the pause pays for none.
     let mut sources: Vec<(usize, String, Conn)> = Vec::new();
     for (i, _) in &streams {
         let s = &stream_states[*i];
@@ -182,6 +210,8 @@ pub async fn run(
             w.cutovers.len() - 1
         })
         .await?;
+    // Built before the pause (the hold asks for it again).
+    runner.ring_change().moving_shared();
     let t0 = Instant::now();
     let step = |what: &str| {
         let at_ms = t0.elapsed().as_millis() as u64;

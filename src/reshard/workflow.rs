@@ -177,14 +177,20 @@ impl Runner {
         let w = lock(&self.state);
         let before = &w.before;
         let after = w.plan.new_map.keyspace.get(&w.keyspace).unwrap_or(before);
-        RingChange::of(&before.ring(), before.vnodes, &after.ring(), after.vnodes)
+        let names = |k: &Keyspace| k.shards.iter().map(|s| s.name.clone()).collect();
+        RingChange {
+            before: names(before),
+            before_vnodes: before.vnodes,
+            after: names(after),
+            after_vnodes: after.vnodes,
+        }
     }
 
     /// A hold of this workflow's moving keys on its keyspace's gate, here.
     pub(super) fn hold_moving(&self) -> (Held, RingChange) {
         let change = self.ring_change();
         let gate = self.owner.ha.keyspaces.gate(&self.keyspace());
-        (Held::new(gate, Some(Arc::new(change.moving()))), change)
+        (Held::new(gate, Some(change.moving_shared())), change)
     }
 
     /// The shard key column of a sharded table (from the shard map), or `None` for a

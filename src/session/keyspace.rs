@@ -54,8 +54,23 @@ impl Session {
         if in_txn || gates.active() {
             self.cmd_touched = self.touched_by(cmd, frame);
         }
+        let ctx = crate::planner::PlanContext {
+            db: self.db.as_deref(),
+            default_keyspace: self.user.default_keyspace.as_deref(),
+        };
         if let Some(t) = &mut self.shard_txn {
             t.touched.add(self.cmd_touched.clone());
+            // Whatever the gate saw: a transaction never outlives a map that moved its keys.
+            let now = shared.planner();
+            if !Arc::ptr_eq(&t.planner, &now) {
+                if now.moved_since(&t.planner, &ctx, &t.touched) {
+                    return Err(KeyspaceRefusal {
+                        refused: Refused::Doomed,
+                        keyspace,
+                    });
+                }
+                t.planner = now;
+            }
         }
         let txn = self
             .shard_txn

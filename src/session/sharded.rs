@@ -55,6 +55,9 @@ pub struct ShardTxn {
     token: Option<TxnToken>,
     /// The keys its statements touched so far.
     pub(super) touched: Touched,
+    /// The planner (shard map) its statements were planned with: a newer one that moved a
+    /// key it touched ends it.
+    pub(super) planner: Arc<crate::planner::Planner>,
 }
 
 impl ShardTxn {
@@ -1116,6 +1119,7 @@ impl Session {
         let token = planner
             .sharded_keyspace(&self.plan_ctx())
             .map(|k| self.shared.ha.keyspaces.gate(k).txn_begins());
+        let planner = planner.clone();
         ShardTxn {
             begin,
             shard: None,
@@ -1123,6 +1127,7 @@ impl Session {
             token,
             // An implicit one opens within its first statement.
             touched: self.cmd_touched.clone(),
+            planner,
         }
     }
 

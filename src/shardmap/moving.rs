@@ -1,6 +1,8 @@
 //! The keys a reshard moves: those whose owner differs between a keyspace's ring before and
 //! after. A cutover holds only their statements; every other key keeps its owner and runs on.
 
+use std::sync::{Arc, Mutex};
+
 use serde::{Deserialize, Serialize};
 
 use super::ring::Ring;
@@ -23,6 +25,22 @@ impl RingChange {
             after: after.shard_names().to_vec(),
             after_vnodes,
         }
+    }
+
+    /// [`RingChange::moving`], built once: a hold asks for the same change on every step of
+    /// a workflow, and building two rings must not lengthen a cutover's pause.
+    pub fn moving_shared(&self) -> Arc<MovingKeys> {
+        static BUILT: Mutex<Vec<Arc<MovingKeys>>> = Mutex::new(Vec::new());
+        let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = built.iter().find(|m| m.change == *self) {
+            return m.clone();
+        }
+        let m = Arc::new(self.moving());
+        if built.len() >= 4 {
+            built.remove(0);
+        }
+        built.push(m.clone());
+        m
     }
 
     pub fn moving(&self) -> MovingKeys {

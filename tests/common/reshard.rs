@@ -107,6 +107,17 @@ fn note_error(l: &mut Ledger, e: &mysql_async::Error, broken: &Mutex<bool>) {
     entry.0 += 1;
 }
 
+/// The longest a writer waits for an answer before it calls the proxy hung (a test then
+/// fails here instead of waiting for ever).
+const HUNG: Duration = Duration::from_secs(90);
+
+async fn answered<T>(sql: &str, f: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(HUNG, f).await {
+        Ok(r) => r,
+        Err(_) => panic!("`{sql}` got no answer from the proxy in {HUNG:?}"),
+    }
+}
+
 async fn writer(
     t: i64,
     url: String,
@@ -144,11 +155,8 @@ async fn writer(
         match choice {
             0..=3 => {
                 let new_id = 10_000_000 * (t + 1) + k;
-                let r = conn
-                    .query_drop(format!(
-                        "INSERT INTO items (id, n, w) VALUES ({new_id}, 0, {t})"
-                    ))
-                    .await;
+                let sql = format!("INSERT INTO items (id, n, w) VALUES ({new_id}, 0, {t})");
+                let r = answered(&sql, conn.query_drop(&sql)).await;
                 let mut l = ledger.lock().expect("ledger");
                 match r {
                     Ok(()) => {
@@ -161,9 +169,8 @@ async fn writer(
                 }
             }
             4..=7 => {
-                let r = conn
-                    .exec_drop("UPDATE items SET n = n + 1 WHERE id = ?", (id,))
-                    .await;
+                let sql = "UPDATE items SET n = n + 1 WHERE id = ?";
+                let r = answered(sql, conn.exec_drop(sql, (id,))).await;
                 let mut l = ledger.lock().expect("ledger");
                 match r {
                     Ok(()) => *l.increments.entry(id).or_default() += 1,
@@ -181,18 +188,18 @@ async fn writer(
                     format!("UPDATE items SET n = n + 1 WHERE id = {id}"),
                     format!("UPDATE items SET n = n + 1 WHERE id = {id}"),
                 ] {
-                    if let Err(e) = conn.query_drop(&sql).await {
+                    if let Err(e) = answered(&sql, conn.query_drop(&sql)).await {
                         failed = Some(e);
                         break;
                     }
                 }
                 match failed {
                     Some(e) => {
-                        let _ = conn.query_drop("ROLLBACK").await;
+                        let _ = answered("ROLLBACK", conn.query_drop("ROLLBACK")).await;
                         note_error(&mut ledger.lock().expect("ledger"), &e, &broken);
                     }
                     None => {
-                        let r = conn.query_drop("COMMIT").await;
+                        let r = answered("COMMIT", conn.query_drop("COMMIT")).await;
                         let mut l = ledger.lock().expect("ledger");
                         match r {
                             Ok(()) => *l.increments.entry(id).or_default() += 2,
