@@ -217,3 +217,105 @@ async fn two_to_three_to_two_shards_with_two_proxies() {
     let rows = rs::rows_by_shard(&primaries).await;
     assert!(rows.values().all(|(s, _)| s != "s2"), "rows left on s2");
 }
+
+/// A proxy process stopped with SIGSTOP; sent SIGCONT when dropped, so that a failing test
+/// never leaves it frozen.
+struct Frozen(i32);
+
+impl Frozen {
+    fn stop(p: &AdminProxy) -> Frozen {
+        let pid = i32::try_from(p.guard.0.id()).expect("pid");
+        // SAFETY: kill(2) on a child process this test started and still owns.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "SIGSTOP");
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        // SAFETY: as in `stop`.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+/// A proxy frozen longer than its etcd lease counts as gone, so a cutover switches without
+/// its hold. When it thaws, a write it reads at once (sent while it was frozen) to a key the
+/// cutover moved must not reach the key's old owner: while a workflow may switch a keyspace,
+/// the proxy serves it only under a current lease and after reading the map under that lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_proxy_whose_lease_lapsed_during_a_cutover_rereads_the_map_first() {
+    let sb = common::start_cluster_with(&[
+        "--shards",
+        "2",
+        "--replicas",
+        "0",
+        "--proxies",
+        "2",
+        "--sharded-table",
+        "items:id",
+    ]);
+    let configs = sb.proxy_configs();
+    let lease = "[topology]\nlease_ttl_secs = 2\n";
+    let p1 = sb.admin_proxy_from(&configs[0], lease);
+    let p2 = sb.admin_proxy_from(&configs[1], lease);
+    sees_proxies(&p1, 2).await;
+    sees_proxies(&p2, 2).await;
+    let url1 = common::app_url(p1.port, "app");
+    let url2 = common::app_url(p2.port, "app");
+    rs::load(&url1).await;
+    let added = shardgate::sandbox::add_shard(&sb.dir)
+        .await
+        .expect("add shard");
+    rs::post(
+        &p1,
+        "/api/v1/reshard/start",
+        json!({"keyspace": "app", "add": added.add_arg()}),
+    )
+    .await;
+    rs::wait_status(&p1, Duration::from_secs(180), |s| rs::phase(s) == "running").await;
+    rs::verify_clean(&p1).await;
+    // Proxy 2 reads the workflows from etcd every second.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let probe = id_owned_by_s2();
+    let mut c = common::connect(&url2).await;
+    c.query_drop("SELECT 1").await.expect("proxy 2 answers");
+    let frozen = Frozen::stop(&p2);
+    sees_proxies(&p1, 1).await;
+    let attempt = rs::cutover(&p1, "/api/v1/reshard/cutover", 2000).await;
+    assert_eq!(attempt["outcome"], "switched", "{attempt:#}");
+    let write = tokio::spawn(async move {
+        let r = c
+            .query_drop(format!(
+                "INSERT INTO items (id, n, w) VALUES ({probe}, 0, 98)"
+            ))
+            .await;
+        (c, r)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(frozen);
+    let (mut c, r) = tokio::time::timeout(Duration::from_secs(60), write)
+        .await
+        .expect("the write through the thawed proxy got no answer")
+        .expect("task");
+    r.expect("the write through the thawed proxy");
+
+    let on = |port: u16| async move {
+        let mut db = common::connect(&common::root_url(port)).await;
+        let n: Option<i64> = db
+            .query_first(format!("SELECT COUNT(*) FROM app.items WHERE id = {probe}"))
+            .await
+            .expect("count");
+        let _ = db.disconnect().await;
+        n.unwrap_or(0)
+    };
+    assert_eq!(on(added.servers[0].port).await, 1, "not on s2, its owner");
+    for old in ["s0", "s1"] {
+        let port = sb.cluster.primary(old).expect("primary").port;
+        assert_eq!(on(port).await, 0, "the write reached its old owner {old}");
+    }
+    c.query_drop(format!("DELETE FROM items WHERE id = {probe}"))
+        .await
+        .expect("clean");
+    let _ = c.disconnect().await;
+}

@@ -27,7 +27,7 @@
 //! whether any hold is on.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -82,6 +82,10 @@ pub enum Refused {
     /// be rolled back, never committed.
     #[error("the transaction touched keys that switched shards since it began")]
     Doomed,
+    /// A workflow may switch the keyspace and this proxy's etcd lease is not current: other
+    /// proxies may have switched it without this one.
+    #[error("the proxy's etcd lease is not current while its keyspace is being resharded")]
+    LeaseLapsed,
 }
 
 /// How a command got in.
@@ -119,6 +123,9 @@ pub struct KeyspaceGate {
     open_txns: [AtomicUsize; 2],
     /// Bumped on every release; waiters watch it.
     released: watch::Sender<u64>,
+    /// A reshard workflow of this keyspace may switch its map (set from the workflows in the
+    /// topology store): the proxy serves it only while its etcd lease is current.
+    armed: AtomicBool,
 }
 
 /// The scope of the holds in force, merged.
@@ -142,11 +149,21 @@ impl KeyspaceGate {
             dooms: Mutex::new(VecDeque::new()),
             open_txns: [AtomicUsize::new(0), AtomicUsize::new(0)],
             released: watch::channel(0).0,
+            armed: AtomicBool::new(false),
         }
     }
 
     pub fn keyspace(&self) -> &Arc<str> {
         &self.keyspace
+    }
+
+    /// Whether a workflow may switch this keyspace's map (one load per command).
+    pub fn is_armed(&self) -> bool {
+        self.armed.load(Ordering::Relaxed)
+    }
+
+    pub fn arm(&self, armed: bool) {
+        self.armed.store(armed, Ordering::Relaxed);
     }
 
     /// Lets a command in. `txn` is the command's transaction (a token of this gate; one of

@@ -3,7 +3,7 @@
 //! workflow runs as tasks of this process (`workflow`); its state is persisted (`store`) after
 //! every step, and `resume` picks the unfinished ones up at startup.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -171,6 +171,31 @@ impl Reshards {
     /// Picks up every unfinished workflow persisted by an earlier run of this proxy.
     pub async fn resume(self: &Arc<Self>) {
         super::workflow::resume_all(self).await;
+        if self.topology.store().is_some() {
+            tokio::spawn(self.clone().arm_gates());
+        }
+    }
+
+    /// With etcd, marks the keyspaces some proxy's unfinished workflow may switch (read from
+    /// the store every second): this proxy serves them only while its lease is current
+    /// (`EtcdStore::serves_current`), since a proxy whose lease lapsed counts as gone for
+    /// a cutover's hold.
+    async fn arm_gates(self: Arc<Self>) {
+        let mut armed: BTreeSet<String> = BTreeSet::new();
+        loop {
+            if let Ok(all) = self.store.load_all().await {
+                let now: BTreeSet<String> = all
+                    .into_iter()
+                    .filter(|w| !w.phase.is_final())
+                    .map(|w| w.keyspace)
+                    .collect();
+                for ks in armed.symmetric_difference(&now) {
+                    self.ha.keyspaces.gate(ks).arm(now.contains(ks));
+                }
+                armed = now;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 }
 

@@ -88,6 +88,20 @@ impl Session {
             Some((t, _)) if *t.gate().keyspace() == keyspace => t.gate().clone(),
             _ => gates.gate(&keyspace),
         };
+        if gate.is_armed() {
+            if let Some(store) = shared.topology.store() {
+                let deadline = std::time::Instant::now() + wait;
+                while !store.serves_current() {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(KeyspaceRefusal {
+                            refused: Refused::LeaseLapsed,
+                            keyspace: gate.keyspace().clone(),
+                        });
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
         match gate.enter(txn, &self.cmd_touched, wait).await {
             Ok(Entered::Counted) => Ok(Some(gate)),
             Ok(Entered::Uncounted) => Ok(None),
@@ -149,6 +163,13 @@ impl Session {
             Refused::StillHeld => {
                 let msg = format!(
                     "shardgate: keyspace {keyspace} is switching shards (reshard cutover) for longer than {} ms; try again",
+                    wait.as_millis()
+                );
+                self.send_err(errcode::UNKNOWN, &msg, seq).await;
+            }
+            Refused::LeaseLapsed => {
+                let msg = format!(
+                    "shardgate: keyspace {keyspace} is being resharded and this proxy's etcd lease is not current; it serves the keyspace again once it has re-read the shard map (waited {} ms); try again",
                     wait.as_millis()
                 );
                 self.send_err(errcode::UNKNOWN, &msg, seq).await;

@@ -248,7 +248,7 @@ impl Session {
         // commands are all counted there): a command waiting there has reached no server, and
         // a failover's drain must not wait for it.
         let keyspace = match self.enter_keyspace_gate(cmd, frame, wait).await {
-            Err(r) if r.refused == Refused::StillHeld => {
+            Err(r) if matches!(r.refused, Refused::StillHeld | Refused::LeaseLapsed) => {
                 self.keyspace_refused(r, wait, frame).await;
                 return None;
             }

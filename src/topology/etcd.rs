@@ -202,6 +202,8 @@ pub struct EtcdStore {
     lease: AtomicI64,
     /// The lease was renewed at (ms since `epoch`): `up` also needs it to be fresh.
     renewed_ms: AtomicI64,
+    /// The lease under which this proxy last read the shard map from etcd (0: none yet).
+    synced_lease: AtomicI64,
     epoch: Instant,
     member: Member,
     stop: tokio::sync::watch::Sender<bool>,
@@ -273,6 +275,7 @@ impl EtcdStore {
             up: AtomicBool::new(false),
             lease: AtomicI64::new(0),
             renewed_ms: AtomicI64::new(0),
+            synced_lease: AtomicI64::new(0),
             epoch: Instant::now(),
             stop,
         });
@@ -303,6 +306,27 @@ impl EtcdStore {
     pub fn renewed_within(&self, d: Duration) -> bool {
         let age = self.epoch.elapsed().as_millis() as i64 - self.renewed_ms.load(Ordering::SeqCst);
         self.up.load(Ordering::SeqCst) && age < d.as_millis() as i64
+    }
+
+    /// Whether this proxy may serve a keyspace that other proxies may be switching: its lease
+    /// was renewed within 2/3 of its TTL (before the others can count it gone), and it read
+    /// the shard map under this lease (a lease that lapsed, as after a long pause, means a
+    /// cutover may have gone on without it; see `topology::sync`).
+    pub fn serves_current(&self) -> bool {
+        let lease = self.lease.load(Ordering::SeqCst);
+        let fresh = Duration::from_millis(self.cfg.lease_ttl_secs * 2000 / 3);
+        lease != 0
+            && lease == self.synced_lease.load(Ordering::SeqCst)
+            && self.renewed_within(fresh)
+    }
+
+    /// The lease under which the map was last read (see `serves_current`).
+    pub fn synced_lease(&self) -> i64 {
+        self.synced_lease.load(Ordering::SeqCst)
+    }
+
+    pub fn set_synced_lease(&self, lease: i64) {
+        self.synced_lease.store(lease, Ordering::SeqCst);
     }
 
     pub fn lease(&self) -> i64 {

@@ -38,6 +38,11 @@ pub fn start(topology: Arc<Topology>, ha: Arc<Ha>, cache: Option<Arc<ResultCache
         s.watch(from, tx);
         follow(rx, t, h, c).await;
     });
+    store.spawn(resync_on_new_lease(
+        store.clone(),
+        topology.clone(),
+        ha.clone(),
+    ));
     let h = ha.clone();
     store.spawn(async move {
         let mut last = BTreeMap::new();
@@ -164,6 +169,29 @@ async fn publish_invalidations(store: Arc<EtcdStore>, cache: Arc<ResultCache>) {
             tracing::debug!(error = %e, "publishing cache invalidations; retrying");
             cache.requeue(note.tables);
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Every new lease (the first, or one granted after the last lapsed: other proxies may have
+/// counted this one gone and published maps it did not hold for) is followed by a fresh read
+/// of the current map; only then does `EtcdStore::serves_current` let resharding keyspaces'
+/// statements through again.
+async fn resync_on_new_lease(store: Arc<EtcdStore>, topology: Arc<Topology>, ha: Arc<Ha>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let lease = store.lease();
+        if lease == 0 || lease == store.synced_lease() {
+            continue;
+        }
+        match store.load().await {
+            Ok(l) => {
+                if let Some((v, rev)) = l.current {
+                    apply(&topology, &ha, v, rev);
+                }
+                store.set_synced_lease(lease);
+            }
+            Err(e) => tracing::debug!(error = %e, "reading the map under a new lease"),
         }
     }
 }
