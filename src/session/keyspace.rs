@@ -40,18 +40,20 @@ impl Session {
         // that passed uncounted just before a hold began could write to the old owner after
         // the cutover's drain. (Two atomics and a map read, like the proxy's own gate.)
         let shared = self.shared.clone();
-        let gates = &shared.ha.keyspaces;
-        let keyspace = {
-            let planner = self.shared.planner();
+        let gate = {
+            let planner = shared.planner();
             let Some(keyspace) = planner.sharded_keyspace(&self.plan_ctx()) else {
                 return Ok(None);
             };
-            Arc::<str>::from(keyspace)
+            match self.shard_txn.as_ref().and_then(|t| t.token()) {
+                Some(t) if **t.gate().keyspace() == *keyspace => t.gate().clone(),
+                _ => shared.ha.keyspaces.gate(keyspace),
+            }
         };
         // The keys it touches: what a hold asks, and what a transaction's doom is judged by
         // (a transaction's keys are noted from its first command, an implicit one's too).
         let in_txn = self.shard_txn.is_some() || !self.vars.autocommit();
-        if in_txn || gates.active() {
+        if in_txn || shared.ha.keyspaces.active() {
             self.cmd_touched = self.touched_by(cmd, frame);
         }
         let ctx = crate::planner::PlanContext {
@@ -66,7 +68,7 @@ impl Session {
                 if now.moved_since(&t.planner, &ctx, &t.touched) {
                     return Err(KeyspaceRefusal {
                         refused: Refused::Doomed,
-                        keyspace,
+                        keyspace: gate.keyspace().clone(),
                     });
                 }
                 t.planner = now;
@@ -77,17 +79,12 @@ impl Session {
             .as_ref()
             .and_then(|t| t.token().map(|token| (token, &t.touched)));
         // Outside a hold `enter` finds a doomed transaction too; this names its keyspace.
-        if let Some((t, touched)) = txn.filter(|(t, touched)| t.is_doomed(touched)) {
-            let _ = touched;
+        if let Some((t, _)) = txn.filter(|(t, touched)| t.is_doomed(touched)) {
             return Err(KeyspaceRefusal {
                 refused: Refused::Doomed,
                 keyspace: t.gate().keyspace().clone(),
             });
         }
-        let gate = match txn {
-            Some((t, _)) if *t.gate().keyspace() == keyspace => t.gate().clone(),
-            _ => gates.gate(&keyspace),
-        };
         if gate.is_armed() {
             if let Some(store) = shared.topology.store() {
                 let deadline = std::time::Instant::now() + wait;
