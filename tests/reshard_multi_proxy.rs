@@ -322,3 +322,105 @@ async fn a_proxy_whose_lease_lapsed_during_a_cutover_rereads_the_map_first() {
         .expect("clean");
     let _ = c.disconnect().await;
 }
+
+/// The status of `p`'s workflow on `app` (its own runner's, else etcd's).
+async fn coordinator_seen_by(p: &AdminProxy) -> String {
+    let s = rs::status(p).await;
+    s["coordinator"].as_str().unwrap_or_default().to_string()
+}
+
+/// A workflow has one coordinator at a time, under a lock bound to its etcd lease: when the
+/// coordinating proxy is frozen past its lease, the other proxy takes the workflow over from
+/// its stored state (its streams go on there); the frozen one, thawed, gives the workflow up
+/// instead of writing beside it. The workflow then switches and completes from the new
+/// coordinator, and the writers' ledger holds on the final ring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn another_proxy_takes_a_workflow_over_when_its_coordinator_is_gone() {
+    let sb = common::start_cluster_with(&[
+        "--shards",
+        "2",
+        "--replicas",
+        "0",
+        "--proxies",
+        "2",
+        "--sharded-table",
+        "items:id",
+    ]);
+    let configs = sb.proxy_configs();
+    let lease = "[topology]\nlease_ttl_secs = 2\n";
+    let p1 = sb.admin_proxy_from(&configs[0], lease);
+    let p2 = sb.admin_proxy_from(&configs[1], lease);
+    sees_proxies(&p1, 2).await;
+    sees_proxies(&p2, 2).await;
+    let (id1, id2) = (proxy_id(&p1).await, proxy_id(&p2).await);
+    let url2 = common::app_url(p2.port, "app");
+    rs::load(&url2).await;
+    let added = shardgate::sandbox::add_shard(&sb.dir)
+        .await
+        .expect("add shard");
+    let mut primaries: Vec<(String, u16)> = ["s0", "s1"]
+        .iter()
+        .map(|s| (s.to_string(), sb.cluster.primary(s).expect("primary").port))
+        .collect();
+    primaries.push(("s2".into(), added.servers[0].port));
+    let writers = Writers::start(std::slice::from_ref(&url2), 4);
+
+    rs::post(
+        &p1,
+        "/api/v1/reshard/start",
+        json!({"keyspace": "app", "add": added.add_arg()}),
+    )
+    .await;
+    rs::wait_status(&p1, Duration::from_secs(180), |s| rs::phase(s) == "running").await;
+    assert_eq!(coordinator_seen_by(&p2).await, id1);
+    // A command sent to the proxy that does not coordinate names the one that does.
+    let r = p2
+        .post(
+            "/api/v1/reshard/verify",
+            Some(&json!({"keyspace": "app"}).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains(&id1), "{}", r.text());
+
+    let frozen = Frozen::stop(&p1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while coordinator_seen_by(&p2).await != id2 {
+        assert!(
+            Instant::now() < deadline,
+            "proxy 2 did not take the workflow over: {:#}",
+            rs::status(&p2).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    rs::wait_status(&p2, Duration::from_secs(60), |s| {
+        rs::phase(s) == "running"
+            && s["streams"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x["state"] == "running"))
+    })
+    .await;
+    drop(frozen);
+    // Thawed, proxy 1 finds the lock taken and gives the workflow up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while coordinator_seen_by(&p1).await != id2 {
+        assert!(
+            Instant::now() < deadline,
+            "proxy 1 still runs the workflow after the takeover: {:#}",
+            rs::status(&p1).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    rs::verify_clean(&p2).await;
+    let attempt = rs::cutover(&p2, "/api/v1/reshard/cutover", 2000).await;
+    assert_eq!(attempt["outcome"], "switched", "{attempt:#}");
+    rs::post(&p2, "/api/v1/reshard/complete", json!({"keyspace": "app"})).await;
+    rs::wait_status(&p2, Duration::from_secs(120), |s| {
+        rs::phase(s) == "completed"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ledger = writers.stop_expecting_no_errors().await;
+    rs::check_ledger(&ledger, &primaries, &["s0", "s1", "s2"]).await;
+}

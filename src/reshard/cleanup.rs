@@ -146,7 +146,11 @@ async fn delete_on(
     let shape = super::copying::shape_of(runner, &mut conn, &addr, table).await?;
     let ks = runner.keyspace();
     let mut after: Option<Vec<Value>> = None;
+    let stopped = runner.stop.subscribe();
     loop {
+        if !runner.until_coordinating(&stopped).await {
+            break;
+        }
         let rows = shape
             .read_chunk(&mut conn, &addr, after.as_deref(), CHUNK)
             .await

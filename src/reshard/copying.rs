@@ -124,8 +124,10 @@ async fn copy_table(runner: &Arc<Runner>, i: usize) -> Result<bool, ReshardError
         None => None,
     };
     let mut chunks = 0u64;
+    let stopped = runner.stop.subscribe();
     loop {
-        if *runner.stop.borrow() {
+        // Only the coordinator copies (see `coordination`).
+        if *runner.stop.borrow() || !runner.until_coordinating(&stopped).await {
             return Ok(false);
         }
         if chunks.is_multiple_of(10) {

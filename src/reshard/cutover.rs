@@ -38,6 +38,11 @@ pub async fn run(
     let _op = runner.op.lock().await;
     let phase = runner.phase();
     let ks = runner.keyspace();
+    if !runner.coordinating() {
+        return Err(ReshardError::Conflict(format!(
+            "keyspace {ks}: this proxy does not coordinate the workflow now (its etcd lease is              not fresh, or another proxy took it over)"
+        )));
+    }
     if rollback && !phase.switched() {
         if matches!(phase, Phase::Copying | Phase::Running | Phase::Failed) {
             drop(_op);

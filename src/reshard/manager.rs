@@ -3,7 +3,7 @@
 //! workflow runs as tasks of this process (`workflow`); its state is persisted (`store`) after
 //! every step, and `resume` picks the unfinished ones up at startup.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -108,6 +108,21 @@ impl Reshards {
         })
     }
 
+    /// The runner of a command: this proxy's, else an error naming the proxy that
+    /// coordinates the keyspace's workflow (with etcd).
+    async fn coordinated(&self, keyspace: &str) -> Result<Arc<Runner>, ReshardError> {
+        match self.runner(keyspace) {
+            Ok(r) => Ok(r),
+            Err(e) => match self.store.load_shared(keyspace).await {
+                Ok(Some(w)) if !w.phase.is_final() => Err(ReshardError::Conflict(format!(
+                    "proxy {} coordinates the reshard workflow of keyspace {keyspace}: send the                      command to it",
+                    w.coordinator
+                ))),
+                _ => Err(e),
+            },
+        }
+    }
+
     /// Every workflow's status (ended ones included, until another starts on the keyspace).
     pub fn status_all(&self) -> Vec<Status> {
         let runners: Vec<Arc<Runner>> = lock(&self.runners).values().cloned().collect();
@@ -136,7 +151,7 @@ impl Reshards {
 
     /// Starts comparing source and target (runs in the background; `status` shows it).
     pub async fn verify(&self, keyspace: &str) -> Result<Status, ReshardError> {
-        let r = self.runner(keyspace)?;
+        let r = self.coordinated(keyspace).await?;
         r.clone().verify().await?;
         Ok(r.status())
     }
@@ -144,26 +159,26 @@ impl Reshards {
     /// Switches the moving keys to their new owners (reads and writes together: see the
     /// README), pausing the keyspace's writes at most `max_pause_ms`.
     pub async fn cutover(&self, req: &CutoverRequest) -> Result<CutoverAttempt, ReshardError> {
-        let r = self.runner(&req.keyspace)?;
+        let r = self.coordinated(&req.keyspace).await?;
         r.cutover(pause(req.max_pause_ms), false).await
     }
 
     /// The cutover run backwards (after it) or a cancel (before it).
     pub async fn rollback(&self, req: &CutoverRequest) -> Result<CutoverAttempt, ReshardError> {
-        let r = self.runner(&req.keyspace)?;
+        let r = self.coordinated(&req.keyspace).await?;
         r.cutover(pause(req.max_pause_ms), true).await
     }
 
     /// Deletes the moved rows from their old shards (background, throttled).
     pub async fn complete(&self, keyspace: &str) -> Result<Status, ReshardError> {
-        let r = self.runner(keyspace)?;
+        let r = self.coordinated(keyspace).await?;
         r.clone().complete().await?;
         Ok(r.status())
     }
 
     /// Stops a workflow before its cutover and removes what it copied.
     pub async fn cancel(&self, keyspace: &str) -> Result<Status, ReshardError> {
-        let r = self.runner(keyspace)?;
+        let r = self.coordinated(keyspace).await?;
         r.clone().cancel().await?;
         Ok(r.status())
     }
@@ -172,29 +187,7 @@ impl Reshards {
     pub async fn resume(self: &Arc<Self>) {
         super::workflow::resume_all(self).await;
         if self.topology.store().is_some() {
-            tokio::spawn(self.clone().arm_gates());
-        }
-    }
-
-    /// With etcd, marks the keyspaces some proxy's unfinished workflow may switch (read from
-    /// the store every second): this proxy serves them only while its lease is current
-    /// (`EtcdStore::serves_current`), since a proxy whose lease lapsed counts as gone for
-    /// a cutover's hold.
-    async fn arm_gates(self: Arc<Self>) {
-        let mut armed: BTreeSet<String> = BTreeSet::new();
-        loop {
-            if let Ok(all) = self.store.load_all().await {
-                let now: BTreeSet<String> = all
-                    .into_iter()
-                    .filter(|w| !w.phase.is_final())
-                    .map(|w| w.keyspace)
-                    .collect();
-                for ks in armed.symmetric_difference(&now) {
-                    self.ha.keyspaces.gate(ks).arm(now.contains(ks));
-                }
-                armed = now;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::spawn(super::coordination::follow(self.clone()));
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod apply;
 pub mod binlog;
 mod checking;
 mod cleanup;
+mod coordination;
 pub mod copy;
 mod copying;
 mod cutover;

@@ -37,10 +37,32 @@ impl StateStore {
         let text = serde_json::to_vec_pretty(w)
             .map_err(|e| ReshardError::Failed(format!("encoding the workflow: {e}")))?;
         match self {
-            StateStore::Etcd(s) => s
-                .put(s.keys.reshard(&w.keyspace), text, false)
-                .await
-                .map_err(|e| ReshardError::Failed(format!("saving the workflow: {e}"))),
+            StateStore::Etcd(s) => {
+                // Only the holder of the workflow's lock writes it; a workflow that ended
+                // gives the lock up (the next one on the keyspace claims it).
+                let lock = s.keys.reshard_lock(&w.keyspace);
+                let when = vec![etcd_client::Compare::value(
+                    lock.clone(),
+                    etcd_client::CompareOp::Equal,
+                    s.id.as_bytes().to_vec(),
+                )];
+                let mut then = vec![etcd_client::TxnOp::put(
+                    s.keys.reshard(&w.keyspace),
+                    text,
+                    None,
+                )];
+                if w.phase.is_final() {
+                    then.push(etcd_client::TxnOp::delete(lock, None));
+                }
+                match s.txn(when, then).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(ReshardError::Conflict(format!(
+                        "keyspace {}: this proxy does not hold the workflow's coordinator lock                          (another proxy took it over)",
+                        w.keyspace
+                    ))),
+                    Err(e) => Err(ReshardError::Failed(format!("saving the workflow: {e}"))),
+                }
+            }
             StateStore::Files(base) => {
                 let file = Self::file(base, &w.keyspace);
                 let tmp = file.with_extension("tmp");

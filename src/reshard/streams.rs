@@ -319,6 +319,14 @@ impl Batch {
             return Ok(());
         };
         let mut rows = 0;
+        if !runner.coordinating() {
+            // Another proxy may take the workflow over (see `coordination`): nothing is
+            // written until this one holds its lock under a fresh lease again.
+            return Err(ReshardError::Failed(
+                "this proxy does not coordinate the workflow now (its etcd lease is not fresh)"
+                    .into(),
+            ));
+        }
         if applier.has_pending() || last_store.elapsed() >= STORE_EVERY {
             let a = applier
                 .commit(target, target_addr, &pos.to_string())

@@ -5,6 +5,7 @@
 //! proxy killed anywhere resumes (`resume_all`) from what it last wrote.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,9 @@ pub struct Runner {
     pub(super) background: Mutex<Option<JoinHandle<()>>>,
     /// When this process began the copy, and the rows copied before (for rows/s).
     copy_clock: Mutex<(Instant, u64)>,
+    /// With etcd: the lease under which this proxy holds the workflow's coordinator lock (0:
+    /// it does not).
+    lock_lease: AtomicI64,
 }
 
 impl Runner {
@@ -54,7 +58,48 @@ impl Runner {
             streams: Mutex::new(Vec::new()),
             background: Mutex::new(None),
             copy_clock: Mutex::new((Instant::now(), copied)),
+            lock_lease: AtomicI64::new(0),
         })
+    }
+
+    /// Whether this proxy may act for the workflow now: always without etcd; with it, while
+    /// it holds the coordinator lock under its current lease, renewed within 2/3 of its TTL
+    /// (before another proxy can count it gone and take over). The copy and the streams
+    /// check it before each write and wait while it is false.
+    pub(super) fn coordinating(&self) -> bool {
+        let Some(store) = self.owner.topology.store() else {
+            return true;
+        };
+        let lease = self.lock_lease.load(Ordering::SeqCst);
+        let fresh = Duration::from_millis(store.config().lease_ttl_secs * 2000 / 3);
+        lease != 0 && lease == store.lease() && store.renewed_within(fresh)
+    }
+
+    /// Whether this proxy claimed the coordinator lock (under some lease).
+    pub(super) fn holds_lock(&self) -> bool {
+        self.lock_lease.load(Ordering::SeqCst) != 0
+    }
+
+    pub(super) fn set_lock_lease(&self, lease: i64) {
+        self.lock_lease.store(lease, Ordering::SeqCst);
+    }
+
+    /// Waits while this proxy may not act for the workflow; false if told to stop meanwhile.
+    pub(super) async fn until_coordinating(&self, stopped: &watch::Receiver<bool>) -> bool {
+        while !self.coordinating() {
+            if *stopped.borrow() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        true
+    }
+
+    /// Stops whatever the workflow runs here: the background task and every stream.
+    pub(super) async fn halt(&self) {
+        let _ = self.stop.send(true);
+        self.stop_streams(Direction::Forward).await;
+        self.stop_streams(Direction::Reverse).await;
     }
 
     pub fn keyspace(&self) -> String {
@@ -491,9 +536,31 @@ pub async fn start(owner: &Arc<Reshards>, req: StartRequest) -> Result<Status, R
             blockers.join("\n- ")
         )));
     }
+    let lease = match owner.topology.store() {
+        Some(store) => {
+            if let Some(w) = owner.store.load_shared(&keyspace).await? {
+                if !w.phase.is_final() {
+                    return Err(ReshardError::Conflict(format!(
+                        "keyspace {keyspace} has an unfinished reshard workflow coordinated by                          proxy {} (phase {:?}): finish it there, or, if that proxy is gone,                          another proxy takes it over within seconds",
+                        w.coordinator, w.phase
+                    )));
+                }
+            }
+            match super::coordination::claim(store, &keyspace).await? {
+                super::coordination::Claim::Ours(lease) => lease,
+                super::coordination::Claim::Theirs(holder) => {
+                    return Err(ReshardError::Conflict(format!(
+                        "proxy {holder} holds the reshard lock of keyspace {keyspace}"
+                    )))
+                }
+            }
+        }
+        None => 0,
+    };
     let w = new_workflow(owner, &keyspace, plan, before).await?;
     owner.topology.health().add_map(&w.plan.new_map);
     let runner = Runner::new(owner.clone(), w);
+    runner.set_lock_lease(lease);
     runner.save().await?;
     let msg = {
         let w = lock(&runner.state);
@@ -708,14 +775,10 @@ pub async fn resume_all(owner: &Arc<Reshards>) {
         }
     };
     for w in found {
-        if let Some(s) = &owner.topology.store() {
-            // With etcd, the coordinator resumes its own; others only show them.
-            if w.coordinator != s.id && !w.phase.is_final() {
-                tracing::info!(keyspace = %w.keyspace, coordinator = %w.coordinator, "a reshard workflow of another proxy");
-                let runner = Runner::new(owner.clone(), w.clone());
-                lock(&owner.runners).insert(w.keyspace.clone(), runner);
-                continue;
-            }
+        if owner.topology.store().is_some() && !w.phase.is_final() {
+            // With etcd, `coordination::follow` resumes it once this proxy holds its lock
+            // (its own, or one whose coordinator is gone); until then status reads etcd.
+            continue;
         }
         let final_phase = w.phase.is_final();
         let keyspace = w.keyspace.clone();
@@ -729,4 +792,33 @@ pub async fn resume_all(owner: &Arc<Reshards>) {
         runner.event(format!("resumed in phase {:?}", runner.phase()));
         runner.run_from_phase();
     }
+}
+
+/// This proxy claimed the lock of `w`'s keyspace under `lease` (see `coordination`): it
+/// coordinates the workflow from its stored state, as a restart would.
+pub(super) async fn take_over(owner: &Arc<Reshards>, mut w: Workflow, lease: i64) {
+    let Some(me) = owner.topology.store().map(|s| s.id.clone()) else {
+        return;
+    };
+    let took = w.coordinator != me;
+    let from = std::mem::replace(&mut w.coordinator, me);
+    let keyspace = w.keyspace.clone();
+    owner.topology.health().add_map(&w.plan.new_map);
+    let runner = Runner::new(owner.clone(), w);
+    runner.set_lock_lease(lease);
+    if let Err(e) = runner.save().await {
+        tracing::warn!(error = %e, keyspace = %keyspace, "taking a reshard workflow over");
+        return;
+    }
+    lock(&owner.runners).insert(keyspace, runner.clone());
+    super::cutover::settle_interrupted(&runner).await;
+    if took {
+        runner.event(format!(
+            "took the workflow over from proxy {from} (gone) in phase {:?}",
+            runner.phase()
+        ));
+    } else {
+        runner.event(format!("resumed in phase {:?}", runner.phase()));
+    }
+    runner.run_from_phase();
 }

@@ -59,6 +59,10 @@ impl Keys {
     pub fn reshard(&self, keyspace: &str) -> String {
         format!("{}/reshard/{keyspace}", self.prefix)
     }
+    /// The coordinator lock of a keyspace's reshard workflow (bound to its holder's lease).
+    pub fn reshard_lock(&self, keyspace: &str) -> String {
+        format!("{}/reshard-lock/{keyspace}", self.prefix)
+    }
     pub fn proxies(&self) -> String {
         format!("{}/proxies/", self.prefix)
     }
