@@ -8,8 +8,9 @@
 //! either map. A command that touches a moving key (or keys the planner cannot name: a
 //! scatter, a write to every shard) waits for the release and is then planned on the new
 //! map; one of a transaction that began before the hold passes, so that open transactions
-//! can end during the grace period. A transaction that begins during the hold runs no row
-//! statement until the release (its locks would stall the ones the grace waits for).
+//! can end during the grace period. A transaction that would wait at a moving key while it
+//! holds rows of keys that stay is rolled back instead (its locks could stall the statements
+//! the cutover drains), as MariaDB answers a deadlock.
 //!
 //! `doom` bumps an epoch, with the scope it dooms: a transaction whose token is older is
 //! doomed if it touched a key of that scope (its writes went to the old owner; committed
@@ -205,15 +206,15 @@ impl KeyspaceGate {
                 return Err(Refused::Doomed);
             }
             if let Held::Keys(sets) = &held {
-                // A transaction opened during the hold runs no row statement before the
-                // release: locks it took on keys that stay, held while it waits at a moving
-                // key, would stall the transactions the cutover waits for.
-                let opened_in_hold = *now != Touched::Nothing
-                    && txn.is_some_and(|(t, _)| {
-                        t.generation == self.generation.load(Ordering::SeqCst)
-                    });
-                if !opened_in_hold && !sets.iter().any(|m| now.meets(m)) {
+                if !sets.iter().any(|m| now.meets(m)) {
                     return Ok(Entered::Uncounted);
+                }
+                // A transaction that would wait here holding rows of keys that stay (locks
+                // taken while those ran on) could stall the statements the cutover drains:
+                // it is rolled back instead, as a deadlock would be.
+                let passes = txn.is_some_and(|(t, _)| self.passes_hold(t));
+                if !passes && txn.is_some_and(|(_, touched)| holds_staying(touched, sets)) {
+                    return Err(Refused::Doomed);
                 }
             }
             if txn.is_some_and(|(t, _)| self.passes_hold(t)) {
@@ -378,6 +379,17 @@ impl KeyspaceGate {
     /// have opened within a command that got in before the hold and touched moving keys on
     /// the old map. Its commands that touch held keys wait for the release.
     pub fn txn_begins(self: &Arc<Self>) -> TxnToken {
+        self.begin(false)
+    }
+
+    /// A transaction opens within a command that entered uncounted during a hold (see
+    /// `Entered::Uncounted`): that command reached no moving key, so only later dooms can hit
+    /// it.
+    pub fn txn_begins_uncounted(self: &Arc<Self>) -> TxnToken {
+        self.begin(true)
+    }
+
+    fn begin(self: &Arc<Self>, uncounted: bool) -> TxnToken {
         let generation = {
             // Under the scopes' lock: a hold's generation and its scope come together.
             let _scopes = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
@@ -387,7 +399,7 @@ impl KeyspaceGate {
         // The epoch before the hold: reading no hold, the epoch read is older than any doom
         // of a hold that begins later (SeqCst here, in `acquire` and in `doom`).
         let mut epoch = self.epoch.load(Ordering::SeqCst);
-        if self.holding() && self.doomed_in.load(Ordering::SeqCst) == generation {
+        if !uncounted && self.holding() && self.doomed_in.load(Ordering::SeqCst) == generation {
             epoch = epoch.saturating_sub(1);
         }
         TxnToken {
@@ -411,6 +423,14 @@ impl KeyspaceGate {
     pub async fn wait_txns(&self, limit: Duration) -> bool {
         let before = self.generation.load(Ordering::SeqCst).wrapping_sub(1);
         reaches_zero(&self.open_txns[(before & 1) as usize], limit).await
+    }
+}
+
+/// Whether `touched` names a key that none of `sets` moves.
+fn holds_staying(touched: &Touched, sets: &[Arc<MovingKeys>]) -> bool {
+    match touched {
+        Touched::Keys(keys) => keys.iter().any(|&h| !sets.iter().any(|m| m.contains(h))),
+        Touched::Nothing | Touched::Unknown => false,
     }
 }
 
@@ -673,11 +693,19 @@ mod tests {
                 .await,
             Err(Refused::StillHeld)
         );
-        // Nor does it take locks on keys that stay (it would hold them while it waits).
+        // Its keys that stay run on; once it holds their rows, a moving key rolls it back
+        // instead of making it wait with their locks.
         assert_eq!(
-            gate.enter(Some((&during, &stayer)), &stayer, Duration::from_millis(10))
+            gate.enter(Some((&during, &stayer)), &stayer, Duration::ZERO)
                 .await,
-            Err(Refused::StillHeld)
+            Ok(Entered::Uncounted)
+        );
+        let mut held_rows = stayer.clone();
+        held_rows.add(mover.clone());
+        assert_eq!(
+            gate.enter(Some((&during, &held_rows)), &mover, Duration::ZERO)
+                .await,
+            Err(Refused::Doomed)
         );
         assert_eq!(
             gate.enter(Some((&during, NO)), NO, Duration::ZERO).await,
@@ -693,8 +721,8 @@ mod tests {
                 .await,
             Ok(Entered::Uncounted)
         );
-        // After the doom, a moving key of a transaction that went on waits for the new map
-        // instead of reaching the old owner.
+        // After the doom, a moving key of a transaction that went on does not reach the old
+        // owner: it holds rows of keys that stay, so it is rolled back rather than wait.
         let mut both = stayer.clone();
         both.add(mover.clone());
         assert_eq!(
@@ -704,6 +732,14 @@ mod tests {
                 Duration::from_millis(10)
             )
             .await,
+            Err(Refused::Doomed)
+        );
+        // One opened now by a BEGIN (uncounted) waits for the new map at a moving key, and
+        // is not doomed by the doom before it.
+        let fresh = gate.txn_begins_uncounted();
+        assert_eq!(
+            gate.enter(Some((&fresh, &mover)), &mover, Duration::from_millis(10))
+                .await,
             Err(Refused::StillHeld)
         );
         // A transaction opening now, within a command that got in before the hold, is
@@ -715,7 +751,7 @@ mod tests {
         drop(hold);
         // After the release the new map is in force: its keys run.
         assert_eq!(
-            gate.enter(Some((&stayed_txn, &both)), &mover, Duration::ZERO)
+            gate.enter(Some((&fresh, &mover)), &mover, Duration::ZERO)
                 .await,
             Ok(Entered::Counted)
         );

@@ -31,6 +31,7 @@ impl Session {
         wait: Duration,
     ) -> Result<Option<Arc<KeyspaceGate>>, KeyspaceRefusal> {
         self.cmd_touched = Touched::Nothing;
+        self.cmd_uncounted = false;
         // The client reads no answer to these (an ERR would answer its next command), and
         // they change no rows: the transaction's next command meets the gate.
         if matches!(cmd, com::STMT_CLOSE | com::STMT_SEND_LONG_DATA) {
@@ -101,7 +102,10 @@ impl Session {
         }
         match gate.enter(txn, &self.cmd_touched, wait).await {
             Ok(Entered::Counted) => Ok(Some(gate)),
-            Ok(Entered::Uncounted) => Ok(None),
+            Ok(Entered::Uncounted) => {
+                self.cmd_uncounted = true;
+                Ok(None)
+            }
             Err(refused) => Err(KeyspaceRefusal {
                 refused,
                 keyspace: gate.keyspace().clone(),

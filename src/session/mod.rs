@@ -83,6 +83,9 @@ pub struct Session {
     /// The keys of a sharded keyspace the running command touches (worked out only in a
     /// transaction or during a reshard's hold).
     cmd_touched: crate::shardmap::moving::Touched,
+    /// The running command entered its keyspace's gate uncounted (during a hold, touching
+    /// no moving key).
+    cmd_uncounted: bool,
     stmts: Statements,
     out: BytesMut,
     registration: Registration,
@@ -159,6 +162,7 @@ pub async fn run(
         ryw: Ryw::default(),
         shard_txn: None,
         cmd_touched: Default::default(),
+        cmd_uncounted: false,
         stmts: Statements::default(),
         out: BytesMut::new(),
         registration,

@@ -1116,9 +1116,14 @@ impl Session {
     /// autocommit off), counted open on that keyspace's gate.
     fn new_shard_txn(&self, begin: Vec<u8>) -> ShardTxn {
         let planner = self.shared.planner();
-        let token = planner
-            .sharded_keyspace(&self.plan_ctx())
-            .map(|k| self.shared.ha.keyspaces.gate(k).txn_begins());
+        let token = planner.sharded_keyspace(&self.plan_ctx()).map(|k| {
+            let gate = self.shared.ha.keyspaces.gate(k);
+            if self.cmd_uncounted {
+                gate.txn_begins_uncounted()
+            } else {
+                gate.txn_begins()
+            }
+        });
         let planner = planner.clone();
         ShardTxn {
             begin,
