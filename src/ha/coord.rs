@@ -419,11 +419,14 @@ impl Ha {
             return false;
         }
         let scope: Scope = rec.moving.as_ref().map(|m| m.moving_shared());
+        // A cutover's hold (it dooms after a grace) switches the map; a verify's does not.
+        let switching = rec.grace_ms.is_some();
         match rec.shard.strip_prefix(RESHARD_HOLD) {
+            Some(ks) if switching => self.keyspaces.gate(ks).acquire_switching(scope.clone()),
             Some(ks) => self.keyspaces.gate(ks).acquire(scope.clone()),
             None => self.gate.acquire(),
         }
-        held.insert(rec.shard.clone(), (rec.id.clone(), scope));
+        held.insert(rec.shard.clone(), (rec.id.clone(), scope, switching));
         true
     }
 
@@ -450,7 +453,7 @@ impl Ha {
                     gate.wait_txns(Duration::from_millis(grace)).await;
                     let scope = super::lock(&self.remote_holds)
                         .get(&rec.shard)
-                        .and_then(|(_, s)| s.clone());
+                        .and_then(|(_, s, _)| s.clone());
                     gate.doom(scope);
                 }
                 gate.drain(limit).await
@@ -459,7 +462,7 @@ impl Ha {
         };
         let still_held = super::lock(&self.remote_holds)
             .get(&rec.shard)
-            .is_some_and(|(id, _)| *id == rec.id);
+            .is_some_and(|(id, _, _)| *id == rec.id);
         if !still_held {
             // It ended while this proxy drained (or before it saw it): nobody waits for an ack.
             return;
@@ -501,11 +504,15 @@ impl Ha {
         let mut held = super::lock(&self.remote_holds);
         if held
             .get(shard)
-            .is_some_and(|(h, _)| id.is_none_or(|id| id == h))
+            .is_some_and(|(h, _, _)| id.is_none_or(|id| id == h))
         {
-            let scope = held.remove(shard).and_then(|(_, s)| s);
+            let (scope, switching) = held
+                .remove(shard)
+                .map(|(_, s, w)| (s, w))
+                .unwrap_or((None, false));
             drop(held);
             match shard.strip_prefix(RESHARD_HOLD) {
+                Some(ks) if switching => self.keyspaces.gate(ks).release_switching(&scope),
                 Some(ks) => self.keyspaces.gate(ks).release(&scope),
                 None => self.gate.release(),
             }

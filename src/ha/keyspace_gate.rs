@@ -127,6 +127,9 @@ pub struct KeyspaceGate {
     /// A reshard workflow of this keyspace may switch its map (set from the workflows in the
     /// topology store): the proxy serves it only while its etcd lease is current.
     armed: AtomicBool,
+    /// Holds in force that switch the map (a cutover's, not a verify's): a transaction that
+    /// would wait in one holding rows of keys that stay is rolled back instead.
+    switching: AtomicUsize,
 }
 
 /// The scope of the holds in force, merged.
@@ -151,6 +154,7 @@ impl KeyspaceGate {
             open_txns: [AtomicUsize::new(0), AtomicUsize::new(0)],
             released: watch::channel(0).0,
             armed: AtomicBool::new(false),
+            switching: AtomicUsize::new(0),
         }
     }
 
@@ -213,7 +217,10 @@ impl KeyspaceGate {
                 // taken while those ran on) could stall the statements the cutover drains:
                 // it is rolled back instead, as a deadlock would be.
                 let passes = txn.is_some_and(|(t, _)| self.passes_hold(t));
-                if !passes && txn.is_some_and(|(_, touched)| holds_staying(touched, sets)) {
+                if !passes
+                    && self.switching.load(Ordering::SeqCst) > 0
+                    && txn.is_some_and(|(_, touched)| holds_staying(touched, sets))
+                {
                     return Err(Refused::Doomed);
                 }
             }
@@ -303,6 +310,19 @@ impl KeyspaceGate {
         // The registry's count first: a session reading `active` false must find no hold here.
         self.all_holds.fetch_add(1, Ordering::SeqCst);
         self.holds.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// `acquire` for a hold that switches the map (a cutover's): see `switching`.
+    pub fn acquire_switching(&self, scope: Scope) {
+        self.switching.fetch_add(1, Ordering::SeqCst);
+        self.acquire(scope);
+    }
+
+    pub fn release_switching(&self, scope: &Scope) {
+        self.release(scope);
+        let _ = self
+            .switching
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
     }
 
     pub fn release(&self, scope: &Scope) {
@@ -672,7 +692,7 @@ mod tests {
         let gate = gates.gate("ks");
         let moved_txn = gate.txn_begins();
         let stayed_txn = gate.txn_begins();
-        let hold = gate.hold(scope.clone());
+        gate.acquire_switching(scope.clone());
         // Before the doom, a transaction from before the hold may still touch a moving key
         // (counted: the drain waits for it).
         assert_eq!(
@@ -748,7 +768,7 @@ mod tests {
         assert!(late.is_doomed(&mover));
         let late_clean = gate.txn_begins();
         assert!(!late_clean.is_doomed(&stayer));
-        drop(hold);
+        gate.release_switching(&scope);
         // After the release the new map is in force: its keys run.
         assert_eq!(
             gate.enter(Some((&fresh, &mover)), &mover, Duration::ZERO)
@@ -757,6 +777,34 @@ mod tests {
         );
         gate.leave();
         assert!(moved_txn.is_doomed(&mover), "doomed stays doomed");
+    }
+
+    #[tokio::test]
+    async fn only_a_switching_hold_rolls_back_a_transaction_holding_rows_that_stay() {
+        let (scope, mover, stayer) = moving();
+        let gates = KeyspaceGates::default();
+        let gate = gates.gate("ks");
+        // A verify's hold: nothing is switched, a transaction waits as any statement does.
+        let hold = gate.hold(scope.clone());
+        let txn = gate.txn_begins_uncounted();
+        let mut both = stayer.clone();
+        both.add(mover.clone());
+        assert_eq!(
+            gate.enter(Some((&txn, &both)), &mover, Duration::from_millis(10))
+                .await,
+            Err(Refused::StillHeld)
+        );
+        drop(hold);
+        gate.acquire_switching(scope.clone());
+        let txn = gate.txn_begins_uncounted();
+        assert_eq!(
+            gate.enter(Some((&txn, &both)), &mover, Duration::from_millis(10))
+                .await,
+            Err(Refused::Doomed)
+        );
+        gate.release_switching(&scope);
+        gate.release_switching(&scope);
+        assert!(!gate.is_holding());
     }
 
     #[tokio::test]

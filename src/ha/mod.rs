@@ -140,8 +140,9 @@ pub struct Ha {
     fenced: Mutex<BTreeMap<String, Fenced>>,
     progress: Mutex<Option<Progress>>,
     blocked: Mutex<BTreeMap<String, String>>,
-    /// Holds other proxies coordinate, by shard: the hold's id, and a reshard hold's scope.
-    remote_holds: Mutex<BTreeMap<String, (String, keyspace_gate::Scope)>>,
+    /// Holds other proxies coordinate, by shard: the hold's id, a reshard hold's scope, and
+    /// whether it switches the map (a cutover's).
+    remote_holds: Mutex<BTreeMap<String, (String, keyspace_gate::Scope, bool)>>,
 }
 
 impl Ha {

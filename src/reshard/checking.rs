@@ -189,7 +189,7 @@ async fn quiesce<'a>(
 ) -> Option<(Held, Option<crate::ha::coord::ClusterHold<'a>>)> {
     let ha = &runner.owner.ha;
     let ks = runner.keyspace();
-    let (held, change) = runner.hold_moving();
+    let (held, change) = runner.hold_moving(false);
     let gate = held.gate.clone();
     let reason = format!("reshard verify of {ks}");
     let cluster = ha

@@ -230,7 +230,7 @@ pub async fn run(
     let left = |t0: Instant| max_pause.saturating_sub(t0.elapsed());
 
     let ha = runner.owner.ha.clone();
-    let (held, change) = runner.hold_moving();
+    let (held, change) = runner.hold_moving(true);
     let gate = held.gate.clone();
     step("holding new statements on the moving keys");
     let grace = max_pause / 4;

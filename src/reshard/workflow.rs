@@ -232,10 +232,11 @@ impl Runner {
     }
 
     /// A hold of this workflow's moving keys on its keyspace's gate, here.
-    pub(super) fn hold_moving(&self) -> (Held, RingChange) {
+    pub(super) fn hold_moving(&self, switching: bool) -> (Held, RingChange) {
         let change = self.ring_change();
         let gate = self.owner.ha.keyspaces.gate(&self.keyspace());
-        (Held::new(gate, Some(change.moving_shared())), change)
+        let scope = Some(change.moving_shared());
+        (Held::new(gate, scope, switching), change)
     }
 
     /// The shard key column of a sharded table (from the shard map), or `None` for a
@@ -401,22 +402,36 @@ pub(super) fn test_stop(step: &str) {
 }
 
 /// A hold of the keyspace's commands that touch the workflow's moving keys, released when
-/// dropped (an early return, an error, a panic).
+/// dropped (an early return, an error, a panic). A cutover's switches the map (see
+/// `KeyspaceGate::acquire_switching`); a verify's does not.
 pub(super) struct Held {
     pub(super) gate: Arc<KeyspaceGate>,
     pub(super) scope: Scope,
+    switching: bool,
 }
 
 impl Held {
-    pub(super) fn new(gate: Arc<KeyspaceGate>, scope: Scope) -> Held {
-        gate.acquire(scope.clone());
-        Held { gate, scope }
+    pub(super) fn new(gate: Arc<KeyspaceGate>, scope: Scope, switching: bool) -> Held {
+        if switching {
+            gate.acquire_switching(scope.clone());
+        } else {
+            gate.acquire(scope.clone());
+        }
+        Held {
+            gate,
+            scope,
+            switching,
+        }
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.gate.release(&self.scope);
+        if self.switching {
+            self.gate.release_switching(&self.scope);
+        } else {
+            self.gate.release(&self.scope);
+        }
     }
 }
 
