@@ -525,9 +525,13 @@ async fn last_insert_id_is_each_clients_own() {
             let mut c = common::connect(&url).await;
             let mut mine = Vec::new();
             for i in 0..30u32 {
-                c.query_drop(format!("INSERT INTO {t} (client) VALUES ({k})"))
-                    .await
-                    .expect("insert");
+                // A few ms each, so that the 32 clients' statements overlap.
+                c.exec_drop(
+                    format!("INSERT INTO {t} (client) VALUES (? + SLEEP(0.005))"),
+                    (k,),
+                )
+                .await
+                .expect("insert");
                 let id = c.last_insert_id().expect("OK packet's insert id");
                 if i.is_multiple_of(2) {
                     c.query_drop("SELECT @@server_id").await.expect("read");
@@ -1047,4 +1051,65 @@ async fn each_client_keeps_its_character_set_on_a_shared_connection() {
             "utf8mb4 client, round {i}"
         );
     }
+}
+
+/// The pool does not churn under a load above `max_idle`: a connection given back is kept
+/// while it was used within `idle_timeout_ms`, so 32 clients writing through a pool that keeps
+/// 2 idle connections open about 32 server connections in all, not one per statement (the
+/// primary's `Connections` counter says how many were opened).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_load_above_max_idle_does_not_churn_connections() {
+    let _only = COUNTING.write().await;
+    let sb = sandbox();
+    let t = common::unique("t_churn");
+    table(
+        &t,
+        "(id INT AUTO_INCREMENT PRIMARY KEY, client INT NOT NULL)",
+    )
+    .await;
+    let extra = config(64).replace(
+        "[pool]\nmax_connections = 64\n",
+        "[pool]\nmax_connections = 64\nmax_idle = 2\nidle_timeout_ms = 10000\n",
+    );
+    assert!(extra.contains("max_idle = 2"), "{extra}");
+    let (_proxy, port) = sb.proxy(&extra);
+    let opened = || async {
+        let mut root = root_primary().await;
+        let row: Option<(String, u64)> = root
+            .query_first("SHOW GLOBAL STATUS LIKE 'Connections'")
+            .await
+            .expect("status");
+        let _ = root.disconnect().await;
+        row.expect("Connections").1
+    };
+    let before = opened().await;
+    let clients = 32u64;
+    let mut set = JoinSet::new();
+    for k in 0..clients {
+        let (url, t) = (common::app_url(port, "app"), t.clone());
+        set.spawn(async move {
+            let mut c = common::connect(&url).await;
+            for _ in 0..40 {
+                // A few ms each, so that the 32 clients' statements overlap.
+                c.exec_drop(
+                    format!("INSERT INTO {t} (client) VALUES (? + SLEEP(0.005))"),
+                    (k,),
+                )
+                .await
+                .expect("insert");
+            }
+            let _ = c.disconnect().await;
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.expect("client");
+    }
+    // Our own two root connections count too.
+    let grew = opened().await - before;
+    println!("server connections opened: {grew}");
+    assert!(
+        grew <= clients + 8,
+        "{grew} server connections opened for {clients} clients ({} statements)",
+        clients * 40
+    );
 }

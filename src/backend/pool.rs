@@ -107,7 +107,9 @@ impl Drop for Pooled {
             return;
         };
         if conn.in_flight || conn.broken {
-            return; // mid-response or closed by the server: closing it frees the permit
+            // Mid-response or closed by the server: closing it frees the permit.
+            metrics::counter!("shardgate_pool_connections_closed_total").increment(1);
+            return;
         }
         let clean = !conn.dirty && !conn.in_txn;
         if clean && !conn.roles.changeable() {
@@ -127,6 +129,7 @@ impl Drop for Pooled {
 /// `max_connections`.
 fn retire(idle: Idle) {
     let Idle { mut conn, permit } = idle;
+    metrics::counter!("shardgate_pool_connections_closed_total").increment(1);
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
         return;
     };
@@ -173,18 +176,45 @@ impl ServerPool {
         }
     }
 
+    /// Keeps a returned connection for reuse. Above `max_idle` (per worker, its share),
+    /// connections are closed only once idle for `idle_timeout_ms`: under a load above
+    /// `max_idle` every connection is in recent use and none is closed and reopened (with
+    /// its prepared statements) between statements.
     fn put_idle(&self, mut conn: BackendConn, permit: OwnedSemaphorePermit) {
         conn.last_used = Instant::now();
         let list = &self.idle[conn.worker.min(self.idle.len() - 1)];
         let mut idle = list.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < self.settings.max_idle.div_ceil(self.idle.len()) {
-            idle.push(Idle { conn, permit });
-            drop(idle);
-            self.returned.notify_waiters();
-        } else {
-            drop(idle);
-            retire(Idle { conn, permit });
+        idle.push(Idle { conn, permit });
+        let surplus = self.shrink(&mut idle);
+        drop(idle);
+        self.returned.notify_waiters();
+        surplus.into_iter().for_each(retire);
+    }
+
+    /// The connections of one worker's idle list above its share of `max_idle` that have been
+    /// idle for `idle_timeout_ms`, taken out of the list (oldest first).
+    fn shrink(&self, idle: &mut Vec<Idle>) -> Vec<Idle> {
+        let floor = self.settings.max_idle.div_ceil(self.idle.len());
+        if idle.len() <= floor {
+            return Vec::new();
         }
+        let timeout = Duration::from_millis(self.settings.idle_timeout_ms);
+        let mut out = Vec::new();
+        while idle.len() > floor {
+            let Some((oldest, at)) = idle
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (i, c.conn.last_used))
+                .min_by_key(|&(_, at)| at)
+            else {
+                break;
+            };
+            if at.elapsed() < timeout {
+                break;
+            }
+            out.push(idle.swap_remove(oldest));
+        }
+        out
     }
 
     /// Takes an idle connection opened for `user` and `key`, dropping stale ones on the way.
@@ -202,6 +232,7 @@ impl ServerPool {
                 .partition(|i| i.conn.last_used.elapsed() < IDLE_MAX_AGE);
             *idle = keep;
             stale.into_iter().for_each(retire);
+            self.shrink(&mut idle).into_iter().for_each(retire);
             let fits = |i: &Idle| i.conn.key == key && i.conn.user == user;
             let same_db = |i: &Idle| fits(i) && i.conn.db.as_deref() == db;
             let sig_of = |i: &Idle| i.conn.vars.as_ref().map_or(0, |v| v.sig());
@@ -272,6 +303,7 @@ impl ServerPool {
             timeout: Duration::from_millis(self.settings.connect_timeout_ms),
         })
         .await?;
+        metrics::counter!("shardgate_pool_connections_opened_total").increment(1);
         self.ext.fetch_and(conn.server_ext, Ordering::Relaxed);
         conn.worker = current_worker();
         Ok(Pooled {

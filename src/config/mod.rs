@@ -147,9 +147,13 @@ pub struct PoolSection {
     /// Most connections open to one server at once.
     #[serde(default = "default_pool_max")]
     pub max_connections: usize,
-    /// Most idle connections kept per server for reuse.
+    /// Idle connections kept per server for reuse however long they stay unused (up to 5
+    /// minutes); more are kept while they were used within `idle_timeout_ms`.
     #[serde(default = "default_pool_idle")]
     pub max_idle: usize,
+    /// How long an idle connection above `max_idle` is kept for reuse.
+    #[serde(default = "default_pool_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
     /// How long a client waits for a connection when a pool is full before ERR 1040.
     #[serde(default = "default_pool_wait_ms")]
     pub wait_timeout_ms: u64,
@@ -162,10 +166,15 @@ impl Default for PoolSection {
         PoolSection {
             max_connections: default_pool_max(),
             max_idle: default_pool_idle(),
+            idle_timeout_ms: default_pool_idle_timeout_ms(),
             wait_timeout_ms: default_pool_wait_ms(),
             connect_timeout_ms: default_connect_timeout_ms(),
         }
     }
+}
+
+fn default_pool_idle_timeout_ms() -> u64 {
+    10_000
 }
 
 fn default_true() -> bool {
