@@ -59,20 +59,32 @@ pub async fn estimate(plan: &mut Plan, map: &ShardMap, creds: &Creds) {
         .map(|k| k.shards.clone())
         .unwrap_or_default();
     for shard in shards {
-        let got = async {
-            let mut s = Server::connect(&shard.primary, creds).await?;
-            let f = read(&mut s, &plan.keyspace).await;
-            s.close().await;
-            f
-        };
-        match got.await {
-            Ok(f) => {
-                facts.insert(shard.name.clone(), f);
+        // A connection lost once (seen in CI: closed mid-query) is not yet a dead primary.
+        let mut last = None;
+        for attempt in 0..3 {
+            if attempt > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
-            Err(e) => unreachable.push(format!(
+            let got = async {
+                let mut s = Server::connect(&shard.primary, creds).await?;
+                let f = read(&mut s, &plan.keyspace).await;
+                s.close().await;
+                f
+            };
+            match got.await {
+                Ok(f) => {
+                    facts.insert(shard.name.clone(), f);
+                    last = None;
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        if let Some(e) = last {
+            unreachable.push(format!(
                 "{}: primary {} did not answer: {e}",
                 shard.name, shard.primary
-            )),
+            ));
         }
     }
     plan.estimate(&facts);
