@@ -18,7 +18,7 @@ use common::ha::{
     create_acked, gtid_binlog_pos, ids_on, kill, longest_wait, master_port, port_of, read_only,
     reads_reach_a_replica, root, server_id, start_load, Load, Log, FAST_HA,
 };
-use common::{AdminProxy, Sandbox};
+use common::{AdminProxy, Frozen, Sandbox};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -611,26 +611,6 @@ async fn a_switchover_with_three_proxies_under_load_fails_no_statement() {
         "the old primary is read_only"
     );
     assert_eq!(master_port(old.port).await, Some(port_of(&primary)));
-}
-
-/// A proxy process stopped with SIGSTOP; sent SIGCONT when dropped, so that a failing test
-/// never leaves it frozen (declare it after the proxy: it is dropped first).
-struct Frozen(i32);
-
-impl Frozen {
-    fn stop(p: &AdminProxy) -> Frozen {
-        let pid = i32::try_from(p.guard.0.id()).expect("pid");
-        // SAFETY: kill(2) on a child process this test started and still owns.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "SIGSTOP");
-        Frozen(pid)
-    }
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        // SAFETY: as in `stop`.
-        unsafe { libc::kill(self.0, libc::SIGCONT) };
-    }
 }
 
 /// The ids of the live proxies `p` sees.

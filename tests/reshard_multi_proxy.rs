@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::reshard::{self as rs, Writers};
-use common::AdminProxy;
+use common::{AdminProxy, Frozen};
 use mysql_async::prelude::*;
 use serde_json::{json, Value};
 
@@ -62,16 +62,9 @@ async fn remote_status(p: &AdminProxy) -> Value {
     serde_json::from_slice(&r.body).expect("status json")
 }
 
-/// An id the 3-shard ring gives to s2, above every writer's ids.
-fn id_owned_by_s2() -> i64 {
-    let ring = shardgate::shardmap::ring::Ring::new(&["s0", "s1", "s2"], 256);
-    (900_000_000..)
-        .find(|id| ring.shard_names()[ring.shard_for(rs::hash(*id))] == "s2")
-        .expect("an id on s2")
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_to_three_to_two_shards_with_two_proxies() {
+/// A sandbox of 2 shards (`items` sharded by id) and 2 proxies sharing etcd with a lease of
+/// `lease_secs`, each seeing the other.
+async fn two_proxies(lease_secs: u64) -> (common::Sandbox, AdminProxy, AdminProxy) {
     let sb = common::start_cluster_with(&[
         "--shards",
         "2",
@@ -84,14 +77,28 @@ async fn two_to_three_to_two_shards_with_two_proxies() {
     ]);
     let configs = sb.proxy_configs();
     assert_eq!(configs.len(), 2, "{configs:?}");
-    // The product's default lease (the sandbox's 2 s makes failover tests quick): under a
-    // loaded CI machine a 2 s lease can lapse, and a proxy whose lease lapsed counts as gone
-    // for a cutover's hold while it still serves (see the README's Status).
-    let lease = "[topology]\nlease_ttl_secs = 5\n";
-    let p1 = sb.admin_proxy_from(&configs[0], lease);
-    let p2 = sb.admin_proxy_from(&configs[1], lease);
+    let lease = format!("[topology]\nlease_ttl_secs = {lease_secs}\n");
+    let p1 = sb.admin_proxy_from(&configs[0], &lease);
+    let p2 = sb.admin_proxy_from(&configs[1], &lease);
     sees_proxies(&p1, 2).await;
     sees_proxies(&p2, 2).await;
+    (sb, p1, p2)
+}
+
+/// An id the 3-shard ring gives to s2, above every writer's ids.
+fn id_owned_by_s2() -> i64 {
+    let ring = shardgate::shardmap::ring::Ring::new(&["s0", "s1", "s2"], 256);
+    (900_000_000..)
+        .find(|id| ring.shard_names()[ring.shard_for(rs::hash(*id))] == "s2")
+        .expect("an id on s2")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_to_three_to_two_shards_with_two_proxies() {
+    // The product's default lease (the sandbox's 2 s makes failover tests quick): under a
+    // loaded CI machine a 2 s lease can lapse, and the proxy would then hold the keyspace
+    // until it has read the map again (see the README's Status).
+    let (sb, p1, p2) = two_proxies(5).await;
     let coordinator = proxy_id(&p1).await;
     assert_ne!(coordinator, proxy_id(&p2).await);
 
@@ -218,48 +225,13 @@ async fn two_to_three_to_two_shards_with_two_proxies() {
     assert!(rows.values().all(|(s, _)| s != "s2"), "rows left on s2");
 }
 
-/// A proxy process stopped with SIGSTOP; sent SIGCONT when dropped, so that a failing test
-/// never leaves it frozen.
-struct Frozen(i32);
-
-impl Frozen {
-    fn stop(p: &AdminProxy) -> Frozen {
-        let pid = i32::try_from(p.guard.0.id()).expect("pid");
-        // SAFETY: kill(2) on a child process this test started and still owns.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "SIGSTOP");
-        Frozen(pid)
-    }
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        // SAFETY: as in `stop`.
-        unsafe { libc::kill(self.0, libc::SIGCONT) };
-    }
-}
-
 /// A proxy frozen longer than its etcd lease counts as gone, so a cutover switches without
 /// its hold. When it thaws, a write it reads at once (sent while it was frozen) to a key the
 /// cutover moved must not reach the key's old owner: while a workflow may switch a keyspace,
 /// the proxy serves it only under a current lease and after reading the map under that lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_proxy_whose_lease_lapsed_during_a_cutover_rereads_the_map_first() {
-    let sb = common::start_cluster_with(&[
-        "--shards",
-        "2",
-        "--replicas",
-        "0",
-        "--proxies",
-        "2",
-        "--sharded-table",
-        "items:id",
-    ]);
-    let configs = sb.proxy_configs();
-    let lease = "[topology]\nlease_ttl_secs = 2\n";
-    let p1 = sb.admin_proxy_from(&configs[0], lease);
-    let p2 = sb.admin_proxy_from(&configs[1], lease);
-    sees_proxies(&p1, 2).await;
-    sees_proxies(&p2, 2).await;
+    let (sb, p1, p2) = two_proxies(2).await;
     let url1 = common::app_url(p1.port, "app");
     let url2 = common::app_url(p2.port, "app");
     rs::load(&url1).await;
@@ -336,22 +308,7 @@ async fn coordinator_seen_by(p: &AdminProxy) -> String {
 /// coordinator, and the writers' ledger holds on the final ring.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn another_proxy_takes_a_workflow_over_when_its_coordinator_is_gone() {
-    let sb = common::start_cluster_with(&[
-        "--shards",
-        "2",
-        "--replicas",
-        "0",
-        "--proxies",
-        "2",
-        "--sharded-table",
-        "items:id",
-    ]);
-    let configs = sb.proxy_configs();
-    let lease = "[topology]\nlease_ttl_secs = 2\n";
-    let p1 = sb.admin_proxy_from(&configs[0], lease);
-    let p2 = sb.admin_proxy_from(&configs[1], lease);
-    sees_proxies(&p1, 2).await;
-    sees_proxies(&p2, 2).await;
+    let (sb, p1, p2) = two_proxies(2).await;
     let (id1, id2) = (proxy_id(&p1).await, proxy_id(&p2).await);
     let url2 = common::app_url(p2.port, "app");
     rs::load(&url2).await;

@@ -191,15 +191,9 @@ impl KeyspaceGate {
             // SeqCst here and in `doom`, `acquire` and `drain`: either the holder sees this
             // command counted, or this command sees the hold and the new epoch.
             if !self.holding() {
-                self.in_flight.fetch_add(1, Ordering::SeqCst);
-                if txn.is_some_and(|(t, touched)| self.dooms_since(t, touched)) {
-                    self.in_flight.fetch_sub(1, Ordering::SeqCst);
-                    return Err(Refused::Doomed);
+                if let Some(r) = self.count(txn, || !self.holding()) {
+                    return r;
                 }
-                if !self.holding() {
-                    return Ok(Entered::Counted);
-                }
-                self.in_flight.fetch_sub(1, Ordering::SeqCst);
             }
             let mut rx = self.released.subscribe();
             let held = self.held();
@@ -209,6 +203,7 @@ impl KeyspaceGate {
             if txn.is_some_and(|(t, touched)| self.dooms_since(t, touched)) {
                 return Err(Refused::Doomed);
             }
+            let passes = txn.is_some_and(|(t, _)| self.passes_hold(t));
             if let Held::Keys(sets) = &held {
                 if !sets.iter().any(|m| now.meets(m)) {
                     return Ok(Entered::Uncounted);
@@ -216,7 +211,6 @@ impl KeyspaceGate {
                 // A transaction that would wait here holding rows of keys that stay (locks
                 // taken while those ran on) could stall the statements the cutover drains:
                 // it is rolled back instead, as a deadlock would be.
-                let passes = txn.is_some_and(|(t, _)| self.passes_hold(t));
                 if !passes
                     && self.switching.load(Ordering::SeqCst) > 0
                     && txn.is_some_and(|(_, touched)| holds_staying(touched, sets))
@@ -224,16 +218,10 @@ impl KeyspaceGate {
                     return Err(Refused::Doomed);
                 }
             }
-            if txn.is_some_and(|(t, _)| self.passes_hold(t)) {
-                self.in_flight.fetch_add(1, Ordering::SeqCst);
-                if txn.is_some_and(|(t, touched)| self.dooms_since(t, touched)) {
-                    self.in_flight.fetch_sub(1, Ordering::SeqCst);
-                    return Err(Refused::Doomed);
+            if passes {
+                if let Some(r) = self.count(txn, || txn.is_some_and(|(t, _)| self.passes_hold(t))) {
+                    return r;
                 }
-                if txn.is_some_and(|(t, _)| self.passes_hold(t)) {
-                    return Ok(Entered::Counted);
-                }
-                self.in_flight.fetch_sub(1, Ordering::SeqCst);
                 continue;
             }
             let deadline = *deadline.get_or_insert_with(|| Instant::now() + wait);
@@ -242,6 +230,26 @@ impl KeyspaceGate {
                 return Err(Refused::StillHeld);
             }
         }
+    }
+
+    /// Counts a command in flight, then checks that its transaction is not doomed and that
+    /// what let it in (`still`) holds after the count; `None` (uncounted again) when it no
+    /// longer does.
+    fn count(
+        &self,
+        txn: Option<(&TxnToken, &Touched)>,
+        still: impl Fn() -> bool,
+    ) -> Option<Result<Entered, Refused>> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        if txn.is_some_and(|(t, touched)| self.dooms_since(t, touched)) {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return Some(Err(Refused::Doomed));
+        }
+        if still() {
+            return Some(Ok(Entered::Counted));
+        }
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        None
     }
 
     /// A held command of a transaction that began before this hold, before the doom, goes on.

@@ -531,6 +531,26 @@ impl Sandbox {
     }
 }
 
+/// A proxy process stopped with SIGSTOP; sent SIGCONT when dropped, so that a failing test
+/// never leaves it frozen (declare it after the proxy: it is dropped first).
+pub struct Frozen(i32);
+
+impl Frozen {
+    pub fn stop(p: &AdminProxy) -> Frozen {
+        let pid = i32::try_from(p.guard.0.id()).expect("pid");
+        // SAFETY: kill(2) on a child process this test started and still owns.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "SIGSTOP");
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        // SAFETY: as in `stop`.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
 /// A proxy over a test's sandbox with its admin API (`Sandbox::admin_proxy`): its guard,
 /// MySQL port, config file, admin address and token.
 pub struct AdminProxy {
