@@ -13,6 +13,7 @@ pub mod ha;
 pub mod planner;
 pub mod protocol;
 pub mod proxy;
+pub mod query_metrics;
 pub mod reshard;
 pub mod sandbox;
 pub mod session;

@@ -42,6 +42,8 @@ pub struct Shared {
     pub digests: crate::digests::Digests,
     /// The result cache, when a rule in `[cache]` turns it on.
     pub cache: Option<Arc<crate::cache::ResultCache>>,
+    /// Servers' PREPARE replies, given again to clients preparing the same text.
+    pub prepare_replies: crate::cache::prepare_replies::PrepareReplies,
     /// Reshard workflows (`shardgate reshard ...`).
     pub reshards: Arc<crate::reshard::manager::Reshards>,
     clients: AtomicUsize,
@@ -67,6 +69,7 @@ impl Shared {
             health,
             sequences: Default::default(),
             digests: Default::default(),
+            prepare_replies: Default::default(),
             cache,
             clients: AtomicUsize::new(0),
             accepting: AtomicBool::new(false),

@@ -1113,3 +1113,94 @@ async fn a_load_above_max_idle_does_not_churn_connections() {
         clients * 40
     );
 }
+
+/// The primary's value of a global status counter.
+async fn primary_status(name: &str) -> u64 {
+    let mut root = root_primary().await;
+    let row: Option<(String, u64)> = root
+        .query_first(format!("SHOW GLOBAL STATUS LIKE '{name}'"))
+        .await
+        .expect("status");
+    let _ = root.disconnect().await;
+    row.unwrap_or_else(|| panic!("no status {name}")).1
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_preparing_a_known_text_are_answered_by_the_proxy() {
+    let _only = COUNTING.write().await;
+    let sb = sandbox();
+    let t = common::unique("t_prep");
+    table(
+        &t,
+        "(id INT AUTO_INCREMENT PRIMARY KEY, client INT NOT NULL)",
+    )
+    .await;
+    let (_proxy, port) = sb.proxy(&config(8));
+    let before = primary_status("Com_stmt_prepare").await;
+    let clients = 16;
+    for k in 0..clients {
+        // A new client each time, as an application's pool opening connections: its prepare
+        // is a text the proxy's pooled connection already holds.
+        let mut c = common::connect(&common::app_url(port, "app")).await;
+        c.exec_drop(format!("INSERT INTO {t} (client) VALUES (?)"), (k,))
+            .await
+            .expect("insert");
+        let _ = c.disconnect().await;
+    }
+    let prepared = primary_status("Com_stmt_prepare").await - before;
+    println!("server prepares for {clients} client prepares: {prepared}");
+    assert!(
+        prepared <= 3,
+        "{prepared} server prepares for {clients} clients preparing one text"
+    );
+    let mut root = root_primary().await;
+    let n: Option<u64> = root
+        .query_first(format!("SELECT COUNT(DISTINCT client) FROM app.{t}"))
+        .await
+        .expect("count");
+    assert_eq!(n, Some(clients));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ddl_through_the_proxy_renews_kept_prepare_replies() {
+    let _shared = COUNTING.read().await;
+    let sb = sandbox();
+    let t = common::unique("t_prep_ddl");
+    table(&t, "(id INT PRIMARY KEY, a INT)").await;
+    let (_proxy, port) = sb.proxy(&config(8));
+    let url = common::app_url(port, "app");
+    let sql = format!("SELECT * FROM {t} WHERE id = ?");
+    let columns = |sql: String| {
+        let url = url.clone();
+        async move {
+            let mut c = common::connect(&url).await;
+            let stmt = c.prep(sql).await.expect("prepare");
+            let n = stmt.columns().len();
+            let _ = c.disconnect().await;
+            n
+        }
+    };
+    assert_eq!(columns(sql.clone()).await, 2);
+    // Answered from the kept reply.
+    assert_eq!(columns(sql.clone()).await, 2);
+    let mut c = common::connect(&url).await;
+    c.query_drop(format!("ALTER TABLE {t} ADD COLUMN b INT"))
+        .await
+        .expect("alter");
+    common::wait_replicated(sb).await;
+    c.exec_drop(format!("INSERT INTO {t} VALUES (?, ?, ?)"), (1, 2, 3))
+        .await
+        .expect("insert");
+    let _ = c.disconnect().await;
+    assert_eq!(columns(sql.clone()).await, 3, "a stale reply was given");
+    // Errors are never kept: each client gets the server's.
+    for _ in 0..2 {
+        let mut c = common::connect(&url).await;
+        let e = c
+            .prep(format!("SELECT nope FROM {t} WHERE id = ?"))
+            .await
+            .expect_err("unknown column");
+        assert!(e.to_string().contains("1054"), "{e}");
+        let _ = c.disconnect().await;
+    }
+}

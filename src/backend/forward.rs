@@ -97,6 +97,10 @@ pub async fn forward(
                 .write_all(&backend.io.rbuf[from..n])
                 .await
                 .map_err(cerr)?;
+            if expect == Expect::Prepare {
+                // Nothing is cut from a PREPARE reply: `cuts` only shorten OKs.
+                sc.prepare_reply.extend_from_slice(&backend.io.rbuf[..n]);
+            }
             backend.io.rbuf.advance(n);
             sent = true;
         }

@@ -23,6 +23,9 @@ pub enum Var {
 pub struct VarSet {
     vars: BTreeMap<Var, String>,
     sig: u64,
+    /// `sig` without `last_insert_id`, which every insert changes and no statement's
+    /// metadata depends on (the key of kept PREPARE replies).
+    metadata_sig: u64,
     /// Read on every statement (cache, routing): worked out once, not looked up each time.
     autocommit_off: bool,
 }
@@ -52,6 +55,11 @@ impl VarSet {
         self.sig
     }
 
+    /// The fingerprint of what can change a statement's metadata: all but `last_insert_id`.
+    pub fn metadata_sig(&self) -> u64 {
+        self.metadata_sig
+    }
+
     pub fn get(&self, var: &Var) -> Option<&str> {
         self.vars.get(var).map(String::as_str)
     }
@@ -76,12 +84,23 @@ impl VarSet {
             vars.hash(&mut h);
             h.finish() | 1
         };
+        // 0 as for the empty set when only `last_insert_id` is set.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let mut hashed = false;
+        for (var, value) in &vars {
+            if !matches!(var, Var::System(n) if n == "last_insert_id") {
+                (var, value).hash(&mut h);
+                hashed = true;
+            }
+        }
+        let metadata_sig = if hashed { h.finish() | 1 } else { 0 };
         let autocommit_off = vars
             .get(&Var::System("autocommit".into()))
             .is_some_and(|v| is_off(v));
         Arc::new(VarSet {
             vars,
             sig,
+            metadata_sig,
             autocommit_off,
         })
     }

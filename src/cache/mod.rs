@@ -7,6 +7,7 @@
 
 mod flight;
 pub mod generations;
+pub mod prepare_replies;
 pub mod rules;
 
 use std::hash::{BuildHasherDefault, Hash, Hasher};

@@ -73,6 +73,8 @@ pub struct Scanner {
     prepare: bool,
     /// Statement id and column/param counts of a PREPARE_OK, as the server sent them.
     pub prepared: Option<(u32, u16, u16)>,
+    /// A PREPARE reply's packets as they went to the client (filled by the forward).
+    pub prepare_reply: Vec<u8>,
     /// The statement id the client sees in the PREPARE_OK, written over the server's.
     pub client_stmt_id: u32,
     /// The client did not negotiate CLIENT_SESSION_TRACK (the backend connection did): OK
@@ -108,6 +110,7 @@ impl Scanner {
             fatal: false,
             prepare: expect == Expect::Prepare,
             prepared: None,
+            prepare_reply: Vec::new(),
             client_stmt_id: 0,
             strip_state: false,
             gtid: None,

@@ -26,8 +26,9 @@ use crate::protocol::response::{Expect, Scanner};
 pub(super) enum Work<'a> {
     /// COM_QUERY.
     Query(&'a Frame),
-    /// COM_STMT_PREPARE under the proxy's statement id `id`.
-    Prepare(&'a Frame, u32),
+    /// COM_STMT_PREPARE under the proxy's statement id `id`; the generation of kept PREPARE
+    /// replies when it was sent (`PrepareReplies::keep`).
+    Prepare(&'a Frame, u32, u64),
     /// COM_STMT_EXECUTE of client statement `id`.
     Execute(&'a Frame, u32),
     /// COM_STMT_SEND_LONG_DATA of client statement `id` (no response).
@@ -37,7 +38,7 @@ pub(super) enum Work<'a> {
 impl Work<'_> {
     fn frame(&self) -> &Frame {
         match self {
-            Work::Query(f) | Work::Prepare(f, _) | Work::Execute(f, _) | Work::LongData(f, _) => f,
+            Work::Query(f) | Work::Prepare(f, ..) | Work::Execute(f, _) | Work::LongData(f, _) => f,
         }
     }
 }
@@ -278,7 +279,7 @@ impl Session {
                 )
                 .await
             }
-            Work::Prepare(f, id) => {
+            Work::Prepare(f, id, _) => {
                 executor::forward_on(
                     &mut self.pinned,
                     addr,
@@ -428,8 +429,11 @@ impl Session {
         sc: &Scanner,
     ) {
         self.last_server = Some(addr.clone());
-        if let (Work::Prepare(f, id), Some((server_id, _, params))) = (work, sc.prepared) {
+        if let (Work::Prepare(f, id, generation), Some((server_id, _, params))) =
+            (work, sc.prepared)
+        {
             let sql: Arc<[u8]> = f.payload()[1..].into();
+            self.keep_prepare_reply(route, &sql, *generation, sc, params);
             if let Some(conn) = self.pinned.find(addr) {
                 let close = conn.stmts.insert(sql.clone(), server_id, params);
                 if let Err(e) = close_statements(conn, &close).await {
@@ -437,17 +441,7 @@ impl Session {
                     self.pinned.discard(addr);
                 }
             }
-            let info = StmtInfo {
-                sql,
-                class: class.clone(),
-                hint,
-                route: route.clone(),
-                types: None,
-                params,
-                shards: Default::default(),
-                cache_shape: None,
-                digest: 0,
-            };
+            let info = StmtInfo::new(sql, class.clone(), hint, route.clone(), params);
             self.stmts.insert(*id, info);
         }
         let statement = matches!(work, Work::Query(_) | Work::Execute(..));
@@ -465,14 +459,8 @@ impl Session {
             } else {
                 "replica"
             };
-            metrics::counter!(
-                "shardgate_queries_total",
-                "keyspace" => route.keyspace.clone(),
-                "shard" => route.shard.clone(),
-                "role" => role,
-                "kind" => kind_label(&class.kind)
-            )
-            .increment(1);
+            self.query_metrics
+                .count(&route.keyspace, &route.shard, role, kind_label(&class.kind));
         }
         if statement && sc.error {
             // SHOW WARNINGS / SHOW ERRORS may follow to explain it.
@@ -488,6 +476,9 @@ impl Session {
                     .vars
                     .with([(Var::System("last_insert_id".into()), Some(id))]);
                 self.conn_carries_session_vars(addr);
+            }
+            if changes_definitions(class) {
+                self.shared.prepare_replies.invalidate();
             }
             if class.kind == Kind::Ddl && lex::drops_database(&work.frame().payload()[1..]) {
                 if let Some(conn) = self.pinned.find(addr) {
@@ -527,6 +518,12 @@ impl Session {
             self.note_write(addr, wrote).await;
         }
     }
+}
+
+/// Whether a statement may change tables' definitions, so that kept PREPARE replies (their
+/// column definitions) may be stale. Multi-statement text may hold DDL.
+pub(super) fn changes_definitions(class: &Class) -> bool {
+    class.kind == Kind::Ddl || (class.kind == Kind::Other && class.statements > 1)
 }
 
 /// The `kind` label of `shardgate_queries_total`.

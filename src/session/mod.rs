@@ -11,6 +11,7 @@ mod handshake;
 mod hold;
 mod keyspace;
 mod kill;
+mod prepare;
 mod registry;
 mod route;
 mod scatter;
@@ -111,6 +112,8 @@ pub struct Session {
     digests: crate::digests::Table,
     sample: Option<crate::digests::Sample>,
     sample_sql: Vec<u8>,
+    /// This session's Prometheus series, looked up once.
+    query_metrics: crate::query_metrics::QueryMetrics,
 }
 
 /// Serves one client from handshake to close.
@@ -151,6 +154,7 @@ pub async fn run(
         digests,
         sample: None,
         sample_sql: Vec::new(),
+        query_metrics: Default::default(),
         user: auth.user,
         caps: auth.caps,
         ext_caps: auth.ext_caps,
@@ -371,19 +375,7 @@ impl Session {
                 let db = String::from_utf8_lossy(&frame.payload()[1..]).into_owned();
                 self.change_db(db, &frame).await?;
             }
-            com::STMT_PREPARE => {
-                let Classified { class, hint, .. } = classify(&frame.payload()[1..]);
-                let Some((route, shards)) = self.prepare_route(&frame, class.uses_previous).await
-                else {
-                    return Ok(());
-                };
-                let id = self.stmts.next_id();
-                self.run_statement(&route, &class, hint, Work::Prepare(&frame, id))
-                    .await?;
-                if let Some(info) = self.stmts.get_mut(id) {
-                    info.shards = shards;
-                }
-            }
+            com::STMT_PREPARE => self.prepare(frame).await?,
             com::STMT_EXECUTE
             | com::STMT_SEND_LONG_DATA
             | com::STMT_CLOSE
@@ -890,7 +882,7 @@ impl Session {
         crate::digests::Digests::record(&self.digests, &s, elapsed, || {
             crate::planner::digest::normalized(sql)
         });
-        metrics::histogram!("shardgate_query_duration_seconds").record(elapsed.as_secs_f64());
+        self.query_metrics.duration(elapsed.as_secs_f64());
         let slow = self.shared.config.proxy.slow_query_ms;
         if slow > 0 && elapsed.as_millis() >= u128::from(slow) {
             let text: String = crate::planner::digest::normalized(sql)

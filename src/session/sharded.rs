@@ -170,7 +170,11 @@ impl Session {
                     self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
                     return Ok(());
                 }
-                return self.broadcast(&routes, &class, &frame).await;
+                let r = self.broadcast(&routes, &class, &frame).await;
+                if super::dispatch::changes_definitions(&class) {
+                    self.shared.prepare_replies.invalidate();
+                }
+                return r;
             }
             read @ (ShardPlan::Scatter(_) | ShardPlan::MergeSorted(_)) => {
                 let rewritten = match &read {

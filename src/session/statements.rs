@@ -29,6 +29,28 @@ pub struct StmtInfo {
     pub digest: u64,
 }
 
+impl StmtInfo {
+    pub fn new(
+        sql: Arc<[u8]>,
+        class: Arc<Class>,
+        hint: Option<Hint>,
+        route: Route,
+        params: u16,
+    ) -> Self {
+        StmtInfo {
+            sql,
+            class,
+            hint,
+            route,
+            types: None,
+            params,
+            shards: Default::default(),
+            cache_shape: None,
+            digest: 0,
+        }
+    }
+}
+
 /// Where a prepared statement's executes run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StmtShards {
