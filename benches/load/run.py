@@ -59,11 +59,13 @@ except ImportError:  # pragma: no cover - older Pythons fall back to a regex
 import pymysql
 
 REPO = Path(__file__).resolve().parents[2]
-TARGETS = ("direct", "haproxy", "shardgate", "shardgate-etcd")
+TARGETS = ("direct", "haproxy", "shardgate", "shardgate-etcd", "shardgate-ryw")
 DEFAULT_TARGETS = ("direct", "haproxy", "shardgate")
 # Targets that are a shardgate process of ours: `shardgate` keeps its topology in the state file,
-# `shardgate-etcd` in the sandbox etcd (`[topology] store = "etcd"`), over the same servers.
-PROXY_TARGETS = ("shardgate", "shardgate-etcd")
+# `shardgate-etcd` in the sandbox etcd (`[topology] store = "etcd"`), over the same servers;
+# `shardgate-ryw` is `shardgate` with `[routing] consistency = "read_your_writes"` whatever
+# --consistency says, so that the two consistencies are compared in the same rounds.
+PROXY_TARGETS = ("shardgate", "shardgate-etcd", "shardgate-ryw")
 # sysbench tests that write. Deadlocks and lock wait timeouts are normal for them: sysbench
 # restarts the transaction and counts an "ignored error" (reported as restarts, not a failure).
 WRITE_TESTS = {"oltp_read_write", "oltp_write_only", "oltp_insert", "oltp_delete",
@@ -168,8 +170,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "adds --opt=value to its runs, e.g. oltp_read_only+skip_trx (autocommit reads, which the "
                         "read/write split may send to replicas; in BEGIN..COMMIT they stay on the primary)")
     p.add_argument("--targets", type=csv_list, default=list(DEFAULT_TARGETS),
-                   help="subset of direct,haproxy,shardgate,shardgate-etcd (shardgate-etcd: a second proxy over the "
-                        "same sandbox with its topology in the sandbox etcd; shardgate keeps the state file)")
+                   help="subset of direct,haproxy,shardgate,shardgate-etcd,shardgate-ryw (shardgate-etcd: a second proxy "
+                        "over the same sandbox with its topology in the sandbox etcd; shardgate keeps the state file; "
+                        "shardgate-ryw: a second proxy with consistency read_your_writes)")
     p.add_argument("--idle-conns", type=int, help="idle client connections for the memory check, 0 skips it (default: 1000; --quick: 200)")
     p.add_argument("--replicas", type=int, default=0,
                    help="replicas of the sandbox primary (shardgate sandbox up --replicas N); 'direct' and 'haproxy' "
@@ -548,6 +551,17 @@ class Env:
             out[s["name"]] = int(rows[0][1]) if rows else None
         return out
 
+    def status_sums(self, names: tuple[str, ...]) -> dict[str, int | None]:
+        """Global status counters summed over every server (None when one could not be read)."""
+        out: dict[str, int | None] = {n: 0 for n in names}
+        for s in self.servers:
+            rows = dict(self.root_query(s, "SHOW GLOBAL STATUS WHERE Variable_name IN ("
+                                        + ", ".join(["%s"] * len(names)) + ")", names) or [])
+            for n in names:
+                v = rows.get(n)
+                out[n] = None if v is None or out[n] is None else out[n] + int(v)
+        return out
+
     def backend_conns(self) -> dict:
         """Connections of the application user on every server (the proxy's backend connections,
         plus any direct client of the same user: none while the idle check runs)."""
@@ -653,6 +667,8 @@ primary = "{host}:{port}"
             cfg = a.proxy_config.resolve()  # served as it is
             if not cfg.exists():
                 raise BenchError(f"no proxy config at {cfg}")
+        elif target == "shardgate-ryw":
+            cfg = self.bench_config(self.dir / "shardgate.toml", target)
         else:
             base = self.write_proxy_config() if a.external_primary else self.dir / "shardgate.toml"
             if not base.exists():
@@ -763,7 +779,8 @@ primary = "{host}:{port}"
         text = base_cfg.read_text()
         text = toml_set(text, "pool", "max_connections", str(a.pool_max))
         text = toml_set(text, "routing", "read_write_split", "true")
-        text = toml_set(text, "routing", "consistency", json.dumps(a.consistency))
+        consistency = "read_your_writes" if target == "shardgate-ryw" else a.consistency
+        text = toml_set(text, "routing", "consistency", json.dumps(consistency))
         # The sandbox lets root in from 127.0.0.1 without a password (its config says so already).
         text = toml_set(text, "monitor", "user", json.dumps(a.root_user), only_if_missing=True)
         text = toml_set(text, "monitor", "password", json.dumps(a.root_password), only_if_missing=True)
@@ -781,6 +798,10 @@ primary = "{host}:{port}"
             else:
                 text = toml_set(text, "proxy", "listen", json.dumps(f"127.0.0.1:{free_port()}"))
                 text = toml_set(text, "proxy", "admin_listen", json.dumps(f"127.0.0.1:{free_port()}"))
+        if target == "shardgate-ryw":
+            text = toml_set(text, "proxy", "listen", json.dumps(f"127.0.0.1:{free_port()}"))
+            text = toml_set(text, "proxy", "admin_listen", json.dumps(f"127.0.0.1:{free_port()}"))
+            text = toml_set(text, "ha", "state_file", json.dumps(str(self.dir / "bench-state-ryw.json")))
         out = self.dir / f"bench-{target}.toml"
         out.write_text(f"# {base_cfg.name} as rewritten by benches/load/run.py ([pool], [routing], [monitor]"
                        + (", [topology]" if self.with_etcd else "") + ")\n" + text)
@@ -788,7 +809,7 @@ primary = "{host}:{port}"
             doc = tomllib.loads(out.read_text())
             got = (doc.get("pool", {}).get("max_connections"), doc.get("routing", {}).get("read_write_split"),
                    doc.get("routing", {}).get("consistency"))
-            if got != (a.pool_max, True, a.consistency):
+            if got != (a.pool_max, True, consistency):
                 raise BenchError(f"rewriting {base_cfg} went wrong: pool/routing read back as {got}")
             mon = doc.get("monitor", {})
             replicas = [r for ks in doc.get("keyspace", {}).values() for sh in ks.get("shards", [])
@@ -798,7 +819,7 @@ primary = "{host}:{port}"
             if store != want:
                 raise BenchError(f"{out}: topology store {store!r}, wanted {want!r} for target {target}")
             log(f"bench config {out}: pool.max_connections={a.pool_max} routing.read_write_split=true "
-                f"routing.consistency={a.consistency} monitor.user={mon.get('user')!r} topology.store={store}; "
+                f"routing.consistency={consistency} monitor.user={mon.get('user')!r} topology.store={store}; "
                 f"replicas: {', '.join(map(str, replicas)) or 'none'}")
         return out
 
@@ -921,6 +942,9 @@ def parse_sysbench(out: str) -> dict:
     }
 
 
+SERVER_COUNTERS = ("Connections", "Com_stmt_prepare")
+
+
 def run_sysbench(env: Env, spec: TestSpec, target: str, threads: int, duration: int, record: bool) -> dict:
     """One sysbench run against one target, with CPU of the target's proxy and of the database
     servers, and every server's Com_select before and after (where the reads went)."""
@@ -936,6 +960,8 @@ def run_sysbench(env: Env, spec: TestSpec, target: str, threads: int, duration: 
     ppid = env.pid_of(target)
     cache0 = env.cache_stats(target) if target in PROXY_TARGETS else None
     sel0 = env.com_select() if record else {}
+    # What a run costs the servers in connections and prepares (the pool's churn).
+    st0 = env.status_sums(SERVER_COUNTERS)
     cpu0, db0 = proc_cpu_seconds(ppid), [proc_cpu_seconds(p) for p in env.db_pids()]
     t0 = time.monotonic()
     try:
@@ -945,6 +971,10 @@ def run_sysbench(env: Env, spec: TestSpec, target: str, threads: int, duration: 
     wall = time.monotonic() - t0
     cpu1, db1 = proc_cpu_seconds(ppid), [proc_cpu_seconds(p) for p in env.db_pids()]
     sel1 = env.com_select() if record else {}
+    st1 = env.status_sums(SERVER_COUNTERS)
+    # Connections the proxy holds right after the run: its pool keeps them for idle_timeout_ms,
+    # so this is how many the load needed.
+    pooled = env.backend_conns()["total"] if target in PROXY_TARGETS else None
     cache1 = env.cache_stats(target) if target in PROXY_TARGETS else None
     env.check_children()
     if res.returncode != 0:
@@ -964,6 +994,10 @@ def run_sysbench(env: Env, spec: TestSpec, target: str, threads: int, duration: 
     r["proxy_cpu_us_per_q"] = None if r["proxy_cpu_s"] is None else round(r["proxy_cpu_s"] * 1e6 / q, 2)
     db = [b - a for a, b in zip(db0, db1) if a is not None and b is not None]
     r["db_cpu_us_per_q"] = round(sum(db) * 1e6 / q, 2) if db and len(db) == len(db0) else None
+    for n in SERVER_COUNTERS:
+        a, b = st0.get(n), st1.get(n)
+        r[n.lower() + "_delta"] = None if a is None or b is None else b - a
+    r["backend_conns_after"] = pooled
     if sel0:
         r["com_select"] = {k: (sel1.get(k) - v if v is not None and sel1.get(k) is not None else None)
                            for k, v in sel0.items()}
@@ -1072,7 +1106,10 @@ def summarize(args, runs: list[dict]) -> list[dict]:
                            "proxy_cpu_us_per_q": m("proxy_cpu_us_per_q"), "db_cpu_us_per_q": m("db_cpu_us_per_q"),
                            "restarts_per_s": m("restarts_per_s"), "tps_runs": tps,
                            "cache_hit_ratio": m("cache_hit_ratio"), "cache_mib": m("cache_mib"),
-                           "proxy_rss_mib": m("proxy_rss_mib")}
+                           "proxy_rss_mib": m("proxy_rss_mib"),
+                           "connections_delta": m("connections_delta"),
+                           "com_stmt_prepare_delta": m("com_stmt_prepare_delta"),
+                           "backend_conns_after": m("backend_conns_after")}
                 # Where the SELECTs ran: Com_select deltas summed over the rounds, per server.
                 sel: dict[str, int] = {}
                 for r in rs:
@@ -1125,10 +1162,11 @@ def ratios(rows: list[dict]) -> list[dict]:
     return out
 
 
-def etcd_vs_file(rows: list[dict]) -> list[dict]:
-    """shardgate-etcd / shardgate per (test, threads): what keeping the topology in etcd costs."""
+def etcd_vs_file(rows: list[dict], other: str = "shardgate-etcd") -> list[dict]:
+    """`other` / shardgate per (test, threads): what keeping the topology in etcd costs (or,
+    for shardgate-ryw, what read_your_writes costs against the consistency of `shardgate`)."""
     out = []
-    for e in (r for r in rows if r["target"] == "shardgate-etcd"):
+    for e in (r for r in rows if r["target"] == other):
         f = next((r for r in rows if r["target"] == "shardgate" and r["test"] == e["test"]
                   and r["threads"] == e["threads"]), None)
         if not f or not f["tps"]:
@@ -1141,15 +1179,17 @@ def etcd_vs_file(rows: list[dict]) -> list[dict]:
     return out
 
 
-def print_etcd_vs_file(rows: list[dict]) -> None:
-    ev = etcd_vs_file(rows)
+def print_etcd_vs_file(rows: list[dict], other: str = "shardgate-etcd") -> None:
+    ev = etcd_vs_file(rows, other)
     if not ev:
         return
-    log("\nshardgate-etcd / shardgate (topology in etcd vs in the state file, same servers, same rounds; "
-        "a ratio within the spreads is noise):")
+    what = ("topology in etcd vs in the state file" if other == "shardgate-etcd"
+            else "consistency read_your_writes vs that of shardgate")
+    log(f"\n{other} / shardgate ({what}, same servers, same rounds; a ratio within the spreads is noise):")
     pct = lambda x: "-" if x is None else f"{x:.0f}%"  # noqa: E731
-    table = [["test", "thr", "file tps", "etcd tps", "tps ratio", "paired ratio", "spread file", "spread etcd",
-              "p95 ratio", "cpu us/q file", "cpu us/q etcd"]]
+    a, b = ("file", "etcd") if other == "shardgate-etcd" else ("shardgate", other)
+    table = [["test", "thr", f"{a} tps", f"{b} tps", "tps ratio", "paired ratio", f"spread {a}", f"spread {b}",
+              "p95 ratio", f"cpu us/q {a}", f"cpu us/q {b}"]]
     for r in ev:
         table.append([r["test"], str(r["threads"]), fmt(r["file_tps"], ".1f"), fmt(r["etcd_tps"], ".1f"),
                       fmt(r["tps_ratio"], ".3f"), fmt(r["paired_ratio"], ".3f"), pct(r["file_spread_pct"]),
@@ -1161,7 +1201,8 @@ def print_etcd_vs_file(rows: list[dict]) -> None:
 def print_table(args, rows: list[dict]) -> None:
     restarts = any(t.writes for t in args.tests)
     hdr = ["test", "thr", "target", "tps", "qps", "p95 ms", "spread", "vs direct", "vs haproxy",
-           f"bar>={args.bar_ratio:g}@{args.bar_threads}", "proxy cpu us/q", "db cpu us/q"] + (["restarts/s"] if restarts else [])
+           f"bar>={args.bar_ratio:g}@{args.bar_threads}", "proxy cpu us/q", "db cpu us/q",
+           "+conns", "+prepares", "pooled"] + (["restarts/s"] if restarts else [])
     table = [hdr]
     for r in rows:
         bar = "-"
@@ -1174,6 +1215,8 @@ def print_table(args, rows: list[dict]) -> None:
             fmt(r["p95_ms"]), fmt(r["spread_pct"], ".0f") + ("%" if r["spread_pct"] is not None else ""),
             fmt(r.get("ratio"), ".3f"), fmt(r.get("ratio_vs_haproxy"), ".3f"), bar,
             fmt(r["proxy_cpu_us_per_q"], ".1f"), fmt(r["db_cpu_us_per_q"], ".1f"),
+            fmt(r.get("connections_delta"), ".0f"), fmt(r.get("com_stmt_prepare_delta"), ".0f"),
+            fmt(r.get("backend_conns_after"), ".0f"),
         ] + ([fmt(r.get("restarts_per_s"), ".1f")] if restarts else []))
     print_grid(table, left={0, 2})
 
@@ -1356,7 +1399,9 @@ def main(argv: list[str] | None = None) -> int:
                         if tg == "shardgate" and len(env.servers) > 1 and r.get("com_select"):
                             extra += "  Com_select " + " ".join(f"{k}+{fmt(v, 'd')}" for k, v in r["com_select"].items())
                         log(f"  round {rnd + 1} {tg:14s} tps {r['tps']:10.1f}  qps {r['qps']:10.1f}  "
-                            f"p95 {r['p95_ms']:7.2f} ms  proxy cpu {fmt(r['proxy_cpu_us_per_q'], '.1f')} us/q{extra}")
+                            f"p95 {r['p95_ms']:7.2f} ms  proxy cpu {fmt(r['proxy_cpu_us_per_q'], '.1f')} us/q  "
+                            f"server +conns {fmt(r['connections_delta'], 'd')} +prepares {fmt(r['com_stmt_prepare_delta'], 'd')}"
+                            f" pooled {fmt(r['backend_conns_after'], 'd')}{extra}")
                 combo += 1
 
         rows = summarize(args, runs)
@@ -1366,6 +1411,7 @@ def main(argv: list[str] | None = None) -> int:
         print_table(args, rows)
         print_ratios(args, rows, ratios(rows))
         print_etcd_vs_file(rows)
+        print_etcd_vs_file(rows, "shardgate-ryw")
         print_read_spread(args, rows)
 
         if "shardgate" in args.targets and args.idle_conns > 0:
@@ -1397,6 +1443,7 @@ def main(argv: list[str] | None = None) -> int:
         print_table(args, rows)
         print_ratios(args, rows, ratios(rows))
         print_etcd_vs_file(rows)
+        print_etcd_vs_file(rows, "shardgate-ryw")
 
     bars = [r for r in rows if "meets_bar" in r]
     log("\nBars (reported, not asserted; this machine is shared and noisy):")
@@ -1431,7 +1478,8 @@ def main(argv: list[str] | None = None) -> int:
 
         doc = {"args": {k: plain(v) for k, v in vars(args).items()},
                "host": info, "servers": env.servers, "commands": env.commands, "runs": runs, "medians": rows,
-               "ratios": ratios(rows), "etcd_vs_file": etcd_vs_file(rows), "memory": memory,
+               "ratios": ratios(rows), "etcd_vs_file": etcd_vs_file(rows),
+               "ryw_vs_shardgate": etcd_vs_file(rows, "shardgate-ryw"), "memory": memory,
                "backend_conns": memory.get("backend_conns") if memory else None,
                "status": status, "failure": failure}
         args.json.write_text(json.dumps(doc, indent=2) + "\n")

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""Scatter point: a 3-shard `ORDER BY ... LIMIT 10` through shardgate versus the same query on
-one server holding all the rows, in the same run.
+"""Scatter point: an N-shard `ORDER BY ... LIMIT 10` through shardgate versus the same query on
+one server holding all the rows, in the same run, and the proxy's CPU per statement.
 
-    python3 benches/scatter/run.py [--rows 30000] [--seconds 10] [--threads 1,8]
+    python3 benches/scatter/run.py [--rows 30000] [--seconds 10] [--threads 1,8] [--shards 3]
+    python3 benches/scatter/run.py --shards 2,4,8 --threads 8    # how the cost grows with shards
 
-Starts a sandbox (3 shards, no replicas, `sbtest1` sharded on `id`), loads the rows through
+Per shard count, starts a sandbox (N shards, no replicas, `sbtest1` sharded on `id`), loads the rows through
 the proxy (split by row onto the shards) and directly into database `one` on shard s0's
 server, then runs the query in closed loops from N threads against each target, alternating,
 and prints queries per second, mean latency and the ratio. Needs PyMySQL and a release build
@@ -64,20 +65,19 @@ def loop(port: int, db: str, seconds: float, threads: int) -> tuple[float, float
     return total / elapsed, 1000 * sum(lat) / max(total, 1)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=30000)
-    ap.add_argument("--seconds", type=float, default=10)
-    ap.add_argument("--threads", default="1,8")
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--json")
-    a = ap.parse_args()
-    run(["cargo", "build", "--release", "--quiet"], cwd=REPO)
-    binary = str(REPO / "target" / "release" / "shardgate")
-    d = tempfile.mkdtemp(prefix="shardgate-scatter-")
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of `pid` in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def one_shard_count(binary: str, shards: int, a: argparse.Namespace) -> dict:
+    """A sandbox of `shards` shards: the query through the proxy against one server holding all
+    the rows, alternating, per thread count. Returns {threads: summary}."""
+    d = tempfile.mkdtemp(prefix=f"shardgate-scatter-{shards}-")
     proxy = None
     try:
-        run([binary, "sandbox", "up", "--dir", d, "--shards", "3", "--replicas", "0",
+        run([binary, "sandbox", "up", "--dir", d, "--shards", str(shards), "--replicas", "0",
              "--sharded-table", "sbtest1:id"])
         cluster = json.loads(Path(d, "cluster.json").read_text())
         s0 = next(s["port"] for s in cluster["servers"] if s["shard"] == "s0" and s["role"] == "primary")
@@ -97,7 +97,8 @@ def main() -> int:
         root = pymysql.connect(host="127.0.0.1", port=s0, user="root", password="")
         root.cursor().execute("CREATE DATABASE IF NOT EXISTS one")
         root.close()
-        targets = {"shardgate (3 shards)": (port, "app"), "one server": (s0, "one")}
+        sg_name = f"shardgate ({shards} shards)"
+        targets = {sg_name: (port, "app"), "one server": (s0, "one")}
         for port_, db in targets.values():
             c = pymysql.connect(host="127.0.0.1", port=port_, user="app", password="app", database=db, autocommit=True)
             cur = c.cursor()
@@ -114,27 +115,55 @@ def main() -> int:
             for r in range(a.rounds):
                 order = list(targets.items()) if r % 2 == 0 else list(reversed(targets.items()))
                 for name, (port_, db) in order:
+                    cpu0 = cpu_seconds(proxy.pid)
                     qps, ms = loop(port_, db, a.seconds, threads)
-                    results.setdefault((threads, name), []).append((qps, ms))
-                    print(f"threads {threads:2} round {r + 1} {name:22} {qps:9.1f} q/s  {ms:7.2f} ms", flush=True)
-        print("\nmedians (best of rounds when 2):")
+                    cpu = cpu_seconds(proxy.pid) - cpu0
+                    # The proxy idles while the one server runs: its CPU is the statement's only
+                    # through the proxy.
+                    us = cpu * 1e6 / (qps * a.seconds) if name == sg_name and qps else None
+                    results.setdefault((threads, name), []).append((qps, ms, us))
+                    extra = f"  proxy cpu {us:7.1f} us/statement" if us is not None else ""
+                    print(f"shards {shards} threads {threads:2} round {r + 1} {name:22} {qps:9.1f} q/s  "
+                          f"{ms:7.2f} ms{extra}", flush=True)
         summary = {}
         for threads in sorted({t for t, _ in results}):
-            sg = max(results[(threads, "shardgate (3 shards)")])
+            sg = max(results[(threads, sg_name)])
             one = max(results[(threads, "one server")])
-            ratio = sg[0] / one[0]
-            summary[threads] = {"shardgate_qps": sg[0], "one_server_qps": one[0], "ratio": ratio,
-                                "shardgate_ms": sg[1], "one_server_ms": one[1]}
-            print(f"  {threads:2} threads: shardgate {sg[0]:.1f} q/s ({sg[1]:.2f} ms), one server "
-                  f"{one[0]:.1f} q/s ({one[1]:.2f} ms): ratio {ratio:.3f}")
-        if a.json:
-            Path(a.json).write_text(json.dumps(summary, indent=2))
-        return 0
+            summary[threads] = {"shardgate_qps": sg[0], "one_server_qps": one[0], "ratio": sg[0] / one[0],
+                                "shardgate_ms": sg[1], "one_server_ms": one[1], "proxy_cpu_us": sg[2]}
+        return summary
     finally:
         if proxy:
             proxy.terminate()
             proxy.wait()
         subprocess.run([binary, "sandbox", "down", "--dir", d], capture_output=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=30000)
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--threads", default="1,8")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--shards", default="3", help="shard counts, each in a sandbox of its own: 2,4,8 shows "
+                                                  "how the proxy's cost grows with the shards a statement reads")
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    run(["cargo", "build", "--release", "--quiet"], cwd=REPO)
+    binary = str(REPO / "target" / "release" / "shardgate")
+    all_: dict = {}
+    for shards in [int(s) for s in a.shards.split(",")]:
+        all_[shards] = one_shard_count(binary, shards, a)
+    print("\nbest of rounds (ratio = shardgate / one server with all rows, same run):")
+    for shards, summary in all_.items():
+        for threads, x in summary.items():
+            cpu = "-" if x["proxy_cpu_us"] is None else f"{x['proxy_cpu_us']:.1f}"
+            print(f"  {shards} shards, {threads:2} threads: shardgate {x['shardgate_qps']:.1f} q/s "
+                  f"({x['shardgate_ms']:.2f} ms), one server {x['one_server_qps']:.1f} q/s "
+                  f"({x['one_server_ms']:.2f} ms): ratio {x['ratio']:.3f}; proxy cpu {cpu} us/statement")
+    if a.json:
+        Path(a.json).write_text(json.dumps(all_, indent=2))
+    return 0
 
 
 if __name__ == "__main__":

@@ -56,8 +56,10 @@ const IDLE_MAX_AGE: Duration = Duration::from_secs(300);
 /// How long a retired connection may take to be closed by its server before it is dropped.
 const RETIRE_WAIT: Duration = Duration::from_secs(1);
 
+/// Connections are boxed: one is moved between the idle lists, `Pooled` and the session's
+/// pinned set on every statement, and a pointer moves cheaper than the whole struct.
 struct Idle {
-    conn: BackendConn,
+    conn: Box<BackendConn>,
     permit: OwnedSemaphorePermit,
 }
 
@@ -76,7 +78,7 @@ pub struct ServerPool {
 
 /// A connection checked out of a pool; dropping it gives it back (or closes it).
 pub struct Pooled {
-    conn: Option<BackendConn>,
+    conn: Option<Box<BackendConn>>,
     permit: Option<OwnedSemaphorePermit>,
     pool: Arc<ServerPool>,
 }
@@ -164,7 +166,7 @@ impl ServerPool {
     /// path; one that fails either is closed.
     async fn clean_then_idle(
         self: Arc<Self>,
-        mut conn: BackendConn,
+        mut conn: Box<BackendConn>,
         permit: OwnedSemaphorePermit,
         clean: bool,
     ) {
@@ -180,12 +182,13 @@ impl ServerPool {
     /// connections are closed only once idle for `idle_timeout_ms`: under a load above
     /// `max_idle` every connection is in recent use and none is closed and reopened (with
     /// its prepared statements) between statements.
-    fn put_idle(&self, mut conn: BackendConn, permit: OwnedSemaphorePermit) {
-        conn.last_used = Instant::now();
+    fn put_idle(&self, mut conn: Box<BackendConn>, permit: OwnedSemaphorePermit) {
+        let now = Instant::now();
+        conn.last_used = now;
         let list = &self.idle[conn.worker.min(self.idle.len() - 1)];
         let mut idle = list.lock().unwrap_or_else(|e| e.into_inner());
         idle.push(Idle { conn, permit });
-        let surplus = self.shrink(&mut idle);
+        let surplus = self.shrink(&mut idle, now);
         drop(idle);
         self.returned.notify_waiters();
         surplus.into_iter().for_each(retire);
@@ -193,7 +196,7 @@ impl ServerPool {
 
     /// The connections of one worker's idle list above its share of `max_idle` that have been
     /// idle for `idle_timeout_ms`, taken out of the list (oldest first).
-    fn shrink(&self, idle: &mut Vec<Idle>) -> Vec<Idle> {
+    fn shrink(&self, idle: &mut Vec<Idle>, now: Instant) -> Vec<Idle> {
         let floor = self.settings.max_idle.div_ceil(self.idle.len());
         if idle.len() <= floor {
             return Vec::new();
@@ -209,7 +212,7 @@ impl ServerPool {
             else {
                 break;
             };
-            if at.elapsed() < timeout {
+            if now.saturating_duration_since(at) < timeout {
                 break;
             }
             out.push(idle.swap_remove(oldest));
@@ -227,12 +230,14 @@ impl ServerPool {
         let mut order = (0..self.idle.len()).map(|i| (own + i) % self.idle.len());
         order.find_map(|w| {
             let mut idle = self.idle[w].lock().unwrap_or_else(|e| e.into_inner());
-            let (keep, stale): (Vec<Idle>, Vec<Idle>) = std::mem::take(&mut *idle)
-                .into_iter()
-                .partition(|i| i.conn.last_used.elapsed() < IDLE_MAX_AGE);
-            *idle = keep;
-            stale.into_iter().for_each(retire);
-            self.shrink(&mut idle).into_iter().for_each(retire);
+            // One clock read and no allocation unless something is stale: this runs for every
+            // statement, over every idle connection of the list.
+            let now = Instant::now();
+            let stale = |i: &Idle| now.saturating_duration_since(i.conn.last_used) >= IDLE_MAX_AGE;
+            while let Some(at) = idle.iter().position(stale) {
+                retire(idle.swap_remove(at));
+            }
+            self.shrink(&mut idle, now).into_iter().for_each(retire);
             let fits = |i: &Idle| i.conn.key == key && i.conn.user == user;
             let same_db = |i: &Idle| fits(i) && i.conn.db.as_deref() == db;
             let sig_of = |i: &Idle| i.conn.vars.as_ref().map_or(0, |v| v.sig());
@@ -307,7 +312,7 @@ impl ServerPool {
         self.ext.fetch_and(conn.server_ext, Ordering::Relaxed);
         conn.worker = current_worker();
         Ok(Pooled {
-            conn: Some(conn),
+            conn: Some(Box::new(conn)),
             permit: Some(permit),
             pool: self.clone(),
         })
@@ -388,6 +393,9 @@ impl Pools {
 
     pub fn server(&self, addr: &str) -> Arc<ServerPool> {
         let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pool) = servers.get(addr) {
+            return pool.clone();
+        }
         servers
             .entry(addr.to_string())
             .or_insert_with(|| {

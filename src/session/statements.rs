@@ -5,6 +5,7 @@
 //! text, its class for routing, and the parameter types the client last bound.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -63,9 +64,31 @@ pub enum StmtShards {
     Multi,
 }
 
+/// The proxy's own statement ids are small and sequential: one multiplication spreads them
+/// over the whole hash (the map reads its top bits too), and an execute does not pay SipHash
+/// for each of its lookups.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        self.0 = u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 #[derive(Default)]
 pub struct Statements {
-    by_client_id: HashMap<u32, StmtInfo>,
+    by_client_id: HashMap<u32, StmtInfo, BuildHasherDefault<IdHasher>>,
     last_id: u32,
 }
 
