@@ -98,6 +98,12 @@ impl Session {
         if sc.error || sc.prepare_reply.is_empty() || sc.prepare_reply.len() > MAX_KEPT_REPLY {
             return;
         }
+        // PREPARE_OK's warning count (payload bytes 10-11): a later client could not read
+        // those warnings with SHOW WARNINGS, so such a reply goes to the server each time.
+        let warnings = sc.prepare_reply.get(14..16);
+        if warnings.is_none_or(|w| w != [0, 0]) {
+            return;
+        }
         let reply = Reply {
             packets: sc.prepare_reply.clone().into(),
             first_seq: sc.prepare_reply.get(3).copied().unwrap_or(1),
