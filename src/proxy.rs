@@ -42,6 +42,8 @@ pub struct Shared {
     pub digests: crate::digests::Digests,
     /// The result cache, when a rule in `[cache]` turns it on.
     pub cache: Option<Arc<crate::cache::ResultCache>>,
+    /// GTID positions replicas are known to have applied (read-your-writes).
+    pub applied: crate::backend::applied::Applied,
     /// Servers' PREPARE replies, given again to clients preparing the same text.
     pub prepare_replies: crate::cache::prepare_replies::PrepareReplies,
     /// Reshard workflows (`shardgate reshard ...`).
@@ -70,6 +72,7 @@ impl Shared {
             sequences: Default::default(),
             digests: Default::default(),
             prepare_replies: Default::default(),
+            applied: Default::default(),
             cache,
             clients: AtomicUsize::new(0),
             accepting: AtomicBool::new(false),

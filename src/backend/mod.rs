@@ -1,5 +1,6 @@
 //! Connections to MariaDB servers: opening them, pooling them, streaming their results.
 
+pub mod applied;
 pub mod balance;
 pub mod bulk;
 pub mod conn;

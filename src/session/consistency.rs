@@ -22,7 +22,7 @@ pub struct Ryw {
     /// when the transaction is over).
     pub dirty: Vec<Arc<str>>,
     /// Per primary, the GTID of the session's last write there.
-    pub gtids: Vec<(Arc<str>, String)>,
+    pub gtids: Vec<(Arc<str>, TrackedGtid)>,
     /// Replicas that have applied the last write of their shard.
     pub caught_up: Vec<Arc<str>>,
 }
@@ -40,7 +40,7 @@ impl Session {
         if let Some(g) = tracked {
             self.ryw.dirty.retain(|p| p != addr);
             if self.read_your_writes() {
-                self.remember_gtid(addr.clone(), g.to_string());
+                self.remember_gtid(addr.clone(), g);
             }
             return;
         }
@@ -64,7 +64,7 @@ impl Session {
                     if let Some(t) = TrackedGtid::parse(g.as_bytes()) {
                         Acked::global().note(&primary, t);
                         if self.read_your_writes() {
-                            self.remember_gtid(primary, t.to_string());
+                            self.remember_gtid(primary, t);
                         }
                     }
                 }
@@ -77,7 +77,7 @@ impl Session {
         }
     }
 
-    fn remember_gtid(&mut self, primary: Arc<str>, gtid: String) {
+    fn remember_gtid(&mut self, primary: Arc<str>, gtid: TrackedGtid) {
         self.ryw.gtids.retain(|(p, _)| *p != primary);
         self.ryw.gtids.push((primary, gtid));
         self.ryw.caught_up.clear();
@@ -100,11 +100,16 @@ impl Session {
             .gtids
             .iter()
             .find(|(p, _)| p == primary)
-            .map(|(_, g)| g.clone())
+            .map(|(_, g)| *g)
         else {
             return true;
         };
         if self.ryw.caught_up.iter().any(|a| a == addr) {
+            return true;
+        }
+        let version = self.shared.topology.version();
+        if self.shared.applied.covers(addr, gtid, version) {
+            self.ryw.caught_up.push(addr.clone());
             return true;
         }
         let ms = self.shared.config.routing.gtid_wait_timeout_ms;
@@ -118,6 +123,7 @@ impl Session {
         };
         match conn.query_value(&sql).await {
             Ok(Ok(Some(v))) if v == "0" => {
+                self.shared.applied.learn(addr, gtid, version);
                 self.ryw.caught_up.push(addr.clone());
                 true
             }
