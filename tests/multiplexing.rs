@@ -1204,3 +1204,49 @@ async fn ddl_through_the_proxy_renews_kept_prepare_replies() {
         let _ = c.disconnect().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_pool_hands_connections_over_without_reopening_them() {
+    let _only = COUNTING.write().await;
+    let sb = sandbox();
+    let t = common::unique("t_full");
+    table(
+        &t,
+        "(id INT AUTO_INCREMENT PRIMARY KEY, client INT NOT NULL)",
+    )
+    .await;
+    // Far more clients than connections: most statements wait for one given back.
+    let (_proxy, port) = sb.proxy(&config(4));
+    let before = primary_status("Connections").await;
+    let clients = 64u64;
+    let per_client = 50;
+    let mut set = JoinSet::new();
+    for k in 0..clients {
+        let (url, t) = (common::app_url(port, "app"), t.clone());
+        set.spawn(async move {
+            let mut c = common::connect(&url).await;
+            for _ in 0..per_client {
+                c.exec_drop(format!("INSERT INTO {t} (client) VALUES (?)"), (k,))
+                    .await
+                    .expect("insert");
+            }
+            let _ = c.disconnect().await;
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.expect("client");
+    }
+    // Our own two root connections count too.
+    let grew = primary_status("Connections").await - before;
+    println!("server connections opened with max_connections = 4: {grew}");
+    assert!(
+        grew <= 4 + 4,
+        "{grew} server connections opened by a pool of 4 for {clients} clients"
+    );
+    let mut root = root_primary().await;
+    let n: Option<u64> = root
+        .query_first(format!("SELECT COUNT(*) FROM app.{t}"))
+        .await
+        .expect("count");
+    assert_eq!(n, Some(clients * per_client));
+}

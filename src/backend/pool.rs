@@ -250,15 +250,25 @@ impl ServerPool {
         })
     }
 
-    /// Closes one idle connection of any kind, to make room under the limit.
-    fn evict_one(&self) -> bool {
+    /// Closes one idle connection that a request for `user`, `key` and `db` could not use
+    /// (another user, framing or charset; a database selected when the request has none), to
+    /// make room under the limit. One it could use is left: it
+    /// was given back after this request looked, and the request takes it on its next look.
+    /// (Evicting any connection made a full pool close and reopen connections all the time:
+    /// every waiter that lost the race for a returned connection closed the next one.)
+    fn evict_unfit(&self, user: &str, key: ConnKey, db: Option<&str>) -> bool {
         self.idle.iter().any(|list| {
             let mut idle = list.lock().unwrap_or_else(|e| e.into_inner());
-            if idle.is_empty() {
-                return false;
+            let unfit = idle.iter().position(|i| {
+                i.conn.key != key || i.conn.user != user || (db.is_none() && i.conn.db.is_some())
+            });
+            match unfit {
+                Some(at) => {
+                    retire(idle.remove(at));
+                    true
+                }
+                None => false,
             }
-            retire(idle.remove(0));
-            true
         })
     }
 
@@ -289,7 +299,7 @@ impl ServerPool {
             }
             // An idle connection of another user or charset makes room: its permit comes
             // back once the server has closed it, which the wait below sees.
-            self.evict_one();
+            self.evict_unfit(user, key, db);
             tokio::select! {
                 p = self.permits.clone().acquire_owned() => match p {
                     Ok(p) => break p,
