@@ -190,7 +190,10 @@ impl ServerPool {
         idle.push(Idle { conn, permit });
         let surplus = self.shrink(&mut idle, now);
         drop(idle);
-        self.returned.notify_waiters();
+        // One connection, one waiter: waking every waiter for each connection given back
+        // made a full pool poll all of them per statement. A woken waiter that cannot use
+        // it evicts it to open its own; one dropped before it looked passes the wakeup on.
+        self.returned.notify_one();
         surplus.into_iter().for_each(retire);
     }
 
