@@ -25,12 +25,12 @@
 //!   the account's, not the connection's (a pooled connection keeps the default role of its
 //!   login). `SET SESSION AUTHORIZATION` does not exist in 10.11.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::conn::{BackendConn, BackendError, ConnKey, ConnectParams};
 use crate::config::PoolSection;
@@ -63,6 +63,22 @@ struct Idle {
     permit: OwnedSemaphorePermit,
 }
 
+/// A statement waiting for a connection of a full pool.
+struct Waiter {
+    user: String,
+    key: ConnKey,
+    has_db: bool,
+    tx: oneshot::Sender<Idle>,
+}
+
+impl Waiter {
+    /// As `take_idle` matches: the same user and client framing, and no database selected
+    /// for a client that has none.
+    fn can_use(&self, conn: &BackendConn) -> bool {
+        conn.key == self.key && conn.user == self.user && (self.has_db || conn.db.is_none())
+    }
+}
+
 /// The pool of one server.
 pub struct ServerPool {
     addr: Arc<str>,
@@ -70,8 +86,9 @@ pub struct ServerPool {
     permits: Arc<Semaphore>,
     /// Idle connections per worker.
     idle: Vec<Mutex<Vec<Idle>>>,
-    /// Woken when a connection becomes idle: a client waiting on a full pool may take it.
-    returned: Notify,
+    /// Statements waiting on a full pool, oldest first: a connection given back goes to the
+    /// oldest that can use it, so new arrivals do not overtake them.
+    waiters: Mutex<VecDeque<Waiter>>,
     /// The extended capabilities every server seen so far offers (shared by all pools).
     ext: Arc<AtomicU32>,
 }
@@ -157,7 +174,7 @@ impl ServerPool {
             idle: (0..workers.max(1))
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
-            returned: Notify::new(),
+            waiters: Mutex::new(VecDeque::new()),
             ext,
         }
     }
@@ -185,16 +202,42 @@ impl ServerPool {
     fn put_idle(&self, mut conn: Box<BackendConn>, permit: OwnedSemaphorePermit) {
         let now = Instant::now();
         conn.last_used = now;
-        let list = &self.idle[conn.worker.min(self.idle.len() - 1)];
+        let Some(given) = self.hand_over(Idle { conn, permit }) else {
+            return;
+        };
+        let list = &self.idle[given.conn.worker.min(self.idle.len() - 1)];
         let mut idle = list.lock().unwrap_or_else(|e| e.into_inner());
-        idle.push(Idle { conn, permit });
+        idle.push(given);
         let surplus = self.shrink(&mut idle, now);
         drop(idle);
-        // One connection, one waiter: waking every waiter for each connection given back
-        // made a full pool poll all of them per statement. A woken waiter that cannot use
-        // it evicts it to open its own; one dropped before it looked passes the wakeup on.
-        self.returned.notify_one();
         surplus.into_iter().for_each(retire);
+    }
+
+    /// Gives a connection to the oldest waiting statement that can use it (waking one, where
+    /// waking all of them for each connection made a full pool poll every waiter per
+    /// statement). When statements wait but none can use it (another user or framing), it is
+    /// closed so that its permit lets one of them open its own. `Some`: nobody waits.
+    fn hand_over(&self, mut idle: Idle) -> Option<Idle> {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        waiters.retain(|w| !w.tx.is_closed());
+        if waiters.is_empty() {
+            return Some(idle);
+        }
+        while let Some(at) = waiters.iter().position(|w| w.can_use(&idle.conn)) {
+            let Some(w) = waiters.remove(at) else { break };
+            match w.tx.send(idle) {
+                Ok(()) => return None,
+                // It stopped waiting meanwhile.
+                Err(back) => idle = back,
+            }
+        }
+        let anyone = !waiters.is_empty();
+        drop(waiters);
+        if anyone {
+            retire(idle);
+            return None;
+        }
+        Some(idle)
     }
 
     /// The connections of one worker's idle list above its share of `max_idle` that have been
@@ -285,31 +328,63 @@ impl ServerPool {
     ) -> Result<Pooled, BackendError> {
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(self.settings.wait_timeout_ms);
-        let permit = loop {
-            // Listen before looking, so a connection given back meanwhile is not missed.
-            let returned = self.returned.notified();
-            tokio::pin!(returned);
-            returned.as_mut().enable();
-            if let Some(Idle { conn, permit }) = self.take_idle(user, key, db, sig) {
-                return Ok(Pooled {
-                    conn: Some(conn),
-                    permit: Some(permit),
-                    pool: self.clone(),
-                });
-            }
-            if let Ok(p) = self.permits.clone().try_acquire_owned() {
-                break p;
-            }
-            // An idle connection of another user or charset makes room: its permit comes
-            // back once the server has closed it, which the wait below sees.
-            self.evict_unfit(user, key, db);
-            tokio::select! {
-                p = self.permits.clone().acquire_owned() => match p {
-                    Ok(p) => break p,
-                    Err(_) => return Err(self.timeout()),
-                },
-                _ = &mut returned => continue,
-                _ = tokio::time::sleep_until(deadline) => return Err(self.timeout()),
+        let pooled = |idle: Idle| Pooled {
+            conn: Some(idle.conn),
+            permit: Some(idle.permit),
+            pool: self.clone(),
+        };
+        if let Some(idle) = self.take_idle(user, key, db, sig) {
+            return Ok(pooled(idle));
+        }
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                // Queued first, then one more look: a connection given back between the first
+                // look and the queueing is then either in the idle list or handed over.
+                let (tx, mut rx) = oneshot::channel();
+                self.waiters
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_back(Waiter {
+                        user: user.to_string(),
+                        key,
+                        has_db: db.is_some(),
+                        tx,
+                    });
+                // Leaving the queue: a connection handed over meanwhile is given back.
+                let leave = |rx: &mut oneshot::Receiver<Idle>| {
+                    rx.close();
+                    if let Ok(idle) = rx.try_recv() {
+                        self.put_idle(idle.conn, idle.permit);
+                    }
+                };
+                if let Some(idle) = self.take_idle(user, key, db, sig) {
+                    leave(&mut rx);
+                    return Ok(pooled(idle));
+                }
+                // An idle connection of another user or charset makes room: its permit comes
+                // back once the server has closed it, which the wait below sees.
+                self.evict_unfit(user, key, db);
+                tokio::select! {
+                    given = &mut rx => match given {
+                        Ok(idle) => return Ok(pooled(idle)),
+                        Err(_) => return Err(self.timeout()),
+                    },
+                    p = self.permits.clone().acquire_owned() => match p {
+                        Ok(p) => {
+                            leave(&mut rx);
+                            p
+                        }
+                        Err(_) => return Err(self.timeout()),
+                    },
+                    _ = tokio::time::sleep_until(deadline) => {
+                        rx.close();
+                        return match rx.try_recv() {
+                            Ok(idle) => Ok(pooled(idle)),
+                            Err(_) => Err(self.timeout()),
+                        };
+                    }
+                }
             }
         };
         let mut conn = BackendConn::connect(ConnectParams {
