@@ -310,8 +310,7 @@ impl ServerPool {
 
     /// Closes one idle connection that a request for `user`, `key` and `db` could not use
     /// (another user, framing or charset; a database selected when the request has none), to
-    /// make room under the limit. One it could use is left: it
-    /// was given back after this request looked, and the request takes it on its next look.
+    /// make room under the limit. One it could use is left for it or another waiter.
     /// (Evicting any connection made a full pool close and reopen connections all the time:
     /// every waiter that lost the race for a returned connection closed the next one.)
     fn evict_unfit(&self, user: &str, key: ConnKey, db: Option<&str>) -> bool {
