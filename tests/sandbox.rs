@@ -576,3 +576,38 @@ async fn add_shard_starts_a_replicated_shard_and_down_stops_it() {
         "mariadbd left running: {left:?} (of {pids:?})"
     );
 }
+
+/// A server started on a port another sandbox's server holds must not pass for started: that
+/// other server answered `SELECT 1` during this one's InnoDB start-up, and a proxy then wrote
+/// into the other sandbox (seen twice as a failure of `reshard_faults`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_port_another_sandbox_holds_is_not_taken_for_started() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
+    let _a = DownOnDrop(a_dir.clone());
+    let _b = DownOnDrop(b_dir.clone());
+    let opts = |dir: &PathBuf| SandboxOptions {
+        dir: dir.clone(),
+        shards: 1,
+        replicas: 0,
+        ..Default::default()
+    };
+    let a = sandbox::up(&opts(&a_dir)).await.expect("sandbox a up");
+    let mut b = sandbox::up(&opts(&b_dir)).await.expect("sandbox b up");
+    assert!(b.stop_server(0).expect("stop b's server"), "b's server ran");
+    b.servers[0].port = a.servers[0].port;
+    let r = b.start_server(0).await;
+    assert!(
+        r.is_err(),
+        "b's server was taken for started on a's port ({})",
+        a.servers[0].port
+    );
+    // a's server is untouched, and no process of b's is left behind.
+    let mut c = connect(&a, 0).await;
+    let dir: Option<String> = c.query_first("SELECT @@datadir").await.expect("datadir");
+    let want = std::fs::canonicalize(&a.servers[0].datadir).expect("a's datadir");
+    let got = std::fs::canonicalize(dir.expect("a datadir").trim_end_matches('/')).expect("path");
+    assert_eq!(got, want);
+    let _ = c.disconnect().await;
+    assert!(mariadbd_under(&b_dir).is_empty(), "b's server still runs");
+}

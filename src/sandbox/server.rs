@@ -130,12 +130,21 @@ pub(crate) fn spawn_without_env(
 
 /// Where to knock to see whether a server is up.
 pub(crate) enum Target<'a> {
-    Tcp(u16),
+    /// A port, and the datadir of the server that must be the one answering there.
+    Tcp(u16, &'a Path),
     Socket(&'a Path),
 }
 
-/// Polls until the server answers `SELECT 1` as root, it dies, or `limit` passes; errors carry
-/// the tail of `log`.
+/// Whether `answered` (a server's `@@datadir`) is `datadir`.
+fn same_datadir(answered: &str, datadir: &Path) -> bool {
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    canon(Path::new(answered.trim_end_matches('/'))) == canon(datadir)
+}
+
+/// Polls until the server answers as root, it dies, or `limit` passes; errors carry the tail of
+/// `log`. Over TCP the answer must come from the server of the expected datadir: another
+/// sandbox's server on the same port (taken between `free_port` and this server's bind, which
+/// then fails) once passed for this one, and a proxy then wrote into the other sandbox.
 pub(crate) async fn wait_ready(
     pid: u32,
     target: Target<'_>,
@@ -152,16 +161,22 @@ pub(crate) async fn wait_ready(
             });
         }
         let conn = match target {
-            Target::Tcp(port) => Sql::tcp(port, "root", "", label).await,
+            Target::Tcp(port, _) => Sql::tcp(port, "root", "", label).await,
             Target::Socket(path) => Sql::socket(path, label).await,
         };
         let last = match conn {
             Ok(mut c) => {
-                let r = c.value("SELECT 1").await;
+                let r = c.value("SELECT @@datadir").await;
                 c.close().await;
-                match r {
-                    Ok(_) => return Ok(()),
-                    Err(e) => e,
+                match (r, &target) {
+                    (Ok(dir), Target::Tcp(_, want)) if !same_datadir(&dir, want) => {
+                        SandboxError::Start {
+                            server: label.to_string(),
+                            detail: format!("another server ({dir}) answers on its port"),
+                        }
+                    }
+                    (Ok(_), _) => return Ok(()),
+                    (Err(e), _) => e,
                 }
             }
             Err(e) => e,
@@ -198,7 +213,7 @@ pub(crate) async fn start(
         let log = error_log(info);
         match wait_ready(
             info.pid,
-            Target::Tcp(info.port),
+            Target::Tcp(info.port, &info.datadir),
             &label,
             &log,
             READY_TIMEOUT,
