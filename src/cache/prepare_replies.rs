@@ -70,16 +70,7 @@ impl Reply {
         }
         out[5..9].copy_from_slice(&client_id.to_le_bytes());
         if reply_seq != self.first_seq {
-            let mut at = 0;
-            let mut seq = reply_seq;
-            while at + 4 <= out.len() {
-                let len = usize::from(out[at])
-                    | usize::from(out[at + 1]) << 8
-                    | usize::from(out[at + 2]) << 16;
-                out[at + 3] = seq;
-                seq = seq.wrapping_add(1);
-                at += 4 + len;
-            }
+            crate::protocol::packet::renumber(&mut out, reply_seq);
         }
         Some(out)
     }

@@ -107,6 +107,20 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     }
 }
 
+/// Numbers the whole packets in `packets` from `seq` on (a kept answer given to a command whose
+/// sequence differs from the one it was kept for).
+pub fn renumber(packets: &mut [u8], mut seq: u8) {
+    let mut at = 0;
+    while at + 4 <= packets.len() {
+        let len = usize::from(packets[at])
+            | usize::from(packets[at + 1]) << 8
+            | usize::from(packets[at + 2]) << 16;
+        packets[at + 3] = seq;
+        seq = seq.wrapping_add(1);
+        at += 4 + len;
+    }
+}
+
 /// Appends `payload` as packets starting at `seq`; returns the next sequence id.
 pub fn put_packet(out: &mut BytesMut, mut seq: u8, payload: &[u8]) -> u8 {
     let mut chunks = payload.chunks(MAX_PAYLOAD).peekable();

@@ -266,15 +266,7 @@ async fn send_entry(io: &mut PacketStream, e: &Entry, reply_seq: u8) {
         return;
     }
     let mut out = e.packets.to_vec();
-    let mut at = 0;
-    let mut seq = reply_seq;
-    while at + 4 <= out.len() {
-        let len =
-            usize::from(out[at]) | usize::from(out[at + 1]) << 8 | usize::from(out[at + 2]) << 16;
-        out[at + 3] = seq;
-        seq = seq.wrapping_add(1);
-        at += 4 + len;
-    }
+    crate::protocol::packet::renumber(&mut out, reply_seq);
     let _ = io.write_all(&out).await;
 }
 
