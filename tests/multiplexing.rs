@@ -1073,30 +1073,33 @@ async fn a_load_above_max_idle_does_not_churn_connections() {
     );
     assert!(extra.contains("max_idle = 2"), "{extra}");
     let (_proxy, port) = sb.proxy(&extra);
-    let opened = || async {
-        let mut root = root_primary().await;
-        let row: Option<(String, u64)> = root
-            .query_first("SHOW GLOBAL STATUS LIKE 'Connections'")
-            .await
-            .expect("status");
-        let _ = root.disconnect().await;
-        row.expect("Connections").1
-    };
-    let before = opened().await;
+    let before = primary_status("Connections").await;
     let clients = 32u64;
+    // A few ms each, so that the 32 clients' statements overlap.
+    let insert = format!("INSERT INTO {t} (client) VALUES (? + SLEEP(0.005))");
+    run_clients(port, &insert, clients, 40).await;
+    // Our own two root connections count too.
+    let grew = primary_status("Connections").await - before;
+    println!("server connections opened: {grew}");
+    assert!(
+        grew <= clients + 8,
+        "{grew} server connections opened for {clients} clients ({} statements)",
+        clients * 40
+    );
+}
+
+/// `clients` concurrent clients, each executing the prepared `sql` `per_client` times with its
+/// own number as the parameter.
+async fn run_clients(port: u16, sql: &str, clients: u64, per_client: u64) {
     let mut set = JoinSet::new();
     for k in 0..clients {
-        let (url, t) = (common::app_url(port, "app"), t.clone());
+        let (url, sql) = (common::app_url(port, "app"), sql.to_string());
         set.spawn(async move {
             let mut c = common::connect(&url).await;
-            for _ in 0..40 {
-                // A few ms each, so that the 32 clients' statements overlap.
-                c.exec_drop(
-                    format!("INSERT INTO {t} (client) VALUES (? + SLEEP(0.005))"),
-                    (k,),
-                )
-                .await
-                .expect("insert");
+            for _ in 0..per_client {
+                c.exec_drop(&sql, (k,))
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
             }
             let _ = c.disconnect().await;
         });
@@ -1104,14 +1107,6 @@ async fn a_load_above_max_idle_does_not_churn_connections() {
     while let Some(r) = set.join_next().await {
         r.expect("client");
     }
-    // Our own two root connections count too.
-    let grew = opened().await - before;
-    println!("server connections opened: {grew}");
-    assert!(
-        grew <= clients + 8,
-        "{grew} server connections opened for {clients} clients ({} statements)",
-        clients * 40
-    );
 }
 
 /// The primary's value of a global status counter.
@@ -1220,22 +1215,8 @@ async fn a_full_pool_hands_connections_over_without_reopening_them() {
     let before = primary_status("Connections").await;
     let clients = 64u64;
     let per_client = 50;
-    let mut set = JoinSet::new();
-    for k in 0..clients {
-        let (url, t) = (common::app_url(port, "app"), t.clone());
-        set.spawn(async move {
-            let mut c = common::connect(&url).await;
-            for _ in 0..per_client {
-                c.exec_drop(format!("INSERT INTO {t} (client) VALUES (?)"), (k,))
-                    .await
-                    .expect("insert");
-            }
-            let _ = c.disconnect().await;
-        });
-    }
-    while let Some(r) = set.join_next().await {
-        r.expect("client");
-    }
+    let insert = format!("INSERT INTO {t} (client) VALUES (?)");
+    run_clients(port, &insert, clients, per_client).await;
     // Our own two root connections count too.
     let grew = primary_status("Connections").await - before;
     println!("server connections opened with max_connections = 4: {grew}");
