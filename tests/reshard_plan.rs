@@ -189,3 +189,60 @@ async fn plan_estimates_the_rows_that_move_and_names_what_start_would_refuse() {
         assert!(err.contains(why) && err.contains("400"), "{all:?}: {err}");
     }
 }
+
+/// `reshard start` and `plan` read each source primary's tables through information_schema.
+/// They used a LEFT JOIN of TABLES and TABLE_CONSTRAINTS, for which MariaDB opens every
+/// schema's tables and builds an on-disk Aria temporary table per information_schema table
+/// (13 per read): the path where MariaDB 10.11.19 crashes (signal 11 in
+/// create_tmp_table_for_schema, seen in CI under load: a source primary went down at `reshard
+/// start`). Read 20 times, each on a new connection as `start` does: the answers are right,
+/// no on-disk temporary table is made, and the server stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_a_sources_tables_makes_no_temporary_tables_on_the_server() {
+    use shardgate::ha::server::{Creds, Server};
+    let sb = common::start_cluster_with(&["--shards", "1", "--replicas", "0"]);
+    let port = sb.cluster.primary("s0").expect("s0").port;
+    let mut root = common::connect(&common::root_url(port)).await;
+    for ddl in [
+        "CREATE TABLE app.keyed (id INT PRIMARY KEY, v INT)",
+        "CREATE TABLE app.unkeyed (a INT)",
+        "CREATE TABLE app.unique_only (a INT NOT NULL UNIQUE)",
+    ] {
+        root.query_drop(ddl).await.expect("ddl");
+    }
+    async fn disk_tmp_tables(c: &mut mysql_async::Conn) -> u64 {
+        let row: Option<(String, u64)> = c
+            .query_first("SHOW GLOBAL STATUS LIKE 'Created_tmp_disk_tables'")
+            .await
+            .expect("status");
+        row.expect("Created_tmp_disk_tables").1
+    }
+    let before = disk_tmp_tables(&mut root).await;
+    let creds = Creds {
+        user: "root".into(),
+        password: String::new(),
+        connect_timeout: std::time::Duration::from_secs(5),
+        query_timeout: std::time::Duration::from_secs(10),
+    };
+    let addr = format!("127.0.0.1:{port}");
+    for round in 0..20 {
+        let mut s = Server::connect(&addr, &creds)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: connect: {e}"));
+        let f = shardgate::reshard::facts::read(&mut s, "app")
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        s.close().await;
+        assert_eq!(
+            f.no_primary_key,
+            ["unique_only", "unkeyed"],
+            "round {round}"
+        );
+        assert_eq!(
+            f.rows.keys().collect::<Vec<_>>(),
+            ["keyed", "unique_only", "unkeyed"]
+        );
+    }
+    let made = disk_tmp_tables(&mut root).await - before;
+    assert_eq!(made, 0, "on-disk temporary tables made by 20 reads");
+}

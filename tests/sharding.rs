@@ -27,6 +27,8 @@ fn sandbox() -> &'static Sandbox {
             "orders:user_id",
             "--sharded-table",
             "typed:id",
+            "--sharded-table",
+            "halves:id",
             "--reference-table",
             "countries",
         ])
@@ -586,6 +588,61 @@ async fn order_by_and_limit_merge_the_shards_rows() {
     assert!(msg.contains("must name a selected column"), "{msg}");
     let one: Option<i64> = c.query_first("SELECT 1").await.expect("usable after");
     assert_eq!(one, Some(1));
+}
+
+/// A shard answering a merged read with an error while another has sent its header: the
+/// client gets that error alone, framed as the reply's first packet, and the connection stays
+/// in step (bug: the merge wrote the first shard's buffered header, then the ERR with the
+/// header's sequence id, which clients refuse as packets out of order). `halves` is only this
+/// test's: it is dropped on one shard at a time, so whichever shard is read second fails.
+#[tokio::test]
+async fn an_error_from_one_shard_of_a_merged_read_reaches_the_client_framed() {
+    let mut c = proxy().await;
+    for (gone, kept) in [("s1", "s0"), ("s0", "s1")] {
+        c.query_drop("DROP TABLE IF EXISTS halves")
+            .await
+            .expect("drop");
+        c.query_drop("CREATE TABLE halves (id INT PRIMARY KEY, v INT)")
+            .await
+            .expect("create");
+        c.query_drop("INSERT INTO halves (id, v) VALUES (1, 1), (2, 2), (3, 3), (4, 4)")
+            .await
+            .expect("fill");
+        let mut p = primary_of(gone).await;
+        p.query_drop("DROP TABLE app.halves")
+            .await
+            .expect("drop on one");
+        let mut k = primary_of(kept).await;
+        let left: Vec<i64> = k
+            .query("SELECT id FROM app.halves")
+            .await
+            .expect("kept shard");
+        assert!(!left.is_empty(), "rows stay on {kept}");
+        for sql in [
+            "/* shardgate:primary */ SELECT id, v FROM halves ORDER BY id LIMIT 3",
+            "/* shardgate:primary */ SELECT v, COUNT(*) FROM halves GROUP BY v ORDER BY v",
+        ] {
+            let (code, state, msg) = server_error(c.query_drop(sql).await);
+            assert_eq!(
+                (code, state.as_str()),
+                (1146, "42S02"),
+                "{gone}: {sql}: {msg}"
+            );
+            let r: Result<Vec<(i64, i64)>, _> = c
+                .exec(
+                    "/* shardgate:primary */ SELECT id, v FROM halves ORDER BY id DESC",
+                    (),
+                )
+                .await;
+            let (code, _, msg) = server_error(r.map(|_| ()));
+            assert_eq!(code, 1146, "{gone}, prepared: {msg}");
+            let one: Option<i64> = c.query_first("SELECT 1").await.expect("in step after");
+            assert_eq!(one, Some(1), "{gone}: {sql}");
+        }
+    }
+    c.query_drop("DROP TABLE IF EXISTS halves")
+        .await
+        .expect("drop");
 }
 
 fn fold_case(mut rows: Vec<Vec<Option<String>>>) -> Vec<Vec<Option<String>>> {

@@ -458,6 +458,9 @@ impl Session {
                 }
                 Ok(Header::NoRows) => open[k] = false,
                 Ok(Header::Error(err)) => {
+                    // The reply is this ERR alone: an earlier shard's header, still buffered,
+                    // never reaches the client.
+                    out.clear();
                     put_packet(&mut out, reply_seq, &err);
                     self.discard_all(&addrs);
                     let _ = self.io.write_all(&out).await;

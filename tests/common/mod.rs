@@ -281,8 +281,9 @@ extern "C" fn cleanup_extra() {
     }
 }
 
-/// With `SHARDGATE_TEST_LOGS=DIR` set, copies the proxies' logs of sandbox `d` (`*.log`) and
-/// their configs to `DIR/<sandbox name>/` before the sandbox is removed.
+/// With `SHARDGATE_TEST_LOGS=DIR` set, copies the proxies' logs of sandbox `d` (`*.log`), their
+/// configs and each server's error log (as `<server dir>.error.log`) to `DIR/<sandbox name>/`
+/// before the sandbox is removed.
 fn keep_logs(d: &Path) {
     let Some(to) = std::env::var_os("SHARDGATE_TEST_LOGS") else {
         return;
@@ -291,6 +292,11 @@ fn keep_logs(d: &Path) {
     let _ = std::fs::create_dir_all(&to);
     for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
         let p = e.path();
+        let server_log = p.join("error.log");
+        if server_log.is_file() {
+            let name = format!("{}.error.log", e.file_name().to_string_lossy());
+            let _ = std::fs::copy(&server_log, to.join(name));
+        }
         if matches!(
             p.extension().and_then(|x| x.to_str()),
             Some("log") | Some("toml")
