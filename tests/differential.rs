@@ -60,13 +60,31 @@ fn generate(g: &mut Gen) -> Case {
     let key = |g: &mut Gen| 1 + g.below(USERS as u64 + 10) as i64; // some keys miss
     let score = |g: &mut Gen| g.below(12) as i64;
     let case = |sql: String, ordered: bool| Case { sql, ordered };
+    const PLAIN: u64 = 16;
     let shapes = if MERGE_AVG_HAVING {
-        14 + AVG_HAVING_SHAPES
+        PLAIN + AVG_HAVING_SHAPES
     } else {
-        14
+        PLAIN
     };
     match g.below(shapes) {
-        n @ 14.. => avg_having(g, n - 14),
+        n @ PLAIN.. => avg_having(g, n - PLAIN),
+        14 => case(
+            format!(
+                "SELECT id, score FROM users WHERE score < {} UNION ALL SELECT user_id, n FROM orders WHERE total > {}",
+                score(g),
+                g.below(90)
+            ),
+            false,
+        ),
+        15 => case(
+            format!(
+                "SELECT id, name FROM users WHERE id = {} UNION ALL SELECT id, name FROM users WHERE score = {} ORDER BY id DESC LIMIT {}",
+                key(g),
+                score(g),
+                1 + g.below(8)
+            ),
+            true,
+        ),
         0 => case(
             format!("SELECT id, name, score, amount FROM users WHERE id = {}", key(g)),
             false,

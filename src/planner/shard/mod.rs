@@ -21,6 +21,7 @@ mod merge;
 mod scope;
 pub mod shape;
 mod tokens;
+mod union;
 
 use crate::shardmap::TableRule;
 use insert::plan_insert;
@@ -101,10 +102,15 @@ pub fn plan(sql: &str, cx: &ShardContext<'_>) -> ShardPlan {
             "shardgate: cannot route this statement on a sharded keyspace (not understood)".into(),
         );
     };
+    PLACEHOLDERS.with(|p| *p.borrow_mut() = tokens.placeholders);
+    if let Statement::Query(q) = statement {
+        if matches!(q.body.as_ref(), SetExpr::SetOperation { .. }) {
+            return union::plan_union(q, sql, cx, tokens.selects, tokens.aggregates);
+        }
+    }
     if tokens.selects > own_select {
         return reject("subqueries, UNION and WITH are not supported on a sharded keyspace yet");
     }
-    PLACEHOLDERS.with(|p| *p.borrow_mut() = tokens.placeholders);
     match statement {
         Statement::Query(q) => match q.body.as_ref() {
             SetExpr::Select(s) => {
@@ -139,9 +145,7 @@ pub fn plan(sql: &str, cx: &ShardContext<'_>) -> ShardPlan {
                     Err(e) => reject(e),
                 }
             }
-            _ => reject(
-                "UNION and other compound queries are not supported on a sharded keyspace yet",
-            ),
+            _ => reject("this compound query is not supported on a sharded keyspace yet"),
         },
         Statement::Insert(ins) => plan_insert(ins, sql, cx),
         Statement::Update(u) => {
@@ -796,6 +800,78 @@ mod tests {
                 CompareOp::Gt,
                 Operand::Text("b".into())
             )))
+        );
+    }
+
+    #[test]
+    fn union_all_runs_on_the_shards_its_branches_need() {
+        let refused = |sql: &str, needle: &str| match run(sql) {
+            ShardPlan::Reject(m) => assert!(m.contains(needle), "{sql}: {m}"),
+            other => panic!("{sql}: {other:?}"),
+        };
+        // Both branches on one shard: the whole statement runs there, reference tables too.
+        let (a, b) = (shard("42"), 1 - shard("42"));
+        let other = (1..100)
+            .map(|k| k.to_string())
+            .find(|k| shard(k) == b)
+            .expect("a key on the other shard");
+        assert_eq!(
+            run("SELECT id FROM users WHERE id = 42 UNION SELECT user_id FROM orders WHERE user_id = 42"),
+            ShardPlan::One(a)
+        );
+        assert_eq!(
+            run("SELECT id FROM users WHERE id = 42 UNION ALL SELECT 1 FROM countries"),
+            ShardPlan::One(a)
+        );
+        assert_eq!(
+            run("SELECT code FROM countries UNION SELECT 'x'"),
+            ShardPlan::Any
+        );
+        // Two shards: concatenated, or merged in the union's order.
+        assert_eq!(
+            run(&format!(
+                "SELECT id FROM users WHERE id = 42 UNION ALL SELECT id FROM users WHERE id = {other}"
+            )),
+            ShardPlan::Scatter(vec![0, 1])
+        );
+        assert_eq!(
+            run("SELECT id, name FROM users UNION ALL (SELECT user_id, note FROM orders)"),
+            ShardPlan::Scatter(vec![0, 1])
+        );
+        match run("SELECT id FROM users WHERE id < 5 UNION ALL SELECT user_id FROM orders ORDER BY id DESC LIMIT 2, 3") {
+            ShardPlan::MergeSorted(spec) => {
+                assert_eq!(
+                    spec.sql,
+                    "SELECT id FROM users WHERE id < 5 UNION ALL SELECT user_id FROM orders ORDER BY id DESC LIMIT 5"
+                );
+                assert_eq!((spec.offset, spec.limit), (2, Some(3)));
+                assert_eq!(spec.order.len(), 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        refused(
+            "SELECT id FROM users UNION SELECT user_id FROM orders",
+            "only UNION ALL",
+        );
+        refused(
+            "SELECT id FROM users UNION ALL SELECT 1 FROM countries",
+            "reference tables",
+        );
+        refused(
+            "SELECT COUNT(*) FROM users UNION ALL SELECT user_id FROM orders",
+            "aggregates",
+        );
+        refused(
+            "SELECT DISTINCT name FROM users UNION ALL SELECT note FROM orders",
+            "DISTINCT",
+        );
+        refused(
+            "(SELECT id FROM users ORDER BY id LIMIT 2) UNION ALL SELECT user_id FROM orders",
+            "its own ORDER BY",
+        );
+        refused(
+            "SELECT id FROM users UNION ALL SELECT user_id FROM orders WHERE user_id IN (SELECT id FROM users)",
+            "subqueries",
         );
     }
 }
