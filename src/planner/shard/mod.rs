@@ -114,15 +114,10 @@ pub fn plan(sql: &str, cx: &ShardContext<'_>) -> ShardPlan {
     match statement {
         Statement::Query(q) => match q.body.as_ref() {
             SetExpr::Select(s) => {
-                let mut scope = Scope::default();
-                for twj in &s.from {
-                    if let Err(e) = scope.add_from(twj, cx) {
-                        return reject(e);
-                    }
-                }
-                if let Some(w) = &s.selection {
-                    scope.add_condition(w);
-                }
+                let scope = match Scope::of_select(s, cx) {
+                    Ok(scope) => scope,
+                    Err(e) => return reject(e),
+                };
                 let plan = scope.decide_read(cx, None, cx.shard_count);
                 let ShardPlan::Scatter(shards) = plan else {
                     return plan;

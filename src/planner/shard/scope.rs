@@ -30,6 +30,21 @@ pub(super) struct Scope {
 }
 
 impl Scope {
+    /// The tables of a SELECT and what its WHERE binds their keys to.
+    pub(super) fn of_select(
+        s: &sqlparser::ast::Select,
+        cx: &ShardContext<'_>,
+    ) -> Result<Scope, String> {
+        let mut scope = Scope::default();
+        for twj in &s.from {
+            scope.add_from(twj, cx)?;
+        }
+        if let Some(w) = &s.selection {
+            scope.add_condition(w);
+        }
+        Ok(scope)
+    }
+
     pub(super) fn add_from(
         &mut self,
         twj: &TableWithJoins,

@@ -69,15 +69,10 @@ pub(super) fn plan_union(
     let mut reference_only = 0;
     let mut merged_branch = aggregates;
     for s in &b.selects {
-        let mut scope = Scope::default();
-        for twj in &s.from {
-            if let Err(e) = scope.add_from(twj, cx) {
-                return reject(e);
-            }
-        }
-        if let Some(w) = &s.selection {
-            scope.add_condition(w);
-        }
+        let scope = match Scope::of_select(s, cx) {
+            Ok(scope) => scope,
+            Err(e) => return reject(e),
+        };
         merged_branch |= s.distinct.is_some() || s.having.is_some() || has_groups(s);
         match scope.decide_read(cx, None, cx.shard_count) {
             ShardPlan::Any => reference_only += 1,
