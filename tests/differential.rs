@@ -60,7 +60,7 @@ fn generate(g: &mut Gen) -> Case {
     let key = |g: &mut Gen| 1 + g.below(USERS as u64 + 10) as i64; // some keys miss
     let score = |g: &mut Gen| g.below(12) as i64;
     let case = |sql: String, ordered: bool| Case { sql, ordered };
-    const PLAIN: u64 = 16;
+    const PLAIN: u64 = 19;
     let shapes = if MERGE_AVG_HAVING {
         PLAIN + AVG_HAVING_SHAPES
     } else {
@@ -68,6 +68,30 @@ fn generate(g: &mut Gen) -> Case {
     };
     match g.below(shapes) {
         n @ PLAIN.. => avg_having(g, n - PLAIN),
+        16 => case(
+            format!(
+                "SELECT COUNT(DISTINCT name), COUNT(*), MAX(score) FROM users WHERE id {} {}",
+                g.pick(&["<", ">", ">="]),
+                key(g)
+            ),
+            true,
+        ),
+        17 => case(
+            format!(
+                "SELECT score, COUNT(DISTINCT name) AS c, SUM(amount), AVG(amount) FROM users WHERE id <= {} GROUP BY score",
+                key(g)
+            ),
+            true,
+        ),
+        18 => case(
+            format!(
+                "SELECT o.n, COUNT(DISTINCT o.user_id) AS u FROM orders o WHERE o.total > {} GROUP BY o.n HAVING COUNT(DISTINCT o.user_id) > {} ORDER BY u DESC, o.n LIMIT {}",
+                g.below(60),
+                g.below(4),
+                1 + g.below(4)
+            ),
+            true,
+        ),
         14 => case(
             format!(
                 "SELECT id, score FROM users WHERE score < {} UNION ALL SELECT user_id, n FROM orders WHERE total > {}",

@@ -7,8 +7,8 @@
 
 use std::cmp::Ordering;
 
-use crate::executor::merge::{compare_values, ColumnMeta, ValueKind};
-use crate::planner::shard::{AvgColumn, CompareOp, GroupSpec, Operand, Predicate};
+use crate::executor::merge::{compare_values, fold, ColumnMeta, Fold, ValueKind};
+use crate::planner::shard::{AvgColumn, Combine, CompareOp, GroupSpec, Operand, Predicate};
 use crate::protocol::wire::Reader;
 
 /// A row's values (`None`: NULL).
@@ -54,6 +54,65 @@ pub fn finish_groups(
         rows.retain(|r| eval(having, r, metas) == Some(true));
     }
     rows
+}
+
+/// How one column's values in a group fold. `by_group`: the fold by group that follows the
+/// fold by (group, `COUNT(DISTINCT x)`'s `x`), where each distinct `x` adds its one.
+pub fn fold_of(c: Combine, by_group: bool) -> Fold {
+    match c {
+        Combine::First => Fold::First,
+        Combine::Count => Fold::Count,
+        Combine::Sum => Fold::Sum,
+        Combine::Min => Fold::Min,
+        Combine::Max => Fold::Max,
+        Combine::CountDistinct if by_group => Fold::Count,
+        Combine::CountDistinct => Fold::Max,
+    }
+}
+
+/// For `COUNT(DISTINCT x)`: `rows`, one per (group, `x`) across shards, folded into one per
+/// group (`key_of` gives a row's group key). Aggregates without GROUP BY answer one row even
+/// when no row matched: counts 0, everything else NULL.
+pub fn fold_distinct(
+    rows: Vec<Row>,
+    group: &GroupSpec,
+    kind: &dyn Fn(usize) -> ValueKind,
+    key_of: &dyn Fn(&Row) -> Row,
+) -> Vec<Row> {
+    let folds: Vec<Fold> = group.columns.iter().map(|c| fold_of(*c, true)).collect();
+    let mut index: std::collections::HashMap<Row, usize> = std::collections::HashMap::new();
+    let mut out: Vec<Row> = Vec::new();
+    for row in rows {
+        let key = key_of(&row);
+        match index.get(&key) {
+            Some(&i) => {
+                for (c, how) in folds.iter().enumerate() {
+                    fold(
+                        &mut out[i][c],
+                        row.get(c).and_then(|v| v.as_deref()),
+                        *how,
+                        kind(c),
+                    );
+                }
+            }
+            None => {
+                index.insert(key, out.len());
+                out.push(row);
+            }
+        }
+    }
+    if out.is_empty() && group.keys.is_empty() {
+        out.push(
+            group
+                .columns
+                .iter()
+                .map(|c| {
+                    matches!(c, Combine::Count | Combine::CountDistinct).then(|| b"0".to_vec())
+                })
+                .collect(),
+        );
+    }
+    out
 }
 
 /// The column definitions the client gets: the shards' own for the visible columns (an AVG's
@@ -509,7 +568,55 @@ mod tests {
             visible,
             avg,
             having: having.map(Box::new),
+            distinct_arg: None,
         }
+    }
+
+    #[test]
+    fn count_distinct_adds_one_per_distinct_value_of_each_group() {
+        use crate::executor::merge::ValueKind;
+        // Columns: group, COUNT(DISTINCT x) (1, or 0 for NULL), COUNT(*), hidden x; rows as
+        // the fold by (group, x) leaves them: one per distinct x.
+        let g = GroupSpec {
+            columns: vec![
+                Combine::First,
+                Combine::CountDistinct,
+                Combine::Count,
+                Combine::First,
+            ],
+            keys: vec![0],
+            distinct_arg: Some(3),
+            ..spec(3, Vec::new(), None)
+        };
+        let rows = vec![
+            row(&[Some("a"), Some("1"), Some("2"), Some("x")]),
+            row(&[Some("b"), Some("0"), Some("5"), None]),
+            row(&[Some("a"), Some("1"), Some("3"), Some("y")]),
+            row(&[Some("b"), Some("1"), Some("1"), Some("z")]),
+        ];
+        let kind = |c: usize| {
+            if c == 0 {
+                ValueKind::Bytes
+            } else {
+                ValueKind::Exact
+            }
+        };
+        let key_of = |r: &Row| vec![r[0].clone()];
+        let got = fold_distinct(rows, &g, &kind, &key_of);
+        assert_eq!(
+            got,
+            vec![
+                row(&[Some("a"), Some("2"), Some("5"), Some("x")]),
+                row(&[Some("b"), Some("1"), Some("6"), None]),
+            ]
+        );
+        // No GROUP BY and no row at all: one row, counts 0, the rest NULL.
+        let g = GroupSpec {
+            keys: Vec::new(),
+            ..g
+        };
+        let none = fold_distinct(Vec::new(), &g, &kind, &|_| Vec::new());
+        assert_eq!(none, vec![row(&[None, Some("0"), Some("0"), None])]);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::executor::merge::{compare_rows, fold, row_values, ColumnMeta, Fold, V
 use crate::executor::ExecError;
 use crate::executor::{binary_row, group};
 use crate::planner::classify::{Class, Hint};
-use crate::planner::shard::{ColumnRef, Combine, GroupSpec, MergeSpec};
+use crate::planner::shard::{ColumnRef, GroupSpec, MergeSpec};
 use crate::planner::Route;
 use crate::protocol::consts::{cap, status};
 use crate::protocol::packet::{put_packet, Frame};
@@ -277,15 +277,26 @@ impl Session {
         let folds: Vec<Fold> = group
             .columns
             .iter()
-            .map(|c| match c {
-                Combine::First => Fold::First,
-                Combine::Count => Fold::Count,
-                Combine::Sum => Fold::Sum,
-                Combine::Min => Fold::Min,
-                Combine::Max => Fold::Max,
-            })
+            .map(|c| group::fold_of(*c, false))
             .collect();
         let kind = |c: usize| metas.get(c).map_or(ValueKind::Bytes, |m| m.kind);
+        // With COUNT(DISTINCT x), rows fold by group and x first (see `GroupSpec::distinct_arg`).
+        let first_keys: Vec<usize> = group
+            .keys
+            .iter()
+            .copied()
+            .chain(group.distinct_arg)
+            .collect();
+        let key_of = |values: &Vec<Option<Vec<u8>>>, cols: &[usize]| -> Vec<Option<Vec<u8>>> {
+            cols.iter()
+                .map(|&c| {
+                    values
+                        .get(c)
+                        .and_then(|v| v.as_deref())
+                        .map(|v| group_key(v, kind(c)))
+                })
+                .collect()
+        };
         let mut index: HashMap<Vec<Option<Vec<u8>>>, usize> = HashMap::new();
         let mut rows: Vec<Vec<Option<Vec<u8>>>> = Vec::new();
         let mut bytes = 0usize;
@@ -319,16 +330,7 @@ impl Session {
                 let Some(values) = row_owned(&row, metas, binary) else {
                     return Err((addr.clone(), "sent a row that could not be read".into()));
                 };
-                let key: Vec<Option<Vec<u8>>> = group
-                    .keys
-                    .iter()
-                    .map(|&c| {
-                        values
-                            .get(c)
-                            .and_then(|v| v.as_deref())
-                            .map(|v| group_key(v, kind(c)))
-                    })
-                    .collect();
+                let key = key_of(&values, &first_keys);
                 match index.get(&key) {
                     Some(&i) => {
                         for (c, how) in folds.iter().enumerate() {
@@ -353,6 +355,9 @@ impl Session {
         }
         if too_big {
             return Ok(Folded::TooBig);
+        }
+        if group.distinct_arg.is_some() {
+            rows = group::fold_distinct(rows, group, &kind, &|r| key_of(r, &group.keys));
         }
         // AVG from its hidden SUM and COUNT, then HAVING: before ordering, which may use them.
         let mut rows = group::finish_groups(rows, group, metas, defs);

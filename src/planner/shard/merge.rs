@@ -44,6 +44,11 @@ pub struct GroupSpec {
     /// HAVING, evaluated on the merged groups (the shards run the statement without it);
     /// boxed, as every plan would otherwise carry its size.
     pub having: Option<Box<Predicate>>,
+    /// With `COUNT(DISTINCT x)`: the hidden column holding `x`. The shards also group by `x`,
+    /// so each of their rows is one (group, x) with `COUNT(DISTINCT x)` 1 (0 for NULL); the
+    /// proxy folds rows by group and `x` first (a value found on several shards counts once),
+    /// then by group, adding those ones.
+    pub distinct_arg: Option<usize>,
 }
 
 /// An AVG across shards: the shards' own AVG at `at` (kept for its column definition) is
@@ -120,6 +125,9 @@ pub enum Combine {
     Sum,
     Min,
     Max,
+    /// `COUNT(DISTINCT x)`: 1 or 0 per (group, x) row, the same on every shard (kept once),
+    /// then added up per group.
+    CountDistinct,
 }
 
 /// One ORDER BY term, by the result column it names.
@@ -148,12 +156,15 @@ pub(super) struct Grouping {
     order: Vec<Option<usize>>,
     /// HAVING is evaluated by the proxy: the shards run the statement without it.
     strip_having: bool,
+    /// An expression the shards also group by (the argument of `COUNT(DISTINCT ...)`).
+    group_by_extra: Option<String>,
 }
 
 /// The aggregates the merge folds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Agg {
     Count,
+    CountDistinct,
     Sum,
     Min,
     Max,
@@ -163,7 +174,7 @@ enum Agg {
 impl Agg {
     fn name(self) -> &'static str {
         match self {
-            Agg::Count => "COUNT",
+            Agg::Count | Agg::CountDistinct => "COUNT",
             Agg::Sum => "SUM",
             Agg::Min => "MIN",
             Agg::Max => "MAX",
@@ -175,6 +186,7 @@ impl Agg {
     fn combine(self) -> Combine {
         match self {
             Agg::Count => Combine::Count,
+            Agg::CountDistinct => Combine::CountDistinct,
             Agg::Sum => Combine::Sum,
             Agg::Min => Combine::Min,
             Agg::Max => Combine::Max,
@@ -191,7 +203,10 @@ struct Call {
 
 impl Call {
     fn sql(&self) -> String {
-        format!("{}({})", self.agg.name(), self.arg)
+        match self.agg {
+            Agg::CountDistinct => format!("COUNT(DISTINCT {})", self.arg),
+            agg => format!("{}({})", agg.name(), self.arg),
+        }
     }
 }
 
@@ -222,12 +237,13 @@ fn aggregate_call(f: &Function) -> Result<Option<Call>, String> {
     let FunctionArguments::List(list) = &f.args else {
         return Err(format!("calls {upper} without arguments"));
     };
-    if list.duplicate_treatment == Some(DuplicateTreatment::Distinct) {
-        // Each shard would count its own distinct values: a value on two shards counts twice.
+    let distinct = list.duplicate_treatment == Some(DuplicateTreatment::Distinct);
+    if distinct && agg != Agg::Count {
         return Err(format!(
-            "uses {upper}(DISTINCT ...): not supported across shards (a value on several shards would count once per shard)"
+            "uses {upper}(DISTINCT ...): not supported across shards (COUNT(DISTINCT ...) is)"
         ));
     }
+    let agg = if distinct { Agg::CountDistinct } else { agg };
     let [FunctionArg::Unnamed(arg)] = list.args.as_slice() else {
         return Err(format!(
             "calls {upper} with a form of arguments not supported across shards"
@@ -278,9 +294,19 @@ struct Columns {
     group_names: Vec<(String, usize)>,
     hidden: Vec<String>,
     avg: Vec<AvgColumn>,
+    /// The arguments of the `COUNT(DISTINCT ...)` calls met, as SQL.
+    distinct_args: Vec<String>,
 }
 
 impl Columns {
+    fn note_distinct(&mut self, call: &Call) {
+        if call.agg == Agg::CountDistinct
+            && !self.distinct_args.iter().any(|a| same_sql(a, &call.arg))
+        {
+            self.distinct_args.push(call.arg.clone());
+        }
+    }
+
     /// The column holding `call`'s value; a hidden one (with what an AVG needs) if none does.
     fn column_of(&mut self, call: &Call) -> usize {
         let sql = call.sql();
@@ -291,6 +317,7 @@ impl Columns {
         {
             return i;
         }
+        self.note_distinct(call);
         let at = self.combine.len();
         self.combine.push(call.agg.combine());
         self.calls.push(Some(sql.clone()));
@@ -541,6 +568,9 @@ pub(super) fn group_spec(
         if let Some(c) = call.as_ref().filter(|c| c.agg == Agg::Avg) {
             avgs.push((cols.combine.len(), c.arg.clone()));
         }
+        if let Some(c) = &call {
+            cols.note_distinct(c);
+        }
         cols.combine
             .push(call.as_ref().map_or(Combine::First, |c| c.agg.combine()));
         cols.calls.push(call.as_ref().map(Call::sql));
@@ -631,6 +661,22 @@ pub(super) fn group_spec(
                 .into(),
         );
     }
+    let distinct_arg = match cols.distinct_args.as_slice() {
+        [] => None,
+        [arg] => {
+            let at = cols.combine.len();
+            cols.combine.push(Combine::First);
+            cols.calls.push(None);
+            cols.hidden.push(arg.clone());
+            Some((at, arg.clone()))
+        }
+        _ => {
+            return Err(
+                "uses COUNT(DISTINCT ...) of several expressions: not supported across shards (of one expression it is)"
+                    .into(),
+            )
+        }
+    };
     Ok(Some(Grouping {
         spec: GroupSpec {
             columns: cols.combine,
@@ -639,8 +685,10 @@ pub(super) fn group_spec(
             visible,
             avg: cols.avg,
             having,
+            distinct_arg: distinct_arg.as_ref().map(|(at, _)| *at),
         },
         hidden: cols.hidden,
+        group_by_extra: distinct_arg.map(|(_, arg)| arg),
         order,
         strip_having,
     }))
@@ -729,7 +777,7 @@ pub(super) fn merge_spec(
     };
     let sql = match &grouping {
         Some(g) if !g.hidden.is_empty() || g.strip_having => {
-            rewrite_select(sql, &g.hidden, g.strip_having)?
+            rewrite_select(sql, &g.hidden, g.strip_having, g.group_by_extra.as_deref())?
         }
         _ => sql.to_string(),
     };
@@ -798,6 +846,28 @@ struct SelectText {
     /// An operator in HAVING that the parser reads with another precedence than MariaDB does
     /// (`&&`, `XOR`): the parse tree cannot be trusted.
     having_misread: Option<&'static str>,
+    /// Just after the FROM ... [WHERE ...] [GROUP BY ...] part (where a GROUP BY list ends or
+    /// one would go), and whether it has a GROUP BY.
+    grouping_end: usize,
+    has_group_by: bool,
+}
+
+/// A keyword that starts a clause after HAVING (so ends it, or the part before it).
+fn ends_having(k: sqlparser::keywords::Keyword) -> bool {
+    use sqlparser::keywords::Keyword;
+    matches!(
+        k,
+        Keyword::ORDER
+            | Keyword::LIMIT
+            | Keyword::WINDOW
+            | Keyword::FOR
+            | Keyword::LOCK
+            | Keyword::INTO
+            | Keyword::PROCEDURE
+            | Keyword::UNION
+            | Keyword::FETCH
+            | Keyword::OFFSET
+    )
 }
 
 fn select_text(sql: &str) -> Option<SelectText> {
@@ -812,29 +882,35 @@ fn select_text(sql: &str) -> Option<SelectText> {
     let mut having = None;
     let mut having_end = None;
     let mut having_misread = None;
+    let mut group_by = false;
+    // The first clause after FROM/WHERE/GROUP BY, and the last token before it.
+    let mut tail = None;
+    let mut last_before_tail = None;
     for (i, t) in tokens.iter().enumerate() {
         let in_having = having.is_some() && having_end.is_none();
+        if depth == 0 && from.is_some() && tail.is_none() {
+            let clause = match &t.token {
+                Token::Word(w) if w.quote_style.is_none() => {
+                    w.keyword == Keyword::HAVING || ends_having(w.keyword)
+                }
+                Token::SemiColon => true,
+                _ => false,
+            };
+            if clause {
+                tail = Some(i);
+            } else if !matches!(t.token, Token::Whitespace(_)) {
+                last_before_tail = Some(i);
+            }
+        }
         match &t.token {
             Token::LParen => depth += 1,
             Token::RParen => depth -= 1,
             Token::Word(w) if depth == 0 && w.quote_style.is_none() => match w.keyword {
                 Keyword::FROM if from.is_none() => from = Some(i),
+                Keyword::GROUP if from.is_some() && tail.is_none() => group_by = true,
                 Keyword::HAVING if having.is_none() => having = Some(i),
                 Keyword::XOR if in_having => having_misread = Some("XOR"),
-                Keyword::ORDER
-                | Keyword::LIMIT
-                | Keyword::WINDOW
-                | Keyword::FOR
-                | Keyword::LOCK
-                | Keyword::INTO
-                | Keyword::PROCEDURE
-                | Keyword::UNION
-                | Keyword::FETCH
-                | Keyword::OFFSET
-                    if in_having =>
-                {
-                    having_end = Some(i)
-                }
+                k if in_having && ends_having(k) => having_end = Some(i),
                 _ => {}
             },
             Token::SemiColon if depth == 0 && in_having => having_end = Some(i),
@@ -863,18 +939,33 @@ fn select_text(sql: &str) -> Option<SelectText> {
         items_end: at(last_item?, true)?,
         having,
         having_misread,
+        grouping_end: at(last_before_tail?, true)?,
+        has_group_by: group_by,
     })
 }
 
-/// `sql` as the shards run it: `hidden` select items appended to the select list, and HAVING
-/// removed (`strip_having`).
-fn rewrite_select(sql: &str, hidden: &[String], strip_having: bool) -> Result<String, String> {
+/// `sql` as the shards run it: `hidden` select items appended to the select list, HAVING
+/// removed (`strip_having`) and `group_by` added to the GROUP BY list (or as one).
+fn rewrite_select(
+    sql: &str,
+    hidden: &[String],
+    strip_having: bool,
+    group_by: Option<&str>,
+) -> Result<String, String> {
     let failed = || "the select list of this multi-shard read could not be rewritten".to_string();
     let text = select_text(sql).ok_or_else(failed)?;
     let mut out = sql.to_string();
-    // HAVING comes after the select list: removed first, the list's offset still holds.
+    // Edited from the end, so each earlier offset still holds: HAVING, GROUP BY, select list.
     if strip_having {
         out.replace_range(text.having.ok_or_else(failed)?, "");
+    }
+    if let Some(g) = group_by {
+        let extra = if text.has_group_by {
+            format!(", {g}")
+        } else {
+            format!(" GROUP BY {g}")
+        };
+        out.insert_str(text.grouping_end, &extra);
     }
     if !hidden.is_empty() {
         out.insert_str(text.items_end, &format!(", {}", hidden.join(", ")));

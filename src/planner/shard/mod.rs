@@ -441,8 +441,8 @@ mod tests {
             ShardPlan::One(shard("42"))
         );
         refused(
-            "SELECT COUNT(DISTINCT name) FROM users",
-            "COUNT(DISTINCT ...)",
+            "SELECT COUNT(DISTINCT name), COUNT(DISTINCT id) FROM users",
+            "COUNT(DISTINCT ...) of several expressions",
         );
         refused("SELECT SUM(DISTINCT id) FROM users", "SUM(DISTINCT ...)");
         refused("SELECT GROUP_CONCAT(name) FROM users", "GROUP_CONCAT");
@@ -574,6 +574,52 @@ mod tests {
             ShardPlan::MergeSorted(spec) => spec,
             other => panic!("{sql}: {other:?}"),
         }
+    }
+
+    #[test]
+    fn count_distinct_groups_the_shards_by_its_argument_too() {
+        // Without GROUP BY: one, by the argument, in a hidden column after the client's.
+        let spec = merged("SELECT COUNT(DISTINCT name), COUNT(*) AS n FROM users WHERE id > 3");
+        assert_eq!(
+            spec.sql,
+            "SELECT COUNT(DISTINCT name), COUNT(*) AS n, name FROM users WHERE id > 3 GROUP BY name"
+        );
+        let g = spec.group.expect("group");
+        assert_eq!(
+            g.columns,
+            vec![Combine::CountDistinct, Combine::Count, Combine::First]
+        );
+        assert_eq!(
+            (g.keys.clone(), g.visible, g.distinct_arg),
+            (vec![], 2, Some(2))
+        );
+        // With GROUP BY, HAVING (stripped, evaluated by the proxy) and ORDER BY ... LIMIT (not
+        // pushed down: groups are whole only after the merge).
+        let spec = merged(
+            "SELECT score, COUNT(DISTINCT name) AS c FROM users GROUP BY score HAVING c > 1 ORDER BY c DESC LIMIT 3",
+        );
+        assert_eq!(
+            spec.sql,
+            "SELECT score, COUNT(DISTINCT name) AS c, name FROM users GROUP BY score, name ORDER BY c DESC "
+        );
+        let g = spec.group.expect("group");
+        assert_eq!(g.keys, vec![0]);
+        assert_eq!(g.distinct_arg, Some(2));
+        assert!(g.having.is_some());
+        assert_eq!(spec.limit, Some(3));
+        // Only in HAVING: a hidden COUNT(DISTINCT ...) column too.
+        let spec =
+            merged("SELECT score FROM users GROUP BY score HAVING COUNT(DISTINCT name) >= 2");
+        assert_eq!(
+            spec.sql,
+            "SELECT score, COUNT(DISTINCT name), name FROM users GROUP BY score, name "
+        );
+        let g = spec.group.expect("group");
+        assert_eq!(
+            g.columns,
+            vec![Combine::First, Combine::CountDistinct, Combine::First]
+        );
+        assert_eq!(g.distinct_arg, Some(2));
     }
 
     #[test]
@@ -738,8 +784,8 @@ mod tests {
         };
         let grouped = "SELECT name, COUNT(*) AS c FROM users GROUP BY name HAVING";
         refused(
-            &format!("{grouped} COUNT(DISTINCT id) > 1"),
-            "COUNT(DISTINCT ...)",
+            &format!("{grouped} COUNT(DISTINCT id) > 1 AND COUNT(DISTINCT score) > 1"),
+            "COUNT(DISTINCT ...) of several expressions",
         );
         refused(
             &format!("{grouped} AVG(DISTINCT id) > 1"),
