@@ -493,7 +493,9 @@ async fn sharded_results_equal_one_servers() {
 }
 
 /// A write of the shapes the proxy runs on several shards (IN lists over shards, multi-row
-/// INSERT, REPLACE, ON DUPLICATE KEY UPDATE, INSERT IGNORE), on keys that may or may not exist;
+/// INSERT, REPLACE, ON DUPLICATE KEY UPDATE, INSERT IGNORE; the first three also without a
+/// column list),
+/// on keys that may or may not exist;
 /// a plain INSERT takes keys from `fresh` (a duplicate would fail it on one server, while the
 /// shards before the failing one keep their rows: not atomic, as the README says).
 fn generate_write(g: &mut Gen, fresh: &mut i64) -> String {
@@ -518,7 +520,23 @@ fn generate_write(g: &mut Gen, fresh: &mut i64) -> String {
             .join(", ")
     };
     let k = keys(g);
-    match g.below(7) {
+    match g.below(10) {
+        // Without a column list: the values in the table's column order.
+        7 => {
+            let new: Vec<i64> = k
+                .iter()
+                .map(|_| {
+                    *fresh += 1;
+                    *fresh
+                })
+                .collect();
+            format!("INSERT INTO wusers VALUES {}", rows(g, &new))
+        }
+        8 => format!("REPLACE INTO wusers VALUES {}", rows(g, &k)),
+        9 => format!(
+            "INSERT INTO wusers VALUES {} ON DUPLICATE KEY UPDATE name = VALUES(name)",
+            rows(g, &k)
+        ),
         0 => format!("UPDATE wusers SET score = score + {} WHERE id IN ({})", g.below(2), list(&k)),
         1 => format!("UPDATE wusers SET name = '{}' WHERE id IN ({})", g.pick(&["a", "b"]), list(&k)),
         2 => {

@@ -29,6 +29,8 @@ fn sandbox() -> &'static Sandbox {
             "typed:id",
             "--sharded-table",
             "halves:id",
+            "--sharded-table",
+            "bare:k",
             "--reference-table",
             "countries",
         ])
@@ -595,6 +597,80 @@ async fn order_by_and_limit_merge_the_shards_rows() {
     assert!(msg.contains("must name a selected column"), "{msg}");
     let one: Option<i64> = c.query_first("SELECT 1").await.expect("usable after");
     assert_eq!(one, Some(1));
+}
+
+/// `INSERT INTO t VALUES (...)` without a column list on a sharded table: the proxy reads
+/// the table's column order from the first shard and finds each row's key by its position
+/// (here the key is not the first column), text, split over shards and prepared; after DDL
+/// through the proxy the new order is used at once, and a row that does not fit the known
+/// columns is refused rather than placed by a guess. `bare` is only this test's.
+#[tokio::test]
+async fn inserts_without_a_column_list_go_to_the_shard_of_their_key() {
+    let mut c = proxy().await;
+    c.query_drop("DROP TABLE IF EXISTS bare")
+        .await
+        .expect("drop");
+    c.query_drop("CREATE TABLE bare (a VARCHAR(8), k INT PRIMARY KEY, b INT)")
+        .await
+        .expect("create");
+    for k in 1..=20 {
+        c.query_drop(format!("INSERT INTO bare VALUES ('t{k}', {k}, {k})"))
+            .await
+            .expect("one row");
+    }
+    c.query_drop(
+        "INSERT INTO bare VALUES ('m21', 21, 0), ('m22', 22, 0), ('m23', 23, 0), ('m24', 24, 0)",
+    )
+    .await
+    .expect("rows for several shards");
+    c.exec_drop("INSERT INTO bare VALUES (?, ?, ?)", ("p25", 25, 25))
+        .await
+        .expect("prepared");
+    // Each row is on the shard of its key: a keyed read (routed to that shard) finds it,
+    // and the shards hold each row once.
+    for k in 1..=25 {
+        assert!(bare_row(&mut c, k).await.is_some(), "row {k}");
+    }
+    let mut total = 0;
+    let mut per_shard = Vec::new();
+    for shard in ["s0", "s1"] {
+        let n: u64 = primary_of(shard)
+            .await
+            .query_first("SELECT COUNT(*) FROM app.bare")
+            .await
+            .expect("count")
+            .expect("row");
+        per_shard.push(n);
+        total += n;
+    }
+    assert_eq!(total, 25, "each row once");
+    assert!(per_shard.iter().all(|n| *n > 0), "{per_shard:?}");
+    // DDL through the proxy: the next INSERT uses the new column order.
+    c.query_drop("ALTER TABLE bare ADD COLUMN z INT FIRST")
+        .await
+        .expect("alter");
+    c.query_drop("INSERT INTO bare VALUES (0, 'n26', 26, 1), (0, 'n27', 27, 1)")
+        .await
+        .expect("new order");
+    for k in [26, 27] {
+        assert!(bare_row(&mut c, k).await.is_some(), "row {k}");
+    }
+    let (code, msg) = error_of(c.query_drop("INSERT INTO bare VALUES ('old', 28, 0)").await);
+    assert_eq!(code, 1105);
+    assert!(
+        msg.contains("row 1 has 3 values and the table has 4 columns"),
+        "{msg}"
+    );
+    c.query_drop("DROP TABLE bare").await.expect("drop");
+}
+
+/// The `a` of `bare`'s row `k`, read through the proxy on the shard of `k`.
+async fn bare_row(c: &mut Conn, k: i64) -> Option<String> {
+    c.query_first(format!(
+        "/* shardgate:primary */ SELECT a FROM bare WHERE k = {k}"
+    ))
+    .await
+    .expect("keyed read")
 }
 
 /// A shard answering a merged read with an error while another has sent its header: the

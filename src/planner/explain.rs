@@ -205,6 +205,12 @@ pub fn explain(planner: &Planner, sql: &str, ctx: &PlanContext<'_>) -> String {
         ShardPlan::Reject(msg) => {
             let _ = writeln!(out, "refused: ERR 1105 (HY000) {msg}");
         }
+        ShardPlan::NeedColumns(table) => {
+            let _ = writeln!(
+                out,
+                "an INSERT without a column list: the shard of each row is found once the column order of {table} is read from the keyspace's first shard"
+            );
+        }
         ShardPlan::NotUnderstood(msg) => {
             let _ = writeln!(
                 out,

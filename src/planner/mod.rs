@@ -17,12 +17,14 @@ use crate::shardmap::{ShardMap, Sharding, TableRule};
 use shard::shape::{self, Shape};
 use shard::ShardContext;
 pub use shard::ShardPlan;
+use table_columns::TableColumns;
 
 pub mod classify;
 pub mod digest;
 pub mod explain;
 pub mod lex;
 pub mod shard;
+pub mod table_columns;
 pub mod text;
 
 /// Where one statement runs.
@@ -103,6 +105,7 @@ pub struct PlanContext<'a> {
 pub struct Planner {
     map: ShardMap,
     keyspaces: HashMap<String, KeyspacePlan>,
+    columns: Arc<TableColumns>,
 }
 
 impl Planner {
@@ -154,11 +157,27 @@ impl Planner {
                     ring: sharded,
                     tables: ks.tables.clone(),
                     allow_scatter_writes: ks.allow_scatter_writes,
+                    name: name.clone(),
                 };
                 (name.clone(), plans)
             })
             .collect();
-        Planner { map, keyspaces }
+        Planner {
+            map,
+            keyspaces,
+            columns: Arc::default(),
+        }
+    }
+
+    /// This planner with `columns`, the store every planner version of a proxy shares.
+    pub fn with_table_columns(mut self, columns: Arc<TableColumns>) -> Self {
+        self.columns = columns;
+        self
+    }
+
+    /// The column orders known for INSERTs without a column list.
+    pub fn table_columns(&self) -> &Arc<TableColumns> {
+        &self.columns
     }
 
     /// The keyspace a session works in: its database if that names a keyspace, else the
@@ -203,7 +222,7 @@ impl Planner {
         if ks.ring.is_none() {
             return Plan::Route(ks.routes[0].clone());
         }
-        match ks.ring_shard_plan(&text::parse_copy(sql)) {
+        match ks.ring_shard_plan(&text::parse_copy(sql), &self.columns) {
             ShardPlan::One(i) => Plan::Route(ks.routes[i].clone()),
             // A `?` in COM_QUERY text is the server's syntax error to report.
             ShardPlan::Any | ShardPlan::Param(_) => Plan::Route(ks.routes[0].clone()),
@@ -221,6 +240,12 @@ impl Planner {
                 code: errcode::UNKNOWN,
                 message,
             },
+            ShardPlan::NeedColumns(table) => Plan::Reject {
+                code: errcode::UNKNOWN,
+                message: format!(
+                    "shardgate: the column order of {table} is not known yet (plan_shards reads it)"
+                ),
+            },
         }
     }
 
@@ -231,7 +256,7 @@ impl Planner {
     pub fn plan_shards(&self, sql: &str, ctx: &PlanContext<'_>) -> Option<(ShardPlan, &[Route])> {
         let ks = self.keyspace_plan(ctx)?;
         ks.ring.as_ref()?;
-        Some((ks.cached_or_planned(sql), &ks.routes))
+        Some((ks.cached_or_planned(sql, &self.columns), &ks.routes))
     }
 
     /// The route of the shard that owns `key` in the session's (sharded) keyspace.
@@ -256,7 +281,7 @@ impl Planner {
             keys.borrow_mut().push(h);
             ring.shard_for(h)
         };
-        match ks.cached_or_planned_with(sql, &shard_of) {
+        match ks.cached_or_planned_with(sql, &shard_of, &self.columns) {
             ShardPlan::One(_) | ShardPlan::SplitInsert(_) => {
                 let keys = keys.into_inner();
                 if keys.is_empty() {
@@ -307,7 +332,7 @@ impl Planner {
     pub fn plan_shards_uncached(&self, sql: &str, ctx: &PlanContext<'_>) -> Option<ShardPlan> {
         let ks = self.keyspace_plan(ctx)?;
         ks.ring.as_ref()?;
-        Some(ks.ring_shard_plan(sql))
+        Some(ks.ring_shard_plan(sql, &self.columns))
     }
 
     /// Whether the session's keyspace lets a transaction span shards
@@ -384,14 +409,18 @@ struct KeyspacePlan {
     ring: Option<Ring>,
     tables: std::collections::BTreeMap<String, TableRule>,
     allow_scatter_writes: bool,
+    /// The keyspace's name (its database's).
+    name: String,
 }
 
 impl KeyspacePlan {
     /// The plan from the shape cache when the statement's shape has a value-independent plan;
     /// else planned in full (and the shape's plan remembered when it can be).
-    fn cached_or_planned(&self, sql: &str) -> ShardPlan {
+    fn cached_or_planned(&self, sql: &str, columns: &TableColumns) -> ShardPlan {
         match &self.ring {
-            Some(ring) => self.cached_or_planned_with(sql, &|k| ring.shard_for(key_hash(k))),
+            Some(ring) => {
+                self.cached_or_planned_with(sql, &|k| ring.shard_for(key_hash(k)), columns)
+            }
             None => ShardPlan::One(0),
         }
     }
@@ -401,26 +430,34 @@ impl KeyspacePlan {
         &self,
         sql: &str,
         shard_of: &dyn Fn(&KeyValue<'_>) -> usize,
+        columns: &TableColumns,
     ) -> ShardPlan {
         let (Some(_), Some(shape)) = (&self.ring, Shape::of(sql)) else {
-            return self.shard_plan(sql, shard_of);
+            return self.shard_plan(sql, shard_of, columns);
         };
-        if let Some(cached) = shape::get(self.cache_id, shape.hash) {
+        // A shape planned with a table's column order is stale once that order changes.
+        let cache_id = self.cache_id ^ columns.generation().wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        if let Some(cached) = shape::get(cache_id, shape.hash) {
             if let Some(plan) = shape.bind(&cached, shard_of) {
                 return plan;
             }
-            return self.shard_plan(sql, shard_of);
+            return self.shard_plan(sql, shard_of, columns);
         }
-        if let Some(cached) = shape::cacheable(&self.shard_plan(&shape.text, shard_of)) {
-            shape::put(self.cache_id, shape.hash, cached.clone());
+        if let Some(cached) = shape::cacheable(&self.shard_plan(&shape.text, shard_of, columns)) {
+            shape::put(cache_id, shape.hash, cached.clone());
             if let Some(plan) = shape.bind(&cached, shard_of) {
                 return plan;
             }
         }
-        self.shard_plan(sql, shard_of)
+        self.shard_plan(sql, shard_of, columns)
     }
 
-    fn shard_plan(&self, sql: &str, shard_of: &dyn Fn(&KeyValue<'_>) -> usize) -> ShardPlan {
+    fn shard_plan(
+        &self,
+        sql: &str,
+        shard_of: &dyn Fn(&KeyValue<'_>) -> usize,
+        columns: &TableColumns,
+    ) -> ShardPlan {
         if self.ring.is_none() {
             return ShardPlan::One(0);
         }
@@ -429,18 +466,20 @@ impl KeyspacePlan {
                 .get(t)
                 .or_else(|| self.tables.get(&t.to_ascii_lowercase()))
         };
+        let known = |t: &str| columns.get(&self.name, t);
         let cx = ShardContext {
             rule: &rule,
             shard_of,
             allow_scatter_writes: self.allow_scatter_writes,
             shard_count: self.routes.len(),
+            columns: &known,
         };
         shard::plan(sql, &cx)
     }
 
-    fn ring_shard_plan(&self, sql: &str) -> ShardPlan {
+    fn ring_shard_plan(&self, sql: &str, columns: &TableColumns) -> ShardPlan {
         match &self.ring {
-            Some(ring) => self.shard_plan(sql, &|k| ring.shard_for(key_hash(k))),
+            Some(ring) => self.shard_plan(sql, &|k| ring.shard_for(key_hash(k)), columns),
             None => ShardPlan::One(0),
         }
     }

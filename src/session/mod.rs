@@ -19,6 +19,7 @@ mod set;
 mod set_option;
 mod sharded;
 mod statements;
+mod table_columns;
 
 use std::sync::Arc;
 

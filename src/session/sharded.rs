@@ -10,6 +10,7 @@ use bytes::BytesMut;
 use super::dispatch::Work;
 use super::scatter::Request;
 use super::statements::StmtShards;
+use super::table_columns::columns_unknown;
 use super::{identity, Session, SessionError};
 use crate::backend::prepared::{param_value, prepare_silently, ParamValue};
 use crate::executor::ok_sum::OkSum;
@@ -134,16 +135,19 @@ impl Session {
             }
             _ => {}
         }
-        let ctx = self.plan_ctx();
-        let planner = self.shared.planner();
-        let Some((plan, routes)) = planner.plan_shards(&sql, &ctx) else {
+        let Some((plan, routes)) = self.plan_shards_reading_columns(&sql).await else {
             return Ok(());
         };
-        let routes: Vec<Route> = routes.to_vec();
+        let ctx = self.plan_ctx();
         let in_txn_shard = self.shard_txn.as_ref().and_then(|t| t.shard.clone());
         let route = match plan {
             ShardPlan::Reject(msg) => {
                 self.send_err(errcode::UNKNOWN, &msg, reply_seq).await;
+                return Ok(());
+            }
+            ShardPlan::NeedColumns(table) => {
+                self.send_err(errcode::UNKNOWN, &columns_unknown(&table), reply_seq)
+                    .await;
                 return Ok(());
             }
             ShardPlan::NotUnderstood(msg) => {
@@ -173,6 +177,7 @@ impl Session {
                 let r = self.broadcast(&routes, &class, &frame).await;
                 if super::dispatch::changes_definitions(&class) {
                     self.shared.prepare_replies.invalidate();
+                    self.shared.planner().table_columns().invalidate();
                 }
                 return r;
             }
@@ -755,15 +760,11 @@ impl Session {
         let reply_seq = frame.last_seq.wrapping_add(1);
         let payload = frame.payload();
         let sql = text::parse_copy(payload.get(1..).unwrap_or_default());
-        let ctx = self.plan_ctx();
-        let planned = self
-            .shared
-            .planner()
-            .plan_shards(&sql, &ctx)
-            .map(|(plan, routes)| (plan, routes.to_vec()));
+        let planned = self.plan_shards_reading_columns(&sql).await;
         let Some((plan, routes)) = planned else {
             return self.route(reply_seq).await.map(|r| (r, StmtShards::Fixed));
         };
+        let ctx = self.plan_ctx();
         let first = routes.first()?.clone();
         match plan {
             ShardPlan::One(i) => Some((routes.get(i).cloned().unwrap_or(first), StmtShards::Fixed)),
@@ -799,6 +800,11 @@ impl Session {
             }
             ShardPlan::Reject(msg) => {
                 self.send_err(errcode::UNKNOWN, &msg, reply_seq).await;
+                None
+            }
+            ShardPlan::NeedColumns(table) => {
+                self.send_err(errcode::UNKNOWN, &columns_unknown(&table), reply_seq)
+                    .await;
                 None
             }
             ShardPlan::NotUnderstood(msg) => {
@@ -975,12 +981,9 @@ impl Session {
         };
         let raw = info.sql.clone();
         let sql = text::parse_copy(&raw);
-        let ctx = self.plan_ctx();
-        let planner = self.shared.planner();
-        let Some((plan, routes)) = planner.plan_shards(&sql, &ctx) else {
+        let Some((plan, routes)) = self.plan_shards_reading_columns(&sql).await else {
             return Ok(());
         };
-        let routes = routes.to_vec();
         self.implicit_txn();
         match plan {
             read @ (ShardPlan::Scatter(_) | ShardPlan::MergeSorted(_)) => {

@@ -248,11 +248,10 @@ impl Topology {
         drop(h);
         self.health.add_map(&map);
         set_roles(&self.health, &map);
-        self.planner.store(Arc::new(build_planner(
-            &self.config.load(),
-            &self.health,
-            &map,
-        )));
+        let columns = self.planner.load().table_columns().clone();
+        self.planner.store(Arc::new(
+            build_planner(&self.config.load(), &self.health, &map).with_table_columns(columns),
+        ));
         self.changed.send_replace(version);
         metrics::gauge!("shardgate_shard_map_version").set(version as f64);
         true
@@ -354,11 +353,10 @@ impl Topology {
             self.version()
         } else if same_map {
             // Routing limits only: a new planner on the same map, this proxy's business.
-            self.planner.store(Arc::new(build_planner(
-                &self.config.load(),
-                &self.health,
-                &live,
-            )));
+            let columns = self.planner.load().table_columns().clone();
+            self.planner.store(Arc::new(
+                build_planner(&self.config.load(), &self.health, &live).with_table_columns(columns),
+            ));
             self.version()
         } else {
             self.publish(map, "config reload", fence).await?

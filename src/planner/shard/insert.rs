@@ -27,10 +27,27 @@ pub(super) fn plan_insert(ins: &Insert, sql: &str, cx: &ShardContext<'_>) -> Sha
     let Some(key) = rule.shard_key.as_deref() else {
         return reject(format!("table {table} has no shard key in the shard map"));
     };
-    let Some(pos) = ins
-        .columns
+    // Without a column list the values are in the table's column order.
+    let no_list = ins.columns.is_empty()
+        && matches!(
+            ins.source.as_ref().map(|q| q.body.as_ref()),
+            Some(SetExpr::Values(_))
+        );
+    let table_columns = if no_list {
+        match (cx.columns)(&table) {
+            Some(c) => Some(c),
+            None => return ShardPlan::NeedColumns(table),
+        }
+    } else {
+        None
+    };
+    let named: Vec<String> = match &table_columns {
+        Some(c) => c.to_vec(),
+        None => ins.columns.iter().map(|c| c.to_string()).collect(),
+    };
+    let Some(pos) = named
         .iter()
-        .position(|c| c.to_string().trim_matches('`').eq_ignore_ascii_case(key))
+        .position(|c| c.trim_matches('`').eq_ignore_ascii_case(key))
     else {
         let rows = match ins.source.as_ref().map(|q| q.body.as_ref()) {
             Some(SetExpr::Values(v)) if !ins.columns.is_empty() => v.rows.len(),
@@ -65,6 +82,17 @@ pub(super) fn plan_insert(ins: &Insert, sql: &str, cx: &ShardContext<'_>) -> Sha
     let SetExpr::Values(values) = source.body.as_ref() else {
         return reject("INSERT ... SELECT is not supported on a sharded table");
     };
+    if let Some(columns) = &table_columns {
+        if let Some(n) = values.rows.iter().position(|r| r.len() != columns.len()) {
+            // Known columns that do not fit may be stale (DDL around the proxy): never guess.
+            return reject(format!(
+                "INSERT into {table} without a column list: row {} has {} values and the table has {} columns",
+                n + 1,
+                values.rows[n].len(),
+                columns.len()
+            ));
+        }
+    }
     let mut shards = BTreeSet::new();
     let mut row_shards = Vec::with_capacity(values.rows.len());
     for row in &values.rows {

@@ -63,6 +63,9 @@ pub enum ShardPlan {
         key: String,
         rows: usize,
     },
+    /// An INSERT without a column list into this sharded table, whose column order the
+    /// proxy does not know yet: the caller reads it (`TableColumns`) and plans again.
+    NeedColumns(String),
     /// Not supported (yet): the client gets ERR 1105 with this text.
     Reject(String),
     /// The parser cannot read it: a syntax error (the server's to report), or a statement
@@ -77,6 +80,8 @@ pub struct ShardContext<'a> {
     pub allow_scatter_writes: bool,
     /// Shards in the keyspace (a read with no key visits them all).
     pub shard_count: usize,
+    /// A table's columns in order, when known (for INSERT without a column list).
+    pub columns: &'a dyn Fn(&str) -> Option<std::sync::Arc<[String]>>,
 }
 
 fn reject(msg: impl Into<String>) -> ShardPlan {
@@ -320,17 +325,31 @@ mod tests {
         let rule = |t: &str| r.get(t);
         // Two shards by the hash's low bit: enough to tell shards apart in tests.
         let shard_of = |k: &KeyValue<'_>| (key_hash(k) & 1) as usize;
+        // `users` has a known column order; other tables have none yet.
+        let columns = |t: &str| {
+            (t == "users")
+                .then(|| std::sync::Arc::from(vec!["name".to_string(), "id".into(), "cc".into()]))
+        };
         let cx = ShardContext {
             rule: &rule,
             shard_of: &shard_of,
             allow_scatter_writes: false,
             shard_count: 2,
+            columns: &columns,
         };
         plan(sql, &cx)
     }
 
     fn shard(k: &str) -> usize {
         (key_hash(&KeyValue::from_number_text(k.as_bytes())) & 1) as usize
+    }
+
+    /// A number key on the other shard than `k`'s.
+    fn key_off(k: &str) -> String {
+        (1..100)
+            .map(|n| n.to_string())
+            .find(|n| shard(n) != shard(k))
+            .unwrap_or_default()
     }
 
     #[test]
@@ -851,11 +870,7 @@ mod tests {
             other => panic!("{sql}: {other:?}"),
         };
         // Both branches on one shard: the whole statement runs there, reference tables too.
-        let (a, b) = (shard("42"), 1 - shard("42"));
-        let other = (1..100)
-            .map(|k| k.to_string())
-            .find(|k| shard(k) == b)
-            .expect("a key on the other shard");
+        let (a, other) = (shard("42"), key_off("42"));
         assert_eq!(
             run("SELECT id FROM users WHERE id = 42 UNION SELECT user_id FROM orders WHERE user_id = 42"),
             ShardPlan::One(a)
@@ -913,6 +928,49 @@ mod tests {
         refused(
             "SELECT id FROM users UNION ALL SELECT user_id FROM orders WHERE user_id IN (SELECT id FROM users)",
             "subqueries",
+        );
+    }
+
+    #[test]
+    fn inserts_without_a_column_list_use_the_tables_column_order() {
+        // The test context knows `users` as (name, id, cc): the key is the second value.
+        let (a, other) = (shard("42"), key_off("42"));
+        assert_eq!(
+            run("INSERT INTO users VALUES ('x', 42, 'fr')"),
+            ShardPlan::One(a)
+        );
+        assert_eq!(
+            run("REPLACE INTO users VALUES ('x', 42, 'fr')"),
+            ShardPlan::One(a)
+        );
+        assert_eq!(
+            run("INSERT INTO users VALUES (?, ?, ?)"),
+            ShardPlan::Param(1)
+        );
+        match run(&format!(
+            "INSERT INTO users VALUES ('x', 42, 'fr'), ('y', {other}, 'de')"
+        )) {
+            ShardPlan::SplitInsert(parts) => assert_eq!(parts.len(), 2),
+            p => panic!("{p:?}"),
+        }
+        match run("INSERT INTO users VALUES ('x', 42)") {
+            ShardPlan::Reject(m) => {
+                assert!(
+                    m.contains("row 1 has 2 values and the table has 3 columns"),
+                    "{m}"
+                )
+            }
+            p => panic!("{p:?}"),
+        }
+        // Not known yet: the caller reads the columns and plans again.
+        assert_eq!(
+            run("INSERT INTO orders VALUES (42, 1)"),
+            ShardPlan::NeedColumns("orders".into())
+        );
+        // A column list is used as before, whatever the table's order.
+        assert_eq!(
+            run("INSERT INTO orders (user_id, n) VALUES (42, 1)"),
+            ShardPlan::One(a)
         );
     }
 }
