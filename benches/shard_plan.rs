@@ -1,6 +1,7 @@
 //! Planning statements on a sharded keyspace: a point select whose shape is cached (only its
-//! literal changes), the same statements parsed in full, and a 3-shard ORDER BY ... LIMIT
-//! plan. Run: `cargo bench --bench shard_plan`.
+//! literal changes), a repeated 3-shard ORDER BY ... LIMIT and a prepared point select (kept
+//! by their text), and the same statements parsed in full. Run: `cargo bench --bench
+//! shard_plan`.
 
 use std::hint::black_box;
 
@@ -58,6 +59,22 @@ fn bench(c: &mut Criterion) {
             black_box(p.plan_shards_uncached(black_box(&statements[i]), &ctx))
         })
     });
+    let merged = "SELECT id, c FROM sbtest1 WHERE k > 100 ORDER BY c DESC LIMIT 10";
+    c.bench_function(
+        "cached plan: 3-shard ORDER BY ... LIMIT 10, repeated",
+        |b| b.iter(|| black_box(p.plan_shards(black_box(merged), &ctx).map(|(plan, _)| plan))),
+    );
+    c.bench_function(
+        "cached plan: prepared point select (id = ?), repeated",
+        |b| {
+            b.iter(|| {
+                black_box(
+                    p.plan_shards(black_box("SELECT c FROM sbtest1 WHERE id = ?"), &ctx)
+                        .map(|(plan, _)| plan),
+                )
+            })
+        },
+    );
     c.bench_function("full parse and plan: 3-shard ORDER BY ... LIMIT 10", |b| {
         b.iter(|| {
             black_box(p.plan_shards_uncached(

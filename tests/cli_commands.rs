@@ -154,7 +154,14 @@ fn explain_names_the_shards_and_how_results_come_back() {
     assert!(merged.contains("rows 11..15 kept"), "{merged}");
     let grouped = explain("SELECT name, COUNT(*) AS c FROM users GROUP BY name");
     assert!(grouped.contains("folded"), "{grouped}");
-    let refused = explain("SELECT COUNT(DISTINCT name) FROM users");
+    let distinct = explain("SELECT COUNT(DISTINCT name) FROM users");
+    assert!(
+        distinct
+            .contains("each running: SELECT COUNT(DISTINCT name), name FROM users GROUP BY name")
+            && distinct.contains("a value found on several shards counts once"),
+        "{distinct}"
+    );
+    let refused = explain("SELECT COUNT(DISTINCT name), COUNT(DISTINCT id) FROM users");
     assert!(refused.contains("refused: ERR 1105"), "{refused}");
     let prepared = explain("UPDATE users SET name = ? WHERE id = ?");
     assert!(prepared.contains("parameter 2"), "{prepared}");

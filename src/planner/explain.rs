@@ -163,9 +163,16 @@ pub fn explain(planner: &Planner, sql: &str, ctx: &PlanContext<'_>) -> String {
                     } else {
                         order
                     };
+                    let distinct = match g.distinct_arg {
+                        Some(c) => format!(
+                            "; COUNT(DISTINCT) folds by group and column {} first, so a value found on several shards counts once",
+                            c + 1
+                        ),
+                        None => String::new(),
+                    };
                     let _ = writeln!(
                         out,
-                        "results: one result set; the shards' rows {what}, folded (COUNT and SUM added, MIN and MAX compared, other columns from the first row), {order}{limit} (all groups held in memory, at most 64 MiB)"
+                        "results: one result set; the shards' rows {what}, folded (COUNT and SUM added, MIN and MAX compared, other columns from the first row{distinct}), {order}{limit} (all groups held in memory, at most 64 MiB)"
                     );
                 }
                 None => {

@@ -147,10 +147,13 @@ impl Planner {
                 let sharded =
                     (ks.sharding == Sharding::ConsistentHash).then(|| Ring::new(&names, ks.vnodes));
                 let plans = KeyspacePlan {
+                    // The keyspace and its ring: plans kept by text hold shard indexes.
                     cache_id: {
                         use std::hash::{Hash, Hasher};
                         let mut h = std::collections::hash_map::DefaultHasher::new();
                         name.hash(&mut h);
+                        names.hash(&mut h);
+                        ks.vnodes.hash(&mut h);
                         h.finish()
                     },
                     routes,
@@ -432,24 +435,39 @@ impl KeyspacePlan {
         shard_of: &dyn Fn(&KeyValue<'_>) -> usize,
         columns: &TableColumns,
     ) -> ShardPlan {
-        let (Some(_), Some(shape)) = (&self.ring, Shape::of(sql)) else {
-            return self.shard_plan(sql, shard_of, columns);
-        };
-        // A shape planned with a table's column order is stale once that order changes.
-        let cache_id = self.cache_id ^ columns.generation().wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        if let Some(cached) = shape::get(cache_id, shape.hash) {
+        if self.ring.is_none() {
+            return ShardPlan::One(0);
+        }
+        let cache_id = self.cache_key(columns);
+        if let Some(shape) = Shape::of(sql) {
+            let cached = match shape::get(cache_id, shape.hash) {
+                Some(cached) => cached,
+                None => {
+                    let planned = self.shard_plan(&shape.text, shard_of, columns);
+                    let cached = shape::cacheable(&planned).unwrap_or(shape::Cached::ByText);
+                    shape::put(cache_id, shape.hash, cached.clone());
+                    cached
+                }
+            };
             if let Some(plan) = shape.bind(&cached, shard_of) {
                 return plan;
             }
-            return self.shard_plan(sql, shard_of, columns);
         }
-        if let Some(cached) = shape::cacheable(&self.shard_plan(&shape.text, shard_of, columns)) {
-            shape::put(cache_id, shape.hash, cached.clone());
-            if let Some(plan) = shape.bind(&cached, shard_of) {
-                return plan;
-            }
+        let exact = shape::exact_hash(sql);
+        if let Some(shape::Cached::Exact(plan)) = exact.and_then(|h| shape::get(cache_id, h)) {
+            return plan;
         }
-        self.shard_plan(sql, shard_of, columns)
+        let plan = self.shard_plan(sql, shard_of, columns);
+        if let Some(h) = exact.filter(|_| shape::exact_cacheable(&plan)) {
+            shape::put(cache_id, h, shape::Cached::Exact(plan.clone()));
+        }
+        plan
+    }
+
+    /// This keyspace's part of the plan cache: its ring, and the column orders known (a shape
+    /// planned with a table's column order is stale once that order changes).
+    fn cache_key(&self, columns: &TableColumns) -> u64 {
+        self.cache_id ^ columns.generation().wrapping_mul(0x9E37_79B9_7F4A_7C15)
     }
 
     fn shard_plan(
@@ -512,6 +530,63 @@ mod tests {
         .expect("map");
         let health = Health::new(&map);
         Planner::new(map, &health, true, |_| Duration::from_secs(1))
+    }
+
+    fn sharded_planner(shards: usize) -> Planner {
+        let mut text = String::from(
+            "[keyspace.ks]\nsharding = \"consistent_hash\"\n[keyspace.ks.tables.t]\nshard_key = \"id\"\n",
+        );
+        for i in 0..shards {
+            text.push_str(&format!(
+                "[[keyspace.ks.shards]]\nname = \"s{i}\"\nprimary = \"127.0.0.1:{}\"\n",
+                4000 + i
+            ));
+        }
+        let map: ShardMap = toml::from_str(&text).expect("map");
+        let health = Health::new(&map);
+        Planner::new(map, &health, true, |_| Duration::from_secs(1))
+    }
+
+    #[test]
+    fn multi_shard_reads_are_planned_once_per_text_and_ring() {
+        let p = sharded_planner(3);
+        let ctx = PlanContext {
+            db: Some("ks"),
+            default_keyspace: None,
+        };
+        let sql = "SELECT id FROM t WHERE v > 1 ORDER BY id LIMIT 2, 3";
+        let (first, _) = p.plan_shards(sql, &ctx).expect("sharded");
+        assert!(matches!(first, ShardPlan::MergeSorted(_)), "{first:?}");
+        let ks = &p.keyspaces["ks"];
+        let key = ks.cache_key(&p.columns);
+        let exact = shape::exact_hash(sql).expect("short");
+        assert_eq!(
+            shape::get(key, exact),
+            Some(shape::Cached::Exact(first.clone()))
+        );
+        // Served from the cache: a planted entry is what comes back.
+        shape::put(
+            key,
+            exact,
+            shape::Cached::Exact(ShardPlan::Scatter(vec![7])),
+        );
+        let (again, _) = p.plan_shards(sql, &ctx).expect("sharded");
+        assert_eq!(again, ShardPlan::Scatter(vec![7]));
+        // Another ring (a shard added) does not see this one's plans.
+        let q = sharded_planner(4);
+        assert_ne!(q.keyspaces["ks"].cache_key(&q.columns), key);
+        let (other, _) = q.plan_shards(sql, &ctx).expect("sharded");
+        assert!(
+            matches!(other, ShardPlan::MergeSorted(ref m) if m.shards.len() == 4),
+            "{other:?}"
+        );
+        // Prepared text: kept by its text too.
+        let (param, _) = p
+            .plan_shards("SELECT v FROM t WHERE id = ?", &ctx)
+            .expect("sharded");
+        assert_eq!(param, ShardPlan::Param(0));
+        let h = shape::exact_hash("SELECT v FROM t WHERE id = ?").expect("short");
+        assert_eq!(shape::get(key, h), Some(shape::Cached::Exact(param)));
     }
 
     fn addr(p: Plan) -> String {

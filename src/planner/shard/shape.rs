@@ -3,9 +3,11 @@
 //! shard key comes from; later statements of the same shape bind their own literal without
 //! being parsed again.
 //!
-//! Only plans that do not depend on the literals' values are kept: "the shard of literal i",
-//! "any shard", "every shard". Anything else (IN lists spread over shards, LIMIT values, split
-//! INSERTs, refusals) is planned in full each time.
+//! Only plans that do not depend on the literals' values are kept by shape: "the shard of
+//! literal i", "any shard", "every shard". Multi-shard reads (scatter, merge: their plans hold
+//! LIMIT values and rewritten text) and statements with `?` parameters are kept by their exact
+//! text instead, so a repeated statement or an executed prepared statement is not parsed
+//! again. Split INSERTs, multi-shard writes and refusals are planned in full each time.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -18,6 +20,9 @@ use crate::shardmap::ring::KeyValue;
 
 /// Shapes kept per thread (each proxy worker has its own): past this the cache starts over.
 const MAX_SHAPES: usize = 10_000;
+
+/// Statements longer than this are not kept by their text (an entry may hold a rewrite of it).
+const MAX_EXACT_TEXT: usize = 4096;
 
 /// A statement split into its shape and its literals.
 pub struct Shape<'a> {
@@ -44,6 +49,10 @@ pub enum Cached {
     Literal(usize),
     /// The same answer whatever the literals: `Any` or `All`.
     Fixed(ShardPlan),
+    /// The shape's plan depends on its values: each statement is planned by its text.
+    ByText,
+    /// The plan of exactly one statement text (see [`exact_hash`]).
+    Exact(ShardPlan),
 }
 
 impl<'a> Shape<'a> {
@@ -94,7 +103,8 @@ impl<'a> Shape<'a> {
         shard_of: impl Fn(&KeyValue<'_>) -> usize,
     ) -> Option<ShardPlan> {
         match cached {
-            Cached::Fixed(p) => Some(p.clone()),
+            Cached::Fixed(p) | Cached::Exact(p) => Some(p.clone()),
+            Cached::ByText => None,
             Cached::Literal(i) => {
                 let key = match self.literals.get(*i)? {
                     Literal::Number(n) => KeyValue::from_number_text(n),
@@ -134,6 +144,27 @@ fn literal(kind: TokKind, raw: &[u8]) -> Literal<'_> {
         }
         _ => Literal::Other,
     }
+}
+
+/// The cache key of a statement's exact text (a marker byte first, so it does not collide
+/// with the shape of the same text); `None` for a text too long to keep.
+pub fn exact_hash(sql: &str) -> Option<u64> {
+    (sql.len() <= MAX_EXACT_TEXT).then(|| {
+        let mut h = hasher();
+        h.write_u8(0xFF);
+        h.write(sql.as_bytes());
+        h.finish()
+    })
+}
+
+/// Whether a statement's full plan may be kept by its exact text: plans that hold nothing but
+/// what its text and the keyspace's ring decide, and whose keys no caller needs to see (a
+/// reshard hold reads the keys of point and split writes as they are planned).
+pub fn exact_cacheable(plan: &ShardPlan) -> bool {
+    matches!(
+        plan,
+        ShardPlan::Scatter(_) | ShardPlan::MergeSorted(_) | ShardPlan::Param(_)
+    )
 }
 
 fn hasher() -> impl Hasher {
@@ -198,5 +229,18 @@ mod tests {
         assert_eq!(escaped.bind(&Cached::Literal(0), shard_of), None);
         assert_eq!(cacheable(&ShardPlan::Param(2)), Some(Cached::Literal(2)));
         assert_eq!(cacheable(&ShardPlan::One(1)), None);
+        assert_eq!(a.bind(&Cached::ByText, shard_of), None);
+        let exact = Cached::Exact(ShardPlan::Scatter(vec![0, 1]));
+        assert_eq!(
+            a.bind(&exact, shard_of),
+            Some(ShardPlan::Scatter(vec![0, 1]))
+        );
+        assert!(exact_cacheable(&ShardPlan::Scatter(vec![0, 1])));
+        assert!(!exact_cacheable(&ShardPlan::One(0)));
+        assert!(!exact_cacheable(&ShardPlan::SplitInsert(Vec::new())));
+        let long = "x".repeat(MAX_EXACT_TEXT + 1);
+        assert_eq!(exact_hash(&long), None);
+        assert_eq!(exact_hash("SELECT 1"), exact_hash("SELECT 1"));
+        assert_ne!(exact_hash("SELECT 1"), exact_hash("SELECT 2"));
     }
 }
