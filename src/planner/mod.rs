@@ -147,13 +147,17 @@ impl Planner {
                 let sharded =
                     (ks.sharding == Sharding::ConsistentHash).then(|| Ring::new(&names, ks.vnodes));
                 let plans = KeyspacePlan {
-                    // The keyspace and its ring: plans kept by text hold shard indexes.
+                    // Everything a kept plan was decided by: the keyspace, its ring (plans
+                    // kept by text hold shard indexes) and its table rules (a reload may make
+                    // a table a reference table or change its key).
                     cache_id: {
                         use std::hash::{Hash, Hasher};
                         let mut h = std::collections::hash_map::DefaultHasher::new();
                         name.hash(&mut h);
                         names.hash(&mut h);
                         ks.vnodes.hash(&mut h);
+                        format!("{:?}", ks.tables).hash(&mut h);
+                        ks.allow_scatter_writes.hash(&mut h);
                         h.finish()
                     },
                     routes,
@@ -572,6 +576,15 @@ mod tests {
         );
         let (again, _) = p.plan_shards(sql, &ctx).expect("sharded");
         assert_eq!(again, ShardPlan::Scatter(vec![7]));
+        // Other table rules (a reload) do not see this planner's plans.
+        let mut map = p.map.clone();
+        if let Some(k) = map.keyspace.get_mut("ks") {
+            k.tables.entry("t".into()).or_default().shard_key = Some("v".into());
+        }
+        let reloaded = Planner::new(map.clone(), &Health::new(&map), true, |_| {
+            Duration::from_secs(1)
+        });
+        assert_ne!(reloaded.keyspaces["ks"].cache_key(&reloaded.columns), key);
         // Another ring (a shard added) does not see this one's plans.
         let q = sharded_planner(4);
         assert_ne!(q.keyspaces["ks"].cache_key(&q.columns), key);
