@@ -15,6 +15,7 @@ pub mod protocol;
 pub mod proxy;
 pub mod query_metrics;
 pub mod reshard;
+pub mod runtime;
 pub mod sandbox;
 pub mod session;
 pub mod shardmap;

@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use crate::proxy::Shared;
+use crate::runtime::Shared;
 pub use auth::Token;
 pub use error::ApiError;
 pub use router::router;

@@ -74,7 +74,7 @@ mod tests {
     use super::super::client::Client;
     use super::super::{bind, serve, AdminState};
     use crate::config::Config;
-    use crate::proxy::Shared;
+    use crate::runtime::Shared;
 
     const CONFIG: &str = r#"
         [proxy]

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AdminState;
 use crate::backend::pool::PoolUsage;
-use crate::proxy::Shared;
+use crate::runtime::Shared;
 use crate::shardmap::Sharding;
 
 /// `GET /api/v1/topology`; also what `shardgate topology` reads back.

@@ -9,7 +9,7 @@ use crate::protocol::consts::{cap, errcode, status};
 use crate::protocol::handshake::{put_auth_switch, ClientHello, ServerHello};
 use crate::protocol::packet::{put_err, put_packet, PacketError};
 use crate::protocol::stream::PacketStream;
-use crate::proxy::Shared;
+use crate::runtime::Shared;
 
 /// A client that passed authentication.
 pub struct Authenticated {

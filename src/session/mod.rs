@@ -12,7 +12,6 @@ mod hold;
 mod keyspace;
 mod kill;
 mod prepare;
-mod registry;
 mod route;
 mod scatter;
 mod set;
@@ -40,14 +39,14 @@ use crate::protocol::consts::{cap, com, errcode, status};
 use crate::protocol::packet::{put_err, put_ok, put_packet, Frame, OkInfo, PacketError};
 use crate::protocol::response::{Expect, Scanner};
 use crate::protocol::stream::PacketStream;
-use crate::proxy::Shared;
+use crate::runtime::Shared;
 
+use crate::runtime::registry::Registration;
+pub use crate::runtime::registry::FIRST_ID;
 use consistency::Ryw;
 use dispatch::Work;
 pub use handshake::HandshakeError;
 use hold::Hold;
-use registry::Registration;
-pub use registry::{Registry, FIRST_ID};
 use statements::{Statements, StmtShards};
 
 /// Why a session ended abnormally (a clean COM_QUIT or close is not an error).

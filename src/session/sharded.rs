@@ -542,7 +542,7 @@ impl Session {
         let Ok(want) = i64::try_from(n) else {
             return Ok(None);
         };
-        let take = |shared: &crate::proxy::Shared| -> Option<Vec<i64>> {
+        let take = |shared: &crate::runtime::Shared| -> Option<Vec<i64>> {
             let mut seqs = shared.sequences.lock().unwrap_or_else(|e| e.into_inner());
             let block = seqs.get_mut(sequence)?;
             if block.1 - block.0 < want {
