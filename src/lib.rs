@@ -19,4 +19,5 @@ pub mod runtime;
 pub mod sandbox;
 pub mod session;
 pub mod shardmap;
+pub mod tomlfile;
 pub mod topology;

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+use crate::tomlfile::ConfigError;
 
 /// How a keyspace spreads its rows over its shards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -282,7 +282,7 @@ impl ShardMap {
                 ));
             }
             if let Some(lag) = ks.max_replica_lag {
-                crate::config::check_lag_secs(lag)
+                crate::tomlfile::check_lag_secs(lag)
                     .map_err(|m| invalid(format!("{at}.max_replica_lag"), m))?;
             }
             let mut seen = std::collections::HashSet::new();
