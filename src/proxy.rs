@@ -66,7 +66,7 @@ impl Proxy {
             workers.push(handle);
         }
         shared.accepting.store(true, Ordering::Relaxed);
-        crate::topology::sync::start(
+        crate::ha::follow::start(
             shared.topology.clone(),
             shared.ha.clone(),
             shared.cache.clone(),

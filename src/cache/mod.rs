@@ -222,7 +222,7 @@ pub struct ResultCache {
     peers: Peers,
 }
 
-/// The cache's side of several proxies sharing one cluster (`topology::sync` publishes and
+/// The cache's side of several proxies sharing one cluster (`ha::follow` publishes and
 /// applies invalidations through etcd).
 #[derive(Debug)]
 struct Peers {
@@ -342,7 +342,7 @@ impl ResultCache {
     }
 
     /// A write through the proxy changed these tables (`db.table`, or `db.` when unknown).
-    /// With other proxies (etcd), the names also wait in the outbox for `sync` to publish.
+    /// With other proxies (etcd), the names also wait in the outbox for `ha::follow` to publish.
     pub fn invalidate(&self, tables: &[String]) {
         self.invalidate_remote(tables);
         if self.peers.shared.load(Ordering::Relaxed) {

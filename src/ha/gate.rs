@@ -7,7 +7,7 @@
 //! The holder drains: it waits until no command is between `enter` and `leave`.
 //!
 //! Holds nest (a count): this proxy's own switchover and another proxy's coordinated hold
-//! (`topology::sync`) may overlap; commands go when the last one ends.
+//! (`ha::follow`) may overlap; commands go when the last one ends.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};

@@ -10,6 +10,7 @@ pub mod acked;
 pub mod coord;
 pub mod detect;
 pub mod events;
+pub mod follow;
 pub mod gate;
 pub mod gtid;
 pub mod keyspace_gate;

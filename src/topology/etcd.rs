@@ -128,7 +128,7 @@ pub struct Member {
     pub started: String,
 }
 
-/// What the watch saw, in etcd's order, for the topology's follower (`sync`).
+/// What the watch saw, in etcd's order, for the topology's follower (`ha::follow`).
 #[derive(Debug)]
 pub enum Change {
     /// A new `map/current`, at this revision.
@@ -270,7 +270,7 @@ impl EtcdStore {
                 id: id.clone(),
                 listen: listen.to_string(),
                 admin: admin.to_string(),
-                started: crate::ha::events::now_rfc3339(),
+                started: crate::clock::now_rfc3339(),
             },
             id,
             keys: Keys::new(&cfg.prefix),
@@ -315,7 +315,7 @@ impl EtcdStore {
     /// Whether this proxy may serve a keyspace that other proxies may be switching: its lease
     /// was renewed within 2/3 of its TTL (before the others can count it gone), and it read
     /// the shard map under this lease (a lease that lapsed, as after a long pause, means a
-    /// cutover may have gone on without it; see `topology::sync`).
+    /// cutover may have gone on without it; see `ha::follow`).
     pub fn serves_current(&self) -> bool {
         let lease = self.lease.load(Ordering::SeqCst);
         let fresh = Duration::from_millis(self.cfg.lease_ttl_secs * 2000 / 3);

@@ -4,12 +4,11 @@
 //! Versions live behind one seam with two stores: the local state file (`[ha] state_file`, the
 //! default: one proxy, nothing else to run) or etcd (`[topology] store = "etcd"`: several
 //! proxies on one map). With etcd, a version is published only by compare-and-set on the one
-//! before it, every proxy follows `map/current` through a watch (`sync`), and the state file,
+//! before it, every proxy follows `map/current` through a watch (`ha::follow`), and the state file,
 //! when set, keeps a local copy to start from while etcd is unreachable.
 
 pub mod etcd;
 mod file;
-pub mod sync;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -93,7 +92,7 @@ impl Topology {
     /// Starts from the config's shard map, or from the state file's newest version when there
     /// is one (logged, so an operator knows why the config's primaries are not used). With
     /// etcd, from etcd's current version (seeding etcd with the local one when it has none);
-    /// while etcd is unreachable, from the local one, until `sync` reaches it.
+    /// while etcd is unreachable, from the local one, until `ha::follow` reaches it.
     pub fn new(config: &Config, health: Arc<Health>) -> Result<Self, TopologyError> {
         let store = match config.topology.store {
             StoreKind::File => None,
@@ -129,7 +128,7 @@ impl Topology {
         if history.is_empty() {
             history.push(MapVersion {
                 version: 1,
-                at: crate::ha::events::now_rfc3339(),
+                at: crate::clock::now_rfc3339(),
                 reason: "config".into(),
                 map: config.shard_map(),
             });
@@ -268,7 +267,7 @@ impl Topology {
     ) -> Result<u64, TopologyError> {
         let v = MapVersion {
             version: self.version() + 1,
-            at: crate::ha::events::now_rfc3339(),
+            at: crate::clock::now_rfc3339(),
             reason: reason.to_string(),
             map,
         };

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::etcd::{CacheNote, Change};
-use super::{EtcdStore, Topology};
+use super::Ha;
 use crate::cache::ResultCache;
-use crate::ha::Ha;
+use crate::topology::etcd::{CacheNote, Change};
+use crate::topology::{EtcdStore, MapVersion, Topology};
 
 /// How long invalidations are gathered before one write to etcd carries them: bounds the
 /// writes etcd sees under load, and adds at most this much to how late another proxy's cache
@@ -131,7 +131,7 @@ async fn follow(
 
 /// Applies a version read from etcd and tells failure handling what changed; whether it was
 /// newer than what this proxy had.
-fn apply(topology: &Topology, ha: &Ha, v: super::MapVersion, rev: i64) -> bool {
+fn apply(topology: &Topology, ha: &Ha, v: MapVersion, rev: i64) -> bool {
     let old = topology.map();
     let applied = topology.apply(v, rev);
     if applied {
