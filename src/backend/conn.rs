@@ -347,7 +347,7 @@ impl BackendConn {
     /// A write on this connection reported `g`: the session reads it (read-your-writes) and
     /// the failover's record of acknowledged writes gets it now.
     pub fn wrote(&mut self, g: TrackedGtid) {
-        crate::ha::acked::Acked::global().note(&self.addr, g);
+        crate::gtid::acked::Acked::global().note(&self.addr, g);
         self.last_gtid = Some(g);
     }
 

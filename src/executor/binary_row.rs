@@ -12,8 +12,7 @@ use bytes::{BufMut, BytesMut};
 use super::merge::ColumnMeta;
 use crate::protocol::wire::{put_lenenc_bytes, Reader};
 
-/// `decimals` of a column whose fraction digits are not fixed (the server's `NOT_FIXED_DEC`).
-pub const NOT_FIXED_DEC: u8 = 0x1f;
+use super::merge::NOT_FIXED_DEC;
 
 /// How the binary protocol carries the values of a column type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

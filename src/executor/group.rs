@@ -7,7 +7,8 @@
 
 use std::cmp::Ordering;
 
-use crate::executor::merge::{compare_values, fold, ColumnMeta, Fold, ValueKind};
+use crate::executor::merge::format_double;
+use crate::executor::merge::{compare_values, fold, ColumnMeta, Fold, ValueKind, NOT_FIXED_DEC};
 use crate::planner::shard::{AvgColumn, Combine, CompareOp, GroupSpec, Operand, Predicate};
 use crate::protocol::wire::Reader;
 
@@ -18,8 +19,6 @@ pub type Row = Vec<Option<Vec<u8>>>;
 const DIV_PRECISION_INCREMENT: u32 = 4;
 /// Most fraction digits of a DECIMAL result (DECIMAL_MAX_SCALE).
 const DECIMAL_MAX_SCALE: u32 = 38;
-/// Decimals of a DOUBLE printed in its shortest form (NOT_FIXED_DEC).
-const NOT_FIXED_DEC: u8 = 31;
 const TYPE_DECIMAL: u8 = 0x00;
 const TYPE_FLOAT: u8 = 0x04;
 const TYPE_DOUBLE: u8 = 0x05;
@@ -306,44 +305,6 @@ fn format_digits(negative: bool, digits: &[u8], decimals: usize) -> String {
         out.extend(frac.iter().map(|d| char::from(b'0' + d)));
     }
     out
-}
-
-/// A DOUBLE as MariaDB prints one of unfixed decimals: the shortest digits that read back
-/// exactly (up to 17), in plain form for decimal exponents -14..=15 (or when every digit is
-/// needed before the point), else as `1.5e16`, `1e-16` (no `+`, no zero padding).
-pub fn format_double(x: f64) -> String {
-    if !x.is_finite() {
-        return "0".into(); // the server has no text for these; it sends 0
-    }
-    let sign = if x.is_sign_negative() && x != 0.0 {
-        "-"
-    } else {
-        ""
-    };
-    // `{:e}` gives the shortest exact digits: `1.2345e-5`, `1e16`.
-    let scientific = format!("{:e}", x.abs());
-    let Some((mantissa, exponent)) = scientific.split_once('e') else {
-        return format!("{x}");
-    };
-    let Ok(exponent) = exponent.parse::<i32>() else {
-        return format!("{x}");
-    };
-    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
-    let len = i32::try_from(digits.len()).unwrap_or(i32::MAX);
-    let point = exponent + 1; // digits before the decimal point
-    if !(point >= -14 && (point <= 15 || len > point)) {
-        return format!("{sign}{scientific}");
-    }
-    if point <= 0 {
-        let zeros = "0".repeat(point.unsigned_abs() as usize);
-        format!("{sign}0.{zeros}{digits}")
-    } else if point < len {
-        let (int, frac) = digits.split_at(point as usize);
-        format!("{sign}{int}.{frac}")
-    } else {
-        let zeros = "0".repeat((point - len) as usize);
-        format!("{sign}{digits}{zeros}")
-    }
 }
 
 /// A value in a HAVING comparison.

@@ -10,6 +10,10 @@ use std::cmp::Ordering;
 
 use crate::protocol::wire::Reader;
 
+/// `decimals` of a column whose fraction digits are not fixed (the server's `NOT_FIXED_DEC`):
+/// a DOUBLE printed in its shortest form.
+pub const NOT_FIXED_DEC: u8 = 0x1f;
+
 /// What ordering needs from a column definition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ColumnMeta {
@@ -58,7 +62,7 @@ impl ColumnMeta {
         let ty = r.u8().ok()?;
         let flags = r.u16().ok()?;
         // Tolerated missing, as before this field was read; "not fixed" loses no digits.
-        let decimals = r.u8().unwrap_or(super::binary_row::NOT_FIXED_DEC);
+        let decimals = r.u8().unwrap_or(NOT_FIXED_DEC);
         let kind = match ty {
             0x00 | 0x01 | 0x02 | 0x03 | 0x08 | 0x09 | 0x0d | 0xf6 => ValueKind::Exact,
             0x04 | 0x05 => ValueKind::Float,
@@ -190,7 +194,7 @@ pub fn add_numbers(a: &[u8], b: &[u8], kind: ValueKind) -> Option<Vec<u8>> {
         }
     }
     let f = |v: &[u8]| std::str::from_utf8(v).ok()?.parse::<f64>().ok();
-    Some(super::group::format_double(f(a)? + f(b)?).into_bytes())
+    Some(format_double(f(a)? + f(b)?).into_bytes())
 }
 
 /// Decimal text as (mantissa, scale): `-12.50` is (-1250, 2).
@@ -268,6 +272,44 @@ fn split_decimal(v: &[u8]) -> Option<(bool, &[u8], &[u8])> {
     }
     let start = int.iter().position(|d| *d != b'0').unwrap_or(int.len());
     Some((neg, &int[start..], frac))
+}
+
+/// A DOUBLE as MariaDB prints one of unfixed decimals: the shortest digits that read back
+/// exactly (up to 17), in plain form for decimal exponents -14..=15 (or when every digit is
+/// needed before the point), else as `1.5e16`, `1e-16` (no `+`, no zero padding).
+pub fn format_double(x: f64) -> String {
+    if !x.is_finite() {
+        return "0".into(); // the server has no text for these; it sends 0
+    }
+    let sign = if x.is_sign_negative() && x != 0.0 {
+        "-"
+    } else {
+        ""
+    };
+    // `{:e}` gives the shortest exact digits: `1.2345e-5`, `1e16`.
+    let scientific = format!("{:e}", x.abs());
+    let Some((mantissa, exponent)) = scientific.split_once('e') else {
+        return format!("{x}");
+    };
+    let Ok(exponent) = exponent.parse::<i32>() else {
+        return format!("{x}");
+    };
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let len = i32::try_from(digits.len()).unwrap_or(i32::MAX);
+    let point = exponent + 1; // digits before the decimal point
+    if !(point >= -14 && (point <= 15 || len > point)) {
+        return format!("{sign}{scientific}");
+    }
+    if point <= 0 {
+        let zeros = "0".repeat(point.unsigned_abs() as usize);
+        format!("{sign}0.{zeros}{digits}")
+    } else if point < len {
+        let (int, frac) = digits.split_at(point as usize);
+        format!("{sign}{int}.{frac}")
+    } else {
+        let zeros = "0".repeat((point - len) as usize);
+        format!("{sign}{digits}{zeros}")
+    }
 }
 
 #[cfg(test)]

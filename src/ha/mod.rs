@@ -6,13 +6,14 @@
 //! at a time (`op` lock). The data plane meets this module only through the [`gate::Gate`]
 //! (statements wait while a primary changes) and the [`Topology`] (the new map).
 
-pub mod acked;
 pub mod coord;
 pub mod detect;
 pub mod events;
+// GTIDs and what was acknowledged live below `backend` (which reports into them); their old
+// paths stay.
+pub use crate::gtid::{self, acked};
 pub mod follow;
 pub mod gate;
-pub mod gtid;
 pub mod keyspace_gate;
 pub mod ops;
 pub mod server;

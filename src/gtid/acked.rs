@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, RwLock};
 
-use super::gtid::{Gtid, GtidPos};
+use super::{Gtid, GtidPos};
 use crate::protocol::track::TrackedGtid;
 
 #[derive(Debug, Default)]

@@ -1,6 +1,8 @@
 //! MariaDB GTID positions (`domain-server-seq`, comma separated, one per domain) and the one
 //! comparison failover needs: which replica has received the most.
 
+pub mod acked;
+
 use std::collections::BTreeMap;
 
 /// One GTID: the last transaction of a replication domain.
