@@ -22,6 +22,8 @@ use sqlparser::dialect::MySqlDialect;
 use sqlparser::parser::Parser;
 
 use super::digest::{self, Lexer, Tok, TokKind};
+// Read from the statement's comments by the lexer; its home is there.
+pub use super::digest::Hint;
 
 /// What a statement does, as far as routing is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,13 +85,6 @@ pub enum Value {
     /// Anything else (functions, other variables, subqueries): the caller runs it and reads
     /// the result back, or pins the session.
     Expr,
-}
-
-/// A routing hint from a `/* shardgate:primary */` or `/* shardgate:replica */` comment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hint {
-    Primary,
-    Replica,
 }
 
 /// The classification of one COM_QUERY text.

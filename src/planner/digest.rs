@@ -10,7 +10,12 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::OnceLock;
 
-use super::classify::Hint;
+/// A routing hint from a `/* shardgate:primary */` or `/* shardgate:replica */` comment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hint {
+    Primary,
+    Replica,
+}
 
 /// A statement's digest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
