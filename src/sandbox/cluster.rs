@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{io, SandboxError};
 use super::etcd::Etcd;
 use super::layout::TableLayout;
-use super::{process, server};
+use super::process;
 use crate::config::{Config, MonitorSection, StoreKind, User};
 use crate::shardmap::ShardMap;
 
@@ -408,21 +408,7 @@ impl Cluster {
         }
     }
 
-    /// Starts a stopped server `idx` again on the same port and datadir (its role decides
-    /// `read_only`), waits until it answers, and records the new pid in `cluster.json`.
-    pub async fn start_server(&mut self, idx: usize) -> Result<(), SandboxError> {
-        let bins = super::template::find_binaries()?;
-        let mut info = self.server(idx)?.clone();
-        if info.is_running() {
-            return Ok(());
-        }
-        info.pid = 0;
-        server::start(&bins.mariadbd, &mut info, false).await?;
-        self.servers[idx] = info;
-        self.save()
-    }
-
-    fn server(&self, idx: usize) -> Result<&ServerInfo, SandboxError> {
+    pub(super) fn server(&self, idx: usize) -> Result<&ServerInfo, SandboxError> {
         self.servers.get(idx).ok_or_else(|| SandboxError::State {
             file: cluster_json(&self.dir).display().to_string(),
             msg: format!("no server #{idx} (there are {})", self.servers.len()),

@@ -341,6 +341,24 @@ pub(crate) fn remove(path: &Path) -> Result<(), SandboxError> {
     }
 }
 
+// Starting a server is the lifecycle's business (it runs `server`); the cluster only
+// describes the servers, so `cluster` and `server` do not import each other.
+impl Cluster {
+    /// Starts a stopped server `idx` again on the same port and datadir (its role decides
+    /// `read_only`), waits until it answers, and records the new pid in `cluster.json`.
+    pub async fn start_server(&mut self, idx: usize) -> Result<(), SandboxError> {
+        let bins = template::find_binaries()?;
+        let mut info = self.server(idx)?.clone();
+        if info.is_running() {
+            return Ok(());
+        }
+        info.pid = 0;
+        server::start(&bins.mariadbd, &mut info, false).await?;
+        self.servers[idx] = info;
+        self.save()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
