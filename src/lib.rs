@@ -21,5 +21,6 @@ pub mod runtime;
 pub mod sandbox;
 pub mod session;
 pub mod shardmap;
+pub mod table_def;
 pub mod tomlfile;
 pub mod topology;

@@ -469,6 +469,15 @@ impl BackendConn {
         &mut self,
         sql: &str,
     ) -> Result<Result<Option<String>, ErrInfo>, BackendError> {
+        self.query_value_at(sql, 0).await
+    }
+
+    /// [`BackendConn::query_value`], of column `column` (0-based) of the first row.
+    pub async fn query_value_at(
+        &mut self,
+        sql: &str,
+        column: usize,
+    ) -> Result<Result<Option<String>, ErrInfo>, BackendError> {
         let mut out = BytesMut::with_capacity(5 + sql.len());
         let mut body = BytesMut::with_capacity(1 + sql.len());
         body.put_u8(com::QUERY);
@@ -520,7 +529,7 @@ impl BackendConn {
                         if is_end {
                             break;
                         }
-                        value = first_value(&p);
+                        value = nth_value(&p, column);
                         first_row = false;
                     }
                 }
@@ -529,7 +538,7 @@ impl BackendConn {
                         break;
                     }
                     if first_row {
-                        value = first_value(&p);
+                        value = nth_value(&p, column);
                         first_row = false;
                     }
                 }
@@ -582,11 +591,19 @@ pub fn sets_tracking(vars: Option<&VarSet>) -> bool {
 }
 
 /// The first column of a text-protocol row.
-fn first_value(row: &[u8]) -> Option<String> {
-    if row.first() == Some(&0xFB) {
+/// Value `n` (0-based) of a text-protocol row; `None` for NULL or a short row.
+fn nth_value(row: &[u8], n: usize) -> Option<String> {
+    let mut r = crate::protocol::wire::Reader::new(row);
+    for _ in 0..n {
+        if r.remaining().first() == Some(&0xFB) {
+            r.u8().ok()?;
+        } else {
+            r.lenenc_bytes().ok()?;
+        }
+    }
+    if r.remaining().first() == Some(&0xFB) {
         return None;
     }
-    let mut r = crate::protocol::wire::Reader::new(row);
     let bytes = r.lenenc_bytes().ok()?;
     Some(String::from_utf8_lossy(bytes).into_owned())
 }

@@ -7,8 +7,9 @@
 
 use std::cmp::Ordering;
 
-use crate::executor::merge::format_double;
-use crate::executor::merge::{compare_values, fold, ColumnMeta, Fold, ValueKind, NOT_FIXED_DEC};
+use crate::executor::merge::{
+    compare_values, fold, format_double, ColumnMeta, Fold, ValueKind, NOT_FIXED_DEC,
+};
 use crate::planner::shard::{AvgColumn, Combine, CompareOp, GroupSpec, Operand, Predicate};
 use crate::protocol::wire::Reader;
 

@@ -1,6 +1,7 @@
 //! The column order of sharded tables, for `INSERT INTO t VALUES (...)` without a column list:
 //! the planner finds the shard key's value by its position. Read from the keyspace's first
-//! shard by the session when a statement needs it (the planner does no I/O), forgotten at
+//! shard (`SHOW CREATE TABLE`) by the session when a statement needs it (the planner does no
+//! I/O), forgotten at
 //! once on DDL through the proxy, and read again when older than [`MAX_AGE`], which bounds
 //! how long DDL run around the proxy can go unseen.
 
@@ -66,23 +67,18 @@ impl TableColumns {
     }
 }
 
-/// The query that reads `table`'s columns in order, as one value (names separated by NUL,
-/// which no identifier holds). One table of information_schema, both names constant, so the
-/// server opens that table only.
+/// The statement whose second column is `table`'s definition (`SHOW CREATE TABLE` makes no
+/// temporary table on the server, where information_schema.COLUMNS makes an on-disk one: see
+/// [`crate::table_def`]).
 pub fn query(schema: &str, table: &str) -> String {
-    let lit = |s: &str| s.replace('\\', "\\\\").replace('\'', "\\'");
-    format!(
-        "SELECT GROUP_CONCAT(COLUMN_NAME ORDER BY ORDINAL_POSITION SEPARATOR '\\0') \
-         FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = '{}' AND TABLE_NAME = '{}'",
-        lit(schema),
-        lit(table)
-    )
+    let ident = |s: &str| format!("`{}`", s.replace('`', "``"));
+    format!("SHOW CREATE TABLE {}.{}", ident(schema), ident(table))
 }
 
-/// The column names in [`query`]'s answer (`None`: no such table).
-pub fn parse(value: Option<&str>) -> Option<Vec<String>> {
-    let v = value.filter(|v| !v.is_empty())?;
-    Some(v.split('\0').map(str::to_string).collect())
+/// The column names of [`query`]'s definition text (`None`: no such table).
+pub fn parse(create: Option<&str>) -> Option<Vec<String>> {
+    let def = crate::table_def::parse(create?);
+    (!def.columns.is_empty()).then(|| def.columns.into_iter().map(|c| c.name).collect())
 }
 
 #[cfg(test)]
@@ -112,13 +108,12 @@ mod tests {
     }
 
     #[test]
-    fn the_query_quotes_names_and_its_answer_splits_on_nul() {
-        let q = query("app", "it's");
-        assert!(q.contains("TABLE_NAME = 'it\\'s'"), "{q}");
-        assert!(q.contains("SEPARATOR '\\0'"), "{q}");
+    fn the_query_quotes_names_and_its_answer_gives_the_columns_in_order() {
+        assert_eq!(query("app", "it`s"), "SHOW CREATE TABLE `app`.`it``s`");
+        let create = "CREATE TABLE `t` (\n  `b` int(11) DEFAULT NULL,\n  `id` bigint(20) NOT NULL,\n  PRIMARY KEY (`id`)\n)";
         assert_eq!(
-            parse(Some("id\0na me\0x")),
-            Some(vec!["id".to_string(), "na me".into(), "x".into()])
+            parse(Some(create)),
+            Some(vec!["b".to_string(), "id".to_string()])
         );
         assert_eq!(parse(None), None);
         assert_eq!(parse(Some("")), None);

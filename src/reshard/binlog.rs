@@ -146,7 +146,7 @@ struct Group {
 pub struct BinlogReader {
     server: String,
     stream: BinlogStream,
-    /// For information_schema lookups: the stream's own connection is busy streaming.
+    /// For table definition lookups: the stream's own connection is busy streaming.
     meta: Pool,
     dead_after: Duration,
     schemas: Vec<String>,
@@ -161,7 +161,7 @@ pub struct BinlogReader {
     ready: VecDeque<Record>,
     /// Tables of the current group's table maps, by table id (filtered-out schemas absent).
     mapped: HashMap<u64, Arc<TableInfo>>,
-    /// information_schema lookups, by schema and table.
+    /// Table definition lookups, by schema and table.
     tables: HashMap<(String, String), Arc<TableInfo>>,
 }
 
@@ -425,7 +425,7 @@ impl BinlogReader {
     }
 
     /// Names and signedness of the table a table map describes: from the table map when it has
-    /// them, else from information_schema, looked up once per table and again whenever its
+    /// them, else from `SHOW CREATE TABLE`, looked up once per table and again whenever its
     /// column types change.
     async fn table_info(&mut self, tme: &TableMapEvent<'_>) -> Result<Arc<TableInfo>, BinlogError> {
         let schema = tme.database_name().into_owned();
@@ -458,7 +458,7 @@ impl BinlogReader {
         };
         let named = lookup.await.map_err(|source| BinlogError::Query {
             server: self.server.clone(),
-            what: "reading column names from information_schema",
+            what: "reading the table's columns (SHOW CREATE TABLE)",
             source,
         })?;
         let info = Arc::new(columns::table_info(

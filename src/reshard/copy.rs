@@ -66,28 +66,14 @@ impl TableShape {
         table: &str,
         key_column: &str,
     ) -> Result<TableShape, CopyError> {
-        let cols: Vec<(String, String, String)> = conn
-            .exec(
-                "SELECT COLUMN_NAME, DATA_TYPE, EXTRA FROM information_schema.COLUMNS \
-                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
-                (schema, table),
-            )
+        let def = crate::table_def::read(conn, schema, table)
             .await
-            .map_err(|e| sql_err(server, "reading the columns", e))?;
-        let stored: Vec<&(String, String, String)> = cols
-            .iter()
-            .filter(|(_, _, extra)| !extra.to_ascii_uppercase().contains("GENERATED"))
-            .collect();
-        let columns: Vec<String> = stored.iter().map(|c| c.0.clone()).collect();
-        let pk: Vec<String> = conn
-            .exec(
-                "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE WHERE \
-                 TABLE_SCHEMA = ? AND TABLE_NAME = ? AND CONSTRAINT_NAME = 'PRIMARY' \
-                 ORDER BY ORDINAL_POSITION",
-                (schema, table),
-            )
-            .await
-            .map_err(|e| sql_err(server, "reading the primary key", e))?;
+            .map_err(|e| sql_err(server, "reading the columns", e))?
+            .unwrap_or_default();
+        let stored: Vec<&crate::table_def::ColumnDef> =
+            def.columns.iter().filter(|c| !c.generated).collect();
+        let columns: Vec<String> = stored.iter().map(|c| c.name.clone()).collect();
+        let pk = def.primary_key;
         if pk.is_empty() {
             return Err(CopyError::NoPrimaryKey(format!("{schema}.{table}")));
         }
@@ -114,7 +100,7 @@ impl TableShape {
             "bit",
             "year",
         ];
-        let key_numeric = numeric.contains(&stored[key].1.to_ascii_lowercase().as_str());
+        let key_numeric = numeric.contains(&stored[key].data_type.as_str());
         Ok(TableShape {
             schema: schema.to_string(),
             table: table.to_string(),

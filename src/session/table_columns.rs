@@ -73,10 +73,12 @@ impl Session {
             .await
             .map_err(|e| e.to_string())?;
         match conn
-            .query_value(&table_columns::query(keyspace, table))
+            .query_value_at(&table_columns::query(keyspace, table), 1)
             .await
         {
             Ok(Ok(v)) => Ok(table_columns::parse(v.as_deref())),
+            // No such table, or not one this user may see.
+            Ok(Err(e)) if matches!(e.code, 1146 | 1142 | 1049) => Ok(None),
             Ok(Err(e)) => Err(e.message),
             Err(e) => Err(e.to_string()),
         }

@@ -1,12 +1,11 @@
 //! Column names and signedness of a table. The table map event carries them when the server
 //! runs with `binlog_row_metadata=FULL` (and then describes the table as it was when the row
-//! was written); with MariaDB's default (NO_LOG) they are read from information_schema.
+//! was written); with MariaDB's default (NO_LOG) they are read from the server.
 
 use std::io;
 
 use mysql_async::binlog::events::{OptionalMetaExtractor, TableMapEvent};
 use mysql_async::consts::ColumnType;
-use mysql_async::prelude::Queryable;
 use mysql_async::Value;
 
 use super::error::BinlogError;
@@ -37,30 +36,25 @@ impl TableInfo {
     }
 }
 
-/// Column names and whether each is UNSIGNED, in table order, from information_schema.
-/// Empty if the table does not exist (or the user may not see it).
+/// Column names and whether each is UNSIGNED, in table order (from `SHOW CREATE TABLE`: see
+/// `table_def`). Empty if the table does not exist (or the user may not see it).
 pub async fn table_columns(
     conn: &mut mysql_async::Conn,
     schema: &str,
     table: &str,
 ) -> Result<Vec<(String, bool)>, mysql_async::Error> {
-    let rows: Vec<(String, String)> = conn
-        .exec(
-            "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS \
-             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
-            (schema, table),
-        )
-        .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(name, ty)| {
-            let unsigned = ty.to_ascii_lowercase().contains("unsigned");
-            (name, unsigned)
+    let def = crate::table_def::read(conn, schema, table).await?;
+    Ok(def
+        .map(|d| {
+            d.columns
+                .into_iter()
+                .map(|c| (c.name, c.unsigned))
+                .collect()
         })
-        .collect())
+        .unwrap_or_default())
 }
 
-/// Joins information_schema's columns with the table map's types; a different column count
+/// Joins the table's columns with the table map's types; a different column count
 /// means the table changed since the event was written (DDL during catch-up), which the
 /// stream cannot map by position.
 pub(super) fn table_info(
@@ -75,7 +69,7 @@ pub(super) fn table_info(
             server: server.to_string(),
             schema: schema.to_string(),
             table: table.to_string(),
-            detail: "information_schema shows no columns: the table was dropped since, or the stream's user may not see it (grant it SELECT on the table, or run the server with binlog_row_metadata=FULL so row events carry column names)".into(),
+            detail: "the server shows no such table: it was dropped since, or the stream's user may not see it (grant it SELECT on the table, or run the server with binlog_row_metadata=FULL so row events carry column names)".into(),
         });
     }
     if named.len() != types.len() {
@@ -84,7 +78,7 @@ pub(super) fn table_info(
             schema: schema.to_string(),
             table: table.to_string(),
             detail: format!(
-                "row events have {} columns, information_schema lists {}: the table was altered (no DDL on moving tables during a reshard)",
+                "row events have {} columns, the table has {}: the table was altered (no DDL on moving tables during a reshard)",
                 types.len(),
                 named.len()
             ),
