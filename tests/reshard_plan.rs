@@ -247,10 +247,9 @@ async fn reading_a_sources_tables_makes_no_temporary_tables_on_the_server() {
     // The copy and the catch-up read a table's columns (and primary key) the same way.
     let mut c = common::connect(&common::root_url(port)).await;
     for round in 0..20 {
-        let shape =
-            shardgate::reshard::copy::TableShape::read(&mut c, &addr, "app", "keyed", "id")
-                .await
-                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let shape = shardgate::reshard::copy::TableShape::read(&mut c, &addr, "app", "keyed", "id")
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
         assert_eq!(shape.columns, ["id", "v"], "round {round}");
         assert!(shape.key_numeric);
     }
