@@ -34,8 +34,12 @@ pub async fn read(
 ) -> Result<Option<TableDef>, mysql_async::Error> {
     let ident = |s: &str| format!("`{}`", s.replace('`', "``"));
     let sql = format!("SHOW CREATE TABLE {}.{}", ident(schema), ident(table));
-    match conn.query_first::<(String, String), _>(sql).await {
-        Ok(row) => Ok(row.map(|(_, create)| parse(&create))),
+    // As a Row: a typed read panics on text that is not UTF-8, which the statement holds
+    // when a column's DEFAULT is binary (`DEFAULT X'00FF80'` is printed as its raw bytes).
+    match conn.query_first::<mysql_async::Row, _>(sql).await {
+        Ok(row) => Ok(row
+            .and_then(|r| r.get_opt::<Vec<u8>, _>(1).and_then(Result::ok))
+            .map(|create| parse(&String::from_utf8_lossy(&create)))),
         // ER_NO_SUCH_TABLE, ER_TABLEACCESS_DENIED_ERROR, ER_BAD_DB_ERROR
         Err(mysql_async::Error::Server(e)) if matches!(e.code, 1146 | 1142 | 1049) => Ok(None),
         Err(e) => Err(e),
