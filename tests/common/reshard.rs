@@ -138,11 +138,14 @@ async fn writer(
     };
     while !stop.load(Ordering::SeqCst) {
         if std::mem::take(&mut *broken.lock().expect("broken")) {
-            // The proxy went away (a fault test killed it): reconnect once it is back.
+            // The proxy went away (a fault test killed it): reconnect once it is back. Bounded:
+            // while nothing listens on the proxy's port, a connect can be given that very port
+            // as its source and connect to itself, then wait forever for a greeting (the
+            // writers hung after the workflow completed, twice in ten runs).
             let opts = mysql_async::Opts::from_url(&url).expect("url");
-            match mysql_async::Conn::new(opts).await {
-                Ok(c) => conn = c,
-                Err(_) => {
+            match tokio::time::timeout(Duration::from_secs(5), mysql_async::Conn::new(opts)).await {
+                Ok(Ok(c)) => conn = c,
+                _ => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
