@@ -32,8 +32,7 @@ pub async fn read(
     schema: &str,
     table: &str,
 ) -> Result<Option<TableDef>, mysql_async::Error> {
-    let ident = |s: &str| format!("`{}`", s.replace('`', "``"));
-    let sql = format!("SHOW CREATE TABLE {}.{}", ident(schema), ident(table));
+    let sql = statement(schema, table);
     // As a Row: a typed read panics on text that is not UTF-8, which the statement holds
     // when a column's DEFAULT is binary (`DEFAULT X'00FF80'` is printed as its raw bytes).
     match conn.query_first::<mysql_async::Row, _>(sql).await {
@@ -44,6 +43,16 @@ pub async fn read(
         Err(mysql_async::Error::Server(e)) if matches!(e.code, 1146 | 1142 | 1049) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// `name` quoted as a MariaDB identifier.
+pub fn ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// The `SHOW CREATE TABLE` statement of `schema.table` (its second column is the definition).
+pub fn statement(schema: &str, table: &str) -> String {
+    format!("SHOW CREATE TABLE {}.{}", ident(schema), ident(table))
 }
 
 /// Reads MariaDB's `SHOW CREATE TABLE` layout.

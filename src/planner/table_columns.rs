@@ -71,8 +71,7 @@ impl TableColumns {
 /// temporary table on the server, where information_schema.COLUMNS makes an on-disk one: see
 /// [`crate::table_def`]).
 pub fn query(schema: &str, table: &str) -> String {
-    let ident = |s: &str| format!("`{}`", s.replace('`', "``"));
-    format!("SHOW CREATE TABLE {}.{}", ident(schema), ident(table))
+    crate::table_def::statement(schema, table)
 }
 
 /// The column names of [`query`]'s definition text (`None`: no such table).

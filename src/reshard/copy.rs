@@ -37,10 +37,7 @@ pub(crate) fn sql_err(server: &str, what: &str, e: impl std::fmt::Display) -> Co
     }
 }
 
-/// `name` quoted as a MariaDB identifier.
-pub fn ident(name: &str) -> String {
-    format!("`{}`", name.replace('`', "``"))
-}
+pub use crate::table_def::ident;
 
 /// What the copy needs to know about one table, read from the source.
 #[derive(Debug, Clone, PartialEq)]
