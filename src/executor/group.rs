@@ -13,8 +13,7 @@ use crate::executor::merge::{
 use crate::planner::shard::{AvgColumn, Combine, CompareOp, GroupSpec, Operand, Predicate};
 use crate::protocol::wire::Reader;
 
-/// A row's values (`None`: NULL).
-pub type Row = Vec<Option<Vec<u8>>>;
+pub use crate::executor::row_values::Row;
 
 /// MariaDB's default `div_precision_increment`: digits AVG adds to its argument's scale.
 const DIV_PRECISION_INCREMENT: u32 = 4;

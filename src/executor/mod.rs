@@ -3,9 +3,16 @@
 //! and streams the response.
 
 pub mod binary_row;
+pub mod concat;
+pub mod fold_groups;
 pub mod group;
 pub mod merge;
+pub mod merge_sort;
+pub mod merged_read;
 pub mod ok_sum;
+pub mod row_values;
+pub mod shard_rows;
+pub mod sink;
 
 use std::sync::Arc;
 

@@ -911,16 +911,12 @@ impl Session {
             self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
             return Ok(());
         }
-        match read {
-            ShardPlan::MergeSorted(spec) => {
-                self.merge_sorted(&targets, spec, class, hint, request, in_txn, reply_seq)
-                    .await?;
-            }
-            _ => {
-                self.scatter(&targets, class, hint, request, in_txn, reply_seq)
-                    .await?;
-            }
-        }
+        let spec = match read {
+            ShardPlan::MergeSorted(spec) => Some(spec),
+            _ => None,
+        };
+        self.multi_read(&targets, spec, class, hint, request, in_txn, reply_seq)
+            .await?;
         self.end_outside_reads().await;
         Ok(())
     }
