@@ -11,8 +11,10 @@ pub mod merge_sort;
 pub mod merged_read;
 pub mod ok_sum;
 pub mod row_values;
+pub mod sequence;
 pub mod shard_rows;
 pub mod sink;
+pub mod split_write;
 
 use std::sync::Arc;
 

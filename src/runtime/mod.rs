@@ -29,7 +29,7 @@ pub struct Shared {
     /// Live state of every server, kept by the monitor.
     pub health: Arc<Health>,
     /// Ids taken from sequence tables and not yet handed out: sequence -> [next, end).
-    pub sequences: std::sync::Mutex<std::collections::HashMap<String, (i64, i64)>>,
+    pub sequences: crate::executor::sequence::Blocks,
     /// Per statement shape statistics (`/api/v1/queries`).
     pub digests: crate::digests::Digests,
     /// The result cache, when a rule in `[cache]` turns it on.

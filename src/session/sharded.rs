@@ -14,6 +14,8 @@ use super::table_columns::columns_unknown;
 use super::{identity, Session, SessionError};
 use crate::backend::prepared::{param_value, prepare_silently, ParamValue};
 use crate::executor::ok_sum::OkSum;
+use crate::executor::sequence::{take_ids, SequenceError, SequenceTable};
+use crate::executor::split_write::{split_write, HeldConnections, ShardStatements};
 use crate::executor::{self, ExecError};
 use crate::ha::keyspace_gate::TxnToken;
 use crate::planner::classify::{Class, Hint, Kind, Value, VarName};
@@ -23,9 +25,6 @@ use crate::protocol::consts::{com, errcode, status};
 use crate::protocol::packet::{put_ok, put_ok_info, Frame, OkInfo};
 use crate::shardmap::moving::Touched;
 use crate::shardmap::ring::KeyValue;
-
-/// Ids reserved from a sequence table at a time (more when one INSERT needs more).
-const SEQUENCE_BLOCK: i64 = 1000;
 
 /// What a write on several shards inserted: rows of one multi-row INSERT (its OK reports
 /// "Records: ..."), and the first id a sequence gave them.
@@ -446,21 +445,22 @@ impl Session {
                 .await;
             return Ok(());
         }
-        let mut total = OkSum::new(insert.multi_row);
-        for (route, sql) in &parts {
-            let r = self.run_for_ok(&route.addr, sql).await;
-            if r.is_ok() {
-                self.note_write(&route.addr, true).await;
-            }
-            match r {
-                Ok((ok, info)) => total.add(&ok, &info),
-                Err(e) => {
-                    // The shards before it kept their part.
-                    self.cache_invalidate_now(class);
-                    return self.report(e, reply_seq).await;
-                }
-            }
+        let parts: Vec<(Arc<str>, Vec<u8>)> =
+            parts.into_iter().map(|(r, sql)| (r.addr, sql)).collect();
+        let shared = self.shared.clone();
+        let mut held = self.held_connections(&shared.pools);
+        let out = split_write(&mut held, &parts, insert.multi_row).await;
+        for addr in &out.wrote {
+            self.note_write(addr, true).await;
         }
+        let mut total = match out.result {
+            Ok(total) => total,
+            Err(e) => {
+                // The shards before it kept their part.
+                self.cache_invalidate_now(class);
+                return self.report(e, reply_seq).await;
+            }
+        };
         if let Some(id) = insert.first_id.and_then(|id| u64::try_from(id).ok()) {
             total.ok.last_insert_id = id;
             self.remember_insert_id(id);
@@ -530,97 +530,36 @@ impl Session {
         self.write_each(class, parts, insert, reply_seq).await
     }
 
-    /// `n` ids from `sequence`, from the proxy's reserved block or a new block taken from the
-    /// sequence table (one row `id = 0` whose `next_id` is the next id to hand out) in the
-    /// keyspace's `sequence_keyspace`. `None` after answering the client with an error.
+    /// `n` ids from `sequence` (see `executor::sequence`); `None` after answering the client
+    /// with an error.
     async fn take_ids(
         &mut self,
         sequence: &str,
         n: usize,
         reply_seq: u8,
     ) -> Result<Option<Vec<i64>>, SessionError> {
-        let Ok(want) = i64::try_from(n) else {
-            return Ok(None);
-        };
-        let take = |shared: &crate::runtime::Shared| -> Option<Vec<i64>> {
-            let mut seqs = shared.sequences.lock().unwrap_or_else(|e| e.into_inner());
-            let block = seqs.get_mut(sequence)?;
-            if block.1 - block.0 < want {
-                return None;
-            }
-            let ids = (block.0..block.0 + want).collect();
-            block.0 += want;
-            Some(ids)
-        };
-        if let Some(ids) = take(&self.shared) {
-            return Ok(Some(ids));
-        }
-        let ctx = self.plan_ctx();
-        let Some((keyspace, route)) = self.shared.planner().sequence_keyspace(&ctx) else {
-            let msg = format!(
-                "shardgate: sequence {sequence} needs `sequence_keyspace` in this keyspace's shard map"
-            );
-            self.send_err(errcode::UNKNOWN, &msg, reply_seq).await;
-            return Ok(None);
-        };
-        let size = want.max(SEQUENCE_BLOCK);
-        let sql = format!(
-            "UPDATE `{}`.`{}` SET next_id = LAST_INSERT_ID(next_id + {size}) WHERE id = 0",
-            keyspace.replace('`', "``"),
-            sequence.replace('`', "``")
-        );
-        // A connection of its own, never the session's: the block must not be part of (or
-        // rolled back with) the client's transaction.
-        let key = self.conn_key();
-        let user = (self.user.name.clone(), self.user.password.clone());
-        let r = async {
-            let mut conn = self
-                .shared
-                .pools
-                .get(&route.addr, &user.0, &user.1, key, Some(&keyspace), 0)
-                .await?;
-            if let Err(e) = conn.ensure_db(Some(&keyspace)).await? {
-                return Ok(Err(e));
-            }
-            conn.simple_command(com::QUERY, sql.as_bytes()).await
-        }
-        .await;
-        let ok = match r {
-            Ok(Ok(ok)) => ok,
-            Ok(Err(e)) => {
+        let place = self.shared.planner().sequence_keyspace(&self.plan_ctx());
+        let table = place.as_ref().map(|(keyspace, route)| SequenceTable {
+            keyspace,
+            addr: &route.addr,
+            user: &self.user.name,
+            password: &self.user.password,
+            key: self.conn_key(),
+        });
+        let shared = self.shared.clone();
+        match take_ids(&shared.pools, &shared.sequences, sequence, n, table).await {
+            Ok(ids) => Ok(Some(ids)),
+            Err(SequenceError::Database(e)) => {
                 self.report(ExecError::Database(e), reply_seq).await?;
-                return Ok(None);
+                Ok(None)
+            }
+            Err(SequenceError::Connect(e)) => {
+                self.report(ExecError::Connect(e), reply_seq).await?;
+                Ok(None)
             }
             Err(e) => {
-                self.report(ExecError::Connect(e), reply_seq).await?;
-                return Ok(None);
-            }
-        };
-        let end = i64::try_from(ok.last_insert_id).unwrap_or(0);
-        if ok.affected_rows == 0 || end < size {
-            let msg = format!(
-                "shardgate: sequence table {keyspace}.{sequence} has no row with id = 0 (create it with next_id = 1)"
-            );
-            self.send_err(errcode::UNKNOWN, &msg, reply_seq).await;
-            return Ok(None);
-        }
-        {
-            let mut seqs = self
-                .shared
-                .sequences
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let block = seqs.entry(sequence.to_string()).or_insert((0, 0));
-            if block.1 - block.0 < want {
-                *block = (end - size, end);
-            }
-        }
-        match take(&self.shared) {
-            Some(ids) => Ok(Some(ids)),
-            None => {
-                let msg =
-                    "shardgate: the sequence block was used up by other sessions meanwhile; retry";
-                self.send_err(errcode::UNKNOWN, msg, reply_seq).await;
+                self.send_err(errcode::UNKNOWN, &e.to_string(), reply_seq)
+                    .await;
                 Ok(None)
             }
         }
@@ -729,6 +668,16 @@ impl Session {
         Ok(self.run_for_ok(addr, sql).await?.0)
     }
 
+    /// The session's connections, for the executor's statements.
+    fn held_connections<'s>(&'s mut self, pools: &'s crate::backend::Pools) -> HeldConnections<'s> {
+        let key = self.conn_key();
+        HeldConnections {
+            pools,
+            pinned: &mut self.pinned,
+            who: identity(&self.user, key, self.db.as_deref(), &self.vars),
+        }
+    }
+
     /// [`Session::run_quietly`], with the OK's info text.
     async fn run_for_ok(
         &mut self,
@@ -736,16 +685,8 @@ impl Session {
         sql: &[u8],
     ) -> Result<(OkInfo, Vec<u8>), ExecError> {
         let shared = self.shared.clone();
-        let who = identity(&self.user, self.conn_key(), self.db.as_deref(), &self.vars);
-        let conn = executor::connection(&shared.pools, &mut self.pinned, addr, &who).await?;
-        match conn.command_ok(com::QUERY, sql).await {
-            Ok(Ok(ok)) => Ok(ok),
-            Ok(Err(e)) => Err(ExecError::Database(e)),
-            Err(e) => {
-                self.pinned.discard(addr);
-                Err(e.into())
-            }
-        }
+        let mut held = self.held_connections(&shared.pools);
+        held.run_for_ok(addr, sql).await
     }
 
     /// Where a COM_STMT_PREPARE runs, and on a sharded keyspace where its executes run;
