@@ -181,16 +181,19 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         let shared = shared.clone();
         let id = shared.sessions.next_id();
         tokio::spawn(async move {
-            let n = shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
-            if n > shared.config.proxy.max_client_connections {
+            let max = shared.config.proxy.max_unauthenticated_connections;
+            let Some(login) = shared.admission.logging_in(max) else {
+                metrics::counter!("shardgate_clients_refused_total", "reason" => "logging_in")
+                    .increment(1);
                 let mut out = BytesMut::new();
                 put_err(&mut out, 0, errcode::CON_COUNT, "Too many connections");
                 let mut s = stream;
                 let _ = tokio::io::AsyncWriteExt::write_all(&mut s, &out).await;
-            } else if let Err(e) = session::run(stream, shared.clone(), id).await {
+                return;
+            };
+            if let Err(e) = session::run(stream, shared.clone(), id, login).await {
                 debug!(%peer, id, error = %e, "client connection ended");
             }
-            shared.clients.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }

@@ -106,6 +106,11 @@ pub async fn render(State(state): State<AdminState>) -> Result<impl IntoResponse
         metrics::gauge!("shardgate_cache_bytes").set(bytes as f64);
         metrics::gauge!("shardgate_cache_entries").set(entries as f64);
     }
+    let (logging_in, clients) = state.shared.admission.counts();
+    metrics::gauge!("shardgate_client_connections", "state" => "logging_in").set(logging_in as f64);
+    metrics::gauge!("shardgate_client_connections", "state" => "logged_in").set(clients as f64);
+    metrics::gauge!("shardgate_incoming_command_bytes")
+        .set(state.shared.command_bytes.used() as f64);
     // Pool use is read where it is kept (semaphore, idle lists) at each scrape, so the data
     // path never touches a gauge.
     for server in state.shared.health.servers() {

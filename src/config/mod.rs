@@ -35,6 +35,21 @@ fn default_max_allowed_packet() -> usize {
 fn default_max_client_connections() -> usize {
     10_000
 }
+fn default_max_unauthenticated() -> usize {
+    4_096
+}
+fn default_net_read_timeout_ms() -> u64 {
+    30_000
+}
+fn default_max_buffered_command_bytes() -> usize {
+    256 << 20
+}
+fn default_failed_login_threshold() -> u32 {
+    3
+}
+fn default_failed_login_delay_ms() -> u64 {
+    1_000
+}
 
 /// The client-facing side: where clients connect and what they are told.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,8 +76,30 @@ pub struct ProxySection {
     /// Largest command a client may send, as MariaDB's variable of the same name.
     #[serde(default = "default_max_allowed_packet")]
     pub max_allowed_packet: usize,
+    /// Clients logged in at once; one more is refused with ERR 1040 after its login.
     #[serde(default = "default_max_client_connections")]
     pub max_client_connections: usize,
+    /// Connections that have not finished logging in, counted apart from
+    /// `max_client_connections` so that they cannot lock out clients that log in; one more
+    /// is refused with ERR 1040 before its greeting.
+    #[serde(default = "default_max_unauthenticated")]
+    pub max_unauthenticated_connections: usize,
+    /// A command packet begun must arrive whole within this long (MariaDB's
+    /// `net_read_timeout`); else ERR 1159 and the connection is closed.
+    #[serde(default = "default_net_read_timeout_ms")]
+    pub net_read_timeout_ms: u64,
+    /// Bytes all clients' commands still arriving may hold in the proxy together; a command
+    /// that would pass it is refused (ERR 1041) and its connection closed.
+    #[serde(default = "default_max_buffered_command_bytes")]
+    pub max_buffered_command_bytes: usize,
+    /// Failed logins in a row from one address after which its logins are answered late;
+    /// 0: never.
+    #[serde(default = "default_failed_login_threshold")]
+    pub failed_login_threshold: u32,
+    /// The delay per failure past the threshold (at most ten of them, and at most half the
+    /// handshake timeout).
+    #[serde(default = "default_failed_login_delay_ms")]
+    pub failed_login_delay_ms: u64,
     /// Worker threads, each with its own event loop and listening socket; 0: one per CPU.
     #[serde(default)]
     pub workers: usize,
@@ -79,6 +116,11 @@ impl Default for ProxySection {
             handshake_timeout_ms: default_handshake_timeout_ms(),
             max_allowed_packet: default_max_allowed_packet(),
             max_client_connections: default_max_client_connections(),
+            max_unauthenticated_connections: default_max_unauthenticated(),
+            net_read_timeout_ms: default_net_read_timeout_ms(),
+            max_buffered_command_bytes: default_max_buffered_command_bytes(),
+            failed_login_threshold: default_failed_login_threshold(),
+            failed_login_delay_ms: default_failed_login_delay_ms(),
             workers: 0,
         }
     }
@@ -250,6 +292,10 @@ pub struct User {
     /// Keyspace for a client that selects no database.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_keyspace: Option<String>,
+    /// Most clients logged in as this user at once (MariaDB's MAX_USER_CONNECTIONS); one more
+    /// is refused with ERR 1226. Unset: no limit of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
 }
 
 fn default_cache_max_bytes() -> u64 {

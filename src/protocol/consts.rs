@@ -116,14 +116,17 @@ pub mod ext_cap {
 /// MySQL error codes the proxy itself sends, with their SQLSTATE.
 pub mod errcode {
     pub const CON_COUNT: (u16, &str) = (1040, "08004");
+    pub const OUT_OF_RESOURCES: (u16, &str) = (1041, "HY000");
     pub const HANDSHAKE: (u16, &str) = (1043, "08S01");
     pub const ACCESS_DENIED: (u16, &str) = (1045, "28000");
     pub const BAD_DB: (u16, &str) = (1049, "42000");
     pub const UNKNOWN_COM: (u16, &str) = (1047, "08S01");
     pub const UNKNOWN: (u16, &str) = (1105, "HY000");
     pub const NET_PACKET_TOO_LARGE: (u16, &str) = (1153, "08S01");
+    pub const NET_READ_INTERRUPTED: (u16, &str) = (1159, "08S01");
     /// ER_LOCK_DEADLOCK: drivers and frameworks retry the transaction on SQLSTATE 40001.
     pub const LOCK_DEADLOCK: (u16, &str) = (1213, "40001");
+    pub const USER_LIMIT_REACHED: (u16, &str) = (1226, "42000");
     pub const NOT_SUPPORTED: (u16, &str) = (1235, "42000");
     pub const UNKNOWN_STMT_HANDLER: (u16, &str) = (1243, "HY000");
     /// "This command is not supported in the prepared statement protocol yet".

@@ -19,6 +19,63 @@ pub enum PacketError {
     /// `seq` is the sequence id of the header that crossed the limit: a reply follows it.
     #[error("packet of {len} bytes is larger than max_allowed_packet ({max})")]
     TooLarge { len: usize, max: usize, seq: u8 },
+    /// The packets arriving on every connection already hold the shared budget's bytes.
+    #[error("a {len}-byte packet would pass the bytes of commands still arriving ({max})")]
+    OverBudget { len: usize, max: usize, seq: u8 },
+    /// A packet begun did not arrive whole in time.
+    #[error("timeout reading a packet")]
+    TimedOut { seq: u8 },
+}
+
+/// Packets at least this large are counted against a [`ByteBudget`] while they arrive; smaller
+/// ones cost less than the count would.
+const BUDGETED_FROM: usize = 16 * 1024;
+
+/// Bytes that packets still arriving may hold together, shared by the connections reading
+/// them (a client that stalls in the middle of a large packet holds its bytes meanwhile).
+#[derive(Debug)]
+pub struct ByteBudget {
+    used: std::sync::atomic::AtomicUsize,
+    max: usize,
+}
+
+impl ByteBudget {
+    pub fn new(max: usize) -> Self {
+        ByteBudget {
+            used: std::sync::atomic::AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn take(&self, n: usize) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let before = self.used.fetch_add(n, Relaxed);
+        if before.saturating_add(n) > self.max {
+            self.used.fetch_sub(n, Relaxed);
+            return false;
+        }
+        true
+    }
+}
+
+/// What one read holds of a budget; given back when the read ends.
+struct Held<'a> {
+    budget: Option<&'a ByteBudget>,
+    bytes: usize,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if let Some(b) = self.budget {
+            b.used
+                .fetch_sub(self.bytes, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 /// One logical packet as it arrived: headers included, so it can be forwarded untouched.
@@ -65,6 +122,17 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     max: usize,
 ) -> Result<Option<Frame>, PacketError> {
+    read_frame_within(r, buf, max, None).await
+}
+
+/// [`read_frame`], with a large packet's bytes counted against `budget` while it arrives.
+pub async fn read_frame_within<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    max: usize,
+    budget: Option<&ByteBudget>,
+) -> Result<Option<Frame>, PacketError> {
+    let mut held = Held { budget, bytes: 0 };
     let mut at = 0usize; // start of the physical packet being read, within buf
     let mut total = 0usize;
     loop {
@@ -86,6 +154,16 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
                 seq: buf[at + 3],
             });
         }
+        if let Some(b) = budget.filter(|_| len >= BUDGETED_FROM) {
+            if !b.take(len) {
+                return Err(PacketError::OverBudget {
+                    len: total,
+                    max: b.max,
+                    seq: buf[at + 3],
+                });
+            }
+            held.bytes += len;
+        }
         let end = at + 4 + len;
         if buf.capacity() < end {
             buf.reserve(end - buf.len());
@@ -98,6 +176,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         let last_seq = buf[at + 3];
         at = end;
         if len < MAX_PAYLOAD {
+            drop(held);
             return Ok(Some(Frame {
                 raw: buf.split_to(at),
                 last_seq,

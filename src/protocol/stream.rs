@@ -5,7 +5,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::packet::{read_frame, Frame, PacketError};
+use super::packet::{read_frame, read_frame_within, ByteBudget, Frame, PacketError};
 
 /// Initial read buffer; it grows only while a large packet is being assembled.
 const READ_BUF: usize = 8 * 1024;
@@ -42,6 +42,32 @@ impl PacketStream {
             self.rbuf.reserve(READ_BUF);
         }
         let f = read_frame(&mut self.stream, &mut self.rbuf, max).await;
+        self.maybe_shrink();
+        f
+    }
+
+    /// Reads a client's command: its first byte may take however long (an idle client), the
+    /// rest must come within `timeout`; while a large packet arrives its bytes count against
+    /// `budget`.
+    pub async fn read_command(
+        &mut self,
+        max: usize,
+        budget: &ByteBudget,
+        timeout: std::time::Duration,
+    ) -> Result<Option<Frame>, PacketError> {
+        if self.rbuf.capacity() == 0 {
+            self.rbuf.reserve(READ_BUF);
+        }
+        if self.rbuf.is_empty() && self.stream.read_buf(&mut self.rbuf).await? == 0 {
+            return Ok(None);
+        }
+        let read = read_frame_within(&mut self.stream, &mut self.rbuf, max, Some(budget));
+        let f = match tokio::time::timeout(timeout, read).await {
+            Ok(f) => f,
+            Err(_) => Err(PacketError::TimedOut {
+                seq: self.rbuf.get(3).copied().unwrap_or(0),
+            }),
+        };
         self.maybe_shrink();
         f
     }

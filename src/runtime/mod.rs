@@ -4,9 +4,10 @@
 //! one way (it used to live in `proxy`, which the sessions and the admin API then imported
 //! while `proxy` imported them).
 
+pub mod admission;
 pub mod registry;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::backend::health::Health;
@@ -40,8 +41,10 @@ pub struct Shared {
     pub prepare_replies: crate::cache::prepare_replies::PrepareReplies,
     /// Reshard workflows (`shardgate reshard ...`).
     pub reshards: Arc<crate::reshard::manager::Reshards>,
-    /// Clients connected now (the listener counts them against `max_client_connections`).
-    pub(crate) clients: AtomicUsize,
+    /// Connections logging in and clients logged in, against the limits on them.
+    pub admission: Arc<admission::Admission>,
+    /// Bytes of clients' commands still arriving (`max_buffered_command_bytes`).
+    pub command_bytes: crate::protocol::packet::ByteBudget,
     /// Set while the workers run: `/readyz` is not ready before the listeners exist.
     pub(crate) accepting: AtomicBool,
 }
@@ -49,6 +52,8 @@ pub struct Shared {
 impl Shared {
     pub fn new(config: Config) -> Result<Self, TopologyError> {
         let workers = worker_count(&config);
+        let command_bytes =
+            crate::protocol::packet::ByteBudget::new(config.proxy.max_buffered_command_bytes);
         let health = Health::new(&config.shard_map());
         let topology = Arc::new(Topology::new(&config, health.clone())?);
         let ha = Arc::new(Ha::new(&config, topology.clone()));
@@ -67,7 +72,8 @@ impl Shared {
             prepare_replies: Default::default(),
             applied: Default::default(),
             cache,
-            clients: AtomicUsize::new(0),
+            admission: Default::default(),
+            command_bytes,
             accepting: AtomicBool::new(false),
         })
     }

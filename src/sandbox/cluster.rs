@@ -231,6 +231,7 @@ impl Cluster {
                 name: self.user.clone(),
                 password: self.password.clone(),
                 default_keyspace: Some(KEYSPACE.to_string()),
+                max_connections: None,
             }],
             keyspace: self.shard_map().keyspace,
             ..default_config()

@@ -64,6 +64,14 @@ impl Session {
         // A failed change closes the connection, as MariaDB does.
         let (user, ok_seq) =
             authenticate(&mut self.io, &shared, &self.nonce, creds, &self.peer_ip).await?;
+        let admission = shared.admission.clone();
+        if let Err(over) =
+            admission.change_user(&mut self.admitted, &user.name, user.max_connections)
+        {
+            let (code, msg) = super::refusal(&user.name, over);
+            self.send_err(code, &msg, ok_seq).await;
+            return Err(SessionError::ChangeUserRefused(msg));
+        }
         self.forget_state();
         self.recorded_backend = None;
         self.registration.info.set_user(&user.name);

@@ -168,6 +168,19 @@ pub async fn authenticate(
     let ok = user
         .as_ref()
         .is_some_and(|u| auth::verify(&plugin, nonce, &u.password, &response));
+    // After failures in a row from this address, every answer waits, so that guessing costs
+    // time whatever the guess.
+    let delay = login_delay(shared, peer_ip);
+    if !delay.is_zero() {
+        metrics::counter!("shardgate_login_delays_total").increment(1);
+        tokio::time::sleep(delay).await;
+    }
+    if ok {
+        shared.admission.login_succeeded(peer_ip);
+    } else {
+        metrics::counter!("shardgate_login_failures_total").increment(1);
+        shared.admission.login_failed(peer_ip);
+    }
     let Some(user) = user.filter(|_| ok) else {
         let msg = format!(
             "Access denied for user '{}'@'{}' (using password: {})",
@@ -184,6 +197,17 @@ pub async fn authenticate(
         io.write_all(&out).await.map_err(PacketError::from)?;
     }
     Ok((user, seq))
+}
+
+/// How long the answer to a login from `peer_ip` waits (`[proxy] failed_login_*`): at most
+/// ten steps, and half the handshake timeout, so the client still gets its answer.
+fn login_delay(shared: &Shared, peer_ip: &str) -> std::time::Duration {
+    let p = &shared.config.proxy;
+    let step = std::time::Duration::from_millis(p.failed_login_delay_ms);
+    let max = (step * 10).min(shared.config.handshake_timeout() / 2);
+    shared
+        .admission
+        .login_delay(peer_ip, p.failed_login_threshold, step, max)
 }
 
 /// Sends ERR 1043 with `msg` and returns the error that ends the connection.

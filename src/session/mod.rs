@@ -41,6 +41,7 @@ use crate::protocol::response::{Expect, Scanner};
 use crate::protocol::stream::PacketStream;
 use crate::runtime::Shared;
 
+use crate::runtime::admission::{ClientSlot, LoginSlot, OverLimit};
 use crate::runtime::registry::Registration;
 pub use crate::runtime::registry::FIRST_ID;
 use consistency::Ryw;
@@ -62,6 +63,8 @@ pub enum SessionError {
     Forward(#[from] ForwardError),
     #[error("COM_CHANGE_USER named a database that does not exist")]
     ChangeUserDatabase,
+    #[error("COM_CHANGE_USER refused: {0}")]
+    ChangeUserRefused(String),
 }
 
 pub struct Session {
@@ -90,6 +93,8 @@ pub struct Session {
     stmts: Statements,
     out: BytesMut,
     registration: Registration,
+    /// This client's place among those logged in (its user's too).
+    admitted: ClientSlot,
     /// The greeting's nonce and the client's address, for COM_CHANGE_USER.
     nonce: [u8; 20],
     peer_ip: String,
@@ -121,6 +126,7 @@ pub async fn run(
     stream: tokio::net::TcpStream,
     shared: Arc<Shared>,
     connection_id: u32,
+    login: LoginSlot,
 ) -> Result<(), SessionError> {
     let peer_ip = stream
         .peer_addr()
@@ -141,6 +147,21 @@ pub async fn run(
             put_err(&mut out, 1, errcode::HANDSHAKE, &msg);
             let _ = io.write_all(&out).await;
             return Err(SessionError::HandshakeTimeout);
+        }
+    };
+    drop(login);
+    let admitted = match shared.admission.admit(
+        &auth.user.name,
+        shared.config.proxy.max_client_connections,
+        auth.user.max_connections,
+    ) {
+        Ok(slot) => slot,
+        Err(refused) => {
+            let (code, msg) = refusal(&auth.user.name, refused);
+            let mut out = BytesMut::new();
+            put_err(&mut out, auth.ok_seq, code, &msg);
+            let _ = io.write_all(&out).await;
+            return Ok(());
         }
     };
     let registration = shared.sessions.register(connection_id, &auth.user.name);
@@ -170,6 +191,7 @@ pub async fn run(
         stmts: Statements::default(),
         out: BytesMut::new(),
         registration,
+        admitted,
         nonce: auth.nonce,
         peer_ip,
         recorded_backend: None,
@@ -184,6 +206,24 @@ pub async fn run(
     s.command_loop().await
 }
 
+/// The error a logged-in client gets when a limit refuses it, as MariaDB words it.
+pub(super) fn refusal(user: &str, refused: OverLimit) -> ((u16, &'static str), String) {
+    match refused {
+        OverLimit::Clients => {
+            metrics::counter!("shardgate_clients_refused_total", "reason" => "clients")
+                .increment(1);
+            (errcode::CON_COUNT, "Too many connections".to_string())
+        }
+        OverLimit::User(n) => {
+            metrics::counter!("shardgate_clients_refused_total", "reason" => "user").increment(1);
+            let msg = format!(
+                "User '{user}' has exceeded the 'max_user_connections' resource (current value: {n})"
+            );
+            (errcode::USER_LIMIT_REACHED, msg)
+        }
+    }
+}
+
 impl Drop for Session {
     fn drop(&mut self) {
         // Connections given back mid-transaction or carrying pinned state are reset first.
@@ -196,6 +236,9 @@ impl Drop for Session {
 impl Session {
     async fn command_loop(&mut self) -> Result<(), SessionError> {
         let max = self.shared.config.proxy.max_allowed_packet;
+        let net_read =
+            std::time::Duration::from_millis(self.shared.config.proxy.net_read_timeout_ms);
+        let shared = self.shared.clone();
         // One registration for the session's life: re-arming a Notify per command costs a
         // lock on the hot path. KILL notifies with a stored permit, so none is missed.
         let info = self.registration.info.clone();
@@ -206,7 +249,7 @@ impl Session {
                 biased;
                 // A KILL wins over a command that arrived meanwhile.
                 _ = &mut killed => return Ok(()),
-                r = self.io.read_frame(max) => r,
+                r = self.io.read_command(max, &shared.command_bytes, net_read) => r,
             };
             let frame = match read {
                 Ok(Some(f)) => f,
@@ -219,6 +262,21 @@ impl Session {
                         .await;
                     self.drain_before_close().await;
                     return Err(PacketError::TooLarge { len, max, seq }.into());
+                }
+                Err(PacketError::OverBudget { len, max, seq }) => {
+                    let msg = format!(
+                        "shardgate: out of resources: this {len}-byte command would pass the {max} bytes all clients' incoming commands may hold (max_buffered_command_bytes)"
+                    );
+                    self.send_err(errcode::OUT_OF_RESOURCES, &msg, seq.wrapping_add(1))
+                        .await;
+                    self.drain_before_close().await;
+                    return Err(PacketError::OverBudget { len, max, seq }.into());
+                }
+                Err(PacketError::TimedOut { seq }) => {
+                    let msg = "Got timeout reading communication packets";
+                    self.send_err(errcode::NET_READ_INTERRUPTED, msg, seq.wrapping_add(1))
+                        .await;
+                    return Err(PacketError::TimedOut { seq }.into());
                 }
                 Err(e) => return Err(e.into()),
             };

@@ -91,6 +91,17 @@ impl Raw {
         (Raw { io }, server)
     }
 
+    /// Writes `bytes` as they are (a packet cut short, say).
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.io.write_all(bytes).await.expect("send");
+    }
+
+    /// The next packet, or `None` once the proxy closed the connection.
+    pub async fn try_packet(&mut self) -> Option<Vec<u8>> {
+        let f = self.io.read_frame(1 << 24).await.ok()??;
+        Some(f.payload().to_vec())
+    }
+
     pub async fn send(&mut self, payload: &[u8]) {
         let mut out = BytesMut::new();
         put_packet(&mut out, 0, payload);
