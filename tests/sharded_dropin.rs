@@ -578,7 +578,7 @@ async fn raw_client() -> shardgate::backend::BackendConn {
     shardgate::backend::BackendConn::connect(ConnectParams {
         addr: &addr,
         user: common::USER,
-        password: common::PASSWORD,
+        password: &shardgate::protocol::auth::Secret::Clear(common::PASSWORD.into()),
         key: shardgate::backend::ConnKey {
             framing: cap::DEPRECATE_EOF,
             charset: 45,

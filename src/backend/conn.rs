@@ -83,7 +83,7 @@ pub struct ConnKey {
 pub struct ConnectParams<'a> {
     pub addr: &'a str,
     pub user: &'a str,
-    pub password: &'a str,
+    pub password: &'a auth::Secret,
     pub key: ConnKey,
     pub db: Option<&'a str>,
     pub timeout: Duration,
@@ -625,12 +625,16 @@ fn scramble(
     addr: &str,
     plugin: &str,
     nonce: &[u8],
-    password: &str,
+    password: &auth::Secret,
 ) -> Result<Vec<u8>, BackendError> {
-    match plugin {
-        auth::NATIVE => Ok(auth::scramble_native(nonce, password.as_bytes())),
-        auth::CACHING_SHA2 => Ok(auth::scramble_sha2(nonce, password.as_bytes())),
-        other => Err(BackendError::Plugin {
+    match (plugin, password) {
+        (auth::NATIVE, auth::Secret::Clear(p)) => Ok(auth::scramble_native(nonce, p.as_bytes())),
+        (auth::NATIVE, auth::Secret::NativeStage1(s)) => Ok(auth::scramble_native_stage1(nonce, s)),
+        (auth::CACHING_SHA2, auth::Secret::Clear(p)) => {
+            Ok(auth::scramble_sha2(nonce, p.as_bytes()))
+        }
+        // Only the password's SHA1 is known: caching_sha2 needs its SHA256.
+        (other, _) => Err(BackendError::Plugin {
             addr: addr.into(),
             plugin: other.into(),
         }),

@@ -332,7 +332,7 @@ impl ServerPool {
     async fn get(
         self: &Arc<Self>,
         user: &str,
-        password: &str,
+        password: &crate::protocol::auth::Secret,
         key: ConnKey,
         db: Option<&str>,
         sig: u64,
@@ -528,7 +528,7 @@ impl Pools {
         &self,
         addr: &str,
         user: &str,
-        password: &str,
+        password: &crate::protocol::auth::Secret,
         key: ConnKey,
         db: Option<&str>,
         sig: u64,

@@ -288,7 +288,22 @@ impl MonitorSection {
 #[serde(deny_unknown_fields)]
 pub struct User {
     pub name: String,
+    /// The password in clear. Or one of `password_hash`, `password_env`, `password_file`
+    /// instead (the last two are read into this at load); none: an empty password.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub password: String,
+    /// The password's MariaDB hash (`*` and 40 hex digits, as `SELECT PASSWORD('...')` prints
+    /// it): the proxy checks clients' mysql_native_password logins against it and logs in to
+    /// the servers with SHA1(password) recovered from each client's login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
+    /// An environment variable holding the password, read at load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// A file holding the password (a trailing newline is not part of it), read at load;
+    /// relative to the config file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
     /// Keyspace for a client that selects no database.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_keyspace: Option<String>,
@@ -296,6 +311,47 @@ pub struct User {
     /// is refused with ERR 1226. Unset: no limit of its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
+}
+
+impl User {
+    /// Reads the password from `password_env` or `password_file` into `password`, and checks
+    /// that one source at most is given and that a hash reads as one.
+    fn read_password(&mut self, dir: &Path) -> Result<(), String> {
+        let given = [
+            !self.password.is_empty(),
+            self.password_hash.is_some(),
+            self.password_env.is_some(),
+            self.password_file.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() > 1 {
+            return Err(
+                "give one of password, password_hash, password_env and password_file".into(),
+            );
+        }
+        if let Some(h) = &self.password_hash {
+            if crate::protocol::auth::parse_native_hash(h).is_none() {
+                return Err("password_hash must be '*' and 40 hex digits, as SELECT PASSWORD('...') prints it".into());
+            }
+        }
+        if let Some(var) = &self.password_env {
+            self.password = std::env::var(var)
+                .map_err(|_| format!("password_env: environment variable {var} is not set"))?;
+        }
+        if let Some(f) = &self.password_file {
+            let full = dir.join(f);
+            let text = std::fs::read_to_string(&full)
+                .map_err(|e| format!("password_file {}: {e}", full.display()))?;
+            self.password = text.trim_end_matches(['\n', '\r']).to_string();
+        }
+        Ok(())
+    }
+
+    /// The stored SHA1(SHA1(password)) when the config gives the hash instead of the password.
+    pub fn native_hash(&self) -> Option<[u8; 20]> {
+        self.password_hash
+            .as_deref()
+            .and_then(crate::protocol::auth::parse_native_hash)
+    }
 }
 
 fn default_cache_max_bytes() -> u64 {
@@ -500,6 +556,14 @@ impl Config {
         if let Some(rel) = cfg.ha.state_file.clone() {
             cfg.ha.state_file = Some(path.parent().unwrap_or(Path::new(".")).join(rel));
         }
+        for (i, u) in cfg.users.iter_mut().enumerate() {
+            u.read_password(path.parent().unwrap_or(Path::new(".")))
+                .map_err(|msg| ConfigError::Invalid {
+                    file: file.clone(),
+                    key: format!("users[{i}]"),
+                    msg,
+                })?;
+        }
         cfg.validate(&file)?;
         Ok(cfg)
     }
@@ -654,6 +718,33 @@ mod tests {
         assert_eq!(cfg.proxy.listen, "127.0.0.1:6033");
         assert_eq!(cfg.pool.max_connections, 1000);
         assert_eq!(cfg.user("app").map(|u| u.password.as_str()), Some("secret"));
+    }
+
+    #[test]
+    fn a_password_comes_from_one_source_hash_file_or_clear() {
+        let with = |source: &str| MINIMAL.replace("password = \"secret\"", source);
+        let hashed = with("password_hash = \"*5BCB3E6AC345B435C7C2E6B7949A04CE6F6563D3\"");
+        let cfg = Config::from_toml(&hashed, Path::new("x.toml")).expect("valid");
+        let user = cfg.user("app").expect("user");
+        assert!(user.native_hash().is_some());
+        assert_eq!(user.password, "");
+        for bad in [
+            with("password_hash = \"5BCB3E6AC345B435C7C2E6B7949A04CE6F6563D3\""),
+            with("password = \"x\"\npassword_hash = \"*5BCB3E6AC345B435C7C2E6B7949A04CE6F6563D3\""),
+            with("password_env = \"SHARDGATE_UNIT_TEST_NOT_SET\""),
+            with("password_file = \"/nonexistent/shardgate-password\""),
+        ] {
+            let e = Config::from_toml(&bad, Path::new("x.toml")).expect_err(&bad);
+            assert!(e.to_string().contains("users[0]"), "{e}");
+        }
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("pw"), "from-file\n").expect("write");
+        let cfg = Config::from_toml(&with("password_file = \"pw\""), &dir.path().join("c.toml"))
+            .expect("valid");
+        assert_eq!(
+            cfg.user("app").map(|u| u.password.as_str()),
+            Some("from-file")
+        );
     }
 
     #[test]

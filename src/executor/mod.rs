@@ -108,7 +108,7 @@ impl Pinned {
 /// Who the session is, as far as opening backend connections goes.
 pub struct Identity<'a> {
     pub user: &'a str,
-    pub password: &'a str,
+    pub password: &'a crate::protocol::auth::Secret,
     pub key: ConnKey,
     pub db: Option<&'a str>,
     /// Session variables every connection the session uses must carry.

@@ -47,7 +47,7 @@ pub struct SequenceTable<'a> {
     pub keyspace: &'a str,
     pub addr: &'a str,
     pub user: &'a str,
-    pub password: &'a str,
+    pub password: &'a crate::protocol::auth::Secret,
     pub key: ConnKey,
 }
 

@@ -232,6 +232,9 @@ impl Cluster {
                 password: self.password.clone(),
                 default_keyspace: Some(KEYSPACE.to_string()),
                 max_connections: None,
+                password_hash: None,
+                password_env: None,
+                password_file: None,
             }],
             keyspace: self.shard_map().keyspace,
             ..default_config()

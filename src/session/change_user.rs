@@ -62,7 +62,7 @@ impl Session {
             seq: reply_seq,
         };
         // A failed change closes the connection, as MariaDB does.
-        let (user, ok_seq) =
+        let (user, secret, ok_seq) =
             authenticate(&mut self.io, &shared, &self.nonce, creds, &self.peer_ip).await?;
         let admission = shared.admission.clone();
         if let Err(over) =
@@ -77,6 +77,7 @@ impl Session {
         self.registration.info.set_user(&user.name);
         self.cache_user = std::sync::Arc::from(user.name.as_str());
         self.user = user;
+        self.secret = secret;
         self.db = req.db;
         if let Some(cs) = req.charset {
             self.charset = cs;

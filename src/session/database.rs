@@ -52,7 +52,7 @@ impl Session {
             return true; // the first statement reports why the keyspace cannot be served
         };
         let shared = self.shared.clone();
-        let who = identity(&self.user, self.conn_key(), self.db.as_deref(), &self.vars);
+        let who = who!(self, self.db.as_deref());
         let r = match executor::connection(&shared.pools, &mut self.pinned, &route.addr, &who).await
         {
             Ok(conn) => {

@@ -331,7 +331,7 @@ impl Session {
         check_writes: Option<&Arc<str>>,
     ) -> Result<bool, ExecError> {
         let shared = self.shared.clone();
-        let who = identity(&self.user, self.conn_key(), self.db.as_deref(), &self.vars);
+        let who = who!(self, self.db.as_deref());
         executor::take(&shared.pools, &mut self.pinned, addr, &who).await?;
         if let Some(s) = self.sample.as_mut() {
             s.shards += 1;
@@ -344,7 +344,7 @@ impl Session {
             self.pinned.release(addr);
             return Ok(false);
         }
-        let who = identity(&self.user, self.conn_key(), self.db.as_deref(), &self.vars);
+        let who = who!(self, self.db.as_deref());
         executor::fit(&mut self.pinned, addr, &who).await?;
         Ok(true)
     }

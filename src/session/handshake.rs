@@ -14,6 +14,8 @@ use crate::runtime::Shared;
 /// A client that passed authentication.
 pub struct Authenticated {
     pub user: User,
+    /// What the proxy logs in to the servers as this user with.
+    pub secret: auth::Secret,
     pub caps: u32,
     /// MariaDB extended capabilities both sides have (see `offered_ext`).
     pub ext_caps: u32,
@@ -98,7 +100,7 @@ pub async fn handshake(
         Ok(h) => h,
         Err(e) => return Err(bad_handshake(io, seq, format!("Bad handshake: {e}")).await),
     };
-    let (user, seq) = authenticate(
+    let (user, secret, seq) = authenticate(
         io,
         shared,
         &nonce,
@@ -113,6 +115,7 @@ pub async fn handshake(
     .await?;
     Ok(Authenticated {
         user,
+        secret,
         caps: hello.caps & cap::SERVER_OFFER,
         ext_caps: hello.ext_caps & ext,
         charset: hello.charset,
@@ -148,12 +151,20 @@ pub async fn authenticate(
     nonce: &[u8],
     c: Credentials<'_>,
     peer_ip: &str,
-) -> Result<(User, u8), HandshakeError> {
+) -> Result<(User, auth::Secret, u8), HandshakeError> {
     let mut seq = c.seq;
     let mut out = BytesMut::with_capacity(64);
     let mut plugin = c.plugin.unwrap_or(auth::NATIVE).to_string();
     let mut response = c.response;
-    if plugin != auth::NATIVE && plugin != auth::CACHING_SHA2 {
+    let user = shared.topology.config().user(c.user).cloned();
+    // A user given by its hash can be checked (and its password's SHA1 recovered) only from
+    // a mysql_native_password response.
+    let hashed = user.as_ref().and_then(|u| u.native_hash());
+    let verifiable = match hashed {
+        Some(_) => plugin == auth::NATIVE,
+        None => plugin == auth::NATIVE || plugin == auth::CACHING_SHA2,
+    };
+    if !verifiable {
         // Ask the client to answer with a plugin the proxy verifies.
         let mut body = BytesMut::with_capacity(64);
         put_auth_switch(&mut body, auth::NATIVE, nonce);
@@ -164,10 +175,15 @@ pub async fn authenticate(
         response = f.payload().to_vec();
         plugin = auth::NATIVE.into();
     }
-    let user = shared.topology.config().user(c.user).cloned();
-    let ok = user
-        .as_ref()
-        .is_some_and(|u| auth::verify(&plugin, nonce, &u.password, &response));
+    let secret = match (&user, hashed) {
+        (Some(_), Some(hash)) => {
+            auth::recover_stage1(nonce, &hash, &response).map(auth::Secret::NativeStage1)
+        }
+        (Some(u), None) => auth::verify(&plugin, nonce, &u.password, &response)
+            .then(|| auth::Secret::Clear(u.password.clone())),
+        (None, _) => None,
+    };
+    let ok = secret.is_some();
     // After failures in a row from this address, every answer waits, so that guessing costs
     // time whatever the guess.
     let delay = login_delay(shared, peer_ip);
@@ -181,7 +197,7 @@ pub async fn authenticate(
         metrics::counter!("shardgate_login_failures_total").increment(1);
         shared.admission.login_failed(peer_ip);
     }
-    let Some(user) = user.filter(|_| ok) else {
+    let (Some(user), Some(secret)) = (user, secret) else {
         let msg = format!(
             "Access denied for user '{}'@'{}' (using password: {})",
             c.user,
@@ -196,7 +212,7 @@ pub async fn authenticate(
         seq = put_packet(&mut out, seq, &[0x01, 0x03]); // fast auth success
         io.write_all(&out).await.map_err(PacketError::from)?;
     }
-    Ok((user, seq))
+    Ok((user, secret, seq))
 }
 
 /// How long the answer to a login from `peer_ip` waits (`[proxy] failed_login_*`): at most

@@ -1,6 +1,14 @@
 //! One client connection: authentication, the state the proxy tracks for it, and the
 //! command loop that hands each command to the planner and executor.
 
+/// The session's identity for opening and fitting server connections, with database `db`;
+/// a macro so that it borrows only the fields it reads (the pinned connections stay free).
+macro_rules! who {
+    ($s:ident, $db:expr) => {
+        identity(&$s.user, &$s.secret, $s.conn_key(), $db, &$s.vars)
+    };
+}
+
 mod bulk;
 mod cached;
 mod change_user;
@@ -93,6 +101,9 @@ pub struct Session {
     stmts: Statements,
     out: BytesMut,
     registration: Registration,
+    /// What the session's server connections log in with (the user's password, or its SHA1
+    /// recovered from the client's login when the config holds only the hash).
+    secret: crate::protocol::auth::Secret,
     /// This client's place among those logged in (its user's too).
     admitted: ClientSlot,
     /// The greeting's nonce and the client's address, for COM_CHANGE_USER.
@@ -177,6 +188,7 @@ pub async fn run(
         sample_sql: Vec::new(),
         query_metrics: Default::default(),
         user: auth.user,
+        secret: auth.secret,
         caps: auth.caps,
         ext_caps: auth.ext_caps,
         charset: auth.charset,
@@ -705,7 +717,7 @@ impl Session {
         };
         let shared = self.shared.clone();
         let db = if with_db { self.db.as_deref() } else { None };
-        let who = identity(&self.user, self.conn_key(), db, &self.vars);
+        let who = who!(self, db);
         let fwd = Forward {
             command: &frame.raw,
             last_seq: frame.last_seq,
@@ -779,7 +791,7 @@ impl Session {
     /// its own connections; off the session's task, which is ending.
     fn kill_orphaned(&self, addr: Arc<str>, id: u32) {
         let shared = self.shared.clone();
-        let (user, password) = (self.user.name.clone(), self.user.password.clone());
+        let (user, password) = (self.user.name.clone(), self.secret.clone());
         let key = self.conn_key();
         tokio::spawn(async move {
             let sql = format!("KILL CONNECTION {id}");
@@ -886,6 +898,7 @@ fn command_frame(cmd: &[u8], client_last_seq: u8) -> Frame {
 /// `Session::conn_key`), and what every connection must carry for it.
 fn identity<'a>(
     user: &'a User,
+    secret: &'a crate::protocol::auth::Secret,
     key: ConnKey,
     db: Option<&'a str>,
     vars: &'a Arc<VarSet>,
@@ -893,7 +906,7 @@ fn identity<'a>(
     Identity {
         vars: Some(vars),
         user: &user.name,
-        password: &user.password,
+        password: secret,
         key,
         db,
     }

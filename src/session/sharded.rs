@@ -543,7 +543,7 @@ impl Session {
             keyspace,
             addr: &route.addr,
             user: &self.user.name,
-            password: &self.user.password,
+            password: &self.secret,
             key: self.conn_key(),
         });
         let shared = self.shared.clone();
@@ -625,7 +625,7 @@ impl Session {
         reply_seq: u8,
     ) -> Result<(), SessionError> {
         let shared = self.shared.clone();
-        let who = identity(&self.user, self.conn_key(), self.db.as_deref(), &self.vars);
+        let who = who!(self, self.db.as_deref());
         let held = self.pinned.find(&route.addr).is_some();
         let r = match executor::connection(&shared.pools, &mut self.pinned, &route.addr, &who).await
         {
@@ -674,7 +674,13 @@ impl Session {
         HeldConnections {
             pools,
             pinned: &mut self.pinned,
-            who: identity(&self.user, key, self.db.as_deref(), &self.vars),
+            who: identity(
+                &self.user,
+                &self.secret,
+                key,
+                self.db.as_deref(),
+                &self.vars,
+            ),
         }
     }
 

@@ -65,7 +65,7 @@ impl Session {
             .get(
                 &route.addr,
                 &self.user.name,
-                &self.user.password,
+                &self.secret,
                 self.conn_key(),
                 None,
                 0,
