@@ -131,13 +131,27 @@ async fn a_users_max_connections_refuses_its_next_login_with_1226() {
 }
 
 #[tokio::test]
-async fn a_command_packet_begun_must_arrive_within_net_read_timeout() {
+async fn a_client_silent_in_the_middle_of_a_command_is_closed_after_net_read_timeout() {
     let (_proxy, port) = sandbox().proxy("[proxy]\nnet_read_timeout_ms = 500\n");
     let (mut slow, _) = Raw::login(port, common::USER, common::PASSWORD, CAPS, 0).await;
     // An idle client is not timed out: it has begun no packet.
     tokio::time::sleep(Duration::from_millis(800)).await;
     let replies = slow.query("SELECT 1").await;
     assert_eq!(replies.len(), 1, "{replies:?}");
+    // A command sent slowly, but never silent for 500 ms, is read: the timeout is between
+    // reads, not for the whole packet.
+    let query = b"\x03SELECT 'slow but steady'";
+    let mut wire = vec![query.len() as u8, 0, 0, 0];
+    wire.extend_from_slice(query);
+    for piece in wire.chunks(8) {
+        slow.send_raw(piece).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (reply, _) = slow.reply().await;
+    assert!(
+        matches!(reply, common::raw::Reply::Rows { .. }),
+        "{reply:?}"
+    );
     // A header for 100 bytes, then 10 of them, then nothing.
     let mut cut = vec![100, 0, 0, 0, 0x03];
     cut.extend_from_slice(b"SELECT 1 ");

@@ -84,8 +84,8 @@ pub struct ProxySection {
     /// is refused with ERR 1040 before its greeting.
     #[serde(default = "default_max_unauthenticated")]
     pub max_unauthenticated_connections: usize,
-    /// A command packet begun must arrive whole within this long (MariaDB's
-    /// `net_read_timeout`); else ERR 1159 and the connection is closed.
+    /// Once a client has begun a command packet, it may stay silent at most this long between
+    /// reads (MariaDB's `net_read_timeout`); else ERR 1159 and the connection is closed.
     #[serde(default = "default_net_read_timeout_ms")]
     pub net_read_timeout_ms: u64,
     /// Bytes all clients' commands still arriving may hold in the proxy together; a command

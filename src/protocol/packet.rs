@@ -122,22 +122,49 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     max: usize,
 ) -> Result<Option<Frame>, PacketError> {
-    read_frame_within(r, buf, max, None).await
+    read_frame_within(r, buf, max, ReadLimits::default()).await
 }
 
-/// [`read_frame`], with a large packet's bytes counted against `budget` while it arrives.
+/// Bounds on one read of a client's command: its large packets' bytes count against `budget`
+/// while they arrive, and the peer may stay silent at most `idle` between reads.
+#[derive(Clone, Copy, Default)]
+pub struct ReadLimits<'a> {
+    pub budget: Option<&'a ByteBudget>,
+    pub idle: Option<std::time::Duration>,
+}
+
+/// Reads more bytes into `buf`, within `idle` (`TimedOut` names the sequence id of the packet
+/// begun at the buffer's start).
+async fn fill<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    idle: Option<std::time::Duration>,
+) -> Result<usize, PacketError> {
+    let Some(idle) = idle else {
+        return Ok(r.read_buf(buf).await?);
+    };
+    match tokio::time::timeout(idle, r.read_buf(buf)).await {
+        Ok(n) => Ok(n?),
+        Err(_) => Err(PacketError::TimedOut {
+            seq: buf.get(3).copied().unwrap_or(0),
+        }),
+    }
+}
+
+/// [`read_frame`] within `limits`.
 pub async fn read_frame_within<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut BytesMut,
     max: usize,
-    budget: Option<&ByteBudget>,
+    limits: ReadLimits<'_>,
 ) -> Result<Option<Frame>, PacketError> {
+    let budget = limits.budget;
     let mut held = Held { budget, bytes: 0 };
     let mut at = 0usize; // start of the physical packet being read, within buf
     let mut total = 0usize;
     loop {
         while buf.len() < at + 4 {
-            if r.read_buf(buf).await? == 0 {
+            if fill(r, buf, limits.idle).await? == 0 {
                 return if buf.is_empty() {
                     Ok(None)
                 } else {
@@ -169,7 +196,7 @@ pub async fn read_frame_within<R: AsyncRead + Unpin>(
             buf.reserve(end - buf.len());
         }
         while buf.len() < end {
-            if r.read_buf(buf).await? == 0 {
+            if fill(r, buf, limits.idle).await? == 0 {
                 return Err(PacketError::Truncated);
             }
         }

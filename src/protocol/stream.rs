@@ -5,7 +5,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::packet::{read_frame, read_frame_within, ByteBudget, Frame, PacketError};
+use super::packet::{read_frame, read_frame_within, ByteBudget, Frame, PacketError, ReadLimits};
 
 /// Initial read buffer; it grows only while a large packet is being assembled.
 const READ_BUF: usize = 8 * 1024;
@@ -46,14 +46,14 @@ impl PacketStream {
         f
     }
 
-    /// Reads a client's command: its first byte may take however long (an idle client), the
-    /// rest must come within `timeout`; while a large packet arrives its bytes count against
-    /// `budget`.
+    /// Reads a client's command: its first byte may take however long (an idle client), then
+    /// the client may stay silent at most `idle` between reads (MariaDB's
+    /// `net_read_timeout`); while a large packet arrives its bytes count against `budget`.
     pub async fn read_command(
         &mut self,
         max: usize,
         budget: &ByteBudget,
-        timeout: std::time::Duration,
+        idle: std::time::Duration,
     ) -> Result<Option<Frame>, PacketError> {
         if self.rbuf.capacity() == 0 {
             self.rbuf.reserve(READ_BUF);
@@ -61,13 +61,11 @@ impl PacketStream {
         if self.rbuf.is_empty() && self.stream.read_buf(&mut self.rbuf).await? == 0 {
             return Ok(None);
         }
-        let read = read_frame_within(&mut self.stream, &mut self.rbuf, max, Some(budget));
-        let f = match tokio::time::timeout(timeout, read).await {
-            Ok(f) => f,
-            Err(_) => Err(PacketError::TimedOut {
-                seq: self.rbuf.get(3).copied().unwrap_or(0),
-            }),
+        let limits = ReadLimits {
+            budget: Some(budget),
+            idle: Some(idle),
         };
+        let f = read_frame_within(&mut self.stream, &mut self.rbuf, max, limits).await;
         self.maybe_shrink();
         f
     }
