@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 pub mod digests;
 pub mod executor;
+pub mod fuzzing;
 pub mod gtid;
 pub mod ha;
 pub mod planner;

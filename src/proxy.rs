@@ -24,6 +24,9 @@ use crate::protocol::packet::put_err;
 use crate::runtime::{worker_count, Shared};
 use crate::session;
 
+/// Stack of each worker thread (see where the workers are spawned).
+pub const WORKER_STACK: usize = 8 << 20;
+
 /// A running proxy: its workers accept clients until [`Proxy::shutdown`].
 pub struct Proxy {
     addr: SocketAddr,
@@ -60,8 +63,12 @@ impl Proxy {
         for (i, listener) in listeners.into_iter().enumerate() {
             let shared = shared.clone();
             let stopped = stopped.clone();
+            // Parsing a deeply nested statement recurses (sqlparser stops at 50 levels); the
+            // fuzzed shard planner needed more than the default 2 MiB at that depth in a
+            // debug build. Untouched stack costs no memory.
             let handle = std::thread::Builder::new()
                 .name(format!("shardgate-w{i}"))
+                .stack_size(WORKER_STACK)
                 .spawn(move || worker(i, listener, shared, stopped))?;
             workers.push(handle);
         }
