@@ -178,9 +178,10 @@ impl Server {
     /// transaction opened before `read_only` can still commit. Returns how many.
     pub async fn kill_clients(&mut self) -> Result<usize, HaError> {
         let me = self.conn.id();
-        let rows = self
-            .rows("SELECT ID, USER, COMMAND FROM information_schema.PROCESSLIST")
-            .await?;
+        // SHOW PROCESSLIST (Id, User, Host, db, Command, ...), not information_schema: a query
+        // of that builds an on-disk temporary table, and MariaDB 10.11 crashed building those
+        // under load (see `reshard::facts`).
+        let rows = self.rows("SHOW PROCESSLIST").await?;
         let mut killed = 0;
         for r in rows {
             let id: Option<u64> = r.get_opt(0).and_then(Result::ok);
@@ -190,7 +191,7 @@ impl Server {
                 .flatten()
                 .unwrap_or_default();
             let command: String = r
-                .get_opt::<Option<String>, _>(2)
+                .get_opt::<Option<String>, _>(4)
                 .and_then(Result::ok)
                 .flatten()
                 .unwrap_or_default();
