@@ -11,14 +11,6 @@ use std::time::Duration;
 use mysql_async::prelude::*;
 use shardgate::ha::server::{Creds, Server};
 
-async fn disk_tmp_tables(c: &mut mysql_async::Conn) -> u64 {
-    let row: Option<(String, u64)> = c
-        .query_first("SHOW GLOBAL STATUS LIKE 'Created_tmp_disk_tables'")
-        .await
-        .expect("status");
-    row.expect("Created_tmp_disk_tables").1
-}
-
 #[tokio::test]
 async fn the_fence_ends_client_connections_without_temporary_tables() {
     let sb = common::start_cluster(1);
@@ -36,10 +28,10 @@ async fn the_fence_ends_client_connections_without_temporary_tables() {
         query_timeout: Duration::from_secs(5),
     };
     let mut fencer = Server::connect(&addr, &creds).await.expect("fencer");
-    let before = disk_tmp_tables(&mut watcher).await;
+    let before = common::disk_tmp_tables(&mut watcher).await;
     let killed = fencer.kill_clients().await.expect("kill_clients");
     let mut watcher = common::connect(&common::root_url(primary.port)).await;
-    let after = disk_tmp_tables(&mut watcher).await;
+    let after = common::disk_tmp_tables(&mut watcher).await;
     assert_eq!(
         after - before,
         0,

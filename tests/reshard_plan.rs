@@ -212,14 +212,7 @@ async fn reading_a_sources_tables_makes_no_temporary_tables_on_the_server() {
     ] {
         root.query_drop(ddl).await.expect("ddl");
     }
-    async fn disk_tmp_tables(c: &mut mysql_async::Conn) -> u64 {
-        let row: Option<(String, u64)> = c
-            .query_first("SHOW GLOBAL STATUS LIKE 'Created_tmp_disk_tables'")
-            .await
-            .expect("status");
-        row.expect("Created_tmp_disk_tables").1
-    }
-    let before = disk_tmp_tables(&mut root).await;
+    let before = common::disk_tmp_tables(&mut root).await;
     let creds = Creds {
         user: "root".into(),
         password: String::new(),
@@ -254,6 +247,6 @@ async fn reading_a_sources_tables_makes_no_temporary_tables_on_the_server() {
         assert_eq!(shape.columns, ["id", "v", "b"], "round {round}");
         assert!(shape.key_numeric);
     }
-    let made = disk_tmp_tables(&mut root).await - before;
+    let made = common::disk_tmp_tables(&mut root).await - before;
     assert_eq!(made, 0, "on-disk temporary tables made by 40 reads");
 }

@@ -782,3 +782,15 @@ pub async fn ids_by_shard(
         other => panic!("ids on both shards: {other:?}"),
     }
 }
+
+/// The server's `Created_tmp_disk_tables`: on-disk temporary tables it built so far (MariaDB
+/// 10.11 crashed building some for information_schema queries under load, so the proxy's own
+/// queries must build none).
+pub async fn disk_tmp_tables(c: &mut mysql_async::Conn) -> u64 {
+    use mysql_async::prelude::Queryable;
+    let row: Option<(String, u64)> = c
+        .query_first("SHOW GLOBAL STATUS LIKE 'Created_tmp_disk_tables'")
+        .await
+        .expect("status");
+    row.expect("Created_tmp_disk_tables").1
+}
