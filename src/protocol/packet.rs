@@ -22,7 +22,7 @@ pub enum PacketError {
     /// The packets arriving on every connection already hold the shared budget's bytes.
     #[error("a {len}-byte packet would pass the bytes of commands still arriving ({max})")]
     OverBudget { len: usize, max: usize, seq: u8 },
-    /// A packet begun did not arrive whole in time.
+    /// The peer stayed silent too long in the middle of a packet.
     #[error("timeout reading a packet")]
     TimedOut { seq: u8 },
 }
