@@ -6,6 +6,7 @@ use std::cmp::Ordering;
 
 use crate::protocol::consts::status;
 
+use super::concat::abandon;
 use super::merge::{compare_rows, ColumnMeta};
 use super::merged_read::{Columns, Window};
 use super::row_values::{self, Row};
@@ -67,11 +68,7 @@ pub async fn merge_sort<S: ShardRows, W: ClientWrite>(
             }
             let next = match shards.next(k).await {
                 Ok(n) => n,
-                Err(lost) => {
-                    shards.discard_from(0);
-                    sink.abandon().await;
-                    return Err(lost);
-                }
+                Err(lost) => return Err(abandon(shards, sink, 0, lost).await),
             };
             if let Some(r) = ends.note(k, next) {
                 let values = row_values::decode(&r, metas, binary);

@@ -75,10 +75,10 @@ impl Admission {
         }
         let mut per_user = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
         let count = per_user.entry(user.to_string()).or_insert(0);
-        if user_max.is_some_and(|m| *count >= m) {
+        if let Some(max) = user_max.filter(|m| *count >= *m) {
             drop(per_user);
             self.clients.fetch_sub(1, Ordering::Relaxed);
-            return Err(OverLimit::User(user_max.unwrap_or(0)));
+            return Err(OverLimit::User(max));
         }
         *count += 1;
         Ok(ClientSlot {
@@ -100,8 +100,8 @@ impl Admission {
         }
         let mut per_user = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
         let count = per_user.entry(user.to_string()).or_insert(0);
-        if user_max.is_some_and(|m| *count >= m) {
-            return Err(OverLimit::User(user_max.unwrap_or(0)));
+        if let Some(max) = user_max.filter(|m| *count >= *m) {
+            return Err(OverLimit::User(max));
         }
         *count += 1;
         drop(per_user);

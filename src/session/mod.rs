@@ -218,6 +218,34 @@ pub async fn run(
     s.command_loop().await
 }
 
+/// What the client is told when reading its command failed: the error, its text, the sequence
+/// id it follows, and whether the rest of the command is still arriving (read before closing).
+fn read_refusal(e: &PacketError) -> Option<((u16, &'static str), String, u8, bool)> {
+    Some(match *e {
+        PacketError::TooLarge { len, max, seq } => (
+            errcode::NET_PACKET_TOO_LARGE,
+            format!("Got a packet bigger than 'max_allowed_packet' bytes ({len} > {max})"),
+            seq,
+            true,
+        ),
+        PacketError::OverBudget { len, max, seq } => (
+            errcode::OUT_OF_RESOURCES,
+            format!(
+                "shardgate: out of resources: this {len}-byte command would pass the {max} bytes all clients' incoming commands may hold (max_buffered_command_bytes)"
+            ),
+            seq,
+            true,
+        ),
+        PacketError::TimedOut { seq } => (
+            errcode::NET_READ_INTERRUPTED,
+            "Got timeout reading communication packets".to_string(),
+            seq,
+            false,
+        ),
+        _ => return None,
+    })
+}
+
 /// The error a logged-in client gets when a limit refuses it, as MariaDB words it.
 pub(super) fn refusal(user: &str, refused: OverLimit) -> ((u16, &'static str), String) {
     match refused {
@@ -266,31 +294,17 @@ impl Session {
             let frame = match read {
                 Ok(Some(f)) => f,
                 Ok(None) => return Ok(()),
-                Err(PacketError::TooLarge { len, max, seq }) => {
-                    let msg = format!(
-                        "Got a packet bigger than 'max_allowed_packet' bytes ({len} > {max})"
-                    );
-                    self.send_err(errcode::NET_PACKET_TOO_LARGE, &msg, seq.wrapping_add(1))
-                        .await;
-                    self.drain_before_close().await;
-                    return Err(PacketError::TooLarge { len, max, seq }.into());
+                Err(e) => {
+                    // The client is told why before the connection closes; after a command
+                    // it is still sending, its rest is read so that it sees the answer.
+                    if let Some((code, msg, seq, drain)) = read_refusal(&e) {
+                        self.send_err(code, &msg, seq.wrapping_add(1)).await;
+                        if drain {
+                            self.drain_before_close().await;
+                        }
+                    }
+                    return Err(e.into());
                 }
-                Err(PacketError::OverBudget { len, max, seq }) => {
-                    let msg = format!(
-                        "shardgate: out of resources: this {len}-byte command would pass the {max} bytes all clients' incoming commands may hold (max_buffered_command_bytes)"
-                    );
-                    self.send_err(errcode::OUT_OF_RESOURCES, &msg, seq.wrapping_add(1))
-                        .await;
-                    self.drain_before_close().await;
-                    return Err(PacketError::OverBudget { len, max, seq }.into());
-                }
-                Err(PacketError::TimedOut { seq }) => {
-                    let msg = "Got timeout reading communication packets";
-                    self.send_err(errcode::NET_READ_INTERRUPTED, msg, seq.wrapping_add(1))
-                        .await;
-                    return Err(PacketError::TimedOut { seq }.into());
-                }
-                Err(e) => return Err(e.into()),
             };
             match frame.first_byte() {
                 Some(com::QUIT) => return Ok(()),
